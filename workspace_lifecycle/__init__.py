@@ -1,0 +1,44 @@
+"""workspace-lifecycle: a chat's workspace as an explicit, event-driven state machine.
+
+The public names are re-exported here; everything else is private to its module.
+"""
+
+from .adapters import open_store as open_store
+from .adapters.base import ChatRow as ChatRow
+from .adapters.base import Outcome as Outcome
+from .adapters.base import Store as Store
+from .adapters.memory import MemoryStore as MemoryStore
+from .errors import BuildConflictError as BuildConflictError
+from .errors import CorruptStateError as CorruptStateError
+from .errors import CursorExpiredError as CursorExpiredError
+from .errors import InvalidEventError as InvalidEventError
+from .errors import NotFoundError as NotFoundError
+from .errors import OwnershipError as OwnershipError
+from .errors import StoreBusyError as StoreBusyError
+from .errors import StoreClosedError as StoreClosedError
+from .errors import StoreError as StoreError
+from .errors import WorkspaceLifecycleError as WorkspaceLifecycleError
+from .machine import Decision as Decision
+from .machine import Request as Request
+from .machine import Tracker as Tracker
+from .machine import WorkspaceMachine as WorkspaceMachine
+from .machine import derive_state as derive_state
+from .provisioner import SimulatedProvisioner as SimulatedProvisioner
+from .runtime import Lifecycle as Lifecycle
+from .tools import dispatch_tool as dispatch_tool
+from .tools import tool_definitions as tool_definitions
+from .values import Agent as Agent
+from .values import AgentLifecycle as AgentLifecycle
+from .values import Build as Build
+from .values import Chat as Chat
+from .values import EventKind as EventKind
+from .values import JobStatus as JobStatus
+from .values import StateChange as StateChange
+from .values import StoreEvent as StoreEvent
+from .values import ToolResult as ToolResult
+from .values import Transition as Transition
+from .values import Workspace as Workspace
+from .values import WorkspaceFacts as WorkspaceFacts
+from .values import WorkspaceState as WorkspaceState
+
+__version__ = "0.1.0"

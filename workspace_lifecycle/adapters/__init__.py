@@ -1,0 +1,52 @@
+"""Storage adapters and :func:`open_store`, which picks one from a URL.
+
+Accepted URLs (SQLAlchemy's habit): ``memory://``, ``sqlite:///relative.db``,
+``sqlite:////absolute/path.db``, ``postgresql://user@host:port/db`` (optionally
+``?schema=name``). Drivers are imported only when their scheme is used.
+"""
+
+from __future__ import annotations
+
+from .base import ChatRow, Outcome, Store
+from .memory import MemoryStore
+
+__all__ = ["ChatRow", "MemoryStore", "Outcome", "Store", "open_store"]
+
+ACCEPTED = (
+    "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, postgresql://user@host:port/dbname"
+)
+
+
+def open_store(url: str, **options: object) -> Store:
+    """The store for ``url``; use it as ``async with open_store(url) as store``.
+
+    >>> open_store("memory://").url
+    'memory://'
+    >>> open_store("mysql://x")
+    Traceback (most recent call last):
+    ...
+    ValueError: unsupported store URL 'mysql://x'; accepted forms: memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, postgresql://user@host:port/dbname
+    """
+    if not isinstance(url, str):
+        raise ValueError(
+            f"a store URL must be a string, not {type(url).__name__}; accepted forms: {ACCEPTED}"
+        )
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise ValueError(f"malformed store URL {url!r}; accepted forms: {ACCEPTED}")
+    if scheme == "memory":
+        if rest not in ("", "/"):
+            raise ValueError(
+                f"malformed store URL {url!r}: memory:// takes no path; accepted forms: {ACCEPTED}"
+            )
+        return MemoryStore(**options)  # type: ignore[arg-type]
+    if scheme == "sqlite":
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore.from_url(url, **options)
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresStore
+
+        return PostgresStore.from_url(url, **options)
+    raise ValueError(f"unsupported store URL {url!r}; accepted forms: {ACCEPTED}")

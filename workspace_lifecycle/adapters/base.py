@@ -1,0 +1,168 @@
+"""The store interface: what every storage adapter implements, and nothing more.
+
+A store keeps chats, workspaces, builds, agents and an append-only event log whose sequence
+numbers follow commit order. Every write appends its events in the same transaction. Stores
+decide nothing about states: they execute compare-and-set writes (a build is appended only if
+the latest build is still the one the caller's decision saw) and report what they did.
+
+The runtime reads the log with :meth:`Store.read_events` from a cursor and sleeps in
+:meth:`Store.wait_for_change` when it has read everything; each adapter wakes that sleep its own
+way (an in-process event, ``PRAGMA data_version``, ``LISTEN/NOTIFY``).
+
+Adapters never import the runtime.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+
+import attrs
+
+from ..values import AgentLifecycle, Build, Chat, JobStatus, StoreEvent, Transition, WorkspaceFacts
+
+__all__ = ["ChatRow", "Outcome", "Store"]
+
+
+@attrs.frozen
+class Outcome:
+    """The result of a compare-and-set request.
+
+    ``fired`` says whether this call appended the build; ``build`` is the build it appended (or
+    ``None``); ``facts`` are the workspace's facts right after the transaction, so a caller that
+    lost the race sees what won.
+    """
+
+    fired: bool
+    build: Build | None
+    facts: WorkspaceFacts
+
+
+@attrs.frozen
+class ChatRow:
+    """A chat with its workspace's facts, for status listings."""
+
+    chat: Chat
+    facts: WorkspaceFacts | None
+
+
+class Store(abc.ABC):
+    """The storage interface. Every method may raise :class:`~workspace_lifecycle.errors.StoreError`.
+
+    Use a store as an async context manager (``async with open_store(url) as store``); methods
+    called after close raise :class:`~workspace_lifecycle.errors.StoreClosedError`.
+    """
+
+    #: The URL the store was opened from (with any password removed).
+    url: str = ""
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect and migrate; called by ``async with``."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release connections. Idempotent."""
+
+    # --- chats and workspaces --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def register_chat(self, chat_id: str, owner: str) -> Chat:
+        """Create the chat if absent (idempotent). Another owner raises ``OwnershipError``."""
+
+    @abc.abstractmethod
+    async def get_chat(self, chat_id: str) -> Chat | None:
+        """The chat, or ``None``."""
+
+    @abc.abstractmethod
+    async def workspace_facts(self, workspace_id: str) -> WorkspaceFacts:
+        """The workspace, its latest build and agent, and the log head, in one read."""
+
+    @abc.abstractmethod
+    async def create_workspace(
+        self, chat_id: str, name: str, *, expected_workspace_id: str | None
+    ) -> Outcome:
+        """Create a workspace with its first (start) build and bind the chat to it.
+
+        Compare-and-set: only if the chat is still bound to ``expected_workspace_id``. On a lost
+        race, ``facts`` are those of the workspace the chat is bound to now.
+        """
+
+    @abc.abstractmethod
+    async def request_build(
+        self, workspace_id: str, transition: Transition, *, expected_build_number: int
+    ) -> Outcome:
+        """Append build ``expected_build_number + 1`` if that is still the latest, it has
+        finished, and the workspace is not deleted; otherwise append nothing."""
+
+    @abc.abstractmethod
+    async def list_chats(self) -> Sequence[ChatRow]:
+        """Every chat with its workspace's facts (for ``status``)."""
+
+    # --- the provisioner side ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def claim_build(self, worker: str) -> Build | None:
+        """Hand the oldest pending build to ``worker`` (exactly one worker gets each)."""
+
+    @abc.abstractmethod
+    async def finish_build(
+        self,
+        build_id: str,
+        status: JobStatus,
+        error: str | None = None,
+        *,
+        has_agent: bool = True,
+    ) -> Build:
+        """Finish an in-progress build (``succeeded``, ``failed`` or ``canceled``).
+
+        A succeeded start build with ``has_agent`` creates its agent in ``created``; a succeeded
+        delete build marks the workspace deleted.
+        """
+
+    @abc.abstractmethod
+    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle) -> None:
+        """Record the agent's lifecycle state (the agent of the latest build that has one)."""
+
+    # --- the event log ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def head(self) -> int:
+        """The sequence number of the newest committed event (0 for an empty log)."""
+
+    @abc.abstractmethod
+    async def read_events(self, after: int, limit: int = 1000) -> Sequence[StoreEvent]:
+        """Committed events with ``seq > after``, in order; raises ``CursorExpiredError`` when
+        events after ``after`` were pruned."""
+
+    @abc.abstractmethod
+    async def wait_for_change(self, after: int) -> None:
+        """Return soon after an event newer than ``after`` may be readable (may return early)."""
+
+    @abc.abstractmethod
+    async def prune_events(self, older_than: float) -> int:
+        """Delete events written before the wall-clock time ``older_than``; return how many."""
+
+    async def subscribe(self, after: int = 0) -> AsyncIterator[StoreEvent]:
+        """Every event after ``after``, forever, waking on each commit (never sleeping blind)."""
+        cursor = after
+        while True:
+            events = await self.read_events(cursor)
+            if not events:
+                await self.wait_for_change(cursor)
+                continue
+            for event in events:
+                cursor = event.seq
+                yield event

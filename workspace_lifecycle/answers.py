@@ -1,0 +1,108 @@
+"""The answers of the workspace tools, with Coder's JSON keys and sentences. Pure functions.
+
+The runtime decides *what* happened; this module says it the way Coder's chat tools do, so a
+model prompted for Coder sees the same answers from us.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .values import AgentLifecycle, JobStatus, ToolResult, Workspace, WorkspaceState
+
+__all__ = [
+    "CHAT_NOT_FOUND",
+    "NO_WORKSPACE",
+    "WORKSPACE_DELETED",
+    "agent_fields",
+    "build_failure_reason",
+]
+
+NO_WORKSPACE = "chat has no workspace; use create_workspace first"
+WORKSPACE_DELETED = "workspace was deleted; use create_workspace to make a new one"
+CHAT_NOT_FOUND = "chat not found; the chat runtime must register it first"
+
+#: Keys each request answers a success with (``started: true`` ...).
+DONE_KEY = {"start": "started", "stop": "stopped", "delete": "deleted", "create": "created"}
+
+
+def agent_fields(
+    *, has_agent: bool | None, lifecycle: AgentLifecycle | None, timed_out: bool
+) -> dict[str, Any]:
+    """Coder's agent fields: nothing when ready, else what went wrong.
+
+    >>> agent_fields(has_agent=False, lifecycle=None, timed_out=False)
+    {'agent_status': 'no_agent'}
+    >>> agent_fields(has_agent=True, lifecycle=AgentLifecycle.START_ERROR, timed_out=False)
+    {'startup_scripts': 'startup_scripts_failed', 'lifecycle_state': 'start_error'}
+    """
+    if not has_agent or lifecycle is None:
+        return {"agent_status": "no_agent"}
+    if lifecycle is AgentLifecycle.READY:
+        return {}
+    if lifecycle.pending:
+        if timed_out:
+            return {"startup_scripts": "startup_scripts_timeout"}
+        return {"agent_status": "not_ready", "lifecycle_state": lifecycle.value}
+    return {"startup_scripts": "startup_scripts_failed", "lifecycle_state": lifecycle.value}
+
+
+def build_failure_reason(status: JobStatus | None, error: str | None) -> str:
+    """The reason Coder's ``waitForBuild`` gives for a build that did not succeed."""
+    if status is JobStatus.CANCELED:
+        return "build was canceled"
+    return error or "build failed"
+
+
+def done(
+    request: str,
+    workspace: Workspace,
+    *,
+    build_id: str | None,
+    agent: dict[str, Any] | None = None,
+) -> ToolResult:
+    """``{"started": true, "workspace_name": ..., "build_id" | "no_build": ...}``."""
+    name = workspace.full_name if request == "create" else workspace.name
+    data: dict[str, Any] = {DONE_KEY[request]: True, "workspace_name": name}
+    if build_id is None:
+        data["no_build"] = True
+    else:
+        data["build_id"] = build_id
+    data.update(agent or {})
+    return ToolResult.ok(data)
+
+
+def build_failed(prefix: str, reason: str, build_id: str | None) -> ToolResult:
+    data: dict[str, Any] = {"error": f"{prefix}: {reason}"}
+    if build_id is not None:
+        data["build_id"] = build_id
+    return ToolResult.ok(data)
+
+
+def not_waiting(
+    workspace: Workspace, state: WorkspaceState, *, build_id: str | None, request: str
+) -> ToolResult:
+    """The answer of ``wait=False``: the request is decided, ``status`` is the state now."""
+    data: dict[str, Any] = {"workspace_name": workspace.name, "status": state.value, "request": request}
+    if build_id is None:
+        data["no_build"] = True
+    else:
+        data["build_id"] = build_id
+    return ToolResult.ok(data)
+
+
+def create_existing(
+    workspace: Workspace, state: WorkspaceState, *, build_id: str | None, agent: dict[str, Any]
+) -> ToolResult:
+    """``create_workspace`` when the chat already has a live workspace (Coder's answers)."""
+    data: dict[str, Any] = {"created": False, "workspace_name": workspace.name}
+    if state is WorkspaceState.STOPPED:
+        data.update(status="stopped", message="workspace is stopped; use start_workspace to start it")
+        return ToolResult.ok(data)
+    data["status"] = "already_exists"
+    if build_id is not None:
+        data.update(message="workspace build completed", build_id=build_id)
+    else:
+        data["message"] = "workspace is already running and recently connected"
+    data.update(agent)
+    return ToolResult.ok(data)

@@ -1,0 +1,382 @@
+"""The workspace state machine: every state decision lives in this module.
+
+Theory of operation
+-------------------
+A workspace is in one of six states (:class:`~workspace_lifecycle.values.WorkspaceState`). The
+state is a pure function of the stored rows (:func:`derive_state`) and is *also* what you reach
+by applying the store's events, one by one, to :class:`WorkspaceMachine`. Both paths must agree,
+always; the property tests check it for random histories, including repeated and reordered
+delivery.
+
+Events come from storage, never from wishes. A request such as ``start_workspace`` does not
+move the machine: :meth:`Tracker.decide` reads the transition table to decide whether the
+request fires a build, waits for one, is already satisfied or is refused; the store then
+appends the build with a compare-and-set, and the resulting ``build_queued`` event is what moves
+the machine to ``building``. The request transitions (``start``, ``stop``, ``delete``,
+``create``) are declared in the table so that the decision and the diagram read the same
+source; they are never sent.
+
+Stale and repeated events are filtered before the machine sees them (:meth:`Tracker.apply`):
+an event whose sequence number was already applied, or that belongs to an older build than the
+latest one known, changes nothing. A build that finishes before its ``build_queued`` arrived
+(reordered delivery) implies the queueing. Agent reports carry their own sequence number, so a
+late snapshot of the agent never overwrites a newer report. What remains must be accepted by
+the table; an event the table does not allow raises :class:`InvalidEventError` (the machine is
+strict, as ``StateMachine`` is, unlike the lenient ``StateChart``).
+
+Rules for this module: no I/O, no awaits, no clocks, no imports of anyio or any driver. Building
+a python-statemachine instance costs ~0.25 ms and ~15 KiB, so the runtime keeps a
+:class:`Tracker` only for workspaces somebody waits on or watches.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+from statemachine import State, StateMachine
+from statemachine.exceptions import TransitionNotAllowed
+from statemachine.states import States
+
+from .errors import InvalidEventError
+from .values import (
+    AgentLifecycle,
+    EventKind,
+    JobStatus,
+    StateChange,
+    StoreEvent,
+    Transition,
+    WorkspaceFacts,
+    WorkspaceState,
+)
+
+__all__ = [
+    "Decision",
+    "Request",
+    "Tracker",
+    "WorkspaceMachine",
+    "derive_state",
+]
+
+
+def derive_state(facts: WorkspaceFacts) -> WorkspaceState:
+    """The state of a workspace, read off its stored rows (SPEC "States").
+
+    >>> from workspace_lifecycle.values import Build, Workspace
+    >>> ws = Workspace("w1", "c1", "alice", "dev")
+    >>> b = Build("b1", "w1", 1, Transition.STOP, JobStatus.SUCCEEDED)
+    >>> derive_state(WorkspaceFacts(ws, b, None, seq=3))
+    <WorkspaceState.STOPPED: 'stopped'>
+    """
+    build = facts.latest_build
+    if facts.workspace.deleted or build is None:
+        return WorkspaceState.NO_WORKSPACE
+    if build.status.in_progress:
+        return WorkspaceState.BUILDING
+    if build.status is not JobStatus.SUCCEEDED:
+        return WorkspaceState.FAILED
+    if build.transition is Transition.STOP:
+        return WorkspaceState.STOPPED
+    if build.transition is Transition.DELETE:
+        return WorkspaceState.NO_WORKSPACE
+    agent = facts.agent
+    if agent is not None and agent.build_number == build.number and agent.lifecycle is AgentLifecycle.READY:
+        return WorkspaceState.AGENT_READY
+    return WorkspaceState.RUNNING
+
+
+class WorkspaceMachine(StateMachine):
+    """The transition table (python-statemachine). Storage events move it; requests are read.
+
+    Guards read the event being applied (``ev``) and the :class:`Tracker` bound as model.
+    """
+
+    # As ``States.from_enum(..., use_enum_instance=True)``, but with the stored strings as state
+    # ids, so the diagram and ``allowed_events`` speak the same names as the rows and the SPEC.
+    s = States(
+        {
+            member.value: State(member.value, value=member, initial=member is WorkspaceState.NO_WORKSPACE)
+            for member in WorkspaceState
+        }
+    )
+
+    # --- storage events -------------------------------------------------------------------
+    build_queued = s.building.from_.any()
+    build_updated = s.building.to.itself(internal=True)
+    build_succeeded = (
+        s.building.to(s.agent_ready, cond=["is_start", "agent_is_ready"])
+        | s.building.to(s.running, cond="is_start")
+        | s.building.to(s.stopped, cond="is_stop")
+        | s.building.to(s.no_workspace, cond="is_delete")
+    )
+    build_failed = s.building.to(s.failed)
+    agent_ready = (
+        s.running.to(s.agent_ready)
+        | s.agent_ready.to.itself(internal=True)
+        | s.building.to.itself(internal=True)
+        | s.stopped.to.itself(internal=True)
+        | s.failed.to.itself(internal=True)
+    )
+    agent_not_ready = (
+        s.agent_ready.to(s.running)
+        | s.running.to.itself(internal=True)
+        | s.building.to.itself(internal=True)
+        | s.stopped.to.itself(internal=True)
+        | s.failed.to.itself(internal=True)
+    )
+    workspace_deleted = s.no_workspace.from_.any()
+
+    # --- requests (decided from the table, never sent; the store's event moves the state) --
+    request_create = s.no_workspace.to(s.building)
+    request_start = s.stopped.to(s.building) | s.failed.to(s.building)
+    request_stop = s.running.to(s.building) | s.agent_ready.to(s.building) | s.failed.to(s.building)
+    request_delete = (
+        s.stopped.to(s.building)
+        | s.running.to(s.building)
+        | s.agent_ready.to(s.building)
+        | s.failed.to(s.building)
+    )
+
+    def is_start(self, ev: StoreEvent) -> bool:
+        return ev.transition is Transition.START
+
+    def is_stop(self, ev: StoreEvent) -> bool:
+        return ev.transition is Transition.STOP
+
+    def is_delete(self, ev: StoreEvent) -> bool:
+        return ev.transition is Transition.DELETE
+
+    def agent_is_ready(self) -> bool:
+        return self.model.agent is AgentLifecycle.READY
+
+
+#: The request transitions, by the request's name; each one is an event of the table.
+class Request(enum.Enum):
+    CREATE = "create"
+    START = "start"
+    STOP = "stop"
+    DELETE = "delete"
+
+
+#: The build transition each request fires.
+REQUEST_TRANSITION = {
+    Request.CREATE: Transition.START,
+    Request.START: Transition.START,
+    Request.STOP: Transition.STOP,
+    Request.DELETE: Transition.DELETE,
+}
+
+
+class Decision(enum.Enum):
+    """What a request does in the current state."""
+
+    FIRE = "fire"  # append one build (compare-and-set on the latest build)
+    WAIT = "wait"  # a build of the requested kind is in flight: wait for it
+    WAIT_THEN_RETRY = "wait_then_retry"  # another kind of build is in flight: wait, decide again
+    ALREADY = "already"  # nothing to do: the workspace is already where the request leads
+    REFUSE = "refuse"  # the request has no transition from here (e.g. start with no workspace)
+
+
+# Where each request leads when it has nothing to fire.
+_SATISFIED = {
+    Request.CREATE: frozenset({WorkspaceState.RUNNING, WorkspaceState.AGENT_READY, WorkspaceState.STOPPED}),
+    Request.START: frozenset({WorkspaceState.RUNNING, WorkspaceState.AGENT_READY}),
+    Request.STOP: frozenset({WorkspaceState.STOPPED}),
+    Request.DELETE: frozenset({WorkspaceState.NO_WORKSPACE}),
+}
+
+_EVENT_FOR_STATUS = {
+    JobStatus.SUCCEEDED: "build_succeeded",
+    JobStatus.FAILED: "build_failed",
+    JobStatus.CANCELED: "build_failed",
+}
+
+
+@attrs.define(eq=False)
+class Tracker:
+    """One workspace's machine plus what it knows of the store (the machine's model).
+
+    Create it from stored facts with :meth:`from_facts`; feed it events with :meth:`apply`.
+    """
+
+    workspace_id: str
+    chat_id: str
+    state: WorkspaceState = WorkspaceState.NO_WORKSPACE
+    seq: int = 0  # last applied sequence number
+    build_number: int = 0  # latest build known
+    build_id: str | None = None
+    transition: Transition | None = None
+    status: JobStatus | None = None
+    error: str | None = None
+    has_agent: bool | None = None
+    agent: AgentLifecycle | None = None
+    agent_seq: int = 0
+    deleted: bool = False
+    machine: WorkspaceMachine = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Binding a model whose ``state`` already holds a value restores it without running
+        # enter callbacks; the value was validated (it is a WorkspaceState) before we got here.
+        self.machine = WorkspaceMachine(model=self, state_field="state")
+
+    @classmethod
+    def from_facts(cls, facts: WorkspaceFacts) -> Tracker:
+        build = facts.latest_build
+        agent = facts.agent
+        if agent is not None and (build is None or agent.build_number != build.number):
+            agent = None
+        return cls(
+            workspace_id=facts.workspace_id,
+            chat_id=facts.workspace.chat_id,
+            state=derive_state(facts),
+            seq=facts.seq,
+            build_number=build.number if build else 0,
+            build_id=build.build_id if build else None,
+            transition=build.transition if build else None,
+            status=build.status if build else None,
+            error=build.error if build else None,
+            has_agent=build.has_agent if build else None,
+            agent=agent.lifecycle if agent else None,
+            agent_seq=facts.seq if agent else 0,
+            deleted=facts.workspace.deleted,
+        )
+
+    # --- applying storage events ----------------------------------------------------------
+
+    def is_stale(self, ev: StoreEvent) -> bool:
+        """Already applied, for an older build, or after the workspace was deleted."""
+        return ev.seq <= self.seq or ev.build_number < self.build_number or self.deleted
+
+    def apply(self, ev: StoreEvent) -> StateChange | None:
+        """Apply one event; return the state change it caused, if any.
+
+        Raises :class:`InvalidEventError` for a fresh event the table does not accept.
+        """
+        if ev.workspace_id != self.workspace_id:
+            raise InvalidEventError(
+                f"event {ev.seq} is for workspace {ev.workspace_id}, not {self.workspace_id}"
+            )
+        if ev.kind is EventKind.CHAT_BOUND:
+            self.seq = max(self.seq, ev.seq)
+            return None
+        if self.is_stale(ev):
+            return None
+        before = self.state
+        kind = ev.kind
+        if kind is EventKind.AGENT_UPDATED:
+            self._apply_agent(ev)
+        elif kind is EventKind.WORKSPACE_DELETED:
+            self._send("workspace_deleted", ev)
+            self.deleted = True
+        else:
+            self._apply_build(ev)
+        self.seq = ev.seq
+        if self.state is before:
+            return None
+        return StateChange(
+            chat_id=self.chat_id,
+            workspace_id=self.workspace_id,
+            build_number=self.build_number,
+            from_state=before,
+            to_state=self.state,
+            event=kind,
+            seq=ev.seq,
+            at=ev.at,
+        )
+
+    def _apply_build(self, ev: StoreEvent) -> None:
+        newer = ev.build_number > self.build_number
+        if newer:
+            # A new build: queued (or, delivered out of order, already further along).
+            self.build_number = ev.build_number
+            self.build_id = ev.build_id
+            self.transition = ev.transition
+            self.status = JobStatus.PENDING
+            self.error = None
+            self.has_agent = None
+            self.agent = None
+            self.agent_seq = 0
+            self._send("build_queued", ev)
+        elif self.status is not None and self.status.finished:
+            return  # a repeat of this build's news, or older news than its end
+        if ev.kind is EventKind.BUILD_QUEUED:
+            return
+        status = ev.status
+        if status is None:
+            raise InvalidEventError(f"event {ev.seq} ({ev.kind.value}) carries no job status")
+        if ev.kind is EventKind.BUILD_UPDATED:
+            if status.in_progress:
+                self.status = status
+                self._send("build_updated", ev)
+                return
+            raise InvalidEventError(f"event {ev.seq}: build_updated with final status {status.value}")
+        if status.in_progress:
+            raise InvalidEventError(f"event {ev.seq}: build_finished with status {status.value}")
+        self.status = status
+        self.error = ev.error
+        if status is JobStatus.SUCCEEDED and ev.transition is Transition.START:
+            self.has_agent = ev.has_agent
+            if ev.seq > self.agent_seq:  # a reordered newer agent report wins over the snapshot
+                self.agent = AgentLifecycle.CREATED if ev.has_agent else None
+                self.agent_seq = ev.seq
+        self._send(_EVENT_FOR_STATUS[status], ev)
+
+    def _apply_agent(self, ev: StoreEvent) -> None:
+        if ev.agent is None:
+            raise InvalidEventError(f"event {ev.seq} (agent_updated) carries no lifecycle state")
+        if ev.build_number > self.build_number:
+            raise InvalidEventError(
+                f"event {ev.seq}: agent report for build {ev.build_number} before that build was known"
+            )
+        if ev.seq > self.agent_seq:
+            self.agent = ev.agent
+            self.agent_seq = ev.seq
+        self._send("agent_ready" if self.agent is AgentLifecycle.READY else "agent_not_ready", ev)
+
+    def _send(self, event: str, ev: StoreEvent) -> None:
+        try:
+            self.machine.send(event, ev=ev)
+        except TransitionNotAllowed:
+            raise InvalidEventError(
+                f"event {ev.seq} ({event}, build {ev.build_number}) is not allowed in state {self.state.value}"
+            ) from None
+
+    # --- deciding requests ----------------------------------------------------------------
+
+    def decide(self, request: Request) -> Decision:
+        """Decide a request from the transition table and the build in flight.
+
+        >>> t = Tracker("w1", "c1", state=WorkspaceState.STOPPED)
+        >>> t.decide(Request.START)
+        <Decision.FIRE: 'fire'>
+        """
+        state = self.state
+        if state is WorkspaceState.BUILDING:
+            if self.transition is REQUEST_TRANSITION[request] and request is not Request.CREATE:
+                return Decision.WAIT
+            if request is Request.CREATE:
+                return Decision.WAIT
+            return Decision.WAIT_THEN_RETRY
+        if state in _SATISFIED[request]:
+            return Decision.ALREADY
+        if self.deleted and request is not Request.CREATE:
+            return Decision.REFUSE
+        allowed = {event.id for event in self.machine.allowed_events}
+        return Decision.FIRE if f"request_{request.value}" in allowed else Decision.REFUSE
+
+    @property
+    def build_in_flight(self) -> bool:
+        return self.state is WorkspaceState.BUILDING
+
+    def snapshot(self) -> dict[str, Any]:
+        """A plain summary, for logs and the CLI."""
+        return {
+            "workspace_id": self.workspace_id,
+            "state": self.state.value,
+            "build_number": self.build_number,
+            "transition": self.transition.value if self.transition else None,
+            "status": self.status.value if self.status else None,
+            "agent": self.agent.value if self.agent else None,
+            "seq": self.seq,
+        }

@@ -1,0 +1,122 @@
+"""A simulated provisioner: claims pending builds and completes them, like a real one would.
+
+It uses only the provisioner side of the store (``claim_build``, ``finish_build``,
+``report_agent``), the same calls a real provisioner makes, from any process. It wakes on the
+store's events, so an idle provisioner costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from types import TracebackType
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .adapters.base import Store
+from .errors import StoreClosedError, StoreError
+from .values import AgentLifecycle, Build, JobStatus, Transition
+
+__all__ = ["SimulatedProvisioner"]
+
+log = logging.getLogger("workspace_lifecycle.provisioner")
+
+FailSpec = Callable[[Build], bool] | float | None
+
+
+class SimulatedProvisioner:
+    """Completes builds after ``build_seconds``; the agent reaches ``agent`` ``agent_seconds`` later.
+
+    ``fail`` is a predicate on the build, or a probability in [0, 1], that makes a build fail;
+    ``agent`` is the agent's final lifecycle state (``"ready"``, ``"start_error"``, ...) or
+    ``None`` for workspaces without an agent. ``seed`` makes probabilistic failures repeatable.
+
+    >>> SimulatedProvisioner(None, fail=2.0)  # type: ignore[arg-type]
+    Traceback (most recent call last):
+    ...
+    ValueError: fail must be a predicate or a probability in [0, 1], not 2.0
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        build_seconds: float = 0.0,
+        agent_seconds: float = 0.0,
+        fail: FailSpec = None,
+        agent: str | AgentLifecycle | None = "ready",
+        seed: int | None = None,
+        worker: str = "simulated",
+    ) -> None:
+        if isinstance(fail, (int, float)) and not isinstance(fail, bool) and not 0.0 <= fail <= 1.0:
+            raise ValueError(f"fail must be a predicate or a probability in [0, 1], not {fail!r}")
+        if build_seconds < 0 or agent_seconds < 0:
+            raise ValueError("build_seconds and agent_seconds must not be negative")
+        self.store = store
+        self.build_seconds = build_seconds
+        self.agent_seconds = agent_seconds
+        self.fail = fail
+        self.agent = None if agent is None else AgentLifecycle(agent)
+        self.worker = worker
+        self._random = random.Random(seed)
+        self._tg: TaskGroup | None = None
+        self.builds_done = 0
+
+    async def __aenter__(self) -> SimulatedProvisioner:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self.run)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        return await self._tg.__aexit__(exc_type, exc, tb)
+
+    def _fails(self, build: Build) -> bool:
+        if self.fail is None:
+            return False
+        if callable(self.fail):
+            return bool(self.fail(build))
+        return self._random.random() < self.fail
+
+    async def run(self) -> None:
+        """Claim and complete builds until cancelled (or the store closes)."""
+        async with anyio.create_task_group() as tg:
+            while True:
+                try:
+                    cursor = await self.store.head()
+                    build = await self.store.claim_build(self.worker)
+                    if build is None:
+                        await self.store.wait_for_change(cursor)
+                        continue
+                except StoreClosedError:
+                    return
+                except StoreError as exc:
+                    log.warning("provisioner: %s; retrying", exc)
+                    await anyio.sleep(0.1)
+                    continue
+                tg.start_soon(self._complete, build)
+
+    async def _complete(self, build: Build) -> None:
+        try:
+            await anyio.sleep(self.build_seconds)
+            if self._fails(build):
+                await self.store.finish_build(build.build_id, JobStatus.FAILED, "simulated failure")
+                self.builds_done += 1
+                return
+            has_agent = self.agent is not None and build.transition is Transition.START
+            await self.store.finish_build(build.build_id, JobStatus.SUCCEEDED, has_agent=has_agent)
+            self.builds_done += 1
+            if has_agent and self.agent is not None:
+                await anyio.sleep(self.agent_seconds)
+                await self.store.report_agent(build.workspace_id, self.agent)
+        except StoreError as exc:
+            log.warning("provisioner: build %s: %s", build.build_id, exc)

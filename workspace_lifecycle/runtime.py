@@ -1,0 +1,581 @@
+"""The runtime: one event pump per store, waiters that wake on events, and the four tools.
+
+:class:`Lifecycle` reads the store's event log from a cursor in a single task (the pump) and
+feeds each event to the :class:`~workspace_lifecycle.machine.Tracker` of its workspace, if
+somebody is waiting on or watching that workspace; nobody else pays for it. A request reads the
+machine's decision, executes it with the store's compare-and-set, and waits, on an
+``anyio.Event`` set by the pump, for the outcome. Nothing sleeps in a loop; timeouts and
+cancellation are anyio cancel scopes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
+
+from . import answers
+from .adapters.base import Store
+from .errors import (
+    CursorExpiredError,
+    InvalidEventError,
+    StoreClosedError,
+    StoreError,
+)
+from .machine import REQUEST_TRANSITION, Decision, Request, Tracker, derive_state
+from .telemetry import RequestSpan, log_change
+from .values import EventKind, StateChange, StoreEvent, ToolResult, Workspace, WorkspaceState
+
+__all__ = ["Lifecycle", "workspace_name"]
+
+log = logging.getLogger("workspace_lifecycle.runtime")
+
+_NAME_RE = re.compile(r"^[a-zA-Z0-9]+(?:-[a-zA-Z0-9]+)*$")
+
+
+def workspace_name(name: str | None) -> str:
+    """Coder's rule: a valid name is kept, anything else becomes ``<base>-<4 hex>``."""
+    name = (name or "").strip()
+    if name and len(name) <= 32 and _NAME_RE.match(name):
+        return name
+    base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:27].strip("-") or "workspace"
+    return f"{base}-{secrets.token_hex(2)}"
+
+
+@attrs.define(eq=False)
+class _Entry:
+    """A tracked workspace: its machine, who holds it, and the event waiters sleep on."""
+
+    workspace_id: str
+    tracker: Tracker | None = None
+    workspace: Workspace | None = None
+    refs: int = 0
+    buffer: list[StoreEvent] = attrs.Factory(list)
+    loaded: anyio.Event = attrs.Factory(anyio.Event)
+    changed: anyio.Event = attrs.Factory(anyio.Event)
+    error: BaseException | None = None
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+class Lifecycle:
+    """Answers the workspace tools for the chats in ``store``.
+
+    Use it as an async context manager; it runs its event pump in an anyio task group::
+
+        async with wl.open_store("memory://") as store, wl.Lifecycle(store) as lc:
+            await lc.register_chat("chat-1", owner="alice")
+            result = await lc.create_workspace("chat-1", owner="alice", name="dev")
+
+    ``build_timeout`` bounds each wait for a build, ``agent_timeout`` the wait for the agent.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        build_timeout: float = 600.0,
+        agent_timeout: float = 600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if build_timeout <= 0 or agent_timeout <= 0:
+            raise ValueError("build_timeout and agent_timeout must be positive")
+        self.store = store
+        self.build_timeout = build_timeout
+        self.agent_timeout = agent_timeout
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._watchers: dict[str | None, set[MemoryObjectSendStream[StateChange]]] = {}
+        self._cursor = 0
+        self._progress = anyio.Event()
+        self._tg: TaskGroup | None = None
+        self._failure: BaseException | None = None
+        self.events_applied = 0
+
+    # --- lifecycle of the runtime ------------------------------------------------------------
+
+    async def __aenter__(self) -> Lifecycle:
+        self._cursor = await self.store.head()
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._pump)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        for streams in self._watchers.values():
+            for stream in streams:
+                stream.close()
+        try:
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            self._tg = None
+
+    @property
+    def tracked(self) -> int:
+        """How many workspaces have a machine now (somebody waits on or watches them)."""
+        return len(self._entries)
+
+    # --- the pump --------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                events = await self.store.read_events(self._cursor)
+                if not events:
+                    await self.store.wait_for_change(self._cursor)
+                    continue
+                for event in events:
+                    await self._dispatch(event)
+                    self._cursor = event.seq
+                self._advance()
+                delay = 0.05
+            except CursorExpiredError:
+                await self._resync_all()
+            except StoreClosedError as exc:
+                self._fail(exc)
+                return
+            except StoreError as exc:
+                # Transient (a restarted database, a dropped connection): retry with backoff;
+                # the store's own reconnect and resync bring the log back.
+                log.warning("event pump: %s; retrying in %.2fs", exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _advance(self) -> None:
+        self._progress.set()
+        self._progress = anyio.Event()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failure = exc
+        for entry in self._entries.values():
+            entry.notify()
+        self._advance()
+
+    async def _dispatch(self, event: StoreEvent) -> None:
+        entry = self._entries.get(event.workspace_id)
+        if entry is None:
+            if event.kind is EventKind.CHAT_BOUND and self._is_watched(event.chat_id):
+                # A watched chat got a new workspace: follow it from its first event.
+                entry = self._entries[event.workspace_id] = _Entry(event.workspace_id)
+                entry.tracker = Tracker(event.workspace_id, event.chat_id, seq=event.seq)
+                entry.loaded.set()
+            return
+        if entry.tracker is None:
+            entry.buffer.append(event)
+            return
+        self._apply(entry, event)
+
+    def _apply(self, entry: _Entry, event: StoreEvent) -> None:
+        tracker = entry.tracker
+        assert tracker is not None
+        try:
+            change = tracker.apply(event)
+        except InvalidEventError as exc:
+            log.warning("inconsistent event, resynchronising %s: %s", entry.workspace_id, exc)
+            assert self._tg is not None
+            self._tg.start_soon(self._resync, entry)
+            return
+        self.events_applied += 1
+        if change is not None:
+            self._publish(change)
+        entry.notify()
+
+    def _publish(self, change: StateChange) -> None:
+        log_change(change, self._clock())
+        for key in (change.chat_id, None):
+            for stream in tuple(self._watchers.get(key, ())):
+                try:
+                    stream.send_nowait(change)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    self._watchers[key].discard(stream)
+
+    async def _resync(self, entry: _Entry) -> None:
+        """Replace a tracker's knowledge with the stored rows (the derived state)."""
+        facts = await self.store.workspace_facts(entry.workspace_id)
+        old = entry.tracker
+        fresh = Tracker.from_facts(facts)
+        if old is not None and fresh.seq < old.seq:
+            return
+        entry.tracker = fresh
+        if old is not None and old.state is not fresh.state:
+            self._publish(
+                StateChange(
+                    chat_id=fresh.chat_id,
+                    workspace_id=fresh.workspace_id,
+                    build_number=fresh.build_number,
+                    from_state=old.state,
+                    to_state=fresh.state,
+                    event=None,
+                    seq=fresh.seq,
+                    at=self._clock(),
+                )
+            )
+        entry.notify()
+
+    async def _resync_all(self) -> None:
+        head = await self.store.head()
+        for entry in list(self._entries.values()):
+            if entry.tracker is not None:
+                await self._resync(entry)
+        self._cursor = max(self._cursor, head)
+        self._advance()
+
+    async def _caught_up(self, seq: int) -> None:
+        """Wait until the pump has applied every event up to ``seq``."""
+        while self._cursor < seq:
+            self._raise_if_failed()
+            await self._progress.wait()
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise StoreClosedError(f"the event pump stopped: {self._failure}")
+        if self._tg is None:
+            raise RuntimeError("use the Lifecycle as an async context manager first")
+
+    # --- tracked workspaces ------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _track(self, workspace_id: str) -> AsyncIterator[_Entry]:
+        """Hold a machine for ``workspace_id`` while the block runs (loaded from the rows)."""
+        self._raise_if_failed()
+        entry = self._entries.get(workspace_id)
+        if entry is None:
+            entry = self._entries[workspace_id] = _Entry(workspace_id)
+            entry.refs += 1
+            try:
+                facts = await self.store.workspace_facts(workspace_id)
+                entry.workspace = facts.workspace
+                entry.tracker = Tracker.from_facts(facts)
+                for event in entry.buffer:
+                    self._apply(entry, event)
+                entry.buffer.clear()
+            except BaseException as exc:
+                entry.error = exc
+                entry.loaded.set()
+                self._release(entry)
+                raise
+            entry.loaded.set()
+        else:
+            entry.refs += 1
+            await entry.loaded.wait()
+            if entry.error is not None:
+                self._release(entry)
+                raise entry.error
+        try:
+            yield entry
+        finally:
+            self._release(entry)
+
+    def _release(self, entry: _Entry) -> None:
+        entry.refs -= 1
+        if entry.refs <= 0 and self._entries.get(entry.workspace_id) is entry:
+            tracker = entry.tracker
+            if tracker is None or not self._is_watched(tracker.chat_id):
+                del self._entries[entry.workspace_id]
+
+    def _is_watched(self, chat_id: str) -> bool:
+        return bool(self._watchers.get(chat_id)) or bool(self._watchers.get(None))
+
+    async def _wait(self, entry: _Entry, done: Callable[[Tracker], bool]) -> Tracker:
+        """Sleep until ``done(tracker)`` holds; each pump delivery wakes us once."""
+        while True:
+            self._raise_if_failed()
+            tracker = entry.tracker
+            assert tracker is not None
+            if done(tracker):
+                return tracker
+            await entry.changed.wait()
+
+    # --- reading -----------------------------------------------------------------------------
+
+    async def register_chat(self, chat_id: str, *, owner: str) -> None:
+        """Record that ``chat_id`` belongs to ``owner`` (idempotent)."""
+        _check_id("chat_id", chat_id)
+        _check_id("owner", owner)
+        await self.store.register_chat(chat_id, owner)
+
+    async def state(self, chat_id: str) -> WorkspaceState:
+        """The chat's workspace state, derived from the stored rows."""
+        chat = await self.store.get_chat(chat_id)
+        if chat is None or chat.workspace_id is None:
+            return WorkspaceState.NO_WORKSPACE
+        return derive_state(await self.store.workspace_facts(chat.workspace_id))
+
+    async def watch(self, chat_id: str | None = None) -> AsyncIterator[StateChange]:
+        """Every state change of ``chat_id``'s workspace (or of every chat, if ``None``).
+
+        Watching every chat keeps one machine per workspace that changes while you watch.
+        """
+        send, receive = anyio.create_memory_object_stream[StateChange](math.inf)
+        self._watchers.setdefault(chat_id, set()).add(send)
+        holds: list[Any] = []
+        try:
+            async with receive:
+                if chat_id is not None:
+                    chat = await self.store.get_chat(chat_id)
+                    if chat is not None and chat.workspace_id is not None:
+                        # Hold the machine of the current workspace; new ones follow CHAT_BOUND.
+                        cm = self._track(chat.workspace_id)
+                        await cm.__aenter__()
+                        holds.append(cm)
+                else:
+                    for row in await self.store.list_chats():
+                        if row.facts is not None:
+                            cm = self._track(row.facts.workspace_id)
+                            await cm.__aenter__()
+                            holds.append(cm)
+                async for change in receive:
+                    yield change
+        finally:
+            self._watchers[chat_id].discard(send)
+            send.close()
+            for cm in reversed(holds):
+                await cm.__aexit__(None, None, None)
+            for entry in list(self._entries.values()):
+                if entry.refs <= 0:
+                    self._release(entry)
+
+    # --- the tools ---------------------------------------------------------------------------
+
+    async def create_workspace(
+        self, chat_id: str, *, owner: str, name: str | None = None, wait: bool = True
+    ) -> ToolResult:
+        """Create the chat's workspace (Coder's ``create_workspace``); idempotent while one lives."""
+        return await self._run(Request.CREATE, chat_id, owner, wait, name=name)
+
+    async def start_workspace(self, chat_id: str, *, owner: str, wait: bool = True) -> ToolResult:
+        """Start the chat's workspace; exactly one start build however many callers race."""
+        return await self._run(Request.START, chat_id, owner, wait)
+
+    async def stop_workspace(self, chat_id: str, *, owner: str, wait: bool = True) -> ToolResult:
+        """Stop the chat's workspace; waits for a build in flight first."""
+        return await self._run(Request.STOP, chat_id, owner, wait)
+
+    async def delete_workspace(self, chat_id: str, *, owner: str, wait: bool = True) -> ToolResult:
+        """Delete the chat's workspace with one delete build."""
+        return await self._run(Request.DELETE, chat_id, owner, wait)
+
+    async def _run(
+        self, request: Request, chat_id: str, owner: str, wait: bool, *, name: str | None = None
+    ) -> ToolResult:
+        _check_id("chat_id", chat_id)
+        _check_id("owner", owner)
+        with RequestSpan(request.value, chat_id) as span:
+            result = await self._request(request, chat_id, owner, wait, name, span)
+            span.result(result)
+            return result
+
+    async def _request(
+        self,
+        request: Request,
+        chat_id: str,
+        owner: str,
+        wait: bool,
+        name: str | None,
+        span: RequestSpan,
+    ) -> ToolResult:
+        self._raise_if_failed()
+        chat = await self.store.get_chat(chat_id)
+        if chat is None or chat.owner != owner:
+            # Another owner's chat is answered exactly as an unknown one: existence is not leaked.
+            return ToolResult.error(
+                answers.CHAT_NOT_FOUND if request is Request.CREATE else answers.NO_WORKSPACE
+            )
+        if chat.workspace_id is None:
+            if request is Request.CREATE:
+                return await self._create(chat_id, None, name, wait, span)
+            return ToolResult.error(answers.NO_WORKSPACE)
+        async with self._track(chat.workspace_id) as entry:
+            await self._caught_up(await self.store.head())
+            return await self._drive(request, entry, chat_id, name, wait, span)
+
+    async def _drive(
+        self,
+        request: Request,
+        entry: _Entry,
+        chat_id: str,
+        name: str | None,
+        wait: bool,
+        span: RequestSpan,
+    ) -> ToolResult:
+        """Decide, fire or wait, and decide again until the request has its answer."""
+        facts_ws = entry.workspace
+        if facts_ws is None:  # followed from its first event, never read: read it once
+            facts_ws = entry.workspace = (await self.store.workspace_facts(entry.workspace_id)).workspace
+        verb = request.value
+        raced = False  # this call tried to fire and lost to another caller's identical build
+        while True:
+            tracker = entry.tracker
+            assert tracker is not None
+            if tracker.deleted and request is not Request.CREATE:
+                return ToolResult.error(answers.WORKSPACE_DELETED)
+            decision = tracker.decide(request)
+            span.decision(decision.value, tracker.state.value)
+            if decision is Decision.REFUSE:
+                return ToolResult.error(answers.NO_WORKSPACE)
+            if decision is Decision.FIRE and request is Request.CREATE:
+                return await self._create(chat_id, entry.workspace_id, name, wait, span)
+            if decision is Decision.ALREADY:
+                return await self._already(request, entry, facts_ws, wait)
+            if decision is Decision.FIRE:
+                outcome = await self.store.request_build(
+                    entry.workspace_id,
+                    REQUEST_TRANSITION[request],
+                    expected_build_number=tracker.build_number,
+                )
+                if not outcome.fired:
+                    raced = True
+                    await self._caught_up(outcome.facts.seq)
+                    continue
+                assert outcome.build is not None
+                span.fired(outcome.build.build_id)
+                if not wait:
+                    return answers.not_waiting(
+                        facts_ws, WorkspaceState.BUILDING, build_id=outcome.build.build_id, request=verb
+                    )
+                return await self._finish(request, entry, facts_ws, outcome.build.number, own=True)
+            # A build is in flight.
+            if not wait:
+                if decision is Decision.WAIT_THEN_RETRY:
+                    assert self._tg is not None
+                    self._tg.start_soon(
+                        self._continue_later, request, chat_id, entry.workspace_id, facts_ws.owner
+                    )
+                return answers.not_waiting(facts_ws, tracker.state, build_id=tracker.build_id, request=verb)
+            if decision is Decision.WAIT:
+                return await self._finish(request, entry, facts_ws, tracker.build_number, own=raced)
+            # WAIT_THEN_RETRY: wait for the other build to end, whatever its outcome.
+            number = tracker.build_number
+            prefix = "waiting for in-progress build"
+            if not await self._wait_build(entry, number):
+                return answers.build_failed(prefix, "timed out waiting for workspace build", tracker.build_id)
+
+    async def _continue_later(self, request: Request, chat_id: str, workspace_id: str, owner: str) -> None:
+        """``wait=False`` during another kind of build: finish the request in the background."""
+        try:
+            async with self._track(workspace_id) as entry:
+                await self._wait_build(entry, entry.tracker.build_number if entry.tracker else 0)
+            await self._request(request, chat_id, owner, False, None, RequestSpan.none())
+        except StoreError as exc:
+            log.warning("deferred %s of %s failed: %s", request.value, chat_id, exc)
+
+    async def _wait_build(self, entry: _Entry, number: int) -> bool:
+        """Wait for build ``number`` to finish; False on ``build_timeout``."""
+        with anyio.move_on_after(self.build_timeout):
+            await self._wait(
+                entry,
+                lambda t: (
+                    t.build_number > number
+                    or (t.build_number == number and t.status is not None and t.status.finished)
+                ),
+            )
+            return True
+        return False
+
+    async def _finish(
+        self, request: Request, entry: _Entry, ws: Workspace, number: int, *, own: bool
+    ) -> ToolResult:
+        """Wait for build ``number`` and answer for it."""
+        tracker = entry.tracker
+        assert tracker is not None
+        build_id = tracker.build_id if tracker.build_number == number else None
+        if request is Request.CREATE:
+            prefix = "workspace build failed" if own else "existing workspace build failed"
+        else:
+            prefix = f"workspace {request.value} build failed" if own else "waiting for in-progress build"
+        if not await self._wait_build(entry, number):
+            return answers.build_failed(prefix, "timed out waiting for workspace build", build_id)
+        tracker = entry.tracker
+        assert tracker is not None
+        if tracker.build_number != number:
+            return answers.build_failed(prefix, "superseded by a newer build", build_id)
+        build_id = tracker.build_id
+        if tracker.state is WorkspaceState.FAILED:
+            reason = answers.build_failure_reason(tracker.status, tracker.error)
+            return answers.build_failed(prefix, reason, build_id)
+        if request is Request.CREATE and not own:
+            agent = await self._agent(entry)
+            return answers.create_existing(ws, tracker.state, build_id=build_id, agent=agent)
+        if request in (Request.START, Request.CREATE):
+            if tracker.state not in (WorkspaceState.RUNNING, WorkspaceState.AGENT_READY):
+                return answers.build_failed(prefix, f"workspace is {tracker.state.value}", build_id)
+            return answers.done(request.value, ws, build_id=build_id, agent=await self._agent(entry))
+        return answers.done(request.value, ws, build_id=build_id)
+
+    async def _already(self, request: Request, entry: _Entry, ws: Workspace, wait: bool) -> ToolResult:
+        tracker = entry.tracker
+        assert tracker is not None
+        if not wait:
+            return answers.not_waiting(ws, tracker.state, build_id=None, request=request.value)
+        if request is Request.CREATE:
+            agent = {} if tracker.state is WorkspaceState.STOPPED else await self._agent(entry)
+            return answers.create_existing(ws, tracker.state, build_id=None, agent=agent)
+        fields = await self._agent(entry) if request is Request.START else None
+        return answers.done(request.value, ws, build_id=None, agent=fields)
+
+    async def _agent(self, entry: _Entry) -> dict[str, Any]:
+        """Wait for the agent to leave ``created``/``starting`` (up to ``agent_timeout``)."""
+        tracker = entry.tracker
+        assert tracker is not None
+        number = tracker.build_number
+        timed_out = True
+        with anyio.move_on_after(self.agent_timeout):
+            tracker = await self._wait(
+                entry,
+                lambda t: (
+                    t.build_number != number or not t.has_agent or t.agent is None or not t.agent.pending
+                ),
+            )
+            timed_out = False
+        tracker = entry.tracker
+        assert tracker is not None
+        return answers.agent_fields(has_agent=tracker.has_agent, lifecycle=tracker.agent, timed_out=timed_out)
+
+    async def _create(
+        self, chat_id: str, expected: str | None, name: str | None, wait: bool, span: RequestSpan
+    ) -> ToolResult:
+        outcome = await self.store.create_workspace(
+            chat_id, workspace_name(name), expected_workspace_id=expected
+        )
+        ws = outcome.facts.workspace
+        if not outcome.fired:
+            # Another caller bound a workspace first: answer about that one.
+            async with self._track(ws.workspace_id) as entry:
+                await self._caught_up(outcome.facts.seq)
+                return await self._drive(Request.CREATE, entry, chat_id, name, wait, span)
+        assert outcome.build is not None
+        span.fired(outcome.build.build_id)
+        if not wait:
+            return answers.not_waiting(
+                ws, WorkspaceState.BUILDING, build_id=outcome.build.build_id, request="create"
+            )
+        async with self._track(ws.workspace_id) as entry:
+            return await self._finish(Request.CREATE, entry, ws, outcome.build.number, own=True)
+
+
+def _check_id(what: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string, not {value!r}")
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain NUL bytes")

@@ -1,0 +1,115 @@
+"""Transition telemetry: one structured log record per state change, and optional spans.
+
+Records go to the ``workspace_lifecycle.transitions`` logger, which has a ``NullHandler`` and so
+is silent until the application configures logging. Each record carries ``chat``,
+``workspace``, ``build``, ``from``, ``to``, ``event`` and ``latency`` (seconds from the write
+that caused the change to its delivery here) as attributes of the ``LogRecord``.
+
+When ``opentelemetry-api`` is importable, each tool request is a span named
+``workspace_lifecycle.<request>`` and every state change seen while it runs is a span event.
+There is no hard dependency on OpenTelemetry.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Any
+
+from .values import StateChange, ToolResult
+
+__all__ = ["RequestSpan", "log_change", "transition_logger"]
+
+transition_logger = logging.getLogger("workspace_lifecycle.transitions")
+transition_logger.addHandler(logging.NullHandler())
+
+try:  # pragma: no cover - depends on the environment
+    from opentelemetry import trace as _otel_trace
+
+    _tracer: Any = _otel_trace.get_tracer("workspace_lifecycle")
+except ImportError:  # pragma: no cover - depends on the environment
+    _tracer = None
+
+_spans: set[RequestSpan] = set()
+
+
+def log_change(change: StateChange, now: float) -> None:
+    """Log one state change (and add it to every open request span of its chat)."""
+    latency = max(0.0, now - change.at) if change.at else None
+    if transition_logger.isEnabledFor(logging.INFO):
+        transition_logger.info(
+            "%s: %s -> %s (%s, build %d)",
+            change.chat_id,
+            change.from_state.value,
+            change.to_state.value,
+            change.event.value if change.event else "resync",
+            change.build_number,
+            extra={
+                "chat": change.chat_id,
+                "workspace": change.workspace_id,
+                "build": change.build_number,
+                "from": change.from_state.value,
+                "to": change.to_state.value,
+                "event": change.event.value if change.event else "resync",
+                "latency": latency,
+            },
+        )
+    for span in tuple(_spans):
+        if span.chat_id == change.chat_id:
+            span.transition(change, latency)
+
+
+class RequestSpan:
+    """One tool request, as an OpenTelemetry span when the API is installed (else a no-op)."""
+
+    def __init__(self, request: str, chat_id: str) -> None:
+        self.request = request
+        self.chat_id = chat_id
+        self._cm: Any = None
+        self._span: Any = None
+
+    @classmethod
+    def none(cls) -> RequestSpan:
+        return cls("deferred", "")
+
+    def __enter__(self) -> RequestSpan:
+        if _tracer is not None and self.chat_id:
+            self._cm = _tracer.start_as_current_span(f"workspace_lifecycle.{self.request}")
+            self._span = self._cm.__enter__()
+            self._span.set_attribute("chat", self.chat_id)
+            _spans.add(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _spans.discard(self)
+        if self._cm is not None:
+            self._cm.__exit__(exc_type, exc, tb)
+
+    def decision(self, decision: str, state: str) -> None:
+        if self._span is not None:
+            self._span.add_event("decision", {"decision": decision, "state": state})
+
+    def fired(self, build_id: str) -> None:
+        if self._span is not None:
+            self._span.set_attribute("build_id", build_id)
+
+    def transition(self, change: StateChange, latency: float | None) -> None:
+        if self._span is not None:
+            attributes: dict[str, Any] = {
+                "from": change.from_state.value,
+                "to": change.to_state.value,
+                "build": change.build_number,
+                "event": change.event.value if change.event else "resync",
+            }
+            if latency is not None:
+                attributes["latency"] = latency
+            self._span.add_event("transition", attributes)
+
+    def result(self, result: ToolResult) -> None:
+        if self._span is not None:
+            self._span.set_attribute("is_error", result.is_error)

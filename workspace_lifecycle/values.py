@@ -1,0 +1,288 @@
+"""Value types: the state enum, Coder's vocabularies, stored rows, events and results.
+
+Every value is a frozen attrs class or an ``enum.Enum``; nothing here does I/O. Enum values are
+the exact strings Coder uses (and the strings stored in every adapter), so a row read back is
+parsed with :func:`parse_enum`, which names the row instead of raising a bare ``KeyError``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any, TypeVar
+
+import attrs
+
+from .errors import CorruptStateError
+
+__all__ = [
+    "Agent",
+    "AgentLifecycle",
+    "Build",
+    "Chat",
+    "EventKind",
+    "JobStatus",
+    "StateChange",
+    "StoreEvent",
+    "ToolResult",
+    "Transition",
+    "Workspace",
+    "WorkspaceFacts",
+    "WorkspaceState",
+    "parse_enum",
+]
+
+
+class WorkspaceState(enum.Enum):
+    """The six states of a chat's workspace."""
+
+    NO_WORKSPACE = "no_workspace"
+    STOPPED = "stopped"
+    BUILDING = "building"
+    RUNNING = "running"
+    AGENT_READY = "agent_ready"
+    FAILED = "failed"
+
+
+class Transition(enum.Enum):
+    """What a build does to its workspace (Coder's ``WorkspaceTransition``)."""
+
+    START = "start"
+    STOP = "stop"
+    DELETE = "delete"
+
+
+class JobStatus(enum.Enum):
+    """The status of a build's provisioner job (Coder's ``ProvisionerJobStatus``)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    CANCELING = "canceling"
+    CANCELED = "canceled"
+    FAILED = "failed"
+
+    @property
+    def in_progress(self) -> bool:
+        return self in _IN_PROGRESS
+
+    @property
+    def finished(self) -> bool:
+        return self not in _IN_PROGRESS
+
+
+_IN_PROGRESS = frozenset({JobStatus.PENDING, JobStatus.RUNNING, JobStatus.CANCELING})
+
+
+class AgentLifecycle(enum.Enum):
+    """The workspace agent's lifecycle state (Coder's ``WorkspaceAgentLifecycleState``)."""
+
+    CREATED = "created"
+    STARTING = "starting"
+    READY = "ready"
+    START_TIMEOUT = "start_timeout"
+    START_ERROR = "start_error"
+    SHUTTING_DOWN = "shutting_down"
+    SHUTDOWN_TIMEOUT = "shutdown_timeout"
+    SHUTDOWN_ERROR = "shutdown_error"
+    OFF = "off"
+
+    @property
+    def pending(self) -> bool:
+        """Still on its way to ``ready`` (Coder keeps waiting in these)."""
+        return self in (AgentLifecycle.CREATED, AgentLifecycle.STARTING)
+
+
+class EventKind(enum.Enum):
+    """What a stored event records."""
+
+    CHAT_BOUND = "chat_bound"  # a chat now points at a (new) workspace
+    BUILD_QUEUED = "build_queued"
+    BUILD_UPDATED = "build_updated"  # job status moved between in-progress statuses
+    BUILD_FINISHED = "build_finished"
+    AGENT_UPDATED = "agent_updated"
+    WORKSPACE_DELETED = "workspace_deleted"
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def parse_enum(kind: type[E], value: object, *, table: str, key: object, column: str) -> E:
+    """Parse a stored string into ``kind``; an unknown value is a :class:`CorruptStateError`."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise CorruptStateError(table, key, column, value) from None
+
+
+def _opt(kind: type[E]) -> Any:
+    return attrs.validators.optional(attrs.validators.instance_of(kind))
+
+
+_str = attrs.validators.instance_of(str)
+
+
+@attrs.frozen
+class Chat:
+    """A chat and the workspace it is bound to (``None`` before ``create_workspace``)."""
+
+    chat_id: str = attrs.field(validator=_str)
+    owner: str = attrs.field(validator=_str)
+    workspace_id: str | None = None
+
+
+@attrs.frozen
+class Workspace:
+    workspace_id: str = attrs.field(validator=_str)
+    chat_id: str = attrs.field(validator=_str)
+    owner: str = attrs.field(validator=_str)
+    name: str = attrs.field(validator=_str)
+    deleted: bool = False
+
+    @property
+    def full_name(self) -> str:
+        """``owner/name``, as Coder's ``Workspace.FullName()``."""
+        return f"{self.owner}/{self.name}"
+
+
+@attrs.frozen
+class Build:
+    """One workspace build and its provisioner job, as stored."""
+
+    build_id: str = attrs.field(validator=_str)
+    workspace_id: str = attrs.field(validator=_str)
+    number: int = attrs.field(validator=attrs.validators.instance_of(int))
+    transition: Transition = attrs.field(validator=attrs.validators.instance_of(Transition))
+    status: JobStatus = attrs.field(validator=attrs.validators.instance_of(JobStatus))
+    error: str | None = None
+    has_agent: bool | None = None  # known once a start build succeeded
+    worker: str | None = None
+
+
+@attrs.frozen
+class Agent:
+    """The agent produced by a start build (one per workspace, the latest build's)."""
+
+    workspace_id: str
+    build_number: int
+    lifecycle: AgentLifecycle = attrs.field(validator=attrs.validators.instance_of(AgentLifecycle))
+
+
+@attrs.frozen
+class WorkspaceFacts:
+    """Everything the state depends on, read in one transaction, with the log's head then."""
+
+    workspace: Workspace
+    latest_build: Build | None
+    agent: Agent | None
+    seq: int
+
+    @property
+    def workspace_id(self) -> str:
+        return self.workspace.workspace_id
+
+
+@attrs.frozen
+class StoreEvent:
+    """One entry of a store's append-only event log.
+
+    ``seq`` is the store's commit-ordered sequence number; ``build_number`` is the build the
+    event belongs to (for an agent report: the workspace's latest build when it was reported).
+    """
+
+    seq: int
+    kind: EventKind = attrs.field(validator=attrs.validators.instance_of(EventKind))
+    workspace_id: str
+    chat_id: str
+    build_number: int = 0
+    build_id: str | None = None
+    transition: Transition | None = attrs.field(default=None, validator=_opt(Transition))
+    status: JobStatus | None = attrs.field(default=None, validator=_opt(JobStatus))
+    agent: AgentLifecycle | None = attrs.field(default=None, validator=_opt(AgentLifecycle))
+    has_agent: bool | None = None
+    error: str | None = None
+    at: float = 0.0  # wall-clock time of the write, for latency reports
+
+    def payload(self) -> dict[str, Any]:
+        """The optional fields as a JSON-able dict (how adapters store them)."""
+        out: dict[str, Any] = {}
+        for name in ("build_id", "error", "has_agent"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        for name in ("transition", "status", "agent"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value.value
+        return out
+
+    @classmethod
+    def from_row(
+        cls,
+        *,
+        seq: int,
+        kind: str,
+        workspace_id: str,
+        chat_id: str,
+        build_number: int,
+        payload: str | dict[str, Any],
+        at: float,
+        table: str = "events",
+    ) -> StoreEvent:
+        """Rebuild an event from its stored columns, naming the row if a value is unknown."""
+        try:
+            data = json.loads(payload) if isinstance(payload, str) else dict(payload)
+        except (ValueError, TypeError):
+            raise CorruptStateError(table, seq, "payload", payload) from None
+
+        def enum_or_none(k: type[E], name: str) -> E | None:
+            raw = data.get(name)
+            if raw is None:
+                return None
+            return parse_enum(k, raw, table=table, key=seq, column=f"payload.{name}")
+
+        return cls(
+            seq=seq,
+            kind=parse_enum(EventKind, kind, table=table, key=seq, column="kind"),
+            workspace_id=workspace_id,
+            chat_id=chat_id,
+            build_number=build_number,
+            build_id=data.get("build_id"),
+            transition=enum_or_none(Transition, "transition"),
+            status=enum_or_none(JobStatus, "status"),
+            agent=enum_or_none(AgentLifecycle, "agent"),
+            has_agent=data.get("has_agent"),
+            error=data.get("error"),
+            at=at,
+        )
+
+
+@attrs.frozen
+class StateChange:
+    """A workspace moved from one state to another because of ``event``."""
+
+    chat_id: str
+    workspace_id: str
+    build_number: int
+    from_state: WorkspaceState
+    to_state: WorkspaceState
+    event: EventKind | None  # None when a resync from the rows moved the state
+    seq: int
+    at: float
+
+
+@attrs.frozen
+class ToolResult:
+    """What a tool call answers: exactly the text the model is shown, and its parsed form."""
+
+    is_error: bool
+    text: str
+    data: dict[str, Any] = attrs.field(eq=False, hash=False)
+
+    @classmethod
+    def ok(cls, data: dict[str, Any]) -> ToolResult:
+        return cls(is_error=False, text=json.dumps(data, sort_keys=True), data=dict(data))
+
+    @classmethod
+    def error(cls, sentence: str) -> ToolResult:
+        return cls(is_error=True, text=sentence, data={"error": sentence})
