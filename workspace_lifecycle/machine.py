@@ -18,9 +18,13 @@ source; they are never sent.
 
 Stale and repeated events are filtered before the machine sees them (:meth:`Tracker.apply`):
 an event whose sequence number was already applied, or that belongs to an older build than the
-latest one known, changes nothing. A build that finishes before its ``build_queued`` arrived
-(reordered delivery) implies the queueing. Agent reports carry their own sequence number, so a
-late snapshot of the agent never overwrites a newer report. What remains must be accepted by
+latest one known, changes nothing. "Already applied" is exact (the seqs applied for the latest
+build, plus everything up to the seq the tracker was loaded at), not a high-water mark: under
+reordered delivery an older event of the latest build (its ``build_finished`` after its agent's
+report) still carries news. A build that finishes before its ``build_queued`` arrived implies
+the queueing; an agent report for a build not yet known waits until that build is. Agent
+reports carry their own sequence number, so a late snapshot of the agent never overwrites a
+newer report. What remains must be accepted by
 the table; an event the table does not allow raises :class:`InvalidEventError` (the machine is
 strict, as ``StateMachine`` is, unlike the lenient ``StateChart``).
 
@@ -214,8 +218,15 @@ class Tracker:
     agent_seq: int = 0
     deleted: bool = False
     machine: WorkspaceMachine = attrs.field(init=False, repr=False)
+    # Everything up to ``floor`` is in the facts the tracker was loaded from; ``_applied`` holds
+    # the seqs applied since for the latest build (older builds' events are stale anyway), and
+    # ``_early`` agent reports for builds not yet known (reordered delivery).
+    floor: int = attrs.field(init=False, repr=False)
+    _applied: set[int] = attrs.field(init=False, repr=False, factory=set)
+    _early: list[StoreEvent] = attrs.field(init=False, repr=False, factory=list)
 
     def __attrs_post_init__(self) -> None:
+        self.floor = self.seq
         # Binding a model whose ``state`` already holds a value restores it without running
         # enter callbacks; the value was validated (it is a WorkspaceState) before we got here.
         self.machine = WorkspaceMachine(model=self, state_field="state")
@@ -246,7 +257,12 @@ class Tracker:
 
     def is_stale(self, ev: StoreEvent) -> bool:
         """Already applied, for an older build, or after the workspace was deleted."""
-        return ev.seq <= self.seq or ev.build_number < self.build_number or self.deleted
+        return (
+            ev.seq <= self.floor
+            or ev.seq in self._applied
+            or ev.build_number < self.build_number
+            or self.deleted
+        )
 
     def apply(self, ev: StoreEvent) -> StateChange | None:
         """Apply one event; return the state change it caused, if any.
@@ -263,15 +279,18 @@ class Tracker:
         if self.is_stale(ev):
             return None
         before = self.state
-        kind = ev.kind
-        if kind is EventKind.AGENT_UPDATED:
-            self._apply_agent(ev)
-        elif kind is EventKind.WORKSPACE_DELETED:
-            self._send("workspace_deleted", ev)
-            self.deleted = True
-        else:
-            self._apply_build(ev)
-        self.seq = ev.seq
+        if ev.kind is EventKind.AGENT_UPDATED and ev.build_number > self.build_number:
+            if all(e.seq != ev.seq for e in self._early):
+                self._early.append(ev)  # its build's events are still on their way
+            return None
+        self._apply_one(ev)
+        if self._early and not self.deleted:
+            # Agent reports that arrived before their build: apply those whose build is now known.
+            due = [e for e in self._early if e.build_number <= self.build_number]
+            self._early = [e for e in self._early if e.build_number > self.build_number]
+            for early in sorted(due, key=lambda e: e.seq):
+                if not self.is_stale(early):
+                    self._apply_one(early)
         if self.state is before:
             return None
         return StateChange(
@@ -280,10 +299,24 @@ class Tracker:
             build_number=self.build_number,
             from_state=before,
             to_state=self.state,
-            event=kind,
+            event=ev.kind,
             seq=ev.seq,
             at=ev.at,
         )
+
+    def _apply_one(self, ev: StoreEvent) -> None:
+        kind = ev.kind
+        if kind is EventKind.AGENT_UPDATED:
+            self._apply_agent(ev)
+        elif kind is EventKind.WORKSPACE_DELETED:
+            self._send("workspace_deleted", ev)
+            self.deleted = True
+            self._early.clear()
+        else:
+            self._apply_build(ev)
+        if ev.build_number == self.build_number:
+            self._applied.add(ev.seq)
+        self.seq = max(self.seq, ev.seq)
 
     def _apply_build(self, ev: StoreEvent) -> None:
         newer = ev.build_number > self.build_number
@@ -297,6 +330,7 @@ class Tracker:
             self.has_agent = None
             self.agent = None
             self.agent_seq = 0
+            self._applied.clear()
             self._send("build_queued", ev)
         elif self.status is not None and self.status.finished:
             return  # a repeat of this build's news, or older news than its end

@@ -260,6 +260,11 @@ class Lifecycle:
         """Hold a machine for ``workspace_id`` while the block runs (loaded from the rows)."""
         self._raise_if_failed()
         entry = self._entries.get(workspace_id)
+        if entry is None and any(self._watchers.values()):
+            # The pump follows a watched chat's new workspace from its CHAT_BOUND event; loading
+            # a later snapshot first would skip (and never publish) the changes in between.
+            await self._caught_up(await self.store.head())
+            entry = self._entries.get(workspace_id)
         if entry is None:
             entry = self._entries[workspace_id] = _Entry(workspace_id)
             entry.refs += 1
@@ -439,14 +444,27 @@ class Lifecycle:
             if decision is Decision.ALREADY:
                 return await self._already(request, entry, facts_ws, wait)
             if decision is Decision.FIRE:
+                expected = tracker.build_number
                 outcome = await self.store.request_build(
-                    entry.workspace_id,
-                    REQUEST_TRANSITION[request],
-                    expected_build_number=tracker.build_number,
+                    entry.workspace_id, REQUEST_TRANSITION[request], expected_build_number=expected
                 )
                 if not outcome.fired:
                     raced = True
                     await self._caught_up(outcome.facts.seq)
+                    won = outcome.facts.latest_build
+                    if (
+                        won is not None
+                        and won.number == expected + 1
+                        and won.transition is REQUEST_TRANSITION[request]
+                    ):
+                        # Another caller fired the very build this one decided to fire: it is
+                        # this call's build too, even if it already finished (same build_id).
+                        if not wait:
+                            state = entry.tracker.state if entry.tracker else WorkspaceState.BUILDING
+                            return answers.not_waiting(facts_ws, state, build_id=won.build_id, request=verb)
+                        return await self._finish(
+                            request, entry, facts_ws, won.number, own=True, build_id=won.build_id
+                        )
                     continue
                 assert outcome.build is not None
                 span.fired(outcome.build.build_id)
@@ -454,7 +472,9 @@ class Lifecycle:
                     return answers.not_waiting(
                         facts_ws, WorkspaceState.BUILDING, build_id=outcome.build.build_id, request=verb
                     )
-                return await self._finish(request, entry, facts_ws, outcome.build.number, own=True)
+                return await self._finish(
+                    request, entry, facts_ws, outcome.build.number, own=True, build_id=outcome.build.build_id
+                )
             # A build is in flight.
             if not wait:
                 if decision is Decision.WAIT_THEN_RETRY:
@@ -494,12 +514,24 @@ class Lifecycle:
         return False
 
     async def _finish(
-        self, request: Request, entry: _Entry, ws: Workspace, number: int, *, own: bool
+        self,
+        request: Request,
+        entry: _Entry,
+        ws: Workspace,
+        number: int,
+        *,
+        own: bool,
+        build_id: str | None = None,
     ) -> ToolResult:
-        """Wait for build ``number`` and answer for it."""
+        """Wait for build ``number`` and answer for it.
+
+        ``build_id`` is the build's id when the caller knows it (it fired the build, whose
+        ``build_queued`` event the tracker may not have seen yet).
+        """
         tracker = entry.tracker
         assert tracker is not None
-        build_id = tracker.build_id if tracker.build_number == number else None
+        if build_id is None and tracker.build_number == number:
+            build_id = tracker.build_id
         if request is Request.CREATE:
             prefix = "workspace build failed" if own else "existing workspace build failed"
         else:
@@ -571,7 +603,9 @@ class Lifecycle:
                 ws, WorkspaceState.BUILDING, build_id=outcome.build.build_id, request="create"
             )
         async with self._track(ws.workspace_id) as entry:
-            return await self._finish(Request.CREATE, entry, ws, outcome.build.number, own=True)
+            return await self._finish(
+                Request.CREATE, entry, ws, outcome.build.number, own=True, build_id=outcome.build.build_id
+            )
 
 
 def _check_id(what: str, value: object) -> None:
