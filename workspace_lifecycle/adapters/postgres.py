@@ -572,11 +572,11 @@ class PostgresStore(Store):
                 await self._configure(conn)
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                 self.listener_connects += 1
+                # After a reconnect, anything may have been missed: wake everyone to re-read.
+                if self._saw(await self._head(conn), force=self.listener_connects > 1):
+                    self.listener_wakeups += 1
                 if self._listening is not None:
                     self._listening.set()
-                # After (re)connecting, anything may have been missed: wake everyone to re-read.
-                if self._saw(await self._head(conn), force=True):
-                    self.listener_wakeups += 1
                 delay = 0.05
                 while not self._closed:
                     async for note in conn.notifies(timeout=self.poll_interval):

@@ -1,0 +1,81 @@
+"""A replica process for the PostgreSQL multi-process tests (run as a script, not collected).
+
+Modes (argv[1]):
+
+* ``race URL CHAT OWNER N PROVISION``: open the store and a Lifecycle (and a
+  SimulatedProvisioner if PROVISION is ``1``), print ``ready``, wait for ``go`` on stdin, run N
+  concurrent ``start_workspace`` calls, print their results as one JSON line, then wait for
+  ``exit`` on stdin (so a provisioner outlives every caller).
+* ``wait URL ROUNDS``: open the store with a one-minute fallback poll (so only NOTIFY can wake
+  it quickly); for each round print ``ready HEAD``, sleep in ``wait_for_change(HEAD)`` and print
+  ``woke SEQ MONOTONIC`` the moment it returns.
+
+The parent talks to it through stdin/stdout, one line per message.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import anyio
+
+import workspace_lifecycle as wl
+
+
+async def _line() -> str:
+    line: str = await anyio.to_thread.run_sync(sys.stdin.readline)
+    return line.strip()
+
+
+def _say(*parts: object) -> None:
+    print(*parts, flush=True)
+
+
+async def race(url: str, chat: str, owner: str, n: int, provision: bool) -> None:
+    async with (
+        wl.open_store(url) as store,
+        wl.Lifecycle(store, build_timeout=60, agent_timeout=60) as lc,
+        anyio.create_task_group() as outer,
+    ):
+        if provision:
+            outer.start_soon(wl.SimulatedProvisioner(store, build_seconds=0.2, worker=f"p{n}").run)
+        _say("ready")
+        assert await _line() == "go"
+        results: list[dict[str, object]] = []
+
+        async def one() -> None:
+            r = await lc.start_workspace(chat, owner=owner)
+            results.append({"is_error": r.is_error, "data": r.data})
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(n):
+                tg.start_soon(one)
+        _say(json.dumps(results))
+        assert await _line() == "exit"
+        outer.cancel_scope.cancel()
+
+
+async def wait(url: str, rounds: int) -> None:
+    async with wl.open_store(url, poll_interval=60.0) as store:
+        for _ in range(rounds):
+            head = await store.head()
+            _say("ready", head)
+            await store.wait_for_change(head)
+            woke = time.monotonic()
+            _say("woke", await store.head(), woke)
+
+
+def main(argv: list[str]) -> None:
+    mode = argv[1]
+    if mode == "race":
+        anyio.run(race, argv[2], argv[3], argv[4], int(argv[5]), argv[6] == "1", backend="asyncio")
+    elif mode == "wait":
+        anyio.run(wait, argv[2], int(argv[3]), backend="asyncio")
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
