@@ -496,7 +496,10 @@ class Lifecycle:
         try:
             async with self._track(workspace_id) as entry:
                 await self._wait_build(entry, entry.tracker.build_number if entry.tracker else 0)
-            await self._request(request, chat_id, owner, False, None, RequestSpan.none())
+                # Decide again for this workspace, not whatever the chat is bound to by now: a
+                # deferred stop must not stop the new workspace created after a delete.
+                await self._caught_up(await self.store.head())
+                await self._drive(request, entry, chat_id, None, False, RequestSpan.none())
         except StoreError as exc:
             log.warning("deferred %s of %s failed: %s", request.value, chat_id, exc)
 
