@@ -305,8 +305,8 @@ _TABLE = {
     "building:delete": ("wait", "wait_then_retry", "wait_then_retry", "wait"),
     "running": ("already", "already", "fire", "fire"),
     "agent_ready": ("already", "already", "fire", "fire"),
-    # SPEC is silent on create_workspace over a failed workspace; the machine refuses it.
-    "failed": ("refuse", "fire", "fire", "fire"),
+    # As Coder's create_workspace: a failed workspace is replaced by a new one.
+    "failed": ("fire", "fire", "fire", "fire"),
 }
 for _where, _row in _TABLE.items():
     for _request, _decision in zip(Request, _row, strict=True):

@@ -586,6 +586,24 @@ class TestCreateStopDelete:
             assert r.data["workspace_name"] == "dev2" and r.data["status"] == "building"
             assert await h.workspace_id() != old
 
+    async def test_create_over_failed_makes_a_new_workspace(self) -> None:
+        """As Coder's: a chat whose workspace failed gets a new workspace, not an error."""
+        async with harness() as h:
+            await h.lc.create_workspace(CHAT, owner=OWNER, name="dev", wait=False)
+            await h.complete(JobStatus.FAILED, error="boom")
+            old = await h.workspace_id()
+            async with anyio.create_task_group() as tg:
+                call = spawn(tg, lambda: h.lc.create_workspace(CHAT, owner=OWNER, name="dev2"))
+                build = await h.complete(agent=False)
+                r = await call.result()
+            assert await h.workspace_id() != old
+            assert r.data == {
+                "created": True,
+                "workspace_name": "alice/dev2",
+                "build_id": build.build_id,
+                "agent_status": "no_agent",
+            }
+
     async def test_stop(self) -> None:
         """stop from running fires one stop build; from stopped it is already done."""
         async with harness() as h:

@@ -132,7 +132,8 @@ class WorkspaceMachine(StateMachine):
     workspace_deleted = s.no_workspace.from_.any()
 
     # --- requests (decided from the table, never sent; the store's event moves the state) --
-    request_create = s.no_workspace.to(s.building)
+    # As Coder's create_workspace: a failed workspace is replaced by a new one.
+    request_create = s.no_workspace.to(s.building) | s.failed.to(s.building)
     request_start = s.stopped.to(s.building) | s.failed.to(s.building)
     request_stop = s.running.to(s.building) | s.agent_ready.to(s.building) | s.failed.to(s.building)
     request_delete = (

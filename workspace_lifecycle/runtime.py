@@ -15,7 +15,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -327,7 +327,7 @@ class Lifecycle:
             return WorkspaceState.NO_WORKSPACE
         return derive_state(await self.store.workspace_facts(chat.workspace_id))
 
-    async def watch(self, chat_id: str | None = None) -> AsyncIterator[StateChange]:
+    async def watch(self, chat_id: str | None = None) -> AsyncGenerator[StateChange, None]:
         """Every state change of ``chat_id``'s workspace (or of every chat, if ``None``).
 
         Watching every chat keeps one machine per workspace that changes while you watch.
