@@ -28,6 +28,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from . import answers
 from .adapters.base import Store
 from .errors import (
+    CorruptStateError,
     CursorExpiredError,
     InvalidEventError,
     StoreClosedError,
@@ -138,6 +139,17 @@ class Lifecycle:
     # --- the pump --------------------------------------------------------------------------
 
     async def _pump(self) -> None:
+        try:
+            await self._pump_forever()
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:
+            # A bug, not a storage fault: wake every waiter (they raise) instead of hanging them.
+            log.exception("event pump failed")
+            self._fail(exc)
+            raise
+
+    async def _pump_forever(self) -> None:
         delay = 0.05
         while True:
             try:
@@ -152,6 +164,13 @@ class Lifecycle:
                 delay = 0.05
             except CursorExpiredError:
                 await self._resync_all()
+            except CorruptStateError as exc:
+                if exc.table != "events" or not isinstance(exc.key, int) or exc.key <= self._cursor:
+                    raise
+                # An unreadable log entry: say which, re-derive what we track from the rows,
+                # and go on after it rather than stop answering everyone.
+                log.error("event pump: skipping %s", exc)
+                await self._resync_all(exc.key)
             except StoreClosedError as exc:
                 self._fail(exc)
                 return
@@ -233,12 +252,14 @@ class Lifecycle:
             )
         entry.notify()
 
-    async def _resync_all(self) -> None:
-        head = await self.store.head()
+    async def _resync_all(self, cursor: int | None = None) -> None:
+        """Re-derive every tracked workspace from the rows; continue reading after ``cursor``
+        (default: the head before the re-read, since the rows already hold everything up to it)."""
+        resume = await self.store.head() if cursor is None else cursor
         for entry in list(self._entries.values()):
             if entry.tracker is not None:
                 await self._resync(entry)
-        self._cursor = max(self._cursor, head)
+        self._cursor = max(self._cursor, resume)
         self._advance()
 
     async def _caught_up(self, seq: int) -> None:
