@@ -147,10 +147,11 @@ async def test_second_store_sees_agent_report_of_first(pg_schema_url: str) -> No
 
             tg.start_soon(create)
             with anyio.fail_after(10):
-                cursor = 0
-                while (build := await b.claim_build("remote")) is None:
-                    await b.wait_for_change(cursor)  # woken by the other store's NOTIFY
+                while True:
                     cursor = await b.head()
+                    if (build := await b.claim_build("remote")) is not None:
+                        break
+                    await b.wait_for_change(cursor)  # woken by the other store's NOTIFY
                 await b.finish_build(build.build_id, JobStatus.SUCCEEDED, has_agent=True)
                 await b.report_agent(build.workspace_id, AgentLifecycle.READY)
         assert results[0].data["created"] is True and not results[0].is_error
