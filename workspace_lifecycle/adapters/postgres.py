@@ -501,9 +501,12 @@ class PostgresStore(Store):
 
     async def _append(self, conn: Conn, events: Sequence[StoreEvent]) -> int:
         """Insert ``events`` in commit order and announce them; return the last seq."""
-        await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOG_LOCK, self._lock_key))
-        values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(events))
-        params: list[Any] = []
+        # One statement: take the log lock (held until commit), then draw the seqs. The rows
+        # are a cross join of the lock's one-row result with the VALUES, so a row (and its
+        # ``nextval``) exists only once the lock is held, and rows keep the VALUES order. The
+        # NOTIFY carries the new head and is delivered at commit.
+        rows = ", ".join(["(%s, %s, %s, %s::integer, %s::jsonb, %s::double precision)"] * len(events))
+        params: list[Any] = [_LOG_LOCK, self._lock_key]
         for event in events:
             params += [
                 event.kind.value,
@@ -515,8 +518,9 @@ class PostgresStore(Store):
             ]
         params.append(self._channel)
         cur = await conn.execute(
-            "WITH ins AS (INSERT INTO events (kind, workspace_id, chat_id, build_number, payload, at)"
-            f" VALUES {values} RETURNING seq)"
+            "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s, %s)),"
+            " ins AS (INSERT INTO events (kind, workspace_id, chat_id, build_number, payload, at)"
+            f"   SELECT v.* FROM lock, (VALUES {rows}) AS v RETURNING seq)"
             " SELECT m, pg_notify(%s, m::text) FROM (SELECT max(seq) AS m FROM ins) s",
             params,
         )
