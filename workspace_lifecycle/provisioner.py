@@ -7,16 +7,17 @@ store's events, so an idle provisioner costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import anyio
 from anyio.abc import TaskGroup
 
 from .adapters.base import Store
-from .errors import StoreClosedError, StoreError
+from .errors import BuildConflictError, NotFoundError, StoreClosedError, StoreError
 from .values import AgentLifecycle, Build, JobStatus, Transition
 
 __all__ = ["SimulatedProvisioner"]
@@ -49,6 +50,7 @@ class SimulatedProvisioner:
         agent: str | AgentLifecycle | None = "ready",
         seed: int | None = None,
         worker: str = "simulated",
+        retries: int = 8,
     ) -> None:
         if isinstance(fail, (int, float)) and not isinstance(fail, bool) and not 0.0 <= fail <= 1.0:
             raise ValueError(f"fail must be a predicate or a probability in [0, 1], not {fail!r}")
@@ -60,6 +62,7 @@ class SimulatedProvisioner:
         self.fail = fail
         self.agent = None if agent is None else AgentLifecycle(agent)
         self.worker = worker
+        self.retries = retries
         self._random = random.Random(seed)
         self._tg: TaskGroup | None = None
         self.builds_done = 0
@@ -109,14 +112,41 @@ class SimulatedProvisioner:
         try:
             await anyio.sleep(self.build_seconds)
             if self._fails(build):
-                await self.store.finish_build(build.build_id, JobStatus.FAILED, "simulated failure")
-                self.builds_done += 1
+                await self._finish(build, JobStatus.FAILED, "simulated failure", has_agent=False)
                 return
             has_agent = self.agent is not None and build.transition is Transition.START
-            await self.store.finish_build(build.build_id, JobStatus.SUCCEEDED, has_agent=has_agent)
-            self.builds_done += 1
+            await self._finish(build, JobStatus.SUCCEEDED, None, has_agent=has_agent)
             if has_agent and self.agent is not None:
                 await anyio.sleep(self.agent_seconds)
-                await self.store.report_agent(build.workspace_id, self.agent)
+                agent = self.agent
+                await self._retrying(lambda: self.store.report_agent(build.workspace_id, agent))
         except StoreError as exc:
             log.warning("provisioner: build %s: %s", build.build_id, exc)
+
+    async def _finish(self, build: Build, status: JobStatus, error: str | None, *, has_agent: bool) -> None:
+        # A conflict means an earlier attempt committed although its caller saw an error.
+        with contextlib.suppress(BuildConflictError):
+            await self._retrying(
+                lambda: self.store.finish_build(build.build_id, status, error, has_agent=has_agent)
+            )
+        self.builds_done += 1
+
+    async def _retrying(self, call: Callable[[], Awaitable[object]]) -> None:
+        """Run a store write, retrying transient failures (a restarted database) with backoff.
+
+        A build left ``running`` because one write failed would never finish; retrying is safe
+        because ``finish_build`` refuses a second finish (``BuildConflictError``).
+        """
+        delay = 0.05
+        for attempt in range(self.retries + 1):
+            try:
+                await call()
+                return
+            except (StoreClosedError, BuildConflictError, NotFoundError):
+                raise
+            except StoreError as exc:
+                if attempt == self.retries:
+                    raise
+                log.warning("provisioner: %s; retrying in %.2fs", exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)

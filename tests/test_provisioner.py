@@ -1,0 +1,69 @@
+"""SimulatedProvisioner: builds complete, failures are chosen, transient store errors are retried."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+import workspace_lifecycle as wl
+from workspace_lifecycle import AgentLifecycle, JobStatus, WorkspaceState
+
+pytestmark = pytest.mark.anyio
+
+
+class FlakyFinish(wl.MemoryStore):
+    """finish_build fails ``failures`` times, once before and once after committing."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def finish_build(
+        self, build_id: str, status: JobStatus, error: str | None = None, *, has_agent: bool = True
+    ) -> wl.Build:
+        if self.failures > 0:
+            self.failures -= 1
+            if self.failures % 2:
+                raise wl.StoreError("connection lost before commit")
+            await super().finish_build(build_id, status, error, has_agent=has_agent)
+            raise wl.StoreError("connection lost during commit; the write may have been applied")
+        return await super().finish_build(build_id, status, error, has_agent=has_agent)
+
+
+async def test_transient_errors_are_retried_until_the_build_finishes() -> None:
+    """A build is not left running because one finish_build call failed (before or after commit)."""
+    store = FlakyFinish(failures=2)
+    async with store, wl.SimulatedProvisioner(store) as prov, wl.Lifecycle(store, build_timeout=10) as lc:
+        await lc.register_chat("c", owner="o")
+        with anyio.fail_after(10):
+            r = await lc.create_workspace("c", owner="o", name="dev")
+        assert r.data["created"] is True
+        assert await lc.state("c") is WorkspaceState.AGENT_READY
+        assert store.failures == 0 and prov.builds_done == 1
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_fail_predicate_and_agent_outcome() -> None:
+    """``fail`` picks the failing build; ``agent`` is where the agent lands."""
+    store = wl.MemoryStore()
+    async with (
+        store,
+        wl.SimulatedProvisioner(store, fail=lambda b: b.number == 1, agent="start_error"),
+        wl.Lifecycle(store) as lc,
+    ):
+        await lc.register_chat("c", owner="o")
+        with anyio.fail_after(10):
+            first = await lc.create_workspace("c", owner="o", name="dev")
+            assert first.data["error"] == "workspace build failed: simulated failure"
+            second = await lc.start_workspace("c", owner="o")
+        assert second.data["startup_scripts"] == "startup_scripts_failed"
+        assert second.data["lifecycle_state"] == AgentLifecycle.START_ERROR.value
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="probability"):
+        wl.SimulatedProvisioner(wl.MemoryStore(), fail=1.5)
+    with pytest.raises(ValueError, match="negative"):
+        wl.SimulatedProvisioner(wl.MemoryStore(), build_seconds=-1)
+    with pytest.raises(ValueError):
+        wl.SimulatedProvisioner(wl.MemoryStore(), agent="sleepy")
