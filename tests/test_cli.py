@@ -1,0 +1,292 @@
+"""The command line: the demo, the diagram, status/start on a database, help and user mistakes.
+
+Commands run in-process through ``main([...])`` (each runs its own event loop, as the console
+script does); one test runs ``python -m workspace_lifecycle`` and one interrupts ``watch``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+import workspace_lifecycle as wl
+from workspace_lifecycle import cli
+from workspace_lifecycle.answers import NO_WORKSPACE
+
+COMMANDS = ["demo", "diagram", "status", "watch", "start", "provision", "mcp"]
+STORE_COMMANDS = [
+    ["demo"],
+    ["status"],
+    ["watch"],
+    ["start", "c1", "--owner", "alice"],
+    ["provision", "--simulate"],
+    ["mcp", "--owner", "alice"],
+]
+FAST = ["--build-seconds", "0.01", "--agent-seconds", "0.01"]
+
+SQLITE = importlib.util.find_spec("workspace_lifecycle.adapters.sqlite") is not None
+needs_sqlite = pytest.mark.skipif(not SQLITE, reason="workspace_lifecycle.adapters.sqlite is not there yet")
+
+
+def _one_line_error(err: str) -> str:
+    """stderr holds exactly one line, the error sentence, and no traceback."""
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _answers(out: str) -> list[dict[str, object]]:
+    """The JSON answers the demo prints last, parsed."""
+    tail = out.split("The tools' JSON answers, as the model sees them:", 1)[1]
+    return [
+        json.loads(line[line.index("{") :].removesuffix(" (is_error)")) for line in tail.strip().splitlines()
+    ]
+
+
+class TestDemo:
+    def test_memory(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """The scripted chat runs on the memory store: live changes with latency, then the answers."""
+        assert cli.main(["demo", "--db", "memory://", *FAST]) == 0
+        out = capsys.readouterr().out
+        for change in [
+            "no_workspace -> building",
+            "building -> running",
+            "running -> agent_ready",
+            "agent_ready -> building",
+            "building -> stopped",
+            "stopped -> building",
+            "building -> failed",
+            "failed -> building",
+        ]:
+            assert change in out, change
+        assert "latency" in out and " ms" in out
+        assert "3 answers, 1 build" in out
+        answers = _answers(out)
+        assert len(answers) == 8
+        assert answers[0]["created"] is True
+        starts = answers[2:5]
+        assert all(a["started"] is True for a in starts)
+        assert len({a["build_id"] for a in starts}) == 1
+        assert answers[6]["error"] == "workspace start build failed: simulated failure"
+        assert answers[7]["started"] is True
+        assert "final state of 'demo': agent_ready" in out
+
+    @needs_sqlite
+    def test_sqlite_default_file_and_rerun(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Without --db the demo uses ./workspace-lifecycle.db; a rerun takes a new chat id; --fresh starts over."""
+        monkeypatch.chdir(tmp_path)
+        assert cli.main(["demo", *FAST]) == 0
+        assert (tmp_path / "workspace-lifecycle.db").exists()
+        assert "chat 'demo'" in capsys.readouterr().out
+        assert cli.main(["demo", *FAST]) == 0
+        out = capsys.readouterr().out
+        assert "chat 'demo-2'" in out and len(_answers(out)) == 8
+        assert cli.main(["demo", "--fresh", *FAST]) == 0
+        assert "chat 'demo'" in capsys.readouterr().out
+
+    @needs_sqlite
+    def test_sqlite_url(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """--db sqlite:////absolute/path works, and status then lists the demo's chat."""
+        url = f"sqlite:///{tmp_path / 'demo.db'}"
+        assert cli.main(["demo", "--db", url, *FAST]) == 0
+        assert "3 answers, 1 build" in capsys.readouterr().out
+        assert cli.main(["status", "--db", url]) == 0
+        out = capsys.readouterr().out
+        assert "demo" in out and "agent_ready" in out and "#6 start succeeded" in out
+
+
+class TestDiagram:
+    def test_mermaid_has_all_states(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """diagram --format mermaid prints the Mermaid state diagram with all six states."""
+        assert cli.main(["diagram", "--format", "mermaid"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("stateDiagram-v2")
+        for state in wl.WorkspaceState:
+            assert state.value in out
+
+    def test_output_file(self, tmp_path: Path) -> None:
+        """-o writes the file (the committed diagrams are made this way)."""
+        target = tmp_path / "m.dot"
+        assert cli.main(["diagram", "--format", "dot", "-o", str(target)]) == 0
+        assert target.read_text().startswith("digraph WorkspaceMachine {")
+
+    def test_missing_dot_is_one_sentence(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Without Graphviz, svg is one clear sentence and exit 1."""
+        monkeypatch.setenv("PATH", "")
+        assert cli.main(["diagram", "--format", "svg"]) == 1
+        assert "Graphviz" in _one_line_error(capsys.readouterr().err)
+
+
+class TestHelp:
+    @pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
+    def test_help(self, command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+        """--help works on the program and on every command."""
+        assert cli.main([*command, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: workspace-lifecycle")
+        assert len(out.splitlines()) > 3
+
+    def test_python_dash_m(self) -> None:
+        """python -m workspace_lifecycle is the same command line."""
+        done = subprocess.run(
+            [sys.executable, "-m", "workspace_lifecycle", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+        for command in COMMANDS:
+            assert command in done.stdout
+
+
+class TestMistakes:
+    @pytest.mark.parametrize("command", STORE_COMMANDS, ids=lambda c: c[0])
+    @pytest.mark.parametrize("url", ["mysql://x", "memory", "memory://somewhere"])
+    def test_bad_db_url(self, command: list[str], url: str, capsys: pytest.CaptureFixture[str]) -> None:
+        """A bad --db URL is one sentence naming the accepted forms, exit 2, no traceback."""
+        assert cli.main([*command, "--db", url]) == 2
+        line = _one_line_error(capsys.readouterr().err)
+        assert line.startswith("workspace-lifecycle: ") and "accepted forms" in line
+
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["frob"],
+            [],
+            ["start", "c1"],
+            ["demo", "--build-seconds", "soon"],
+            ["provision", "--fail-rate", "2"],
+        ],
+        ids=["unknown-command", "no-command", "start-without-owner", "bad-seconds", "bad-rate"],
+    )
+    def test_usage_errors(self, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+        """argparse's mistakes are one line too (not the usage block), exit 2."""
+        assert cli.main(argv) == 2
+        assert "workspace-lifecycle" in _one_line_error(capsys.readouterr().err)
+
+    def test_provision_needs_simulate(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Only the simulated provisioner is built in, and the error says so."""
+        assert cli.main(["provision", "--db", "memory://"]) == 2
+        assert "only the simulated provisioner" in _one_line_error(capsys.readouterr().err)
+
+    def test_missing_database_file(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """status and start do not create an empty SQLite file as a side effect of a typo."""
+        url = f"sqlite:///{tmp_path / 'nope.db'}"
+        assert cli.main(["status", "--db", url]) == 1
+        assert "no database at" in _one_line_error(capsys.readouterr().err)
+        assert cli.main(["start", "c1", "--owner", "alice", "--db", url]) == 1
+        assert "no database at" in _one_line_error(capsys.readouterr().err)
+        assert not (tmp_path / "nope.db").exists()
+
+    @needs_sqlite
+    def test_unreadable_database(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """A file that is not a database is one sentence and exit 1."""
+        junk = tmp_path / "junk.db"
+        junk.write_bytes(b"this is not a database" * 100)
+        assert cli.main(["status", "--db", f"sqlite:///{junk}"]) == 1
+        _one_line_error(capsys.readouterr().err)
+
+
+def _seeded_store(state: str) -> wl.MemoryStore:
+    """A memory store with chat 'c1' of alice whose workspace is ``agent_ready`` or ``stopped``,
+    and chat 'c0' of bob without one.
+
+    Written with the store's own calls, as a provisioner would, so that no task is left waiting
+    on the store in this event loop; the command under test runs its own.
+    """
+    store = wl.MemoryStore()
+
+    async def seed() -> None:
+        await store.register_chat("c0", "bob")
+        await store.register_chat("c1", "alice")
+        await store.create_workspace("c1", "dev", expected_workspace_id=None)
+        build = await store.claim_build("seed")
+        assert build is not None
+        await store.finish_build(build.build_id, wl.JobStatus.SUCCEEDED)
+        await store.report_agent(build.workspace_id, wl.AgentLifecycle.READY)
+        if state == "stopped":
+            await store.request_build(build.workspace_id, wl.Transition.STOP, expected_build_number=1)
+            stop = await store.claim_build("seed")
+            assert stop is not None
+            await store.finish_build(stop.build_id, wl.JobStatus.SUCCEEDED)
+
+    anyio.run(seed)
+    return store
+
+
+class TestOnAStore:
+    def test_status_table(self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        """status prints one row per chat: owner, state, latest build, agent."""
+        store = _seeded_store("agent_ready")
+        monkeypatch.setattr(cli, "open_store", lambda url: store)
+        assert cli.main(["status", "--db", "memory://"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].split() == ["CHAT", "OWNER", "STATE", "LATEST", "BUILD", "AGENT"]
+        assert lines[1].split() == ["c0", "bob", "no_workspace", "-", "-"]
+        assert lines[2].split() == ["c1", "alice", "agent_ready", "#1", "start", "succeeded", "ready"]
+
+    def test_status_empty(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """An empty database says so."""
+        assert cli.main(["status", "--db", "memory://"]) == 0
+        assert capsys.readouterr().out.strip() == "no chats in memory://"
+
+    def test_start_unknown_chat(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """An unknown chat: the tool's error sentence on stderr, exit 1."""
+        assert cli.main(["start", "nobody", "--owner", "alice", "--db", "memory://"]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert _one_line_error(captured.err) == f"workspace-lifecycle: {NO_WORKSPACE}"
+
+    def test_start_running_prints_json(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A running workspace: the tool's JSON on stdout, exit 0."""
+        store = _seeded_store("agent_ready")
+        monkeypatch.setattr(cli, "open_store", lambda url: store)
+        assert cli.main(["start", "c1", "--owner", "alice", "--db", "memory://"]) == 0
+        answer = json.loads(capsys.readouterr().out)
+        assert answer["started"] is True and answer["no_build"] is True
+
+    def test_start_no_wait_shows_progress(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """--no-wait fires the build and answers at once; the change is progress on stderr."""
+        store = _seeded_store("stopped")
+        monkeypatch.setattr(cli, "open_store", lambda url: store)
+        assert cli.main(["start", "c1", "--owner", "alice", "--db", "memory://", "--no-wait"]) == 0
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["status"] == "building"
+        assert "c1" in captured.err and "stopped -> building" in captured.err
+
+
+def test_watch_stops_cleanly_on_ctrl_c() -> None:
+    """watch runs until Ctrl-C, then exits 0 without a traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workspace_lifecycle", "watch", "--db", "memory://"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell may start background children with SIGINT ignored; restore Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stderr is not None
+    # The "watching ...; Ctrl-C to stop" banner says the event loop is up.
+    assert "Ctrl-C" in proc.stderr.readline()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
