@@ -400,7 +400,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         r = self.call(self.lc.create_workspace, chat, owner=self.owner, name="dev", wait=wait)
         fresh = self._read()
         new_ws = self._workspace(chat)
-        if ws is None or deleted:
+        if ws is None or deleted or state is WorkspaceState.FAILED:
+            # As Coder's: a missing, deleted or failed workspace is replaced by a new one.
             assert new_ws != ws and new_ws is not None
             builds = self._queued(fresh, new_ws)
             assert (
@@ -412,9 +413,6 @@ class LifecycleMachine(RuleBasedStateMachine):
                 assert r.data["status"] == "building" and r.data["build_id"] == builds[0].build_id
             return
         assert new_ws == ws
-        if state is WorkspaceState.FAILED:
-            assert not self._queued(fresh, ws)  # SPEC is silent on the answer; nothing is fired
-            return
         if self.simulated:
             assert not self._queued(fresh, ws)
             assert r.data["status"] == state.value, r.data
