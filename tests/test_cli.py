@@ -201,7 +201,8 @@ class TestMistakes:
 
 
 def _seeded_store(state: str) -> wl.MemoryStore:
-    """A memory store with chat 'c1' of alice whose workspace is ``agent_ready`` or ``stopped``,
+    """A memory store with chat 'c1' of alice whose workspace is ``agent_ready``, ``stopped`` or
+    ``stopping`` (a stop build running),
     and chat 'c0' of bob without one.
 
     Written with the store's own calls, as a provisioner would, so that no task is left waiting
@@ -217,11 +218,12 @@ def _seeded_store(state: str) -> wl.MemoryStore:
         assert build is not None
         await store.finish_build(build.build_id, wl.JobStatus.SUCCEEDED)
         await store.report_agent(build.workspace_id, wl.AgentLifecycle.READY)
-        if state == "stopped":
+        if state in ("stopped", "stopping"):
             await store.request_build(build.workspace_id, wl.Transition.STOP, expected_build_number=1)
             stop = await store.claim_build("seed")
             assert stop is not None
-            await store.finish_build(stop.build_id, wl.JobStatus.SUCCEEDED)
+            if state == "stopped":
+                await store.finish_build(stop.build_id, wl.JobStatus.SUCCEEDED)
 
     anyio.run(seed)
     return store
@@ -271,11 +273,25 @@ class TestOnAStore:
         assert json.loads(captured.out)["status"] == "building"
         assert "c1" in captured.err and "stopped -> building" in captured.err
 
+    def test_start_no_wait_during_a_stop_build_stays_for_it(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """During a stop build, --no-wait answers at once but stays until the deferred start is
+        requested (leaving would cancel it); with no provisioner it gives up after --timeout."""
+        store = _seeded_store("stopping")
+        monkeypatch.setattr(cli, "open_store", lambda url: store)
+        argv = ["start", "c1", "--owner", "alice", "--db", "memory://", "--no-wait", "--timeout", "0.2"]
+        assert cli.main(argv) == 1
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["status"] == "building"
+        assert "the start is requested when the stop build in progress ends" in captured.err
+        assert captured.err.strip().splitlines()[-1].endswith("so the start was not requested")
 
-def test_watch_stops_cleanly_on_ctrl_c() -> None:
-    """watch runs until Ctrl-C, then exits 0 without a traceback."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workspace_lifecycle", "watch", "--db", "memory://"],
+
+def _interruptible(*argv: str) -> subprocess.Popen[str]:
+    """``python -m workspace_lifecycle ARGV`` as a child that Ctrl-C (SIGINT) can stop."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "workspace_lifecycle", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -283,10 +299,47 @@ def test_watch_stops_cleanly_on_ctrl_c() -> None:
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    assert proc.stderr is not None
-    # The "watching ...; Ctrl-C to stop" banner says the event loop is up.
-    assert "Ctrl-C" in proc.stderr.readline()
+
+
+def _ctrl_c(proc: subprocess.Popen[str]) -> str:
+    """Interrupt ``proc``; it exits 0 without a traceback. Returns its remaining stderr."""
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+    return err
+
+
+@needs_sqlite
+def test_two_terminals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """provision --simulate in one process, start in another, on one SQLite file (issue 3)."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    provisioner = _interruptible("provision", "--simulate", "--db", url, *FAST)
+    try:
+        assert provisioner.stderr is not None
+        assert "Ctrl-C" in provisioner.stderr.readline()  # up and watching the file
+
+        async def stopped_workspace() -> None:
+            async with wl.open_store(url) as store, wl.Lifecycle(store) as lc:
+                await lc.register_chat("c1", owner="alice")
+                assert (await lc.create_workspace("c1", owner="alice", name="dev")).data["created"]
+                assert (await lc.stop_workspace("c1", owner="alice")).data["stopped"]
+
+        anyio.run(stopped_workspace)
+        assert cli.main(["start", "c1", "--owner", "alice", "--db", url, "--timeout", "20"]) == 0
+        captured = capsys.readouterr()
+        answer = json.loads(captured.out)
+        assert answer["started"] is True and answer["build_id"]
+        assert "stopped -> building" in captured.err and "-> agent_ready" in captured.err
+    finally:
+        err = _ctrl_c(provisioner)
+    assert "c1" in err and "building -> running" in err
+
+
+def test_watch_stops_cleanly_on_ctrl_c() -> None:
+    """watch runs until Ctrl-C, then exits 0 without a traceback."""
+    proc = _interruptible("watch", "--db", "memory://")
+    assert proc.stderr is not None
+    # The "watching ...; Ctrl-C to stop" banner says the event loop is up.
+    assert "Ctrl-C" in proc.stderr.readline()
+    _ctrl_c(proc)

@@ -604,19 +604,53 @@ def _start(args: argparse.Namespace) -> int:
 
 
 async def _start_async(store: Store, args: argparse.Namespace) -> int:
-    async with (
-        store,
-        Lifecycle(store, build_timeout=args.timeout, agent_timeout=args.timeout) as lc,
-        anyio.create_task_group() as tg,
-    ):
-        await tg.start(_follow, lc, args.chat, lambda change: _out(_watch_line(change), sys.stderr))
-        result = await lc.start_workspace(args.chat, owner=args.owner, wait=not args.no_wait)
-        await _settle()
-        tg.cancel_scope.cancel()
-    if result.is_error:
-        raise CliError(result.text)
-    _out(result.text)
+    async with store, Lifecycle(store, build_timeout=args.timeout, agent_timeout=args.timeout) as lc:
+        async with anyio.create_task_group() as tg:
+            await tg.start(_follow, lc, args.chat, lambda change: _out(_watch_line(change), sys.stderr))
+            result = await lc.start_workspace(args.chat, owner=args.owner, wait=not args.no_wait)
+            await _settle()
+            tg.cancel_scope.cancel()
+        if result.is_error:
+            raise CliError(result.text)
+        _out(result.text)
+        in_flight = await _other_build_in_flight(store, args.chat) if args.no_wait else None
+        if in_flight is not None:
+            # With wait=False during a stop or delete build, the runtime requests the start in
+            # the background once that build ends; leaving now would cancel that request.
+            what = f"the {in_flight.transition.value} build in progress"
+            _out(f"the start is requested when {what} ends; waiting for that", sys.stderr)
+            with anyio.move_on_after(args.timeout):
+                await _deferred_start_decided(store, lc, in_flight)
+                return 0
+            raise CliError(f"{what} did not end within {args.timeout:g} s, so the start was not requested")
     return 1 if "error" in result.data else 0
+
+
+async def _other_build_in_flight(store: Store, chat_id: str) -> Build | None:
+    """The chat's latest build if it is a stop or delete build still in progress."""
+    chat = await store.get_chat(chat_id)
+    if chat is None or chat.workspace_id is None:
+        return None
+    build = (await store.workspace_facts(chat.workspace_id)).latest_build
+    if build is None or build.status.finished or build.transition is Transition.START:
+        return None
+    return build
+
+
+async def _deferred_start_decided(store: Store, lc: Lifecycle, in_flight: Build) -> None:
+    """Wait until the runtime's background start request after ``in_flight`` has been decided.
+
+    The runtime has no public handle on a deferred ``wait=False`` request, so this looks at the
+    stored builds and ``Lifecycle.tracked`` every 50 ms (only on this exit path of ``start
+    --no-wait``).
+    """
+    while True:
+        latest = (await store.workspace_facts(in_flight.workspace_id)).latest_build
+        if latest is not None and latest.number > in_flight.number:
+            return  # the start build (or someone else's) was queued
+        if latest is not None and latest.status.finished and not lc.tracked:
+            return  # decided without a new build (e.g. the workspace was deleted)
+        await anyio.sleep(0.05)
 
 
 # --- provision --------------------------------------------------------------------------------
