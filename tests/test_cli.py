@@ -192,12 +192,23 @@ class TestMistakes:
         assert not (tmp_path / "nope.db").exists()
 
     @needs_sqlite
-    def test_unreadable_database(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        """A file that is not a database is one sentence and exit 1."""
-        junk = tmp_path / "junk.db"
-        junk.write_bytes(b"this is not a database" * 100)
-        assert cli.main(["status", "--db", f"sqlite:///{junk}"]) == 1
-        _one_line_error(capsys.readouterr().err)
+    @pytest.mark.parametrize("command", [["status"], ["demo", *FAST], ["start", "c1", "--owner", "alice"]])
+    @pytest.mark.parametrize("what", ["not-a-database", "directory", "no-parent"])
+    def test_unusable_database(
+        self, command: list[str], what: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A file that is not a database, a directory, a missing directory: one sentence, exit 1."""
+        path = tmp_path / "db"
+        if what == "not-a-database":
+            path.write_bytes(b"this is not a database" * 100)
+        elif what == "directory":
+            path.mkdir()
+        else:
+            path = tmp_path / "missing" / "x.db"
+        code = cli.main([*command, "--db", f"sqlite:///{path}"])
+        assert code == 1
+        line = _one_line_error(capsys.readouterr().err)
+        assert line.startswith("workspace-lifecycle: ")
 
 
 def _seeded_store(state: str) -> wl.MemoryStore:

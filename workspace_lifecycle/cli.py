@@ -17,7 +17,8 @@ import importlib
 import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -323,6 +324,20 @@ def _store(url: str) -> Store:
         raise CliError(f"the store for {url} needs the {missing or 'missing'} package{hint}") from None
 
 
+@asynccontextmanager
+async def _opened(store: Store) -> AsyncIterator[Store]:
+    """``async with store``, where a ValueError from opening it (a directory instead of a file, a
+    missing parent directory) is the user's mistake, reported in one sentence."""
+    try:
+        await store.open()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
 def _sqlite_path(url: str) -> Path | None:
     """The file of a ``sqlite:///`` URL (``None`` for any other scheme)."""
     scheme, _, rest = url.partition("://")
@@ -441,7 +456,7 @@ async def _demo_async(store: Store, args: argparse.Namespace) -> int:
         fail=failing,
         worker="demo",
     )
-    async with store, provisioner, Lifecycle(store) as lc:
+    async with _opened(store), provisioner, Lifecycle(store) as lc:
         chat = await _unused_chat(store, "demo")
         _out(f"{PROG} demo: chat {chat!r} of {owner!r} on {store.url or args.db}")
         _out(
@@ -559,7 +574,7 @@ def _agent_cell(facts: WorkspaceFacts | None) -> str:
 
 
 async def _status_async(store: Store) -> int:
-    async with store:
+    async with _opened(store):
         rows = sorted(await store.list_chats(), key=lambda r: r.chat.chat_id)
     if not rows:
         _out(f"no chats in {store.url}")
@@ -588,7 +603,7 @@ def _watch_line(change: StateChange) -> str:
 
 
 async def _watch_async(store: Store, chat: str | None) -> int:
-    async with store, Lifecycle(store) as lc:
+    async with _opened(store), Lifecycle(store) as lc:
         what = f"chat {chat!r}" if chat else "every chat"
         _out(f"watching {what} on {store.url}; Ctrl-C to stop", sys.stderr)
         await _follow(lc, chat, lambda change: _out(_watch_line(change)))
@@ -604,7 +619,7 @@ def _start(args: argparse.Namespace) -> int:
 
 
 async def _start_async(store: Store, args: argparse.Namespace) -> int:
-    async with store, Lifecycle(store, build_timeout=args.timeout, agent_timeout=args.timeout) as lc:
+    async with _opened(store), Lifecycle(store, build_timeout=args.timeout, agent_timeout=args.timeout) as lc:
         async with anyio.create_task_group() as tg:
             await tg.start(_follow, lc, args.chat, lambda change: _out(_watch_line(change), sys.stderr))
             result = await lc.start_workspace(args.chat, owner=args.owner, wait=not args.no_wait)
@@ -668,7 +683,7 @@ def _provision(args: argparse.Namespace) -> int:
 
 async def _provision_async(store: Store, args: argparse.Namespace) -> int:
     async with (
-        store,
+        _opened(store),
         SimulatedProvisioner(
             store,
             build_seconds=args.build_seconds,
