@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
+import os
 import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -41,6 +42,7 @@ __all__ = ["main"]
 
 PROG = "workspace-lifecycle"
 DEFAULT_DB = "sqlite:///workspace-lifecycle.db"
+_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 DB_HELP = f"store URL: sqlite:///relative.db, sqlite:////absolute.db, memory://, postgresql://... (default: {DEFAULT_DB})"
 
 
@@ -261,6 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = _user_error(exc)
         if error is None:
             raise
+        if error.code == _BROKEN_PIPE:
+            # The reader went away (``| head``): stop quietly, as Unix tools do, and keep the
+            # interpreter's final flush of stdout from failing again.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return error.code
         print(f"{PROG}: {error}", file=sys.stderr)
         return error.code
 
@@ -277,6 +285,8 @@ def _user_error(exc: BaseException) -> CliError | None:
         return CliError(str(exc))
     if isinstance(exc, sqlite3.DatabaseError):
         return CliError(f"the database cannot be used: {exc}")
+    if isinstance(exc, BrokenPipeError):
+        return CliError("broken pipe", _BROKEN_PIPE)
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""
         return CliError(f"{exc.strerror or exc}{where}")
@@ -324,7 +334,7 @@ def _store(url: str) -> Store:
         raise CliError(f"the store for {url} needs the {missing or 'missing'} package{hint}") from None
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def _opened(store: Store) -> AsyncIterator[Store]:
     """``async with store``, where a ValueError from opening it (a directory instead of a file, a
     missing parent directory) is the user's mistake, reported in one sentence."""
