@@ -1,4 +1,4 @@
-"""A replica process for the PostgreSQL multi-process tests (run as a script, not collected).
+"""A replica process for the multi-process tests on SQLite and PostgreSQL (a script, not collected).
 
 Modes (argv[1]):
 
@@ -6,9 +6,11 @@ Modes (argv[1]):
   SimulatedProvisioner if PROVISION is ``1``), print ``ready``, wait for ``go`` on stdin, run N
   concurrent ``start_workspace`` calls, print their results as one JSON line, then wait for
   ``exit`` on stdin (so a provisioner outlives every caller).
-* ``wait URL ROUNDS``: open the store with a one-minute fallback poll (so only NOTIFY can wake
-  it quickly); for each round print ``ready HEAD``, sleep in ``wait_for_change(HEAD)`` and print
-  ``woke SEQ MONOTONIC`` the moment it returns.
+* ``wait URL ROUNDS``: open the store (PostgreSQL: with a one-minute fallback poll, so only
+  NOTIFY can wake it quickly); for each round print ``ready HEAD``, sleep in
+  ``wait_for_change(HEAD)`` and print ``woke SEQ MONOTONIC`` the moment it returns.
+* ``start URL CHAT OWNER``: print ``ready``, then call ``start_workspace`` (with no provisioner
+  it waits for the build until killed) and print the answer as JSON.
 
 The parent talks to it through stdin/stdout, one line per message.
 """
@@ -58,7 +60,8 @@ async def race(url: str, chat: str, owner: str, n: int, provision: bool) -> None
 
 
 async def wait(url: str, rounds: int) -> None:
-    async with wl.open_store(url, poll_interval=60.0) as store:
+    options = {"poll_interval": 60.0} if url.startswith("postgres") else {}
+    async with wl.open_store(url, **options) as store:
         for _ in range(rounds):
             head = await store.head()
             _say("ready", head)
@@ -67,10 +70,19 @@ async def wait(url: str, rounds: int) -> None:
             _say("woke", await store.head(), woke)
 
 
+async def start(url: str, chat: str, owner: str) -> None:
+    async with wl.open_store(url) as store, wl.Lifecycle(store) as lc:
+        _say("ready")
+        r = await lc.start_workspace(chat, owner=owner)
+        _say(json.dumps({"is_error": r.is_error, "data": r.data}))
+
+
 def main(argv: list[str]) -> None:
     mode = argv[1]
     if mode == "race":
         anyio.run(race, argv[2], argv[3], argv[4], int(argv[5]), argv[6] == "1", backend="asyncio")
+    elif mode == "start":
+        anyio.run(start, argv[2], argv[3], argv[4], backend="asyncio")
     elif mode == "wait":
         anyio.run(wait, argv[2], int(argv[3]), backend="asyncio")
     else:

@@ -36,7 +36,13 @@ async def stopped_workspace(store: wl.Store, chat: str = "c") -> str:
 class TestUrlsAndFiles:
     @pytest.mark.parametrize(
         "bad",
-        ["sqlite://relative.db", "sqlite:///", "sqlite:///:memory:", "sqlite:/x.db", "sqlite:///x.db?bogus=1"],
+        [
+            "sqlite://relative.db",
+            "sqlite:///",
+            "sqlite:///:memory:",
+            "sqlite:/x.db",
+            "sqlite:///x.db?bogus=1",
+        ],
     )
     def test_malformed_urls(self, bad: str) -> None:
         """Each malformed URL is a ValueError naming the accepted forms or the bad option."""
@@ -63,7 +69,7 @@ class TestUrlsAndFiles:
         """A file that is not SQLite is a StoreError naming the file, and it is left untouched."""
         path = tmp_path / "notes.txt"
         path.write_bytes(b"not a database, just words " * 100)
-        with pytest.raises(wl.StoreError, match="notes.txt"):
+        with pytest.raises(wl.StoreError, match=r"notes\.txt"):
             async with wl.open_store(url(path)):
                 pass
         assert path.read_bytes() == b"not a database, just words " * 100
@@ -107,7 +113,11 @@ class TestSchema:
                 conn.execute("UPDATE builds SET status = 'exploded' WHERE number = 2")
             with pytest.raises(wl.CorruptStateError) as caught:
                 await store.workspace_facts(ws)
-            assert (caught.value.table, caught.value.key, caught.value.column) == ("builds", build_id, "status")
+            assert (caught.value.table, caught.value.key, caught.value.column) == (
+                "builds",
+                build_id,
+                "status",
+            )
             assert "exploded" in str(caught.value)
 
     async def test_unknown_event_kind_names_the_row(self, tmp_path: Path) -> None:
@@ -116,7 +126,7 @@ class TestSchema:
             await stopped_workspace(store)
             with sqlite3.connect(path) as conn:
                 conn.execute("UPDATE events SET kind = 'mystery' WHERE seq = 3")
-            with pytest.raises(wl.CorruptStateError, match="events.*3.*kind"):
+            with pytest.raises(wl.CorruptStateError, match=r"events.*3.*kind"):
                 await store.read_events(0)
 
 
@@ -149,7 +159,9 @@ class TestLocking:
             facts = await store.workspace_facts(ws)
             assert facts.latest_build is not None and facts.latest_build.number in (2, 3)
             events = await store.read_events(0)
-            assert len([e for e in events if e.kind is wl.EventKind.BUILD_QUEUED]) == facts.latest_build.number
+            assert (
+                len([e for e in events if e.kind is wl.EventKind.BUILD_QUEUED]) == facts.latest_build.number
+            )
             assert (await store.request_build(ws, Transition.STOP, expected_build_number=0)).fired is False
 
 
