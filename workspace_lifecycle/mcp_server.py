@@ -1,0 +1,155 @@
+"""The workspace tools as an MCP server (``workspace-lifecycle mcp``), on the official ``mcp`` SDK.
+
+The server lists exactly :func:`~workspace_lifecycle.tools.tool_definitions` with
+``chat_id_argument=True, status=True`` (their JSON schemas are the tools' ``inputSchema``
+verbatim) and answers every call with :func:`~workspace_lifecycle.tools.dispatch_tool`: the
+answer's ``text`` is the one text content, and an error answer is an MCP tool error
+(``isError: true``), never a protocol error. There is no second definition of the tools here.
+
+While a call runs, every state change of the chat's workspace is sent as an MCP progress
+notification, when the client asked for progress (a ``progressToken`` in the request).
+
+Needs the ``mcp`` extra: ``pip install 'workspace-lifecycle[mcp]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import anyio.abc
+import mcp_types as types
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.server.session import ServerSession
+from mcp.server.stdio import stdio_server
+
+from . import __version__
+from .adapters import open_store
+from .errors import OwnershipError, WorkspaceLifecycleError
+from .runtime import Lifecycle
+from .tools import dispatch_tool, tool_definitions
+from .values import StateChange, ToolResult
+
+__all__ = ["create_server", "mcp_tools", "serve"]
+
+SERVER_NAME = "workspace-lifecycle"
+
+_INSTRUCTIONS = (
+    "Tools for the chat's workspace (its sandbox): create_workspace, start_workspace, "
+    "stop_workspace, delete_workspace, and the read-only workspace_status. Each takes an "
+    "optional chat_id; without it the server's default chat is used."
+)
+
+#: The tools that change a workspace (and may wait for a build); the rest only read.
+_WAITING_TOOLS = frozenset({"create_workspace", "start_workspace", "stop_workspace", "delete_workspace"})
+
+
+def mcp_tools() -> list[types.Tool]:
+    """The MCP tool list: ``tool_definitions(chat_id_argument=True, status=True)``, as MCP tools."""
+    return [
+        types.Tool(name=d["name"], description=d["description"], input_schema=d["input_schema"])
+        for d in tool_definitions(chat_id_argument=True, status=True)
+    ]
+
+
+def _answer(result: ToolResult) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=result.text)], is_error=result.is_error
+    )
+
+
+def _chat_of(arguments: Mapping[str, Any] | None, default: str | None) -> str | None:
+    """The chat a call is about: its ``chat_id`` argument, else the server's default."""
+    chat = arguments.get("chat_id") if arguments else None
+    if isinstance(chat, str) and chat:
+        return chat
+    return default
+
+
+def _waits(name: str, arguments: Mapping[str, Any] | None) -> bool:
+    """Whether the call may wait for builds (a changing tool without ``wait: false``)."""
+    return name in _WAITING_TOOLS and not (arguments and arguments.get("wait") is False)
+
+
+def _progress_message(change: StateChange) -> str:
+    return f"{change.from_state.value} -> {change.to_state.value} (build {change.build_number})"
+
+
+async def _report_progress(
+    lifecycle: Lifecycle,
+    chat: str,
+    session: ServerSession,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Send one progress notification per state change of ``chat``'s workspace, until cancelled."""
+    changes = lifecycle.watch(chat)
+    # The watch registers itself in its first step, which runs before this task first suspends:
+    # so every change published after ``started()`` returns to the caller reaches this loop.
+    task_status.started()
+    count = 0
+    try:
+        async for change in changes:
+            count += 1
+            await session.report_progress(count, None, _progress_message(change))
+    finally:
+        await changes.aclose()
+
+
+def create_server(lifecycle: Lifecycle, *, owner: str, chat: str | None = None) -> Server[Any]:
+    """An MCP server answering the workspace tools with ``lifecycle`` for ``owner``.
+
+    ``chat`` is the default chat for calls without a ``chat_id`` argument. Each call registers
+    its chat for ``owner`` first (idempotent); another owner's chat is answered exactly as an
+    unknown one.
+    """
+
+    async def list_tools(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=mcp_tools())
+
+    async def call_tool(
+        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        arguments = params.arguments
+        target = _chat_of(arguments, chat)
+        try:
+            owned = False
+            if target is not None:
+                # dispatch_tool answers another owner's chat as an unknown one.
+                with contextlib.suppress(OwnershipError):
+                    await lifecycle.register_chat(target, owner=owner)
+                    owned = True
+            async with anyio.create_task_group() as tg:
+                if owned and target is not None and _waits(params.name, arguments):
+                    # Progress only goes out when the client sent a progress token (else the
+                    # SDK drops it); the watch itself costs one subscription per call.
+                    await tg.start(_report_progress, lifecycle, target, ctx.session)
+                result = await dispatch_tool(lifecycle, params.name, arguments, chat_id=chat, owner=owner)
+                # Let the reporter send a change that was published together with the answer.
+                await anyio.lowlevel.checkpoint()
+                tg.cancel_scope.cancel()
+        except (WorkspaceLifecycleError, ValueError) as exc:
+            # A closed store, a stopped pump, a chat id with a NUL byte: the model sees the sentence.
+            result = ToolResult.error(str(exc))
+        return _answer(result)
+
+    return Server(
+        SERVER_NAME,
+        version=__version__,
+        instructions=_INSTRUCTIONS,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )
+
+
+async def serve(db_url: str, owner: str, chat: str | None) -> None:
+    """Serve the workspace tools over stdio on the store at ``db_url`` until stdin closes."""
+    async with open_store(db_url) as store, Lifecycle(store) as lifecycle:
+        server = create_server(lifecycle, owner=owner, chat=chat)
+        async with stdio_server() as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, server.create_initialization_options())
