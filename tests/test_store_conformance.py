@@ -294,3 +294,23 @@ class TestClosed:
             await store.get_chat("c1")
         with pytest.raises(wl.StoreClosedError):
             await store.read_events(0)
+
+
+def test_memory_store_survives_a_second_event_loop() -> None:
+    """A MemoryStore whose waiter was cancelled works again under a new anyio.run."""
+    store = wl.MemoryStore()
+
+    async def wait_then_cancel() -> None:
+        await store.register_chat("c", "o")
+        with anyio.move_on_after(0.01):
+            await store.wait_for_change(await store.head())
+
+    async def wait_again() -> None:
+        head = await store.head()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.wait_for_change, head)  # must not find the first loop's event
+            await anyio.wait_all_tasks_blocked()
+            await store.create_workspace("c", "dev", expected_workspace_id=None)
+
+    anyio.run(wait_then_cancel)
+    anyio.run(wait_again)

@@ -59,6 +59,7 @@ class MemoryStore(Store):
         self._seq = itertools.count(1)
         self._head = 0
         self._changed: anyio.Event | None = None
+        self._waiting = 0
 
     async def aclose(self) -> None:
         self._closed = True
@@ -284,7 +285,15 @@ class MemoryStore(Store):
             return
         if self._changed is None:
             self._changed = anyio.Event()
-        await self._changed.wait()
+        self._waiting += 1
+        try:
+            await self._changed.wait()
+        finally:
+            self._waiting -= 1
+            if not self._waiting:
+                # Drop the event with its last waiter: it belongs to this event loop, and a
+                # store reused under another ``anyio.run`` must not find it.
+                self._changed = None
         self._check()
 
     async def prune_events(self, older_than: float) -> int:
