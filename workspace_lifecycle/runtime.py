@@ -26,11 +26,12 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from . import answers
-from .adapters.base import Store
+from .adapters.base import Outcome, Store
 from .errors import (
     CorruptStateError,
     CursorExpiredError,
     InvalidEventError,
+    NotFoundError,
     StoreClosedError,
     StoreError,
 )
@@ -82,6 +83,11 @@ class Lifecycle:
             result = await lc.create_workspace("chat-1", owner="alice", name="dev")
 
     ``build_timeout`` bounds each wait for a build, ``agent_timeout`` the wait for the agent.
+    ``write_retries`` is how often a request retries a store write that raised a
+    :class:`~workspace_lifecycle.errors.StoreError` (re-reading the rows first: the write may
+    have committed). ``resync_interval`` is how often a *waiting* request re-derives its
+    workspace from the rows, so a lost event delays its answer but never loses it (nothing runs
+    while nobody waits).
     """
 
     def __init__(
@@ -90,10 +96,16 @@ class Lifecycle:
         *,
         build_timeout: float = 600.0,
         agent_timeout: float = 600.0,
+        write_retries: int = 3,
+        resync_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if build_timeout <= 0 or agent_timeout <= 0:
-            raise ValueError("build_timeout and agent_timeout must be positive")
+        if build_timeout <= 0 or agent_timeout <= 0 or resync_interval <= 0:
+            raise ValueError("build_timeout, agent_timeout and resync_interval must be positive")
+        if write_retries < 0:
+            raise ValueError("write_retries must not be negative")
+        self.write_retries = write_retries
+        self.resync_interval = resync_interval
         self.store = store
         self.build_timeout = build_timeout
         self.agent_timeout = agent_timeout
@@ -105,6 +117,8 @@ class Lifecycle:
         self._tg: TaskGroup | None = None
         self._failure: BaseException | None = None
         self.events_applied = 0
+        self.resyncs = 0  # re-derivations of a waited-on workspace after resync_interval of silence
+        self.write_retried = 0  # store writes retried after a StoreError
 
     # --- lifecycle of the runtime ------------------------------------------------------------
 
@@ -331,7 +345,17 @@ class Lifecycle:
             assert tracker is not None
             if done(tracker):
                 return tracker
-            await entry.changed.wait()
+            with anyio.move_on_after(self.resync_interval) as idle:
+                await entry.changed.wait()
+            if idle.cancelled_caught:
+                # Safety net: nothing arrived for a while; if an event was lost, the rows have it.
+                self.resyncs += 1
+                try:
+                    await self._resync(entry)
+                except StoreClosedError:
+                    raise
+                except StoreError as exc:
+                    log.warning("waiting on %s: resync failed: %s", entry.workspace_id, exc)
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -466,9 +490,7 @@ class Lifecycle:
                 return await self._already(request, entry, facts_ws, wait)
             if decision is Decision.FIRE:
                 expected = tracker.build_number
-                outcome = await self.store.request_build(
-                    entry.workspace_id, REQUEST_TRANSITION[request], expected_build_number=expected
-                )
+                outcome = await self._request_build(entry.workspace_id, request, expected)
                 if not outcome.fired:
                     raced = True
                     await self._caught_up(outcome.facts.seq)
@@ -511,6 +533,69 @@ class Lifecycle:
             prefix = "waiting for in-progress build"
             if not await self._wait_build(entry, number):
                 return answers.build_failed(prefix, "timed out waiting for workspace build", tracker.build_id)
+
+    async def _retry_write(self, write: Callable[[], Any], reread: Callable[[], Any]) -> Any:
+        """Run ``write``; on a StoreError, ``reread()`` the rows and retry (``write_retries``).
+
+        A failed write may have committed (an error after COMMIT). Every write is a
+        compare-and-set, so ``reread`` decides: it returns a not-fired :class:`Outcome` when the
+        rows moved on (this call's write or another caller's: the caller treats both as a lost
+        race and answers about the build that exists), or ``None`` to retry the same write,
+        which the compare-and-set makes safe.
+        """
+        delay = 0.01
+        for attempt in range(self.write_retries + 1):
+            try:
+                return await write()
+            except (StoreClosedError, NotFoundError):
+                raise
+            except StoreError as exc:
+                if attempt == self.write_retries:
+                    raise
+                log.warning("store write failed (%s); re-reading and retrying in %.2fs", exc, delay)
+                self.write_retried += 1
+                await anyio.sleep(delay)
+                delay = min(delay * 4, 0.5)
+                try:
+                    moved = await reread()
+                except (StoreClosedError, NotFoundError):
+                    raise
+                except StoreError:
+                    continue
+                if moved is not None:
+                    return moved
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _request_build(self, workspace_id: str, request: Request, expected: int) -> Outcome:
+        async def write() -> Outcome:
+            return await self.store.request_build(
+                workspace_id, REQUEST_TRANSITION[request], expected_build_number=expected
+            )
+
+        async def reread() -> Outcome | None:
+            facts = await self.store.workspace_facts(workspace_id)
+            latest = facts.latest_build
+            if facts.workspace.deleted or (latest is not None and latest.number != expected):
+                return Outcome(fired=False, build=None, facts=facts)
+            return None
+
+        outcome: Outcome = await self._retry_write(write, reread)
+        return outcome
+
+    async def _create_workspace(self, chat_id: str, name: str, expected: str | None) -> Outcome:
+        async def write() -> Outcome:
+            return await self.store.create_workspace(chat_id, name, expected_workspace_id=expected)
+
+        async def reread() -> Outcome | None:
+            chat = await self.store.get_chat(chat_id)
+            if chat is not None and chat.workspace_id is not None and chat.workspace_id != expected:
+                return Outcome(
+                    fired=False, build=None, facts=await self.store.workspace_facts(chat.workspace_id)
+                )
+            return None
+
+        outcome: Outcome = await self._retry_write(write, reread)
+        return outcome
 
     async def _continue_later(self, request: Request, chat_id: str, workspace_id: str, owner: str) -> None:
         """``wait=False`` during another kind of build: finish the request in the background."""
@@ -611,9 +696,7 @@ class Lifecycle:
     async def _create(
         self, chat_id: str, expected: str | None, name: str | None, wait: bool, span: RequestSpan
     ) -> ToolResult:
-        outcome = await self.store.create_workspace(
-            chat_id, workspace_name(name), expected_workspace_id=expected
-        )
+        outcome = await self._create_workspace(chat_id, workspace_name(name), expected)
         ws = outcome.facts.workspace
         if not outcome.fired:
             # Another caller bound a workspace first: answer about that one.
