@@ -1,9 +1,17 @@
 """Transition telemetry: one structured log record per state change, and optional spans.
 
-Records go to the ``workspace_lifecycle.transitions`` logger, which has a ``NullHandler`` and so
-is silent until the application configures logging. Each record carries ``chat``,
-``workspace``, ``build``, ``from``, ``to``, ``event`` and ``latency`` (seconds from the write
-that caused the change to its delivery here) as attributes of the ``LogRecord``.
+Records go to the ``workspace_lifecycle.transitions`` logger at ``INFO``; it has a
+``NullHandler`` and so is silent until the application configures logging. Each record carries
+these attributes of the ``LogRecord``:
+
+- ``chat``, ``workspace``, ``build`` (the build number), ``from`` and ``to`` (state names) and
+  ``event`` (the store event kind, or ``resync`` when re-reading the rows moved the state);
+- ``latency``: seconds from the store write that caused the change to its delivery here;
+- ``elapsed``: seconds since the oldest tool request of this chat still running in this process
+  began (how long the caller has waited so far), or ``None`` when no request is waiting.
+
+``from`` is a Python keyword: read it with ``getattr(record, "from")``, or ``%(from)s`` in a
+format string.
 
 When ``opentelemetry-api`` is importable, each tool request is a span named
 ``workspace_lifecycle.<request>`` and every state change seen while it runs is a span event.
@@ -13,6 +21,7 @@ There is no hard dependency on OpenTelemetry.
 from __future__ import annotations
 
 import logging
+import time
 from types import TracebackType
 from typing import Any
 
@@ -36,6 +45,9 @@ _spans: set[RequestSpan] = set()
 def log_change(change: StateChange, now: float) -> None:
     """Log one state change (and add it to every open request span of its chat)."""
     latency = max(0.0, now - change.at) if change.at else None
+    mono = time.monotonic()
+    waiting = [span for span in _spans if span.chat_id == change.chat_id]
+    elapsed = mono - min(span.started for span in waiting) if waiting else None
     if transition_logger.isEnabledFor(logging.INFO):
         transition_logger.info(
             "%s: %s -> %s (%s, build %d)",
@@ -52,11 +64,11 @@ def log_change(change: StateChange, now: float) -> None:
                 "to": change.to_state.value,
                 "event": change.event.value if change.event else "resync",
                 "latency": latency,
+                "elapsed": elapsed,
             },
         )
-    for span in tuple(_spans):
-        if span.chat_id == change.chat_id:
-            span.transition(change, latency)
+    for span in waiting:
+        span.transition(change, latency, mono - span.started)
 
 
 class RequestSpan:
@@ -65,6 +77,7 @@ class RequestSpan:
     def __init__(self, request: str, chat_id: str) -> None:
         self.request = request
         self.chat_id = chat_id
+        self.started = time.monotonic()
         self._cm: Any = None
         self._span: Any = None
 
@@ -73,11 +86,13 @@ class RequestSpan:
         return cls("deferred", "")
 
     def __enter__(self) -> RequestSpan:
-        if _tracer is not None and self.chat_id:
-            self._cm = _tracer.start_as_current_span(f"workspace_lifecycle.{self.request}")
-            self._span = self._cm.__enter__()
-            self._span.set_attribute("chat", self.chat_id)
-            _spans.add(self)
+        self.started = time.monotonic()
+        if self.chat_id:
+            _spans.add(self)  # also without OpenTelemetry: log records carry ``elapsed``
+            if _tracer is not None:
+                self._cm = _tracer.start_as_current_span(f"workspace_lifecycle.{self.request}")
+                self._span = self._cm.__enter__()
+                self._span.set_attribute("chat", self.chat_id)
         return self
 
     def __exit__(
@@ -98,13 +113,15 @@ class RequestSpan:
         if self._span is not None:
             self._span.set_attribute("build_id", build_id)
 
-    def transition(self, change: StateChange, latency: float | None) -> None:
+    def transition(self, change: StateChange, latency: float | None, elapsed: float) -> None:
         if self._span is not None:
             attributes: dict[str, Any] = {
                 "from": change.from_state.value,
                 "to": change.to_state.value,
+                "workspace": change.workspace_id,
                 "build": change.build_number,
                 "event": change.event.value if change.event else "resync",
+                "elapsed": elapsed,
             }
             if latency is not None:
                 attributes["latency"] = latency
