@@ -12,8 +12,11 @@ Design:
   resuming from its cursor never skips or repeats an event.
 * Wake-ups: writes through this store wake local waiters at once. Commits by other processes
   are seen by one watcher thread per store, which checks ``PRAGMA data_version`` (~3 µs; it
-  changes only when another connection commits) on its own connection every
-  ``poll_interval`` while somebody waits, and never runs a query per waiter.
+  changes only when another connection commits) on its own connection while somebody waits,
+  and never runs a query per waiter. The interval adapts: every ``poll_min`` (1 ms) for
+  ``burst`` (0.25 s) after a change, since a build's events come in bursts, and every
+  ``poll_interval`` (4 ms) otherwise. Measured (``bench/sqlite_wakeup.py``): a fixed 2 ms poll
+  costs ~1.2% of a core while idle; the 4 ms idle interval halves that and keeps p99 < 5 ms.
 * A cancelled caller abandons only its wait: the transaction function runs to its own COMMIT or
   ROLLBACK on the connection thread, so the connection is never left inside a transaction.
 """
@@ -137,8 +140,9 @@ class SQLiteStore(Store):
     """A store in one SQLite file, shared safely by any number of processes.
 
     ``busy_timeout`` (seconds) bounds how long a write waits for another writer's lock before
-    :class:`~workspace_lifecycle.errors.StoreBusyError`; ``poll_interval`` (seconds) is how often
-    the watcher checks for other processes' commits while somebody waits; ``retention``
+    :class:`~workspace_lifecycle.errors.StoreBusyError`; ``poll_interval`` (seconds) is the
+    longest pause between the watcher's checks for other processes' commits while somebody
+    waits (it checks every millisecond for a quarter second after a change); ``retention``
     (seconds, optional) prunes older events as writes happen.
     """
 
@@ -147,7 +151,7 @@ class SQLiteStore(Store):
         path: str | os.PathLike[str],
         *,
         busy_timeout: float = 5.0,
-        poll_interval: float = 0.002,
+        poll_interval: float = 0.004,
         retention: float | None = None,
         synchronous: str = "NORMAL",
         clock: Callable[[], float] = time.time,
@@ -160,6 +164,9 @@ class SQLiteStore(Store):
         self.url = f"sqlite:///{self.path}"
         self.busy_timeout = busy_timeout
         self.poll_interval = poll_interval
+        self.poll_min = min(0.001, poll_interval)  # right after a change, for ``burst`` seconds
+        self.burst = 0.25
+        self.watcher_polls = 0  # data_version checks made by the watcher thread
         self.retention = retention
         self._synchronous = synchronous.upper()
         self._clock = clock
@@ -596,19 +603,24 @@ class SQLiteStore(Store):
             self._watcher.start()
 
     def _watch(self) -> None:
-        """Thread: while somebody waits, check ``PRAGMA data_version`` every ``poll_interval``."""
+        """Thread: while somebody waits, check ``PRAGMA data_version``; every ``poll_min`` for
+        ``burst`` seconds after a change, every ``poll_interval`` otherwise."""
         loop = self._loop
         assert loop is not None
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
+            last_change = time.monotonic()
             while not self._watch_stop.is_set():
                 if not self._watch_wanted.wait(timeout=1.0):
                     continue
-                time.sleep(self.poll_interval)
+                recent = time.monotonic() - last_change < self.burst
+                time.sleep(self.poll_min if recent else self.poll_interval)
+                self.watcher_polls += 1
                 now = conn.execute("PRAGMA data_version").fetchone()[0]
                 if now != version:
                     version = now
+                    last_change = time.monotonic()
                     try:
                         loop.call_soon_threadsafe(self._external_commit)
                     except RuntimeError:  # the loop closed under us
