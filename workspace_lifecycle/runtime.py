@@ -365,18 +365,26 @@ class Lifecycle:
         _check_id("owner", owner)
         await self.store.register_chat(chat_id, owner)
 
-    async def state(self, chat_id: str) -> WorkspaceState:
-        """The chat's workspace state, derived from the stored rows."""
+    async def state(self, chat_id: str, *, owner: str | None = None) -> WorkspaceState:
+        """The chat's workspace state, derived from the stored rows.
+
+        With ``owner``, another owner's chat reads as an unknown one (``no_workspace``).
+        """
         chat = await self.store.get_chat(chat_id)
-        if chat is None or chat.workspace_id is None:
+        if chat is None or chat.workspace_id is None or (owner is not None and chat.owner != owner):
             return WorkspaceState.NO_WORKSPACE
         return derive_state(await self.store.workspace_facts(chat.workspace_id))
 
-    async def watch(self, chat_id: str | None = None) -> AsyncGenerator[StateChange, None]:
+    async def watch(
+        self, chat_id: str | None = None, *, owner: str | None = None
+    ) -> AsyncGenerator[StateChange, None]:
         """Every state change of ``chat_id``'s workspace (or of every chat, if ``None``).
 
-        Watching every chat keeps one machine per workspace that changes while you watch.
+        With ``owner``, only changes of that owner's chats are yielded: another owner's chat
+        is watched exactly as an unknown one (nothing, ever). Watching every chat keeps one
+        machine per workspace that changes while you watch.
         """
+        owned: dict[str, bool] = {}  # a chat's owner never changes once it exists
         send, receive = anyio.create_memory_object_stream[StateChange](math.inf)
         self._watchers.setdefault(chat_id, set()).add(send)
         holds: list[Any] = []
@@ -384,18 +392,20 @@ class Lifecycle:
             async with receive:
                 if chat_id is not None:
                     chat = await self.store.get_chat(chat_id)
-                    if chat is not None and chat.workspace_id is not None:
+                    if chat is not None and chat.workspace_id is not None and owner in (None, chat.owner):
                         # Hold the machine of the current workspace; new ones follow CHAT_BOUND.
                         cm = self._track(chat.workspace_id)
                         await cm.__aenter__()
                         holds.append(cm)
                 else:
                     for row in await self.store.list_chats():
-                        if row.facts is not None:
+                        if row.facts is not None and owner in (None, row.chat.owner):
                             cm = self._track(row.facts.workspace_id)
                             await cm.__aenter__()
                             holds.append(cm)
                 async for change in receive:
+                    if owner is not None and not await self._owned_by(change.chat_id, owner, owned):
+                        continue
                     yield change
         finally:
             self._watchers[chat_id].discard(send)
@@ -405,6 +415,14 @@ class Lifecycle:
             for entry in list(self._entries.values()):
                 if entry.refs <= 0:
                     self._release(entry)
+
+    async def _owned_by(self, chat_id: str, owner: str, cache: dict[str, bool]) -> bool:
+        if chat_id not in cache:
+            chat = await self.store.get_chat(chat_id)
+            if chat is None:
+                return False
+            cache[chat_id] = chat.owner == owner
+        return cache[chat_id]
 
     # --- the tools ---------------------------------------------------------------------------
 
