@@ -14,7 +14,7 @@ Needs the ``mcp`` extra: ``pip install 'workspace-lifecycle[mcp]'``.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,12 +30,14 @@ from . import __version__
 from .adapters import open_store
 from .errors import OwnershipError, WorkspaceLifecycleError
 from .runtime import Lifecycle
-from .tools import dispatch_tool, tool_definitions
+from .tools import STATUS_TOOL, dispatch_tool, tool_definitions
 from .values import StateChange, ToolResult
 
 __all__ = ["create_server", "mcp_tools", "serve"]
 
 SERVER_NAME = "workspace-lifecycle"
+
+log = logging.getLogger(__name__)
 
 _INSTRUCTIONS = (
     "Tools for the chat's workspace (its sandbox): create_workspace, start_workspace, "
@@ -94,17 +96,40 @@ async def _report_progress(
     try:
         async for change in changes:
             count += 1
-            await session.report_progress(count, None, _progress_message(change))
+            try:
+                await session.report_progress(count, None, _progress_message(change))
+            except Exception:  # a gone client must not fail the call itself
+                log.debug("progress notification for %s not sent", chat, exc_info=True)
+                return
     finally:
         await changes.aclose()
+
+
+async def _register(lifecycle: Lifecycle, chat: str, owner: str) -> bool:
+    """Register ``chat`` for ``owner`` (idempotent); ``False`` when another owner has it."""
+    try:
+        await lifecycle.register_chat(chat, owner=owner)
+    except OwnershipError:
+        return False
+    return True
+
+
+async def _dispatch(
+    lifecycle: Lifecycle, name: str, arguments: Mapping[str, Any] | None, *, chat: str | None, owner: str
+) -> ToolResult:
+    try:
+        return await dispatch_tool(lifecycle, name, arguments, chat_id=chat, owner=owner)
+    except (WorkspaceLifecycleError, ValueError) as exc:
+        # A closed store or a stopped event pump: the model sees the sentence, not a protocol error.
+        return ToolResult.error(str(exc))
 
 
 def create_server(lifecycle: Lifecycle, *, owner: str, chat: str | None = None) -> Server[Any]:
     """An MCP server answering the workspace tools with ``lifecycle`` for ``owner``.
 
-    ``chat`` is the default chat for calls without a ``chat_id`` argument. Each call registers
-    its chat for ``owner`` first (idempotent); another owner's chat is answered exactly as an
-    unknown one.
+    ``chat`` is the default chat for calls without a ``chat_id`` argument. Each call of a tool
+    that acts registers its chat for ``owner`` first (idempotent); another owner's chat is
+    answered exactly as an unknown one.
     """
 
     async def list_tools(
@@ -118,24 +143,25 @@ def create_server(lifecycle: Lifecycle, *, owner: str, chat: str | None = None) 
         arguments = params.arguments
         target = _chat_of(arguments, chat)
         try:
-            owned = False
-            if target is not None:
-                # dispatch_tool answers another owner's chat as an unknown one.
-                with contextlib.suppress(OwnershipError):
-                    await lifecycle.register_chat(target, owner=owner)
-                    owned = True
-            async with anyio.create_task_group() as tg:
-                if owned and target is not None and _waits(params.name, arguments):
-                    # Progress only goes out when the client sent a progress token (else the
-                    # SDK drops it); the watch itself costs one subscription per call.
-                    await tg.start(_report_progress, lifecycle, target, ctx.session)
-                result = await dispatch_tool(lifecycle, params.name, arguments, chat_id=chat, owner=owner)
-                # Let the reporter send a change that was published together with the answer.
-                await anyio.lowlevel.checkpoint()
-                tg.cancel_scope.cancel()
+            # Acting on a chat registers it for the owner; the read-only status tool does not,
+            # so that it answers another owner's chat exactly as an unknown one (an error), as
+            # dispatch_tool answers every tool for another owner's chat.
+            owned = (
+                target is not None
+                and params.name != STATUS_TOOL["name"]
+                and await _register(lifecycle, target, owner)
+            )
         except (WorkspaceLifecycleError, ValueError) as exc:
-            # A closed store, a stopped pump, a chat id with a NUL byte: the model sees the sentence.
-            result = ToolResult.error(str(exc))
+            return _answer(ToolResult.error(str(exc)))  # e.g. a chat id with a NUL byte
+        async with anyio.create_task_group() as tg:
+            if owned and target is not None and _waits(params.name, arguments):
+                # Progress only goes out when the client sent a progress token (else the SDK
+                # drops it); the watch itself costs one subscription per call.
+                await tg.start(_report_progress, lifecycle, target, ctx.session)
+            result = await _dispatch(lifecycle, params.name, arguments, chat=chat, owner=owner)
+            # Let the reporter send a change that was published together with the answer.
+            await anyio.lowlevel.checkpoint()
+            tg.cancel_scope.cancel()
         return _answer(result)
 
     return Server(
@@ -148,8 +174,15 @@ def create_server(lifecycle: Lifecycle, *, owner: str, chat: str | None = None) 
 
 
 async def serve(db_url: str, owner: str, chat: str | None) -> None:
-    """Serve the workspace tools over stdio on the store at ``db_url`` until stdin closes."""
+    """Serve the workspace tools over stdio on the store at ``db_url`` until stdin closes.
+
+    The default ``chat`` is registered for ``owner`` before serving, so ``workspace_status``
+    answers it at once; if another owner has it, :class:`~workspace_lifecycle.OwnershipError`
+    is raised (a configuration mistake, reported before any client connects).
+    """
     async with open_store(db_url) as store, Lifecycle(store) as lifecycle:
+        if chat is not None:
+            await lifecycle.register_chat(chat, owner=owner)
         server = create_server(lifecycle, owner=owner, chat=chat)
         async with stdio_server() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
