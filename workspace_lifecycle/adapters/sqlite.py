@@ -225,8 +225,13 @@ class SQLiteStore(Store):
         if not os.path.isdir(parent):
             raise ValueError(f"cannot create SQLite database {path!r}: directory {parent!r} does not exist")
         if os.path.exists(path):
-            if not os.access(path, os.R_OK | os.W_OK):
-                raise StoreError(f"SQLite database {path!r} is not readable and writable by this user")
+            # No write bit at all means somebody marked the file read-only: refuse it even for
+            # root, whom os.access() (and SQLite) would let write anyway.
+            if not os.access(path, os.R_OK | os.W_OK) or not os.stat(path).st_mode & 0o222:
+                raise StoreError(
+                    f"SQLite database {path!r} is read-only (the store writes to it); "
+                    "make it writable or pass another file"
+                )
         elif not os.access(parent, os.W_OK):
             raise StoreError(f"cannot create SQLite database {path!r}: directory {parent!r} is not writable")
 
@@ -610,7 +615,7 @@ class SQLiteStore(Store):
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
-            last_change = time.monotonic()
+            last_change = time.monotonic() - self.burst  # start at the idle interval
             while not self._watch_stop.is_set():
                 if not self._watch_wanted.wait(timeout=1.0):
                     continue
