@@ -1,0 +1,18 @@
+"""Benchmarks of workspace-lifecycle, each measured side by side with its baseline in one run.
+
+Run from the repository root (PostgreSQL parts need the server named by
+``WORKSPACE_LIFECYCLE_PG_URL`` or ``--pg-url``; they are skipped when it is unreachable)::
+
+    python -m bench                  # every benchmark (~10 minutes); writes bench/results.json,
+                                     # bench/RESULTS.md and bench/wakeup.png
+    python -m bench wakeup scale     # some of them (their entries are updated, others kept)
+    python -m bench --quick          # the tiny smoke mode (what tests/test_bench_smoke.py runs)
+    python -m bench --out DIR        # write the results elsewhere
+
+Benchmarks: ``wakeup`` (1. wake-up latency), ``dbwork`` (2. store calls per request against
+build duration), ``engine`` (3. pump against bare python-statemachine), ``throughput``
+(4. durable events/s against the bare drivers), ``scale`` (5. 10,000 workspaces in one process),
+``contention`` (6. 1,000 concurrent starts from 4 processes). The plot needs matplotlib (the
+``bench`` extra). The older single-purpose scripts (``engine.py``, ``postgres_*.py``) still run
+on their own.
+"""

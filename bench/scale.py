@@ -1,0 +1,134 @@
+"""5. Scale: N workspaces (10,000) through create → stop → start → agent_ready in one process.
+
+Each store runs in a fresh child process (so peak RSS is that run's own), with the simulated
+provisioner in the same process (builds and agents complete at once):
+
+* wall time of N concurrent callers each doing register → create → stop → start (the start
+  answers once the agent is ready), and the process's peak RSS (``ru_maxrss``) after it;
+* idle CPU while N ``start_workspace`` callers wait on builds nobody provisions (the pump and
+  N waiters asleep), against N Coder-style callers polling the same rows every 2 s.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+
+import workspace_lifecycle as wl
+
+from . import common
+from .common import Context, Result, Row
+
+
+async def child(
+    url: str, n: int, idle_seconds: float, interval: float = common.CODER_POLL_SECONDS
+) -> dict[str, Any]:
+    """Runs in the child process; returns the figures as a JSON-able dict."""
+    out: dict[str, Any] = {"n": n, "rss_start_mb": common.peak_rss_mb()}
+    chats = [f"s{i}" for i in range(n)]
+    async with wl.open_store(url) as store, wl.Lifecycle(store, build_timeout=3600, agent_timeout=3600) as lc:
+
+        async def flow(chat: str) -> None:
+            await lc.register_chat(chat, owner="bench")
+            for call in (lc.create_workspace, lc.stop_workspace, lc.start_workspace):
+                r = await call(chat, owner="bench")
+                assert not r.is_error and "error" not in r.data, r.text
+
+        t0 = time.monotonic()
+        async with wl.SimulatedProvisioner(store), anyio.create_task_group() as tg:
+            for chat in chats:
+                tg.start_soon(flow, chat)
+        out["wall_s"] = time.monotonic() - t0
+        out["rss_mb"] = common.peak_rss_mb()
+        assert await lc.state(chats[-1]) is wl.WorkspaceState.AGENT_READY
+
+        async def stop(chat: str) -> None:
+            await lc.stop_workspace(chat, owner="bench")
+
+        async with wl.SimulatedProvisioner(store), anyio.create_task_group() as tg:
+            for chat in chats:
+                tg.start_soon(stop, chat)
+
+        # N callers wait on start builds nobody provisions.
+        async with anyio.create_task_group() as tg:
+            for chat in chats:
+                tg.start_soon(lambda c=chat: lc.start_workspace(c, owner="bench"))
+            while lc.tracked < n:  # noqa: ASYNC110 - a harness polling a counter, not a waiter
+                await anyio.sleep(0.05)
+            await anyio.sleep(common.settle(idle_seconds))
+            out["idle_cpu_percent"] = await common.idle_cpu_percent(idle_seconds)
+            out["rss_waiting_mb"] = common.peak_rss_mb()
+            tg.cancel_scope.cancel()
+
+        # The same N callers written Coder's way: their builds are still pending; they poll.
+        async with anyio.create_task_group() as tg:
+            for chat in chats:
+                tg.start_soon(common.coder_start, store, chat, interval)
+            await anyio.sleep(
+                interval + common.settle(idle_seconds)
+            )  # every poller has started and is in its loop
+            out["poller_idle_cpu_percent"] = await common.idle_cpu_percent(max(idle_seconds, 2 * interval))
+            tg.cancel_scope.cancel()
+    out["rss_end_mb"] = common.peak_rss_mb()
+    return out
+
+
+async def _spawn(url: str, n: int, idle: float, interval: float) -> dict[str, Any]:
+    with common.children(
+        ["scale", url, "--n", str(n), "--seconds", str(idle), "--delay", str(interval), "0"]
+    ) as [c]:
+        result: dict[str, Any] = await c.json()
+        return result
+
+
+async def run_async(ctx: Context) -> Result:
+    result = Result("scale", ctx.quick)
+    n = 20 if ctx.quick else 10_000
+    idle = 0.2 if ctx.quick else 10.0  # spans the runtime's 5 s resync_interval
+    interval = 0.02 if ctx.quick else common.CODER_POLL_SECONDS
+    if ctx.quick:
+        result.note(f"quick mode: {n} workspaces, the poller polls every {interval * 1000:g} ms")
+    for label, url in (
+        ("memory", "memory://"),
+        ("SQLite", f"sqlite:///{ctx.tmp / f'scale-{time.monotonic_ns()}.db'}"),
+    ):
+        d = await _spawn(url, n, idle, interval)
+        result.data[label] = d
+        goal = label == "memory" and not ctx.quick
+        result.add(
+            Row(
+                f"{n:,} workspaces create→stop→start→agent_ready, {label}: wall time",
+                d["wall_s"],
+                "s",
+                goal="≤ 10 s" if label == "memory" else "",
+                met=(d["wall_s"] <= 10) if goal else None,
+            )
+        )
+        result.add(
+            Row(
+                f"{n:,} workspaces, {label}: peak RSS",
+                d["rss_mb"],
+                "MiB",
+                goal="≤ 300 MB" if label == "memory" else "",
+                met=(d["rss_mb"] * 1.048576 <= 300) if goal else None,
+                note=f"interpreter and imports alone: {d['rss_start_mb']:.0f} MiB",
+            )
+        )
+        result.add(
+            Row(
+                f"idle CPU while {n:,} start_workspace callers wait, {label}",
+                d["idle_cpu_percent"],
+                "% of a core",
+                d["poller_idle_cpu_percent"],
+                f"{n:,} pollers",
+                note=f"measured over {idle:g} s"
+                + ("; SQLite's watcher thread included" if label == "SQLite" else ""),
+            )
+        )
+    return result
+
+
+def run(ctx: Context) -> Result:
+    return anyio.run(run_async, ctx, backend="asyncio")

@@ -1,0 +1,128 @@
+"""4. Durable throughput: store events/s against the storage's bare one-row-transaction loop.
+
+Each store write is ``report_agent``: one transaction that updates the agent row and appends one
+event. SQLite: against a stdlib ``sqlite3`` loop of ``BEGIN IMMEDIATE; INSERT one row; COMMIT``
+on a file with the store's pragmas (WAL, ``synchronous`` as the store sets it, the same
+``busy_timeout``). PostgreSQL: against a bare psycopg loop (reusing
+:mod:`bench.postgres_throughput`). One writer (the goal), and 4 concurrent writers for reference.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import anyio
+
+import workspace_lifecycle as wl
+from workspace_lifecycle import AgentLifecycle, JobStatus
+
+from . import common, postgres_throughput
+from .common import Context, Result, Row
+
+LIFECYCLES = [AgentLifecycle.STARTING, AgentLifecycle.READY]
+
+
+async def sqlite_store_rate(url: str, seconds: float, writers: int) -> float:
+    async with wl.open_store(url) as store:
+        workspaces = []
+        for i in range(writers):
+            await store.register_chat(f"t{i}", "bench")
+            out = await store.create_workspace(f"t{i}", "dev", expected_workspace_id=None)
+            build = await store.claim_build("bench")
+            assert build is not None
+            await store.finish_build(build.build_id, JobStatus.SUCCEEDED, has_agent=True)
+            workspaces.append(out.facts.workspace_id)
+        before = await store.head()
+        deadline = time.perf_counter() + seconds
+
+        async def writer(ws: str) -> None:
+            i = 0
+            while time.perf_counter() < deadline:
+                await store.report_agent(ws, LIFECYCLES[i % 2])
+                i += 1
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for ws in workspaces:
+                tg.start_soon(writer, ws)
+        elapsed = time.perf_counter() - started
+        return (await store.head() - before) / elapsed
+
+
+def sqlite_bare_rate(path: Path, seconds: float, synchronous: str, busy_timeout: float) -> float:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("CREATE TABLE IF NOT EXISTS bare (id INTEGER PRIMARY KEY, payload TEXT)")
+        count = 0
+        started = time.perf_counter()
+        deadline = started + seconds
+        while time.perf_counter() < deadline:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO bare (payload) VALUES (?)", ("x",))
+            conn.execute("COMMIT")
+            count += 1
+        return count / (time.perf_counter() - started)
+    finally:
+        conn.close()
+
+
+async def run_async(ctx: Context) -> Result:
+    result = Result("throughput", ctx.quick)
+    seconds = 0.1 if ctx.quick else 3.0
+    if ctx.local:
+        url = f"sqlite:///{ctx.tmp / f'tput-{time.monotonic_ns()}.db'}"
+        async with wl.open_store(url) as s:
+            synchronous = str(getattr(s, "_synchronous", "NORMAL"))
+            busy = float(getattr(s, "busy_timeout", 5.0))
+        bare_path = ctx.tmp / f"bare-{time.monotonic_ns()}.db"
+        for writers in (1, 4):
+            ours = await sqlite_store_rate(f"{url[:-3]}-{writers}.db", seconds, writers)
+            bare = await anyio.to_thread.run_sync(sqlite_bare_rate, bare_path, seconds, synchronous, busy)
+            result.data[f"sqlite_{writers}"] = {"ours": ours, "bare": bare}
+            result.add(
+                Row(
+                    f"SQLite events/s, {writers} writer{'s' if writers > 1 else ''}",
+                    ours,
+                    "events/s",
+                    bare,
+                    "stdlib sqlite3 1-row tx",
+                    ours / bare,
+                    "ours/bare",
+                    "≥ 0.5x" if writers == 1 else "",
+                    ours / bare >= 0.5 if writers == 1 else None,
+                    note=f"synchronous={synchronous}, WAL"
+                    + ("; bare loop has 1 writer" if writers > 1 else ""),
+                )
+            )
+    if ctx.pg_url is not None:
+        for writers in (1, 4):
+            with common.pg_schema(ctx.pg_url) as pg:
+                schema = pg.rsplit("schema=", 1)[1]
+                ours = await postgres_throughput.store_rate(pg, seconds, writers)
+                bare = await postgres_throughput.bare_rate(ctx.pg_url, schema, seconds, writers)
+            result.data[f"postgres_{writers}"] = {"ours": ours, "bare": bare}
+            result.add(
+                Row(
+                    f"PostgreSQL events/s, {writers} writer{'s' if writers > 1 else ''}",
+                    ours,
+                    "events/s",
+                    bare,
+                    "bare psycopg 1-row tx",
+                    ours / bare,
+                    "ours/bare",
+                    "≥ 0.7x" if writers == 1 else "",
+                    ours / bare >= 0.7 if writers == 1 else None,
+                )
+            )
+    else:
+        result.note("PostgreSQL skipped (no server)")
+    return result
+
+
+def run(ctx: Context) -> Result:
+    return anyio.run(run_async, ctx, backend="asyncio")

@@ -1,0 +1,94 @@
+"""The benchmarks' quick mode runs and produces well-formed results (no timing is asserted).
+
+Benchmarks live in ``bench/`` and are run by hand (``python -m bench``); this keeps them from
+rotting. The PostgreSQL parts run only in the ``postgres``-marked test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import __main__ as cli
+from bench import common, report
+
+#: what every benchmark must report, at least, in quick mode without PostgreSQL.
+EXPECTED = {
+    "wakeup": ["wake-up p50, memory", "wake-up p99, SQLite across processes", "idle CPU"],
+    "dbwork": ["store calls per start_workspace, SQLite", "growth of store calls, SQLite"],
+    "engine": ["events/s, Lifecycle pump"],
+    "throughput": ["SQLite events/s, 1 writer"],
+    "scale": ["memory: wall time", "SQLite: peak RSS", "idle CPU while"],
+    "contention": ["start builds fired per round, SQLite", "answer latency p99 under contention, SQLite"],
+}
+
+
+def _check_number(value: Any) -> None:
+    assert value is None or (isinstance(value, int | float) and math.isfinite(value)), value
+
+
+def _check_result(result: common.Result, expected: list[str]) -> None:
+    assert result.quick
+    assert result.rows, result.name
+    for row in result.rows:
+        assert row.figure and row.unit
+        for value in (row.ours, row.baseline, row.ratio):
+            _check_number(value)
+        assert row.ours is not None, row.figure
+        assert row.met is None  # the quick mode judges no goal
+        assert common.format_row(row)
+    for prefix in expected:
+        assert any(prefix in row.figure for row in result.rows), (prefix, [r.figure for r in result.rows])
+    json.dumps(result.to_json())  # serialisable
+
+
+@pytest.mark.parametrize("name", list(cli.BENCHMARKS))
+def test_quick_mode_runs_without_postgres(name: str, tmp_path: Path) -> None:
+    result = cli.run_one(name, common.Context(quick=True, pg_url=None, tmp=tmp_path))
+    assert result.name == name
+    _check_result(result, EXPECTED[name])
+    assert not any("PostgreSQL" in row.figure for row in result.rows)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("name", ["wakeup", "dbwork", "throughput", "contention"])
+def test_quick_mode_postgres_parts(name: str, tmp_path: Path, pg_url: str) -> None:
+    result = cli.run_one(name, common.Context(quick=True, pg_url=pg_url, tmp=tmp_path, local=False))
+    _check_result(result, [])
+    assert all("PostgreSQL" in row.figure for row in result.rows)
+
+
+def test_report_files_are_written_and_merged(tmp_path: Path) -> None:
+    ctx = common.Context(quick=True, pg_url=None, tmp=tmp_path)
+    engine = cli.run_one("engine", ctx)
+    doc = cli.write(tmp_path / "out", [engine], None, "python -m bench engine --quick")
+    assert list(doc["benchmarks"]) == ["engine"]
+    wake = common.Result(
+        "wakeup", quick=True, data={"samples_ms": {"memory": {"ours": [0.1, 0.2], "poller": [900.0]}}}
+    )
+    wake.rows.append(
+        common.Row("wake-up p50, memory", 0.15, "ms", 900.0, "2 s poller", 6000.0, "poller/ours")
+    )
+    doc = cli.write(tmp_path / "out", [wake], None, "python -m bench wakeup --quick")
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(saved["benchmarks"]) == {"engine", "wakeup"}  # the earlier entry is kept
+    for key in ("date", "cpu_count", "python", "sqlite"):
+        assert saved["machine"][key]
+    md = (tmp_path / "out" / "RESULTS.md").read_text()
+    assert "| figure | ours | baseline | ratio | goal | met? |" in md
+    assert "events/s, Lifecycle pump" in md and "wake-up p50, memory" in md
+    png = report.plot(tmp_path / "out", doc)
+    if png is not None:  # matplotlib is a bench-only dependency
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_percentiles_and_formatting() -> None:
+    assert common.pct([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert common.pct([1.0, 2.0], 0.99) == pytest.approx(1.99)
+    assert common.fmt(None) == "—"
+    assert common.fmt_ratio(1234.0) == "1,234x"
+    assert common.ratio(1.0, 0.0) is None
