@@ -46,6 +46,9 @@ _INSTRUCTIONS = (
 )
 
 #: The tools that change a workspace (and may wait for a build); the rest only read.
+#: How long an answer waits for a progress notification already being sent.
+_FLUSH_SECONDS = 1.0
+
 _WAITING_TOOLS = frozenset({"create_workspace", "start_workspace", "stop_workspace", "delete_workspace"})
 
 
@@ -80,29 +83,41 @@ def _progress_message(change: StateChange) -> str:
     return f"{change.from_state.value} -> {change.to_state.value} (build {change.build_number})"
 
 
-async def _report_progress(
-    lifecycle: Lifecycle,
-    chat: str,
-    session: ServerSession,
-    *,
-    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Send one progress notification per state change of ``chat``'s workspace, until cancelled."""
-    changes = lifecycle.watch(chat)
-    # The watch registers itself in its first step, which runs before this task first suspends:
-    # so every change published after ``started()`` returns to the caller reaches this loop.
-    task_status.started()
-    count = 0
-    try:
-        async for change in changes:
-            count += 1
-            try:
-                await session.report_progress(count, None, _progress_message(change))
-            except Exception:  # a gone client must not fail the call itself
-                log.debug("progress notification for %s not sent", chat, exc_info=True)
-                return
-    finally:
-        await changes.aclose()
+class _ProgressReporter:
+    """Sends one progress notification per state change of a chat's workspace, until cancelled."""
+
+    def __init__(self, lifecycle: Lifecycle, chat: str, session: ServerSession) -> None:
+        self._lifecycle = lifecycle
+        self._chat = chat
+        self._session = session
+        self._sent = anyio.Event()
+        self._sent.set()  # nothing in flight
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        changes = self._lifecycle.watch(self._chat)
+        # The watch registers itself in its first step, which runs before this task first
+        # suspends: so every change published after ``started()`` returns reaches this loop.
+        task_status.started()
+        count = 0
+        try:
+            async for change in changes:
+                count += 1
+                self._sent = anyio.Event()
+                try:
+                    await self._session.report_progress(count, None, _progress_message(change))
+                except Exception:  # a gone client must not fail the call itself
+                    log.debug("progress notification for %s not sent", self._chat, exc_info=True)
+                    return
+                finally:
+                    self._sent.set()
+        finally:
+            await changes.aclose()
+
+    async def flush(self) -> None:
+        """Let a change published together with the answer go out before the answer does."""
+        await anyio.lowlevel.checkpoint()
+        with anyio.move_on_after(_FLUSH_SECONDS):
+            await self._sent.wait()
 
 
 async def _register(lifecycle: Lifecycle, chat: str, owner: str) -> bool:
@@ -154,13 +169,15 @@ def create_server(lifecycle: Lifecycle, *, owner: str, chat: str | None = None) 
         except (WorkspaceLifecycleError, ValueError) as exc:
             return _answer(ToolResult.error(str(exc)))  # e.g. a chat id with a NUL byte
         async with anyio.create_task_group() as tg:
+            reporter = None
             if owned and target is not None and _waits(params.name, arguments):
                 # Progress only goes out when the client sent a progress token (else the SDK
                 # drops it); the watch itself costs one subscription per call.
-                await tg.start(_report_progress, lifecycle, target, ctx.session)
+                reporter = _ProgressReporter(lifecycle, target, ctx.session)
+                await tg.start(reporter.run)
             result = await _dispatch(lifecycle, params.name, arguments, chat=chat, owner=owner)
-            # Let the reporter send a change that was published together with the answer.
-            await anyio.lowlevel.checkpoint()
+            if reporter is not None:
+                await reporter.flush()
             tg.cancel_scope.cancel()
         return _answer(result)
 
