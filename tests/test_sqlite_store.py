@@ -93,3 +93,26 @@ async def test_watcher_polls_fast_right_after_a_change(tmp_path: Path) -> None:
             await anyio.sleep(0.1)
             assert store.watcher_polls - before >= 10
             tg.cancel_scope.cancel()
+
+
+async def test_commit_without_events_wakes_nobody(tmp_path: Path) -> None:
+    """Another connection's commit that appends no event (register_chat) leaves waiters asleep;
+    the next one that does wakes them (the watcher reads the head once per change)."""
+    path = tmp_path / "x.db"
+    async with SQLiteStore(path) as store, SQLiteStore(path) as other:
+        head = await store.head()
+        woke = anyio.Event()
+
+        async def wait() -> None:
+            await store.wait_for_change(head)
+            woke.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            await anyio.sleep(0.02)
+            await other.register_chat("c1", "alice")
+            await anyio.sleep(0.1)
+            assert not woke.is_set()
+            await other.create_workspace("c1", "dev", expected_workspace_id=None)
+            with anyio.fail_after(5):
+                await woke.wait()

@@ -626,19 +626,27 @@ class SQLiteStore(Store):
                 if now != version:
                     version = now
                     last_change = time.monotonic()
+                    # One read per change (never per idle poll): a commit without events, such
+                    # as register_chat, must not wake every waiter for nothing.
+                    head = int(conn.execute("SELECT head FROM log_state").fetchone()[0])
                     try:
-                        loop.call_soon_threadsafe(self._external_commit)
+                        loop.call_soon_threadsafe(self._external_commit, head)
                     except RuntimeError:  # the loop closed under us
                         return
         except sqlite3.Error:
             # The watcher is a hint; waiters re-read the log themselves after any wake-up.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._external_commit)
+                loop.call_soon_threadsafe(self._external_commit, None)
         finally:
             conn.close()
 
-    def _external_commit(self) -> None:
-        self._wake()  # another process committed: waiters return and re-read from their cursor
+    def _external_commit(self, head: int | None) -> None:
+        """On the loop: another connection committed and the log's head is now ``head``."""
+        if head is None:  # the watcher failed: wake everyone to re-read from their cursors
+            self._wake()
+        elif head > self._head_seen:
+            self._head_seen = head
+            self._wake()
 
     async def prune_events(self, older_than: float) -> int:
         def body(conn: sqlite3.Connection, log: _Tx) -> int:
