@@ -36,13 +36,7 @@ HOSTILE = {
 }
 
 #: Known failures: (store kind, value key) -> why. strict xfail: they flip when fixed.
-KNOWN = {
-    (
-        "postgres",
-        "big",
-    ): "PostgreSQL store: a 1 MB chat id raises StoreError (index row size), not ValueError",
-    ("postgres", "nul"): "PostgreSQL store: NUL raises StoreError (DataError), not ValueError",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 #: How many hostile inputs the last run tried (read by bench/reliability_figures.py).
 TRIED = {"inputs": 0}

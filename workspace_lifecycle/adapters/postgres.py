@@ -451,6 +451,9 @@ class PostgresStore(Store):
                         await pool.putconn(conn)
             except (pg_errors.QueryCanceled, pg_errors.LockNotAvailable) as exc:
                 raise self._error(exc) from exc
+            except (psycopg.DataError, pg_errors.ProgramLimitExceeded) as exc:
+                # Bad input, not a storage fault: a NUL byte, or a value too large to index.
+                raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
             except psycopg.OperationalError as exc:
                 if committing:
                     raise StoreError(
