@@ -45,10 +45,10 @@ _INSTRUCTIONS = (
     "optional chat_id; without it the server's default chat is used."
 )
 
-#: The tools that change a workspace (and may wait for a build); the rest only read.
 #: How long an answer waits for a progress notification already being sent.
 _FLUSH_SECONDS = 1.0
 
+#: The tools that change a workspace (and may wait for a build); the rest only read.
 _WAITING_TOOLS = frozenset({"create_workspace", "start_workspace", "stop_workspace", "delete_workspace"})
 
 
