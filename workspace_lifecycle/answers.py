@@ -80,10 +80,20 @@ def build_failed(prefix: str, reason: str, build_id: str | None) -> ToolResult:
 
 
 def not_waiting(
-    workspace: Workspace, state: WorkspaceState, *, build_id: str | None, request: str
+    workspace: Workspace,
+    state: WorkspaceState,
+    *,
+    build_id: str | None,
+    request: str,
+    created: bool = False,
 ) -> ToolResult:
-    """The answer of ``wait=False``: the request is decided, ``status`` is the state now."""
-    data: dict[str, Any] = {"workspace_name": workspace.name, "status": state.value, "request": request}
+    """The answer of ``wait=False``: the request is decided, ``status`` is the state now.
+
+    ``workspace_name`` follows the request's own answer: ``owner/name`` when this call
+    ``created`` the workspace (as Coder's create_workspace), the bare name otherwise.
+    """
+    name = workspace.full_name if created else workspace.name
+    data: dict[str, Any] = {"workspace_name": name, "status": state.value, "request": request}
     if build_id is None:
         data["no_build"] = True
     else:
