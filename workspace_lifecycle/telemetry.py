@@ -39,14 +39,16 @@ try:  # pragma: no cover - depends on the environment
 except ImportError:  # pragma: no cover - depends on the environment
     _tracer = None
 
-_spans: set[RequestSpan] = set()
+#: The open request spans of each chat: a state change visits only its own chat's requests, so
+#: its cost does not grow with the number of requests waiting on other chats.
+_spans: dict[str, set[RequestSpan]] = {}
 
 
 def log_change(change: StateChange, now: float) -> None:
     """Log one state change (and add it to every open request span of its chat)."""
     latency = max(0.0, now - change.at) if change.at else None
     mono = time.monotonic()
-    waiting = [span for span in _spans if span.chat_id == change.chat_id]
+    waiting = list(_spans.get(change.chat_id, ()))
     elapsed = mono - min(span.started for span in waiting) if waiting else None
     if transition_logger.isEnabledFor(logging.INFO):
         transition_logger.info(
@@ -88,7 +90,7 @@ class RequestSpan:
     def __enter__(self) -> RequestSpan:
         self.started = time.monotonic()
         if self.chat_id:
-            _spans.add(self)  # also without OpenTelemetry: log records carry ``elapsed``
+            _spans.setdefault(self.chat_id, set()).add(self)  # also without OpenTelemetry: for ``elapsed``
             if _tracer is not None:
                 self._cm = _tracer.start_as_current_span(f"workspace_lifecycle.{self.request}")
                 self._span = self._cm.__enter__()
@@ -101,7 +103,11 @@ class RequestSpan:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _spans.discard(self)
+        spans = _spans.get(self.chat_id)
+        if spans is not None:
+            spans.discard(self)
+            if not spans:
+                del _spans[self.chat_id]
         if self._cm is not None:
             self._cm.__exit__(exc_type, exc, tb)
 
