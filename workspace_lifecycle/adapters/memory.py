@@ -52,6 +52,7 @@ class MemoryStore(Store):
         self._chats: dict[str, Chat] = {}
         self._workspaces: dict[str, Workspace] = {}
         self._builds: dict[str, Build] = {}
+        self._pending: dict[str, None] = {}  # ids of pending builds, oldest first (claim order)
         self._latest: dict[str, str] = {}  # workspace id -> latest build id
         self._agents: dict[str, Agent] = {}  # workspace id -> agent
         self._events: list[StoreEvent] = []
@@ -121,6 +122,7 @@ class MemoryStore(Store):
             status=JobStatus.PENDING,
         )
         self._builds[build.build_id] = build
+        self._pending[build.build_id] = None
         self._latest[ws.workspace_id] = build.build_id
         self._append(EventKind.BUILD_QUEUED, ws, build, status=JobStatus.PENDING)
         return build
@@ -190,7 +192,13 @@ class MemoryStore(Store):
 
     async def claim_build(self, worker: str) -> Build | None:
         self._check()
-        for build in self._builds.values():  # insertion order: oldest first
+        # Oldest pending first, without scanning every build ever made (a claim per build would
+        # otherwise cost O(builds), quadratic over a run). Entries finished while pending are
+        # dropped here as they come up.
+        while self._pending:
+            build_id = next(iter(self._pending))
+            del self._pending[build_id]
+            build = self._builds[build_id]
             if build.status is JobStatus.PENDING:
                 claimed = Build(
                     build.build_id,
