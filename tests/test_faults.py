@@ -199,10 +199,10 @@ class TestAmbiguousFailure:
         assert len(bound) == 1
         chat = await store.get_chat("c1")
         assert chat is not None and chat.workspace_id == bound[0].workspace_id
-        # The runtime cannot tell its own committed create from a racing caller's, so it answers
-        # as for a workspace that exists (Coder's "already_exists" answer); never an error.
-        assert not r.is_error and "error" not in r.data, r.data
-        assert r.data["workspace_name"] in ("alice/dev", "dev"), r.data
+        # The workspace its own write made: answered as its creator, with its first build.
+        assert r.data["created"] is True and r.data["workspace_name"] == "alice/dev", r.data
+        facts = await store.workspace_facts(bound[0].workspace_id)
+        assert facts.latest_build is not None and r.data["build_id"] == facts.latest_build.build_id
 
 
 class TestLostEvents:

@@ -606,11 +606,15 @@ class Lifecycle:
 
         async def reread() -> Outcome | None:
             chat = await self.store.get_chat(chat_id)
-            if chat is not None and chat.workspace_id is not None and chat.workspace_id != expected:
-                return Outcome(
-                    fired=False, build=None, facts=await self.store.workspace_facts(chat.workspace_id)
-                )
-            return None
+            if chat is None or chat.workspace_id is None or chat.workspace_id == expected:
+                return None
+            facts = await self.store.workspace_facts(chat.workspace_id)
+            first = facts.latest_build
+            if facts.workspace.name == name and first is not None and first.number == 1:
+                # The very workspace this call asked for (its write committed before the error,
+                # or an identical create won): answer as its creator, about its first build.
+                return Outcome(fired=True, build=first, facts=facts)
+            return Outcome(fired=False, build=None, facts=facts)
 
         outcome: Outcome = await self._retry_write(write, reread)
         return outcome
