@@ -76,7 +76,7 @@ class TestUrlsAndFiles:
 
     @pytest.mark.parametrize("anyio_backend", ["trio"])
     async def test_trio_is_refused_plainly(self, tmp_path: Path) -> None:
-        with pytest.raises(wl.StoreError, match="needs the asyncio backend"):
+        with pytest.raises(wl.UnsupportedBackendError, match="needs the asyncio backend"):
             async with wl.open_store(url(tmp_path / "x.db")):
                 pass
 

@@ -17,6 +17,7 @@ from .errors import OwnershipError as OwnershipError
 from .errors import StoreBusyError as StoreBusyError
 from .errors import StoreClosedError as StoreClosedError
 from .errors import StoreError as StoreError
+from .errors import UnsupportedBackendError as UnsupportedBackendError
 from .errors import WorkspaceLifecycleError as WorkspaceLifecycleError
 from .machine import Decision as Decision
 from .machine import Request as Request

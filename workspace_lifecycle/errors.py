@@ -20,6 +20,7 @@ __all__ = [
     "StoreBusyError",
     "StoreClosedError",
     "StoreError",
+    "UnsupportedBackendError",
     "WorkspaceLifecycleError",
 ]
 
@@ -48,6 +49,10 @@ class StoreError(WorkspaceLifecycleError):
 
 class StoreClosedError(StoreError, RuntimeError):
     """The store was used after it was closed."""
+
+
+class UnsupportedBackendError(StoreError, RuntimeError):
+    """The store cannot run on the current async backend (SQLite and PostgreSQL need asyncio)."""
 
 
 class StoreBusyError(StoreError, TimeoutError):

@@ -58,6 +58,7 @@ from ..errors import (
     StoreBusyError,
     StoreClosedError,
     StoreError,
+    UnsupportedBackendError,
 )
 from ..values import (
     Agent,
@@ -74,7 +75,11 @@ from ..values import (
 )
 from .base import ChatRow, Outcome, Store
 
-__all__ = ["PostgresStore", "SCHEMA_VERSION", "UnsupportedBackendError"]
+__all__ = [
+    "PostgresStore",
+    "SCHEMA_VERSION",
+    "UnsupportedBackendError",
+]  # the error re-exported for old imports
 
 log = logging.getLogger("workspace_lifecycle.postgres")
 
@@ -159,10 +164,6 @@ _FACTS_SQL = f"SELECT {_FACTS_COLUMNS}, {_HEAD} FROM workspaces w {_FACTS_JOINS}
 _BUILD_COLUMNS = (
     "b.build_id, b.workspace_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker"
 )
-
-
-class UnsupportedBackendError(StoreError, RuntimeError):
-    """The PostgreSQL store was used under an async library other than asyncio."""
 
 
 def _lock_key(schema: str) -> int:

@@ -45,6 +45,7 @@ from ..errors import (
     StoreBusyError,
     StoreClosedError,
     StoreError,
+    UnsupportedBackendError,
 )
 from ..values import (
     Agent,
@@ -200,7 +201,7 @@ class SQLiteStore(Store):
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
-            raise StoreError(
+            raise UnsupportedBackendError(
                 "the SQLite store needs the asyncio backend (aiosqlite is asyncio-only); "
                 "use memory:// under trio"
             ) from None
