@@ -294,38 +294,53 @@ class Lifecycle:
     async def _track(self, workspace_id: str) -> AsyncIterator[_Entry]:
         """Hold a machine for ``workspace_id`` while the block runs (loaded from the rows)."""
         self._raise_if_failed()
-        entry = self._entries.get(workspace_id)
-        if entry is None and any(self._watchers.values()):
-            # The pump follows a watched chat's new workspace from its CHAT_BOUND event; loading
-            # a later snapshot first would skip (and never publish) the changes in between.
-            await self._caught_up(await self.store.head())
-            entry = self._entries.get(workspace_id)
-        if entry is None:
-            entry = self._entries[workspace_id] = _Entry(workspace_id)
-            entry.refs += 1
-            try:
-                facts = await self.store.workspace_facts(workspace_id)
-                entry.workspace = facts.workspace
-                entry.tracker = Tracker.from_facts(facts)
-                for event in entry.buffer:
-                    self._apply(entry, event)
-                entry.buffer.clear()
-            except BaseException as exc:
-                entry.error = exc
-                entry.loaded.set()
-                self._release(entry)
-                raise
-            entry.loaded.set()
-        else:
-            entry.refs += 1
-            await entry.loaded.wait()
-            if entry.error is not None:
-                self._release(entry)
-                raise entry.error
+        entry = await self._acquire(workspace_id)
         try:
             yield entry
         finally:
             self._release(entry)
+
+    async def _acquire(self, workspace_id: str) -> _Entry:
+        """Take a reference on the workspace's entry, loading it from the rows if needed."""
+        while True:
+            entry = self._entries.get(workspace_id)
+            if entry is None and any(self._watchers.values()):
+                # The pump follows a watched chat's new workspace from its CHAT_BOUND event; loading
+                # a later snapshot first would skip (and never publish) the changes in between.
+                await self._caught_up(await self.store.head())
+                entry = self._entries.get(workspace_id)
+            if entry is None:
+                entry = self._entries[workspace_id] = _Entry(workspace_id)
+                entry.refs += 1
+                try:
+                    facts = await self.store.workspace_facts(workspace_id)
+                    entry.workspace = facts.workspace
+                    entry.tracker = Tracker.from_facts(facts)
+                    for event in entry.buffer:
+                        self._apply(entry, event)
+                    entry.buffer.clear()
+                except BaseException as exc:
+                    # Detach the failed entry at once, so the next caller loads afresh.
+                    entry.error = exc
+                    entry.loaded.set()
+                    if self._entries.get(workspace_id) is entry:
+                        del self._entries[workspace_id]
+                    self._release(entry)
+                    raise
+                entry.loaded.set()
+                return entry
+            entry.refs += 1
+            try:
+                await entry.loaded.wait()
+            except BaseException:
+                self._release(entry)  # cancelled while another caller loads: drop our reference
+                raise
+            if entry.error is None:
+                return entry
+            self._release(entry)
+            if not isinstance(entry.error, anyio.get_cancelled_exc_class()):
+                raise entry.error
+            # Its loader was cancelled, not this caller: load it ourselves.
 
     def _release(self, entry: _Entry) -> None:
         entry.refs -= 1
