@@ -243,3 +243,26 @@ class TestLostEvents:
         r, resyncs = await self._answer(resync_interval=60)
         assert r.data.get("error") == "workspace start build failed: timed out waiting for workspace build"
         assert resyncs == 0
+
+
+class TestLostWakeups:
+    async def test_requests_are_answered_when_every_wakeup_is_lost(self, store: wl.Store) -> None:
+        """The store never wakes the runtime: answers come from the slow safety nets."""
+        ws = await stopped(store)
+        head = await store.head()
+        faulty = FaultyStore(store, seed=1, lose_wakeups=1.0)
+        async with (
+            wl.SimulatedProvisioner(store, agent=None),
+            wl.Lifecycle(faulty, build_timeout=10, resync_interval=0.05) as lc,
+        ):
+            # Another writer commits; the request must catch up with it without any wake-up.
+            await store.register_chat("other", OWNER)
+            await store.create_workspace("other", "x", expected_workspace_id=None)
+            with anyio.fail_after(5):
+                started = await lc.start_workspace("c1", owner=OWNER)
+                stopped_again = await lc.stop_workspace("c1", owner=OWNER)
+            assert lc.resyncs >= 1
+        assert started.data["started"] is True and stopped_again.data["stopped"] is True
+        builds = await builds_queued(store, ws, head)
+        assert [e.transition for e in builds] == [Transition.START, Transition.STOP]
+        assert faulty.injected["lost_wakeup"] >= 1

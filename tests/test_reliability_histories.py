@@ -2,7 +2,7 @@
 
 Each example opens one store, three runtimes (each behind its own :class:`FaultyStore`: writes
 fail before or after committing, events are dropped, repeated and reordered, commits are
-delayed) and a simulated provisioner whose builds fail at random. It then plays rounds of
+delayed, wake-ups are lost) and a simulated provisioner whose builds fail at random. It then plays rounds of
 concurrent tool calls (``wait=True``) spread over the runtimes, and checks after every round:
 
 * at most one build in flight per workspace, ever (read off the raw event log);
@@ -92,6 +92,7 @@ class Faults:
     duplicate: float
     reorder: float
     delay: float
+    lose_wakeups: float
     build_fail: float
 
 
@@ -104,6 +105,7 @@ faults = st.builds(
     duplicate=st.sampled_from([0.0, 0.2]),
     reorder=st.sampled_from([0.0, 0.5]),
     delay=st.sampled_from([0.0, 0.3]),
+    lose_wakeups=st.sampled_from([0.0, 0.0, 0.2]),
     build_fail=st.sampled_from([0.0, 0.3]),
 )
 
@@ -191,6 +193,7 @@ async def _play(store_urls: list[str], shared: bool, f: Faults, history: list[Ro
                 duplicate=f.duplicate,
                 reorder=f.reorder,
                 delay=f.delay,
+                lose_wakeups=f.lose_wakeups,
                 max_delay=0.005,
                 max_consecutive=2,
             )

@@ -11,6 +11,8 @@ real storage does:
   for good: the batch's last event is always kept, so the reader's cursor moves past it, as a
   ``bigserial > cursor`` reader skips an id), repeats some, or shuffles the batch; ``drop_if``
   (a predicate on the event) loses chosen events deterministically, under the same rule;
+* ``lose_wakeups``: :meth:`wait_for_change` sleeps until cancelled instead of returning (a lost
+  ``NOTIFY``, a missed ``data_version`` change);
 * ``delay``: a write sleeps up to ``max_delay`` seconds before or after its commit, which widens
   every race window.
 
@@ -93,6 +95,7 @@ class FaultyStore(Store):
         duplicate: float = 0.0,
         reorder: float = 0.0,
         delay: float = 0.0,
+        lose_wakeups: float = 0.0,
         max_delay: float = 0.01,
         writes: Collection[str] = REQUEST_WRITES,
         max_consecutive: int | None = None,
@@ -104,6 +107,7 @@ class FaultyStore(Store):
         self.duplicate = _probability("duplicate", duplicate)
         self.reorder = _probability("reorder", reorder)
         self.delay = _probability("delay", delay)
+        self.lose_wakeups = _probability("lose_wakeups", lose_wakeups)
         if fail_before + fail_after > 1.0:
             raise ValueError("fail_before + fail_after must not exceed 1")
         if max_delay < 0:
@@ -218,6 +222,9 @@ class FaultyStore(Store):
         return await self.inner.head()
 
     async def wait_for_change(self, after: int) -> None:
+        if self._roll(self.lose_wakeups):
+            self.injected["lost_wakeup"] += 1
+            await anyio.sleep_forever()
         await self.inner.wait_for_change(after)
 
     async def read_events(self, after: int, limit: int = 1000) -> Sequence[StoreEvent]:

@@ -114,6 +114,7 @@ class Lifecycle:
         self._watchers: dict[str | None, set[MemoryObjectSendStream[StateChange]]] = {}
         self._cursor = 0
         self._progress = anyio.Event()
+        self._sleep = anyio.CancelScope()  # the pump's wait for the store's next change
         self._tg: TaskGroup | None = None
         self._failure: BaseException | None = None
         self.events_applied = 0
@@ -169,7 +170,8 @@ class Lifecycle:
             try:
                 events = await self.store.read_events(self._cursor)
                 if not events:
-                    await self.store.wait_for_change(self._cursor)
+                    with anyio.CancelScope() as self._sleep:
+                        await self.store.wait_for_change(self._cursor)
                     continue
                 for event in events:
                     await self._dispatch(event)
@@ -280,7 +282,12 @@ class Lifecycle:
         """Wait until the pump has applied every event up to ``seq``."""
         while self._cursor < seq:
             self._raise_if_failed()
-            await self._progress.wait()
+            with anyio.move_on_after(self.resync_interval) as slow:
+                await self._progress.wait()
+            if slow.cancelled_caught:
+                # The store's wake-up was lost (a hint, never a promise): make the pump read again.
+                self.resyncs += 1
+                self._sleep.cancel()
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
