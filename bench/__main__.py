@@ -63,13 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
-    results = []
+    failed = 0
     with tempfile.TemporaryDirectory(prefix="wl-bench-") as tmp:
         ctx = Context(quick=args.quick, pg_url=pg_url, tmp=Path(tmp))
         for name in names:
-            results.append(run_one(name, ctx))
-    write(args.out, results, pg_url, command.strip())
-    return 0
+            try:
+                result = run_one(name, ctx)
+            except Exception as exc:  # one broken benchmark must not lose the others' results
+                failed += 1
+                print(f"== {name} failed: {exc!r}", file=sys.stderr, flush=True)
+                continue
+            write(args.out, [result], pg_url, command.strip())  # each result as soon as it is in
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

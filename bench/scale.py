@@ -23,25 +23,41 @@ from .common import Context, Result, Row
 
 
 async def child(
-    url: str, n: int, idle_seconds: float, interval: float = common.CODER_POLL_SECONDS
+    url: str,
+    n: int,
+    idle_seconds: float,
+    interval: float = common.CODER_POLL_SECONDS,
+    limit: float = 180.0,
 ) -> dict[str, Any]:
-    """Runs in the child process; returns the figures as a JSON-able dict."""
-    out: dict[str, Any] = {"n": n, "rss_start_mb": common.peak_rss_mb()}
+    """Runs in the child process; returns the figures as a JSON-able dict.
+
+    If the N flows have not all finished after ``limit`` seconds, says how many did instead of
+    waiting for ever."""
+    out: dict[str, Any] = {"n": n, "rss_start_mb": common.peak_rss_mb(), "limit_s": limit}
+    done = 0
     chats = [f"s{i}" for i in range(n)]
     async with wl.open_store(url) as store, wl.Lifecycle(store, build_timeout=3600, agent_timeout=3600) as lc:
 
         async def flow(chat: str) -> None:
+            nonlocal done
             await lc.register_chat(chat, owner="bench")
             for call in (lc.create_workspace, lc.stop_workspace, lc.start_workspace):
                 r = await call(chat, owner="bench")
                 assert not r.is_error and "error" not in r.data, r.text
+            done += 1
 
         t0 = time.monotonic()
-        async with wl.SimulatedProvisioner(store), anyio.create_task_group() as tg:
-            for chat in chats:
-                tg.start_soon(flow, chat)
+        with anyio.move_on_after(limit) as cut:
+            async with wl.SimulatedProvisioner(store), anyio.create_task_group() as tg:
+                for chat in chats:
+                    tg.start_soon(flow, chat)
         out["wall_s"] = time.monotonic() - t0
+        out["completed"] = done
         out["rss_mb"] = common.peak_rss_mb()
+        out["resyncs"] = getattr(lc, "resyncs", None)
+        if cut.cancelled_caught:
+            out["timed_out"] = True
+            return out
         assert await lc.state(chats[-1]) is wl.WorkspaceState.AGENT_READY
 
         async def stop(chat: str) -> None:
@@ -97,15 +113,23 @@ async def run_async(ctx: Context) -> Result:
         d = await _spawn(url, n, idle, interval)
         result.data[label] = d
         goal = label == "memory" and not ctx.quick
+        timed_out = bool(d.get("timed_out"))
+        note = f"CUT at {d['limit_s']:g} s: {d['completed']:,} of {n:,} finished" if timed_out else ""
+        if d.get("resyncs"):
+            note += f"{'; ' if note else ''}{d['resyncs']:,} resyncs by waiting requests"
         result.add(
             Row(
                 f"{n:,} workspaces create→stop→start→agent_ready, {label}: wall time",
                 d["wall_s"],
                 "s",
                 goal="≤ 10 s" if label == "memory" else "",
-                met=(d["wall_s"] <= 10) if goal else None,
+                met=(d["wall_s"] <= 10 and not timed_out) if goal else None,
+                note=note,
             )
         )
+        if timed_out:
+            result.add(Row(f"{n:,} workspaces, {label}: peak RSS at the cut", d["rss_mb"], "MiB"))
+            continue
         result.add(
             Row(
                 f"{n:,} workspaces, {label}: peak RSS",
