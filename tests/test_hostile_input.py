@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import pytest
+from figures import FIGURES, flush
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import answers
@@ -38,8 +39,11 @@ HOSTILE = {
 #: Known failures: (store kind, value key) -> why. strict xfail: they flip when fixed.
 KNOWN: dict[tuple[str, str], str] = {}
 
-#: How many hostile inputs the last run tried (read by bench/reliability_figures.py).
-TRIED = {"inputs": 0}
+
+@pytest.fixture(scope="module", autouse=True)
+def _write_figures() -> Iterator[None]:
+    yield
+    flush()
 
 
 @contextlib.contextmanager
@@ -93,7 +97,7 @@ async def _round_trip(call: Callable[[], Awaitable[object]], check: Callable[[],
 )
 async def test_malformed_url_is_a_value_error(url: str, tmp_path: Path) -> None:
     """Each malformed URL raises ValueError with a sentence, at open_store or at open."""
-    TRIED["inputs"] += 1
+    FIGURES["inputs_tried"] += 1
     with pytest.raises(ValueError) as caught:
         async with wl.open_store(url):
             pass
@@ -102,7 +106,7 @@ async def test_malformed_url_is_a_value_error(url: str, tmp_path: Path) -> None:
 
 async def test_non_string_url_is_a_value_error() -> None:
     for url in (None, 42, b"memory://", Path("x.db")):
-        TRIED["inputs"] += 1
+        FIGURES["inputs_tried"] += 1
         with pytest.raises(ValueError, match="accepted forms"):
             wl.open_store(url)  # type: ignore[arg-type]
 
@@ -119,14 +123,14 @@ async def test_store_round_trips_or_refuses(
 async def _store_round_trip(store: wl.Store, key: str) -> None:
     value = HOSTILE[key]
     for chat, owner in ((value, "alice"), (f"chat-{key}", value)):
-        TRIED["inputs"] += 1
+        FIGURES["inputs_tried"] += 1
 
         async def check(chat: str = chat, owner: str = owner) -> bool:
             return await store.get_chat(chat) == wl.Chat(chat, owner, None)
 
         await _round_trip(lambda chat=chat, owner=owner: store.register_chat(chat, owner), check)
     # Workspace names are stored as given by the store (the runtime sanitises them first).
-    TRIED["inputs"] += 1
+    FIGURES["inputs_tried"] += 1
     await store.register_chat("named", "alice")
 
     async def named() -> bool:
@@ -155,7 +159,7 @@ async def _lifecycle_round_trip(store: wl.Store, key: str) -> None:
     value = HOSTILE[key]
     async with wl.SimulatedProvisioner(store, agent=None), wl.Lifecycle(store, build_timeout=10) as lc:
         for chat, owner in ((value, "alice"), (f"chat-{key}", value)):
-            TRIED["inputs"] += 1
+            FIGURES["inputs_tried"] += 1
             try:
                 await lc.register_chat(chat, owner=owner)
             except ValueError as exc:
@@ -187,7 +191,7 @@ async def test_other_owner_learns_nothing(store: wl.Store) -> None:
         for verb in ("create", "start", "stop", "delete"):
             method = getattr(lc, f"{verb}_workspace")
             for wait in (True, False):
-                TRIED["inputs"] += 1
+                FIGURES["inputs_tried"] += 1
                 theirs = await method("alice-chat", owner="mallory", wait=wait)
                 unknown = await method("no-such-chat", owner="mallory", wait=wait)
                 assert theirs == unknown and theirs.is_error
@@ -275,7 +279,7 @@ async def test_unknown_state_string_names_the_row(
     await store.finish_build(build.build_id, wl.JobStatus.SUCCEEDED, has_agent=True)
     key = build.build_id if key_column == "build_id" else ws
     _corrupt(store_url, f"UPDATE {table} SET {column} = ? WHERE {key_column} = ?", ("exploded", key))
-    TRIED["inputs"] += 1
+    FIGURES["inputs_tried"] += 1
     with pytest.raises(wl.CorruptStateError) as caught:
         await store.workspace_facts(ws)
     err = caught.value
