@@ -224,8 +224,12 @@ def running(number: int) -> Callable[[wl.WorkspaceFacts], bool]:
 
 
 @pytest.mark.slow
-def test_runtime_killed_mid_build(crash_url: str) -> None:
-    """A runtime dies while its caller waits; a new process's caller gets the same build."""
+@pytest.mark.postgres
+def test_runtime_killed_mid_build(pg_schema_url: str) -> None:
+    """A runtime dies while its caller waits (its build running in a provisioner process); a new
+    process's caller gets the same build. SQLite's twin is
+    tests/test_sqlite_processes.py::test_sigkill_mid_wait_then_a_new_runtime_waits_for_the_same_build."""
+    crash_url = pg_schema_url
     ws, head = setup(crash_url)
     with processes() as spawn:
         prov = spawn("provision", crash_url, "p", "1.0", "0")
