@@ -287,10 +287,16 @@ def _check_round(
         return
     FIGURES["refired_after_failure"] += len(queued) - 1
     ids = {e.build_id for e in queued}
+    succeeded = any(e.build_id not in failed for e in queued)
     for r in rs:
         if verb == "create" and r.data.get("created") is False:
             # A create that lost the race to another caller's is told the workspace exists.
             assert r.data.get("status") is not None and not r.is_error, r.data
+            continue
+        if succeeded and (r.data.get("no_build") is True or r.text == answers.WORKSPACE_DELETED):
+            # A caller whose turn came (delayed by faults) after the build succeeded finds the
+            # workspace already where it asked: nothing to fire, and it fired nothing.
+            FIGURES["answered_after_the_build"] += 1
             continue
         assert not r.is_error and r.data.get("build_id") in ids, (r.data, ids)
         FIGURES["answered_with_their_build"] += 1
