@@ -114,7 +114,7 @@ class Lifecycle:
         self._watchers: dict[str | None, set[MemoryObjectSendStream[StateChange]]] = {}
         self._cursor = 0
         self._progress = anyio.Event()
-        self._sleep = anyio.CancelScope()  # the pump's wait for the store's next change
+        self._sleep: anyio.CancelScope | None = None  # the pump's wait for the store's next change
         self._tg: TaskGroup | None = None
         self._failure: BaseException | None = None
         self.events_applied = 0
@@ -287,7 +287,8 @@ class Lifecycle:
             if slow.cancelled_caught:
                 # The store's wake-up was lost (a hint, never a promise): make the pump read again.
                 self.resyncs += 1
-                self._sleep.cancel()
+                if self._sleep is not None:
+                    self._sleep.cancel()
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
