@@ -330,9 +330,7 @@ class SQLiteStore(Store):
 
         result, head = await self._call(tx)
         self.transactions += 1
-        if head > self._head_seen:
-            self._head_seen = head
-            self._wake()
+        self._saw(head)
         if self.retention is not None:
             now = self._clock()
             if now - self._last_prune > min(self.retention / 10, 60.0):
@@ -541,8 +539,19 @@ class SQLiteStore(Store):
 
     async def head(self) -> int:
         head: int = await self._read(lambda conn: conn.execute("SELECT head FROM log_state").fetchone()[0])
-        self._head_seen = max(self._head_seen, head)
+        self._saw(head)
         return head
+
+    def _saw(self, head: int) -> None:
+        """This process learnt the log reached ``head``: wake waiters if that is news.
+
+        Whoever learns of a commit first (a head read, a read of the log, the watcher) wakes the
+        sleepers, so a commit whose writer was cancelled, or whose head another task read
+        first, still wakes everybody behind it.
+        """
+        if head > self._head_seen:
+            self._head_seen = head
+            self._wake()
 
     async def read_events(self, after: int, limit: int = 1000) -> Sequence[StoreEvent]:
         def fn(conn: sqlite3.Connection) -> list[StoreEvent]:
@@ -568,8 +577,8 @@ class SQLiteStore(Store):
             ]
 
         events = await self._read(fn)
-        if events and events[-1].seq > self._head_seen:
-            self._head_seen = events[-1].seq
+        if events:
+            self._saw(events[-1].seq)
         return events
 
     async def wait_for_change(self, after: int) -> None:
@@ -645,9 +654,8 @@ class SQLiteStore(Store):
         """On the loop: another connection committed and the log's head is now ``head``."""
         if head is None:  # the watcher failed: wake everyone to re-read from their cursors
             self._wake()
-        elif head > self._head_seen:
-            self._head_seen = head
-            self._wake()
+        else:
+            self._saw(head)
 
     async def prune_events(self, older_than: float) -> int:
         def body(conn: sqlite3.Connection, log: _Tx) -> int:
