@@ -583,7 +583,7 @@ class TestCreateStopDelete:
             await h.lc.delete_workspace(CHAT, owner=OWNER, wait=False)
             await h.complete()
             r = await h.lc.create_workspace(CHAT, owner=OWNER, name="dev2", wait=False)
-            assert r.data["workspace_name"] == "dev2" and r.data["status"] == "building"
+            assert r.data["workspace_name"] == "alice/dev2" and r.data["status"] == "building"
             assert await h.workspace_id() != old
 
     async def test_create_over_failed_makes_a_new_workspace(self) -> None:

@@ -123,11 +123,6 @@ class TestLogRecords:
         assert records[-1].to == "agent_ready"  # type: ignore[attr-defined]
         assert records[-1].elapsed is None  # type: ignore[attr-defined]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="runtime: a create with nobody watching the chat tracks the new workspace only after "
-        "the write, so its no_workspace -> building change is never published (see issue 7 note)",
-    )
     async def test_a_create_nobody_watches_logs_its_first_change(
         self, lc: wl.Lifecycle, caplog: pytest.LogCaptureFixture
     ) -> None:

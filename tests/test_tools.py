@@ -62,7 +62,7 @@ class TestDispatch:
             r = await wl.dispatch_tool(
                 lc, "create_workspace", '{"name": "dev", "wait": false}', chat_id="c1", owner="alice"
             )
-            assert r.data["status"] == "building" and r.data["workspace_name"] == "dev"
+            assert r.data["status"] == "building" and r.data["workspace_name"] == "alice/dev"
             r = await wl.dispatch_tool(lc, "start_workspace", '{"wait": false}', chat_id="c1", owner="alice")
             assert r.data == {
                 "workspace_name": "dev",

@@ -118,6 +118,9 @@ class Lifecycle:
         self._tg: TaskGroup | None = None
         self._failure: BaseException | None = None
         self.events_applied = 0
+        self._creating: dict[str, int] = {}  # chat -> creates in flight (the pump follows them)
+        self._deferred = 0  # wait=False requests finishing in the background
+        self._drained = anyio.Event()
         self.resyncs = 0  # re-derivations of a waited-on workspace after resync_interval of silence
         self.write_retried = 0  # store writes retried after a StoreError
 
@@ -145,6 +148,17 @@ class Lifecycle:
             return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
             self._tg = None
+
+    async def drain(self) -> None:
+        """Wait until every request answered with ``wait=False`` that had to wait for another
+        build first (a start during a stop build) has fired its own build or given up.
+
+        A short-lived process (a CLI) calls this before leaving the ``async with``, which would
+        otherwise cancel those requests.
+        """
+        while self._deferred:
+            self._raise_if_failed()
+            await self._drained.wait()
 
     @property
     def tracked(self) -> int:
@@ -312,7 +326,7 @@ class Lifecycle:
         """Take a reference on the workspace's entry, loading it from the rows if needed."""
         while True:
             entry = self._entries.get(workspace_id)
-            if entry is None and any(self._watchers.values()):
+            if entry is None and (any(self._watchers.values()) or self._creating):
                 # The pump follows a watched chat's new workspace from its CHAT_BOUND event; loading
                 # a later snapshot first would skip (and never publish) the changes in between.
                 await self._caught_up(await self.store.head())
@@ -358,7 +372,7 @@ class Lifecycle:
                 del self._entries[entry.workspace_id]
 
     def _is_watched(self, chat_id: str) -> bool:
-        return bool(self._watchers.get(chat_id)) or bool(self._watchers.get(None))
+        return bool(self._watchers.get(chat_id) or self._watchers.get(None) or self._creating.get(chat_id))
 
     async def _wait(self, entry: _Entry, done: Callable[[Tracker], bool]) -> Tracker:
         """Sleep until ``done(tracker)`` holds; each pump delivery wakes us once."""
@@ -644,15 +658,30 @@ class Lifecycle:
 
     async def _continue_later(self, request: Request, chat_id: str, workspace_id: str, owner: str) -> None:
         """``wait=False`` during another kind of build: finish the request in the background."""
+        self._deferred += 1
         try:
             async with self._track(workspace_id) as entry:
-                await self._wait_build(entry, entry.tracker.build_number if entry.tracker else 0)
+                number = entry.tracker.build_number if entry.tracker else 0
+                if not await self._wait_build(entry, number):
+                    log.warning(
+                        "deferred %s of %s: build %d did not finish within %ss; giving up",
+                        request.value,
+                        chat_id,
+                        number,
+                        self.build_timeout,
+                    )
+                    return
                 # Decide again for this workspace, not whatever the chat is bound to by now: a
                 # deferred stop must not stop the new workspace created after a delete.
                 await self._caught_up(await self.store.head())
                 await self._drive(request, entry, chat_id, None, False, RequestSpan.none())
         except StoreError as exc:
             log.warning("deferred %s of %s failed: %s", request.value, chat_id, exc)
+        finally:
+            self._deferred -= 1
+            if not self._deferred:
+                self._drained.set()
+                self._drained = anyio.Event()
 
     async def _wait_build(self, entry: _Entry, number: int) -> bool:
         """Wait for build ``number`` to finish; False on ``build_timeout``."""
@@ -741,23 +770,51 @@ class Lifecycle:
     async def _create(
         self, chat_id: str, expected: str | None, name: str | None, wait: bool, span: RequestSpan
     ) -> ToolResult:
-        outcome = await self._create_workspace(chat_id, workspace_name(name), expected)
-        ws = outcome.facts.workspace
-        if not outcome.fired:
-            # Another caller bound a workspace first: answer about that one.
+        # While the create is in flight the pump follows the chat from the new workspace's first
+        # event (CHAT_BOUND), so its no_workspace -> building change is published and logged.
+        self._creating[chat_id] = self._creating.get(chat_id, 0) + 1
+        following = True
+        try:
+            outcome = await self._create_workspace(chat_id, workspace_name(name), expected)
+            await self._caught_up(outcome.facts.seq)
+            ws = outcome.facts.workspace
+            if not outcome.fired:
+                # Another caller bound a workspace first: answer about that one.
+                self._stop_following(chat_id)
+                following = False
+                async with self._track(ws.workspace_id) as entry:
+                    return await self._drive(Request.CREATE, entry, chat_id, name, wait, span)
+            assert outcome.build is not None
+            span.fired(outcome.build.build_id)
+            if not wait:
+                return answers.not_waiting(
+                    ws,
+                    WorkspaceState.BUILDING,
+                    build_id=outcome.build.build_id,
+                    request="create",
+                    created=True,
+                )
             async with self._track(ws.workspace_id) as entry:
-                await self._caught_up(outcome.facts.seq)
-                return await self._drive(Request.CREATE, entry, chat_id, name, wait, span)
-        assert outcome.build is not None
-        span.fired(outcome.build.build_id)
-        if not wait:
-            return answers.not_waiting(
-                ws, WorkspaceState.BUILDING, build_id=outcome.build.build_id, request="create"
-            )
-        async with self._track(ws.workspace_id) as entry:
-            return await self._finish(
-                Request.CREATE, entry, ws, outcome.build.number, own=True, build_id=outcome.build.build_id
-            )
+                self._stop_following(chat_id)
+                following = False
+                return await self._finish(
+                    Request.CREATE, entry, ws, outcome.build.number, own=True, build_id=outcome.build.build_id
+                )
+        finally:
+            if following:
+                self._stop_following(chat_id)
+
+    def _stop_following(self, chat_id: str) -> None:
+        """End one create's claim on the chat; drop machines nobody holds or watches any more."""
+        left = self._creating[chat_id] - 1
+        if left:
+            self._creating[chat_id] = left
+            return
+        del self._creating[chat_id]
+        for entry in list(self._entries.values()):
+            if entry.refs <= 0 and entry.tracker is not None and entry.tracker.chat_id == chat_id:
+                entry.refs += 1
+                self._release(entry)
 
 
 def _check_id(what: str, value: object) -> None:
