@@ -93,3 +93,40 @@ async def test_pump_bug_wakes_waiters_instead_of_hanging() -> None:
                 await anyio.sleep_forever()
     assert caught.group_contains(ZeroDivisionError)
     assert len(errors) == 1 and "event pump stopped" in str(errors[0])
+
+
+async def test_drain_waits_for_a_deferred_start() -> None:
+    """wait=False during a stop build defers the start; drain() returns once it fired."""
+    store = wl.MemoryStore()
+    async with store, wl.Lifecycle(store) as lc:
+        await lc.register_chat("c", owner="o")
+        await lc.create_workspace("c", owner="o", name="dev", wait=False)
+        first = await store.claim_build("w")
+        assert first is not None
+        await store.finish_build(first.build_id, JobStatus.SUCCEEDED, has_agent=False)
+        await lc.stop_workspace("c", owner="o", wait=False)
+        r = await lc.start_workspace("c", owner="o", wait=False)
+        assert r.data["status"] == "building" and r.data["request"] == "start"
+        stop = await store.claim_build("w")
+        assert stop is not None and stop.transition is wl.Transition.STOP
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lc.drain)
+            await anyio.wait_all_tasks_blocked()
+            await store.finish_build(stop.build_id, JobStatus.SUCCEEDED)
+        facts = await store.workspace_facts(stop.workspace_id)
+        assert facts.latest_build is not None and facts.latest_build.transition is wl.Transition.START
+        assert facts.latest_build.number == 3
+
+
+async def test_deferred_request_gives_up_after_build_timeout() -> None:
+    """A deferral whose build never ends gives up after build_timeout instead of retrying forever."""
+    store = wl.MemoryStore()
+    async with store, wl.Lifecycle(store, build_timeout=0.05) as lc:
+        await lc.register_chat("c", owner="o")
+        await lc.create_workspace("c", owner="o", name="dev", wait=False)
+        await lc.stop_workspace("c", owner="o", wait=False)  # deferred behind the start build
+        with anyio.fail_after(5):
+            await lc.drain()
+        facts = await store.list_chats()
+        assert facts[0].facts is not None and facts[0].facts.latest_build is not None
+        assert facts[0].facts.latest_build.number == 1  # nothing fired behind the hung build
