@@ -644,10 +644,13 @@ async def _start_async(store: Store, args: argparse.Namespace) -> int:
             # the background once that build ends; leaving now would cancel that request.
             what = f"the {in_flight.transition.value} build in progress"
             _out(f"the start is requested when {what} ends; waiting for that", sys.stderr)
-            with anyio.move_on_after(args.timeout):
-                await _deferred_start_decided(store, lc, in_flight)
-                return 0
-            raise CliError(f"{what} did not end within {args.timeout:g} s, so the start was not requested")
+            await lc.drain()  # the deferred request gives up itself after build_timeout
+            latest = (await store.workspace_facts(in_flight.workspace_id)).latest_build
+            if latest is not None and latest.number == in_flight.number and latest.status.in_progress:
+                raise CliError(
+                    f"{what} did not end within {args.timeout:g} s, so the start was not requested"
+                )
+            return 0
     return 1 if "error" in result.data else 0
 
 
@@ -660,22 +663,6 @@ async def _other_build_in_flight(store: Store, chat_id: str) -> Build | None:
     if build is None or build.status.finished or build.transition is Transition.START:
         return None
     return build
-
-
-async def _deferred_start_decided(store: Store, lc: Lifecycle, in_flight: Build) -> None:
-    """Wait until the runtime's background start request after ``in_flight`` has been decided.
-
-    The runtime has no public handle on a deferred ``wait=False`` request, so this looks at the
-    stored builds and ``Lifecycle.tracked`` every 50 ms (only on this exit path of ``start
-    --no-wait``).
-    """
-    while True:
-        latest = (await store.workspace_facts(in_flight.workspace_id)).latest_build
-        if latest is not None and latest.number > in_flight.number:
-            return  # the start build (or someone else's) was queued
-        if latest is not None and latest.status.finished and not lc.tracked:
-            return  # decided without a new build (e.g. the workspace was deleted)
-        await anyio.sleep(0.05)
 
 
 # --- provision --------------------------------------------------------------------------------
