@@ -82,19 +82,24 @@ async def contend(url: str, chat: str, calls: int) -> None:
             t0 = time.monotonic()
             latencies: list[float] = []
             ids: list[Any] = []
+            errors: list[str] = []
 
             async with anyio.create_task_group() as tg:
                 for _ in range(calls):
-                    tg.start_soon(_timed_start, lc, chat, t0, latencies, ids)
-            _print({"latencies": latencies, "build_ids": ids})
+                    tg.start_soon(_timed_start, lc, chat, t0, latencies, ids, errors)
+            _print({"latencies": latencies, "build_ids": ids, "errors": errors})
 
 
 async def _timed_start(
-    lc: wl.Lifecycle, chat: str, t0: float, latencies: list[float], ids: list[Any]
+    lc: wl.Lifecycle, chat: str, t0: float, latencies: list[float], ids: list[Any], errors: list[str]
 ) -> None:
     r = await lc.start_workspace(chat, owner="bench")
     latencies.append(time.monotonic() - t0)
-    ids.append(None if r.is_error else r.data.get("build_id"))
+    if r.is_error or "error" in r.data:
+        errors.append(r.text)
+        ids.append("error")
+    else:  # the build this call fired or waited for, or none: it found the workspace running
+        ids.append(r.data.get("build_id") or ("no_build" if r.data.get("no_build") else None))
 
 
 def main(argv: list[str] | None = None) -> None:

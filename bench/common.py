@@ -156,7 +156,12 @@ def cpu_seconds() -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set of this process in MiB (ru_maxrss is KiB on Linux)."""
+    """Peak resident set of this process in MiB: ``VmHWM`` where /proc has it (reset at exec, so
+    a child does not inherit its parent's peak, as ``ru_maxrss`` does), else ``ru_maxrss``."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

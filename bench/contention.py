@@ -53,21 +53,26 @@ async def measure(url: str, processes: int, calls: int, rounds: int, solo_rounds
                     kid.send("go")
                 latencies: list[float] = []
                 ids: list[Any] = []
+                texts: set[str] = set()
                 for kid in racers:
                     got = await kid.json()
                     latencies += got["latencies"]
                     ids += got["build_ids"]
+                    texts.update(got["errors"])
                 after = (await store.workspace_facts(ws)).latest_build
                 assert after is not None
                 out["rounds"].append(
                     {
                         "fired": after.number - before.number,
-                        "distinct_build_ids": len({i for i in ids if i is not None}),
-                        "errors": sum(i is None for i in ids),
+                        "distinct_build_ids": len(set(ids) - {"error", "no_build", None}),
+                        "errors": ids.count("error"),
+                        "no_build": ids.count("no_build"),  # came after the build: already running
+                        "unanswered_build": ids.count(None),
                         "calls": len(ids),
                         "p50_ms": common.pct(latencies, 0.5) * 1000,
                         "p99_ms": common.pct(latencies, 0.99) * 1000,
                         "max_ms": max(latencies) * 1000,
+                        "error_texts": sorted(texts)[:5],
                     }
                 )
             tg.cancel_scope.cancel()
@@ -77,7 +82,9 @@ async def measure(url: str, processes: int, calls: int, rounds: int, solo_rounds
 def _rows(result: Result, label: str, d: dict[str, Any], processes: int, calls: int) -> None:
     rounds = d["rounds"]
     fired = [r["fired"] for r in rounds]
-    ok = all(f == 1 for f in fired) and all(r["distinct_build_ids"] == 1 and r["errors"] == 0 for r in rounds)
+    ok = all(f == 1 for f in fired) and all(
+        r["distinct_build_ids"] == 1 and r["errors"] == 0 and r["unanswered_build"] == 0 for r in rounds
+    )
     result.add(
         Row(
             f"start builds fired per round, {label}, {processes}x{calls} concurrent calls",
@@ -86,7 +93,8 @@ def _rows(result: Result, label: str, d: dict[str, Any], processes: int, calls: 
             goal="exactly 1 (one build id, no errors)",
             met=ok,
             note=f"{len(rounds)} round(s): fired {fired}, distinct build ids "
-            f"{[r['distinct_build_ids'] for r in rounds]}, errors {[r['errors'] for r in rounds]}",
+            f"{[r['distinct_build_ids'] for r in rounds]}, errors {[r['errors'] for r in rounds]},"
+            f" answered no_build (arrived once it was running) {[r['no_build'] for r in rounds]}",
         )
     )
     p99 = max(r["p99_ms"] for r in rounds)

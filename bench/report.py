@@ -80,7 +80,20 @@ def markdown(doc: dict[str, Any]) -> str:
         notes += [f"- {n}" for n in bench["notes"]]
         notes.append("")
     lines += ["", "## Notes", "", *notes]
-    if any("samples_ms" in b.get("data", {}) for b in doc["benchmarks"].values()):
+    wake = doc["benchmarks"].get("wakeup", {}).get("data", {}).get("samples_ms")
+    if wake:
+        early = {
+            path: sum(v < 0 for v in d["ours"]) / len(d["ours"]) for path, d in wake.items() if d.get("ours")
+        }
+        shares = ", ".join(f"{path} {share:.0%}" for path, share in early.items() if share)
+        if shares:
+            lines += [
+                f"Wake-ups stamped before the writer's own commit call returned ({shares}) count as"
+                " negative latencies (they plot at 1 µs): the waiter was woken by the commit before the"
+                " writer's process had its answer. `results.json` also keeps each latency measured"
+                " from the moment the write was called (`ours_from_call`), an upper bound.",
+                "",
+            ]
         lines += ["![wake-up latency, ours against the 2 s poller](wakeup.png)", ""]
     return "\n".join(lines)
 
@@ -124,7 +137,7 @@ def plot(out: Path, doc: dict[str, Any]) -> Path | None:
     lo = min((max(v, floor) for d in samples.values() for v in d.get("ours", [])), default=0.01)
     ax.set_xlim(10 ** math.floor(math.log10(lo)), 1e4)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=8, loc="center", bbox_to_anchor=(0.5, 0.5))
     ax.set_title("Wake-up latency: event-driven Lifecycle vs Coder-style 2 s polling")
     fig.tight_layout()
     path = out / "wakeup.png"
