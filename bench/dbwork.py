@@ -8,9 +8,8 @@ transaction or one read. ``wait_for_change`` is a sleep, not a query, and is sho
 
 The poller re-reads the rows every ``interval``; Coder's is 2 s against builds of minutes. To
 keep run times honest the interval and the base duration are scaled down together (the count
-depends only on their ratio): base = 5 x interval. The runtime's own periodic work (a waiting
-request re-derives its workspace every ``resync_interval``, 5 s by default) is scaled by the
-same factor, so every count is what real durations would give.
+depends only on their ratio): base = 5 x interval. The runtime has no periodic work of its own
+by default (``resync_interval``, its opt-in safety net for stores that lose events, is off).
 
 SQLite's watcher (another process's commits) checks ``PRAGMA data_version`` on its own
 connection every ``poll_interval`` while the pump waits; those checks are not store calls and
@@ -33,9 +32,9 @@ MULTIPLIERS = (1, 10, 100)
 
 
 def lifecycle(store: wl.Store, interval: float) -> wl.Lifecycle:
-    """A Lifecycle whose own period (a waiting request's ``resync_interval``, 5 s by default) is
-    scaled by the same factor as the poller's interval."""
-    return wl.Lifecycle(store, resync_interval=5.0 * interval / common.CODER_POLL_SECONDS)
+    """A Lifecycle as users get it (``interval`` is the poller's; the runtime has no period)."""
+    del interval
+    return wl.Lifecycle(store)
 
 
 def watcher_checks(store: wl.Store) -> int | None:

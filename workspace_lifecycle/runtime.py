@@ -43,6 +43,10 @@ __all__ = ["Lifecycle", "workspace_name"]
 
 log = logging.getLogger("workspace_lifecycle.runtime")
 
+#: How long a request waits for the pump to reach a sequence number it knows was committed
+#: before it kicks the pump to read again (a lost wake-up; never happens in the normal path).
+_KICK_AFTER = 5.0
+
 _NAME_RE = re.compile(r"^[a-zA-Z0-9]+(?:-[a-zA-Z0-9]+)*$")
 
 
@@ -85,9 +89,11 @@ class Lifecycle:
     ``build_timeout`` bounds each wait for a build, ``agent_timeout`` the wait for the agent.
     ``write_retries`` is how often a request retries a store write that raised a
     :class:`~workspace_lifecycle.errors.StoreError` (re-reading the rows first: the write may
-    have committed). ``resync_interval`` is how often a *waiting* request re-derives its
-    workspace from the rows, so a lost event delays its answer but never loses it (nothing runs
-    while nobody waits).
+    have committed). ``resync_interval``, off by default, makes a *waiting* request re-derive
+    its workspace from the rows after that many seconds without news: a safety net for a store
+    that may lose events (the fault-injecting test store does). The stores shipped here never
+    lose a committed event, and their wake-ups have their own fallbacks, so by default a waiting
+    request costs nothing until its event arrives, however long the build takes.
     """
 
     def __init__(
@@ -97,10 +103,10 @@ class Lifecycle:
         build_timeout: float = 600.0,
         agent_timeout: float = 600.0,
         write_retries: int = 3,
-        resync_interval: float = 5.0,
+        resync_interval: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if build_timeout <= 0 or agent_timeout <= 0 or resync_interval <= 0:
+        if build_timeout <= 0 or agent_timeout <= 0 or (resync_interval is not None and resync_interval <= 0):
             raise ValueError("build_timeout, agent_timeout and resync_interval must be positive")
         if write_retries < 0:
             raise ValueError("write_retries must not be negative")
@@ -296,7 +302,7 @@ class Lifecycle:
         """Wait until the pump has applied every event up to ``seq``."""
         while self._cursor < seq:
             self._raise_if_failed()
-            with anyio.move_on_after(self.resync_interval) as slow:
+            with anyio.move_on_after(self.resync_interval or _KICK_AFTER) as slow:
                 await self._progress.wait()
             if slow.cancelled_caught:
                 # The store's wake-up was lost (a hint, never a promise): make the pump read again.
@@ -382,6 +388,9 @@ class Lifecycle:
             assert tracker is not None
             if done(tracker):
                 return tracker
+            if self.resync_interval is None:
+                await entry.changed.wait()
+                continue
             with anyio.move_on_after(self.resync_interval) as idle:
                 await entry.changed.wait()
             if idle.cancelled_caught:
