@@ -253,13 +253,13 @@ def _corrupt(url: str, sql: str, params: tuple[object, ...]) -> None:
         conn.execute(sql.replace("?", "%s"), params)
 
 
-@pytest.fixture
-def durable(store_backend: tuple[str, str]) -> None:
-    if store_backend[0] == "memory":
-        pytest.skip("the memory store has no storage to corrupt")
-
-
-@pytest.mark.usefixtures("durable")
+@pytest.mark.parametrize(
+    "store_backend",  # the stores with storage to corrupt (the memory store has none)
+    [
+        pytest.param(("sqlite", "asyncio"), id="sqlite-asyncio"),
+        pytest.param(("postgres", "asyncio"), id="postgres-asyncio", marks=pytest.mark.postgres),
+    ],
+)
 @pytest.mark.parametrize(
     ("table", "column", "key_column"),
     [
