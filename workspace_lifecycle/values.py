@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .errors import CorruptStateError
+from .errors import BuildConflictError, CorruptStateError
 
 __all__ = [
     "Agent",
@@ -157,6 +157,25 @@ class Build:
     error: str | None = None
     has_agent: bool | None = None  # known once a start build succeeded
     worker: str | None = None
+
+    @property
+    def starts_agent(self) -> bool:
+        """A succeeded start build: it says whether it produced an agent."""
+        return self.status is JobStatus.SUCCEEDED and self.transition is Transition.START
+
+    def finished_as(self, status: JobStatus, error: str | None, *, has_agent: bool) -> Build:
+        """This build finished with ``status``: the one rule every store's ``finish_build`` uses.
+
+        Raises ``ValueError`` for a status that is not final and :class:`BuildConflictError` if
+        the build already finished. The error is kept only for a build that did not succeed;
+        ``has_agent`` only for a succeeded start build.
+        """
+        if not status.finished:
+            raise ValueError(f"finish_build takes a final status, not {status.value!r}")
+        if self.status.finished:
+            raise BuildConflictError(f"build {self.build_id} already finished ({self.status.value})")
+        done = attrs.evolve(self, status=status, error=None if status is JobStatus.SUCCEEDED else error)
+        return attrs.evolve(done, has_agent=has_agent if done.starts_agent else None)
 
 
 @attrs.frozen

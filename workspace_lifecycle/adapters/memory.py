@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from ..errors import (
-    BuildConflictError,
     CursorExpiredError,
     NotFoundError,
     OwnershipError,
@@ -229,19 +228,8 @@ class MemoryStore(Store):
         build = self._builds.get(build_id)
         if build is None:
             raise NotFoundError(f"no build {build_id!r}")
-        if build.status.finished:
-            raise BuildConflictError(f"build {build_id} already finished ({build.status.value})")
-        starts_agent = status is JobStatus.SUCCEEDED and build.transition is Transition.START
-        done = Build(
-            build.build_id,
-            build.workspace_id,
-            build.number,
-            build.transition,
-            status,
-            error=error if status is not JobStatus.SUCCEEDED else None,
-            has_agent=has_agent if starts_agent else None,
-            worker=build.worker,
-        )
+        done = build.finished_as(status, error, has_agent=has_agent)
+        starts_agent = done.starts_agent
         self._builds[build_id] = done
         ws = self._workspaces[build.workspace_id]
         self._append(

@@ -51,7 +51,6 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from ..errors import (
-    BuildConflictError,
     CursorExpiredError,
     NotFoundError,
     OwnershipError,
@@ -796,20 +795,9 @@ class PostgresStore(Store):
                 raise NotFoundError(f"no build {build_id!r}")
             build = _parse_build(row[:8])
             ws = Workspace(build.workspace_id, row[8], row[9], row[10], deleted=row[11])
-            if build.status.finished:
-                raise BuildConflictError(f"build {build_id} already finished ({build.status.value})")
-            starts_agent = status is JobStatus.SUCCEEDED and build.transition is Transition.START
             deletes = status is JobStatus.SUCCEEDED and build.transition is Transition.DELETE
-            done = Build(
-                build.build_id,
-                build.workspace_id,
-                build.number,
-                build.transition,
-                status,
-                error=error if status is not JobStatus.SUCCEEDED else None,
-                has_agent=has_agent if starts_agent else None,
-                worker=build.worker,
-            )
+            done = build.finished_as(status, error, has_agent=has_agent)
+            starts_agent = done.starts_agent
             await conn.execute(
                 "WITH b AS (UPDATE builds SET status = %(status)s, error = %(error)s,"
                 "   has_agent = %(has_agent)s WHERE build_id = %(build)s),"

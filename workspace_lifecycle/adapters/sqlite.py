@@ -38,7 +38,6 @@ from urllib.parse import parse_qs
 import aiosqlite
 
 from ..errors import (
-    BuildConflictError,
     CursorExpiredError,
     NotFoundError,
     OwnershipError,
@@ -480,19 +479,8 @@ class SQLiteStore(Store):
             if row is None:
                 raise NotFoundError(f"no build {build_id!r}")
             build = _build(row)
-            if build.status.finished:
-                raise BuildConflictError(f"build {build_id} already finished ({build.status.value})")
-            starts_agent = status is JobStatus.SUCCEEDED and build.transition is Transition.START
-            done = Build(
-                build.build_id,
-                build.workspace_id,
-                build.number,
-                build.transition,
-                status,
-                error=error if status is not JobStatus.SUCCEEDED else None,
-                has_agent=has_agent if starts_agent else None,
-                worker=build.worker,
-            )
+            done = build.finished_as(status, error, has_agent=has_agent)
+            starts_agent = done.starts_agent
             conn.execute(
                 "UPDATE builds SET status = ?, error = ?, has_agent = ? WHERE build_id = ?",
                 (status.value, done.error, done.has_agent, build_id),
