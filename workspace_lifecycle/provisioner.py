@@ -11,11 +11,10 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 
 import anyio
-from anyio.abc import TaskGroup
 
+from ._service import BackgroundService
 from .adapters.base import Store
 from .errors import BuildConflictError, NotFoundError, StoreClosedError, StoreError
 from .values import AgentLifecycle, Build, JobStatus, Transition
@@ -27,7 +26,7 @@ log = logging.getLogger("workspace_lifecycle.provisioner")
 FailSpec = Callable[[Build], bool] | float | None
 
 
-class SimulatedProvisioner:
+class SimulatedProvisioner(BackgroundService):
     """Completes builds after ``build_seconds``; the agent reaches ``agent`` ``agent_seconds`` later.
 
     ``fail`` is a predicate on the build, or a probability in [0, 1], that makes a build fail;
@@ -64,24 +63,7 @@ class SimulatedProvisioner:
         self.worker = worker
         self.retries = retries
         self._random = random.Random(seed)
-        self._tg: TaskGroup | None = None
         self.builds_done = 0
-
-    async def __aenter__(self) -> SimulatedProvisioner:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self.run)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._tg is not None
-        self._tg.cancel_scope.cancel()
-        return await self._tg.__aexit__(exc_type, exc, tb)
 
     def _fails(self, build: Build) -> bool:
         if self.fail is None:

@@ -39,11 +39,10 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from types import TracebackType
 
 import anyio
-from anyio.abc import TaskGroup
 
+from ._service import BackgroundService
 from .adapters.base import Store
 from .errors import BuildConflictError, NotFoundError, StoreClosedError, StoreError
 from .values import Build, JobStatus
@@ -78,7 +77,7 @@ def local_worker_alive(worker: str) -> bool:
     return True
 
 
-class BuildReaper:
+class BuildReaper(BackgroundService):
     """Fails in-flight builds whose worker died (``worker_alive``) or that outlived ``stale_after``."""
 
     def __init__(
@@ -98,24 +97,7 @@ class BuildReaper:
         self.worker_alive = worker_alive
         self._clock = clock
         self._seen: dict[str, float] = {}  # build id -> when this reaper first saw it in flight
-        self._tg: TaskGroup | None = None
         self.reaped = 0
-
-    async def __aenter__(self) -> BuildReaper:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self.run)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._tg is not None
-        self._tg.cancel_scope.cancel()
-        return await self._tg.__aexit__(exc_type, exc, tb)
 
     async def run(self) -> None:
         """Scan every ``interval`` seconds until cancelled (or the store closes)."""
