@@ -26,8 +26,14 @@ from workspace_lifecycle.machine import WorkspaceMachine
 
 
 class _Model:
+    """What the guards read: the agent through ``model.tracker`` (as the runtime binds it)."""
+
     agent: AgentLifecycle | None = None
     state: wl.WorkspaceState | None = None
+
+    @property
+    def tracker(self) -> _Model:
+        return self
 
 
 def bare(cycles: int) -> float:

@@ -28,14 +28,23 @@ newer report. What remains must be accepted by
 the table; an event the table does not allow raises :class:`InvalidEventError` (the machine is
 strict, as ``StateMachine`` is, unlike the lenient ``StateChart``).
 
-Rules for this module: no I/O, no awaits, no clocks, no imports of anyio or any driver. Building
-a python-statemachine instance costs ~0.25 ms and ~15 KiB, so the runtime keeps a
-:class:`Tracker` only for workspaces somebody waits on or watches.
+A :class:`Tracker` is data (one workspace's state and what is known of its latest build); the
+transition table is interpreted by one :class:`WorkspaceMachine` per thread, whose model is
+bound to the tracker being applied or decided for the length of that synchronous call
+(python-statemachine reads and writes the state through the model's ``state`` field, so the
+tracker's ``state`` is the only copy). A python-statemachine instance costs ~0.1 to 0.25 ms and
+~15 KiB and its reference cycles are left to the garbage collector; sharing one keeps a tracker
+at about a kilobyte, so 10,000 waited-on workspaces do not mean 10,000 machines to build and
+collect. The runtime still keeps a :class:`Tracker` only for workspaces somebody waits on or
+watches.
+
+Rules for this module: no I/O, no awaits, no clocks, no imports of anyio or any driver.
 """
 
 from __future__ import annotations
 
 import enum
+import threading
 from typing import Any
 
 import attrs
@@ -93,7 +102,8 @@ def derive_state(facts: WorkspaceFacts) -> WorkspaceState:
 class WorkspaceMachine(StateMachine):
     """The transition table (python-statemachine). Storage events move it; requests are read.
 
-    Guards read the event being applied (``ev``) and the :class:`Tracker` bound as model.
+    Guards read the event being applied (``ev``) and the :class:`Tracker` bound to the model
+    (``model.tracker``, see :func:`bound_machine`).
     """
 
     # As ``States.from_enum(..., use_enum_instance=True)``, but with the stored strings as state
@@ -153,7 +163,55 @@ class WorkspaceMachine(StateMachine):
         return ev.transition is Transition.DELETE
 
     def agent_is_ready(self) -> bool:
-        return self.model.agent is AgentLifecycle.READY
+        return bool(self.model.tracker.agent is AgentLifecycle.READY)
+
+
+class _Binding:
+    """The model of a thread's shared :class:`WorkspaceMachine`: forwards ``state`` to the
+    tracker being applied or decided for."""
+
+    __slots__ = ("tracker",)
+
+    def __init__(self) -> None:
+        self.tracker: Tracker | _Unbound = _UNBOUND
+
+    @property
+    def state(self) -> WorkspaceState:
+        return self.tracker.state
+
+    @state.setter
+    def state(self, value: WorkspaceState) -> None:
+        if self.tracker is _UNBOUND:
+            raise RuntimeError("the shared WorkspaceMachine moved while bound to no tracker")
+        self.tracker.state = value
+
+
+class _Unbound:
+    """What the shared machine's model holds between calls (a valid state, no agent)."""
+
+    state = WorkspaceState.NO_WORKSPACE
+    agent = None
+
+
+_UNBOUND = _Unbound()
+_local = threading.local()
+
+
+def bound_machine(tracker: Tracker) -> WorkspaceMachine:
+    """This thread's :class:`WorkspaceMachine`, its model bound to ``tracker``.
+
+    Use it within one synchronous call and :func:`unbind` after (``Tracker`` does both).
+    python-statemachine instances are not shared across threads: each thread has its own.
+    """
+    sm: WorkspaceMachine | None = getattr(_local, "machine", None)
+    if sm is None:
+        sm = _local.machine = WorkspaceMachine(model=_Binding(), state_field="state")
+    sm.model.tracker = tracker
+    return sm
+
+
+def unbind(sm: WorkspaceMachine) -> None:
+    sm.model.tracker = _UNBOUND
 
 
 #: The request transitions, by the request's name; each one is an event of the table.
@@ -218,7 +276,6 @@ class Tracker:
     agent: AgentLifecycle | None = None
     agent_seq: int = 0
     deleted: bool = False
-    machine: WorkspaceMachine = attrs.field(init=False, repr=False)
     # Everything up to ``floor`` is in the facts the tracker was loaded from; ``_applied`` holds
     # the seqs applied since for the latest build (older builds' events are stale anyway), and
     # ``_early`` agent reports for builds not yet known (reordered delivery).
@@ -228,9 +285,6 @@ class Tracker:
 
     def __attrs_post_init__(self) -> None:
         self.floor = self.seq
-        # Binding a model whose ``state`` already holds a value restores it without running
-        # enter callbacks; the value was validated (it is a WorkspaceState) before we got here.
-        self.machine = WorkspaceMachine(model=self, state_field="state")
 
     @classmethod
     def from_facts(cls, facts: WorkspaceFacts) -> Tracker:
@@ -370,12 +424,15 @@ class Tracker:
         self._send("agent_ready" if self.agent is AgentLifecycle.READY else "agent_not_ready", ev)
 
     def _send(self, event: str, ev: StoreEvent) -> None:
+        sm = bound_machine(self)
         try:
-            self.machine.send(event, ev=ev)
+            sm.send(event, ev=ev)
         except TransitionNotAllowed:
             raise InvalidEventError(
                 f"event {ev.seq} ({event}, build {ev.build_number}) is not allowed in state {self.state.value}"
             ) from None
+        finally:
+            unbind(sm)
 
     # --- deciding requests ----------------------------------------------------------------
 
@@ -397,8 +454,15 @@ class Tracker:
             return Decision.ALREADY
         if self.deleted and request is not Request.CREATE:
             return Decision.REFUSE
-        allowed = {event.id for event in self.machine.allowed_events}
-        return Decision.FIRE if f"request_{request.value}" in allowed else Decision.REFUSE
+        return Decision.FIRE if f"request_{request.value}" in self.allowed_events() else Decision.REFUSE
+
+    def allowed_events(self) -> frozenset[str]:
+        """The ids of the table's events (storage events and requests) allowed in this state."""
+        sm = bound_machine(self)
+        try:
+            return frozenset(event.id for event in sm.allowed_events)
+        finally:
+            unbind(sm)
 
     @property
     def build_in_flight(self) -> bool:

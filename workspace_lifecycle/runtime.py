@@ -125,6 +125,9 @@ class Lifecycle:
         self._failure: BaseException | None = None
         self.events_applied = 0
         self._creating: dict[str, int] = {}  # chat -> creates in flight (the pump follows them)
+        # chat -> workspaces whose machine nobody held but was kept because the chat is watched
+        # or being created; dropped when that ends (without scanning every machine).
+        self._kept: dict[str, set[str]] = {}
         self._deferred = 0  # wait=False requests finishing in the background
         self._drained = anyio.Event()
         self.resyncs = 0  # re-derivations of a waited-on workspace after resync_interval of silence
@@ -235,6 +238,7 @@ class Lifecycle:
                 entry = self._entries[event.workspace_id] = _Entry(event.workspace_id)
                 entry.tracker = Tracker(event.workspace_id, event.chat_id, seq=event.seq)
                 entry.loaded.set()
+                self._kept.setdefault(event.chat_id, set()).add(event.workspace_id)
             return
         if entry.tracker is None:
             entry.buffer.append(event)
@@ -376,6 +380,19 @@ class Lifecycle:
             tracker = entry.tracker
             if tracker is None or not self._is_watched(tracker.chat_id):
                 del self._entries[entry.workspace_id]
+            else:
+                self._kept.setdefault(tracker.chat_id, set()).add(entry.workspace_id)
+
+    def _drop_kept(self, chat_id: str | None) -> None:
+        """Drop the machines kept for ``chat_id`` (every chat if ``None``) that nobody holds,
+        unless the chat is still watched or being created."""
+        chats = list(self._kept) if chat_id is None else [chat_id]
+        for chat in chats:
+            for workspace_id in self._kept.pop(chat, ()):
+                entry = self._entries.get(workspace_id)
+                if entry is not None and entry.refs <= 0:
+                    entry.refs += 1
+                    self._release(entry)  # keeps it (and its _kept mark) if still watched
 
     def _is_watched(self, chat_id: str) -> bool:
         return bool(self._watchers.get(chat_id) or self._watchers.get(None) or self._creating.get(chat_id))
@@ -454,13 +471,14 @@ class Lifecycle:
                         continue
                     yield change
         finally:
-            self._watchers[chat_id].discard(send)
+            streams = self._watchers[chat_id]
+            streams.discard(send)
+            if not streams:
+                del self._watchers[chat_id]
             send.close()
             for cm in reversed(holds):
                 await cm.__aexit__(None, None, None)
-            for entry in list(self._entries.values()):
-                if entry.refs <= 0:
-                    self._release(entry)
+            self._drop_kept(chat_id)
 
     async def _owned_by(self, chat_id: str, owner: str, cache: dict[str, bool]) -> bool:
         if chat_id not in cache:
@@ -820,10 +838,7 @@ class Lifecycle:
             self._creating[chat_id] = left
             return
         del self._creating[chat_id]
-        for entry in list(self._entries.values()):
-            if entry.refs <= 0 and entry.tracker is not None and entry.tracker.chat_id == chat_id:
-                entry.refs += 1
-                self._release(entry)
+        self._drop_kept(chat_id)
 
 
 def _check_id(what: str, value: object) -> None:
