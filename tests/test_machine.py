@@ -342,3 +342,70 @@ class TestDecide:
             where for where, request, d in _DECISIONS if request is Request.START and d is Decision.FIRE
         }
         assert firing == {"stopped", "failed"}
+
+
+class TestSharedMachine:
+    """One WorkspaceMachine per thread interprets the table; each tracker holds its own state."""
+
+    def test_interleaved_trackers_keep_their_own_state(self) -> None:
+        a, b = Tracker("w", "c"), Tracker("w", "c")
+        a.apply(queued(1))
+        b.apply(queued(1))
+        a.apply(finished(1))
+        b.apply(finished(1, status=JobStatus.FAILED, error="boom"))
+        a.apply(agent(1, AgentLifecycle.READY))
+        assert (a.state, b.state) == (S.AGENT_READY, S.FAILED)
+        assert a.allowed_events() != b.allowed_events()
+        assert "request_start" in b.allowed_events() and "request_start" not in a.allowed_events()
+
+    def test_a_refused_event_leaves_the_machine_clean_for_the_next_tracker(self) -> None:
+        bad = Tracker("w", "c", state=S.RUNNING, build_number=1, build_id="b1", transition=Transition.START)
+        with pytest.raises(InvalidEventError):
+            bad.apply(finished(1))
+        assert bad.state is S.RUNNING
+        good = tracker_in(S.BUILDING)  # the refused event is not replayed onto another tracker
+        good.apply(finished(1, Transition.START))
+        assert good.state is S.RUNNING
+        assert bad.state is S.RUNNING
+
+    def test_guards_read_the_bound_tracker(self) -> None:
+        """agent_is_ready reads the tracker being applied, not whichever was bound before."""
+        ready, plain = tracker_in(S.BUILDING), tracker_in(S.BUILDING)
+        finish = finished(1)  # written before the report, delivered after it
+        ready.apply(agent(1, AgentLifecycle.READY))
+        plain.apply(finish)
+        ready.apply(finish)
+        assert (plain.state, ready.state) == (S.RUNNING, S.AGENT_READY)
+
+    def test_each_thread_has_its_own_machine(self) -> None:
+        """Trackers applied from several threads at once: python-statemachine instances are not
+        thread-safe, so a shared one would queue one thread's event under another's tracker."""
+        import threading
+
+        from workspace_lifecycle.machine import bound_machine, unbind
+
+        seen: dict[str, object] = {}
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(4)
+
+        def run(name: str) -> None:
+            try:
+                sm = bound_machine(Tracker("w", "c"))
+                unbind(sm)
+                seen[name] = sm
+                barrier.wait()
+                for _ in range(200):
+                    t = tracker_in(S.STOPPED)
+                    t.apply(queued(3))
+                    t.apply(finished(3))
+                    assert t.state is S.RUNNING
+            except BaseException as exc:  # reported below, in the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(f"t{i}",)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert len({id(sm) for sm in seen.values()}) == 4

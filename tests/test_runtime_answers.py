@@ -693,6 +693,39 @@ class TestWatch:
             assert [c.build_number for c in changes] == [1, 1, 1, 2, 2, 3, 3]
             assert {c.chat_id for c in changes} == {CHAT}
 
+    async def test_ending_a_watch_drops_only_its_chats_machines(self) -> None:
+        """A watched chat's new workspace is followed without anybody holding it; when that
+        watch ends its machine goes, while another chat's watch keeps (and feeds) its own."""
+        async with harness() as h:
+            await h.lc.register_chat("c2", owner=OWNER)
+            seen: dict[str, list[wl.StateChange]] = {CHAT: [], "c2": []}
+
+            async def watch(chat: str, scope: anyio.CancelScope) -> None:
+                with scope:
+                    async with aclosing(h.lc.watch(chat)) as stream:
+                        async for change in stream:
+                            seen[chat].append(change)
+
+            scopes = {CHAT: anyio.CancelScope(), "c2": anyio.CancelScope()}
+            async with anyio.create_task_group() as tg:
+                for chat, scope in scopes.items():
+                    tg.start_soon(watch, chat, scope)
+                await anyio.wait_all_tasks_blocked()
+                for chat in scopes:
+                    assert not (await h.lc.create_workspace(chat, owner=OWNER, wait=False)).is_error
+                await anyio.wait_all_tasks_blocked()
+                assert h.lc.tracked == 2
+                scopes[CHAT].cancel()
+                await anyio.wait_all_tasks_blocked()
+                assert h.lc.tracked == 1
+                await h.complete()
+                await h.complete()
+                await anyio.wait_all_tasks_blocked()
+                assert [c.to_state for c in seen["c2"]] == [WorkspaceState.BUILDING, WorkspaceState.RUNNING]
+                assert [c.to_state for c in seen[CHAT]] == [WorkspaceState.BUILDING]
+                scopes["c2"].cancel()
+            assert h.lc.tracked == 0
+
 
 def have_adapter(kind: str) -> bool:
     """The sqlite and postgres adapters are written in other issues; skip until they exist."""
