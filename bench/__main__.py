@@ -41,7 +41,10 @@ def write(out: Path, results: list[Result], pg_url: str | None, command: str) ->
     doc = report.merge(out, common.machine(pg_url), command, [r.to_json() for r in results])
     md = report.write_markdown(out, doc)
     png = report.plot(out, doc)
-    print(f"wrote {out / 'results.json'}, {md}" + (f", {png}" if png else " (no plot: matplotlib missing)"))
+    print(
+        f"wrote {out / 'results.json'}, {md}"
+        + (f", {png}" if png else " (no plot: it needs wakeup results and matplotlib)")
+    )
     return doc
 
 

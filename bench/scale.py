@@ -67,11 +67,14 @@ async def child(
             for chat in chats:
                 tg.start_soon(stop, chat)
 
-        # N callers wait on start builds nobody provisions.
+        # N callers wait on start builds nobody provisions. Measure once every caller has fired
+        # its build and the pump has applied all N build_queued events (on SQLite the N writes
+        # take seconds: measuring earlier would count them as idle time).
+        applied = lc.events_applied
         async with anyio.create_task_group() as tg:
             for chat in chats:
                 tg.start_soon(lambda c=chat: lc.start_workspace(c, owner="bench"))
-            while lc.tracked < n:  # noqa: ASYNC110 - a harness polling a counter, not a waiter
+            while lc.tracked < n or lc.events_applied < applied + n:  # noqa: ASYNC110 - a harness polling counters
                 await anyio.sleep(0.05)
             await anyio.sleep(common.settle(idle_seconds))
             out["idle_cpu_percent"] = await common.idle_cpu_percent(idle_seconds)

@@ -5,6 +5,8 @@ event. SQLite: against a stdlib ``sqlite3`` loop of ``BEGIN IMMEDIATE; INSERT on
 on a file with the store's pragmas (WAL, ``synchronous`` as the store sets it, the same
 ``busy_timeout``). PostgreSQL: against a bare psycopg loop (reusing
 :mod:`bench.postgres_throughput`). One writer (the goal), and 4 concurrent writers for reference.
+SQLite's one writer is also measured against the same transaction sent through aiosqlite in
+one hop: the ceiling of a store on that driver, to tell its cost from ours.
 """
 
 from __future__ import annotations
@@ -71,6 +73,32 @@ def sqlite_bare_rate(path: Path, seconds: float, synchronous: str, busy_timeout:
         conn.close()
 
 
+async def sqlite_one_hop_rate(path: Path, seconds: float, synchronous: str, busy_timeout: float) -> float:
+    """The same one-row transaction through aiosqlite, whole in one hop to its thread (as the
+    store runs its transactions): the ceiling of any store written on aiosqlite."""
+    import aiosqlite
+
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute(f"PRAGMA synchronous = {synchronous}")
+        await conn.execute("CREATE TABLE IF NOT EXISTS bare (id INTEGER PRIMARY KEY, payload TEXT)")
+        raw = conn._conn
+
+        def tx() -> None:
+            raw.execute("BEGIN IMMEDIATE")
+            raw.execute("INSERT INTO bare (payload) VALUES (?)", ("x",))
+            raw.execute("COMMIT")
+
+        count = 0
+        started = time.perf_counter()
+        deadline = started + seconds
+        while time.perf_counter() < deadline:
+            await conn._execute(tx)
+            count += 1
+        return count / (time.perf_counter() - started)
+
+
 async def run_async(ctx: Context) -> Result:
     result = Result("throughput", ctx.quick)
     seconds = 0.1 if ctx.quick else 3.0
@@ -99,6 +127,23 @@ async def run_async(ctx: Context) -> Result:
                     + ("; bare loop has 1 writer" if writers > 1 else ""),
                 )
             )
+            if writers == 1:
+                hop = await sqlite_one_hop_rate(
+                    ctx.tmp / f"hop-{time.monotonic_ns()}.db", seconds, synchronous, busy
+                )
+                result.data["sqlite_1"]["aiosqlite_one_hop"] = hop
+                result.add(
+                    Row(
+                        "SQLite events/s, 1 writer, against the driver's ceiling",
+                        ours,
+                        "events/s",
+                        hop,
+                        "aiosqlite 1-row tx in one hop",
+                        ours / hop,
+                        "ours/bare",
+                        note=f"the hop alone: aiosqlite at {hop / bare:.2f}x of stdlib sqlite3",
+                    )
+                )
     if ctx.pg_url is not None:
         for writers in (1, 4):
             with common.pg_schema(ctx.pg_url) as pg:
