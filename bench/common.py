@@ -502,6 +502,35 @@ async def make_workspaces(store: Store, n: int, *, prefix: str = "c", stopped: b
     return chats
 
 
+async def report_agent_rate(store: Store, seconds: float, writers: int) -> float:
+    """Durable events/s of ``store.report_agent`` (one transaction: update the agent row, append
+    one event) from ``writers`` concurrent tasks, each on its own workspace, for ``seconds``."""
+    workspaces = []
+    for i in range(writers):
+        await store.register_chat(f"t{i}", "bench")
+        out = await store.create_workspace(f"t{i}", "dev", expected_workspace_id=None)
+        build = await store.claim_build("bench")
+        assert build is not None
+        await store.finish_build(build.build_id, JobStatus.SUCCEEDED, has_agent=True)
+        workspaces.append(out.facts.workspace_id)
+    lifecycles = [AgentLifecycle.STARTING, AgentLifecycle.READY]
+    before = await store.head()
+    deadline = time.perf_counter() + seconds
+
+    async def writer(ws: str) -> None:
+        i = 0
+        while time.perf_counter() < deadline:
+            await store.report_agent(ws, lifecycles[i % 2])
+            i += 1
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for ws in workspaces:
+            tg.start_soon(writer, ws)
+    elapsed = time.perf_counter() - started
+    return len(await store.read_events(before, limit=10**9)) / elapsed
+
+
 async def _finish_claimed(store: Store, build_id: str) -> None:
     build = await store.claim_build("setup")
     assert build is not None and build.build_id == build_id, "setup expects an idle provisioner"

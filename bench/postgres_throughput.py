@@ -6,7 +6,7 @@ is ``report_agent``: one transaction that updates the agent row and appends one 
 log's commit-order lock, with its NOTIFY). The bare loop is ``BEGIN; INSERT one row; COMMIT``
 on one connection per writer.
 
-    python bench/postgres_throughput.py [--url postgresql://postgres@127.0.0.1:5432/test]
+    python -m bench.postgres_throughput [--url postgresql://postgres@127.0.0.1:5432/test]
                                         [--seconds 3] [--tasks 8]
 """
 
@@ -21,38 +21,15 @@ import anyio
 import psycopg
 
 import workspace_lifecycle as wl
-from workspace_lifecycle import AgentLifecycle, JobStatus
+
+from . import common
 
 DEFAULT_URL = os.environ.get("WORKSPACE_LIFECYCLE_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-LIFECYCLES = [AgentLifecycle.STARTING, AgentLifecycle.READY]
 
 
 async def store_rate(url: str, seconds: float, tasks: int) -> float:
     async with wl.open_store(url, pool_max_size=max(tasks, 2)) as store:
-        workspaces = []
-        for i in range(tasks):
-            await store.register_chat(f"c{i}", "bench")
-            out = await store.create_workspace(f"c{i}", "dev", expected_workspace_id=None)
-            build = await store.claim_build("bench")
-            assert build is not None
-            await store.finish_build(build.build_id, JobStatus.SUCCEEDED, has_agent=True)
-            workspaces.append(out.facts.workspace_id)
-        before = await store.head()
-        deadline = time.perf_counter() + seconds
-
-        async def writer(ws: str) -> None:
-            i = 0
-            while time.perf_counter() < deadline:
-                await store.report_agent(ws, LIFECYCLES[i % 2])
-                i += 1
-
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for ws in workspaces:
-                tg.start_soon(writer, ws)
-        elapsed = time.perf_counter() - started
-        events = len(await store.read_events(before, limit=10**9))
-        return events / elapsed
+        return await common.report_agent_rate(store, seconds, tasks)
 
 
 async def bare_rate(base_url: str, schema: str, seconds: float, tasks: int) -> float:

@@ -14,59 +14,45 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 import workspace_lifecycle as wl
-from workspace_lifecycle import AgentLifecycle, JobStatus
 
 from . import common, postgres_throughput
 from .common import Context, Result, Row
 
-LIFECYCLES = [AgentLifecycle.STARTING, AgentLifecycle.READY]
+
+async def sqlite_store_rate(url: str, seconds: float, writers: int, **options: Any) -> float:
+    async with wl.open_store(url, **options) as store:
+        return await common.report_agent_rate(store, seconds, writers)
 
 
-async def sqlite_store_rate(url: str, seconds: float, writers: int) -> float:
-    async with wl.open_store(url) as store:
-        workspaces = []
-        for i in range(writers):
-            await store.register_chat(f"t{i}", "bench")
-            out = await store.create_workspace(f"t{i}", "dev", expected_workspace_id=None)
-            build = await store.claim_build("bench")
-            assert build is not None
-            await store.finish_build(build.build_id, JobStatus.SUCCEEDED, has_agent=True)
-            workspaces.append(out.facts.workspace_id)
-        before = await store.head()
-        deadline = time.perf_counter() + seconds
+def _prepare(conn: sqlite3.Connection, synchronous: str, busy_timeout: float) -> None:
+    """The store's pragmas, and the one-row table of the bare loops."""
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("CREATE TABLE IF NOT EXISTS bare (id INTEGER PRIMARY KEY, payload TEXT)")
 
-        async def writer(ws: str) -> None:
-            i = 0
-            while time.perf_counter() < deadline:
-                await store.report_agent(ws, LIFECYCLES[i % 2])
-                i += 1
 
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for ws in workspaces:
-                tg.start_soon(writer, ws)
-        elapsed = time.perf_counter() - started
-        return (await store.head() - before) / elapsed
+def _one_row_tx(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO bare (payload) VALUES (?)", ("x",))
+    conn.execute("COMMIT")
 
 
 def sqlite_bare_rate(path: Path, seconds: float, synchronous: str, busy_timeout: float) -> float:
+    """Stdlib ``sqlite3``, in this thread: one-row transactions per second."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {synchronous}")
-        conn.execute("CREATE TABLE IF NOT EXISTS bare (id INTEGER PRIMARY KEY, payload TEXT)")
+        _prepare(conn, synchronous, busy_timeout)
         count = 0
         started = time.perf_counter()
         deadline = started + seconds
         while time.perf_counter() < deadline:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("INSERT INTO bare (payload) VALUES (?)", ("x",))
-            conn.execute("COMMIT")
+            _one_row_tx(conn)
             count += 1
         return count / (time.perf_counter() - started)
     finally:
@@ -79,22 +65,13 @@ async def sqlite_one_hop_rate(path: Path, seconds: float, synchronous: str, busy
     import aiosqlite
 
     async with aiosqlite.connect(path, isolation_level=None) as conn:
-        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute(f"PRAGMA synchronous = {synchronous}")
-        await conn.execute("CREATE TABLE IF NOT EXISTS bare (id INTEGER PRIMARY KEY, payload TEXT)")
         raw = conn._conn
-
-        def tx() -> None:
-            raw.execute("BEGIN IMMEDIATE")
-            raw.execute("INSERT INTO bare (payload) VALUES (?)", ("x",))
-            raw.execute("COMMIT")
-
+        await conn._execute(_prepare, raw, synchronous, busy_timeout)
         count = 0
         started = time.perf_counter()
         deadline = started + seconds
         while time.perf_counter() < deadline:
-            await conn._execute(tx)
+            await conn._execute(_one_row_tx, raw)
             count += 1
         return count / (time.perf_counter() - started)
 

@@ -18,14 +18,14 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import attrs
-from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from . import answers
+from ._service import BackgroundService
 from .adapters.base import Outcome, Store
 from .errors import (
     CorruptStateError,
@@ -77,7 +77,7 @@ class _Entry:
         self.changed = anyio.Event()
 
 
-class Lifecycle:
+class Lifecycle(BackgroundService):
     """Answers the workspace tools for the chats in ``store``.
 
     Use it as an async context manager; it runs its event pump in an anyio task group::
@@ -121,7 +121,6 @@ class Lifecycle:
         self._cursor = 0
         self._progress = anyio.Event()
         self._sleep: anyio.CancelScope | None = None  # the pump's wait for the store's next change
-        self._tg: TaskGroup | None = None
         self._failure: BaseException | None = None
         self.events_applied = 0
         self._creating: dict[str, int] = {}  # chat -> creates in flight (the pump follows them)
@@ -135,12 +134,9 @@ class Lifecycle:
 
     # --- lifecycle of the runtime ------------------------------------------------------------
 
-    async def __aenter__(self) -> Lifecycle:
+    async def __aenter__(self) -> Self:
         self._cursor = await self.store.head()
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._pump)
-        return self
+        return await super().__aenter__()  # runs the pump
 
     async def __aexit__(
         self,
@@ -148,15 +144,10 @@ class Lifecycle:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        assert self._tg is not None
-        self._tg.cancel_scope.cancel()
         for streams in self._watchers.values():
             for stream in streams:
                 stream.close()
-        try:
-            return await self._tg.__aexit__(exc_type, exc, tb)
-        finally:
-            self._tg = None
+        return await super().__aexit__(exc_type, exc, tb)
 
     async def drain(self) -> None:
         """Wait until every request answered with ``wait=False`` that had to wait for another
@@ -176,7 +167,8 @@ class Lifecycle:
 
     # --- the pump --------------------------------------------------------------------------
 
-    async def _pump(self) -> None:
+    async def run(self) -> None:
+        """The event pump: applies the store's events to the tracked workspaces until cancelled."""
         try:
             await self._pump_forever()
         except anyio.get_cancelled_exc_class():

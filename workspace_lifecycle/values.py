@@ -222,6 +222,32 @@ class StoreEvent:
     error: str | None = None
     at: float = 0.0  # wall-clock time of the write, for latency reports
 
+    @classmethod
+    def about(
+        cls,
+        kind: EventKind,
+        ws: Workspace,
+        build: Build | None,
+        *,
+        seq: int,
+        at: float,
+        build_number: int = 0,
+        **fields: Any,
+    ) -> StoreEvent:
+        """The event ``kind`` of ``ws``, carrying ``build``'s number, id and transition (without
+        a build: ``build_number``, e.g. the build an agent report belongs to)."""
+        return cls(
+            seq=seq,
+            kind=kind,
+            workspace_id=ws.workspace_id,
+            chat_id=ws.chat_id,
+            build_number=build.number if build else build_number,
+            build_id=build.build_id if build else None,
+            transition=build.transition if build else None,
+            at=at,
+            **fields,
+        )
+
     def payload(self) -> dict[str, Any]:
         """The optional fields as a JSON-able dict (how adapters store them)."""
         out: dict[str, Any] = {}

@@ -82,17 +82,7 @@ class MemoryStore(Store):
         seq = next(self._seq)
         self._head = seq
         self._events.append(
-            StoreEvent(
-                seq=seq,
-                kind=kind,
-                workspace_id=ws.workspace_id,
-                chat_id=ws.chat_id,
-                build_number=build.number if build else build_number,
-                build_id=build.build_id if build else None,
-                transition=build.transition if build else None,
-                at=self._clock(),
-                **fields,  # type: ignore[arg-type]
-            )
+            StoreEvent.about(kind, ws, build, seq=seq, at=self._clock(), build_number=build_number, **fields)
         )
 
     def _wake(self) -> None:

@@ -541,17 +541,7 @@ class PostgresStore(Store):
         build_number: int = 0,
         **fields: Any,
     ) -> StoreEvent:
-        return StoreEvent(
-            seq=0,
-            kind=kind,
-            workspace_id=ws.workspace_id,
-            chat_id=ws.chat_id,
-            build_number=build.number if build else build_number,
-            build_id=build.build_id if build else None,
-            transition=build.transition if build else None,
-            at=self._clock(),
-            **fields,
-        )
+        return StoreEvent.about(kind, ws, build, seq=0, at=self._clock(), build_number=build_number, **fields)
 
     def _wake(self) -> None:
         changed, self._changed = self._changed, None

@@ -695,16 +695,8 @@ class _Tx:
         **fields: Any,
     ) -> None:
         seq = self.current_head() + 1
-        event = StoreEvent(
-            seq=seq,
-            kind=kind,
-            workspace_id=ws.workspace_id,
-            chat_id=ws.chat_id,
-            build_number=build.number if build else build_number,
-            build_id=build.build_id if build else None,
-            transition=build.transition if build else None,
-            at=self.clock(),
-            **fields,
+        event = StoreEvent.about(
+            kind, ws, build, seq=seq, at=self.clock(), build_number=build_number, **fields
         )
         self._rows.append(
             (
