@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from workspaces import stopped
+
 import workspace_lifecycle as wl
-from workspace_lifecycle import JobStatus, Transition
 
 WORKER = Path(__file__).with_name("replica.py")
 
@@ -58,12 +61,19 @@ def receive(proc: subprocess.Popen[str]) -> str:
 async def stopped_workspace(url: str, chat: str, owner: str) -> str:
     """A workspace whose latest build is a succeeded stop (build 2)."""
     async with wl.open_store(url) as store:
-        await store.register_chat(chat, owner)
-        ws = (await store.create_workspace(chat, "dev", expected_workspace_id=None)).facts.workspace_id
-        for number, transition in ((1, None), (2, Transition.STOP)):
-            if transition is not None:
-                assert (await store.request_build(ws, transition, expected_build_number=number - 1)).fired
-            build = await store.claim_build("setup")
-            assert build is not None
-            await store.finish_build(build.build_id, JobStatus.SUCCEEDED, has_agent=True)
-        return ws
+        return await stopped(store, chat, owner, has_agent=True)
+
+
+def race(argvs: list[list[str]]) -> list[dict[str, Any]]:
+    """Run ``replica.py race`` processes, start them together, and return every answer."""
+    with replicas(*argvs) as procs:
+        for proc in procs:
+            assert receive(proc) == "ready"
+        for proc in procs:
+            send(proc, "go")
+        answers = [json.loads(receive(proc)) for proc in procs]
+        for proc in procs:
+            send(proc, "exit")
+        for proc in procs:
+            assert proc.wait(timeout=30) == 0
+    return [a for per_process in answers for a in per_process]

@@ -20,6 +20,7 @@ from pathlib import Path
 import anyio
 import pytest
 from figures import FIGURES, flush
+from workspaces import stopped
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import EventKind, JobStatus, Transition
@@ -33,19 +34,6 @@ OWNER = "alice"
 def _write_figures() -> Iterator[None]:
     yield
     flush()
-
-
-async def stopped(store: wl.Store, chat: str = "c1") -> str:
-    """A workspace whose latest build (2) is a succeeded stop."""
-    await store.register_chat(chat, OWNER)
-    ws = (await store.create_workspace(chat, "dev", expected_workspace_id=None)).facts.workspace_id
-    for transition in (None, Transition.STOP):
-        if transition is not None:
-            assert (await store.request_build(ws, transition, expected_build_number=1)).fired
-        build = await store.claim_build("setup")
-        assert build is not None
-        await store.finish_build(build.build_id, JobStatus.SUCCEEDED, has_agent=False)
-    return ws
 
 
 # --- the reaper, in process, on every store ------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from workspaces import stopped
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import EventKind, JobStatus, Transition
@@ -17,19 +18,6 @@ from workspace_lifecycle.faults import ALL_WRITES, FaultyStore, InjectedFault
 pytestmark = pytest.mark.anyio
 
 OWNER = "alice"
-
-
-async def stopped(store: wl.Store, chat: str = "c1") -> str:
-    """A workspace whose latest build (2) is a succeeded stop; returns its id."""
-    await store.register_chat(chat, OWNER)
-    ws = (await store.create_workspace(chat, "dev", expected_workspace_id=None)).facts.workspace_id
-    for transition in (None, Transition.STOP):
-        if transition is not None:
-            assert (await store.request_build(ws, transition, expected_build_number=1)).fired
-        build = await store.claim_build("setup")
-        assert build is not None
-        await store.finish_build(build.build_id, JobStatus.SUCCEEDED, has_agent=False)
-    return ws
 
 
 async def builds_queued(store: wl.Store, ws: str, after: int = 0) -> list[wl.StoreEvent]:

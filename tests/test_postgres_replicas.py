@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import anyio
 import psycopg
 import pytest
-from multiproc import receive, replicas, schema_of, send, stopped_workspace
+from multiproc import race, receive, replicas, schema_of, stopped_workspace
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import AgentLifecycle, JobStatus
@@ -25,17 +24,7 @@ def test_replica_race_starts_once(pg_schema_url: str) -> None:
         ["race", pg_schema_url, "chat-race", "alice", str(calls), "1" if i == 0 else "0"]
         for i in range(processes)
     ]
-    with replicas(*argvs) as procs:
-        for proc in procs:
-            assert receive(proc) == "ready"
-        for proc in procs:
-            send(proc, "go")
-        answers = [json.loads(receive(proc)) for proc in procs]
-        for proc in procs:
-            send(proc, "exit")
-        for proc in procs:
-            assert proc.wait(timeout=30) == 0
-    flat = [a for per_process in answers for a in per_process]
+    flat = race(argvs)
     assert len(flat) == processes * calls
     assert not any(a["is_error"] for a in flat)
     assert all(a["data"].get("started") is True for a in flat), flat[:3]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from workspaces import stopped
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import JobStatus, Transition, WorkspaceState
@@ -18,19 +19,6 @@ pytestmark = pytest.mark.anyio
 
 def url(path: Path) -> str:
     return f"sqlite:///{path}"
-
-
-async def stopped_workspace(store: wl.Store, chat: str = "c") -> str:
-    await store.register_chat(chat, "o")
-    out = await store.create_workspace(chat, "dev", expected_workspace_id=None)
-    ws = out.facts.workspace_id
-    for transition in (None, Transition.STOP):
-        if transition is not None:
-            await store.request_build(ws, transition, expected_build_number=1)
-        build = await store.claim_build("w")
-        assert build is not None
-        await store.finish_build(build.build_id, JobStatus.SUCCEEDED, has_agent=False)
-    return ws
 
 
 class TestUrlsAndFiles:
@@ -85,7 +73,7 @@ class TestSchema:
     async def test_reopen_keeps_everything(self, tmp_path: Path) -> None:
         """A store reopened on the same file sees the same rows and continues the log."""
         async with wl.open_store(url(tmp_path / "x.db")) as store:
-            ws = await stopped_workspace(store)
+            ws = await stopped(store, "c", "o")
             head = await store.head()
         async with wl.open_store(url(tmp_path / "x.db")) as store:
             assert wl.derive_state(await store.workspace_facts(ws)) is WorkspaceState.STOPPED
@@ -107,7 +95,7 @@ class TestSchema:
         """An unknown string in storage is a CorruptStateError naming table, row and column."""
         path = tmp_path / "x.db"
         async with wl.open_store(url(path)) as store:
-            ws = await stopped_workspace(store)
+            ws = await stopped(store, "c", "o")
             with sqlite3.connect(path) as conn:
                 (build_id,) = conn.execute("SELECT build_id FROM builds WHERE number = 2").fetchone()
                 conn.execute("UPDATE builds SET status = 'exploded' WHERE number = 2")
@@ -123,7 +111,7 @@ class TestSchema:
     async def test_unknown_event_kind_names_the_row(self, tmp_path: Path) -> None:
         path = tmp_path / "x.db"
         async with wl.open_store(url(path)) as store:
-            await stopped_workspace(store)
+            await stopped(store, "c", "o")
             with sqlite3.connect(path) as conn:
                 conn.execute("UPDATE events SET kind = 'mystery' WHERE seq = 3")
             with pytest.raises(wl.CorruptStateError, match=r"events.*3.*kind"):
@@ -135,7 +123,7 @@ class TestLocking:
         """Another program holding the write lock past busy_timeout: StoreBusyError, nothing lost."""
         path = tmp_path / "x.db"
         async with wl.open_store(url(path), busy_timeout=0.2) as store:
-            ws = await stopped_workspace(store)
+            ws = await stopped(store, "c", "o")
             other = sqlite3.connect(path, isolation_level=None)
             try:
                 other.execute("BEGIN IMMEDIATE")
@@ -152,7 +140,7 @@ class TestLocking:
     async def test_cancelled_caller_leaves_connection_usable(self, tmp_path: Path) -> None:
         """Cancelling callers mid-write leaves no transaction open and no half-written build."""
         async with wl.open_store(url(tmp_path / "x.db")) as store:
-            ws = await stopped_workspace(store)
+            ws = await stopped(store, "c", "o")
             for _ in range(20):
                 with anyio.move_on_after(0):
                     await store.request_build(ws, Transition.START, expected_build_number=2)
@@ -169,7 +157,7 @@ class TestRetention:
     async def test_retention_prunes_and_runtime_resyncs(self, tmp_path: Path) -> None:
         """With retention on, old events go; a runtime whose cursor fell behind re-derives state."""
         async with wl.open_store(url(tmp_path / "x.db")) as store:
-            ws = await stopped_workspace(store)
+            ws = await stopped(store, "c", "o")
             async with wl.Lifecycle(store) as lc:
                 await lc.register_chat("c", owner="o")
                 r = await lc.start_workspace("c", owner="o", wait=False)
@@ -190,10 +178,10 @@ class TestRetention:
     async def test_retention_option_prunes_on_writes(self, tmp_path: Path) -> None:
         clock = [1000.0]
         async with SQLiteStore(tmp_path / "x.db", retention=10, clock=lambda: clock[0]) as store:
-            await stopped_workspace(store, "a")
+            await stopped(store, "a", "o")
             first = len(await store.read_events(0))
             clock[0] += 100
-            await stopped_workspace(store, "b")
+            await stopped(store, "b", "o")
             with pytest.raises(wl.CursorExpiredError):
                 await store.read_events(0)
             assert first == 7  # chat_bound, then queued, claimed, finished for two builds

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from multiproc import receive, replicas, send, stopped_workspace
+from multiproc import race, receive, replicas, send, stopped_workspace
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import JobStatus
@@ -36,17 +35,7 @@ def test_four_processes_race_fifty_starts_each(tmp_path: Path) -> None:
     processes, calls = 4, 50
     ws = anyio.run(stopped_workspace, url, "chat", "alice", backend="asyncio")
     argvs = [["race", url, "chat", "alice", str(calls), "1" if i == 0 else "0"] for i in range(processes)]
-    with replicas(*argvs) as procs:
-        for proc in procs:
-            assert receive(proc) == "ready"
-        for proc in procs:
-            send(proc, "go")
-        answers = [json.loads(receive(proc)) for proc in procs]
-        for proc in procs:
-            send(proc, "exit")
-        for proc in procs:
-            assert proc.wait(timeout=30) == 0
-    flat = [a for per_process in answers for a in per_process]
+    flat = race(argvs)
     assert len(flat) == processes * calls
     assert all(not a["is_error"] and a["data"].get("started") is True for a in flat), flat[:3]
     rows = start_builds(path, ws)
