@@ -4,7 +4,7 @@ and the distinct build ids the callers were answered with (want 1).
 
 One process also runs the SimulatedProvisioner. Each round stops the workspace again.
 
-    python bench/postgres_race.py [--url ...] [--processes 4] [--calls 50] [--rounds 5]
+    python -m bench.postgres_race [--url ...] [--processes 4] [--calls 50] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import anyio
 import psycopg
 
 import workspace_lifecycle as wl
-from workspace_lifecycle import JobStatus, Transition
+from workspace_lifecycle import JobStatus
+
+from . import common
 
 DEFAULT_URL = os.environ.get("WORKSPACE_LIFECYCLE_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -38,7 +41,11 @@ async def _one(lc: wl.Lifecycle, ids: list[object]) -> None:
 
 def _spawn(argv: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, __file__, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "bench.postgres_race", *argv],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -61,20 +68,6 @@ async def replica(url: str, calls: int, provision: bool) -> None:
         outer.cancel_scope.cancel()
 
 
-async def stop(store: wl.Store, ws: str) -> None:
-    """Queue a stop build and wait (on the store's wake-ups) until the provisioner finished it."""
-    facts = await store.workspace_facts(ws)
-    assert facts.latest_build is not None
-    out = await store.request_build(ws, Transition.STOP, expected_build_number=facts.latest_build.number)
-    assert out.fired and out.build is not None
-    while True:
-        facts = await store.workspace_facts(ws)
-        latest = facts.latest_build
-        if latest is not None and latest.number == out.build.number and latest.status.finished:
-            return
-        await store.wait_for_change(facts.seq)
-
-
 async def main(url: str, processes: int, calls: int, rounds: int) -> None:
     async with wl.open_store(url) as store:
         await store.register_chat("race", "bench")
@@ -91,7 +84,7 @@ async def main(url: str, processes: int, calls: int, rounds: int) -> None:
                 assert proc.stdout is not None
                 assert (await anyio.to_thread.run_sync(proc.stdout.readline)).strip() == "ready"
             for r in range(rounds):
-                await stop(store, ws)
+                await common.stop_and_wait(store, "race")
                 before = (await store.workspace_facts(ws)).latest_build
                 assert before is not None
                 started = time.perf_counter()

@@ -382,7 +382,7 @@ class TestSharedMachine:
         thread-safe, so a shared one would queue one thread's event under another's tracker."""
         import threading
 
-        from workspace_lifecycle.machine import bound_machine, unbind
+        from workspace_lifecycle.machine import bound_machine
 
         seen: dict[str, object] = {}
         errors: list[BaseException] = []
@@ -390,9 +390,8 @@ class TestSharedMachine:
 
         def run(name: str) -> None:
             try:
-                sm = bound_machine(Tracker("w", "c"))
-                unbind(sm)
-                seen[name] = sm
+                with bound_machine(Tracker("w", "c")) as sm:
+                    seen[name] = sm
                 barrier.wait()
                 for _ in range(200):
                     t = tracker_in(S.STOPPED)

@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
@@ -197,21 +199,20 @@ _UNBOUND = _Unbound()
 _local = threading.local()
 
 
-def bound_machine(tracker: Tracker) -> WorkspaceMachine:
-    """This thread's :class:`WorkspaceMachine`, its model bound to ``tracker``.
+@contextmanager
+def bound_machine(tracker: Tracker) -> Iterator[WorkspaceMachine]:
+    """This thread's :class:`WorkspaceMachine`, its model bound to ``tracker`` for the block.
 
-    Use it within one synchronous call and :func:`unbind` after (``Tracker`` does both).
     python-statemachine instances are not shared across threads: each thread has its own.
     """
     sm: WorkspaceMachine | None = getattr(_local, "machine", None)
     if sm is None:
         sm = _local.machine = WorkspaceMachine(model=_Binding(), state_field="state")
     sm.model.tracker = tracker
-    return sm
-
-
-def unbind(sm: WorkspaceMachine) -> None:
-    sm.model.tracker = _UNBOUND
+    try:
+        yield sm
+    finally:
+        sm.model.tracker = _UNBOUND
 
 
 #: The request transitions, by the request's name; each one is an event of the table.
@@ -424,15 +425,13 @@ class Tracker:
         self._send("agent_ready" if self.agent is AgentLifecycle.READY else "agent_not_ready", ev)
 
     def _send(self, event: str, ev: StoreEvent) -> None:
-        sm = bound_machine(self)
         try:
-            sm.send(event, ev=ev)
+            with bound_machine(self) as sm:
+                sm.send(event, ev=ev)
         except TransitionNotAllowed:
             raise InvalidEventError(
                 f"event {ev.seq} ({event}, build {ev.build_number}) is not allowed in state {self.state.value}"
             ) from None
-        finally:
-            unbind(sm)
 
     # --- deciding requests ----------------------------------------------------------------
 
@@ -458,11 +457,8 @@ class Tracker:
 
     def allowed_events(self) -> frozenset[str]:
         """The ids of the table's events (storage events and requests) allowed in this state."""
-        sm = bound_machine(self)
-        try:
+        with bound_machine(self) as sm:
             return frozenset(event.id for event in sm.allowed_events)
-        finally:
-            unbind(sm)
 
     @property
     def build_in_flight(self) -> bool:
