@@ -9,6 +9,7 @@ from .adapters.base import Outcome as Outcome
 from .adapters.base import Store as Store
 from .adapters.memory import MemoryStore as MemoryStore
 from .errors import BuildConflictError as BuildConflictError
+from .errors import CallerError as CallerError
 from .errors import CorruptStateError as CorruptStateError
 from .errors import CursorExpiredError as CursorExpiredError
 from .errors import InvalidEventError as InvalidEventError
@@ -17,6 +18,8 @@ from .errors import OwnershipError as OwnershipError
 from .errors import StoreBusyError as StoreBusyError
 from .errors import StoreClosedError as StoreClosedError
 from .errors import StoreError as StoreError
+from .errors import StoreUnavailableError as StoreUnavailableError
+from .errors import TransientStoreError as TransientStoreError
 from .errors import UnsupportedBackendError as UnsupportedBackendError
 from .errors import WorkspaceLifecycleError as WorkspaceLifecycleError
 from .machine import Decision as Decision

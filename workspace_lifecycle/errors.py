@@ -1,9 +1,19 @@
-"""The library's exceptions, split by who is at fault.
+"""The library's exceptions, split by what the caller should do about them.
 
 Every error a caller can see derives from :class:`WorkspaceLifecycleError`, which cannot be
-instantiated itself. Each also subclasses the stdlib exception it resembles, so code that
-catches ``ValueError`` or ``LookupError`` keeps working. Driver exceptions (aiosqlite,
-psycopg) are mapped to these at the adapter boundary and never leak raw.
+instantiated itself. Below it, three families, as h11 splits its errors by who is at fault:
+
+* :class:`CallerError`: the call itself was wrong (an unknown chat or build, another owner's
+  chat, finishing a build that is not in progress). Retrying the same call fails the same way.
+* :class:`StoreError`: the store could not do what was asked. A :class:`TransientStoreError`
+  (busy, unavailable, connection lost) may succeed when retried; the others will not (the
+  store is closed, the backend is unsupported, the log was pruned past a cursor).
+* :class:`CorruptStateError`: a stored row holds a value the library does not know. Neither a
+  retry nor another call helps; the message names the row to repair.
+
+Each class also subclasses the stdlib exception it resembles, so code that catches
+``ValueError``, ``LookupError`` or ``TimeoutError`` keeps working. Driver exceptions (sqlite3,
+psycopg) are mapped to these in one place per adapter and never leak raw.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "BuildConflictError",
+    "CallerError",
     "CorruptStateError",
     "CursorExpiredError",
     "InvalidEventError",
@@ -20,6 +31,8 @@ __all__ = [
     "StoreBusyError",
     "StoreClosedError",
     "StoreError",
+    "StoreUnavailableError",
+    "TransientStoreError",
     "UnsupportedBackendError",
     "WorkspaceLifecycleError",
 ]
@@ -29,51 +42,59 @@ class WorkspaceLifecycleError(Exception):
     """Base of every error this library raises; never raised itself."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> WorkspaceLifecycleError:
-        if cls is WorkspaceLifecycleError:
-            raise TypeError("WorkspaceLifecycleError is abstract; raise a subclass")
+        if cls in _ABSTRACT:
+            raise TypeError(f"{cls.__name__} is abstract; raise a subclass")
         return super().__new__(cls, *args, **kwargs)
 
 
-class InvalidEventError(WorkspaceLifecycleError, ValueError):
-    """An event that no transition accepts in the current state.
+# --- the caller is at fault ------------------------------------------------------------------
 
-    The machine is strict: a fresh (not stale, not repeated) event that the transition table
-    does not allow means the event source is inconsistent. The runtime answers it by
-    resynchronising from the stored rows.
-    """
+
+class CallerError(WorkspaceLifecycleError):
+    """The call was wrong; the same call fails again. Never raised itself."""
+
+
+class NotFoundError(CallerError, LookupError):
+    """A chat, workspace or build named by the caller does not exist."""
+
+
+class OwnershipError(CallerError, PermissionError):
+    """A chat was registered again under another owner."""
+
+
+class BuildConflictError(CallerError, ValueError):
+    """A provisioner tried to finish a build that is not in progress (or was never claimed)."""
+
+
+# --- the store could not do it ---------------------------------------------------------------
 
 
 class StoreError(WorkspaceLifecycleError):
     """A storage adapter could not do what was asked."""
 
 
+class TransientStoreError(StoreError):
+    """A failure that may pass: the store was busy, unreachable, or the connection dropped.
+
+    A write that raised this may or may not have committed; every write of this library is a
+    compare-and-set, so re-reading the rows and retrying is safe.
+    """
+
+
+class StoreBusyError(TransientStoreError, TimeoutError):
+    """Another writer held the store's lock longer than the configured timeout."""
+
+
+class StoreUnavailableError(TransientStoreError, ConnectionError):
+    """The store's server or file could not be reached (refused, dropped, I/O error)."""
+
+
 class StoreClosedError(StoreError, RuntimeError):
-    """The store was used after it was closed."""
+    """The store (or the :class:`~workspace_lifecycle.runtime.Lifecycle` on it) was closed."""
 
 
 class UnsupportedBackendError(StoreError, RuntimeError):
     """The store cannot run on the current async backend (SQLite and PostgreSQL need asyncio)."""
-
-
-class StoreBusyError(StoreError, TimeoutError):
-    """Another writer held the store's lock longer than the configured timeout."""
-
-
-class NotFoundError(StoreError, LookupError):
-    """A chat, workspace or build named by the caller does not exist."""
-
-
-class CorruptStateError(StoreError, ValueError):
-    """A stored row holds a value the library does not know; the message names the row."""
-
-    def __init__(self, table: str, key: object, column: str, value: object) -> None:
-        self.table = table
-        self.key = key
-        self.column = column
-        self.value = value
-        super().__init__(
-            f"corrupt row in {table} (key {key!r}): column {column} holds unknown value {value!r}"
-        )
 
 
 class CursorExpiredError(StoreError, LookupError):
@@ -87,9 +108,32 @@ class CursorExpiredError(StoreError, LookupError):
         )
 
 
-class OwnershipError(WorkspaceLifecycleError, PermissionError):
-    """A chat was registered again under another owner."""
+# --- the data is bad -------------------------------------------------------------------------
 
 
-class BuildConflictError(StoreError, ValueError):
-    """A provisioner tried to finish a build that is not in progress (or was never claimed)."""
+class CorruptStateError(WorkspaceLifecycleError, ValueError):
+    """A stored row holds a value the library does not know; the message names the row."""
+
+    def __init__(self, table: str, key: object, column: str, value: object) -> None:
+        self.table = table
+        self.key = key
+        self.column = column
+        self.value = value
+        super().__init__(
+            f"corrupt row in {table} (key {key!r}): column {column} holds unknown value {value!r}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.table, self.key, self.column, self.value))
+
+
+class InvalidEventError(WorkspaceLifecycleError, ValueError):
+    """An event that no transition accepts in the current state.
+
+    The machine is strict: a fresh (not stale, not repeated) event that the transition table
+    does not allow means the event source is inconsistent. The runtime answers it by
+    resynchronising from the stored rows.
+    """
+
+
+_ABSTRACT = (WorkspaceLifecycleError, CallerError)

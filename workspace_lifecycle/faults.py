@@ -191,7 +191,7 @@ class FaultyStore(Store):
     async def finish_build(
         self,
         build_id: str,
-        status: JobStatus,
+        status: JobStatus | str,
         error: str | None = None,
         *,
         has_agent: bool = True,
@@ -201,7 +201,7 @@ class FaultyStore(Store):
             lambda: self.inner.finish_build(build_id, status, error, has_agent=has_agent),
         )
 
-    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle) -> None:
+    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
         await self._write("report_agent", lambda: self.inner.report_agent(workspace_id, lifecycle))
 
     async def prune_events(self, older_than: float) -> int:

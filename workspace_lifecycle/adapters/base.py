@@ -15,14 +15,15 @@ Adapters never import the runtime.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 
+import anyio
 import attrs
 
 from ..values import AgentLifecycle, Build, Chat, JobStatus, StoreEvent, Transition, WorkspaceFacts
 
-__all__ = ["ChatRow", "Outcome", "Store"]
+__all__ = ["ChatRow", "Doorbell", "Outcome", "Store"]
 
 
 @attrs.frozen
@@ -104,8 +105,10 @@ class Store(abc.ABC):
     async def request_build(
         self, workspace_id: str, transition: Transition, *, expected_build_number: int
     ) -> Outcome:
-        """Append build ``expected_build_number + 1`` if that is still the latest, it has
-        finished, and the workspace is not deleted; otherwise append nothing."""
+        """Append build ``expected_build_number + 1`` if the compare-and-set of
+        :func:`~workspace_lifecycle.writes.request_build` holds (that build is still the latest
+        and finished, the workspace is not deleted, and a start's chat is still bound to it);
+        otherwise append nothing."""
 
     @abc.abstractmethod
     async def list_chats(self) -> Sequence[ChatRow]:
@@ -121,20 +124,23 @@ class Store(abc.ABC):
     async def finish_build(
         self,
         build_id: str,
-        status: JobStatus,
+        status: JobStatus | str,
         error: str | None = None,
         *,
         has_agent: bool = True,
     ) -> Build:
-        """Finish an in-progress build (``succeeded``, ``failed`` or ``canceled``).
+        """Finish an in-progress build (``succeeded``, ``failed`` or ``canceled``, as the enum or
+        its string value).
 
         A succeeded start build with ``has_agent`` creates its agent in ``created``; a succeeded
-        delete build marks the workspace deleted.
+        delete build marks the workspace deleted (:func:`~workspace_lifecycle.writes.finish_build`
+        decides both, for every store).
         """
 
     @abc.abstractmethod
-    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle) -> None:
-        """Record the agent's lifecycle state (the agent of the latest build that has one)."""
+    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
+        """Record the agent's lifecycle state (the enum or its string value, ``"ready"``) for the
+        agent of the latest build that has one."""
 
     # --- the event log ------------------------------------------------------------------------
 
@@ -155,14 +161,62 @@ class Store(abc.ABC):
     async def prune_events(self, older_than: float) -> int:
         """Delete events written before the wall-clock time ``older_than``; return how many."""
 
-    async def subscribe(self, after: int = 0) -> AsyncIterator[StoreEvent]:
-        """Every event after ``after``, forever, waking on each commit (never sleeping blind)."""
-        cursor = after
-        while True:
-            events = await self.read_events(cursor)
-            if not events:
-                await self.wait_for_change(cursor)
-                continue
-            for event in events:
-                cursor = event.seq
-                yield event
+
+class Doorbell:
+    """How a store's :meth:`Store.wait_for_change` sleeps and wakes: one per store.
+
+    ``head`` is the newest log head this process knows of. Whoever learns of a newer one (a
+    local commit, a read of the log, a cross-process watcher, a notification) calls
+    :meth:`saw`, which rings the bell for every sleeper. A ring with nobody asleep is not kept:
+    sleepers compare ``head`` with their cursor before they sleep. The event is made by the
+    first sleeper and dropped with the last, so a store reused under another event loop (a
+    second ``anyio.run``) never finds one that belongs to the first.
+    """
+
+    __slots__ = ("_event", "_sleepers", "head")
+
+    def __init__(self, head: int = 0) -> None:
+        self.head = head
+        self._event: anyio.Event | None = None
+        self._sleepers = 0
+
+    def saw(self, head: int, *, force: bool = False) -> bool:
+        """The log reached ``head``: ring if that is news (or if ``force``); say whether it rang."""
+        if head > self.head:
+            self.head = head
+        elif not force:
+            return False
+        self.ring()
+        return True
+
+    def ring(self) -> None:
+        """Wake every sleeper (they re-read from their cursors)."""
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()
+
+    async def sleep(self, after: int, recheck: Callable[[], Awaitable[int]] | None = None) -> None:
+        """Return once the head may have passed ``after`` (at once if it has; may return early).
+
+        ``recheck`` reads the head afresh after the sleeper registered, for stores whose other
+        processes' commits are learnt by a watcher that might not have looked yet.
+        """
+        if self.head > after:
+            return
+        if self._event is None:
+            self._event = anyio.Event()
+        event = self._event
+        self._sleepers += 1
+        try:
+            if recheck is not None and await recheck() > after:
+                return
+            await event.wait()
+        finally:
+            self._sleepers -= 1
+            if not self._sleepers and self._event is event:
+                self._event = None
+
+    @property
+    def sleepers(self) -> int:
+        """How many tasks sleep now."""
+        return self._sleepers

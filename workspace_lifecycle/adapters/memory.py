@@ -6,32 +6,26 @@ transaction; that is what makes its compare-and-set exact. Works on asyncio and 
 
 from __future__ import annotations
 
-import itertools
 import time
 import uuid
 from collections.abc import Callable, Sequence
 
-import anyio
+import attrs
 
-from ..errors import (
-    CursorExpiredError,
-    NotFoundError,
-    OwnershipError,
-    StoreClosedError,
-)
+from .. import writes
+from ..errors import CursorExpiredError, NotFoundError, OwnershipError, StoreClosedError
 from ..values import (
     Agent,
     AgentLifecycle,
     Build,
     Chat,
-    EventKind,
     JobStatus,
     StoreEvent,
     Transition,
     Workspace,
     WorkspaceFacts,
 )
-from .base import ChatRow, Outcome, Store
+from .base import ChatRow, Doorbell, Outcome, Store
 
 __all__ = ["MemoryStore"]
 
@@ -56,14 +50,11 @@ class MemoryStore(Store):
         self._agents: dict[str, Agent] = {}  # workspace id -> agent
         self._events: list[StoreEvent] = []
         self._pruned_through = 0  # every event with seq <= this was pruned
-        self._seq = itertools.count(1)
-        self._head = 0
-        self._changed: anyio.Event | None = None
-        self._waiting = 0
+        self._doorbell = Doorbell()
 
     async def aclose(self) -> None:
         self._closed = True
-        self._wake()
+        self._doorbell.ring()
 
     def _check(self) -> None:
         if self._closed:
@@ -71,24 +62,25 @@ class MemoryStore(Store):
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _append(
-        self,
-        kind: EventKind,
-        ws: Workspace,
-        build: Build | None,
-        build_number: int = 0,
-        **fields: object,
-    ) -> None:
-        seq = next(self._seq)
-        self._head = seq
-        self._events.append(
-            StoreEvent.about(kind, ws, build, seq=seq, at=self._clock(), build_number=build_number, **fields)
-        )
-
-    def _wake(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
+    def _persist(self, write: writes.Write) -> None:
+        """Apply one decided write: its rows, then its events numbered in order."""
+        if write.workspace is not None:
+            self._workspaces[write.workspace.workspace_id] = write.workspace
+        if write.chat is not None:
+            self._chats[write.chat.chat_id] = write.chat
+        build = write.build
+        if build is not None:
+            known = build.build_id in self._builds
+            self._builds[build.build_id] = build
+            if not known:
+                self._latest[build.workspace_id] = build.build_id
+                self._pending[build.build_id] = None
+        if write.agent is not None:
+            self._agents[write.agent.workspace_id] = write.agent
+        head = self._doorbell.head
+        for offset, event in enumerate(write.events, 1):
+            self._events.append(attrs.evolve(event, seq=head + offset))
+        self._doorbell.saw(head + len(write.events))
 
     def _facts(self, workspace_id: str) -> WorkspaceFacts:
         ws = self._workspaces.get(workspace_id)
@@ -99,22 +91,8 @@ class MemoryStore(Store):
             workspace=ws,
             latest_build=self._builds[build_id] if build_id else None,
             agent=self._agents.get(workspace_id),
-            seq=self._head,
+            seq=self._doorbell.head,
         )
-
-    def _new_build(self, ws: Workspace, number: int, transition: Transition) -> Build:
-        build = Build(
-            build_id=str(uuid.uuid4()),
-            workspace_id=ws.workspace_id,
-            number=number,
-            transition=transition,
-            status=JobStatus.PENDING,
-        )
-        self._builds[build.build_id] = build
-        self._pending[build.build_id] = None
-        self._latest[ws.workspace_id] = build.build_id
-        self._append(EventKind.BUILD_QUEUED, ws, build, status=JobStatus.PENDING)
-        return build
 
     # --- chats and workspaces --------------------------------------------------------------
 
@@ -142,33 +120,39 @@ class MemoryStore(Store):
         chat = self._chats.get(chat_id)
         if chat is None:
             raise NotFoundError(f"no chat {chat_id!r}")
-        if chat.workspace_id != expected_workspace_id:
+        write = writes.create_workspace(
+            chat,
+            expected_workspace_id=expected_workspace_id,
+            workspace_id=str(uuid.uuid4()),
+            build_id=str(uuid.uuid4()),
+            name=name,
+            at=self._clock(),
+        )
+        if write is None:
             assert chat.workspace_id is not None
             return Outcome(fired=False, build=None, facts=self._facts(chat.workspace_id))
-        ws = Workspace(str(uuid.uuid4()), chat_id, chat.owner, name)
-        self._workspaces[ws.workspace_id] = ws
-        self._chats[chat_id] = Chat(chat_id, chat.owner, ws.workspace_id)
-        self._append(EventKind.CHAT_BOUND, ws, None)
-        build = self._new_build(ws, 1, Transition.START)
-        self._wake()
-        return Outcome(fired=True, build=build, facts=self._facts(ws.workspace_id))
+        self._persist(write)
+        assert write.workspace is not None
+        return Outcome(fired=True, build=write.build, facts=self._facts(write.workspace.workspace_id))
 
     async def request_build(
         self, workspace_id: str, transition: Transition, *, expected_build_number: int
     ) -> Outcome:
         self._check()
         facts = self._facts(workspace_id)
-        latest = facts.latest_build
-        number = latest.number if latest else 0
-        if (
-            facts.workspace.deleted
-            or number != expected_build_number
-            or (latest is not None and latest.status.in_progress)
-        ):
+        chat = self._chats.get(facts.workspace.chat_id)
+        write = writes.request_build(
+            facts,
+            bound=chat is not None and chat.workspace_id == workspace_id,
+            transition=transition,
+            expected_build_number=expected_build_number,
+            build_id=str(uuid.uuid4()),
+            at=self._clock(),
+        )
+        if write is None:
             return Outcome(fired=False, build=None, facts=facts)
-        build = self._new_build(facts.workspace, number + 1, transition)
-        self._wake()
-        return Outcome(fired=True, build=build, facts=self._facts(workspace_id))
+        self._persist(write)
+        return Outcome(fired=True, build=write.build, facts=self._facts(workspace_id))
 
     async def list_chats(self) -> Sequence[ChatRow]:
         self._check()
@@ -189,97 +173,59 @@ class MemoryStore(Store):
             del self._pending[build_id]
             build = self._builds[build_id]
             if build.status is JobStatus.PENDING:
-                claimed = Build(
-                    build.build_id,
-                    build.workspace_id,
-                    build.number,
-                    build.transition,
-                    JobStatus.RUNNING,
-                    worker=worker,
+                write = writes.claim_build(
+                    build, self._workspaces[build.workspace_id], worker=worker, at=self._clock()
                 )
-                self._builds[build.build_id] = claimed
-                ws = self._workspaces[build.workspace_id]
-                self._append(EventKind.BUILD_UPDATED, ws, claimed, status=JobStatus.RUNNING)
-                self._wake()
-                return claimed
+                self._persist(write)
+                return write.build
         return None
 
     async def finish_build(
         self,
         build_id: str,
-        status: JobStatus,
+        status: JobStatus | str,
         error: str | None = None,
         *,
         has_agent: bool = True,
     ) -> Build:
         self._check()
-        if not status.finished:
-            raise ValueError(f"finish_build takes a final status, not {status.value!r}")
+        status = writes.parse_status(status)
         build = self._builds.get(build_id)
         if build is None:
             raise NotFoundError(f"no build {build_id!r}")
-        done = build.finished_as(status, error, has_agent=has_agent)
-        starts_agent = done.starts_agent
-        self._builds[build_id] = done
-        ws = self._workspaces[build.workspace_id]
-        self._append(
-            EventKind.BUILD_FINISHED,
-            ws,
-            done,
-            status=status,
-            error=done.error,
-            has_agent=done.has_agent,
+        write = writes.finish_build(
+            build, self._workspaces[build.workspace_id], status, error, has_agent=has_agent, at=self._clock()
         )
-        if starts_agent and has_agent:
-            self._agents[ws.workspace_id] = Agent(ws.workspace_id, build.number, AgentLifecycle.CREATED)
-        if status is JobStatus.SUCCEEDED and build.transition is Transition.DELETE:
-            ws = Workspace(ws.workspace_id, ws.chat_id, ws.owner, ws.name, deleted=True)
-            self._workspaces[ws.workspace_id] = ws
-            self._append(EventKind.WORKSPACE_DELETED, ws, done)
-        self._wake()
-        return done
+        self._persist(write)
+        assert write.build is not None
+        return write.build
 
-    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle) -> None:
+    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
         self._check()
-        agent = self._agents.get(workspace_id)
-        if agent is None:
+        lifecycle = writes.parse_lifecycle(lifecycle)
+        ws = self._workspaces.get(workspace_id)
+        if ws is None:
             raise NotFoundError(f"workspace {workspace_id!r} has no agent")
-        agent = Agent(workspace_id, agent.build_number, lifecycle)
-        self._agents[workspace_id] = agent
-        ws = self._workspaces[workspace_id]
-        self._append(EventKind.AGENT_UPDATED, ws, None, agent.build_number, agent=lifecycle)
-        self._wake()
+        self._persist(writes.report_agent(self._agents.get(workspace_id), ws, lifecycle, at=self._clock()))
 
     # --- the event log ----------------------------------------------------------------------
 
     async def head(self) -> int:
         self._check()
-        return self._head
+        return self._doorbell.head
 
     async def read_events(self, after: int, limit: int = 1000) -> Sequence[StoreEvent]:
         self._check()
         if after < self._pruned_through:
             raise CursorExpiredError(after, self._pruned_through + 1)
         # Events are appended in seq order, so the wanted ones start at a computable index.
-        first = self._events[0].seq if self._events else self._head + 1
+        first = self._events[0].seq if self._events else self._doorbell.head + 1
         start = max(0, after - first + 1)
         return self._events[start : start + limit]
 
     async def wait_for_change(self, after: int) -> None:
         self._check()
-        if self._head > after:
-            return
-        if self._changed is None:
-            self._changed = anyio.Event()
-        self._waiting += 1
-        try:
-            await self._changed.wait()
-        finally:
-            self._waiting -= 1
-            if not self._waiting:
-                # Drop the event with its last waiter: it belongs to this event loop, and a
-                # store reused under another ``anyio.run`` must not find it.
-                self._changed = None
+        await self._doorbell.sleep(after)
         self._check()
 
     async def prune_events(self, older_than: float) -> int:

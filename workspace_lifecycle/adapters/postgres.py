@@ -50,6 +50,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
+from .. import writes
 from ..errors import (
     CursorExpiredError,
     NotFoundError,
@@ -765,11 +766,12 @@ class PostgresStore(Store):
     async def finish_build(
         self,
         build_id: str,
-        status: JobStatus,
+        status: JobStatus | str,
         error: str | None = None,
         *,
         has_agent: bool = True,
     ) -> Build:
+        status = writes.parse_status(status)
         if not status.finished:
             raise ValueError(f"finish_build takes a final status, not {status.value!r}")
 
@@ -825,7 +827,9 @@ class PostgresStore(Store):
         self._saw(seq)
         return done
 
-    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle) -> None:
+    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
+        lifecycle = writes.parse_lifecycle(lifecycle)
+
         async def body(conn: Conn) -> int:
             cur = await conn.execute(
                 "UPDATE agents a SET lifecycle = %s FROM workspaces w"

@@ -37,6 +37,7 @@ from urllib.parse import parse_qs
 
 import aiosqlite
 
+from .. import writes
 from ..errors import (
     CursorExpiredError,
     NotFoundError,
@@ -464,11 +465,12 @@ class SQLiteStore(Store):
     async def finish_build(
         self,
         build_id: str,
-        status: JobStatus,
+        status: JobStatus | str,
         error: str | None = None,
         *,
         has_agent: bool = True,
     ) -> Build:
+        status = writes.parse_status(status)
         if not status.finished:
             raise ValueError(f"finish_build takes a final status, not {status.value!r}")
 
@@ -503,7 +505,9 @@ class SQLiteStore(Store):
 
         return await self._write(body)
 
-    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle) -> None:
+    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
+        lifecycle = writes.parse_lifecycle(lifecycle)
+
         def body(conn: sqlite3.Connection, log: _Tx) -> None:
             row = conn.execute(
                 "SELECT build_number FROM agents WHERE workspace_id = ?", (workspace_id,)

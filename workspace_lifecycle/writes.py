@@ -1,0 +1,225 @@
+"""What each store write changes, decided from the rows it read. Pure: the stores persist it.
+
+Theory of operation
+-------------------
+Every write of the store interface is a read, a decision and a write inside one transaction.
+The read and the write are the adapter's (SQL, dictionaries); the decision is here, once, for
+every adapter: whether a compare-and-set holds, which rows a finished build changes, which
+events the write appends. An adapter reads the rows its transaction locked, calls one function
+of this module, and persists the :class:`Write` it returns, numbering the events in commit
+order. It repeats no rule.
+
+The functions take everything as values: the ids of the rows to insert (the adapter makes
+them) and the wall-clock time to stamp on the events. No I/O, no clocks, no awaits.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import attrs
+
+from .errors import BuildConflictError, NotFoundError
+from .values import (
+    Agent,
+    AgentLifecycle,
+    Build,
+    Chat,
+    EventKind,
+    JobStatus,
+    StoreEvent,
+    Transition,
+    Workspace,
+    WorkspaceFacts,
+)
+
+__all__ = [
+    "Write",
+    "claim_build",
+    "create_workspace",
+    "finish_build",
+    "parse_lifecycle",
+    "parse_status",
+    "report_agent",
+    "request_build",
+]
+
+
+@attrs.frozen
+class Write:
+    """The rows one write changes and the events it appends (their ``seq`` is the store's to set).
+
+    ``workspace`` is inserted or updated (a new workspace, or one marked deleted); ``chat`` is
+    the chat row as it is after the write (bound to a new workspace); ``build`` is inserted or
+    updated; ``agent`` is upserted (the agent a start build produced, or its new lifecycle).
+    """
+
+    events: tuple[StoreEvent, ...]
+    build: Build | None = None
+    workspace: Workspace | None = None
+    chat: Chat | None = None
+    agent: Agent | None = None
+
+
+def _event(
+    kind: EventKind, ws: Workspace, build: Build | None, *, at: float, build_number: int = 0, **fields: object
+) -> StoreEvent:
+    return StoreEvent.about(kind, ws, build, seq=0, at=at, build_number=build_number, **fields)
+
+
+def create_workspace(
+    chat: Chat | None,
+    *,
+    expected_workspace_id: str | None,
+    workspace_id: str,
+    build_id: str,
+    name: str,
+    at: float,
+) -> Write | None:
+    """Bind ``chat`` to a new workspace with its first (start) build, or ``None`` if the chat is
+    no longer bound to ``expected_workspace_id`` (the compare-and-set lost).
+
+    >>> chat = Chat("c1", "alice")
+    >>> w = create_workspace(chat, expected_workspace_id=None, workspace_id="w1", build_id="b1", name="dev", at=0)
+    >>> [e.kind.value for e in w.events], w.chat.workspace_id
+    (['chat_bound', 'build_queued'], 'w1')
+    >>> create_workspace(chat, expected_workspace_id="w0", workspace_id="w1", build_id="b1", name="dev", at=0)
+    """
+    if chat is None:
+        raise NotFoundError("no such chat")
+    if chat.workspace_id != expected_workspace_id:
+        return None
+    ws = Workspace(workspace_id, chat.chat_id, chat.owner, name)
+    build = Build(build_id, workspace_id, 1, Transition.START, JobStatus.PENDING)
+    return Write(
+        events=(
+            _event(EventKind.CHAT_BOUND, ws, None, at=at),
+            _event(EventKind.BUILD_QUEUED, ws, build, at=at, status=JobStatus.PENDING),
+        ),
+        build=build,
+        workspace=ws,
+        chat=Chat(chat.chat_id, chat.owner, workspace_id),
+    )
+
+
+def request_build(
+    facts: WorkspaceFacts,
+    *,
+    bound: bool,
+    transition: Transition,
+    expected_build_number: int,
+    build_id: str,
+    at: float,
+) -> Write | None:
+    """Append build ``expected_build_number + 1``, or ``None`` if the compare-and-set fails.
+
+    It holds while the workspace is not deleted, its latest build is still number
+    ``expected_build_number`` and finished, and, for a start build, its chat is still ``bound``
+    to it: a workspace its chat has replaced may be stopped or deleted (that only saves money)
+    but never started again, or it would run bound to no chat, out of every tool's reach.
+    """
+    latest = facts.latest_build
+    number = latest.number if latest else 0
+    if (
+        facts.workspace.deleted
+        or number != expected_build_number
+        or (latest is not None and latest.status.in_progress)
+        or (transition is Transition.START and not bound)
+    ):
+        return None
+    build = Build(build_id, facts.workspace_id, number + 1, transition, JobStatus.PENDING)
+    return Write(
+        events=(_event(EventKind.BUILD_QUEUED, facts.workspace, build, at=at, status=JobStatus.PENDING),),
+        build=build,
+    )
+
+
+def claim_build(build: Build, ws: Workspace, *, worker: str, at: float) -> Write:
+    """``worker`` takes the pending ``build``: it is now running."""
+    if build.status is not JobStatus.PENDING:
+        raise BuildConflictError(f"build {build.build_id} is {build.status.value}, not pending")
+    claimed = attrs.evolve(build, status=JobStatus.RUNNING, worker=worker)
+    return Write(
+        events=(_event(EventKind.BUILD_UPDATED, ws, claimed, at=at, status=JobStatus.RUNNING),),
+        build=claimed,
+    )
+
+
+def finish_build(
+    build: Build | None,
+    ws: Workspace,
+    status: JobStatus | str,
+    error: str | None,
+    *,
+    has_agent: bool,
+    at: float,
+) -> Write:
+    """``build`` finished with ``status``: the build row, the agent a succeeded start build
+    produced (in ``created``), the deleted mark a succeeded delete build sets, and their events.
+
+    Raises ``ValueError`` for a status that is not final, :class:`NotFoundError` for no build and
+    :class:`BuildConflictError` for a build that already finished.
+    """
+    if build is None:
+        raise NotFoundError("no such build")
+    done = build.finished_as(parse_status(status), error, has_agent=has_agent)
+    events = [
+        _event(
+            EventKind.BUILD_FINISHED,
+            ws,
+            done,
+            at=at,
+            status=done.status,
+            error=done.error,
+            has_agent=done.has_agent,
+        )
+    ]
+    agent = None
+    workspace = None
+    if done.starts_agent and has_agent:
+        agent = Agent(ws.workspace_id, done.number, AgentLifecycle.CREATED)
+    if done.status is JobStatus.SUCCEEDED and done.transition is Transition.DELETE:
+        workspace = attrs.evolve(ws, deleted=True)
+        events.append(_event(EventKind.WORKSPACE_DELETED, workspace, done, at=at))
+    return Write(events=tuple(events), build=done, workspace=workspace, agent=agent)
+
+
+def report_agent(agent: Agent | None, ws: Workspace, lifecycle: AgentLifecycle | str, *, at: float) -> Write:
+    """The agent of ``ws`` reports ``lifecycle``; a workspace without one raises NotFoundError."""
+    if agent is None:
+        raise NotFoundError(f"workspace {ws.workspace_id!r} has no agent")
+    reported = Agent(agent.workspace_id, agent.build_number, parse_lifecycle(lifecycle))
+    return Write(
+        events=(
+            _event(
+                EventKind.AGENT_UPDATED,
+                ws,
+                None,
+                at=at,
+                build_number=agent.build_number,
+                agent=reported.lifecycle,
+            ),
+        ),
+        agent=reported,
+    )
+
+
+def parse_status(value: JobStatus | str) -> JobStatus:
+    """A job status given as the enum or its string value (``"succeeded"``)."""
+    return _parse(JobStatus, value, "job status")
+
+
+def parse_lifecycle(value: AgentLifecycle | str) -> AgentLifecycle:
+    """An agent lifecycle state given as the enum or its string value (``"ready"``)."""
+    return _parse(AgentLifecycle, value, "agent lifecycle state")
+
+
+_E = TypeVar("_E", JobStatus, AgentLifecycle)
+
+
+def _parse(kind: type[_E], value: object, what: str) -> _E:
+    try:
+        return kind(value)
+    except (ValueError, TypeError):
+        names = ", ".join(m.value for m in kind)
+        raise ValueError(f"unknown {what} {value!r}; use one of: {names}") from None
