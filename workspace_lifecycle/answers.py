@@ -14,6 +14,7 @@ __all__ = [
     "CHAT_NOT_FOUND",
     "NO_WORKSPACE",
     "WORKSPACE_DELETED",
+    "WORKSPACE_REPLACED",
     "agent_fields",
     "build_failure_reason",
 ]
@@ -21,6 +22,7 @@ __all__ = [
 NO_WORKSPACE = "chat has no workspace; use create_workspace first"
 WORKSPACE_DELETED = "workspace was deleted; use create_workspace to make a new one"
 CHAT_NOT_FOUND = "chat not found; the chat runtime must register it first"
+WORKSPACE_REPLACED = "the chat's workspace was replaced while this request waited; ask again"
 
 #: Keys each request answers a success with (``started: true`` ...).
 DONE_KEY = {"start": "started", "stop": "stopped", "delete": "deleted", "create": "created"}
@@ -60,8 +62,12 @@ def done(
     *,
     build_id: str | None,
     agent: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> ToolResult:
-    """``{"started": true, "workspace_name": ..., "build_id" | "no_build": ...}``."""
+    """``{"started": true, "workspace_name": ..., "build_id" | "no_build": ...}``.
+
+    ``extra`` adds keys of this library's own (``superseded_by``) after Coder's.
+    """
     name = workspace.full_name if request == "create" else workspace.name
     data: dict[str, Any] = {DONE_KEY[request]: True, "workspace_name": name}
     if build_id is None:
@@ -69,13 +75,18 @@ def done(
     else:
         data["build_id"] = build_id
     data.update(agent or {})
+    data.update(extra or {})
     return ToolResult.ok(data)
 
 
-def build_failed(prefix: str, reason: str, build_id: str | None) -> ToolResult:
+def build_failed(
+    prefix: str, reason: str, build_id: str | None, extra: dict[str, Any] | None = None
+) -> ToolResult:
+    """Coder answers a failed build with ``is_error`` false and the sentence under ``error``."""
     data: dict[str, Any] = {"error": f"{prefix}: {reason}"}
     if build_id is not None:
         data["build_id"] = build_id
+    data.update(extra or {})
     return ToolResult.ok(data)
 
 

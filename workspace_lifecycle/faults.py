@@ -46,7 +46,7 @@ from typing import TypeVar
 import anyio
 
 from .adapters.base import ChatRow, Outcome, Store
-from .errors import StoreError
+from .errors import TransientStoreError
 from .values import AgentLifecycle, Build, Chat, JobStatus, StoreEvent, Transition, WorkspaceFacts
 
 __all__ = ["InjectedFault", "FaultyStore", "REQUEST_WRITES", "ALL_WRITES"]
@@ -59,7 +59,7 @@ REQUEST_WRITES = frozenset({"create_workspace", "request_build"})
 ALL_WRITES = REQUEST_WRITES | {"register_chat", "claim_build", "finish_build", "report_agent"}
 
 
-class InjectedFault(StoreError):
+class InjectedFault(TransientStoreError):
     """A fault injected by :class:`FaultyStore`; ``committed`` says whether the write happened."""
 
     def __init__(self, method: str, *, committed: bool) -> None:

@@ -67,6 +67,7 @@ from .values import (
 )
 
 __all__ = [
+    "BuildSummary",
     "Decision",
     "Request",
     "Tracker",
@@ -257,6 +258,23 @@ _EVENT_FOR_STATUS = {
 }
 
 
+@attrs.frozen
+class BuildSummary:
+    """What a tracker knows of one build: the latest, or the one before it (``Tracker.previous``)."""
+
+    number: int
+    build_id: str | None
+    transition: Transition | None
+    status: JobStatus | None
+    error: str | None
+    has_agent: bool | None
+    agent: AgentLifecycle | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status is not None and self.status.finished
+
+
 @attrs.define(eq=False)
 class Tracker:
     """One workspace's machine plus what it knows of the store (the machine's model).
@@ -277,6 +295,9 @@ class Tracker:
     agent: AgentLifecycle | None = None
     agent_seq: int = 0
     deleted: bool = False
+    #: The build before the latest one, as it was when the latest was queued: a request that
+    #: waited for it still answers for it after another caller's build superseded it.
+    previous: BuildSummary | None = None
     # Everything up to ``floor`` is in the facts the tracker was loaded from; ``_applied`` holds
     # the seqs applied since for the latest build (older builds' events are stale anyway), and
     # ``_early`` agent reports for builds not yet known (reordered delivery).
@@ -378,6 +399,7 @@ class Tracker:
         newer = ev.build_number > self.build_number
         if newer:
             # A new build: queued (or, delivered out of order, already further along).
+            self.previous = self.latest if self.build_number else None
             self.build_number = ev.build_number
             self.build_id = ev.build_id
             self.transition = ev.transition
@@ -461,8 +483,24 @@ class Tracker:
             return frozenset(event.id for event in sm.allowed_events)
 
     @property
-    def build_in_flight(self) -> bool:
-        return self.state is WorkspaceState.BUILDING
+    def latest(self) -> BuildSummary:
+        """What is known of the latest build."""
+        return BuildSummary(
+            self.build_number,
+            self.build_id,
+            self.transition,
+            self.status,
+            self.error,
+            self.has_agent,
+            self.agent,
+        )
+
+    def build(self, number: int) -> BuildSummary | None:
+        """What is known of build ``number``: the latest or the one before it, else ``None``."""
+        if number == self.build_number:
+            return self.latest
+        previous = self.previous
+        return previous if previous is not None and previous.number == number else None
 
     def snapshot(self) -> dict[str, Any]:
         """A plain summary, for logs and the CLI."""

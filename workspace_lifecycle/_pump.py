@@ -1,0 +1,140 @@
+"""The event pump: one task per :class:`~workspace_lifecycle.runtime.Lifecycle` that reads the
+store's log from a cursor and hands each event to the registry of tracked workspaces.
+
+It sleeps in the store's ``wait_for_change`` while the log has nothing new (no polling), backs
+off on transient store errors, resynchronises when the log was pruned past its cursor, and
+skips an unreadable log entry after saying which. Requests wait on it with :meth:`caught_up`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import anyio
+
+from .adapters.base import Store
+from .errors import CorruptStateError, CursorExpiredError, StoreClosedError, StoreError
+from .values import StoreEvent
+
+__all__ = ["EventPump", "PumpSink"]
+
+log = logging.getLogger("workspace_lifecycle.runtime")
+
+#: How long a request waits for the pump to reach a sequence number it knows was committed
+#: before it kicks the pump to read again (a lost wake-up; never happens in the normal path).
+KICK_AFTER = 5.0
+
+
+class PumpSink(Protocol):
+    """Where the pump delivers: the registry of tracked workspaces."""
+
+    def dispatch(self, event: StoreEvent) -> None: ...
+
+    async def resync_all(self) -> None: ...
+
+    def fail(self) -> None: ...
+
+
+class EventPump:
+    """Reads the log after ``cursor`` and delivers every event to ``sink``, in order."""
+
+    def __init__(self, store: Store, sink: PumpSink, *, kick_after: float | None) -> None:
+        self.store = store
+        self.sink = sink
+        self.cursor = 0
+        self.kick_after = kick_after or KICK_AFTER
+        self.failure: BaseException | None = None
+        self.closed = False
+        self.kicks = 0  # reads forced after a lost wake-up
+        self._progress = anyio.Event()
+        self._sleep: anyio.CancelScope | None = None  # the wait for the store's next change
+
+    async def start(self) -> None:
+        """Begin at the log's head: what is tracked later is loaded from the rows."""
+        self.cursor = await self.store.head()
+
+    async def run(self) -> None:
+        """Deliver events until cancelled; a bug (not a store fault) wakes every waiter first."""
+        try:
+            await self._forever()
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:
+            log.exception("event pump failed")
+            self._fail(exc)
+            raise
+
+    async def _forever(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                events = await self.store.read_events(self.cursor)
+                if not events:
+                    with anyio.CancelScope() as self._sleep:
+                        await self.store.wait_for_change(self.cursor)
+                    continue
+                for event in events:
+                    self.sink.dispatch(event)
+                    self.cursor = event.seq
+                self._advance()
+                delay = 0.05
+            except CursorExpiredError:
+                await self._resync_all(await self.store.head())
+            except CorruptStateError as exc:
+                if exc.table != "events" or not isinstance(exc.key, int) or exc.key <= self.cursor:
+                    raise
+                # An unreadable log entry: say which, re-derive what we track from the rows,
+                # and go on after it rather than stop answering everyone.
+                log.error("event pump: skipping %s", exc)
+                await self._resync_all(exc.key)
+            except StoreClosedError as exc:
+                self._fail(exc)
+                return
+            except StoreError as exc:
+                # Transient (a restarted database, a dropped connection): retry with backoff;
+                # the store's own reconnect and resync bring the log back.
+                log.warning("event pump: %s; retrying in %.2fs", exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _resync_all(self, resume: int) -> None:
+        """Re-derive every tracked workspace from the rows, then read on after ``resume`` (the
+        rows already hold everything up to it)."""
+        await self.sink.resync_all()
+        self.cursor = max(self.cursor, resume)
+        self._advance()
+
+    def _advance(self) -> None:
+        self._progress.set()
+        self._progress = anyio.Event()
+
+    def _fail(self, exc: BaseException) -> None:
+        self.failure = exc
+        self.sink.fail()
+        self._advance()
+
+    def close(self) -> None:
+        """The runtime is shutting down: wake everyone who waits on the pump (they raise)."""
+        self.closed = True
+        self.sink.fail()
+        self._advance()
+
+    def raise_if_failed(self) -> None:
+        if self.closed:
+            raise StoreClosedError("the Lifecycle was closed while this request waited")
+        if self.failure is not None:
+            raise StoreClosedError(f"the event pump stopped: {self.failure}")
+
+    async def caught_up(self, seq: int) -> None:
+        """Wait until every event up to ``seq`` was delivered."""
+        while self.cursor < seq:
+            self.raise_if_failed()
+            with anyio.move_on_after(self.kick_after) as slow:
+                await self._progress.wait()
+            if slow.cancelled_caught:
+                # The store's wake-up was lost (a hint, never a promise): make the pump read again.
+                self.kicks += 1
+                if self._sleep is not None:
+                    self._sleep.cancel()
+        self.raise_if_failed()

@@ -1,0 +1,305 @@
+"""The registry of tracked workspaces: a machine only for a workspace somebody waits on or
+watches, the events that wake them, and the watchers' streams.
+
+A request holds a workspace with ``async with registry.track(workspace_id)``: the first holder
+loads its :class:`~workspace_lifecycle.machine.Tracker` from the stored rows (events delivered
+meanwhile are buffered and applied after), the last one to leave drops it unless its chat is
+watched. The pump delivers events with :meth:`Registry.dispatch`; every delivery wakes the
+workspace's sleepers once (:meth:`Registry.wait`). A workspace whose rows or events are corrupt
+fails only the requests about it: its entry keeps the error and the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+import anyio
+import attrs
+from anyio.streams.memory import MemoryObjectSendStream
+
+from .adapters.base import Store
+from .errors import CorruptStateError, InvalidEventError, StoreClosedError, StoreError
+from .machine import Tracker
+from .telemetry import log_change
+from .values import EventKind, StateChange, StoreEvent, Workspace
+
+__all__ = ["Entry", "Registry"]
+
+log = logging.getLogger("workspace_lifecycle.runtime")
+
+
+class Condition(Protocol):
+    """A wait condition of :mod:`~workspace_lifecycle.steps` (a value with a pure test)."""
+
+    def holds(self, tracker: Tracker) -> bool: ...
+
+
+@attrs.define(eq=False)
+class Entry:
+    """A tracked workspace: its machine, who holds it, and the event its sleepers wait on."""
+
+    workspace_id: str
+    tracker: Tracker | None = None
+    workspace: Workspace | None = None
+    refs: int = 0
+    buffer: list[StoreEvent] = attrs.Factory(list)
+    loaded: anyio.Event = attrs.Factory(anyio.Event)
+    changed: anyio.Event = attrs.Factory(anyio.Event)
+    error: BaseException | None = None  # the load failed (its waiters raise it)
+    corrupt: CorruptStateError | None = None  # its rows are unreadable: requests about it fail
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    def current(self) -> Tracker:
+        """The tracker; raises the corruption that made it unusable."""
+        if self.corrupt is not None:
+            raise self.corrupt
+        assert self.tracker is not None
+        return self.tracker
+
+
+class Registry:
+    """Tracked workspaces and watchers, fed by the pump."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float],
+        spawn: Callable[..., None],
+        caught_up: Callable[[int], Awaitable[None]],
+        raise_if_failed: Callable[[], None],
+        resync_interval: float | None,
+    ) -> None:
+        self.store = store
+        self._clock = clock
+        self._spawn = spawn
+        self._caught_up = caught_up
+        self._raise_if_failed = raise_if_failed
+        self.resync_interval = resync_interval
+        self.entries: dict[str, Entry] = {}
+        self.watchers: dict[str | None, set[MemoryObjectSendStream[StateChange]]] = {}
+        self.events_applied = 0
+        self.resyncs = 0  # re-derivations of a waited-on workspace after resync_interval of silence
+        self._following: dict[str, int] = {}  # chat -> creates in flight (the pump follows them)
+        # chat -> workspaces whose machine nobody held but was kept because the chat is watched
+        # or being created; dropped when that ends (without scanning every machine).
+        self._kept: dict[str, set[str]] = {}
+
+    # --- delivery (called by the pump) -------------------------------------------------------
+
+    def dispatch(self, event: StoreEvent) -> None:
+        entry = self.entries.get(event.workspace_id)
+        if entry is None:
+            if event.kind is EventKind.CHAT_BOUND and self._is_watched(event.chat_id):
+                # A watched chat got a new workspace: follow it from its first event.
+                entry = self.entries[event.workspace_id] = Entry(event.workspace_id)
+                entry.tracker = Tracker(event.workspace_id, event.chat_id, seq=event.seq)
+                entry.loaded.set()
+                self._kept.setdefault(event.chat_id, set()).add(event.workspace_id)
+            return
+        if entry.tracker is None:
+            entry.buffer.append(event)
+            return
+        self._apply(entry, event)
+
+    def _apply(self, entry: Entry, event: StoreEvent) -> None:
+        tracker = entry.tracker
+        assert tracker is not None
+        try:
+            change = tracker.apply(event)
+        except InvalidEventError as exc:
+            log.warning("inconsistent event, resynchronising %s: %s", entry.workspace_id, exc)
+            self._spawn(self._resync_quietly, entry)
+            return
+        self.events_applied += 1
+        if change is not None:
+            self.publish(change)
+        entry.notify()
+
+    def publish(self, change: StateChange) -> None:
+        log_change(change, self._clock())
+        for key in (change.chat_id, None):
+            for stream in tuple(self.watchers.get(key, ())):
+                try:
+                    stream.send_nowait(change)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    self.watchers[key].discard(stream)
+
+    async def resync(self, entry: Entry) -> None:
+        """Replace a tracker's knowledge with the stored rows (the derived state).
+
+        Corrupt rows mark the entry (its requests raise the error) instead of raising here:
+        one unreadable workspace must not stop the pump that serves every other.
+        """
+        try:
+            facts = await self.store.workspace_facts(entry.workspace_id)
+        except CorruptStateError as exc:
+            log.error("workspace %s is unreadable: %s", entry.workspace_id, exc)
+            entry.corrupt = exc
+            entry.notify()
+            return
+        entry.corrupt = None
+        old = entry.tracker
+        fresh = Tracker.from_facts(facts)
+        if old is not None and fresh.seq < old.seq:
+            return
+        entry.tracker = fresh
+        if old is not None and old.state is not fresh.state:
+            self.publish(
+                StateChange(
+                    chat_id=fresh.chat_id,
+                    workspace_id=fresh.workspace_id,
+                    build_number=fresh.build_number,
+                    from_state=old.state,
+                    to_state=fresh.state,
+                    event=None,
+                    seq=fresh.seq,
+                    at=self._clock(),
+                )
+            )
+        entry.notify()
+
+    async def _resync_quietly(self, entry: Entry) -> None:
+        try:
+            await self.resync(entry)
+        except StoreError as exc:
+            log.warning("resync of %s failed: %s", entry.workspace_id, exc)
+
+    async def resync_all(self) -> None:
+        for entry in list(self.entries.values()):
+            if entry.tracker is not None:
+                await self.resync(entry)
+
+    def fail(self) -> None:
+        """The pump stopped (or the runtime closes): wake every sleeper, they raise."""
+        for entry in self.entries.values():
+            entry.notify()
+
+    def close_watchers(self) -> None:
+        for streams in self.watchers.values():
+            for stream in streams:
+                stream.close()
+
+    # --- holding workspaces ------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def track(self, workspace_id: str) -> AsyncIterator[Entry]:
+        """Hold a machine for ``workspace_id`` while the block runs (loaded from the rows)."""
+        self._raise_if_failed()
+        entry = await self._acquire(workspace_id)
+        try:
+            yield entry
+        finally:
+            self._release(entry)
+
+    async def _acquire(self, workspace_id: str) -> Entry:
+        """Take a reference on the workspace's entry, loading it from the rows if needed."""
+        while True:
+            entry = self.entries.get(workspace_id)
+            if entry is None and (any(self.watchers.values()) or self._following):
+                # The pump follows a watched chat's new workspace from its CHAT_BOUND event;
+                # loading a later snapshot first would skip (and never publish) the changes.
+                await self._caught_up(await self.store.head())
+                entry = self.entries.get(workspace_id)
+            if entry is None:
+                return await self._load(workspace_id)
+            entry.refs += 1
+            try:
+                await entry.loaded.wait()
+            except BaseException:
+                self._release(entry)  # cancelled while another caller loads: drop our reference
+                raise
+            if entry.error is None:
+                return entry
+            self._release(entry)
+            if not isinstance(entry.error, anyio.get_cancelled_exc_class()):
+                raise entry.error
+            # Its loader was cancelled, not this caller: load it ourselves.
+
+    async def _load(self, workspace_id: str) -> Entry:
+        entry = self.entries[workspace_id] = Entry(workspace_id)
+        entry.refs += 1
+        try:
+            facts = await self.store.workspace_facts(workspace_id)
+            entry.workspace = facts.workspace
+            entry.tracker = Tracker.from_facts(facts)
+            for event in entry.buffer:
+                self._apply(entry, event)
+            entry.buffer.clear()
+        except BaseException as exc:
+            # Detach the failed entry at once, so the next caller loads afresh.
+            entry.error = exc
+            entry.loaded.set()
+            if self.entries.get(workspace_id) is entry:
+                del self.entries[workspace_id]
+            self._release(entry)
+            raise
+        entry.loaded.set()
+        return entry
+
+    def _release(self, entry: Entry) -> None:
+        entry.refs -= 1
+        if entry.refs <= 0 and self.entries.get(entry.workspace_id) is entry:
+            tracker = entry.tracker
+            if tracker is None or not self._is_watched(tracker.chat_id):
+                del self.entries[entry.workspace_id]
+            else:
+                self._kept.setdefault(tracker.chat_id, set()).add(entry.workspace_id)
+
+    def drop_kept(self, chat_id: str | None) -> None:
+        """Drop the machines kept for ``chat_id`` (every chat if ``None``) that nobody holds,
+        unless the chat is still watched or being created."""
+        chats = list(self._kept) if chat_id is None else [chat_id]
+        for chat in chats:
+            for workspace_id in self._kept.pop(chat, ()):
+                entry = self.entries.get(workspace_id)
+                if entry is not None and entry.refs <= 0:
+                    entry.refs += 1
+                    self._release(entry)  # keeps it (and its _kept mark) if still watched
+
+    def _is_watched(self, chat_id: str) -> bool:
+        return bool(self.watchers.get(chat_id) or self.watchers.get(None) or self._following.get(chat_id))
+
+    @asynccontextmanager
+    async def following(self, chat_id: str) -> AsyncIterator[None]:
+        """While a create runs, follow the chat from its new workspace's first event
+        (``chat_bound``), so its ``no_workspace -> building`` change is published and logged."""
+        self._following[chat_id] = self._following.get(chat_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._following[chat_id] - 1
+            if left:
+                self._following[chat_id] = left
+            else:
+                del self._following[chat_id]
+                self.drop_kept(chat_id)
+
+    # --- waiting -----------------------------------------------------------------------------
+
+    async def wait(self, entry: Entry, condition: Condition) -> None:
+        """Sleep until ``condition`` holds for the entry's tracker; each delivery wakes us once."""
+        while True:
+            self._raise_if_failed()
+            if condition.holds(entry.current()):
+                return
+            if self.resync_interval is None:
+                await entry.changed.wait()
+                continue
+            with anyio.move_on_after(self.resync_interval) as idle:
+                await entry.changed.wait()
+            if idle.cancelled_caught:
+                # Safety net: nothing arrived for a while; if an event was lost, the rows have it.
+                self.resyncs += 1
+                try:
+                    await self.resync(entry)
+                except StoreClosedError:
+                    raise
+                except StoreError as exc:
+                    log.warning("waiting on %s: resync failed: %s", entry.workspace_id, exc)

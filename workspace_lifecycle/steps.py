@@ -1,0 +1,395 @@
+"""How a tool request proceeds, step by step, as data. Every answer is chosen here.
+
+Theory of operation
+-------------------
+A request (``create_workspace``, ``start_workspace``, ``stop_workspace``,
+``delete_workspace``) is a small machine of its own, :class:`Flow`, that reads the workspace's
+:class:`~workspace_lifecycle.machine.Tracker` and says what to do next, as a value:
+
+* :class:`Answer` -- the request is over; here is the tool result.
+* :class:`Create` / :class:`Fire` -- execute this compare-and-set in the store, then report its
+  :class:`~workspace_lifecycle.adapters.base.Outcome` with :meth:`Flow.created` /
+  :meth:`Flow.fired`.
+* :class:`WaitBuild` / :class:`WaitAgent` -- sleep until the condition holds for the tracker
+  (the condition is a value with a pure ``holds(tracker)``), or until the timeout, then report
+  with :meth:`Flow.waited`.
+* :class:`Defer` -- answer now (``wait=False``) and finish the request in the background.
+* :class:`Track` -- the request is about another workspace from now on (a create lost to
+  another caller's): hold that one's tracker and ask again.
+* :class:`Restart` -- the chat moved to a new workspace under this request: read the chat again
+  and start over from :func:`first_step` (a start never fires on a workspace no chat reaches).
+* :class:`CatchUp` -- a compare-and-set lost: let the tracker catch up with the store (to
+  ``seq``), then ask again.
+
+The interpreter (:class:`~workspace_lifecycle.runtime.Lifecycle`) loops: ``step =
+flow.next(tracker)``, execute it, report, repeat. It decides nothing; this module decides
+everything, and does nothing: no I/O, no awaits, no clocks, no anyio. The answers' wording
+comes from :mod:`~workspace_lifecycle.answers`, the table decisions from
+:meth:`Tracker.decide <workspace_lifecycle.machine.Tracker.decide>`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from . import answers
+from .machine import REQUEST_TRANSITION, Decision, Request, Tracker
+from .values import Build, Chat, JobStatus, ToolResult, Transition, Workspace, WorkspaceFacts, WorkspaceState
+
+__all__ = [
+    "Answer",
+    "CatchUp",
+    "Create",
+    "Defer",
+    "Fire",
+    "Flow",
+    "Restart",
+    "Step",
+    "Track",
+    "WaitAgent",
+    "WaitBuild",
+    "first_step",
+    "request_transition",
+]
+
+_LIVE = (WorkspaceState.RUNNING, WorkspaceState.AGENT_READY)
+_TIMED_OUT = "timed out waiting for workspace build"
+#: How often one request may follow its chat to a new workspace before it gives up.
+MAX_MOVES = 3
+
+
+def request_transition(request: Request) -> Transition:
+    """The build transition ``request`` fires."""
+    return REQUEST_TRANSITION[request]
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Answer:
+    """The request is over: answer ``result``."""
+
+    result: ToolResult
+
+
+@attrs.frozen
+class Create:
+    """Create the chat's workspace (compare-and-set: the chat is still bound to ``expected``)."""
+
+    expected_workspace_id: str | None
+
+
+@attrs.frozen
+class Fire:
+    """Append a ``transition`` build (compare-and-set: the latest build is still ``expected``)."""
+
+    transition: Transition
+    expected_build_number: int
+
+
+@attrs.frozen
+class WaitBuild:
+    """Sleep until build ``number`` finished or a newer one exists (``build_timeout``)."""
+
+    number: int
+
+    def holds(self, tracker: Tracker) -> bool:
+        return tracker.build_number > self.number or (
+            tracker.build_number == self.number and tracker.status is not None and tracker.status.finished
+        )
+
+
+@attrs.frozen
+class WaitAgent:
+    """Sleep until build ``number``'s agent left ``created``/``starting`` (``agent_timeout``)."""
+
+    number: int
+
+    def holds(self, tracker: Tracker) -> bool:
+        return (
+            tracker.build_number != self.number
+            or not tracker.has_agent
+            or tracker.agent is None
+            or not tracker.agent.pending
+        )
+
+
+@attrs.frozen
+class Defer:
+    """``wait=False`` while another kind of build runs: answer ``result`` now, and finish the
+    request in the background once build ``number`` is over."""
+
+    result: ToolResult
+    number: int
+
+
+@attrs.frozen
+class Track:
+    """From now on the request is about workspace ``workspace_id``: hold it and ask again."""
+
+    workspace_id: str
+
+
+@attrs.frozen
+class Restart:
+    """The chat no longer points at the workspace this request was about: start over."""
+
+
+@attrs.frozen
+class CatchUp:
+    """Wait until the tracker has applied every event up to ``seq``, then ask again."""
+
+    seq: int
+
+
+Step = Answer | Create | Fire | WaitBuild | WaitAgent | Defer | Track | Restart | CatchUp
+
+
+def first_step(request: Request, chat: Chat | None, owner: str) -> Answer | Create | Track:
+    """The first step of ``request`` for ``chat`` (``None`` if unknown), asked by ``owner``.
+
+    Another owner's chat is answered exactly as an unknown one: existence is not leaked.
+
+    >>> first_step(Request.START, None, "alice").result.text
+    'chat has no workspace; use create_workspace first'
+    >>> first_step(Request.CREATE, Chat("c1", "alice"), "alice")
+    Create(expected_workspace_id=None)
+    """
+    if chat is None or chat.owner != owner:
+        sentence = answers.CHAT_NOT_FOUND if request is Request.CREATE else answers.NO_WORKSPACE
+        return Answer(ToolResult.error(sentence))
+    if chat.workspace_id is None:
+        if request is Request.CREATE:
+            return Create(None)
+        return Answer(ToolResult.error(answers.NO_WORKSPACE))
+    return Track(chat.workspace_id)
+
+
+# --- the flow of one request --------------------------------------------------------------------
+
+
+@attrs.define
+class Flow:
+    """One request's progress: what it fired or joined, and what it waits for.
+
+    The interpreter sets ``workspace`` (with :meth:`tracking`) whenever it holds a workspace's
+    tracker for this flow. ``deferred`` marks the background half of a ``wait=False`` request:
+    it never follows its chat to a new workspace (a deferred stop must not stop a new one).
+    """
+
+    request: Request
+    wait: bool = True
+    deferred: bool = False
+    workspace: Workspace | None = None
+    #: The build this call answers for: ``own`` if it fired it (or lost to an identical build).
+    number: int | None = None
+    build_id: str | None = None
+    own: bool = False
+    raced: bool = False  # this call tried to fire and lost
+    #: What the flow sleeps for, and whether that sleep timed out.
+    waiting: WaitBuild | WaitAgent | None = None
+    timed_out: bool = False
+    moves: int = 0  # how often the request followed its chat to another workspace
+
+    @property
+    def verb(self) -> str:
+        return self.request.value
+
+    # --- reports from the interpreter -------------------------------------------------------
+
+    def tracking(self, workspace: Workspace) -> None:
+        """The interpreter now holds ``workspace``'s tracker for this flow."""
+        if self.workspace is not None and workspace.workspace_id != self.workspace.workspace_id:
+            self.moves += 1
+            self.number = self.build_id = None
+            self.own = self.raced = False
+        self.workspace = workspace
+
+    def restarted(self) -> None:
+        """The interpreter is starting over from the chat (after :class:`Restart`)."""
+        self.moves += 1
+        self.workspace = None
+        self.number = self.build_id = None
+        self.own = self.raced = False
+
+    def created(self, *, fired: bool, build: Build | None) -> Step | None:
+        """The :class:`Create` step's outcome; the interpreter tracks the workspace the chat is
+        bound to now (this call's, or the one another caller bound first). ``None``: decide again
+        about that one."""
+        if not fired:
+            return None
+        assert build is not None
+        if not self.wait:
+            result = answers.not_waiting(
+                self._ws(), WorkspaceState.BUILDING, build_id=build.build_id, request=self.verb, created=True
+            )
+            return Answer(result)
+        return self._join(build.number, build.build_id, own=True)
+
+    def fired(self, step: Fire, *, fired: bool, build: Build | None, facts: WorkspaceFacts) -> Step:
+        """The :class:`Fire` step's outcome: this call's ``build``, or the ``facts`` that won."""
+        if fired:
+            assert build is not None
+            if not self.wait:
+                result = answers.not_waiting(
+                    self._ws(), WorkspaceState.BUILDING, build_id=build.build_id, request=self.verb
+                )
+                return Answer(result)
+            return self._join(build.number, build.build_id, own=True)
+        self.raced = True
+        won = facts.latest_build
+        expected = step.expected_build_number
+        if won is not None and won.number == expected + 1 and won.transition is step.transition:
+            # Another caller fired the very build this one decided to fire: it is this call's
+            # build too (same build_id), even if it already finished.
+            self.number, self.build_id, self.own = won.number, won.build_id, True
+            return CatchUp(facts.seq)
+        if (
+            not facts.workspace.deleted
+            and (won.number if won else 0) == expected
+            and (won is None or won.status.finished)
+        ):
+            # Nothing newer, yet refused: the chat points at another workspace now.
+            if self.deferred or self.moves >= MAX_MOVES:
+                return Answer(ToolResult.error(answers.WORKSPACE_REPLACED))
+            return Restart()
+        return CatchUp(facts.seq)
+
+    def waited(self, *, timed_out: bool) -> None:
+        """The last :class:`WaitBuild` / :class:`WaitAgent` ended (``timed_out`` or not)."""
+        self.timed_out = timed_out
+
+    # --- deciding -------------------------------------------------------------------------------
+
+    def next(self, tracker: Tracker) -> Step:
+        """The next step, given the tracker as it is now."""
+        waiting, self.waiting = self.waiting, None
+        if isinstance(waiting, WaitAgent):
+            return Answer(self._started(tracker, waiting.number))
+        if self.number is not None:
+            if waiting is None:  # joined another caller's identical build after a lost race
+                if not self.wait:
+                    return Answer(
+                        answers.not_waiting(
+                            self._ws(), tracker.state, build_id=self.build_id, request=self.verb
+                        )
+                    )
+                return self._join(self.number, self.build_id, own=self.own)
+            return self._answer_build(tracker)
+        if waiting is not None and self.timed_out:  # another kind of build never ended
+            return Answer(answers.build_failed("waiting for in-progress build", _TIMED_OUT, tracker.build_id))
+        return self._decide(tracker)
+
+    def _decide(self, tracker: Tracker) -> Step:
+        request = self.request
+        ws = self._ws()
+        if tracker.deleted and request is not Request.CREATE:
+            return Answer(ToolResult.error(answers.WORKSPACE_DELETED))
+        decision = tracker.decide(request)
+        if decision is Decision.REFUSE:
+            return Answer(ToolResult.error(answers.NO_WORKSPACE))
+        if decision is Decision.FIRE:
+            if request is Request.CREATE:
+                return Create(tracker.workspace_id)
+            return Fire(request_transition(request), tracker.build_number)
+        if decision is Decision.ALREADY:
+            return self._already(tracker)
+        # A build is in flight.
+        if not self.wait:
+            now = answers.not_waiting(ws, tracker.state, build_id=tracker.build_id, request=self.verb)
+            if decision is Decision.WAIT_THEN_RETRY:
+                return Defer(now, tracker.build_number)
+            return Answer(now)
+        if decision is Decision.WAIT:
+            return self._join(tracker.build_number, tracker.build_id, own=self.raced)
+        # WAIT_THEN_RETRY: wait for the other build to end, whatever its outcome; decide again.
+        self.waiting = WaitBuild(tracker.build_number)
+        return self.waiting
+
+    def _join(self, number: int, build_id: str | None, *, own: bool) -> WaitBuild:
+        """Answer for build ``number`` once it is over."""
+        self.number, self.build_id, self.own = number, build_id, own
+        self.timed_out = False
+        self.waiting = WaitBuild(number)
+        return self.waiting
+
+    def _prefix(self) -> str:
+        if self.request is Request.CREATE:
+            return "workspace build failed" if self.own else "existing workspace build failed"
+        return f"workspace {self.verb} build failed" if self.own else "waiting for in-progress build"
+
+    def _answer_build(self, tracker: Tracker) -> Step:
+        """Build ``self.number`` is over (or the wait for it timed out): answer for it."""
+        number = self.number
+        assert number is not None
+        build = tracker.build(number)
+        build_id = self.build_id or (build.build_id if build else None)
+        prefix = self._prefix()
+        if self.timed_out:
+            return Answer(answers.build_failed(prefix, _TIMED_OUT, build_id))
+        extra = _superseded(tracker, number)
+        if build is None or not build.finished:
+            # Superseded twice before this tracker learnt how it ended (it keeps two builds).
+            return Answer(answers.build_failed(prefix, "superseded by a newer build", build_id, extra))
+        build_id = build.build_id
+        self.build_id = build_id
+        if build.status is not JobStatus.SUCCEEDED:
+            reason = answers.build_failure_reason(build.status, build.error)
+            return Answer(answers.build_failed(prefix, reason, build_id, extra))
+        starting = self.request in (Request.START, Request.CREATE)
+        if self.request is Request.CREATE and not self.own:
+            self.waiting = WaitAgent(number)  # the existing workspace's build: Coder's answer
+            return self.waiting
+        if starting:
+            if not extra and tracker.state not in _LIVE:
+                return Answer(answers.build_failed(prefix, f"workspace is {tracker.state.value}", build_id))
+            self.waiting = WaitAgent(number)
+            return self.waiting
+        return Answer(answers.done(self.verb, self._ws(), build_id=build_id, extra=extra))
+
+    def _started(self, tracker: Tracker, number: int) -> ToolResult:
+        """The wait for build ``number``'s agent ended: answer with the agent fields."""
+        ws = self._ws()
+        build = tracker.build(number)
+        extra = _superseded(tracker, number)
+        if build is None:
+            agent: dict[str, Any] = {"agent_status": "not_ready"}
+        elif extra and build.has_agent and build.agent is not None and build.agent.pending:
+            # Another build came before the agent was ready: it will not become ready now.
+            agent = {"agent_status": "not_ready", "lifecycle_state": build.agent.value}
+        else:
+            agent = answers.agent_fields(
+                has_agent=build.has_agent, lifecycle=build.agent, timed_out=self.timed_out
+            )
+        if self.request is Request.CREATE and not (self.own and self.number is not None):
+            return answers.create_existing(ws, tracker.state, build_id=self.build_id, agent=agent | extra)
+        return answers.done(self.verb, ws, build_id=self.build_id, agent=agent, extra=extra)
+
+    def _already(self, tracker: Tracker) -> Step:
+        """Nothing to fire: the workspace is already where the request leads."""
+        ws = self._ws()
+        state = tracker.state
+        if not self.wait:
+            return Answer(answers.not_waiting(ws, state, build_id=None, request=self.verb))
+        if self.request is Request.CREATE and state is WorkspaceState.STOPPED:
+            return Answer(answers.create_existing(ws, state, build_id=None, agent={}))
+        if self.request in (Request.START, Request.CREATE):
+            self.timed_out = False
+            self.waiting = WaitAgent(tracker.build_number)
+            return self.waiting
+        return Answer(answers.done(self.verb, ws, build_id=None))
+
+    def _ws(self) -> Workspace:
+        assert self.workspace is not None, "the interpreter tracks a workspace before asking"
+        return self.workspace
+
+
+def _superseded(tracker: Tracker, number: int) -> dict[str, Any]:
+    """``superseded_by`` when a newer build than ``number`` exists: the answer for ``number``
+    stays true (it succeeded, or failed) and says what the workspace is doing now."""
+    if tracker.build_number <= number or tracker.transition is None:
+        return {}
+    return {"superseded_by": {"transition": tracker.transition.value, "build_id": tracker.build_id}}
