@@ -12,8 +12,9 @@ fails only the requests about it: its entry keeps the error and the others go on
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Protocol
 
 import anyio
@@ -303,3 +304,48 @@ class Registry:
                     raise
                 except StoreError as exc:
                     log.warning("waiting on %s: resync failed: %s", entry.workspace_id, exc)
+
+    # --- watching -------------------------------------------------------------------------------
+
+    async def watch(self, chat_id: str | None, *, owner: str | None) -> AsyncGenerator[StateChange, None]:
+        """Every state change of ``chat_id``'s workspace (or of every chat, if ``None``).
+
+        With ``owner``, only changes of that owner's chats are yielded: another owner's chat
+        is watched exactly as an unknown one (nothing, ever). Watching every chat keeps one
+        machine per workspace that changes while you watch.
+        """
+        owned: dict[str, bool] = {}  # a chat's owner never changes once it exists
+        send, receive = anyio.create_memory_object_stream[StateChange](math.inf)
+        self.watchers.setdefault(chat_id, set()).add(send)
+        holds = AsyncExitStack()
+        try:
+            async with receive, holds:
+                if chat_id is not None:
+                    chat = await self.store.get_chat(chat_id)
+                    if chat is not None and chat.workspace_id is not None and owner in (None, chat.owner):
+                        # Hold the machine of the current workspace; new ones follow CHAT_BOUND.
+                        await holds.enter_async_context(self.track(chat.workspace_id))
+                else:
+                    for row in await self.store.list_chats():
+                        if row.facts is not None and owner in (None, row.chat.owner):
+                            await holds.enter_async_context(self.track(row.facts.workspace_id))
+                async for change in receive:
+                    if owner is not None and not await self._owned_by(change.chat_id, owner, owned):
+                        continue
+                    yield change
+        finally:
+            streams = self.watchers[chat_id]
+            streams.discard(send)
+            if not streams:
+                del self.watchers[chat_id]
+            send.close()
+            await holds.aclose()
+            self.drop_kept(chat_id)
+
+    async def _owned_by(self, chat_id: str, owner: str, cache: dict[str, bool]) -> bool:
+        if chat_id not in cache:
+            chat = await self.store.get_chat(chat_id)
+            if chat is None:
+                return False
+            cache[chat_id] = chat.owner == owner
+        return cache[chat_id]

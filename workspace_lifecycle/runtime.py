@@ -15,7 +15,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self
 
@@ -23,9 +23,10 @@ import anyio
 
 from ._pump import EventPump
 from ._registry import Entry, Registry
+from ._retry import RetryingWriter
 from ._service import BackgroundService
-from .adapters.base import Outcome, Store
-from .errors import CorruptStateError, StoreError, TransientStoreError
+from .adapters.base import Store
+from .errors import CorruptStateError, StoreError
 from .machine import Request, derive_state
 from .steps import (
     Answer,
@@ -112,9 +113,9 @@ class Lifecycle(BackgroundService):
             resync_interval=resync_interval,
         )
         self._pump.sink = self._registry
+        self._writer = RetryingWriter(store, retries=write_retries)
         self._deferred = 0  # wait=False requests finishing in the background
         self._drained = anyio.Event()
-        self.write_retried = 0  # store writes retried after a TransientStoreError
 
     # --- lifecycle of the runtime ------------------------------------------------------------
 
@@ -167,6 +168,11 @@ class Lifecycle(BackgroundService):
         return self._registry.events_applied
 
     @property
+    def write_retried(self) -> int:
+        """Store writes retried after a :class:`~workspace_lifecycle.errors.TransientStoreError`."""
+        return self._writer.retried
+
+    @property
     def resyncs(self) -> int:
         """Re-reads forced by silence: a waited-on workspace re-derived after
         ``resync_interval``, or the pump kicked after a lost wake-up."""
@@ -190,7 +196,7 @@ class Lifecycle(BackgroundService):
             return WorkspaceState.NO_WORKSPACE
         return derive_state(await self.store.workspace_facts(chat.workspace_id))
 
-    async def watch(
+    def watch(
         self, chat_id: str | None = None, *, owner: str | None = None
     ) -> AsyncGenerator[StateChange, None]:
         """Every state change of ``chat_id``'s workspace (or of every chat, if ``None``).
@@ -199,46 +205,7 @@ class Lifecycle(BackgroundService):
         is watched exactly as an unknown one (nothing, ever). Watching every chat keeps one
         machine per workspace that changes while you watch.
         """
-        owned: dict[str, bool] = {}  # a chat's owner never changes once it exists
-        send, receive = anyio.create_memory_object_stream[StateChange](math.inf)
-        self._registry.watchers.setdefault(chat_id, set()).add(send)
-        holds: list[Any] = []
-        try:
-            async with receive:
-                if chat_id is not None:
-                    chat = await self.store.get_chat(chat_id)
-                    if chat is not None and chat.workspace_id is not None and owner in (None, chat.owner):
-                        # Hold the machine of the current workspace; new ones follow CHAT_BOUND.
-                        cm = self._registry.track(chat.workspace_id)
-                        await cm.__aenter__()
-                        holds.append(cm)
-                else:
-                    for row in await self.store.list_chats():
-                        if row.facts is not None and owner in (None, row.chat.owner):
-                            cm = self._registry.track(row.facts.workspace_id)
-                            await cm.__aenter__()
-                            holds.append(cm)
-                async for change in receive:
-                    if owner is not None and not await self._owned_by(change.chat_id, owner, owned):
-                        continue
-                    yield change
-        finally:
-            streams = self._registry.watchers[chat_id]
-            streams.discard(send)
-            if not streams:
-                del self._registry.watchers[chat_id]
-            send.close()
-            for cm in reversed(holds):
-                await cm.__aexit__(None, None, None)
-            self._registry.drop_kept(chat_id)
-
-    async def _owned_by(self, chat_id: str, owner: str, cache: dict[str, bool]) -> bool:
-        if chat_id not in cache:
-            chat = await self.store.get_chat(chat_id)
-            if chat is None:
-                return False
-            cache[chat_id] = chat.owner == owner
-        return cache[chat_id]
+        return self._registry.watch(chat_id, owner=owner)
 
     # --- the tools ---------------------------------------------------------------------------
 
@@ -312,7 +279,9 @@ class Lifecycle(BackgroundService):
             if isinstance(step, Answer | Create | Track | Restart):
                 return step
             if isinstance(step, Fire):
-                outcome = await self._request_build(entry.workspace_id, step)
+                outcome = await self._writer.request_build(
+                    entry.workspace_id, step.transition, step.expected_build_number
+                )
                 if outcome.fired and outcome.build is not None:
                     span.fired(outcome.build.build_id)
                 step = flow.fired(step, fired=outcome.fired, build=outcome.build, facts=outcome.facts)
@@ -342,7 +311,9 @@ class Lifecycle(BackgroundService):
         """Execute a :class:`Create`; continue in the workspace the chat is bound to now."""
         registry = self._registry
         async with registry.following(chat_id):
-            outcome = await self._create_workspace(chat_id, workspace_name(name), step.expected_workspace_id)
+            outcome = await self._writer.create_workspace(
+                chat_id, workspace_name(name), step.expected_workspace_id
+            )
             await self._pump.caught_up(outcome.facts.seq)
             ws = outcome.facts.workspace
             if outcome.fired and outcome.build is not None:
@@ -390,73 +361,6 @@ class Lifecycle(BackgroundService):
             if not self._deferred:
                 self._drained.set()
                 self._drained = anyio.Event()
-
-    # --- store writes -----------------------------------------------------------------------------
-
-    async def _retry_write(
-        self, write: Callable[[], Awaitable[Outcome]], reread: Callable[[], Awaitable[Outcome | None]]
-    ) -> Outcome:
-        """Run ``write``; on a :class:`TransientStoreError`, ``reread()`` the rows and retry.
-
-        A failed write may have committed (an error after COMMIT). Every write is a
-        compare-and-set, so ``reread`` decides: it returns a not-fired :class:`Outcome` when the
-        rows moved on (this call's write or another caller's: the flow treats both as a lost
-        race and answers about the build that exists), or ``None`` to retry the same write,
-        which the compare-and-set makes safe.
-        """
-        delay = 0.01
-        for attempt in range(self.write_retries + 1):
-            try:
-                return await write()
-            except TransientStoreError as exc:
-                if attempt == self.write_retries:
-                    raise
-                log.warning("store write failed (%s); re-reading and retrying in %.2fs", exc, delay)
-                self.write_retried += 1
-                await anyio.sleep(delay)
-                delay = min(delay * 4, 0.5)
-                try:
-                    moved = await reread()
-                except TransientStoreError:
-                    continue
-                if moved is not None:
-                    return moved
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _request_build(self, workspace_id: str, step: Fire) -> Outcome:
-        expected = step.expected_build_number
-
-        async def write() -> Outcome:
-            return await self.store.request_build(
-                workspace_id, step.transition, expected_build_number=expected
-            )
-
-        async def reread() -> Outcome | None:
-            facts = await self.store.workspace_facts(workspace_id)
-            latest = facts.latest_build
-            if facts.workspace.deleted or (latest is not None and latest.number != expected):
-                return Outcome(fired=False, build=None, facts=facts)
-            return None
-
-        return await self._retry_write(write, reread)
-
-    async def _create_workspace(self, chat_id: str, name: str, expected: str | None) -> Outcome:
-        async def write() -> Outcome:
-            return await self.store.create_workspace(chat_id, name, expected_workspace_id=expected)
-
-        async def reread() -> Outcome | None:
-            chat = await self.store.get_chat(chat_id)
-            if chat is None or chat.workspace_id is None or chat.workspace_id == expected:
-                return None
-            facts = await self.store.workspace_facts(chat.workspace_id)
-            first = facts.latest_build
-            if facts.workspace.name == name and first is not None and first.number == 1:
-                # The very workspace this call asked for (its write committed before the error,
-                # or an identical create won): answer as its creator, about its first build.
-                return Outcome(fired=True, build=first, facts=facts)
-            return Outcome(fired=False, build=None, facts=facts)
-
-        return await self._retry_write(write, reread)
 
 
 def _check_seconds(what: str, value: object) -> None:

@@ -1,0 +1,96 @@
+"""Store writes made on behalf of a request, retried after transient failures.
+
+A write that raised :class:`~workspace_lifecycle.errors.TransientStoreError` may or may not
+have committed. Every write is a compare-and-set, so the writer re-reads the rows and either
+answers with what they show (the write, or another caller's, moved them on) or retries the
+same write, which the compare-and-set makes safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from .adapters.base import Outcome, Store
+from .errors import TransientStoreError
+from .values import Transition
+
+__all__ = ["RetryingWriter"]
+
+log = logging.getLogger("workspace_lifecycle.runtime")
+
+
+class RetryingWriter:
+    """``request_build`` and ``create_workspace`` with up to ``retries`` re-read-and-retries."""
+
+    def __init__(self, store: Store, *, retries: int) -> None:
+        self.store = store
+        self.retries = retries
+        self.retried = 0
+
+    async def _retry(
+        self, write: Callable[[], Awaitable[Outcome]], reread: Callable[[], Awaitable[Outcome | None]]
+    ) -> Outcome:
+        """Run ``write``; on a :class:`TransientStoreError`, ``reread()`` the rows and retry.
+
+        A failed write may have committed (an error after COMMIT). Every write is a
+        compare-and-set, so ``reread`` decides: it returns a not-fired :class:`Outcome` when the
+        rows moved on (this call's write or another caller's: the flow treats both as a lost
+        race and answers about the build that exists), or ``None`` to retry the same write,
+        which the compare-and-set makes safe.
+        """
+        delay = 0.01
+        for attempt in range(self.retries + 1):
+            try:
+                return await write()
+            except TransientStoreError as exc:
+                if attempt == self.retries:
+                    raise
+                log.warning("store write failed (%s); re-reading and retrying in %.2fs", exc, delay)
+                self.retried += 1
+                await anyio.sleep(delay)
+                delay = min(delay * 4, 0.5)
+                try:
+                    moved = await reread()
+                except TransientStoreError:
+                    continue
+                if moved is not None:
+                    return moved
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def request_build(self, workspace_id: str, transition: Transition, expected: int) -> Outcome:
+        """Append a ``transition`` build if build ``expected`` is still the latest."""
+
+        async def write() -> Outcome:
+            return await self.store.request_build(workspace_id, transition, expected_build_number=expected)
+
+        async def reread() -> Outcome | None:
+            facts = await self.store.workspace_facts(workspace_id)
+            latest = facts.latest_build
+            if facts.workspace.deleted or (latest is not None and latest.number != expected):
+                return Outcome(fired=False, build=None, facts=facts)
+            return None
+
+        return await self._retry(write, reread)
+
+    async def create_workspace(self, chat_id: str, name: str, expected: str | None) -> Outcome:
+        """Bind the chat to a new workspace if it is still bound to ``expected``."""
+
+        async def write() -> Outcome:
+            return await self.store.create_workspace(chat_id, name, expected_workspace_id=expected)
+
+        async def reread() -> Outcome | None:
+            chat = await self.store.get_chat(chat_id)
+            if chat is None or chat.workspace_id is None or chat.workspace_id == expected:
+                return None
+            facts = await self.store.workspace_facts(chat.workspace_id)
+            first = facts.latest_build
+            if facts.workspace.name == name and first is not None and first.number == 1:
+                # The very workspace this call asked for (its write committed before the error,
+                # or an identical create won): answer as its creator, about its first build.
+                return Outcome(fired=True, build=first, facts=facts)
+            return Outcome(fired=False, build=None, facts=facts)
+
+        return await self._retry(write, reread)
