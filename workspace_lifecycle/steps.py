@@ -339,12 +339,11 @@ class Flow:
         if build.status is not JobStatus.SUCCEEDED:
             reason = answers.build_failure_reason(build.status, build.error)
             return Answer(answers.build_failed(prefix, reason, build_id, extra))
-        starting = self.request in (Request.START, Request.CREATE)
-        if self.request is Request.CREATE and not self.own:
-            self.waiting = WaitAgent(number)  # the existing workspace's build: Coder's answer
-            return self.waiting
-        if starting:
-            if not extra and tracker.state not in _LIVE:
+        joined_create = self.request is Request.CREATE and not self.own  # Coder's existing-workspace answer
+        if joined_create or self.request is Request.START or self.request is Request.CREATE:
+            if extra:  # superseded: answer with what was known of its agent when the next came
+                return Answer(self._started(tracker, number))
+            if not joined_create and tracker.state not in _LIVE:
                 return Answer(answers.build_failed(prefix, f"workspace is {tracker.state.value}", build_id))
             self.waiting = WaitAgent(number)
             return self.waiting
