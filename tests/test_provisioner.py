@@ -24,9 +24,9 @@ class FlakyFinish(wl.MemoryStore):
         if self.failures > 0:
             self.failures -= 1
             if self.failures % 2:
-                raise wl.StoreError("connection lost before commit")
+                raise wl.StoreUnavailableError("connection lost before commit")
             await super().finish_build(build_id, status, error, has_agent=has_agent)
-            raise wl.StoreError("connection lost during commit; the write may have been applied")
+            raise wl.StoreUnavailableError("connection lost during commit; the write may have been applied")
         return await super().finish_build(build_id, status, error, has_agent=has_agent)
 
 
@@ -39,6 +39,40 @@ async def test_transient_errors_are_retried_until_the_build_finishes() -> None:
             r = await lc.create_workspace("c", owner="o", name="dev")
         assert r.data["created"] is True
         assert await lc.state("c") is WorkspaceState.AGENT_READY
+        assert store.failures == 0 and prov.builds_done == 1
+
+
+class BusyFinish(wl.MemoryStore):
+    """finish_build stays busy (another program holds the write lock) ``failures`` times."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def finish_build(
+        self, build_id: str, status: JobStatus | str, error: str | None = None, *, has_agent: bool = True
+    ) -> wl.Build:
+        if self.failures > 0:
+            self.failures -= 1
+            raise wl.StoreBusyError("database is locked")
+        return await super().finish_build(build_id, status, error, has_agent=has_agent)
+
+
+async def test_finish_is_retried_until_it_lands_past_the_retry_budget() -> None:
+    """Hardening 10: a long foreign lock outlasts ``retries``; the finish still lands when it ends.
+
+    Before: the provisioner gave up after ``retries`` and left the build running for good.
+    """
+    store = BusyFinish(failures=30)
+    async with (
+        store,
+        wl.SimulatedProvisioner(store, retries=2, max_retry_delay=0.01) as prov,
+        wl.Lifecycle(store, build_timeout=10) as lc,
+    ):
+        await lc.register_chat("c", owner="o")
+        with anyio.fail_after(10):
+            r = await lc.create_workspace("c", owner="o", name="dev")
+        assert r.data["created"] is True, r.text
         assert store.failures == 0 and prov.builds_done == 1
 
 

@@ -16,7 +16,7 @@ import anyio
 
 from ._service import BackgroundService
 from .adapters.base import Store
-from .errors import BuildConflictError, NotFoundError, StoreClosedError, StoreError
+from .errors import BuildConflictError, CallerError, StoreClosedError, StoreError, TransientStoreError
 from .values import AgentLifecycle, Build, JobStatus, Transition
 
 __all__ = ["SimulatedProvisioner"]
@@ -50,6 +50,7 @@ class SimulatedProvisioner(BackgroundService):
         seed: int | None = None,
         worker: str = "simulated",
         retries: int = 8,
+        max_retry_delay: float = 2.0,
     ) -> None:
         if isinstance(fail, (int, float)) and not isinstance(fail, bool) and not 0.0 <= fail <= 1.0:
             raise ValueError(f"fail must be a predicate or a probability in [0, 1], not {fail!r}")
@@ -62,6 +63,7 @@ class SimulatedProvisioner(BackgroundService):
         self.agent = None if agent is None else AgentLifecycle(agent)
         self.worker = worker
         self.retries = retries
+        self.max_retry_delay = max_retry_delay
         self._random = random.Random(seed)
         self.builds_done = 0
 
@@ -84,7 +86,7 @@ class SimulatedProvisioner(BackgroundService):
                         continue
                 except StoreClosedError:
                     return
-                except StoreError as exc:
+                except TransientStoreError as exc:
                     log.warning("provisioner: %s; retrying", exc)
                     await anyio.sleep(0.1)
                     continue
@@ -102,33 +104,37 @@ class SimulatedProvisioner(BackgroundService):
                 await anyio.sleep(self.agent_seconds)
                 agent = self.agent
                 await self._retrying(lambda: self.store.report_agent(build.workspace_id, agent))
-        except StoreError as exc:
+        except (StoreError, CallerError) as exc:
             log.warning("provisioner: build %s: %s", build.build_id, exc)
 
     async def _finish(self, build: Build, status: JobStatus, error: str | None, *, has_agent: bool) -> None:
-        # A conflict means an earlier attempt committed although its caller saw an error.
+        # A conflict means an earlier attempt committed although its caller saw an error (or
+        # another party, a reaper, finished it). Until then the finish is retried however long
+        # the store stays busy: a build left running because one write failed never finishes.
         with contextlib.suppress(BuildConflictError):
             await self._retrying(
-                lambda: self.store.finish_build(build.build_id, status, error, has_agent=has_agent)
+                lambda: self.store.finish_build(build.build_id, status, error, has_agent=has_agent),
+                until_it_lands=True,
             )
         self.builds_done += 1
 
-    async def _retrying(self, call: Callable[[], Awaitable[object]]) -> None:
-        """Run a store write, retrying transient failures (a restarted database) with backoff.
-
-        A build left ``running`` because one write failed would never finish; retrying is safe
-        because ``finish_build`` refuses a second finish (``BuildConflictError``).
+    async def _retrying(self, call: Callable[[], Awaitable[object]], *, until_it_lands: bool = False) -> None:
+        """Run a store write, retrying transient failures (a busy or restarted database) with
+        backoff: ``retries`` times, or ``until_it_lands`` (only a caller error or a closed store
+        ends it). Retrying is safe because ``finish_build`` refuses a second finish
+        (``BuildConflictError``).
         """
         delay = 0.05
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             try:
                 await call()
                 return
-            except (StoreClosedError, BuildConflictError, NotFoundError):
-                raise
-            except StoreError as exc:
-                if attempt == self.retries:
+            except TransientStoreError as exc:
+                if attempt >= self.retries and not until_it_lands:
                     raise
-                log.warning("provisioner: %s; retrying in %.2fs", exc, delay)
+                attempt += 1
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning("provisioner: %s; retrying in %.2fs (attempt %d)", exc, delay, attempt)
                 await anyio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, self.max_retry_delay)

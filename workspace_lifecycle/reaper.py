@@ -44,7 +44,7 @@ import anyio
 
 from ._service import BackgroundService
 from .adapters.base import Store
-from .errors import BuildConflictError, NotFoundError, StoreClosedError, StoreError
+from .errors import BuildConflictError, CorruptStateError, NotFoundError, StoreClosedError, StoreError
 from .values import Build, JobStatus
 
 __all__ = ["BuildReaper", "local_worker_alive", "local_worker_name"]
@@ -106,7 +106,7 @@ class BuildReaper(BackgroundService):
                 await self.reap_once()
             except StoreClosedError:
                 return
-            except StoreError as exc:
+            except (StoreError, CorruptStateError) as exc:
                 log.warning("reaper: %s; trying again in %.1fs", exc, self.interval)
             await anyio.sleep(self.interval)
 
