@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python bench/reliability_figures.py            # the CI profile (seconds)
+    python bench/reliability_figures.py            # the default profile (seconds)
     python bench/reliability_figures.py --large    # HYPOTHESIS_PROFILE=large: 1,000+ histories
 
 Runs the reliability test files with ``WL_RELIABILITY_FIGURES`` pointing at a temporary file
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         figures: dict[str, int] = json.loads(target.read_text()) if target.exists() else {}
     faults = {k.removeprefix("faults_"): v for k, v in figures.items() if k.startswith("faults_")}
     lost = 0 if proc.returncode == 0 else None  # a lost answer fails the suite
-    print(f"profile:            {'large' if args.large else env.get('HYPOTHESIS_PROFILE', 'dev/ci')}")
+    print(f"profile:            {'large' if args.large else env.get('HYPOTHESIS_PROFILE', 'default')}")
     print(f"pytest:             {summary} ({elapsed:.0f} s)")
     print(f"histories:          {figures.get('histories', 0)} ({figures.get('rounds', 0)} rounds)")
     print(f"requests:           {figures.get('requests', 0)}")

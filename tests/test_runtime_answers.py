@@ -7,7 +7,6 @@ sleeps. ``anyio.wait_all_tasks_blocked`` tells when a request has reached its wa
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
@@ -727,18 +726,11 @@ class TestWatch:
             assert h.lc.tracked == 0
 
 
-def have_adapter(kind: str) -> bool:
-    """The sqlite and postgres adapters are written in other issues; skip until they exist."""
-    return kind == "memory" or importlib.util.find_spec(f"workspace_lifecycle.adapters.{kind}") is not None
-
-
 class TestOnEveryStore:
     """A few rows again on every store (memory, sqlite, postgres) through the shared fixture."""
 
     @pytest.fixture
     def anyio_backend(self, store_backend: tuple[str, str]) -> str:
-        if not have_adapter(store_backend[0]):
-            pytest.skip(f"workspace_lifecycle.adapters.{store_backend[0]} is not written yet")
         return store_backend[1]
 
     async def test_stop_then_start_waits_and_fires_once(self, store: wl.Store) -> None:

@@ -27,7 +27,7 @@ from .machine import Tracker
 from .telemetry import log_change
 from .values import EventKind, StateChange, StoreEvent, Workspace
 
-__all__ = ["Entry", "Registry"]
+__all__ = ["Condition", "Entry", "Registry"]
 
 log = logging.getLogger("workspace_lifecycle.runtime")
 

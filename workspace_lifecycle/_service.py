@@ -8,6 +8,8 @@ from typing import Self
 import anyio
 from anyio.abc import TaskGroup
 
+__all__ = ["BackgroundService"]
+
 
 class BackgroundService:
     """``async with service:`` runs ``service.run()`` in a task group and cancels it on exit."""

@@ -16,7 +16,11 @@ __all__ = [
     "WORKSPACE_DELETED",
     "WORKSPACE_REPLACED",
     "agent_fields",
+    "build_failed",
     "build_failure_reason",
+    "create_existing",
+    "done",
+    "not_waiting",
 ]
 
 NO_WORKSPACE = "chat has no workspace; use create_workspace first"

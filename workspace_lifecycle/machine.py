@@ -72,6 +72,7 @@ __all__ = [
     "Request",
     "Tracker",
     "WorkspaceMachine",
+    "bound_machine",
     "derive_state",
 ]
 

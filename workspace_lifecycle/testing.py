@@ -74,6 +74,7 @@ __all__ = [
     "applied_states",
     "deliveries",
     "histories",
+    "history_ops",
     "make_lifecycle_machine",
     "run_history",
 ]
