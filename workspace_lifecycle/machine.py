@@ -1,4 +1,9 @@
-"""The workspace state machine: every state decision lives in this module.
+"""The workspace state machine: the transition table, and every decision about states.
+
+Every decision of the library lives in the pure core: this module (the table, the tracker that
+applies events, what a request may do in a state), :mod:`~workspace_lifecycle.steps` (how a
+request proceeds and what it answers) and :mod:`~workspace_lifecycle.writes` (what a store
+write changes). The runtime and the adapters only execute what these decide.
 
 Theory of operation
 -------------------
@@ -10,7 +15,8 @@ delivery.
 
 Events come from storage, never from wishes. A request such as ``start_workspace`` does not
 move the machine: :meth:`Tracker.decide` reads the transition table to decide whether the
-request fires a build, waits for one, is already satisfied or is refused; the store then
+request fires a build, waits for one, is already satisfied or is refused (the request's
+:class:`~workspace_lifecycle.steps.Flow` turns that into its next step); the store then
 appends the build with a compare-and-set, and the resulting ``build_queued`` event is what moves
 the machine to ``building``. The request transitions (``start``, ``stop``, ``delete``,
 ``create``) are declared in the table so that the decision and the diagram read the same
