@@ -257,3 +257,131 @@ class TestAgentThenStop:
                 "transition": "stop",
                 "build_id": stopping.data["build_id"],
             }
+
+
+# --- 3. a late start must not revive a workspace the chat no longer has --------------------------
+
+
+def _answers_about_the_new_workspace(r: wl.ToolResult) -> bool:
+    """The late start's answer is about the chat's current workspace (``dev2``), or says the
+    workspace it waited on was replaced."""
+    return r.data.get("workspace_name") in ("dev2", f"{OWNER}/dev2") or "replaced" in r.text.lower()
+
+
+async def _failed_with_stop_in_flight(h: H) -> str:
+    """c1's workspace (``dev``) failed, and a stop build of it is in flight; returns its id."""
+    assert not (await h.lc.create_workspace(CHAT, owner=OWNER, name="dev", wait=False)).is_error
+    await h.complete(JobStatus.FAILED)
+    assert await h.lc.state(CHAT) is WorkspaceState.FAILED
+    stopping = await h.lc.stop_workspace(CHAT, owner=OWNER, wait=False)
+    assert stopping.data["status"] == "building"
+    return await h.workspace_id()
+
+
+async def _starts_after(store: wl.Store, workspace_id: str, seq: int) -> list[wl.StoreEvent]:
+    return [
+        e
+        for e in await store.read_events(seq)
+        if e.workspace_id == workspace_id
+        and e.kind is wl.EventKind.BUILD_QUEUED
+        and e.transition is Transition.START
+    ]
+
+
+class TestStartAfterTheChatGotANewWorkspace:
+    @pytest.mark.parametrize("stop_outcome", [JobStatus.FAILED, JobStatus.SUCCEEDED])
+    async def test_waiting_start_does_not_start_the_replaced_workspace(self, stop_outcome: JobStatus) -> None:
+        """Bug 3: start_workspace waits (WAIT_THEN_RETRY) on the failed workspace's stop build;
+        when that stop ends, another caller's create_workspace replaces the workspace at once.
+        The waiting start must not fire a start build on the old workspace (bound to no chat);
+        its answer is about the chat's new workspace, or says the workspace was replaced."""
+        async with harness() as h:
+            old = await _failed_with_stop_in_flight(h)
+            async with anyio.create_task_group() as tg:
+                call = await waiting(tg, lambda: h.lc.start_workspace(CHAT, owner=OWNER))
+                stop = await h.claim()
+                assert stop.transition is Transition.STOP and stop.workspace_id == old
+                # The stop ends, and another replica's create replaces the workspace before the
+                # waiting start runs again (no checkpoint in between).
+                await h.store.finish_build(stop.build_id, stop_outcome)
+                replaced = await h.store.create_workspace(CHAT, "dev2", expected_workspace_id=old)
+                assert replaced.fired
+                rebound_at = replaced.facts.seq
+                new = replaced.facts.workspace_id
+                # Play the provisioner until the late start answers (whatever builds it awaits).
+                while not call.done.is_set():
+                    with anyio.move_on_after(0.5):
+                        await h.complete()
+                r = await call.result()
+            assert await h.workspace_id() == new
+            revived = await _starts_after(h.store, old, rebound_at)
+            assert not revived, (
+                f"a start build was fired on workspace {old}, which the chat no longer has "
+                f"(it is bound to {new}): {revived}; answer {r.data}"
+            )
+            assert wl.derive_state(await h.store.workspace_facts(old)) not in (
+                WorkspaceState.RUNNING,
+                WorkspaceState.AGENT_READY,
+                WorkspaceState.BUILDING,
+            )
+            assert _answers_about_the_new_workspace(r), r.data
+
+    async def test_deferred_start_does_not_start_the_replaced_workspace(self) -> None:
+        """Bug 3 with wait=False: the start deferred behind the stop build (finished in the
+        background) must not fire on the workspace the chat no longer has."""
+        async with harness() as h:
+            old = await _failed_with_stop_in_flight(h)
+            deferred = await h.lc.start_workspace(CHAT, owner=OWNER, wait=False)
+            assert deferred.data["status"] == "building"
+            await anyio.wait_all_tasks_blocked()  # the deferred start now waits on the stop build
+            stop = await h.claim()
+            assert stop.transition is Transition.STOP
+            await h.store.finish_build(stop.build_id, JobStatus.FAILED)
+            replaced = await h.store.create_workspace(CHAT, "dev2", expected_workspace_id=old)
+            assert replaced.fired
+            with anyio.fail_after(5):
+                await h.lc.drain()
+            revived = await _starts_after(h.store, old, replaced.facts.seq)
+            assert not revived, f"the deferred start fired on the replaced workspace {old}: {revived}"
+
+
+class TestStoreRefusesStartOnUnboundWorkspace:
+    """Store conformance (memory, SQLite, PostgreSQL): once the chat is bound to a new workspace,
+    the old one may still be stopped or deleted (that only saves cost), never started."""
+
+    @pytest.fixture
+    def anyio_backend(self, store_backend: tuple[str, str]) -> str:
+        return store_backend[1]
+
+    async def _replaced(self, store: wl.Store) -> tuple[str, str]:
+        await store.register_chat(CHAT, OWNER)
+        old = (await store.create_workspace(CHAT, "dev", expected_workspace_id=None)).facts.workspace_id
+        build = await store.claim_build("w")
+        assert build is not None
+        await store.finish_build(build.build_id, JobStatus.FAILED, "boom")
+        replaced = await store.create_workspace(CHAT, "dev2", expected_workspace_id=old)
+        assert replaced.fired and replaced.facts.workspace_id != old
+        first = await store.claim_build("w")  # the new workspace's first build: out of the way
+        assert first is not None and first.workspace_id == replaced.facts.workspace_id
+        await store.finish_build(first.build_id, JobStatus.SUCCEEDED)
+        chat = await store.get_chat(CHAT)
+        assert chat is not None and chat.workspace_id == replaced.facts.workspace_id
+        return old, replaced.facts.workspace_id
+
+    async def test_start_on_unbound_workspace_is_refused(self, store: wl.Store) -> None:
+        old, _ = await self._replaced(store)
+        head = await store.head()
+        outcome = await store.request_build(old, Transition.START, expected_build_number=1)
+        assert not outcome.fired, f"a start build was appended to workspace {old}, bound to no chat"
+        assert outcome.build is None
+        assert await store.head() == head
+
+    async def test_stop_and_delete_on_unbound_workspace_stay_allowed(self, store: wl.Store) -> None:
+        old, _ = await self._replaced(store)
+        stop = await store.request_build(old, Transition.STOP, expected_build_number=1)
+        assert stop.fired and stop.build is not None
+        claimed = await store.claim_build("w")
+        assert claimed is not None and claimed.build_id == stop.build.build_id
+        await store.finish_build(claimed.build_id, JobStatus.SUCCEEDED)
+        delete = await store.request_build(old, Transition.DELETE, expected_build_number=2)
+        assert delete.fired and delete.build is not None
