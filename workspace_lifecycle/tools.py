@@ -25,11 +25,13 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, TypeAlias
 
 import attrs
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
-from jsonschema.exceptions import ValidationError, best_match  # type: ignore[import-untyped]
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
 
-from .answers import CHAT_NOT_FOUND, NO_WORKSPACE
+from .answers import NO_WORKSPACE
+from .machine import Request
 from .runtime import Lifecycle
+from .steps import Answer, first_step
 from .values import ToolResult
 
 __all__ = [
@@ -150,8 +152,14 @@ def _validators(chat_id_argument: bool) -> dict[str, Any]:
 
 
 def unknown_chat(name: str) -> ToolResult:
-    """What tool ``name`` answers for a chat that does not exist (or is not the caller's)."""
-    return ToolResult.error(CHAT_NOT_FOUND if name == "create_workspace" else NO_WORKSPACE)
+    """What tool ``name`` answers for a chat that does not exist (or is not the caller's): the
+    request module's own first step for an unknown chat, so the two cannot drift."""
+    verb = name.removesuffix("_workspace")
+    if verb not in {r.value for r in Request}:
+        return ToolResult.error(NO_WORKSPACE)
+    step = first_step(Request(verb), None, "")
+    assert isinstance(step, Answer)
+    return step.result
 
 
 @attrs.frozen
