@@ -314,3 +314,59 @@ def test_memory_store_survives_a_second_event_loop() -> None:
 
     anyio.run(wait_then_cancel)
     anyio.run(wait_again)
+
+
+@pytest.mark.postgres
+class TestPostgresChatBinding:
+    """PostgreSQL only: the chat binding is part of request_build's compare-and-set, read under a
+    lock that a concurrent create_workspace (re-binding the chat) waits for, or waits on."""
+
+    @staticmethod
+    async def stopped(store: wl.Store) -> str:
+        ws = (await make_workspace(store)).facts.workspace_id
+        await finish_latest(store)
+        assert (await store.request_build(ws, Transition.STOP, expected_build_number=1)).fired
+        await finish_latest(store)
+        return ws
+
+    async def test_start_on_a_replaced_workspace_does_not_fire(self, pg_schema_url: str) -> None:
+        """The chat now points at a new workspace: starting the old one fires nothing; deleting
+        it (which only saves money) still may."""
+        async with wl.open_store(pg_schema_url) as store:
+            old = await self.stopped(store)
+            assert (await store.create_workspace("c1", "dev2", expected_workspace_id=old)).fired
+            assert not (await store.request_build(old, Transition.START, expected_build_number=2)).fired
+            assert (await store.request_build(old, Transition.DELETE, expected_build_number=2)).fired
+
+    @pytest.mark.parametrize("first", ["create", "start"])
+    async def test_rebind_and_start_on_two_replicas_serialise(self, pg_schema_url: str, first: str) -> None:
+        """One replica holds its transaction open (create re-binding the chat, or a start); the
+        other's write waits for it and decides on what it committed: a start after the re-bind
+        fires nothing, a re-bind after a start commits after it."""
+        async with wl.open_store(pg_schema_url) as a, wl.open_store(pg_schema_url) as b:
+            old = await self.stopped(a)
+            entered = anyio.Event()
+
+            async def hold() -> None:
+                entered.set()
+                await anyio.sleep(0.3)
+
+            outcomes: dict[str, wl.Outcome] = {}
+
+            async def create() -> None:
+                outcomes["create"] = await b.create_workspace("c1", "dev2", expected_workspace_id=old)
+
+            async def start() -> None:
+                outcomes["start"] = await a.request_build(old, Transition.START, expected_build_number=2)
+
+            holder, calls = (b, (create, start)) if first == "create" else (a, (start, create))
+            holder._before_commit = hold  # type: ignore[attr-defined]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(calls[0])
+                await entered.wait()
+                holder._before_commit = None  # type: ignore[attr-defined]
+                tg.start_soon(calls[1])
+            assert outcomes["create"].fired
+            assert outcomes["start"].fired is (first == "start")
+            if first == "start":
+                assert outcomes["start"].facts.seq < outcomes["create"].facts.seq
