@@ -337,14 +337,15 @@ def _deliver(job: _Job[Any], value: object, error: BaseException | None) -> None
 
 
 def _settle(job: _Job[Any], value: Any, error: BaseException | None) -> None:
+    # The caller is resumed before ``then`` rings the doorbell, as if it had rung it itself on
+    # return: the writer's task runs before the sleepers it wakes (the order aiosqlite gave).
+    if not job.future.done():  # else the caller was cancelled
+        if error is None:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(error)
     if error is None and job.then is not None:
         job.then(value)
-    if job.future.done():  # the caller was cancelled
-        return
-    if error is None:
-        job.future.set_result(value)
-    else:
-        job.future.set_exception(error)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
