@@ -370,3 +370,47 @@ class TestPostgresChatBinding:
             assert outcomes["start"].fired is (first == "start")
             if first == "start":
                 assert outcomes["start"].facts.seq < outcomes["create"].facts.seq
+
+
+class TestRequestsAsData:
+    """Every store persists what :mod:`workspace_lifecycle.writes` decides, nothing more or less."""
+
+    async def test_start_needs_the_chat_still_bound(self, store: wl.Store) -> None:
+        """A workspace its chat has replaced is never started again (it would run bound to no
+        chat), but it may still be stopped and deleted."""
+        first = await make_workspace(store)
+        old = first.facts.workspace_id
+        await finish_latest(store)
+        again = await store.create_workspace("c1", "dev2", expected_workspace_id=old)
+        assert again.fired and again.facts.workspace_id != old
+        head = await store.head()
+        start = await store.request_build(old, Transition.START, expected_build_number=1)
+        assert not start.fired and start.build is None
+        assert await store.head() == head  # nothing written
+        stop = await store.request_build(old, Transition.STOP, expected_build_number=1)
+        assert stop.fired and stop.build is not None and stop.build.transition is Transition.STOP
+        assert (await store.claim_build("w")).workspace_id == again.facts.workspace_id  # type: ignore[union-attr]
+        await finish_latest(store)  # the old workspace's stop
+        delete = await store.request_build(old, Transition.DELETE, expected_build_number=2)
+        assert delete.fired
+        await finish_latest(store)
+        assert (await store.workspace_facts(old)).workspace.deleted
+        assert (await store.get_chat("c1")).workspace_id == again.facts.workspace_id  # type: ignore[union-attr]
+
+    async def test_finish_effects_and_events_follow_writes(self, store: wl.Store) -> None:
+        """A succeeded start with an agent creates it in ``created``; without one, none; the
+        events of each write are numbered in order, right after the head."""
+        outcome = await make_workspace(store)
+        ws = outcome.facts.workspace_id
+        head = await store.head()
+        build = await finish_latest(store, has_agent=False)
+        assert build.has_agent is False
+        assert (await store.workspace_facts(ws)).agent is None
+        events = await store.read_events(head)
+        assert [(e.seq, e.kind) for e in events] == [
+            (head + 1, EventKind.BUILD_UPDATED),
+            (head + 2, EventKind.BUILD_FINISHED),
+        ]
+        with pytest.raises(wl.NotFoundError):
+            await store.report_agent(ws, AgentLifecycle.READY)
+        assert await store.head() == head + 2
