@@ -20,6 +20,7 @@ from typing import TypeVar
 import attrs
 
 from .errors import BuildConflictError, NotFoundError
+from .machine import Decision, Request, Tracker
 from .values import (
     Agent,
     AgentLifecycle,
@@ -75,9 +76,13 @@ def create_workspace(
     build_id: str,
     name: str,
     at: float,
+    replaced: WorkspaceFacts | None = None,
 ) -> Write | None:
-    """Bind ``chat`` to a new workspace with its first (start) build, or ``None`` if the chat is
-    no longer bound to ``expected_workspace_id`` (the compare-and-set lost).
+    """Bind ``chat`` to a new workspace with its first (start) build, or ``None`` if the
+    compare-and-set fails: the chat is no longer bound to ``expected_workspace_id``, or the
+    workspace it would replace (``replaced``, read in the same transaction) is no longer one
+    the table lets a create replace (failed or deleted). A workspace whose start build is in
+    flight is never replaced: it would come up bound to no chat, out of every tool's reach.
 
     >>> chat = Chat("c1", "alice")
     >>> w = create_workspace(chat, expected_workspace_id=None, workspace_id="w1", build_id="b1", name="dev", at=0)
@@ -88,6 +93,8 @@ def create_workspace(
     if chat is None:
         raise NotFoundError("no such chat")
     if chat.workspace_id != expected_workspace_id:
+        return None
+    if expected_workspace_id is not None and (replaced is None or not _replaceable(replaced)):
         return None
     ws = Workspace(workspace_id, chat.chat_id, chat.owner, name)
     build = Build(build_id, workspace_id, 1, Transition.START, JobStatus.PENDING)
@@ -100,6 +107,11 @@ def create_workspace(
         workspace=ws,
         chat=Chat(chat.chat_id, chat.owner, workspace_id),
     )
+
+
+def _replaceable(facts: WorkspaceFacts) -> bool:
+    """The table's own answer: does ``request_create`` fire from this workspace's state?"""
+    return Tracker.from_facts(facts).decide(Request.CREATE) is Decision.FIRE
 
 
 def request_build(

@@ -92,6 +92,11 @@ class Store(abc.ABC):
         """The workspace, its latest build and agent, and the log head, in one read."""
 
     @abc.abstractmethod
+    async def get_build(self, build_id: str) -> Build:
+        """One build as stored (``NotFoundError`` if there is none): how a superseded build
+        ended, for the request that waited for it."""
+
+    @abc.abstractmethod
     async def create_workspace(
         self, chat_id: str, name: str, *, expected_workspace_id: str | None
     ) -> Outcome:

@@ -113,6 +113,13 @@ class MemoryStore(Store):
         self._check()
         return self._facts(workspace_id)
 
+    async def get_build(self, build_id: str) -> Build:
+        self._check()
+        build = self._builds.get(build_id)
+        if build is None:
+            raise NotFoundError(f"no build {build_id!r}")
+        return build
+
     async def create_workspace(
         self, chat_id: str, name: str, *, expected_workspace_id: str | None
     ) -> Outcome:
@@ -127,6 +134,7 @@ class MemoryStore(Store):
             build_id=str(uuid.uuid4()),
             name=name,
             at=self._clock(),
+            replaced=self._facts(expected_workspace_id) if expected_workspace_id else None,
         )
         if write is None:
             assert chat.workspace_id is not None

@@ -902,11 +902,30 @@ class PostgresStore(Store):
     async def workspace_facts(self, workspace_id: str) -> WorkspaceFacts:
         return await self._run(lambda conn: self._facts(conn, workspace_id))
 
+    async def get_build(self, build_id: str) -> Build:
+        async def body(conn: Conn) -> Build:
+            cur = await conn.execute(
+                f"SELECT {_BUILD_COLUMNS} FROM builds b WHERE b.build_id = %s", (build_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFoundError(f"no build {build_id!r}")
+            return _parse_build(row)
+
+        return await self._run(body)
+
     async def create_workspace(
         self, chat_id: str, name: str, *, expected_workspace_id: str | None
     ) -> Outcome:
         async def body(conn: Conn) -> Outcome:
-            # The chat row's lock serialises every create and start decision on this chat.
+            # Lock the workspace to be replaced first, then the chat: request_build takes them
+            # in that order too, so the two never wait on each other in a circle. The chat
+            # row's lock serialises every create and start decision on this chat.
+            replaced = None
+            if expected_workspace_id is not None:
+                await conn.execute(
+                    "SELECT 1 FROM workspaces WHERE workspace_id = %s FOR UPDATE", (expected_workspace_id,)
+                )
             cur = await conn.execute(
                 "SELECT owner, workspace_id FROM chats WHERE chat_id = %s FOR UPDATE", (chat_id,)
             )
@@ -914,6 +933,8 @@ class PostgresStore(Store):
             if row is None:
                 raise NotFoundError(f"no chat {chat_id!r}")
             chat = Chat(chat_id, row[0], row[1])
+            if expected_workspace_id is not None and chat.workspace_id == expected_workspace_id:
+                replaced = await self._facts(conn, expected_workspace_id)
             write = writes.create_workspace(
                 chat,
                 expected_workspace_id=expected_workspace_id,
@@ -921,6 +942,7 @@ class PostgresStore(Store):
                 build_id=str(uuid.uuid4()),
                 name=name,
                 at=self._clock(),
+                replaced=replaced,
             )
             if write is None:
                 if chat.workspace_id is None:

@@ -613,6 +613,17 @@ class SQLiteStore(Store):
     async def workspace_facts(self, workspace_id: str) -> WorkspaceFacts:
         return await self._read(lambda conn: _facts(conn, workspace_id))
 
+    async def get_build(self, build_id: str) -> Build:
+        def fn(conn: sqlite3.Connection) -> Build:
+            row = conn.execute(
+                f"SELECT {_BUILD_COLUMNS} FROM builds WHERE build_id = ?", (build_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no build {build_id!r}")
+            return _build(row)
+
+        return await self._read(fn)
+
     async def create_workspace(
         self, chat_id: str, name: str, *, expected_workspace_id: str | None
     ) -> Outcome:
@@ -627,6 +638,7 @@ class SQLiteStore(Store):
                 build_id=str(uuid.uuid4()),
                 name=name,
                 at=self._clock(),
+                replaced=_facts(tx.conn, expected_workspace_id) if expected_workspace_id else None,
             )
             if write is None:
                 if chat.workspace_id is None:
