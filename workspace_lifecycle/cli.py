@@ -37,7 +37,7 @@ from anyio.abc import TaskStatus
 
 from . import __version__
 from .adapters import open_store
-from .adapters.base import Store
+from .adapters.base import ChatRow, Store
 from .diagram import FORMATS, GraphvizMissingError, PydotMissingError, render
 from .errors import WorkspaceLifecycleError
 from .machine import derive_state
@@ -688,6 +688,12 @@ def _agent_cell(facts: WorkspaceFacts | None) -> str:
     return "-"
 
 
+def _state_cell(row: ChatRow) -> str:
+    if row.error is not None:
+        return f"unreadable ({row.error})"
+    return derive_state(row.facts).value if row.facts is not None else "no_workspace"
+
+
 async def _status_async(store: Store, as_json: bool) -> int:
     async with _opened(store):
         rows = sorted(await store.list_chats(), key=lambda r: r.chat.chat_id)
@@ -699,7 +705,7 @@ async def _status_async(store: Store, as_json: bool) -> int:
                 {
                     "chat_id": row.chat.chat_id,
                     "owner": row.chat.owner,
-                    "state": derive_state(row.facts).value if row.facts is not None else "no_workspace",
+                    "state": _state_cell(row),
                     "latest_build": None
                     if build is None
                     else {
@@ -717,7 +723,7 @@ async def _status_async(store: Store, as_json: bool) -> int:
         return 0
     table = [("CHAT", "OWNER", "STATE", "LATEST BUILD", "AGENT")]
     for row in rows:
-        state = derive_state(row.facts).value if row.facts is not None else "no_workspace"
+        state = _state_cell(row)
         table.append(
             (row.chat.chat_id, row.chat.owner, state, _build_cell(row.facts), _agent_cell(row.facts))
         )

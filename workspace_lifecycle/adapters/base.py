@@ -21,6 +21,7 @@ from types import TracebackType
 import anyio
 import attrs
 
+from ..errors import CorruptStateError
 from ..values import AgentLifecycle, Build, Chat, JobStatus, StoreEvent, Transition, WorkspaceFacts
 
 __all__ = ["ChatRow", "Doorbell", "Outcome", "Store"]
@@ -42,10 +43,25 @@ class Outcome:
 
 @attrs.frozen
 class ChatRow:
-    """A chat with its workspace's facts, for status listings."""
+    """A chat with its workspace's facts, for status listings.
+
+    ``error`` is set (and ``facts`` is ``None``) when the workspace's rows are unreadable: one
+    corrupt workspace must not hide every other chat from a listing.
+    """
 
     chat: Chat
     facts: WorkspaceFacts | None
+    error: CorruptStateError | None = None
+
+    @classmethod
+    def read(cls, chat: Chat, facts: Callable[[], WorkspaceFacts]) -> ChatRow:
+        """The row of ``chat``, its facts read by ``facts()`` unless it has no workspace."""
+        if chat.workspace_id is None:
+            return cls(chat, None)
+        try:
+            return cls(chat, facts())
+        except CorruptStateError as exc:
+            return cls(chat, None, exc)
 
 
 class Store(abc.ABC):

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -1000,9 +1001,9 @@ class PostgresStore(Store):
             )
             rows: list[ChatRow] = []
             for row in await cur.fetchall():
-                chat = Chat(row[0], row[1], row[2])
-                facts = _parse_facts(row[3:]) if row[3] is not None else None
-                rows.append(ChatRow(chat, facts))
+                rows.append(
+                    ChatRow.read(Chat(row[0], row[1], row[2]), functools.partial(_parse_facts, row[3:]))
+                )
             return rows
 
         return await self._run(body)

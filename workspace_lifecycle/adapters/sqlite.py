@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -675,9 +676,7 @@ class SQLiteStore(Store):
         def fn(conn: sqlite3.Connection) -> list[ChatRow]:
             head = _head(conn)
             rows = conn.execute("SELECT chat_id, owner, workspace_id FROM chats ORDER BY rowid").fetchall()
-            return [
-                ChatRow(Chat(c, o, w), _facts(conn, w, head) if w is not None else None) for c, o, w in rows
-            ]
+            return [ChatRow.read(Chat(c, o, w), functools.partial(_facts, conn, w, head)) for c, o, w in rows]
 
         return await self._read(fn)
 
