@@ -342,7 +342,8 @@ class TestPostgresChatBinding:
     async def test_rebind_and_start_on_two_replicas_serialise(self, pg_schema_url: str, first: str) -> None:
         """One replica holds its transaction open (create re-binding the chat, or a start); the
         other's write waits for it and decides on what it committed: a start after the re-bind
-        fires nothing, a re-bind after a start commits after it."""
+        fires nothing, and neither does a re-bind after the start (the old workspace would run
+        bound to no chat)."""
         async with wl.open_store(pg_schema_url) as a, wl.open_store(pg_schema_url) as b:
             old = await self.stopped(a)
             entered = anyio.Event()
@@ -366,10 +367,12 @@ class TestPostgresChatBinding:
                 await entered.wait()
                 holder._before_commit = None  # type: ignore[attr-defined]
                 tg.start_soon(calls[1])
-            assert outcomes["create"].fired
+            # Whichever committed first wins; the other refuses: a start after the re-bind would
+            # run a workspace no chat reaches, and so would a re-bind after the start.
+            assert outcomes["create"].fired is (first == "create")
             assert outcomes["start"].fired is (first == "start")
             if first == "start":
-                assert outcomes["start"].facts.seq < outcomes["create"].facts.seq
+                assert outcomes["create"].facts.workspace_id == old
 
 
 class TestRequestsAsData:
@@ -380,7 +383,7 @@ class TestRequestsAsData:
         chat), but it may still be stopped and deleted."""
         first = await make_workspace(store)
         old = first.facts.workspace_id
-        await finish_latest(store)
+        await finish_latest(store, JobStatus.FAILED)  # a failed workspace: create replaces it
         again = await store.create_workspace("c1", "dev2", expected_workspace_id=old)
         assert again.fired and again.facts.workspace_id != old
         head = await store.head()
@@ -396,6 +399,20 @@ class TestRequestsAsData:
         await finish_latest(store)
         assert (await store.workspace_facts(old)).workspace.deleted
         assert (await store.get_chat("c1")).workspace_id == again.facts.workspace_id  # type: ignore[union-attr]
+
+    async def test_a_running_or_starting_workspace_is_never_replaced(self, store: wl.Store) -> None:
+        """create_workspace refuses to re-bind the chat away from a workspace that runs or whose
+        start build is in flight (it would run bound to no chat); stopped, failed and stopping
+        ones may be replaced."""
+        ws = (await make_workspace(store)).facts.workspace_id
+        head = await store.head()
+        assert not (await store.create_workspace("c1", "x", expected_workspace_id=ws)).fired  # starting
+        await finish_latest(store)
+        assert not (await store.create_workspace("c1", "x", expected_workspace_id=ws)).fired  # running
+        assert await store.head() == head + 2  # only the finished build's two events: nothing else
+        assert (await store.request_build(ws, Transition.STOP, expected_build_number=1)).fired
+        again = await store.create_workspace("c1", "x", expected_workspace_id=ws)  # stopping: fine
+        assert again.fired and (await store.get_chat("c1")).workspace_id == again.facts.workspace_id  # type: ignore[union-attr]
 
     async def test_finish_effects_and_events_follow_writes(self, store: wl.Store) -> None:
         """A succeeded start with an agent creates it in ``created``; without one, none; the

@@ -20,7 +20,7 @@ from typing import TypeVar
 import attrs
 
 from .errors import BuildConflictError, NotFoundError
-from .machine import Decision, Request, Tracker
+from .machine import derive_state
 from .values import (
     Agent,
     AgentLifecycle,
@@ -32,6 +32,7 @@ from .values import (
     Transition,
     Workspace,
     WorkspaceFacts,
+    WorkspaceState,
 )
 
 __all__ = [
@@ -80,9 +81,8 @@ def create_workspace(
 ) -> Write | None:
     """Bind ``chat`` to a new workspace with its first (start) build, or ``None`` if the
     compare-and-set fails: the chat is no longer bound to ``expected_workspace_id``, or the
-    workspace it would replace (``replaced``, read in the same transaction) is no longer one
-    the table lets a create replace (failed or deleted). A workspace whose start build is in
-    flight is never replaced: it would come up bound to no chat, out of every tool's reach.
+    workspace it would replace (``replaced``, read in the same transaction) runs or is being
+    started: it would run bound to no chat, out of every tool's reach.
 
     >>> chat = Chat("c1", "alice")
     >>> w = create_workspace(chat, expected_workspace_id=None, workspace_id="w1", build_id="b1", name="dev", at=0)
@@ -110,8 +110,14 @@ def create_workspace(
 
 
 def _replaceable(facts: WorkspaceFacts) -> bool:
-    """The table's own answer: does ``request_create`` fire from this workspace's state?"""
-    return Tracker.from_facts(facts).decide(Request.CREATE) is Decision.FIRE
+    """May a chat leave this workspace for a new one? Only if, unbound, it costs nothing more:
+    it is stopped, failed or deleted, or its build in flight stops or deletes it. A workspace
+    that runs, or whose start build is in flight, would run bound to no chat."""
+    state = derive_state(facts)
+    if state is WorkspaceState.BUILDING:
+        latest = facts.latest_build
+        return latest is not None and latest.transition is not Transition.START
+    return state not in (WorkspaceState.RUNNING, WorkspaceState.AGENT_READY)
 
 
 def request_build(
