@@ -88,6 +88,17 @@ class TestWorkspaceToolset:
         assert await lc.state("chat-2") is wl.WorkspaceState.STOPPED
         assert await lc.state("chat-1") is wl.WorkspaceState.STOPPED
 
+    async def test_one_agent_many_chats_toolset_per_run(self, lc: wl.Lifecycle) -> None:
+        """One agent serves two chats: each run's toolset binds that run's chat and no other."""
+        for chat in ("chat-1", "chat-2"):
+            await lc.register_chat(chat, owner="alice")
+        agent = Agent(scripted([("create_workspace", {"name": "dev"})]))
+        await agent.run("create", toolsets=[workspace_toolset(lc, chat_id="chat-1", owner="alice")])
+        assert await lc.state("chat-1") is wl.WorkspaceState.AGENT_READY
+        assert await lc.state("chat-2") is wl.WorkspaceState.NO_WORKSPACE
+        await agent.run("create", toolsets=[workspace_toolset(lc, chat_id="chat-2", owner="alice")])
+        assert await lc.state("chat-2") is wl.WorkspaceState.AGENT_READY
+
     async def test_error_answers_are_failed_tool_results(self, lc: wl.Lifecycle) -> None:
         """An is_error answer reaches the model as a failed tool result with the same sentence."""
         model = scripted([("start_workspace", {})])
