@@ -15,7 +15,8 @@ them) and the wall-clock time to stamp on the events. No I/O, no clocks, no awai
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import attrs
 
@@ -31,6 +32,7 @@ from .values import (
     Transition,
     Workspace,
     WorkspaceFacts,
+    check_parameters,
 )
 
 __all__ = [
@@ -75,6 +77,7 @@ def create_workspace(
     build_id: str,
     name: str,
     at: float,
+    parameters: Mapping[str, str] | None = None,
 ) -> Write | None:
     """Bind ``chat`` to a new workspace with its first (start) build, or ``None`` if the chat is
     no longer bound to ``expected_workspace_id`` (the compare-and-set lost).
@@ -90,7 +93,14 @@ def create_workspace(
     if chat.workspace_id != expected_workspace_id:
         return None
     ws = Workspace(workspace_id, chat.chat_id, chat.owner, name)
-    build = Build(build_id, workspace_id, 1, Transition.START, JobStatus.PENDING)
+    build = Build(
+        build_id,
+        workspace_id,
+        1,
+        Transition.START,
+        JobStatus.PENDING,
+        parameters=check_parameters(parameters),
+    )
     return Write(
         events=(
             _event(EventKind.CHAT_BOUND, ws, None, at=at),
@@ -110,6 +120,7 @@ def request_build(
     expected_build_number: int,
     build_id: str,
     at: float,
+    parameters: Mapping[str, str] | None = None,
 ) -> Write | None:
     """Append build ``expected_build_number + 1``, or ``None`` if the compare-and-set fails.
 
@@ -127,7 +138,14 @@ def request_build(
         or (transition is Transition.START and not bound)
     ):
         return None
-    build = Build(build_id, facts.workspace_id, number + 1, transition, JobStatus.PENDING)
+    build = Build(
+        build_id,
+        facts.workspace_id,
+        number + 1,
+        transition,
+        JobStatus.PENDING,
+        parameters=check_parameters(parameters),
+    )
     return Write(
         events=(_event(EventKind.BUILD_QUEUED, facts.workspace, build, at=at, status=JobStatus.PENDING),),
         build=build,
@@ -153,6 +171,7 @@ def finish_build(
     *,
     has_agent: bool,
     at: float,
+    details: Mapping[str, Any] | None = None,
 ) -> Write:
     """``build`` finished with ``status``: the build row, the agent a succeeded start build
     produced (in ``created``), the deleted mark a succeeded delete build sets, and their events.
