@@ -301,8 +301,10 @@ _TABLE = {
     "deleted": ("fire", "refuse", "refuse", "already"),
     "stopped": ("already", "fire", "already", "fire"),
     "building:start": ("wait", "wait", "wait_then_retry", "wait_then_retry"),
-    "building:stop": ("wait", "wait_then_retry", "wait", "wait_then_retry"),
-    "building:delete": ("wait", "wait_then_retry", "wait_then_retry", "wait"),
+    # A create waits out a stop or delete build and decides again: after a delete it creates a
+    # new workspace (joining the delete answered the deleted workspace as "already_exists").
+    "building:stop": ("wait_then_retry", "wait_then_retry", "wait", "wait_then_retry"),
+    "building:delete": ("wait_then_retry", "wait_then_retry", "wait_then_retry", "wait"),
     "running": ("already", "already", "fire", "fire"),
     "agent_ready": ("already", "already", "fire", "fire"),
     # As Coder's create_workspace: a failed workspace is replaced by a new one.

@@ -30,6 +30,7 @@ import pytest
 from figures import FIGURES, flush
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_history_invariants import builds_from_log, check_answer_against_log, check_unbound_workspaces
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import answers
@@ -222,8 +223,12 @@ async def _play(store_urls: list[str], shared: bool, f: Faults, history: list[Ro
             FIGURES["rounds"] += 1
             await _quiesce(raw, chats)
             events = list(await raw.read_events(head))
+            everything = [e for e in await raw.read_events(start, limit=100_000) if e.chat_id in chats]
+            builds = builds_from_log(everything)
             for c, r in results:
                 _check_answer(c.verb, r)
+                check_answer_against_log(r, builds)  # a failure or no_agent only where stored
+            await check_unbound_workspaces(raw, everything)  # no unbound live workspace
             if not rnd.mixed:
                 for index, chat in enumerate(chats):
                     mine = [(c, r) for c, r in results if c.chat == index]

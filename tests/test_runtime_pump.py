@@ -130,3 +130,21 @@ async def test_deferred_request_gives_up_after_build_timeout() -> None:
         facts = await store.list_chats()
         assert facts[0].facts is not None and facts[0].facts.latest_build is not None
         assert facts[0].facts.latest_build.number == 1  # nothing fired behind the hung build
+
+
+async def test_drain_right_after_the_answer_waits_for_the_deferral() -> None:
+    """drain() called at once after a deferred wait=False answer (before the background task ran)
+    still waits for it. Before: the count rose only inside the task, so drain() returned at once
+    and the start was cancelled with the Lifecycle."""
+    store = wl.MemoryStore()
+    async with store, wl.SimulatedProvisioner(store, build_seconds=0.01), wl.Lifecycle(store) as lc:
+        await lc.register_chat("c", owner="o")
+        await lc.create_workspace("c", owner="o", name="dev")
+        await lc.stop_workspace("c", owner="o", wait=False)
+        r = await lc.start_workspace("c", owner="o", wait=False)  # deferred behind the stop
+        assert r.data["status"] == "building" and r.data["request"] == "start"
+        with anyio.fail_after(5):
+            await lc.drain()  # no checkpoint in between: the deferral has not started yet
+        facts = (await store.list_chats())[0].facts
+        assert facts is not None and facts.latest_build is not None
+        assert facts.latest_build.transition is wl.Transition.START and facts.latest_build.number == 3

@@ -478,9 +478,9 @@ class Tracker:
         """
         state = self.state
         if state is WorkspaceState.BUILDING:
-            if self.transition is REQUEST_TRANSITION[request] and request is not Request.CREATE:
-                return Decision.WAIT
-            if request is Request.CREATE:
+            # A build of the kind the request fires is joined; another kind is waited out, then
+            # the request is decided again (a create during a delete build creates afresh).
+            if self.transition is REQUEST_TRANSITION[request]:
                 return Decision.WAIT
             return Decision.WAIT_THEN_RETRY
         if state in _SATISFIED[request]:

@@ -345,6 +345,7 @@ class Lifecycle(BackgroundService):
                 flow.waited(timed_out=not await self._wait(entry, step, timeout))
                 step = None
             elif isinstance(step, Defer):
+                self._deferred += 1  # counted before it starts, so drain() waits for it
                 self._spawn(self._continue_later, flow.request, chat_id, entry.workspace_id, step.number)
                 return Answer(step.result)
             else:  # pragma: no cover
@@ -388,7 +389,6 @@ class Lifecycle(BackgroundService):
 
     async def _continue_later(self, request: Request, chat_id: str, workspace_id: str, number: int) -> None:
         """``wait=False`` during another kind of build: finish the request in the background."""
-        self._deferred += 1
         try:
             async with self._registry.track(workspace_id) as entry:
                 if not await self._wait(entry, WaitBuild(number), self.build_timeout):
