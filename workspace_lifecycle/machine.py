@@ -505,6 +505,7 @@ class Tracker:
             self.error,
             self.has_agent,
             self.agent,
+            self.details,
         )
 
     def build(self, number: int) -> BuildSummary | None:

@@ -176,12 +176,13 @@ def finish_build(
     """``build`` finished with ``status``: the build row, the agent a succeeded start build
     produced (in ``created``), the deleted mark a succeeded delete build sets, and their events.
 
-    Raises ``ValueError`` for a status that is not final, :class:`NotFoundError` for no build and
+    Raises ``ValueError`` for a status that is not final or bad ``details``,
+    :class:`NotFoundError` for no build and
     :class:`BuildConflictError` for a build that already finished.
     """
     if build is None:
         raise NotFoundError("no such build")
-    done = build.finished_as(parse_status(status), error, has_agent=has_agent)
+    done = build.finished_as(parse_status(status), error, has_agent=has_agent, details=details)
     events = [
         _event(
             EventKind.BUILD_FINISHED,
@@ -191,6 +192,7 @@ def finish_build(
             status=done.status,
             error=done.error,
             has_agent=done.has_agent,
+            details=done.details,
         )
     ]
     agent = None
