@@ -333,6 +333,10 @@ class CountingStore(Store):
         self.calls["workspace_facts"] += 1
         return await self.inner.workspace_facts(workspace_id)
 
+    async def get_build(self, build_id: str) -> wl.Build:
+        self.calls["get_build"] += 1
+        return await self.inner.get_build(build_id)
+
     async def create_workspace(
         self, chat_id: str, name: str, *, expected_workspace_id: str | None
     ) -> Outcome:

@@ -5,7 +5,7 @@ store's default).
 Both run in this process, one after the other, on fresh files with the same pragmas (WAL, the
 same ``synchronous``, the same ``busy_timeout``). Each store write is ``report_agent``: one
 ``BEGIN IMMEDIATE`` transaction that reads and updates the agent row and appends one event, run
-whole on aiosqlite's connection thread. The bare loop is ``BEGIN IMMEDIATE; INSERT one row;
+whole on the store's connection thread (one hop). The bare loop is ``BEGIN IMMEDIATE; INSERT one row;
 COMMIT`` on a stdlib connection in this thread (no hop).
 
     python -m bench.sqlite_throughput [--seconds 3] [--synchronous NORMAL FULL]

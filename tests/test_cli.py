@@ -21,12 +21,15 @@ import workspace_lifecycle as wl
 from workspace_lifecycle import cli
 from workspace_lifecycle.answers import NO_WORKSPACE
 
-COMMANDS = ["demo", "diagram", "status", "watch", "start", "provision", "mcp"]
+COMMANDS = ["demo", "diagram", "status", "watch", "create", "start", "stop", "delete", "provision", "mcp"]
 STORE_COMMANDS = [
     ["demo"],
     ["status"],
     ["watch"],
+    ["create", "c1", "--owner", "alice"],
     ["start", "c1", "--owner", "alice"],
+    ["stop", "c1", "--owner", "alice"],
+    ["delete", "c1", "--owner", "alice"],
     ["provision", "--simulate"],
     ["mcp", "--owner", "alice"],
 ]
@@ -182,17 +185,36 @@ class TestMistakes:
         assert cli.main(["provision", "--db", "memory://"]) == 2
         assert "only the simulated provisioner" in _one_line_error(capsys.readouterr().err)
 
-    def test_missing_database_file(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        """status and start do not create an empty SQLite file as a side effect of a typo."""
+    @pytest.mark.parametrize(
+        "command",
+        [["status"], ["watch"], *([tool, "c1", "--owner", "alice"] for tool in ("start", "stop", "delete"))],
+        ids=lambda c: c[0],
+    )
+    def test_missing_database_file(
+        self, command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Commands that read or act on an existing chat refuse a missing SQLite file, all with
+        one sentence, and do not create an empty one as a side effect of a typo."""
         url = f"sqlite:///{tmp_path / 'nope.db'}"
-        assert cli.main(["status", "--db", url]) == 1
-        assert "no database at" in _one_line_error(capsys.readouterr().err)
-        assert cli.main(["start", "c1", "--owner", "alice", "--db", url]) == 1
-        assert "no database at" in _one_line_error(capsys.readouterr().err)
+        assert cli.main([*command, "--db", url]) == 1
+        line = _one_line_error(capsys.readouterr().err)
+        assert line.startswith(f"workspace-lifecycle: no database at {tmp_path / 'nope.db'}; ")
+        assert "'workspace-lifecycle create CHAT --owner OWNER' creates it" in line
         assert not (tmp_path / "nope.db").exists()
 
     @needs_sqlite
-    @pytest.mark.parametrize("command", [["status"], ["demo", *FAST], ["start", "c1", "--owner", "alice"]])
+    @pytest.mark.parametrize(
+        "command",
+        [
+            ["status"],
+            ["demo", *FAST],
+            ["start", "c1", "--owner", "alice"],
+            ["create", "c1", "--owner", "alice"],
+            ["mcp", "--owner", "alice"],
+            ["watch"],
+        ],
+        ids=lambda c: c[0],
+    )
     @pytest.mark.parametrize("what", ["not-a-database", "directory", "no-parent"])
     def test_unusable_database(
         self, command: list[str], what: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -269,7 +291,7 @@ class TestOnAStore:
         """A running workspace: the tool's JSON on stdout, exit 0."""
         store = _seeded_store("agent_ready")
         monkeypatch.setattr(cli, "open_store", lambda url: store)
-        assert cli.main(["start", "c1", "--owner", "alice", "--db", "memory://"]) == 0
+        assert cli.main(["start", "c1", "--owner", "alice", "--db", "memory://", "--json"]) == 0
         answer = json.loads(capsys.readouterr().out)
         assert answer["started"] is True and answer["no_build"] is True
 
@@ -279,7 +301,7 @@ class TestOnAStore:
         """--no-wait fires the build and answers at once; the change is progress on stderr."""
         store = _seeded_store("stopped")
         monkeypatch.setattr(cli, "open_store", lambda url: store)
-        assert cli.main(["start", "c1", "--owner", "alice", "--db", "memory://", "--no-wait"]) == 0
+        assert cli.main(["start", "c1", "--owner", "alice", "--db", "memory://", "--no-wait", "--json"]) == 0
         captured = capsys.readouterr()
         assert json.loads(captured.out)["status"] == "building"
         assert "c1" in captured.err and "stopped -> building" in captured.err
@@ -291,7 +313,18 @@ class TestOnAStore:
         requested (leaving would cancel it); with no provisioner it gives up after --timeout."""
         store = _seeded_store("stopping")
         monkeypatch.setattr(cli, "open_store", lambda url: store)
-        argv = ["start", "c1", "--owner", "alice", "--db", "memory://", "--no-wait", "--timeout", "0.2"]
+        argv = [
+            "start",
+            "c1",
+            "--owner",
+            "alice",
+            "--db",
+            "memory://",
+            "--no-wait",
+            "--json",
+            "--timeout",
+            "0.2",
+        ]
         assert cli.main(argv) == 1
         captured = capsys.readouterr()
         assert json.loads(captured.out)["status"] == "building"
@@ -337,7 +370,7 @@ def test_two_terminals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
                 assert (await lc.stop_workspace("c1", owner="alice")).data["stopped"]
 
         anyio.run(stopped_workspace)
-        assert cli.main(["start", "c1", "--owner", "alice", "--db", url, "--timeout", "20"]) == 0
+        assert cli.main(["start", "c1", "--owner", "alice", "--db", url, "--timeout", "20", "--json"]) == 0
         captured = capsys.readouterr()
         answer = json.loads(captured.out)
         assert answer["started"] is True and answer["build_id"]

@@ -293,3 +293,30 @@ async def test_unknown_state_string_names_the_row(
         await lc.register_chat("c2", owner="alice")
         r = await lc.create_workspace("c2", owner="alice", name="ok", wait=False)
         assert not r.is_error
+
+
+# --- text PostgreSQL cannot store ----------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_postgres_refuses_unstorable_text_clearly(pg_schema_url: str) -> None:
+    """A lone surrogate (not UTF-8) or a NUL in a chat id, owner or name: a plain ValueError
+    with a sentence naming the cause (not the driver's UnicodeEncodeError), and nothing written."""
+    async with wl.open_store(pg_schema_url) as store:
+        await store.register_chat("named", "alice")
+        head = await store.head()
+        for key, cause in (("surrogate", "UTF-8"), ("nul", "NUL")):
+            value = HOSTILE[key]
+            calls: list[Callable[[], Awaitable[object]]] = [
+                lambda value=value: store.register_chat(value, "alice"),
+                lambda value=value, key=key: store.register_chat(f"chat-{key}", value),
+                lambda value=value: store.create_workspace("named", value, expected_workspace_id=None),
+            ]
+            for call in calls:
+                FIGURES["inputs_tried"] += 1
+                with pytest.raises(ValueError, match=cause) as caught:
+                    await call()
+                assert type(caught.value) is ValueError, repr(caught.value)
+                assert caught.value.__cause__ is None and caught.value.__suppress_context__
+        assert await store.head() == head
+        assert [row.chat for row in await store.list_chats()] == [wl.Chat("named", "alice", None)]

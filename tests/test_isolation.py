@@ -200,3 +200,33 @@ async def test_watch_all_yields_other_chats_despite_a_corrupt_row(db: Path) -> N
                     await _complete(store)
                 assert not failure, f"watch(None) failed for every chat: {failure[0]!r}"
                 assert [c.to_state for c in seen] == [WorkspaceState.BUILDING, WorkspaceState.RUNNING]
+
+
+def test_status_lists_the_other_chats_and_names_the_unreadable_one(tmp_path: Path) -> None:
+    """``workspace-lifecycle status`` with one corrupt builds row: every other chat is listed,
+    the corrupt one says it is unreadable and why (before: one traceback, no listing)."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "s.db"
+
+    async def setup() -> None:
+        async with wl.open_store(f"sqlite:///{db}") as store:
+            for chat in ("good", "bad"):
+                await store.register_chat(chat, "o")
+                await store.create_workspace(chat, "dev", expected_workspace_id=None)
+
+    anyio.run(setup)
+    with sqlite3.connect(db) as conn:
+        bad = conn.execute("SELECT workspace_id FROM chats WHERE chat_id = 'bad'").fetchone()[0]
+        conn.execute("UPDATE builds SET status = 'exploded' WHERE workspace_id = ?", (bad,))
+    out = subprocess.run(
+        [sys.executable, "-m", "workspace_lifecycle", "status", "--db", f"sqlite:///{db}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()[1:]}
+    assert "building" in lines["good"]
+    assert "unreadable" in lines["bad"] and "exploded" in lines["bad"]

@@ -23,12 +23,14 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 import workspace_lifecycle as wl
-from workspace_lifecycle.answers import NO_WORKSPACE, WORKSPACE_DELETED
-from workspace_lifecycle.mcp_server import create_server, mcp_tools
+from workspace_lifecycle.answers import CHAT_NOT_FOUND, NO_WORKSPACE, WORKSPACE_DELETED
+from workspace_lifecycle.mcp_server import create_server, every_chat, mcp_tools
+from workspace_lifecycle.tools import unknown_chat
 
 pytestmark = pytest.mark.anyio
 
-DEFINITIONS = wl.tool_definitions(chat_id_argument=True, status=True)
+DEFINITIONS = wl.tool_definitions(status=True)
+SERVED = wl.tool_definitions(chat_id_argument=True, status=True)
 
 
 def _listed(tools: list[types.Tool]) -> list[dict[str, Any]]:
@@ -66,6 +68,7 @@ class Progress:
 
 def test_tools_are_tool_definitions_verbatim() -> None:
     assert _listed(mcp_tools()) == DEFINITIONS
+    assert _listed(mcp_tools(chat_id_argument=True)) == SERVED
 
 
 # --- in process ---------------------------------------------------------------------------------
@@ -78,12 +81,20 @@ async def lc() -> AsyncIterator[wl.Lifecycle]:
         wl.SimulatedProvisioner(store, build_seconds=0.02, agent_seconds=0.02),
         wl.Lifecycle(store) as lifecycle,
     ):
+        await lifecycle.register_chat("chat-1", owner="alice")  # the host's chat, as serve() does
         yield lifecycle
 
 
 @pytest.fixture
 async def client(lc: wl.Lifecycle) -> AsyncIterator[Client]:
     async with Client(create_server(lc, owner="alice", chat="chat-1")) as connected:
+        yield connected
+
+
+@pytest.fixture
+async def served(lc: wl.Lifecycle) -> AsyncIterator[Client]:
+    """A server for every chat of alice's (the CLI without --chat)."""
+    async with Client(create_server(lc, owner="alice", allowed_chats=every_chat)) as connected:
         yield connected
 
 
@@ -99,7 +110,7 @@ class TestInProcess:
             lc, "create_workspace", {"name": "dev"}, chat_id="chat-1", owner="alice"
         )
         assert _text(again) == expected.text
-        assert _ok(await client.call_tool("workspace_status", {})) == {"status": "agent_ready"}
+        assert _ok(await client.call_tool("workspace_status", {}))["status"] == "agent_ready"
 
     async def test_progress_per_state_change(self, client: Client) -> None:
         progress = Progress()
@@ -118,38 +129,72 @@ class TestInProcess:
         _ok(await client.call_tool("workspace_status", {}, progress_callback=progress))
         assert progress.seen == []
 
-    async def test_chat_id_argument_overrides_the_default(self, client: Client, lc: wl.Lifecycle) -> None:
-        _ok(await client.call_tool("create_workspace", {"chat_id": "chat-2", "name": "other"}))
+    async def test_bound_server_acts_on_its_chat_only(self, client: Client, lc: wl.Lifecycle) -> None:
+        """--chat binds: a chat_id argument naming another chat, even the owner's, is an unknown chat."""
+        await lc.register_chat("chat-2", owner="alice")
+        head = await lc.store.head()
+        for name in ("create_workspace", "start_workspace", "workspace_status"):
+            other = await client.call_tool(name, {"chat_id": "chat-2"})
+            unknown = (
+                await lc.create_workspace("nobody", owner="alice") if name == "create_workspace" else None
+            )
+            assert other.is_error is (name != "workspace_status")  # status: a named state, no error
+            assert _text(other) == (unknown.text if unknown else unknown_chat(name).text)
+        assert await lc.store.head() == head
+
+    async def test_served_chat_id_argument(self, served: Client, lc: wl.Lifecycle) -> None:
+        """Without a bound chat, the chat_id argument names one of the owner's chats."""
+        await lc.register_chat("chat-2", owner="alice")
+        _ok(await served.call_tool("create_workspace", {"chat_id": "chat-2", "name": "other"}))
         assert await lc.state("chat-2") is wl.WorkspaceState.AGENT_READY
         assert await lc.state("chat-1") is wl.WorkspaceState.NO_WORKSPACE
-        chat = await lc.store.get_chat("chat-2")
-        assert chat is not None and chat.owner == "alice"
 
-    async def test_another_owners_chat_is_an_unknown_chat(self, client: Client, lc: wl.Lifecycle) -> None:
+    async def test_another_owners_chat_is_an_unknown_chat(self, served: Client, lc: wl.Lifecycle) -> None:
+        """Every tool answers bob's chat exactly as one that does not exist, and registers nothing."""
         await lc.register_chat("bobs", owner="bob")
         await lc.create_workspace("bobs", owner="bob", name="secret")
-        for name in ("start_workspace", "stop_workspace", "delete_workspace", "workspace_status"):
-            theirs = await client.call_tool(name, {"chat_id": "bobs"}, progress_callback=Progress())
-            unknown = await client.call_tool(name, {"chat_id": f"nobody-{name}"})
-            assert theirs.is_error is True and unknown.is_error is True
-            assert _text(theirs) == _text(unknown) == NO_WORKSPACE
-        refused = await client.call_tool("create_workspace", {"chat_id": "bobs"})
-        assert refused.is_error is True
+        for name in (
+            "create_workspace",
+            "start_workspace",
+            "stop_workspace",
+            "delete_workspace",
+            "workspace_status",
+        ):
+            progress = Progress()
+            theirs = await served.call_tool(name, {"chat_id": "bobs"}, progress_callback=progress)
+            unknown = await served.call_tool(name, {"chat_id": f"nobody-{name}"})
+            assert theirs.is_error is unknown.is_error is (name != "workspace_status")
+            assert _text(theirs) == _text(unknown) == unknown_chat(name).text
+            assert name == "workspace_status" or _text(theirs) == (
+                CHAT_NOT_FOUND if name == "create_workspace" else NO_WORKSPACE
+            )
+            assert progress.seen == []
         assert await lc.state("bobs") is wl.WorkspaceState.AGENT_READY
+        assert await lc.store.get_chat("nobody-create_workspace") is None
 
-    async def test_bad_calls_are_tool_errors_not_protocol_errors(self, lc: wl.Lifecycle) -> None:
-        async with Client(create_server(lc, owner="alice")) as client:  # no default chat
-            cases = {
-                ("start_workspace", json.dumps({})): "start_workspace needs a chat_id",
-                ("start_workspace", json.dumps({"chat_id": "c", "wait": "yes"})): "wait must be a boolean",
-                ("stop_workspace", json.dumps({"chat_id": "c", "name": "x"})): "unknown argument 'name'",
-                ("no_such_tool", json.dumps({"chat_id": "c"})): "unknown tool 'no_such_tool'",
-                ("start_workspace", json.dumps({"chat_id": "a\x00b"})): "NUL",
-            }
-            for (name, arguments), fragment in cases.items():
-                result = await client.call_tool(name, json.loads(arguments))
-                assert result.is_error is True
-                assert fragment in _text(result)
+    async def test_unknown_ids_are_not_squatted(self, served: Client, lc: wl.Lifecycle) -> None:
+        """alice's server touching an unused id does not take it from bob, who registers it later."""
+        head = await lc.store.head()
+        for name in ("create_workspace", "start_workspace", "workspace_status"):
+            answer = await served.call_tool(name, {"chat_id": "bob-next"})
+            assert (
+                answer.is_error is (name != "workspace_status") and _text(answer) == unknown_chat(name).text
+            )
+        assert await lc.store.head() == head
+        await lc.register_chat("bob-next", owner="bob")  # before the fix: OwnershipError
+
+    async def test_bad_calls_are_tool_errors_not_protocol_errors(self, served: Client) -> None:
+        cases = {
+            ("start_workspace", json.dumps({})): "start_workspace needs a chat_id",
+            ("start_workspace", json.dumps({"chat_id": "c", "wait": "yes"})): "wait must be a boolean",
+            ("stop_workspace", json.dumps({"chat_id": "c", "name": "x"})): "unknown argument 'name'",
+            ("no_such_tool", json.dumps({"chat_id": "c"})): "unknown tool 'no_such_tool'",
+            ("start_workspace", json.dumps({"chat_id": "a\x00b"})): "chat_id must not contain NUL bytes",
+        }
+        for (name, arguments), fragment in cases.items():
+            result = await served.call_tool(name, json.loads(arguments))
+            assert result.is_error is True
+            assert fragment in _text(result)
 
 
 # --- end to end over stdio ----------------------------------------------------------------------
@@ -225,17 +270,17 @@ async def test_stdio_server_end_to_end(sqlite_url: str, provisioner: Path, tmp_p
 
 async def _converse(session: ClientSession) -> None:
     assert _listed((await session.list_tools()).tools) == DEFINITIONS
-    assert _ok(await session.call_tool("workspace_status", {})) == {"status": "no_workspace"}
+    assert _ok(await session.call_tool("workspace_status", {}))["status"] == "no_workspace"
 
     progress = Progress()
     created = _ok(await session.call_tool("create_workspace", {"name": "dev"}, progress_callback=progress))
     assert created["created"] is True and created["workspace_name"] == "alice/dev"
     assert "no_workspace -> building (build 1)" in progress.messages, progress.seen
-    assert _ok(await session.call_tool("workspace_status", {})) == {"status": "agent_ready"}
+    assert _ok(await session.call_tool("workspace_status", {}))["status"] == "agent_ready"
 
-    stopped = _ok(await session.call_tool("stop_workspace", {"chat_id": "chat-1"}))
+    stopped = _ok(await session.call_tool("stop_workspace", {}))
     assert stopped["stopped"] is True
-    assert _ok(await session.call_tool("workspace_status", {})) == {"status": "stopped"}
+    assert _ok(await session.call_tool("workspace_status", {}))["status"] == "stopped"
 
     progress = Progress()
     started = _ok(await session.call_tool("start_workspace", {}, progress_callback=progress))
@@ -248,9 +293,9 @@ async def _converse(session: ClientSession) -> None:
     gone = await session.call_tool("start_workspace", {})
     assert gone.is_error is True and _text(gone) == WORKSPACE_DELETED
 
-    for name in ("start_workspace", "workspace_status"):
+    for name in ("start_workspace", "workspace_status"):  # bound to chat-1: bob's chat is unknown
         theirs = await session.call_tool(name, {"chat_id": "bobs"})
-        assert theirs.is_error is True and _text(theirs) == NO_WORKSPACE
+        assert theirs.is_error is (name != "workspace_status") and _text(theirs) == unknown_chat(name).text
 
 
 @pytest.mark.slow

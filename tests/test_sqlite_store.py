@@ -6,7 +6,6 @@ import os
 import stat
 from pathlib import Path
 
-import aiosqlite
 import anyio
 import pytest
 
@@ -31,15 +30,6 @@ async def test_read_only_file_is_refused(tmp_path: Path) -> None:
     finally:
         os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
     assert path.read_bytes() == before
-
-
-async def test_aiosqlite_runs_a_whole_function_on_its_thread(tmp_path: Path) -> None:
-    """The store runs each transaction as one function on aiosqlite's connection thread through
-    ``Connection._execute`` (private; the only one-hop route). Fail loudly if aiosqlite drops it."""
-    assert callable(getattr(aiosqlite.Connection, "_execute", None))
-    async with aiosqlite.connect(tmp_path / "x.db", isolation_level=None) as conn:
-        raw = conn._conn
-        assert await conn._execute(lambda: raw.execute("SELECT 41 + 1").fetchone()) == (42,)
 
 
 async def test_watcher_cost_does_not_grow_with_waiters(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from workspace_lifecycle.steps import (
     Defer,
     Fire,
     Flow,
+    ReadBuild,
     Restart,
     Step,
     Track,
@@ -535,3 +536,51 @@ class TestBuildEnds:
         report(t, AgentLifecycle.READY)
         assert WaitAgent(1).holds(t)
         assert Defer(Answer(answers.build_failed("x", "y", None)).result, 1).number == 1
+
+
+class TestLostNews:
+    def test_late_finish_of_the_previous_build_is_kept(self) -> None:
+        """Reordered delivery: build 4 queued before build 3's finish arrived. The finish is
+        stale for the machine, but the answer for build 3 still says how it ended."""
+        t, f = started()
+        queue(t, Transition.STOP)  # build 4's news first
+        finish_3 = ev(
+            EventKind.BUILD_FINISHED, 3, Transition.START, status=JobStatus.SUCCEEDED, has_agent=False
+        )
+        assert t.apply(finish_3) is None and t.state is S.BUILDING
+        f.waited(timed_out=False)
+        step = f.next(t)
+        assert isinstance(step, Answer) and step.result.data["started"] is True
+        assert step.result.data["agent_status"] == "no_agent"
+
+    def test_unknown_outcome_is_read_from_the_store(self) -> None:
+        """The tracker never learnt how build 3 ended (re-derived from the rows after build 4):
+        the flow asks the store instead of guessing, then answers from the stored build."""
+        t, f = started()
+        t2 = Tracker.from_facts(
+            WorkspaceFacts(WS, build(4, Transition.STOP), None, seq=t.seq + 5)
+        )  # what a resync knows: the latest build only
+        f.waited(timed_out=False)
+        step = f.next(t2)
+        assert step == ReadBuild("b3")
+        f.read(Build("b3", "w", 3, Transition.START, JobStatus.SUCCEEDED, has_agent=True))
+        step = f.next(t2)
+        assert isinstance(step, Answer)
+        assert step.result.data == {
+            "started": True,
+            "workspace_name": "dev",
+            "build_id": "b3",
+            "agent_status": "not_ready",
+            "superseded_by": {"transition": "stop", "build_id": "b4"},
+        }
+
+    def test_create_during_a_delete_build_creates_afresh(self) -> None:
+        """A create waits out a delete build, then creates a new workspace (not 'already_exists')."""
+        t = tracker(S.BUILDING, building=Transition.DELETE)
+        f = flow(R.CREATE)
+        step = f.next(t)
+        assert isinstance(step, WaitBuild) and f.number is None
+        finish(t)
+        t.apply(ev(EventKind.WORKSPACE_DELETED, t.build_number, Transition.DELETE))
+        f.waited(timed_out=False)
+        assert f.next(t) == Create("w")

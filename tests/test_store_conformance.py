@@ -314,3 +314,120 @@ def test_memory_store_survives_a_second_event_loop() -> None:
 
     anyio.run(wait_then_cancel)
     anyio.run(wait_again)
+
+
+@pytest.mark.postgres
+class TestPostgresChatBinding:
+    """PostgreSQL only: the chat binding is part of request_build's compare-and-set, read under a
+    lock that a concurrent create_workspace (re-binding the chat) waits for, or waits on."""
+
+    @staticmethod
+    async def stopped(store: wl.Store) -> str:
+        ws = (await make_workspace(store)).facts.workspace_id
+        await finish_latest(store)
+        assert (await store.request_build(ws, Transition.STOP, expected_build_number=1)).fired
+        await finish_latest(store)
+        return ws
+
+    async def test_start_on_a_replaced_workspace_does_not_fire(self, pg_schema_url: str) -> None:
+        """The chat now points at a new workspace: starting the old one fires nothing; deleting
+        it (which only saves money) still may."""
+        async with wl.open_store(pg_schema_url) as store:
+            old = await self.stopped(store)
+            assert (await store.create_workspace("c1", "dev2", expected_workspace_id=old)).fired
+            assert not (await store.request_build(old, Transition.START, expected_build_number=2)).fired
+            assert (await store.request_build(old, Transition.DELETE, expected_build_number=2)).fired
+
+    @pytest.mark.parametrize("first", ["create", "start"])
+    async def test_rebind_and_start_on_two_replicas_serialise(self, pg_schema_url: str, first: str) -> None:
+        """One replica holds its transaction open (create re-binding the chat, or a start); the
+        other's write waits for it and decides on what it committed: a start after the re-bind
+        fires nothing, and neither does a re-bind after the start (the old workspace would run
+        bound to no chat)."""
+        async with wl.open_store(pg_schema_url) as a, wl.open_store(pg_schema_url) as b:
+            old = await self.stopped(a)
+            entered = anyio.Event()
+
+            async def hold() -> None:
+                entered.set()
+                await anyio.sleep(0.3)
+
+            outcomes: dict[str, wl.Outcome] = {}
+
+            async def create() -> None:
+                outcomes["create"] = await b.create_workspace("c1", "dev2", expected_workspace_id=old)
+
+            async def start() -> None:
+                outcomes["start"] = await a.request_build(old, Transition.START, expected_build_number=2)
+
+            holder, calls = (b, (create, start)) if first == "create" else (a, (start, create))
+            holder._before_commit = hold  # type: ignore[attr-defined]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(calls[0])
+                await entered.wait()
+                holder._before_commit = None  # type: ignore[attr-defined]
+                tg.start_soon(calls[1])
+            # Whichever committed first wins; the other refuses: a start after the re-bind would
+            # run a workspace no chat reaches, and so would a re-bind after the start.
+            assert outcomes["create"].fired is (first == "create")
+            assert outcomes["start"].fired is (first == "start")
+            if first == "start":
+                assert outcomes["create"].facts.workspace_id == old
+
+
+class TestRequestsAsData:
+    """Every store persists what :mod:`workspace_lifecycle.writes` decides, nothing more or less."""
+
+    async def test_start_needs_the_chat_still_bound(self, store: wl.Store) -> None:
+        """A workspace its chat has replaced is never started again (it would run bound to no
+        chat), but it may still be stopped and deleted."""
+        first = await make_workspace(store)
+        old = first.facts.workspace_id
+        await finish_latest(store, JobStatus.FAILED)  # a failed workspace: create replaces it
+        again = await store.create_workspace("c1", "dev2", expected_workspace_id=old)
+        assert again.fired and again.facts.workspace_id != old
+        head = await store.head()
+        start = await store.request_build(old, Transition.START, expected_build_number=1)
+        assert not start.fired and start.build is None
+        assert await store.head() == head  # nothing written
+        stop = await store.request_build(old, Transition.STOP, expected_build_number=1)
+        assert stop.fired and stop.build is not None and stop.build.transition is Transition.STOP
+        assert (await store.claim_build("w")).workspace_id == again.facts.workspace_id  # type: ignore[union-attr]
+        await finish_latest(store)  # the old workspace's stop
+        delete = await store.request_build(old, Transition.DELETE, expected_build_number=2)
+        assert delete.fired
+        await finish_latest(store)
+        assert (await store.workspace_facts(old)).workspace.deleted
+        assert (await store.get_chat("c1")).workspace_id == again.facts.workspace_id  # type: ignore[union-attr]
+
+    async def test_a_running_or_starting_workspace_is_never_replaced(self, store: wl.Store) -> None:
+        """create_workspace refuses to re-bind the chat away from a workspace that runs or whose
+        start build is in flight (it would run bound to no chat); stopped, failed and stopping
+        ones may be replaced."""
+        ws = (await make_workspace(store)).facts.workspace_id
+        head = await store.head()
+        assert not (await store.create_workspace("c1", "x", expected_workspace_id=ws)).fired  # starting
+        await finish_latest(store)
+        assert not (await store.create_workspace("c1", "x", expected_workspace_id=ws)).fired  # running
+        assert await store.head() == head + 2  # only the finished build's two events: nothing else
+        assert (await store.request_build(ws, Transition.STOP, expected_build_number=1)).fired
+        again = await store.create_workspace("c1", "x", expected_workspace_id=ws)  # stopping: fine
+        assert again.fired and (await store.get_chat("c1")).workspace_id == again.facts.workspace_id  # type: ignore[union-attr]
+
+    async def test_finish_effects_and_events_follow_writes(self, store: wl.Store) -> None:
+        """A succeeded start with an agent creates it in ``created``; without one, none; the
+        events of each write are numbered in order, right after the head."""
+        outcome = await make_workspace(store)
+        ws = outcome.facts.workspace_id
+        head = await store.head()
+        build = await finish_latest(store, has_agent=False)
+        assert build.has_agent is False
+        assert (await store.workspace_facts(ws)).agent is None
+        events = await store.read_events(head)
+        assert [(e.seq, e.kind) for e in events] == [
+            (head + 1, EventKind.BUILD_UPDATED),
+            (head + 2, EventKind.BUILD_FINISHED),
+        ]
+        with pytest.raises(wl.NotFoundError):
+            await store.report_agent(ws, AgentLifecycle.READY)
+        assert await store.head() == head + 2

@@ -71,7 +71,7 @@ class TestDispatch:
                 "build_id": r.data["build_id"],
             }
             status = await wl.dispatch_tool(lc, "workspace_status", "{}", chat_id="c1", owner="alice")
-            assert status.data == {"status": "building"}
+            assert status.data["status"] == "building" and status.data["wait_expired"] is False
 
     async def test_empty_and_mapping_arguments(self, lc: wl.Lifecycle) -> None:
         """Empty arguments mean defaults; a dict works like its JSON."""
@@ -80,10 +80,16 @@ class TestDispatch:
         r = await wl.dispatch_tool(lc, "stop_workspace", {"wait": False}, chat_id="c1", owner="alice")
         assert r.is_error and r.text == NO_WORKSPACE
 
-    async def test_chat_id_argument_overrides(self, lc: wl.Lifecycle) -> None:
+    async def test_chat_id_argument_where_the_host_serves_many(self, lc: wl.Lifecycle) -> None:
+        """With allowed_chats, the chat_id argument chooses among the allowed chats."""
         await lc.register_chat("c2", owner="alice")
         r = await wl.dispatch_tool(
-            lc, "create_workspace", {"chat_id": "c2", "wait": False}, chat_id="c1", owner="alice"
+            lc,
+            "create_workspace",
+            {"chat_id": "c2", "wait": False},
+            chat_id="c1",
+            owner="alice",
+            allowed_chats={"c1", "c2"},
         )
         assert not r.is_error
         assert (await lc.state("c2")) is wl.WorkspaceState.BUILDING
@@ -97,7 +103,7 @@ class TestDispatch:
         ("arguments", "message"),
         [
             ("{not json", "not JSON"),
-            ("[1, 2]", "expected a JSON object"),
+            ("[1, 2]", "arguments must be a JSON object"),
             ('{"wait": "yes"}', "wait must be a boolean"),
             ('{"bogus": 1}', "unknown argument 'bogus'"),
             ('{"name": 3}', "name must be a string"),

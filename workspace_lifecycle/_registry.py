@@ -327,6 +327,8 @@ class Registry:
                         await holds.enter_async_context(self.track(chat.workspace_id))
                 else:
                     for row in await self.store.list_chats():
+                        if row.error is not None:
+                            log.error("watch: skipping chat %s: %s", row.chat.chat_id, row.error)
                         if row.facts is not None and owner in (None, row.chat.owner):
                             await holds.enter_async_context(self.track(row.facts.workspace_id))
                 async for change in receive:

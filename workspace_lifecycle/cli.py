@@ -1,9 +1,14 @@
 """The ``workspace-lifecycle`` command line (also ``python -m workspace_lifecycle``).
 
 Commands: ``demo`` (a scripted chat, printing each state change live), ``diagram``, ``status``,
-``watch``, ``start``, ``provision --simulate`` and ``mcp``. Every command that uses a store takes
-``--db URL`` (default: the SQLite file ``./workspace-lifecycle.db``), so two terminals on one
-file work together: ``provision --simulate`` in one, ``start`` or ``watch`` in the other.
+``watch``, the requests ``create``, ``start``, ``stop`` and ``delete``, ``provision --simulate``
+and ``mcp``. Every command that uses a store takes ``--db URL`` (default: the environment variable
+``WORKSPACE_LIFECYCLE_DB``, else the SQLite file ``./workspace-lifecycle.db``), so two terminals on
+one file work together: ``provision --simulate`` in one, ``create`` and ``start`` in the other.
+
+A missing SQLite file is created only by the commands that write on their own (``create``,
+``demo``, ``provision``, ``mcp``); the others (``status``, ``watch``, ``start``, ``stop``,
+``delete``) refuse it, since no chat can be there yet.
 
 A user's mistake (a bad URL, an unreadable database, an unknown command) is one sentence on
 stderr and a non-zero exit status, never a traceback: 2 for a usage error, 1 for anything else.
@@ -15,6 +20,8 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import json
+import math
 import os
 import sqlite3
 import sys
@@ -30,20 +37,36 @@ from anyio.abc import TaskStatus
 
 from . import __version__
 from .adapters import open_store
-from .adapters.base import Store
+from .adapters.base import ChatRow, Store
 from .diagram import FORMATS, GraphvizMissingError, PydotMissingError, render
 from .errors import WorkspaceLifecycleError
 from .machine import derive_state
 from .provisioner import SimulatedProvisioner
 from .runtime import Lifecycle
-from .values import AgentLifecycle, Build, JobStatus, StateChange, ToolResult, Transition, WorkspaceFacts
+from .values import (
+    AgentLifecycle,
+    Build,
+    JobStatus,
+    StateChange,
+    ToolResult,
+    Transition,
+    WorkspaceFacts,
+    WorkspaceState,
+)
 
 __all__ = ["main"]
 
 PROG = "workspace-lifecycle"
 DEFAULT_DB = "sqlite:///workspace-lifecycle.db"
+DB_ENV = "WORKSPACE_LIFECYCLE_DB"
+#: Seconds a request waits with its build still pending before it says no provisioner claimed it.
+PENDING_HINT_ENV = "WORKSPACE_LIFECYCLE_PENDING_HINT_SECONDS"
+PENDING_HINT_SECONDS = 10.0
 _BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
-DB_HELP = f"store URL: sqlite:///relative.db, sqlite:////absolute.db, memory://, postgresql://... (default: {DEFAULT_DB})"
+DB_HELP = (
+    "store URL: sqlite:///relative.db, sqlite:////absolute.db, memory://, postgresql://... "
+    f"(default: ${DB_ENV}, else {DEFAULT_DB})"
+)
 
 
 class CliError(Exception):
@@ -94,6 +117,10 @@ def _probability(text: str) -> float:
 def _ident(text: str) -> str:
     if not text or "\x00" in text:
         raise argparse.ArgumentTypeError("must be a non-empty string without NUL bytes")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the locale could not decode arrive as lone surrogates
+        raise argparse.ArgumentTypeError("must be valid UTF-8 text") from None
     return text
 
 
@@ -107,12 +134,55 @@ def _agent_state(text: str) -> str | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not an agent lifecycle state ({names})") from None
 
 
+_REQUEST_HELP = (
+    " Progress goes to stderr while it waits: each state change, and on a terminal a live line "
+    "with the state and the time waited; after ~10 s with the build still pending, a hint that "
+    "no provisioner has claimed it. The answer goes to stdout (--json: as one JSON object); an "
+    "error answer, such as an unknown chat, is its sentence on stderr. Something must run the "
+    "builds: 'provision --simulate' in another terminal, on the same --db. The exit status is "
+    "1 when the answer is an error or reports a failed build."
+)
+
+_REQUESTS = [
+    (
+        "create",
+        "create a chat's workspace (registering the chat) and print the answer",
+        "Register CHAT for OWNER if it is new, then call the create_workspace tool for it. "
+        "Creates a missing SQLite file, so it works on a fresh database.",
+    ),
+    (
+        "start",
+        "call start_workspace for a chat and print the answer",
+        "Call the start_workspace tool for CHAT as OWNER. Refuses a missing SQLite file.",
+    ),
+    (
+        "stop",
+        "call stop_workspace for a chat and print the answer",
+        "Call the stop_workspace tool for CHAT as OWNER. Refuses a missing SQLite file.",
+    ),
+    (
+        "delete",
+        "call delete_workspace for a chat and print the answer",
+        "Call the delete_workspace tool for CHAT as OWNER. Refuses a missing SQLite file.",
+    ),
+]
+
+
+def _pending_hint_default() -> float:
+    text = os.environ.get(PENDING_HINT_ENV)
+    if text:
+        with contextlib.suppress(argparse.ArgumentTypeError):
+            return _seconds(text)
+    return PENDING_HINT_SECONDS
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description=(
             "A chat's workspace as an explicit, event-driven state machine. Run 'demo' to watch a "
-            "scripted chat; 'provision --simulate' and 'start' in two terminals to drive one by hand."
+            "scripted chat; 'provision --simulate' in one terminal and 'create' and 'start' in "
+            "another to drive one by hand."
         ),
         epilog=f"'{PROG} COMMAND --help' explains each command.",
     )
@@ -123,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub: argparse.ArgumentParser = commands.add_parser(name, help=summary, description=description)
         return sub
 
+    default_db = os.environ.get(DB_ENV) or DEFAULT_DB
+
+    def db(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--db", default=default_db, metavar="URL", help=DB_HELP)
+
     demo = command(
         "demo",
         "run a scripted chat, printing each state change live",
@@ -132,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tools' JSON answers, as the model sees them, come last. Runs in a few seconds. If the "
         "chat 'demo' already exists in the database, a new chat id is used, so reruns work.",
     )
-    demo.add_argument("--db", default=DEFAULT_DB, metavar="URL", help=DB_HELP)
+    db(demo)
     demo.add_argument("--fresh", action="store_true", help="delete the SQLite file (and its -wal/-shm) first")
     demo.add_argument(
         "--build-seconds", type=_seconds, default=0.3, metavar="S", help="how long each build takes (0.3)"
@@ -161,54 +236,63 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         "list chats with their workspace state, latest build and agent",
         "A table of every chat in the database: owner, workspace state (derived from the stored "
-        "rows), the latest build (number, transition, job status) and the agent's lifecycle.",
+        "rows), the latest build (number, transition, job status) and the agent's lifecycle. "
+        "Refuses a missing SQLite file (it does not create one).",
     )
-    status.add_argument("--db", default=DEFAULT_DB, metavar="URL", help=DB_HELP)
+    db(status)
+    status.add_argument("--json", action="store_true", help="one JSON object per chat, one per line")
     status.set_defaults(handler=_status)
 
     watch = command(
         "watch",
         "print state changes live until Ctrl-C",
         "Print every state change of every chat (or of one, with --chat) as it happens, with "
-        "its timestamp, until Ctrl-C. Works across processes on a shared SQLite file.",
+        "its timestamp, until Ctrl-C. Works across processes on a shared SQLite file. Refuses "
+        "a missing SQLite file (it does not create one).",
     )
-    watch.add_argument("--db", default=DEFAULT_DB, metavar="URL", help=DB_HELP)
+    db(watch)
     watch.add_argument("--chat", type=_ident, metavar="CHAT", help="only this chat")
+    watch.add_argument("--json", action="store_true", help="one JSON object per state change, one per line")
     watch.set_defaults(handler=_watch)
 
-    start = command(
-        "start",
-        "call start_workspace for a chat and print its JSON answer",
-        "Call the start_workspace tool for CHAT as OWNER. Progress (the chat's state changes) "
-        "goes to stderr while it waits; the tool's answer goes to stdout as JSON (an error answer, such as an unknown chat, goes to stderr "
-        "as its sentence). Something must "
-        "run the builds: 'provision --simulate' in another terminal, on the same --db. The exit "
-        "status is 1 when the answer is an error or reports a failed build.",
-    )
-    start.add_argument("chat", type=_ident, metavar="CHAT", help="the chat id")
-    start.add_argument("--owner", type=_ident, required=True, help="the chat's owner (required)")
-    start.add_argument("--db", default=DEFAULT_DB, metavar="URL", help=DB_HELP)
-    start.add_argument(
-        "--no-wait", action="store_true", help="answer at once after the request is decided (wait=false)"
-    )
-    start.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=600.0,
-        metavar="S",
-        help="give up waiting for the build, and for the agent, after S seconds each (600)",
-    )
-    start.set_defaults(handler=_start)
+    for tool, summary, description in _REQUESTS:
+        request = command(tool, summary, description + _REQUEST_HELP)
+        request.add_argument("chat", type=_ident, metavar="CHAT", help="the chat id")
+        request.add_argument("--owner", type=_ident, required=True, help="the chat's owner (required)")
+        if tool == "create":
+            request.add_argument(
+                "--name", metavar="NAME", help="the workspace name (invalid or missing: generated)"
+            )
+        db(request)
+        request.add_argument(
+            "--no-wait", action="store_true", help="answer at once after the request is decided (wait=false)"
+        )
+        request.add_argument("--json", action="store_true", help="print the answer as one JSON object")
+        request.add_argument(
+            "--timeout",
+            type=_positive_seconds,
+            default=600.0,
+            metavar="S",
+            help="give up waiting for the build, and for the agent, after S seconds each (600)",
+        )
+        request.add_argument(  # hidden: lets a test see the hint at once
+            "--pending-hint-after",
+            type=_seconds,
+            default=_pending_hint_default(),
+            help=argparse.SUPPRESS,
+        )
+        request.set_defaults(handler=_request, tool=tool)
 
     provision = command(
         "provision",
         "run the simulated provisioner until Ctrl-C",
         "Claim pending builds in the database and complete them, as a provisioner would, until "
         "Ctrl-C; state changes are printed to stderr. Only the simulated provisioner is built "
-        "in, so --simulate is required.",
+        "in, so --simulate is required. Creates a missing SQLite file, so it can be started "
+        "first on a fresh database.",
     )
     provision.add_argument("--simulate", action="store_true", help="run the simulated provisioner")
-    provision.add_argument("--db", default=DEFAULT_DB, metavar="URL", help=DB_HELP)
+    db(provision)
     provision.add_argument(
         "--build-seconds", type=_seconds, default=1.0, metavar="S", help="how long each build takes (1.0)"
     )
@@ -234,12 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
     mcp = command(
         "mcp",
         "serve the workspace tools over MCP (stdio)",
-        "Serve the workspace tools to an MCP client over stdin/stdout, for OWNER's chats (or "
-        "only CHAT). Needs the mcp extra: pip install 'workspace-lifecycle[mcp]'.",
+        "Serve the workspace tools to an MCP client over stdin/stdout for OWNER. With --chat the "
+        "server is bound to CHAT (registered for OWNER at start-up) and its tools take no "
+        "chat_id; without it the tools take a chat_id naming one of OWNER's chats, as the chat "
+        "runtime registered them. Another owner's chat is answered as an unknown one. Creates "
+        "a missing SQLite file. Needs the mcp extra: pip install 'workspace-lifecycle[mcp]'.",
     )
-    mcp.add_argument("--db", default=DEFAULT_DB, metavar="URL", help=DB_HELP)
+    db(mcp)
     mcp.add_argument("--owner", type=_ident, required=True, help="the owner the tools act for (required)")
-    mcp.add_argument("--chat", type=_ident, metavar="CHAT", help="the chat the tools act on by default")
+    mcp.add_argument("--chat", type=_ident, metavar="CHAT", help="the one chat the tools act on")
     mcp.set_defaults(handler=_mcp)
     return parser
 
@@ -277,8 +364,13 @@ def _user_error(exc: BaseException) -> CliError | None:
     """The one sentence for a user's mistake, or ``None`` for a bug (which keeps its traceback)."""
     if isinstance(exc, BaseExceptionGroup):
         # The commands run on asyncio, and this runs after the loop ended: name the class.
+        # Several tasks may fail on the same cause (a corrupt row read by the request and by
+        # its progress watcher): report the first when every one of them is a user's problem.
         leaves = [e for e in _leaves(exc) if not isinstance(e, asyncio.CancelledError)]
-        return _user_error(leaves[0]) if len(leaves) == 1 else None
+        errors = [_user_error(leaf) for leaf in leaves]
+        if not errors or any(error is None for error in errors):
+            return None
+        return errors[0]
     if isinstance(exc, CliError):
         return exc
     if isinstance(exc, (GraphvizMissingError, PydotMissingError, WorkspaceLifecycleError)):
@@ -357,13 +449,27 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-def _require_existing(url: str) -> None:
-    """Refuse to create an empty SQLite file as a side effect of a command that only reads."""
+def _database(url: str, *, create: bool) -> Store:
+    """The store at ``url``, after the checks a SQLite path needs, each one sentence.
+
+    Only a command that writes on its own (``create``) may create a missing file; a command that
+    reads or acts on an existing chat refuses it instead of leaving an empty file behind a typo.
+    """
+    store = _store(url)  # a bad URL first (exit 2)
     path = _sqlite_path(url)
-    if path is not None and not path.exists():
-        raise CliError(
-            f"no database at {path}; pass --db URL, or run '{PROG} demo' or '{PROG} provision --simulate' first"
-        )
+    if path is None:
+        return store
+    if path.is_dir():
+        raise CliError(f"the SQLite path {path} is a directory, not a database file")
+    if not path.exists():
+        if not create:
+            raise CliError(
+                f"no database at {path}; '{PROG} create CHAT --owner OWNER' creates it "
+                f"(or pass --db URL, or set {DB_ENV})"
+            )
+        if not path.parent.is_dir():
+            raise CliError(f"cannot create the database {path}: directory {path.parent} does not exist")
+    return store
 
 
 # --- printing state changes -------------------------------------------------------------------
@@ -414,7 +520,7 @@ def _out(text: str = "", stream: TextIO | None = None) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    store = _store(args.db)  # a bad URL is reported before anything is deleted
+    store = _store(args.db)  # a bad URL is reported before anything is deleted; the demo creates a file
     if args.fresh:
         path = _sqlite_path(args.db)
         if path is None and not args.db.lower().startswith("memory"):
@@ -561,8 +667,7 @@ def _diagram(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    _require_existing(args.db)
-    return _run(_status_async, _store(args.db))
+    return _run(_status_async, _database(args.db, create=False), args.json)
 
 
 def _build_cell(facts: WorkspaceFacts | None) -> str:
@@ -583,15 +688,42 @@ def _agent_cell(facts: WorkspaceFacts | None) -> str:
     return "-"
 
 
-async def _status_async(store: Store) -> int:
+def _state_cell(row: ChatRow) -> str:
+    if row.error is not None:
+        return f"unreadable ({row.error})"
+    return derive_state(row.facts).value if row.facts is not None else "no_workspace"
+
+
+async def _status_async(store: Store, as_json: bool) -> int:
     async with _opened(store):
         rows = sorted(await store.list_chats(), key=lambda r: r.chat.chat_id)
+    if as_json:
+        for row in rows:
+            build = row.facts.latest_build if row.facts is not None else None
+            agent = _agent_cell(row.facts)
+            _out_json(
+                {
+                    "chat_id": row.chat.chat_id,
+                    "owner": row.chat.owner,
+                    "state": _state_cell(row),
+                    "latest_build": None
+                    if build is None
+                    else {
+                        "build_id": build.build_id,
+                        "number": build.number,
+                        "transition": build.transition.value,
+                        "status": build.status.value,
+                    },
+                    "agent": None if agent == "-" else agent,
+                }
+            )
+        return 0
     if not rows:
         _out(f"no chats in {store.url}")
         return 0
     table = [("CHAT", "OWNER", "STATE", "LATEST BUILD", "AGENT")]
     for row in rows:
-        state = derive_state(row.facts).value if row.facts is not None else "no_workspace"
+        state = _state_cell(row)
         table.append(
             (row.chat.chat_id, row.chat.owner, state, _build_cell(row.facts), _agent_cell(row.facts))
         )
@@ -605,64 +737,213 @@ async def _status_async(store: Store) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    return _interruptible(_watch_async, _store(args.db), args.chat)
+    return _interruptible(_watch_async, _database(args.db, create=False), args.chat, args.json)
 
 
 def _watch_line(change: StateChange) -> str:
     return f"{_clock(change.at)}  {change.chat_id}  {_change_line(change).rstrip()}"
 
 
-async def _watch_async(store: Store, chat: str | None) -> int:
+def _change_json(change: StateChange) -> dict[str, Any]:
+    return {
+        "at": change.at,
+        "chat_id": change.chat_id,
+        "workspace_id": change.workspace_id,
+        "build_number": change.build_number,
+        "from": change.from_state.value,
+        "to": change.to_state.value,
+        "event": change.event.value if change.event is not None else "resync",
+        "seq": change.seq,
+    }
+
+
+def _out_json(data: dict[str, Any]) -> None:
+    _out(json.dumps(data, sort_keys=True))
+
+
+async def _watch_async(store: Store, chat: str | None, as_json: bool) -> int:
     async with _opened(store), Lifecycle(store) as lc:
         what = f"chat {chat!r}" if chat else "every chat"
         _out(f"watching {what} on {store.url}; Ctrl-C to stop", sys.stderr)
-        await _follow(lc, chat, lambda change: _out(_watch_line(change)))
+        if as_json:
+            await _follow(lc, chat, lambda change: _out_json(_change_json(change)))
+        else:
+            await _follow(lc, chat, lambda change: _out(_watch_line(change)))
     return 0
 
 
-# --- start ------------------------------------------------------------------------------------
+# --- requests: create, start, stop, delete -----------------------------------------------------
+
+#: The build each request fires (create: a start build of a new workspace).
+_REQUEST_TRANSITION = {"start": Transition.START, "stop": Transition.STOP, "delete": Transition.DELETE}
 
 
-def _start(args: argparse.Namespace) -> int:
-    _require_existing(args.db)
-    return _run(_start_async, _store(args.db), args)
+def _request(args: argparse.Namespace) -> int:
+    return _run(_request_async, _database(args.db, create=args.tool == "create"), args)
 
 
-async def _start_async(store: Store, args: argparse.Namespace) -> int:
+async def _call(lc: Lifecycle, args: argparse.Namespace) -> ToolResult:
+    chat, owner, wait = args.chat, args.owner, not args.no_wait
+    if args.tool == "create":
+        await lc.register_chat(chat, owner=owner)  # idempotent; another owner's chat is refused
+        return await lc.create_workspace(chat, owner=owner, name=args.name, wait=wait)
+    if args.tool == "start":
+        return await lc.start_workspace(chat, owner=owner, wait=wait)
+    if args.tool == "stop":
+        return await lc.stop_workspace(chat, owner=owner, wait=wait)
+    return await lc.delete_workspace(chat, owner=owner, wait=wait)
+
+
+async def _request_async(store: Store, args: argparse.Namespace) -> int:
     async with _opened(store), Lifecycle(store, build_timeout=args.timeout, agent_timeout=args.timeout) as lc:
+        progress = _Progress(lc, args.chat, args.owner, args.pending_hint_after, args.db)
         async with anyio.create_task_group() as tg:
-            await tg.start(_follow, lc, args.chat, lambda change: _out(_watch_line(change), sys.stderr))
-            result = await lc.start_workspace(args.chat, owner=args.owner, wait=not args.no_wait)
+            await tg.start(progress.run)
+            result = await _call(lc, args)
             await _settle()
             tg.cancel_scope.cancel()
-        if result.is_error:
+        progress.close()
+        if args.json:
+            _out_json(result.data)
+        elif result.is_error:
             raise CliError(result.text)
-        _out(result.text)
-        in_flight = await _other_build_in_flight(store, args.chat) if args.no_wait else None
+        else:
+            _out(_summary(args.chat, result))
+        if result.is_error:
+            return 1
+        in_flight = await _other_build_in_flight(store, args.chat, args.tool) if args.no_wait else None
         if in_flight is not None:
-            # With wait=False during a stop or delete build, the runtime requests the start in
-            # the background once that build ends; leaving now would cancel that request.
+            # With wait=False during another kind of build, the runtime makes the request in the
+            # background once that build ends; leaving now would cancel that request.
             what = f"the {in_flight.transition.value} build in progress"
-            _out(f"the start is requested when {what} ends; waiting for that", sys.stderr)
+            _out(f"the {args.tool} is requested when {what} ends; waiting for that", sys.stderr)
             await lc.drain()  # the deferred request gives up itself after build_timeout
             latest = (await store.workspace_facts(in_flight.workspace_id)).latest_build
             if latest is not None and latest.number == in_flight.number and latest.status.in_progress:
                 raise CliError(
-                    f"{what} did not end within {args.timeout:g} s, so the start was not requested"
+                    f"{what} did not end within {args.timeout:g} s, so the {args.tool} was not requested"
                 )
             return 0
     return 1 if "error" in result.data else 0
 
 
-async def _other_build_in_flight(store: Store, chat_id: str) -> Build | None:
-    """The chat's latest build if it is a stop or delete build still in progress."""
+def _summary(chat: str, result: ToolResult) -> str:
+    """The answer in one line for a person: what happened (or went wrong), then its fields."""
+    data = dict(result.data)
+    done = [key for key in ("created", "started", "stopped", "deleted") if data.pop(key, None) is True]
+    if "error" in data:
+        head = f"{chat}: {data.pop('error')}"
+    else:
+        head = f"{chat}: {done[0] if done else data.pop('status', 'answered')}"
+    fields = "  ".join(f"{key}={_field(value)}" for key, value in sorted(data.items()))
+    return f"{head}  {fields}".rstrip()
+
+
+def _field(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+async def _other_build_in_flight(store: Store, chat_id: str, tool: str) -> Build | None:
+    """The chat's latest build if it is still in progress and of another kind than ``tool``'s."""
+    transition = _REQUEST_TRANSITION.get(tool)
     chat = await store.get_chat(chat_id)
-    if chat is None or chat.workspace_id is None:
+    if transition is None or chat is None or chat.workspace_id is None:
         return None
     build = (await store.workspace_facts(chat.workspace_id)).latest_build
-    if build is None or build.status.finished or build.transition is Transition.START:
+    if build is None or build.status.finished or build.transition is transition:
         return None
     return build
+
+
+class _Progress:
+    """A request's progress on stderr: each state change of its chat, and while it waits a live
+    line (on a terminal) with the state and the time waited, and once a build has been pending
+    for ``hint_after`` seconds, the hint that no provisioner has claimed it.
+
+    State changes come from the runtime's ``watch``; the timer only redraws the line and, once
+    per build, reads whether that build is still pending.
+    """
+
+    def __init__(self, lc: Lifecycle, chat: str, owner: str, hint_after: float, db: str) -> None:
+        self._lc, self._chat, self._owner, self._hint_after, self._db = lc, chat, owner, hint_after, db
+        self._tty = _is_tty(sys.stderr)
+        self._t0 = time.monotonic()
+        self._state: WorkspaceState | None = None
+        self._since = self._t0  # when the current state began
+        self._hint_due = False  # the state became building and the hint's one look is still to come
+        self._changed = anyio.Event()
+        self._live = False
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(_follow, self._lc, self._chat, self._change)
+            with contextlib.suppress(WorkspaceLifecycleError, ValueError):
+                # An unknown chat (or one of another owner's) reads as no_workspace here too.
+                self._state = await self._lc.state(self._chat, owner=self._owner)
+            task_status.started()
+            await self._tick()
+
+    def _change(self, change: StateChange) -> None:
+        self._state, self._since = change.to_state, time.monotonic()
+        self._hint_due = change.to_state is WorkspaceState.BUILDING
+        self._changed.set()
+        self._print(_watch_line(change))
+
+    async def _tick(self) -> None:
+        self._hint_due = self._state is WorkspaceState.BUILDING
+        while True:
+            self._changed = anyio.Event()
+            deadline = self._since + self._hint_after if self._hint_due else math.inf
+            if self._tty:
+                self._draw()
+                wake = min(deadline, time.monotonic() + 0.1)
+            else:
+                wake = deadline
+            with anyio.move_on_after(max(0.0, wake - time.monotonic())):
+                await self._changed.wait()
+                continue
+            if self._hint_due and time.monotonic() >= deadline:
+                self._hint_due = False  # one look per build, not a poll
+                await self._hint()
+
+    async def _hint(self) -> None:
+        chat = await self._lc.store.get_chat(self._chat)
+        if chat is None or chat.workspace_id is None or chat.owner != self._owner:
+            return
+        build = (await self._lc.store.workspace_facts(chat.workspace_id)).latest_build
+        if build is not None and build.status is JobStatus.PENDING:
+            self._print(
+                f"no provisioner has claimed build #{build.number} ({build.transition.value}) of "
+                f"{self._chat} after {time.monotonic() - self._since:.0f} s; run "
+                f"'{PROG} provision --simulate --db {self._db}' in another terminal (the same --db)"
+            )
+
+    def _draw(self) -> None:
+        state = self._state.value if self._state is not None else "..."
+        elapsed = time.monotonic() - self._t0
+        sys.stderr.write(f"\r\x1b[K{self._chat}: {state}  {elapsed:.1f} s")
+        sys.stderr.flush()
+        self._live = True
+
+    def _print(self, line: str) -> None:
+        if self._live:
+            sys.stderr.write("\r\x1b[K")
+            self._live = False
+        _out(line, sys.stderr)
+
+    def close(self) -> None:
+        """Clear the live line before the answer is printed."""
+        if self._live:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self._live = False
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 # --- provision --------------------------------------------------------------------------------
@@ -675,7 +956,7 @@ def _provision(args: argparse.Namespace) -> int:
             "(a real provisioner calls the store's claim_build, finish_build and report_agent)",
             2,
         )
-    return _interruptible(_provision_async, _store(args.db), args)
+    return _interruptible(_provision_async, _database(args.db, create=True), args)
 
 
 async def _provision_async(store: Store, args: argparse.Namespace) -> int:
@@ -704,16 +985,17 @@ async def _provision_async(store: Store, args: argparse.Namespace) -> int:
 
 
 def _mcp(args: argparse.Namespace) -> int:
-    _store(args.db)  # a bad URL is reported before the server starts
+    _database(args.db, create=True)  # a bad URL or path is reported before the server starts
     try:
         module = importlib.import_module("workspace_lifecycle.mcp_server")
     except ImportError as exc:
-        if (exc.name or "").split(".")[0] == "mcp":
+        if exc.name == "workspace_lifecycle.mcp_server":
+            raise CliError("the MCP server is not part of this installation") from None
+        if not (exc.name or "").startswith("workspace_lifecycle"):
+            # The SDK is ``mcp`` plus modules such as ``mcp_types`` and its own dependencies.
             raise CliError(
                 "the mcp command needs the MCP SDK: pip install 'workspace-lifecycle[mcp]'"
             ) from None
-        if exc.name == "workspace_lifecycle.mcp_server":
-            raise CliError("the MCP server is not part of this installation") from None
         raise
     serve: Callable[[str, str, str | None], Awaitable[None]] = module.serve
 

@@ -222,6 +222,9 @@ class FaultyStore(Store):
 
     # --- reads ------------------------------------------------------------------------------
 
+    async def get_build(self, build_id: str) -> Build:
+        return await self.inner.get_build(build_id)
+
     async def get_chat(self, chat_id: str) -> Chat | None:
         return await self.inner.get_chat(chat_id)
 

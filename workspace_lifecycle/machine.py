@@ -364,6 +364,7 @@ class Tracker:
             self.seq = max(self.seq, ev.seq)
             return None
         if self.is_stale(ev):
+            self._late_news(ev)
             return None
         before = self.state
         if ev.kind is EventKind.AGENT_UPDATED and ev.build_number > self.build_number:
@@ -389,6 +390,32 @@ class Tracker:
             event=ev.kind,
             seq=ev.seq,
             at=ev.at,
+        )
+
+    def _late_news(self, ev: StoreEvent) -> None:
+        """How the previous build ended, delivered after the next build's news (reordered).
+
+        Stale for the machine, but a request that waited for that build answers from it: a
+        build superseded after it ended must still be answered as it ended.
+        """
+        prev = self.previous
+        if (
+            prev is None
+            or prev.finished
+            or ev.kind is not EventKind.BUILD_FINISHED
+            or ev.build_number != prev.number
+            or ev.status is None
+            or not ev.status.finished
+        ):
+            return
+        starts_agent = ev.status is JobStatus.SUCCEEDED and ev.transition is Transition.START
+        self.previous = attrs.evolve(
+            prev,
+            status=ev.status,
+            error=ev.error,
+            details=ev.details,
+            has_agent=ev.has_agent,
+            agent=AgentLifecycle.CREATED if starts_agent and ev.has_agent else prev.agent,
         )
 
     def _apply_one(self, ev: StoreEvent) -> None:

@@ -116,6 +116,8 @@ class BuildReaper(BackgroundService):
         flying: set[str] = set()
         reaped: list[Build] = []
         for row in await self.store.list_chats():
+            if row.error is not None:  # one unreadable workspace must not stop the others' reaping
+                log.error("reaper: skipping chat %s: %s", row.chat.chat_id, row.error)
             build = row.facts.latest_build if row.facts is not None else None
             if build is None or build.status not in (JobStatus.RUNNING, JobStatus.CANCELING):
                 continue  # pending builds wait for any live worker; finished ones are done

@@ -37,6 +37,7 @@ from .steps import (
     Defer,
     Fire,
     Flow,
+    ReadBuild,
     Restart,
     Settled,
     Step,
@@ -337,6 +338,9 @@ class Lifecycle(BackgroundService):
                 if outcome.fired and outcome.build is not None:
                     span.fired(outcome.build.build_id)
                 step = flow.fired(step, fired=outcome.fired, build=outcome.build, facts=outcome.facts)
+            elif isinstance(step, ReadBuild):
+                flow.read(await self.store.get_build(step.build_id))
+                step = None
             elif isinstance(step, CatchUp):
                 await self._pump.caught_up(step.seq)
                 step = None

@@ -36,7 +36,7 @@ from typing import Any
 import attrs
 
 from . import answers
-from .machine import REQUEST_TRANSITION, Decision, Request, Tracker
+from .machine import REQUEST_TRANSITION, BuildSummary, Decision, Request, Tracker
 from .values import Build, Chat, JobStatus, ToolResult, Transition, Workspace, WorkspaceFacts, WorkspaceState
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "Fire",
     "Flow",
     "MAX_STATUS_WAIT_MS",
+    "ReadBuild",
     "Restart",
     "Settled",
     "Step",
@@ -140,6 +141,14 @@ class Track:
 
 
 @attrs.frozen
+class ReadBuild:
+    """Read build ``build_id`` from the store (how a superseded build ended, when the tracker
+    did not learn it), then report it with :meth:`Flow.read`."""
+
+    build_id: str
+
+
+@attrs.frozen
 class Restart:
     """The chat no longer points at the workspace this request was about: start over."""
 
@@ -151,7 +160,7 @@ class CatchUp:
     seq: int
 
 
-Step = Answer | Create | Fire | WaitBuild | WaitAgent | Defer | Track | Restart | CatchUp
+Step = Answer | Create | Fire | WaitBuild | WaitAgent | Defer | Track | Restart | CatchUp | ReadBuild
 
 
 def first_step(
@@ -204,6 +213,8 @@ class Flow:
     waiting: WaitBuild | WaitAgent | None = None
     timed_out: bool = False
     moves: int = 0  # how often the request followed its chat to another workspace
+    #: A build read from the store because the tracker did not learn how it ended.
+    stored: BuildSummary | None = None
 
     @property
     def verb(self) -> str:
@@ -277,6 +288,19 @@ class Flow:
                 return Answer(ToolResult.error(answers.WORKSPACE_REPLACED))
             return Restart()
         return CatchUp(facts.seq)
+
+    def read(self, build: Build) -> None:
+        """The :class:`ReadBuild` step's result."""
+        self.stored = BuildSummary(
+            build.number,
+            build.build_id,
+            build.transition,
+            build.status,
+            build.error,
+            build.has_agent,
+            None,
+            build.details,
+        )
 
     def waited(self, *, timed_out: bool) -> None:
         """The last :class:`WaitBuild` / :class:`WaitAgent` ended (``timed_out`` or not)."""
@@ -360,9 +384,18 @@ class Flow:
         if self.timed_out:
             return Answer(answers.build_failed(prefix, _TIMED_OUT, build_id))
         extra = _superseded(tracker, number)
+        if (build is None or not build.finished) and self.stored is not None and self.stored.number == number:
+            build = self.stored
         if build is None or not build.finished:
-            # Superseded twice before this tracker learnt how it ended (it keeps two builds).
-            return Answer(answers.build_failed(prefix, "superseded by a newer build", build_id, extra))
+            # Superseded before this tracker learnt how it ended (its news was lost, or two
+            # builds came since, or it was re-read from the rows): ask the store.
+            if build_id is not None and self.stored is None:
+                self.waiting = WaitBuild(number)  # answer for it again once it is read
+                return ReadBuild(build_id)
+            data = {"error": f"the outcome of build {number} is unknown: a newer build superseded it"}
+            if build_id is not None:
+                data["build_id"] = build_id
+            return Answer(ToolResult.ok(data | extra))
         build_id = build.build_id
         self.build_id = build_id
         if build.status is not JobStatus.SUCCEEDED:
@@ -381,13 +414,17 @@ class Flow:
     def _started(self, tracker: Tracker, number: int) -> ToolResult:
         """The wait for build ``number``'s agent ended: answer with the agent fields."""
         ws = self._ws()
-        build = tracker.build(number)
+        build = tracker.build(number) or (
+            self.stored if self.stored and self.stored.number == number else None
+        )
         extra = _superseded(tracker, number)
         if build is None:
             agent: dict[str, Any] = {"agent_status": "not_ready"}
-        elif extra and build.has_agent and build.agent is not None and build.agent.pending:
+        elif extra and build.has_agent and (build.agent is None or build.agent.pending):
             # Another build came before the agent was ready: it will not become ready now.
-            agent = {"agent_status": "not_ready", "lifecycle_state": build.agent.value}
+            agent = {"agent_status": "not_ready"}
+            if build.agent is not None:
+                agent["lifecycle_state"] = build.agent.value
         else:
             agent = answers.agent_fields(
                 has_agent=build.has_agent, lifecycle=build.agent, timed_out=self.timed_out

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .errors import BuildConflictError, NotFoundError
+from .machine import derive_state
 from .values import (
     Agent,
     AgentLifecycle,
@@ -32,6 +33,7 @@ from .values import (
     Transition,
     Workspace,
     WorkspaceFacts,
+    WorkspaceState,
     check_parameters,
 )
 
@@ -78,9 +80,12 @@ def create_workspace(
     name: str,
     at: float,
     parameters: Mapping[str, str] | None = None,
+    replaced: WorkspaceFacts | None = None,
 ) -> Write | None:
-    """Bind ``chat`` to a new workspace with its first (start) build, or ``None`` if the chat is
-    no longer bound to ``expected_workspace_id`` (the compare-and-set lost).
+    """Bind ``chat`` to a new workspace with its first (start) build, or ``None`` if the
+    compare-and-set fails: the chat is no longer bound to ``expected_workspace_id``, or the
+    workspace it would replace (``replaced``, read in the same transaction) runs or is being
+    started: it would run bound to no chat, out of every tool's reach.
 
     >>> chat = Chat("c1", "alice")
     >>> w = create_workspace(chat, expected_workspace_id=None, workspace_id="w1", build_id="b1", name="dev", at=0)
@@ -91,6 +96,8 @@ def create_workspace(
     if chat is None:
         raise NotFoundError("no such chat")
     if chat.workspace_id != expected_workspace_id:
+        return None
+    if expected_workspace_id is not None and (replaced is None or not _replaceable(replaced)):
         return None
     ws = Workspace(workspace_id, chat.chat_id, chat.owner, name)
     build = Build(
@@ -110,6 +117,17 @@ def create_workspace(
         workspace=ws,
         chat=Chat(chat.chat_id, chat.owner, workspace_id),
     )
+
+
+def _replaceable(facts: WorkspaceFacts) -> bool:
+    """May a chat leave this workspace for a new one? Only if, unbound, it costs nothing more:
+    it is stopped, failed or deleted, or its build in flight stops or deletes it. A workspace
+    that runs, or whose start build is in flight, would run bound to no chat."""
+    state = derive_state(facts)
+    if state is WorkspaceState.BUILDING:
+        latest = facts.latest_build
+        return latest is not None and latest.transition is not Transition.START
+    return state not in (WorkspaceState.RUNNING, WorkspaceState.AGENT_READY)
 
 
 def request_build(

@@ -2,7 +2,10 @@
 
 Accepted URLs (SQLAlchemy's habit): ``memory://``, ``sqlite:///relative.db``,
 ``sqlite:////absolute/path.db``, ``postgresql://user@host:port/db`` (optionally
-``?schema=name``). Drivers are imported only when their scheme is used.
+``?schema=name``; also ``postgres://``, a psycopg driver suffix as in
+``postgresql+psycopg://`` or ``postgresql+psycopg2://``, and libpq's Unix-socket forms
+``postgresql:///db?host=/var/run/postgresql`` and ``postgresql://user@%2Fvar%2Frun%2Fpostgresql/db``).
+Drivers are imported only when their scheme is used.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ __all__ = ["ChatRow", "MemoryStore", "Outcome", "Store", "open_store"]
 
 ACCEPTED = (
     "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, postgresql://user@host:port/dbname"
+    " (or postgresql+psycopg://..., postgresql:///dbname?host=/socket/dir)"
 )
 
 
@@ -25,7 +29,7 @@ def open_store(url: str, **options: object) -> Store:
     >>> open_store("mysql://x")
     Traceback (most recent call last):
     ...
-    ValueError: unsupported store URL 'mysql://x'; accepted forms: memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, postgresql://user@host:port/dbname
+    ValueError: unsupported store URL 'mysql://x'; accepted forms: memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, postgresql://user@host:port/dbname (or postgresql+psycopg://..., postgresql:///dbname?host=/socket/dir)
     """
     if not isinstance(url, str):
         raise ValueError(
@@ -45,7 +49,7 @@ def open_store(url: str, **options: object) -> Store:
         from .sqlite import SQLiteStore
 
         return SQLiteStore.from_url(url, **options)
-    if scheme in ("postgresql", "postgres"):
+    if scheme.partition("+")[0] in ("postgresql", "postgres"):  # +psycopg, +psycopg2: from_url checks
         from .postgres import PostgresStore
 
         return PostgresStore.from_url(url, **options)

@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import attrs
 
+from ..errors import CorruptStateError
 from ..values import AgentLifecycle, Build, Chat, JobStatus, StoreEvent, Transition, WorkspaceFacts
 
 __all__ = ["ChatRow", "Doorbell", "Outcome", "Store"]
@@ -43,10 +44,25 @@ class Outcome:
 
 @attrs.frozen
 class ChatRow:
-    """A chat with its workspace's facts, for status listings."""
+    """A chat with its workspace's facts, for status listings.
+
+    ``error`` is set (and ``facts`` is ``None``) when the workspace's rows are unreadable: one
+    corrupt workspace must not hide every other chat from a listing.
+    """
 
     chat: Chat
     facts: WorkspaceFacts | None
+    error: CorruptStateError | None = None
+
+    @classmethod
+    def read(cls, chat: Chat, facts: Callable[[], WorkspaceFacts]) -> ChatRow:
+        """The row of ``chat``, its facts read by ``facts()`` unless it has no workspace."""
+        if chat.workspace_id is None:
+            return cls(chat, None)
+        try:
+            return cls(chat, facts())
+        except CorruptStateError as exc:
+            return cls(chat, None, exc)
 
 
 class Store(abc.ABC):
@@ -91,6 +107,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def workspace_facts(self, workspace_id: str) -> WorkspaceFacts:
         """The workspace, its latest build and agent, and the log head, in one read."""
+
+    @abc.abstractmethod
+    async def get_build(self, build_id: str) -> Build:
+        """One build as stored (``NotFoundError`` if there is none): how a superseded build
+        ended, for the request that waited for it."""
 
     @abc.abstractmethod
     async def create_workspace(

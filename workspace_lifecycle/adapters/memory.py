@@ -114,6 +114,13 @@ class MemoryStore(Store):
         self._check()
         return self._facts(workspace_id)
 
+    async def get_build(self, build_id: str) -> Build:
+        self._check()
+        build = self._builds.get(build_id)
+        if build is None:
+            raise NotFoundError(f"no build {build_id!r}")
+        return build
+
     async def create_workspace(
         self,
         chat_id: str,
@@ -134,6 +141,7 @@ class MemoryStore(Store):
             name=name,
             at=self._clock(),
             parameters=parameters,
+            replaced=self._facts(expected_workspace_id) if expected_workspace_id else None,
         )
         if write is None:
             assert chat.workspace_id is not None

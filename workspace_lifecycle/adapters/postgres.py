@@ -2,70 +2,95 @@
 
 Design, in the order a write meets it:
 
+* **Opening.** One direct connection first, with a bounded ``connect_timeout``: a refused or
+  unreachable server, a missing database or a bad parameter fails at open within seconds with
+  one sentence naming the cause. That connection migrates the schema and becomes the
+  ``LISTEN`` connection; only then is the pool opened. Opening and closing are shielded from
+  cancellation, so a cancelled ``open_store`` leaves no server connection behind.
 * **Connections.** A psycopg-pool ``AsyncConnectionPool`` of autocommit connections, each with
   ``search_path`` set to the store's schema (``?schema=name``, default ``public``) and an
   optional ``statement_timeout``. A statement that fails because its connection died (a
   restarted server, ``pg_terminate_backend``) is retried on a fresh connection, unless the
   failure came while committing (then the outcome is unknown and the caller gets a
-  :class:`~workspace_lifecycle.errors.StoreError`).
-* **Exactly once.** ``create_workspace`` locks the chat row and ``request_build`` the workspace
-  row (``SELECT ... FOR UPDATE``) before comparing, so concurrent requests from any number of
-  replicas queue on the row and only the first one that still sees the expected build appends.
-  ``claim_build`` takes the oldest pending build with ``FOR UPDATE SKIP LOCKED``.
+  :class:`~workspace_lifecycle.errors.TransientStoreError` that says so).
+* **Decisions.** The adapter decides nothing: each write reads its rows in the transaction,
+  under the row locks that make the compare-and-set exact, calls one function of
+  :mod:`workspace_lifecycle.writes` and persists the :class:`~workspace_lifecycle.writes.Write`
+  it returns (:meth:`PostgresStore._persist`).
+* **Exactly once.** ``create_workspace`` locks the chat row; ``request_build`` locks the
+  workspace row ``FOR UPDATE`` and its chat row ``FOR SHARE`` (a concurrent
+  ``create_workspace`` that re-binds the chat waits, or is waited for) before it reads, so
+  concurrent requests from any number of replicas queue on the rows and only the first one
+  that still sees the expected build appends. ``claim_build`` takes the oldest pending build
+  with ``FOR UPDATE SKIP LOCKED``; ``finish_build`` and ``report_agent`` lock the row they change.
 * **A commit-ordered log.** ``bigserial`` ids are handed out in call order, not commit order, so
   a reader following ``seq > cursor`` could pass an id whose transaction commits later. Every
   writing transaction therefore takes a transaction-scoped advisory lock on the log right before
-  it inserts its events and holds it until its commit is visible: ids are drawn in commit
-  order, and a reader that sees ``seq = n`` has every committed event below ``n`` in view.
+  it inserts its events (after every row lock it needs) and holds it until its commit is
+  visible: ids are drawn in commit order, and a reader that sees ``seq = n`` has every
+  committed event below ``n`` in view.
 * **Wake-ups.** The event insert also calls ``pg_notify`` with the new head (delivered at
-  commit). One dedicated ``LISTEN`` connection per store reads the notifications and wakes every
-  local waiter through one in-process event; local writes wake them at once. NOTIFY is only a
-  hint: the same connection polls the head every ``poll_interval`` seconds, and after it
-  reconnects it wakes everyone so the runtime re-reads from its cursor. Idle cost is one cheap
-  query per ``poll_interval`` per store, whatever the number of waiters.
+  commit). One dedicated ``LISTEN`` connection per store reads the notifications; local writes
+  ring the store's :class:`~workspace_lifecycle.adapters.base.Doorbell` at once. A notification
+  is only a hint, never the head: its payload must look like one we send and name a head newer
+  than the known one, and then the head is read from the log before anyone is woken (anything
+  else is ignored and counted in :attr:`PostgresStore.stray_notifications`). The listener reads
+  the head itself every ``poll_interval`` within a timeout, which also proves that its backend
+  still answers (TCP keepalives catch a dead peer); one that does not is replaced. The
+  fallback poll does not depend on that connection: while someone waits and the listener has
+  not read the head for a ``poll_interval``, the pool reads it. Idle cost: one cheap query per
+  ``poll_interval`` per store, whatever the number of waiters.
 * **Schema.** Versioned forward migrations run under ``pg_advisory_xact_lock`` so replicas that
   start together do not race; a schema newer than this code is refused with a clear error.
 
-Driver errors never leak: they are mapped to :mod:`workspace_lifecycle.errors` at the boundary.
+Driver errors never leak: :meth:`PostgresStore._boundary` maps them to
+:mod:`workspace_lifecycle.errors` (or ``ValueError`` for a value PostgreSQL cannot store), the
+one place that does, as httpcore's ``map_exceptions``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
+import attrs
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from .. import writes
 from ..errors import (
+    CorruptStateError,
     CursorExpiredError,
     NotFoundError,
     OwnershipError,
     StoreBusyError,
     StoreClosedError,
     StoreError,
+    StoreUnavailableError,
+    TransientStoreError,
     UnsupportedBackendError,
+    WorkspaceLifecycleError,
 )
 from ..values import (
     Agent,
     AgentLifecycle,
     Build,
     Chat,
-    EventKind,
     JobStatus,
     StoreEvent,
     Transition,
@@ -73,9 +98,10 @@ from ..values import (
     WorkspaceFacts,
     parse_enum,
 )
-from .base import ChatRow, Outcome, Store
+from .base import ChatRow, Doorbell, Outcome, Store
 
 __all__ = [
+    "DRIVERS",
     "PostgresStore",
     "SCHEMA_VERSION",
     "UnsupportedBackendError",
@@ -86,12 +112,28 @@ log = logging.getLogger("workspace_lifecycle.postgres")
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[TupleRow]
 
+#: Driver suffixes accepted after the scheme, as SQLAlchemy users write them
+#: (``postgresql+psycopg://``); each names a psycopg driver, and psycopg 3 serves them all.
+DRIVERS = ("psycopg", "psycopg2")
+
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_PAYLOAD_RE = re.compile(r"[1-9][0-9]{0,18}")  # what _append sends: the new head, a positive bigint
 
 # Advisory lock classes (the first int4 key); the second key is a hash of the schema name, so
 # deployments in other schemas of one database never wait for each other.
 _MIGRATE_LOCK = 0x574C0001
 _LOG_LOCK = 0x574C0002
+
+#: Seconds the first connection of ``open`` may take unless the URL sets ``connect_timeout``.
+_CONNECT_TIMEOUT = 5
+#: TCP keepalives of the LISTEN connection unless the URL sets them: a dead peer is noticed in
+#: about 10 + 3 * 5 seconds even while no query is running on it.
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+
+#: What the error boundary translates; everything else passes through untouched.
+_DRIVER_ERRORS = (psycopg.Error, PoolClosed, PoolTimeout, UnicodeEncodeError, ConnectionError)
+#: Words of a connection refusal that a retry may get past (the server is starting, full, ...).
+_TRANSIENT_REFUSALS = ("starting up", "shutting down", "recovery mode", "too many clients", "slots")
 
 #: Forward migrations; version N is ``MIGRATIONS[N - 1]``. Never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (
@@ -143,6 +185,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     INSERT INTO log_state VALUES (1, 0);
     """,
+    # 2: build parameters (template parameters) and a failed build's details, JSON objects.
+    """
+    ALTER TABLE builds ADD COLUMN parameters jsonb NOT NULL DEFAULT '{}'::jsonb,
+        ADD COLUMN details jsonb;
+    """,
 )
 
 #: The schema version this code writes and understands.
@@ -153,6 +200,7 @@ _HEAD = "coalesce(greatest((SELECT max(seq) FROM events), (SELECT pruned_through
 _FACTS_COLUMNS = """
     w.workspace_id, w.chat_id, w.owner, w.name, w.deleted,
     b.build_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,
+    b.parameters, b.details,
     a.build_number, a.lifecycle
 """
 _FACTS_JOINS = """
@@ -162,7 +210,8 @@ _FACTS_JOINS = """
 _FACTS_SQL = f"SELECT {_FACTS_COLUMNS}, {_HEAD} FROM workspaces w {_FACTS_JOINS} WHERE w.workspace_id = %s"
 
 _BUILD_COLUMNS = (
-    "b.build_id, b.workspace_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker"
+    "b.build_id, b.workspace_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,"
+    " b.parameters, b.details"
 )
 
 
@@ -173,8 +222,14 @@ def _lock_key(schema: str) -> int:
 
 
 def _parse_build(row: Sequence[Any]) -> Build:
-    """A build from ``build_id, workspace_id, number, transition, status, error, has_agent, worker``."""
+    """A build from ``build_id, workspace_id, number, transition, status, error, has_agent, worker,
+    parameters, details``."""
     build_id = row[0]
+    parameters, details = row[8], row[9]
+    if not isinstance(parameters, dict):
+        raise CorruptStateError("builds", build_id, "parameters", parameters)
+    if details is not None and not isinstance(details, dict):
+        raise CorruptStateError("builds", build_id, "details", details)
     return Build(
         build_id=build_id,
         workspace_id=row[1],
@@ -184,6 +239,8 @@ def _parse_build(row: Sequence[Any]) -> Build:
         error=row[5],
         has_agent=row[6],
         worker=row[7],
+        parameters=parameters,
+        details=details,
     )
 
 
@@ -192,14 +249,45 @@ def _parse_facts(row: Sequence[Any]) -> WorkspaceFacts:
     ws = Workspace(row[0], row[1], row[2], row[3], deleted=row[4])
     build = None
     if row[5] is not None:
-        build = _parse_build((row[5], ws.workspace_id, *row[6:12]))
+        build = _parse_build((row[5], ws.workspace_id, *row[6:14]))
     agent = None
-    if row[12] is not None:
+    if row[14] is not None:
         lifecycle = parse_enum(
-            AgentLifecycle, row[13], table="agents", key=ws.workspace_id, column="lifecycle"
+            AgentLifecycle, row[15], table="agents", key=ws.workspace_id, column="lifecycle"
         )
-        agent = Agent(ws.workspace_id, row[12], lifecycle)
-    return WorkspaceFacts(workspace=ws, latest_build=build, agent=agent, seq=int(row[14]))
+        agent = Agent(ws.workspace_id, row[14], lifecycle)
+    return WorkspaceFacts(workspace=ws, latest_build=build, agent=agent, seq=int(row[16]))
+
+
+def _parse_workspace(row: Sequence[Any]) -> Workspace:
+    """A workspace from ``workspace_id, chat_id, owner, name, deleted``."""
+    return Workspace(row[0], row[1], row[2], row[3], deleted=row[4])
+
+
+def _cause(exc: BaseException) -> str:
+    """libpq's message as one line, without the prefixes that repeat what the caller knows."""
+    text = str(exc)
+    for prefix in ("connection failed: ", "connection is bad: "):
+        text = text.removeprefix(prefix)
+    text = re.sub(r'connection to server (at|on) "[^"]*"(, port \d+)? failed: ', "", text)
+    text = re.sub(r"(FATAL|ERROR):\s+", "", text)
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """A connection that died under a statement (not a timeout, not a refusal): worth a retry."""
+    return isinstance(exc, (psycopg.OperationalError, ConnectionError)) and not isinstance(
+        exc, (pg_errors.QueryCanceled, pg_errors.LockNotAvailable, pg_errors.ProgramLimitExceeded)
+    )
+
+
+@attrs.define
+class _Attempt:
+    """How far one try of :meth:`PostgresStore._run` got, for the error boundary."""
+
+    connected: bool = False  # it holds a pooled connection
+    committing: bool = False  # the body is done: a failure now leaves the outcome unknown
+    retry: bool = False  # set by the boundary: the connection died before the commit
 
 
 def _current_async_library() -> str:
@@ -230,29 +318,53 @@ def _seconds(name: str, value: object) -> float | None:
     return number
 
 
+def _with_defaults(conninfo: str, defaults: dict[str, Any]) -> str:
+    """``conninfo`` with each of ``defaults`` added unless it sets that parameter itself."""
+    try:
+        given = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(f"malformed PostgreSQL URL or connection string: {_cause(exc)}") from None
+    return make_conninfo(conninfo, **{k: v for k, v in defaults.items() if k not in given})
+
+
 class PostgresStore(Store):
     """The store on PostgreSQL; open it with ``open_store("postgresql://user@host:port/db")``.
+
+    URLs as libpq and SQLAlchemy users write them: ``postgresql://`` or ``postgres://``, with an
+    optional driver suffix naming psycopg (``postgresql+psycopg://``, ``postgresql+psycopg2://``),
+    and libpq's Unix-socket forms (``postgresql:///db?host=/var/run/postgresql`` or
+    ``postgresql://user@%2Fvar%2Frun%2Fpostgresql/db``).
 
     Options (keyword arguments, or query parameters of the URL):
 
     * ``schema``: the schema that holds the tables (created if absent; default ``public``);
     * ``statement_timeout``: seconds a statement may run (or wait for a lock) before it fails
       with :class:`~workspace_lifecycle.errors.StoreBusyError` (default 30; 0 disables it);
-    * ``poll_interval``: seconds between the fallback polls of the log head (default 2);
+    * ``poll_interval``: seconds between the fallback reads of the log head (default 2);
     * ``pool_max_size``: the most pooled connections (default 10), plus one listener;
     * ``pool_timeout``: seconds a call may wait for a connection, e.g. while the server
-      restarts, before it fails with :class:`~workspace_lifecycle.errors.StoreError` (default 30).
+      restarts, before it fails with :class:`~workspace_lifecycle.errors.StoreUnavailableError`
+      (default 30).
 
-    Every other query parameter goes to libpq unchanged (``sslmode``, ``application_name``, …).
+    Every other query parameter goes to libpq unchanged (``sslmode``, ``application_name``,
+    ``connect_timeout`` — 5 seconds unless given, …); one libpq does not know is a ``ValueError``.
 
-    >>> store = PostgresStore.from_url("postgresql://me:secret@db.example:5432/app?schema=chat_a")
+    >>> store = PostgresStore.from_url("postgresql+psycopg://me:secret@db.example:5432/app?schema=chat_a")
     >>> store.url, store.schema
-    ('postgresql://me@db.example:5432/app?schema=chat_a', 'chat_a')
+    ('postgresql+psycopg://me@db.example:5432/app?schema=chat_a', 'chat_a')
     >>> PostgresStore.from_url("postgresql://db.example/app?schema=bad-name")
     Traceback (most recent call last):
     ...
     ValueError: invalid schema name 'bad-name': use letters, digits and underscores (at most 63, not starting with a digit)
+    >>> PostgresStore.from_url("postgresql+asyncpg://db.example/app")
+    Traceback (most recent call last):
+    ...
+    ValueError: unsupported PostgreSQL driver 'asyncpg' in 'postgresql+asyncpg://db.example/app'; accepted suffixes: +psycopg, +psycopg2 (or none)
     """
+
+    #: How many notifications were ignored: a payload that is not a head we send, or a head
+    #: the log did not confirm. Notifications are hints; anyone may send one.
+    stray_notifications: int = 0
 
     def __init__(
         self,
@@ -281,6 +393,8 @@ class PostgresStore(Store):
         self.statement_timeout = statement_timeout or None
         self.poll_interval = poll_interval
         self._conninfo = conninfo
+        self._pool_conninfo = _with_defaults(conninfo, {"connect_timeout": _CONNECT_TIMEOUT})
+        self._listen_conninfo = _with_defaults(conninfo, {"connect_timeout": _CONNECT_TIMEOUT, **_KEEPALIVES})
         self._pool_min = pool_min_size
         self._pool_max = pool_max_size
         self._pool_timeout = pool_timeout
@@ -288,25 +402,43 @@ class PostgresStore(Store):
         self._lock_key = _lock_key(schema)
         self._channel = f"workspace_lifecycle_{schema}"[:63]
         self._pool: AsyncConnectionPool[Conn] | None = None
-        self._listener: asyncio.Task[None] | None = None
-        self._listening: anyio.Event | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._listener: Conn | None = None  # the LISTEN connection, kept by the watcher
         self._closed = False
         self._opened = False
-        self._known_head = 0
-        self._changed: anyio.Event | None = None
-        #: Wake-ups caused by the listener (notifications, polls, reconnects), for tests.
+        self._doorbell = Doorbell()
+        self._listener_read_at = 0.0  # time.monotonic() of the listener's last head read
+        #: Wake-ups caused by the watcher (confirmed notifications, polls, reconnects), for tests.
         self.listener_wakeups = 0
         self.listener_connects = 0
+        #: The server process of the LISTEN connection (``pg_stat_activity.pid``).
+        self.listener_pid: int | None = None
         # Test hook: awaited inside every writing transaction after its events are inserted
         # (holding the log lock), to interleave transactions in the commit-order test.
         self._before_commit: Callable[[], Awaitable[None]] | None = None
 
+    @property
+    def listen_timeout(self) -> float:
+        """Seconds the listener's head read may take before its connection counts as hung."""
+        return min(max(2 * self.poll_interval, 1.0), 10.0)
+
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresStore:
-        """A store for ``postgresql://`` (or ``postgres://``) ``url``; options as in the class."""
+        """A store for a ``postgresql://`` (or ``postgres://``) ``url``; options as in the class."""
         parts = urlsplit(url)
-        if parts.scheme.lower() not in ("postgresql", "postgres"):
+        scheme, _, driver = parts.scheme.lower().partition("+")
+        if scheme not in ("postgresql", "postgres"):
             raise ValueError(f"not a PostgreSQL URL: {url!r}")
+        if driver and driver not in DRIVERS:
+            suffixes = ", ".join(f"+{d}" for d in DRIVERS)
+            raise ValueError(
+                f"unsupported PostgreSQL driver {driver!r} in {url!r}; accepted suffixes: {suffixes} (or none)"
+            )
+        if "," not in parts.netloc:  # libpq's multi-host form has a port per host
+            try:
+                parts.port  # noqa: B018 - urllib checks the port when it is read
+            except ValueError:
+                raise ValueError(f"malformed PostgreSQL URL {url!r}: the port must be a number") from None
         ours: dict[str, Any] = {}
         theirs: list[tuple[str, str]] = []
         names = ("schema", "statement_timeout", "poll_interval", "pool_max_size", "pool_timeout")
@@ -324,16 +456,18 @@ class PostgresStore(Store):
                 ours["pool_max_size"] = int(ours["pool_max_size"])
             except ValueError:
                 raise ValueError(f"pool_max_size must be an integer, not {ours['pool_max_size']!r}") from None
-        conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(theirs), parts.fragment))
+        # Not urlunsplit: it drops the "//" of an empty host (postgresql:///db?host=/socket).
+        query = urlencode(theirs)
+        conninfo = f"postgresql://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
         netloc = parts.netloc
         if "@" in netloc:
             userinfo, _, hostport = netloc.rpartition("@")
             netloc = f"{userinfo.partition(':')[0]}@{hostport}"
-        shown = [("schema", str(ours["schema"]))] if "schema" in ours else []
-        display = urlunsplit((parts.scheme, netloc, parts.path, urlencode(shown), ""))
+        shown = urlencode([("schema", str(ours["schema"]))] if "schema" in ours else [])
+        display = f"{parts.scheme}://{netloc}{parts.path}" + (f"?{shown}" if shown else "")
         return cls(conninfo, display_url=display, **ours)
 
-    # --- opening, closing and the error boundary -----------------------------------------
+    # --- opening and closing -------------------------------------------------------------
 
     async def open(self) -> None:
         library = _current_async_library()
@@ -346,55 +480,63 @@ class PostgresStore(Store):
             raise StoreClosedError("the PostgreSQL store is closed")
         if self._opened:
             return
-        self._pool = AsyncConnectionPool(
-            self._conninfo,
-            min_size=self._pool_min,
-            max_size=self._pool_max,
-            open=False,
-            kwargs={"autocommit": True},
-            configure=self._configure,
-            timeout=self._pool_timeout,
-            name=f"workspace-lifecycle:{self.schema}",
-        )
-        try:
-            try:
-                await self._pool.open(wait=True, timeout=self._pool_timeout)
-            except PoolTimeout as exc:
-                raise StoreError(f"cannot connect to PostgreSQL at {self.url}: {exc}") from None
-            await self._run(self._migrate)
-            self._known_head = await self._run(self._head)
-        except BaseException:
-            await self._pool.close()
-            self._closed = True
-            raise
         self._opened = True
-        self._listening = anyio.Event()
-        self._listener = asyncio.get_running_loop().create_task(self._listen())
-        # Let the listener subscribe before the first wait, so a cross-replica commit made just
-        # after open is announced (it would be found by the fallback poll otherwise).
-        with anyio.move_on_after(5):
-            await self._listening.wait()
+        listener: Conn | None = None
+        try:
+            # One direct connection first: it fails fast and clearly (the pool would retry in
+            # the background until pool_timeout), migrates, and then listens.
+            listener = await self._connect_listener(migrate=True)
+            self._pool = AsyncConnectionPool(
+                self._pool_conninfo,
+                min_size=self._pool_min,
+                max_size=self._pool_max,
+                open=False,
+                kwargs={"autocommit": True},
+                configure=self._configure,
+                timeout=self._pool_timeout,
+                name=f"workspace-lifecycle:{self.schema}",
+            )
+            with self._boundary(connecting=True):
+                await self._pool.open(wait=True, timeout=self._pool_timeout)
+        except BaseException:
+            # Also on cancellation: whatever was opened is closed before the error propagates.
+            self._closed = True
+            with anyio.CancelScope(shield=True):
+                if listener is not None:
+                    await listener.close()
+                await self._shutdown()
+            raise
+        self._listener = listener
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._wake()
+        self._doorbell.ring()
+        with anyio.CancelScope(shield=True):  # a cancelled caller still closes everything
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        """Stop the watcher and close the pool (callers shield this)."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.wait({watcher})
+            if not watcher.cancelled() and watcher.exception() is not None:
+                log.error("PostgreSQL watcher failed", exc_info=watcher.exception())
         listener, self._listener = self._listener, None
         if listener is not None:
-            listener.cancel()
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listener
-        if self._pool is not None:
-            with anyio.CancelScope(shield=True):
-                await self._pool.close()
+            await listener.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     def _check(self) -> AsyncConnectionPool[Conn]:
-        if self._closed or self._pool is None:
-            if not self._closed:
-                raise StoreError("the PostgreSQL store is not open; use it as `async with open_store(url)`")
+        if self._closed:
             raise StoreClosedError("the PostgreSQL store is closed")
+        if self._pool is None:
+            raise StoreError("the PostgreSQL store is not open; use it as `async with open_store(url)`")
         return self._pool
 
     async def _configure(self, conn: Conn) -> None:
@@ -404,24 +546,71 @@ class PostgresStore(Store):
             (f'"{self.schema}"', str(timeout_ms)),
         )
 
-    def _error(self, exc: BaseException) -> StoreError:
-        """The library's error for a driver or pool exception."""
-        if isinstance(exc, StoreError):
-            return exc
+    # --- the error boundary ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _boundary(self, attempt: _Attempt | None = None, *, connecting: bool = False) -> Iterator[None]:
+        """The one place where driver exceptions become the library's (httpcore's
+        ``map_exceptions``). ``attempt`` learns whether a retry is safe; ``connecting`` says the
+        error came while connecting, when the cause is all the caller needs."""
+        try:
+            yield
+        except WorkspaceLifecycleError:
+            raise  # already ours (some are OSErrors, which the driver tuple would catch)
+        except _DRIVER_ERRORS as exc:
+            committing = attempt is not None and attempt.committing
+            if attempt is not None:
+                attempt.retry = attempt.connected and not committing and _connection_lost(exc)
+            mapped = self._error(exc, connecting=connecting, committing=committing)
+            if isinstance(mapped, WorkspaceLifecycleError):
+                raise mapped from exc
+            raise mapped from None  # bad input: the driver's exception adds nothing
+
+    def _error(self, exc: BaseException, *, connecting: bool, committing: bool) -> Exception:
+        """The library's error (or a ``ValueError`` for a value PostgreSQL cannot store)."""
+        if isinstance(exc, UnicodeEncodeError):
+            return ValueError(
+                f"PostgreSQL cannot store this text: it is not valid UTF-8 ({exc.reason}, "
+                f"e.g. a lone surrogate, at position {exc.start})"
+            )
+        if isinstance(exc, (psycopg.DataError, pg_errors.ProgramLimitExceeded)):
+            # A NUL byte, a value too large to index, ...: bad input, not a storage fault.
+            return ValueError(f"PostgreSQL cannot store this value: {_cause(exc)}")
         if isinstance(exc, PoolClosed) or self._closed:
             return StoreClosedError("the PostgreSQL store is closed")
         if isinstance(exc, pg_errors.QueryCanceled):
             return StoreBusyError(
                 f"a PostgreSQL statement ran past statement_timeout={self.statement_timeout}s "
-                f"(waiting for a lock held by another writer, or an overloaded server): {exc}"
+                f"(waiting for a lock held by another writer, or an overloaded server): {_cause(exc)}"
             )
         if isinstance(exc, pg_errors.LockNotAvailable):
-            return StoreBusyError(f"a PostgreSQL lock was not available: {exc}")
+            return StoreBusyError(f"a PostgreSQL lock was not available: {_cause(exc)}")
+        if connecting:
+            cause = _cause(exc)
+            text = f"cannot connect to PostgreSQL at {self.url}: {cause}"
+            refused_for_good = (
+                "FATAL:" in str(exc) or str(exc).startswith("connection is bad: invalid")
+            ) and not any(word in cause for word in _TRANSIENT_REFUSALS)
+            if isinstance(exc, psycopg.OperationalError) and refused_for_good:
+                return StoreError(text)  # no such database or role, bad password, bad parameter
+            if isinstance(exc, (psycopg.OperationalError, PoolTimeout, ConnectionError)):
+                return StoreUnavailableError(text)
+            return StoreError(text)
         if isinstance(exc, PoolTimeout):
-            return StoreError(f"no PostgreSQL connection to {self.url} available: {exc}")
+            return StoreUnavailableError(
+                f"no connection to PostgreSQL at {self.url} within pool_timeout={self._pool_timeout}s "
+                f"(is the server up?): {_cause(exc)}"
+            )
+        if isinstance(exc, (psycopg.OperationalError, ConnectionError)):
+            if committing:
+                return TransientStoreError(
+                    f"the connection to PostgreSQL failed while committing; the write may or may "
+                    f"not have been applied: {_cause(exc)}"
+                )
+            return StoreUnavailableError(f"the connection to PostgreSQL at {self.url} failed: {_cause(exc)}")
         if isinstance(exc, pg_errors.UndefinedTable):
-            return StoreError(f"the schema {self.schema!r} lacks a table (was it dropped?): {exc}")
-        return StoreError(f"PostgreSQL error ({type(exc).__name__}): {exc}")
+            return StoreError(f"the schema {self.schema!r} lacks a table (was it dropped?): {_cause(exc)}")
+        return StoreError(f"PostgreSQL error ({type(exc).__name__}): {_cause(exc)}")
 
     async def _run(self, body: Callable[[Conn], Awaitable[T]], *, write: bool = False) -> T:
         """Run ``body`` on a pooled connection, inside a transaction if ``write``.
@@ -431,45 +620,30 @@ class PostgresStore(Store):
         A connection that died before the commit was sent is replaced and the body retried.
         """
         pool = self._check()
-        attempt = 0
+        tries = 0
         while True:
-            attempt += 1
-            committing = False
+            tries += 1
+            attempt = _Attempt()
             try:
-                conn = await pool.getconn()
-            except (PoolClosed, PoolTimeout, psycopg.Error) as exc:
-                raise self._error(exc) from exc
-            try:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        if not write:
-                            return await body(conn)
-                        async with conn.transaction():
-                            result = await body(conn)
-                            committing = True
-                        return result
-                    finally:
-                        await pool.putconn(conn)
-            except (pg_errors.QueryCanceled, pg_errors.LockNotAvailable) as exc:
-                raise self._error(exc) from exc
-            except (psycopg.DataError, pg_errors.ProgramLimitExceeded) as exc:
-                # Bad input, not a storage fault: a NUL byte, or a value too large to index.
-                raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
-            except psycopg.OperationalError as exc:
-                if committing:
-                    raise StoreError(
-                        f"the connection to PostgreSQL failed while committing; the write may or "
-                        f"may not have been applied: {exc}"
-                    ) from exc
-                if self._closed or attempt >= 3:
-                    raise self._error(exc) from exc
-                log.info("PostgreSQL connection failed (%s); retrying on a fresh one", exc)
-                try:
-                    await pool.check()
-                except (PoolClosed, psycopg.Error) as check_exc:
-                    raise self._error(check_exc) from exc
-            except (psycopg.Error, PoolClosed) as exc:
-                raise self._error(exc) from exc
+                with self._boundary(attempt):
+                    conn = await pool.getconn()
+                    attempt.connected = True
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            if not write:
+                                return await body(conn)
+                            async with conn.transaction():
+                                result = await body(conn)
+                                attempt.committing = True
+                            return result
+                        finally:
+                            await pool.putconn(conn)
+            except StoreUnavailableError as exc:
+                if not attempt.retry or self._closed or tries >= 3:
+                    raise
+                log.info("%s; retrying on a fresh connection", exc)
+            with self._boundary():
+                await pool.check()
 
     async def _migrate(self, conn: Conn) -> None:
         """Apply the missing migrations, one replica at a time."""
@@ -495,20 +669,89 @@ class PostgresStore(Store):
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
                 log.info("migrated schema %s to version %d", self.schema, version)
 
-    # --- the log and wake-ups ------------------------------------------------------------
+    # --- persisting decided writes ---------------------------------------------------------
 
-    @staticmethod
-    async def _head(conn: Conn) -> int:
-        cur = await conn.execute(f"SELECT {_HEAD}")
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
+    async def _persist(self, conn: Conn, write: writes.Write) -> int:
+        """Persist one decided write: its rows in one statement, then its events through
+        :meth:`_append`; return the new head.
+
+        The rows come first so that every row lock is taken before the log lock (a report
+        holding an agent's row while a finish holding the log lock waits for it would deadlock).
+        """
+        parts: list[str] = []
+        params: dict[str, Any] = {}
+        ws, build = write.workspace, write.build
+        if ws is not None:
+            # A new workspace (with its first build), or one marked deleted.
+            parts.append(
+                "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, latest_build)"
+                " VALUES (%(w_id)s, %(w_chat)s, %(w_owner)s, %(w_name)s, %(w_deleted)s, %(w_latest)s)"
+                " ON CONFLICT (workspace_id) DO UPDATE SET deleted = excluded.deleted,"
+                " latest_build = greatest(workspaces.latest_build, excluded.latest_build)"
+            )
+            ours = build is not None and build.workspace_id == ws.workspace_id
+            params.update(
+                w_id=ws.workspace_id,
+                w_chat=ws.chat_id,
+                w_owner=ws.owner,
+                w_name=ws.name,
+                w_deleted=ws.deleted,
+                w_latest=build.number if build is not None and ours else 0,
+            )
+        if write.chat is not None:
+            parts.append("UPDATE chats SET workspace_id = %(c_ws)s WHERE chat_id = %(c_id)s")
+            params.update(c_ws=write.chat.workspace_id, c_id=write.chat.chat_id)
+        if build is not None:
+            parts.append(
+                "INSERT INTO builds (build_id, workspace_id, number, transition, status, error,"
+                " has_agent, worker, parameters, details) VALUES (%(b_id)s, %(b_ws)s, %(b_n)s,"
+                " %(b_transition)s, %(b_status)s, %(b_error)s, %(b_has_agent)s, %(b_worker)s,"
+                " %(b_parameters)s, %(b_details)s)"
+                " ON CONFLICT (build_id) DO UPDATE SET status = excluded.status,"
+                " error = excluded.error, has_agent = excluded.has_agent, worker = excluded.worker,"
+                " details = excluded.details"
+            )
+            if ws is None or ws.workspace_id != build.workspace_id:
+                # A new build becomes its workspace's latest; an updated one already is.
+                parts.append(
+                    "UPDATE workspaces SET latest_build = %(b_n)s"
+                    " WHERE workspace_id = %(b_ws)s AND latest_build < %(b_n)s"
+                )
+            params.update(
+                b_id=build.build_id,
+                b_ws=build.workspace_id,
+                b_n=build.number,
+                b_transition=build.transition.value,
+                b_status=build.status.value,
+                b_error=build.error,
+                b_has_agent=build.has_agent,
+                b_worker=build.worker,
+                b_parameters=Jsonb(dict(build.parameters)),
+                b_details=None if build.details is None else Jsonb(dict(build.details)),
+            )
+        if write.agent is not None:
+            parts.append(
+                "INSERT INTO agents (workspace_id, build_number, lifecycle)"
+                " VALUES (%(a_ws)s, %(a_n)s, %(a_lifecycle)s) ON CONFLICT (workspace_id) DO UPDATE"
+                " SET build_number = excluded.build_number, lifecycle = excluded.lifecycle"
+            )
+            params.update(
+                a_ws=write.agent.workspace_id,
+                a_n=write.agent.build_number,
+                a_lifecycle=write.agent.lifecycle.value,
+            )
+        if parts:
+            ctes = ", ".join(f"p{i} AS ({part})" for i, part in enumerate(parts))
+            await conn.execute(f"WITH {ctes} SELECT 1", params)
+        return await self._append(conn, write.events)
 
     async def _append(self, conn: Conn, events: Sequence[StoreEvent]) -> int:
-        """Insert ``events`` in commit order and announce them; return the last seq."""
+        """Insert ``events`` in commit order and announce them; return the new head."""
         # One statement: take the log lock (held until commit), then draw the seqs. The rows
         # are a cross join of the lock's one-row result with the VALUES, so a row (and its
         # ``nextval``) exists only once the lock is held, and rows keep the VALUES order. The
         # NOTIFY carries the new head and is delivered at commit.
+        assert events, "every write appends at least one event"
         rows = ", ".join(["(%s, %s, %s, %s::integer, %s::jsonb, %s::double precision)"] * len(events))
         params: list[Any] = [_LOG_LOCK, self._lock_key]
         for event in events:
@@ -534,67 +777,109 @@ class PostgresStore(Store):
             await self._before_commit()
         return int(row[0])
 
-    def _event(
-        self,
-        kind: EventKind,
-        ws: Workspace,
-        build: Build | None,
-        build_number: int = 0,
-        **fields: Any,
-    ) -> StoreEvent:
-        return StoreEvent.about(kind, ws, build, seq=0, at=self._clock(), build_number=build_number, **fields)
+    def _committed(self, outcome: Outcome) -> Outcome:
+        if outcome.fired:
+            self._doorbell.saw(outcome.facts.seq)
+        return outcome
 
-    def _wake(self) -> None:
-        changed, self._changed = self._changed, None
-        if changed is not None:
-            changed.set()
+    # --- the log head and wake-ups ---------------------------------------------------------
 
-    def _saw(self, seq: int, *, force: bool = False) -> bool:
-        """Record that the log reached ``seq``; wake waiters if it moved (or if ``force``)."""
-        if seq > self._known_head:
-            self._known_head = seq
-            self._wake()
-            return True
-        if force:
-            self._wake()
-            return True
-        return False
+    @staticmethod
+    async def _head(conn: Conn) -> int:
+        cur = await conn.execute(f"SELECT {_HEAD}")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _connect_listener(self, *, migrate: bool = False) -> Conn:
+        """A new LISTEN connection (migrating first when opening), its head read after LISTEN."""
+        with self._boundary(connecting=True):
+            conn = await psycopg.AsyncConnection.connect(self._listen_conninfo, autocommit=True)
+        try:
+            with self._boundary():
+                await self._configure(conn)
+                if migrate:
+                    await self._migrate(conn)
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                head = await self._head(conn)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+            raise
+        self.listener_connects += 1
+        self.listener_pid = conn.info.backend_pid
+        self._listener_read_at = time.monotonic()
+        # After a reconnect, anything may have been missed: wake everyone to re-read.
+        if self._doorbell.saw(head, force=self.listener_connects > 1) and self.listener_connects > 1:
+            self.listener_wakeups += 1
+        return conn
+
+    async def _watch(self) -> None:
+        """The store's one background task: the listener, and the fallback poll beside it."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._poll)
+            await self._listen()
 
     async def _listen(self) -> None:
-        """The LISTEN connection: notifications, a slow fallback poll, reconnects."""
+        """Keep a LISTEN connection: read hints, prove it answers, replace it when it does not."""
         delay = 0.05
-        while not self._closed:
-            conn: Conn | None = None
+        while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-                await self._configure(conn)
-                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-                self.listener_connects += 1
-                # After a reconnect, anything may have been missed: wake everyone to re-read.
-                if self._saw(await self._head(conn), force=self.listener_connects > 1):
-                    self.listener_wakeups += 1
-                if self._listening is not None:
-                    self._listening.set()
-                delay = 0.05
-                while not self._closed:
-                    async for note in conn.notifies(timeout=self.poll_interval):
-                        try:
-                            seq = int(note.payload)
-                        except ValueError:
-                            seq = 0
-                        if self._saw(seq, force=seq == 0):
-                            self.listener_wakeups += 1
-                    if self._saw(await self._head(conn)):  # the fallback poll
-                        self.listener_wakeups += 1
-            except (psycopg.Error, OSError) as exc:
-                if not self._closed:
-                    log.warning("PostgreSQL listener: %s; reconnecting in %.2fs", exc, delay)
-            finally:
-                if conn is not None:
-                    await conn.close()
-            if not self._closed:
-                await asyncio.sleep(delay)
+                if self._listener is None:
+                    self._listener = await self._connect_listener()
+                    delay = 0.05
+                await self._listen_once(self._listener)
+            except (StoreError, TimeoutError) as exc:  # TimeoutError: the head read hung
+                log.warning("PostgreSQL listener: %s; reconnecting in %.2fs", exc or "no answer", delay)
+                if self._listener is not None:
+                    await self._listener.close()
+                    self._listener = None
+                await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def _listen_once(self, conn: Conn) -> None:
+        """Wait up to ``poll_interval`` for a notification that hints at news, then read the head
+        on the listener within ``listen_timeout``: that confirms the hint, is the poll while the
+        listener is healthy, and proves its backend still answers (a hung one raises)."""
+        hinted = 0
+        deadline = time.monotonic() + self.poll_interval
+        with self._boundary():
+            while hinted <= self._doorbell.head and (remaining := deadline - time.monotonic()) > 0:
+                # One packet at a time (all of it: a break would drop the rest of the packet).
+                notes = conn.notifies(timeout=remaining, stop_after=1)
+                async with contextlib.aclosing(notes):
+                    payloads = [note.payload async for note in notes]
+                if not payloads:
+                    break  # the poll_interval passed in silence
+                hinted = max(hinted, *map(self._hinted_head, payloads))
+            with anyio.fail_after(self.listen_timeout):
+                head = await self._head(conn)
+        self._listener_read_at = time.monotonic()
+        if self._doorbell.saw(head):
+            self.listener_wakeups += 1
+        if hinted > head:  # a NOTIFY is delivered after its commit is visible: this one lied
+            self.stray_notifications += 1
+
+    def _hinted_head(self, payload: str) -> int:
+        """The head a notification claims if its payload looks like one we send, else 0 (counted)."""
+        if _PAYLOAD_RE.fullmatch(payload):
+            return int(payload)
+        self.stray_notifications += 1
+        return 0
+
+    async def _poll(self) -> None:
+        """The fallback poll, on the pool so that it never depends on the connection it backs
+        up: while someone waits and the listener has not read the head for a ``poll_interval``."""
+        while True:
+            await anyio.sleep(self.poll_interval)
+            if not self._doorbell.sleepers or time.monotonic() - self._listener_read_at < self.poll_interval:
+                continue
+            try:
+                head = await self._run(self._head)
+            except StoreError as exc:
+                log.info("PostgreSQL fallback poll: %s", exc)
+                continue
+            if self._doorbell.saw(head):
+                self.listener_wakeups += 1
 
     # --- chats and workspaces --------------------------------------------------------------
 
@@ -638,82 +923,103 @@ class PostgresStore(Store):
     async def workspace_facts(self, workspace_id: str) -> WorkspaceFacts:
         return await self._run(lambda conn: self._facts(conn, workspace_id))
 
+    async def get_build(self, build_id: str) -> Build:
+        async def body(conn: Conn) -> Build:
+            cur = await conn.execute(
+                f"SELECT {_BUILD_COLUMNS} FROM builds b WHERE b.build_id = %s", (build_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFoundError(f"no build {build_id!r}")
+            return _parse_build(row)
+
+        return await self._run(body)
+
     async def create_workspace(
-        self, chat_id: str, name: str, *, expected_workspace_id: str | None
+        self,
+        chat_id: str,
+        name: str,
+        *,
+        expected_workspace_id: str | None,
+        parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
         async def body(conn: Conn) -> Outcome:
+            # Lock the workspace to be replaced first, then the chat: request_build takes them
+            # in that order too, so the two never wait on each other in a circle. The chat
+            # row's lock serialises every create and start decision on this chat.
+            replaced = None
+            if expected_workspace_id is not None:
+                await conn.execute(
+                    "SELECT 1 FROM workspaces WHERE workspace_id = %s FOR UPDATE", (expected_workspace_id,)
+                )
             cur = await conn.execute(
                 "SELECT owner, workspace_id FROM chats WHERE chat_id = %s FOR UPDATE", (chat_id,)
             )
             row = await cur.fetchone()
             if row is None:
                 raise NotFoundError(f"no chat {chat_id!r}")
-            owner, bound = row
-            if bound != expected_workspace_id:
-                return Outcome(fired=False, build=None, facts=await self._facts(conn, bound))
-            ws = Workspace(str(uuid.uuid4()), chat_id, owner, name)
-            build = Build(str(uuid.uuid4()), ws.workspace_id, 1, Transition.START, JobStatus.PENDING)
-            await conn.execute(
-                "WITH w AS (INSERT INTO workspaces (workspace_id, chat_id, owner, name, latest_build)"
-                "  VALUES (%(ws)s, %(chat)s, %(owner)s, %(name)s, 1)),"
-                " c AS (UPDATE chats SET workspace_id = %(ws)s WHERE chat_id = %(chat)s)"
-                " INSERT INTO builds (build_id, workspace_id, number, transition, status)"
-                " VALUES (%(build)s, %(ws)s, 1, 'start', 'pending')",
-                {
-                    "ws": ws.workspace_id,
-                    "chat": chat_id,
-                    "owner": owner,
-                    "name": name,
-                    "build": build.build_id,
-                },
+            chat = Chat(chat_id, row[0], row[1])
+            if expected_workspace_id is not None and chat.workspace_id == expected_workspace_id:
+                replaced = await self._facts(conn, expected_workspace_id)
+            write = writes.create_workspace(
+                chat,
+                expected_workspace_id=expected_workspace_id,
+                workspace_id=str(uuid.uuid4()),
+                build_id=str(uuid.uuid4()),
+                name=name,
+                at=self._clock(),
+                replaced=replaced,
+                parameters=parameters,
             )
-            seq = await self._append(
-                conn,
-                [
-                    self._event(EventKind.CHAT_BOUND, ws, None),
-                    self._event(EventKind.BUILD_QUEUED, ws, build, status=JobStatus.PENDING),
-                ],
+            if write is None:
+                if chat.workspace_id is None:
+                    raise NotFoundError(f"chat {chat_id!r} has no workspace")
+                return Outcome(fired=False, build=None, facts=await self._facts(conn, chat.workspace_id))
+            head = await self._persist(conn, write)
+            assert write.workspace is not None
+            return Outcome(
+                fired=True, build=write.build, facts=WorkspaceFacts(write.workspace, write.build, None, head)
             )
-            return Outcome(fired=True, build=build, facts=WorkspaceFacts(ws, build, None, seq))
 
         return self._committed(await self._run(body, write=True))
 
-    def _committed(self, outcome: Outcome) -> Outcome:
-        if outcome.fired:
-            self._saw(outcome.facts.seq)
-        return outcome
-
     async def request_build(
-        self, workspace_id: str, transition: Transition, *, expected_build_number: int
+        self,
+        workspace_id: str,
+        transition: Transition,
+        *,
+        expected_build_number: int,
+        parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
         async def body(conn: Conn) -> Outcome:
+            # The workspace row serialises requests on it; the chat row, shared, keeps a
+            # create_workspace from re-binding the chat between this read and the commit.
             cur = await conn.execute(
-                "SELECT 1 FROM workspaces WHERE workspace_id = %s FOR UPDATE", (workspace_id,)
+                "SELECT c.workspace_id FROM workspaces w JOIN chats c ON c.chat_id = w.chat_id"
+                " WHERE w.workspace_id = %s FOR UPDATE OF w FOR SHARE OF c",
+                (workspace_id,),
             )
-            if await cur.fetchone() is None:
+            row = await cur.fetchone()
+            if row is None:
                 raise NotFoundError(f"no workspace {workspace_id!r}")
-            # Read after taking the lock, in a new snapshot: every earlier winner is visible.
+            # Read after taking the locks, in a new snapshot: every earlier winner is visible.
             facts = await self._facts(conn, workspace_id)
-            latest = facts.latest_build
-            number = latest.number if latest else 0
-            if (
-                facts.workspace.deleted
-                or number != expected_build_number
-                or (latest is not None and latest.status.in_progress)
-            ):
+            write = writes.request_build(
+                facts,
+                bound=row[0] == workspace_id,
+                transition=transition,
+                expected_build_number=expected_build_number,
+                build_id=str(uuid.uuid4()),
+                at=self._clock(),
+                parameters=parameters,
+            )
+            if write is None:
                 return Outcome(fired=False, build=None, facts=facts)
-            build = Build(str(uuid.uuid4()), workspace_id, number + 1, transition, JobStatus.PENDING)
-            await conn.execute(
-                "WITH w AS (UPDATE workspaces SET latest_build = %(n)s WHERE workspace_id = %(ws)s)"
-                " INSERT INTO builds (build_id, workspace_id, number, transition, status)"
-                " VALUES (%(build)s, %(ws)s, %(n)s, %(t)s, 'pending')",
-                {"n": build.number, "ws": workspace_id, "build": build.build_id, "t": transition.value},
-            )
-            seq = await self._append(
-                conn, [self._event(EventKind.BUILD_QUEUED, facts.workspace, build, status=JobStatus.PENDING)]
-            )
+            head = await self._persist(conn, write)
             return Outcome(
-                fired=True, build=build, facts=WorkspaceFacts(facts.workspace, build, facts.agent, seq)
+                fired=True,
+                build=write.build,
+                facts=WorkspaceFacts(facts.workspace, write.build, facts.agent, head),
             )
 
         return self._committed(await self._run(body, write=True))
@@ -727,9 +1033,9 @@ class PostgresStore(Store):
             )
             rows: list[ChatRow] = []
             for row in await cur.fetchall():
-                chat = Chat(row[0], row[1], row[2])
-                facts = _parse_facts(row[3:]) if row[3] is not None else None
-                rows.append(ChatRow(chat, facts))
+                rows.append(
+                    ChatRow.read(Chat(row[0], row[1], row[2]), functools.partial(_parse_facts, row[3:]))
+                )
             return rows
 
         return await self._run(body)
@@ -737,31 +1043,23 @@ class PostgresStore(Store):
     # --- the provisioner side ---------------------------------------------------------------
 
     async def claim_build(self, worker: str) -> Build | None:
-        async def body(conn: Conn) -> tuple[Build, int] | None:
+        async def body(conn: Conn) -> tuple[Build | None, int]:
             cur = await conn.execute(
-                "UPDATE builds b SET status = 'running', worker = %s"
-                " FROM workspaces w"
-                " WHERE w.workspace_id = b.workspace_id AND b.build_id = ("
-                "   SELECT build_id FROM builds WHERE status = 'pending'"
-                "   ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
-                f" RETURNING {_BUILD_COLUMNS}, w.chat_id, w.owner, w.name",
-                (worker,),
+                f"SELECT {_BUILD_COLUMNS}, w.workspace_id, w.chat_id, w.owner, w.name, w.deleted"
+                " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id"
+                " WHERE b.status = 'pending' ORDER BY b.id LIMIT 1 FOR UPDATE OF b SKIP LOCKED"
             )
             row = await cur.fetchone()
             if row is None:
-                return None
-            build = _parse_build(row[:8])
-            ws = Workspace(build.workspace_id, row[8], row[9], row[10])
-            seq = await self._append(
-                conn, [self._event(EventKind.BUILD_UPDATED, ws, build, status=JobStatus.RUNNING)]
+                return None, 0
+            write = writes.claim_build(
+                _parse_build(row[:10]), _parse_workspace(row[10:]), worker=worker, at=self._clock()
             )
-            return build, seq
+            return write.build, await self._persist(conn, write)
 
-        claimed = await self._run(body, write=True)
-        if claimed is None:
-            return None
-        self._saw(claimed[1])
-        return claimed[0]
+        build, head = await self._run(body, write=True)
+        self._doorbell.saw(head)
+        return build
 
     async def finish_build(
         self,
@@ -770,14 +1068,13 @@ class PostgresStore(Store):
         error: str | None = None,
         *,
         has_agent: bool = True,
+        details: Mapping[str, Any] | None = None,
     ) -> Build:
         status = writes.parse_status(status)
-        if not status.finished:
-            raise ValueError(f"finish_build takes a final status, not {status.value!r}")
 
         async def body(conn: Conn) -> tuple[Build, int]:
             cur = await conn.execute(
-                f"SELECT {_BUILD_COLUMNS}, w.chat_id, w.owner, w.name, w.deleted"
+                f"SELECT {_BUILD_COLUMNS}, w.workspace_id, w.chat_id, w.owner, w.name, w.deleted"
                 " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id"
                 " WHERE b.build_id = %s FOR UPDATE OF b",
                 (build_id,),
@@ -785,46 +1082,20 @@ class PostgresStore(Store):
             row = await cur.fetchone()
             if row is None:
                 raise NotFoundError(f"no build {build_id!r}")
-            build = _parse_build(row[:8])
-            ws = Workspace(build.workspace_id, row[8], row[9], row[10], deleted=row[11])
-            deletes = status is JobStatus.SUCCEEDED and build.transition is Transition.DELETE
-            done = build.finished_as(status, error, has_agent=has_agent)
-            starts_agent = done.starts_agent
-            await conn.execute(
-                "WITH b AS (UPDATE builds SET status = %(status)s, error = %(error)s,"
-                "   has_agent = %(has_agent)s WHERE build_id = %(build)s),"
-                " a AS (INSERT INTO agents (workspace_id, build_number, lifecycle)"
-                "   SELECT %(ws)s, %(n)s, 'created' WHERE %(agent)s"
-                "   ON CONFLICT (workspace_id) DO UPDATE"
-                "   SET build_number = excluded.build_number, lifecycle = excluded.lifecycle)"
-                " UPDATE workspaces SET deleted = true WHERE workspace_id = %(ws)s AND %(delete)s",
-                {
-                    "status": status.value,
-                    "error": done.error,
-                    "has_agent": done.has_agent,
-                    "build": build_id,
-                    "ws": ws.workspace_id,
-                    "n": build.number,
-                    "agent": bool(starts_agent and has_agent),
-                    "delete": deletes,
-                },
+            write = writes.finish_build(
+                _parse_build(row[:10]),
+                _parse_workspace(row[10:]),
+                status,
+                error,
+                has_agent=has_agent,
+                at=self._clock(),
+                details=details,
             )
-            events = [
-                self._event(
-                    EventKind.BUILD_FINISHED,
-                    ws,
-                    done,
-                    status=status,
-                    error=done.error,
-                    has_agent=done.has_agent,
-                )
-            ]
-            if deletes:
-                events.append(self._event(EventKind.WORKSPACE_DELETED, ws, done))
-            return done, await self._append(conn, events)
+            assert write.build is not None
+            return write.build, await self._persist(conn, write)
 
-        done, seq = await self._run(body, write=True)
-        self._saw(seq)
+        done, head = await self._run(body, write=True)
+        self._doorbell.saw(head)
         return done
 
     async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
@@ -832,25 +1103,31 @@ class PostgresStore(Store):
 
         async def body(conn: Conn) -> int:
             cur = await conn.execute(
-                "UPDATE agents a SET lifecycle = %s FROM workspaces w"
-                " WHERE a.workspace_id = %s AND w.workspace_id = a.workspace_id"
-                " RETURNING a.build_number, w.chat_id, w.owner, w.name",
-                (lifecycle.value, workspace_id),
+                "SELECT a.build_number, a.lifecycle, w.workspace_id, w.chat_id, w.owner, w.name, w.deleted"
+                " FROM agents a JOIN workspaces w ON w.workspace_id = a.workspace_id"
+                " WHERE a.workspace_id = %s FOR UPDATE OF a",
+                (workspace_id,),
             )
             row = await cur.fetchone()
             if row is None:
                 raise NotFoundError(f"workspace {workspace_id!r} has no agent")
-            ws = Workspace(workspace_id, row[1], row[2], row[3])
-            return await self._append(
-                conn, [self._event(EventKind.AGENT_UPDATED, ws, None, row[0], agent=lifecycle)]
+            agent = Agent(
+                workspace_id,
+                row[0],
+                parse_enum(AgentLifecycle, row[1], table="agents", key=workspace_id, column="lifecycle"),
+            )
+            return await self._persist(
+                conn, writes.report_agent(agent, _parse_workspace(row[2:]), lifecycle, at=self._clock())
             )
 
-        self._saw(await self._run(body, write=True))
+        self._doorbell.saw(await self._run(body, write=True))
 
     # --- the event log ----------------------------------------------------------------------
 
     async def head(self) -> int:
-        return await self._run(self._head)
+        head = await self._run(self._head)
+        self._doorbell.saw(head)
+        return head
 
     async def read_events(self, after: int, limit: int = 1000) -> Sequence[StoreEvent]:
         async def body(conn: Conn) -> list[StoreEvent]:
@@ -881,16 +1158,12 @@ class PostgresStore(Store):
 
         events = await self._run(body)
         if events:
-            self._saw(events[-1].seq)
+            self._doorbell.saw(events[-1].seq)
         return events
 
     async def wait_for_change(self, after: int) -> None:
         self._check()
-        if self._known_head > after:
-            return
-        if self._changed is None:
-            self._changed = anyio.Event()
-        await self._changed.wait()
+        await self._doorbell.sleep(after)
         self._check()
 
     async def prune_events(self, older_than: float) -> int:

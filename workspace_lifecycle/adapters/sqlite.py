@@ -1,50 +1,81 @@
-"""The SQLite store: the durable embedded default (aiosqlite; asyncio only).
+"""The SQLite store: the durable embedded default (stdlib ``sqlite3`` on a thread; asyncio only).
 
 Design:
 
-* Every write is one ``BEGIN IMMEDIATE ... COMMIT`` transaction run as a single synchronous
-  function on aiosqlite's connection thread: one thread hop per transaction instead of one per
-  statement (FACTS: 17k-26k transactions/s against 3k-10k). ``BEGIN IMMEDIATE`` takes the write
-  lock before reading, so a compare-and-set decided inside the transaction is exact across
-  tasks and processes, and ``busy_timeout`` makes other writers wait instead of failing.
-* The event log's sequence number is assigned inside the write transaction from a one-row
-  ``log_state`` table; with one writer at a time, sequence order is commit order, so a reader
-  resuming from its cursor never skips or repeats an event.
-* Wake-ups: writes through this store wake local waiters at once. Commits by other processes
-  are seen by one watcher thread per store, which checks ``PRAGMA data_version`` (~3 µs; it
-  changes only when another connection commits) on its own connection while somebody waits,
-  and never runs a query per waiter. The interval adapts: every ``poll_min`` (1 ms) for
-  ``burst`` (0.25 s) after a change, since a build's events come in bursts, and every
-  ``poll_interval`` (4 ms) otherwise. Measured (``bench/sqlite_wakeup.py``): a fixed 2 ms poll
-  costs ~1.2% of a core while idle; the 4 ms idle interval halves that and keeps p99 < 5 ms.
-* A cancelled caller abandons only its wait: the transaction function runs to its own COMMIT or
-  ROLLBACK on the connection thread, so the connection is never left inside a transaction.
+* The store's connection belongs to one thread of its own (:class:`_Connection`). Every write is
+  one ``BEGIN IMMEDIATE ... COMMIT`` transaction run there as a single synchronous function, its
+  result handed back to the caller's event loop with ``call_soon_threadsafe``: one thread hop
+  per transaction instead of one per statement (FACTS: 17k-26k transactions/s against
+  3k-10k). ``BEGIN IMMEDIATE`` takes the write lock before reading, so a compare-and-set decided
+  inside the transaction is exact across tasks and processes, and ``busy_timeout`` makes other
+  writers wait instead of failing. This thread replaced aiosqlite, whose only one-hop route
+  was its private ``Connection._execute``; it is the same design (a queue in, one
+  ``call_soon_threadsafe`` out) and costs the same: a ``SELECT 1`` round trip 50 µs on
+  aiosqlite's route, 52 µs here (median of 5 x 20k). End to end (``report_agent``, 1 writer,
+  ``python -m bench.sqlite_throughput --synchronous NORMAL``, interleaved with the previous
+  adapter on the shared 2-core machine) the medians were 5.1k-5.8k events/s before and
+  4.3k-5.1k after; the difference is in the transaction (125-136 µs on the thread before,
+  146-158 µs after: the decided write's extra Python, ``writes.Write``, the
+  agent row read whole), not the hop, and within this machine's noise (+-20% run to run).
+* Adapters decide nothing: each write reads its rows inside the transaction, asks
+  :mod:`workspace_lifecycle.writes` what changes, and persists the returned
+  :class:`~workspace_lifecycle.writes.Write` (rows first, then its events numbered from the log's
+  head). With one writer at a time, sequence order is commit order, so a reader resuming from
+  its cursor never skips or repeats an event.
+* Driver errors become the library's in one place, :func:`map_exceptions`; nothing above this
+  module sees a ``sqlite3`` exception.
+* Each write has its own deadline: a write that queued behind another one blocked by a foreign
+  lock waits only what is left of its ``busy_timeout``, then raises
+  :class:`~workspace_lifecycle.errors.StoreBusyError`, rather than a multiple of it.
+* Wake-ups go through the store's :class:`~.base.Doorbell`, rung with the log's **head**:
+  writes through this store ring it at once. Commits by other processes are seen by one watcher
+  thread per store, which checks ``PRAGMA data_version`` (~3 µs; it changes only when another
+  connection commits) on its own connection while somebody waits, and never runs a query per
+  waiter. The interval adapts: every ``poll_min`` (1 ms) for ``burst`` (0.25 s) after a
+  change, since a build's events come in bursts, and every ``poll_interval`` (4 ms) otherwise.
+  Measured (``bench/sqlite_wakeup.py``): a fixed 2 ms poll costs ~1.2% of a core while idle;
+  the 4 ms idle interval halves that and keeps p99 < 5 ms.
+* The watcher outlives failures: on an error (a disk I/O error, a file briefly unavailable) it
+  logs once, reconnects with backoff and, once back, rings with the head it finds, so commits
+  made meanwhile still wake their waiters. If the reconnect fails too, waiters get
+  :class:`~workspace_lifecycle.errors.StoreUnavailableError` instead of sleeping through commits
+  nobody would report; once the watcher is back they sleep again.
+* A cancelled caller abandons only its wait: the transaction runs to its own COMMIT or ROLLBACK
+  on the connection's thread, and its head still rings the doorbell. Closing is shielded from
+  cancellation and joins both threads (they are daemon threads, so a store left open never holds
+  the interpreter at exit); an ``open`` cancelled midway closes what it started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import logging
+import math
 import os
+import queue
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qs
 
-import aiosqlite
+import anyio
 
 from .. import writes
 from ..errors import (
+    CorruptStateError,
     CursorExpiredError,
     NotFoundError,
     OwnershipError,
     StoreBusyError,
     StoreClosedError,
     StoreError,
+    StoreUnavailableError,
     UnsupportedBackendError,
 )
 from ..values import (
@@ -52,7 +83,6 @@ from ..values import (
     AgentLifecycle,
     Build,
     Chat,
-    EventKind,
     JobStatus,
     StoreEvent,
     Transition,
@@ -60,13 +90,15 @@ from ..values import (
     WorkspaceFacts,
     parse_enum,
 )
-from .base import ChatRow, Outcome, Store
+from .base import ChatRow, Doorbell, Outcome, Store
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "map_exceptions"]
+
+log = logging.getLogger("workspace_lifecycle.sqlite")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE chats (
@@ -119,9 +151,23 @@ INSERT INTO log_state (id, head, pruned_through) VALUES (1, 0, 0);
 """
 
 #: Forward migrations: MIGRATIONS[n] takes a database at version n to n + 1.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA}
+MIGRATIONS: dict[int, str] = {
+    0: _SCHEMA,
+    # Build parameters (JSON object of strings) and a failed build's details (JSON object).
+    1: "ALTER TABLE builds ADD COLUMN parameters TEXT NOT NULL DEFAULT '{}';"
+    " ALTER TABLE builds ADD COLUMN details TEXT",
+}
 
 _ACCEPTED = "sqlite:///relative/path.db or sqlite:////absolute/path.db"
+
+#: SQLite's integers are signed 64-bit: a sequence number beyond this is beyond every head.
+_MAX_INT = 2**63 - 1
+#: ``PRAGMA busy_timeout`` takes milliseconds in a C int.
+_MAX_BUSY_TIMEOUT = (2**31 - 1) // 1000
+#: A write that waited in the queue less than this keeps the full ``busy_timeout`` (no pragma).
+_QUEUE_SLACK = 0.05
+#: The watcher's longest pause between reconnection attempts.
+_MAX_BACKOFF = 1.0
 
 
 def _parse_url(url: str) -> tuple[str, dict[str, str]]:
@@ -135,6 +181,194 @@ def _parse_url(url: str) -> tuple[str, dict[str, str]]:
         )
     options = {k: v[-1] for k, v in parse_qs(query, strict_parsing=False).items()} if query else {}
     return path, options
+
+
+# --- driver errors, mapped in one place -----------------------------------------------------------
+
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_PROTOCOL})
+_UNAVAILABLE_CODES = frozenset({sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN})
+
+
+@contextlib.contextmanager
+def map_exceptions(path: str, busy_timeout: float) -> Iterator[None]:
+    """Turn what ``sqlite3`` (and bad caller input on its way in) raises into this library's
+    errors, as httpcore's ``map_exceptions`` does; every call into the driver runs inside it.
+
+    >>> with map_exceptions("x.db", 5):
+    ...     raise sqlite3.OperationalError("database is locked")
+    Traceback (most recent call last):
+    ...
+    workspace_lifecycle.errors.StoreBusyError: SQLite database 'x.db' stayed locked by another writer for more than 5s
+    """
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise _mapped(exc, path, busy_timeout) from None
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text is not valid UTF-8 (it cannot be stored): {exc.reason}") from None
+    except OverflowError:
+        raise ValueError(
+            "a number is too large for SQLite, which stores integers of at most 64 bits"
+        ) from None
+
+
+def _mapped(exc: sqlite3.Error, path: str, busy_timeout: float) -> Exception:
+    text = str(exc)
+    lower = text.lower()
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if isinstance(exc, sqlite3.ProgrammingError):
+        if "closed" in lower:
+            return StoreClosedError("the SQLite store is closed")
+        if "binding" in lower:
+            return ValueError(f"a value cannot be stored in SQLite: {text}")
+        return StoreError(f"SQLite error on {path!r}: {text}")
+    if isinstance(exc, sqlite3.DataError):
+        return ValueError(f"a value cannot be stored in SQLite: {text}")
+    if primary in _BUSY_CODES or (primary is None and ("locked" in lower or "busy" in lower)):
+        return StoreBusyError(
+            f"SQLite database {path!r} stayed locked by another writer for more than {busy_timeout:g}s"
+        )
+    if primary in _UNAVAILABLE_CODES or (
+        primary is None and ("disk i/o" in lower or "unable to open" in lower)
+    ):
+        return StoreUnavailableError(f"SQLite database {path!r} is unavailable: {text}")
+    if primary == sqlite3.SQLITE_READONLY or "readonly" in lower or "read-only" in lower:
+        return StoreError(f"SQLite database {path!r} is read-only: {text}")
+    return StoreError(f"SQLite error on {path!r}: {text}")
+
+
+# --- the connection's thread ----------------------------------------------------------------------
+
+
+class _Job(Generic[T]):
+    """One function for the connection's thread, and where its result goes."""
+
+    __slots__ = ("fn", "future", "queued", "then", "write")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        future: asyncio.Future[T],
+        *,
+        write: bool,
+        then: Callable[[T], object] | None,
+    ) -> None:
+        self.fn = fn
+        self.future = future
+        self.write = write
+        self.then = then
+        self.queued = time.monotonic()
+
+
+class _Connection:
+    """A thread that owns the store's ``sqlite3`` connection and runs whole transactions on it,
+    one at a time in the order they were submitted, handing each result (or mapped error) back
+    to its caller's loop (what aiosqlite does, without reaching into its private API).
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        path: str,
+        busy_timeout: float,
+    ) -> None:
+        self._connect = connect
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._busy_ms = int(busy_timeout * 1000)
+        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._stopped: asyncio.Future[None] | None = None
+        self._thread = threading.Thread(target=self._run, name=f"wl-sqlite:{path}", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        write: bool = False,
+        then: Callable[[T], object] | None = None,
+    ) -> asyncio.Future[T]:
+        """Queue ``fn``; the future resolves on the running loop. ``then(result)`` runs on that
+        loop first, even if the caller stopped waiting (a cancelled write still rings)."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put(_Job(fn, future, write=write, then=then))
+        return future
+
+    async def stop(self) -> None:
+        """Run what is queued, close the connection, end the thread; call it shielded."""
+        if self._stopped is None:
+            self._stopped = asyncio.get_running_loop().create_future()
+            self._jobs.put(None)
+        if self._thread.is_alive():
+            await self._stopped
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        busy_ms = self._busy_ms
+        try:
+            while (job := self._jobs.get()) is not None:
+                try:
+                    with map_exceptions(self._path, self._busy_timeout):
+                        if conn is None:
+                            conn = self._connect()
+                        if job.write:
+                            busy_ms = self._deadline(conn, job, busy_ms)
+                        value, error = job.fn(conn), None
+                except BaseException as exc:  # delivered to the caller, raised there
+                    value, error = None, exc
+                _deliver(job, value, error)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            if self._stopped is not None:
+                _resolve_threadsafe(self._stopped)
+
+    def _deadline(self, conn: sqlite3.Connection, job: _Job[Any], busy_ms: int) -> int:
+        """Give a write only what is left of its own ``busy_timeout`` after its time in the
+        queue: behind a write stuck on a foreign lock, it fails when its caller's timeout is up,
+        not after a multiple of it. Returns the connection's busy_timeout now (milliseconds)."""
+        waited = time.monotonic() - job.queued
+        wanted = self._busy_ms if waited < _QUEUE_SLACK else max(0, self._busy_ms - int(waited * 1000))
+        if wanted != busy_ms:
+            conn.execute(f"PRAGMA busy_timeout = {wanted}")
+        return wanted
+
+
+def _deliver(job: _Job[Any], value: object, error: BaseException | None) -> None:
+    with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+        job.future.get_loop().call_soon_threadsafe(_settle, job, value, error)
+
+
+def _settle(job: _Job[Any], value: Any, error: BaseException | None) -> None:
+    # The caller is resumed before ``then`` rings the doorbell, as if it had rung it itself on
+    # return: the writer's task runs before the sleepers it wakes (the order aiosqlite gave).
+    if not job.future.done():  # else the caller was cancelled
+        if error is None:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(error)
+    if error is None and job.then is not None:
+        job.then(value)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _resolve_threadsafe(future: asyncio.Future[None]) -> None:
+    with contextlib.suppress(RuntimeError):
+        future.get_loop().call_soon_threadsafe(_resolve, future)
+
+
+def _finite_positive(name: str, value: float, most: float = math.inf) -> None:
+    if not (isinstance(value, int | float) and 0 < value <= most and math.isfinite(value)):
+        bound = f" (at most {most:g})" if math.isfinite(most) else ""
+        raise ValueError(f"{name} must be a positive, finite number of seconds{bound}, not {value!r}")
 
 
 class SQLiteStore(Store):
@@ -157,9 +391,11 @@ class SQLiteStore(Store):
         synchronous: str = "NORMAL",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if busy_timeout <= 0 or poll_interval <= 0 or (retention is not None and retention <= 0):
-            raise ValueError("busy_timeout, poll_interval and retention must be positive")
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        _finite_positive("busy_timeout", busy_timeout, _MAX_BUSY_TIMEOUT)
+        _finite_positive("poll_interval", poll_interval, 3600)
+        if retention is not None:
+            _finite_positive("retention", retention)
+        if not isinstance(synchronous, str) or synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = os.fspath(path)
         self.url = f"sqlite:///{self.path}"
@@ -171,15 +407,15 @@ class SQLiteStore(Store):
         self.retention = retention
         self._synchronous = synchronous.upper()
         self._clock = clock
-        self._conn: aiosqlite.Connection | None = None
+        self._connection: _Connection | None = None
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._changed: asyncio.Event | None = None
-        self._head_seen = 0  # the newest head this process knows of
-        self._waiters = 0
+        self._doorbell = Doorbell()
         self._watcher: threading.Thread | None = None
         self._watch_stop = threading.Event()
         self._watch_wanted = threading.Event()
+        self._watch_stopped: asyncio.Future[None] | None = None
+        self._watch_failure: str | None = None  # why the watcher is down, while it is
         self._last_prune = 0.0
         self.transactions = 0  # write transactions committed through this store
 
@@ -197,47 +433,64 @@ class SQLiteStore(Store):
 
     # --- opening and closing ---------------------------------------------------------------
 
+    def _connect(self) -> sqlite3.Connection:
+        """A new connection to the file (the store's thread and the watcher each make one)."""
+        return sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
+
     async def open(self) -> None:
         try:
-            self._loop = asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
         except RuntimeError:
             raise UnsupportedBackendError(
-                "the SQLite store needs the asyncio backend (aiosqlite is asyncio-only); "
-                "use memory:// under trio"
+                "the SQLite store needs the asyncio backend (its results return through asyncio "
+                "futures); use memory:// under trio"
             ) from None
+        if self._closed:
+            raise StoreClosedError("the SQLite store is closed; open a new one")
+        if self._connection is not None:
+            return
         self._check_path()
+        self._loop = loop
+        self._connection = _Connection(self._connect, path=self.path, busy_timeout=self.busy_timeout)
         try:
-            self._conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open SQLite database {self.path!r}: {exc}") from None
-        self._changed = asyncio.Event()
-        try:
-            await self._call(self._setup)
+            head = await self._call(self._setup)
         except BaseException:
-            await self._conn.close()
-            self._conn = None
+            # Cancelled or failed midway: the thread and its connection go with it.
+            self._closed = True
+            with anyio.CancelScope(shield=True):
+                await self._shutdown()
             raise
+        self._doorbell.saw(head)
 
     def _check_path(self) -> None:
+        """Refuse, in one sentence naming the path, a file SQLite could not use."""
         path = self.path
-        if os.path.isdir(path):
-            raise ValueError(f"SQLite path {path!r} is a directory, not a database file")
         parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise ValueError(f"cannot create SQLite database {path!r}: directory {parent!r} does not exist")
-        if os.path.exists(path):
-            # No write bit at all means somebody marked the file read-only: refuse it even for
-            # root, whom os.access() (and SQLite) would let write anyway.
-            if not os.access(path, os.R_OK | os.W_OK) or not os.stat(path).st_mode & 0o222:
+        try:
+            if os.path.isdir(path):
+                raise ValueError(f"SQLite path {path!r} is a directory, not a database file")
+            if not os.path.isdir(parent):
+                what = "is not a directory" if os.path.exists(parent) else "does not exist"
+                raise ValueError(f"cannot create SQLite database {path!r}: directory {parent!r} {what}")
+            if os.path.exists(path):
+                # No write bit at all means somebody marked the file read-only: refuse it even for
+                # root, whom os.access() (and SQLite) would let write anyway.
+                if not os.access(path, os.R_OK | os.W_OK) or not os.stat(path).st_mode & 0o222:
+                    raise StoreError(
+                        f"SQLite database {path!r} is read-only (the store writes to it); "
+                        "make it writable or pass another file"
+                    )
+            elif not os.access(parent, os.W_OK):
                 raise StoreError(
-                    f"SQLite database {path!r} is read-only (the store writes to it); "
-                    "make it writable or pass another file"
+                    f"cannot create SQLite database {path!r}: directory {parent!r} is not writable"
                 )
-        elif not os.access(parent, os.W_OK):
-            raise StoreError(f"cannot create SQLite database {path!r}: directory {parent!r} is not writable")
+        except OSError as exc:  # a name too long, a NUL, a loop of links...
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ValueError(f"SQLite path {path!r} cannot be used: {reason}") from None
+        except TypeError as exc:
+            raise ValueError(f"SQLite path {path!r} cannot be used: {exc}") from None
 
-    def _setup(self, conn: sqlite3.Connection) -> None:
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+    def _setup(self, conn: sqlite3.Connection) -> int:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"SQLite database {self.path!r} cannot use WAL mode (got {mode!r})")
@@ -260,77 +513,66 @@ class SQLiteStore(Store):
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self._head_seen = conn.execute("SELECT head FROM log_state").fetchone()[0]
+        return _head(conn)
 
     async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._watch_stop.set()
-        self._watch_wanted.set()
-        if self._changed is not None:
-            self._changed.set()
+        # Shielded: a close cancelled halfway (``async with`` left by a timeout) would leave the
+        # connection's thread and files open for good, since later calls find the store closed.
+        with anyio.CancelScope(shield=True):
+            if self._closed and self._connection is None and self._watcher is None:
+                return
+            self._closed = True
+            self._doorbell.ring()
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        """Stop the watcher, then the connection's thread (after what is queued); join both."""
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
-            await asyncio.to_thread(watcher.join)
-        conn, self._conn = self._conn, None
+            if self._watch_stopped is None:
+                self._watch_stopped = asyncio.get_running_loop().create_future()
+            self._watch_stop.set()
+            self._watch_wanted.set()
+            if watcher.is_alive():
+                await self._watch_stopped
+            watcher.join()
+        conn, self._connection = self._connection, None
         if conn is not None:
-            await conn.close()
+            await conn.stop()
 
-    # --- running statements ------------------------------------------------------------------
+    # --- running transactions ----------------------------------------------------------------
 
-    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(connection)`` on the connection's thread: one hop, errors mapped."""
-        if self._closed or self._conn is None:
+    def _check(self) -> _Connection:
+        if self._closed or self._connection is None:
             raise StoreClosedError("the SQLite store is closed")
-        conn = self._conn
+        return self._connection
 
-        def run(raw: sqlite3.Connection) -> T:
-            return fn(raw)
+    async def _call(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        write: bool = False,
+        then: Callable[[T], object] | None = None,
+    ) -> T:
+        """Run ``fn(connection)`` on the connection's thread: one hop, errors mapped there."""
+        return await self._check().submit(fn, write=write, then=then)
 
-        try:
-            # aiosqlite runs every call as a function on its connection thread; handing it the
-            # whole transaction keeps it to one hop.
-            execute: Callable[[Callable[[], T]], Awaitable[T]] = conn._execute
-            return await execute(lambda: run(conn._conn))
-        except sqlite3.OperationalError as exc:
-            text = str(exc).lower()
-            if "locked" in text or "busy" in text:
-                raise StoreBusyError(
-                    f"SQLite database {self.path!r} stayed locked by another writer for more than "
-                    f"{self.busy_timeout:g}s"
-                ) from None
-            if "readonly" in text or "read-only" in text:
-                raise StoreError(f"SQLite database {self.path!r} is read-only: {exc}") from None
-            raise StoreError(f"SQLite error on {self.path!r}: {exc}") from None
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"SQLite error on {self.path!r}: {exc}") from None
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"text is not valid UTF-8 (it cannot be stored): {exc.reason}") from None
-        except ValueError as exc:
-            if "closed" in str(exc).lower() and self._closed:
-                raise StoreClosedError("the SQLite store is closed") from None
-            raise
-
-    async def _write(self, body: Callable[[sqlite3.Connection, _Tx], T]) -> T:
+    async def _write(self, body: Callable[[_Tx], T]) -> T:
         """Run ``body`` inside ``BEGIN IMMEDIATE ... COMMIT``; its events share the commit."""
 
-        def tx(conn: sqlite3.Connection) -> tuple[T, int]:
+        def tx(conn: sqlite3.Connection) -> tuple[T, int | None]:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                log = _Tx(conn, self._clock)
-                result = body(conn, log)
-                log.flush()
+                log = _Tx(conn)
+                result = body(log)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            return result, log.head
+            return result, log.appended_head
 
-        result, head = await self._call(tx)
-        self.transactions += 1
-        self._saw(head)
+        result, _ = await self._call(tx, write=True, then=self._committed)
         if self.retention is not None:
             now = self._clock()
             if now - self._last_prune > min(self.retention / 10, 60.0):
@@ -338,7 +580,15 @@ class SQLiteStore(Store):
                 await self.prune_events(now - self.retention)
         return result
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _committed(self, done: tuple[object, int | None]) -> None:
+        """On the loop, for every committed write (its caller may have stopped waiting)."""
+        self.transactions += 1
+        if done[1] is not None:
+            self._doorbell.saw(done[1])
+
+    async def _read(
+        self, fn: Callable[[sqlite3.Connection], T], then: Callable[[T], object] | None = None
+    ) -> T:
         """Run ``fn`` in one read transaction (a consistent snapshot under WAL)."""
 
         def tx(conn: sqlite3.Connection) -> T:
@@ -348,117 +598,121 @@ class SQLiteStore(Store):
             finally:
                 conn.execute("COMMIT")
 
-        return await self._call(tx)
+        return await self._call(tx, then=then)
 
     # --- chats and workspaces --------------------------------------------------------------
 
     async def register_chat(self, chat_id: str, owner: str) -> Chat:
-        def body(conn: sqlite3.Connection, log: _Tx) -> Chat:
-            row = conn.execute(
-                "SELECT owner, workspace_id FROM chats WHERE chat_id = ?", (chat_id,)
-            ).fetchone()
-            if row is None:
-                conn.execute("INSERT INTO chats (chat_id, owner) VALUES (?, ?)", (chat_id, owner))
-                return Chat(chat_id, owner)
-            if row[0] != owner:
+        def body(tx: _Tx) -> Chat:
+            chat = _chat(tx.conn, chat_id)
+            if chat is None:
+                chat = Chat(chat_id, owner)
+                tx.conn.execute("INSERT INTO chats (chat_id, owner) VALUES (?, ?)", (chat_id, owner))
+            elif chat.owner != owner:
                 raise OwnershipError(f"chat {chat_id!r} is registered to another owner")
-            return Chat(chat_id, row[0], row[1])
+            return chat
 
         return await self._write(body)
 
     async def get_chat(self, chat_id: str) -> Chat | None:
-        def fn(conn: sqlite3.Connection) -> Chat | None:
-            row = conn.execute(
-                "SELECT owner, workspace_id FROM chats WHERE chat_id = ?", (chat_id,)
-            ).fetchone()
-            return None if row is None else Chat(chat_id, row[0], row[1])
-
-        return await self._read(fn)
+        return await self._read(lambda conn: _chat(conn, chat_id))
 
     async def workspace_facts(self, workspace_id: str) -> WorkspaceFacts:
         return await self._read(lambda conn: _facts(conn, workspace_id))
 
-    async def create_workspace(
-        self, chat_id: str, name: str, *, expected_workspace_id: str | None
-    ) -> Outcome:
-        def body(conn: sqlite3.Connection, log: _Tx) -> Outcome:
+    async def get_build(self, build_id: str) -> Build:
+        def fn(conn: sqlite3.Connection) -> Build:
             row = conn.execute(
-                "SELECT owner, workspace_id FROM chats WHERE chat_id = ?", (chat_id,)
+                f"SELECT {_BUILD_COLUMNS} FROM builds WHERE build_id = ?", (build_id,)
             ).fetchone()
             if row is None:
+                raise NotFoundError(f"no build {build_id!r}")
+            return _build(row)
+
+        return await self._read(fn)
+
+    async def create_workspace(
+        self,
+        chat_id: str,
+        name: str,
+        *,
+        expected_workspace_id: str | None,
+        parameters: Mapping[str, str] | None = None,
+    ) -> Outcome:
+        def body(tx: _Tx) -> Outcome:
+            chat = _chat(tx.conn, chat_id)
+            if chat is None:
                 raise NotFoundError(f"no chat {chat_id!r}")
-            owner, current = row
-            if current != expected_workspace_id:
-                return Outcome(fired=False, build=None, facts=_facts(conn, current, log.current_head()))
-            ws = Workspace(str(uuid.uuid4()), chat_id, owner, name)
-            conn.execute(
-                "INSERT INTO workspaces (workspace_id, chat_id, owner, name) VALUES (?, ?, ?, ?)",
-                (ws.workspace_id, chat_id, owner, name),
+            write = writes.create_workspace(
+                chat,
+                expected_workspace_id=expected_workspace_id,
+                workspace_id=str(uuid.uuid4()),
+                build_id=str(uuid.uuid4()),
+                name=name,
+                at=self._clock(),
+                replaced=_facts(tx.conn, expected_workspace_id) if expected_workspace_id else None,
+                parameters=parameters,
             )
-            conn.execute("UPDATE chats SET workspace_id = ? WHERE chat_id = ?", (ws.workspace_id, chat_id))
-            log.append(EventKind.CHAT_BOUND, ws, None)
-            build = _new_build(conn, log, ws, 1, Transition.START)
-            return Outcome(fired=True, build=build, facts=_facts(conn, ws.workspace_id, log.current_head()))
+            if write is None:
+                if chat.workspace_id is None:
+                    raise NotFoundError(f"chat {chat_id!r} is bound to no workspace")
+                return Outcome(fired=False, build=None, facts=_facts(tx.conn, chat.workspace_id))
+            tx.persist(write)
+            assert write.workspace is not None
+            return Outcome(fired=True, build=write.build, facts=_facts(tx.conn, write.workspace.workspace_id))
 
         return await self._write(body)
 
     async def request_build(
-        self, workspace_id: str, transition: Transition, *, expected_build_number: int
+        self,
+        workspace_id: str,
+        transition: Transition,
+        *,
+        expected_build_number: int,
+        parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
-        def body(conn: sqlite3.Connection, log: _Tx) -> Outcome:
-            facts = _facts(conn, workspace_id, log.current_head())
-            latest = facts.latest_build
-            number = latest.number if latest else 0
-            if (
-                facts.workspace.deleted
-                or number != expected_build_number
-                or (latest is not None and latest.status.in_progress)
-            ):
+        def body(tx: _Tx) -> Outcome:
+            facts = _facts(tx.conn, workspace_id)
+            chat = _chat(tx.conn, facts.workspace.chat_id)
+            write = writes.request_build(
+                facts,
+                bound=chat is not None and chat.workspace_id == workspace_id,
+                transition=transition,
+                expected_build_number=expected_build_number,
+                build_id=str(uuid.uuid4()),
+                at=self._clock(),
+                parameters=parameters,
+            )
+            if write is None:
                 return Outcome(fired=False, build=None, facts=facts)
-            build = _new_build(conn, log, facts.workspace, number + 1, transition)
-            return Outcome(fired=True, build=build, facts=_facts(conn, workspace_id, log.current_head()))
+            tx.persist(write)
+            return Outcome(fired=True, build=write.build, facts=_facts(tx.conn, workspace_id))
 
         return await self._write(body)
 
     async def list_chats(self) -> Sequence[ChatRow]:
         def fn(conn: sqlite3.Connection) -> list[ChatRow]:
-            head = conn.execute("SELECT head FROM log_state").fetchone()[0]
+            head = _head(conn)
             rows = conn.execute("SELECT chat_id, owner, workspace_id FROM chats ORDER BY rowid").fetchall()
-            return [
-                ChatRow(Chat(c, o, w), _facts(conn, w, head) if w is not None else None) for c, o, w in rows
-            ]
+            return [ChatRow.read(Chat(c, o, w), functools.partial(_facts, conn, w, head)) for c, o, w in rows]
 
         return await self._read(fn)
 
     # --- the provisioner side ---------------------------------------------------------------
 
     async def claim_build(self, worker: str) -> Build | None:
-        def body(conn: sqlite3.Connection, log: _Tx) -> Build | None:
-            row = conn.execute(
+        def body(tx: _Tx) -> Build | None:
+            row = tx.conn.execute(
                 f"SELECT {_BUILD_COLUMNS} FROM builds WHERE status = 'pending' ORDER BY queued_seq LIMIT 1"
             ).fetchone()
             if row is None:
                 return None
             build = _build(row)
-            conn.execute(
-                "UPDATE builds SET status = 'running', worker = ? WHERE build_id = ?",
-                (worker, build.build_id),
+            write = writes.claim_build(
+                build, _workspace(tx.conn, build.workspace_id), worker=worker, at=self._clock()
             )
-            claimed = Build(
-                build.build_id,
-                build.workspace_id,
-                build.number,
-                build.transition,
-                JobStatus.RUNNING,
-                worker=worker,
-            )
-            log.append(
-                EventKind.BUILD_UPDATED,
-                _workspace(conn, build.workspace_id),
-                claimed,
-                status=JobStatus.RUNNING,
-            )
-            return claimed
+            tx.persist(write)
+            return write.build
 
         return await self._write(body)
 
@@ -469,83 +723,52 @@ class SQLiteStore(Store):
         error: str | None = None,
         *,
         has_agent: bool = True,
+        details: Mapping[str, Any] | None = None,
     ) -> Build:
         status = writes.parse_status(status)
-        if not status.finished:
-            raise ValueError(f"finish_build takes a final status, not {status.value!r}")
 
-        def body(conn: sqlite3.Connection, log: _Tx) -> Build:
-            row = conn.execute(
+        def body(tx: _Tx) -> Build:
+            row = tx.conn.execute(
                 f"SELECT {_BUILD_COLUMNS} FROM builds WHERE build_id = ?", (build_id,)
             ).fetchone()
             if row is None:
                 raise NotFoundError(f"no build {build_id!r}")
             build = _build(row)
-            done = build.finished_as(status, error, has_agent=has_agent)
-            starts_agent = done.starts_agent
-            conn.execute(
-                "UPDATE builds SET status = ?, error = ?, has_agent = ? WHERE build_id = ?",
-                (status.value, done.error, done.has_agent, build_id),
+            write = writes.finish_build(
+                build,
+                _workspace(tx.conn, build.workspace_id),
+                status,
+                error,
+                has_agent=has_agent,
+                at=self._clock(),
+                details=details,
             )
-            ws = _workspace(conn, build.workspace_id)
-            log.append(
-                EventKind.BUILD_FINISHED, ws, done, status=status, error=done.error, has_agent=done.has_agent
-            )
-            if starts_agent and has_agent:
-                conn.execute(
-                    "INSERT INTO agents (workspace_id, build_number, lifecycle) VALUES (?, ?, 'created') "
-                    "ON CONFLICT (workspace_id) DO UPDATE SET build_number = excluded.build_number, "
-                    "lifecycle = excluded.lifecycle",
-                    (ws.workspace_id, build.number),
-                )
-            if status is JobStatus.SUCCEEDED and build.transition is Transition.DELETE:
-                conn.execute("UPDATE workspaces SET deleted = 1 WHERE workspace_id = ?", (ws.workspace_id,))
-                log.append(EventKind.WORKSPACE_DELETED, ws, done)
-            return done
+            tx.persist(write)
+            assert write.build is not None
+            return write.build
 
         return await self._write(body)
 
     async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
         lifecycle = writes.parse_lifecycle(lifecycle)
 
-        def body(conn: sqlite3.Connection, log: _Tx) -> None:
-            row = conn.execute(
-                "SELECT build_number FROM agents WHERE workspace_id = ?", (workspace_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"workspace {workspace_id!r} has no agent")
-            conn.execute(
-                "UPDATE agents SET lifecycle = ? WHERE workspace_id = ?", (lifecycle.value, workspace_id)
-            )
-            log.append(
-                EventKind.AGENT_UPDATED,
-                _workspace(conn, workspace_id),
-                None,
-                build_number=row[0],
-                agent=lifecycle,
-            )
+        def body(tx: _Tx) -> None:
+            ws = _workspace(tx.conn, workspace_id, missing=f"workspace {workspace_id!r} has no agent")
+            tx.persist(writes.report_agent(_agent(tx.conn, workspace_id), ws, lifecycle, at=self._clock()))
 
         await self._write(body)
 
     # --- the event log ----------------------------------------------------------------------
 
     async def head(self) -> int:
-        head: int = await self._read(lambda conn: conn.execute("SELECT head FROM log_state").fetchone()[0])
-        self._saw(head)
-        return head
-
-    def _saw(self, head: int) -> None:
-        """This process learnt the log reached ``head``: wake waiters if that is news.
-
-        Whoever learns of a commit first (a head read, a read of the log, the watcher) wakes the
-        sleepers, so a commit whose writer was cancelled, or whose head another task read
-        first, still wakes everybody behind it.
-        """
-        if head > self._head_seen:
-            self._head_seen = head
-            self._wake()
+        return await self._read(_head, then=self._doorbell.saw)
 
     async def read_events(self, after: int, limit: int = 1000) -> Sequence[StoreEvent]:
+        limit = min(limit, _MAX_INT)
+        if after >= _MAX_INT or limit <= 0:
+            self._check()
+            return []  # no sequence number is beyond SQLite's largest integer
+
         def fn(conn: sqlite3.Connection) -> list[StoreEvent]:
             pruned = conn.execute("SELECT pruned_through FROM log_state").fetchone()[0]
             if after < pruned:
@@ -568,89 +791,131 @@ class SQLiteStore(Store):
                 for r in rows
             ]
 
-        events = await self._read(fn)
+        return await self._read(fn, then=self._saw_events)
+
+    def _saw_events(self, events: list[StoreEvent]) -> None:
         if events:
-            self._saw(events[-1].seq)
-        return events
+            self._doorbell.saw(events[-1].seq)
 
     async def wait_for_change(self, after: int) -> None:
-        if self._closed:
-            raise StoreClosedError("the SQLite store is closed")
-        if self._head_seen > after:
-            return
-        assert self._changed is not None
-        self._waiters += 1
-        self._ensure_watcher()
-        try:
-            changed = self._changed
-            if changed.is_set():
-                self._changed = changed = asyncio.Event()
-            # Re-check after registering: a commit by another process between our last read and
-            # now is visible in the head (one cheap query; not repeated while we sleep).
-            if await self.head() > after:
-                return
-            await changed.wait()
-        finally:
-            self._waiters -= 1
-            if not self._waiters:
-                self._watch_wanted.clear()
-        if self._closed:
-            raise StoreClosedError("the SQLite store is closed")
-
-    def _wake(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-
-    def _ensure_watcher(self) -> None:
+        self._check()
+        self._check_watcher()
         self._watch_wanted.set()
         if self._watcher is None:
+            assert self._loop is not None
             self._watcher = threading.Thread(
-                target=self._watch, name=f"wl-sqlite-watch:{self.path}", daemon=True
+                target=self._watch, args=(self._loop,), name=f"wl-sqlite-watch:{self.path}", daemon=True
             )
             self._watcher.start()
-
-    def _watch(self) -> None:
-        """Thread: while somebody waits, check ``PRAGMA data_version``; every ``poll_min`` for
-        ``burst`` seconds after a change, every ``poll_interval`` otherwise."""
-        loop = self._loop
-        assert loop is not None
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
-            last_change = time.monotonic() - self.burst  # start at the idle interval
-            while not self._watch_stop.is_set():
-                if not self._watch_wanted.wait(timeout=1.0):
-                    continue
-                recent = time.monotonic() - last_change < self.burst
-                time.sleep(self.poll_min if recent else self.poll_interval)
-                self.watcher_polls += 1
-                now = conn.execute("PRAGMA data_version").fetchone()[0]
-                if now != version:
-                    version = now
-                    last_change = time.monotonic()
-                    # One read per change (never per idle poll): a commit without events, such
-                    # as register_chat, must not wake every waiter for nothing.
-                    head = int(conn.execute("SELECT head FROM log_state").fetchone()[0])
-                    try:
-                        loop.call_soon_threadsafe(self._external_commit, head)
-                    except RuntimeError:  # the loop closed under us
-                        return
-        except sqlite3.Error:
-            # The watcher is a hint; waiters re-read the log themselves after any wake-up.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._external_commit, None)
+            # The recheck reads the head afresh once this task sleeps: another process's commit
+            # since our last read shows there (one cheap query; not repeated while we sleep).
+            await self._doorbell.sleep(after, recheck=self.head)
         finally:
-            conn.close()
+            if not self._doorbell.sleepers:
+                self._watch_wanted.clear()
+        self._check()
+        self._check_watcher()
 
-    def _external_commit(self, head: int | None) -> None:
-        """On the loop: another connection committed and the log's head is now ``head``."""
-        if head is None:  # the watcher failed: wake everyone to re-read from their cursors
-            self._wake()
-        else:
-            self._saw(head)
+    def _check_watcher(self) -> None:
+        if self._watch_failure is not None:
+            raise StoreUnavailableError(self._watch_failure)
+
+    # --- the cross-process watcher (a thread) -------------------------------------------------
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Thread: while somebody waits, check ``PRAGMA data_version``; every ``poll_min`` for
+        ``burst`` seconds after a change, every ``poll_interval`` otherwise. On an error, log once,
+        reconnect with backoff, and ring with the head found on reconnecting; if the reconnect
+        fails too, tell the waiters (they raise) until it succeeds."""
+        conn: sqlite3.Connection | None = None
+        version = 0
+        last_change = -math.inf
+        outage: float | None = None  # when the current outage began
+        failures = 0
+
+        def post(callback: Callable[..., object], *args: Any) -> bool:
+            try:
+                loop.call_soon_threadsafe(callback, *args)
+                return True
+            except RuntimeError:  # the loop closed under us
+                return False
+
+        try:
+            while not self._watch_stop.is_set():
+                if outage is not None:
+                    if self._watch_stop.wait(min(self.poll_interval * 2**failures, _MAX_BACKOFF)):
+                        break
+                elif not self._watch_wanted.wait(timeout=1.0):
+                    continue
+                elif conn is not None:
+                    recent = time.monotonic() - last_change < self.burst
+                    if self._watch_stop.wait(self.poll_min if recent else self.poll_interval):
+                        break
+                try:
+                    with map_exceptions(self.path, self.busy_timeout):
+                        if conn is None:
+                            conn = self._connect()
+                            version = conn.execute("PRAGMA data_version").fetchone()[0]
+                            # Commits made while nobody watched (or while down) ring now.
+                            if not post(self._doorbell.saw, _head(conn)):
+                                return
+                            if outage is not None:
+                                log.warning(
+                                    "SQLite watcher on %r is back after %.1fs",
+                                    self.path,
+                                    time.monotonic() - outage,
+                                )
+                                outage, failures = None, 0
+                                if not post(self._watcher_back):
+                                    return
+                            continue
+                        self.watcher_polls += 1
+                        now = conn.execute("PRAGMA data_version").fetchone()[0]
+                        if now != version:
+                            version = now
+                            last_change = time.monotonic()
+                            # One read per change (never per idle poll): a commit without events,
+                            # such as register_chat, must not wake every waiter for nothing.
+                            if not post(self._doorbell.saw, _head(conn)):
+                                return
+                except Exception as exc:
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                        conn = None
+                    failures += 1
+                    if outage is None:
+                        outage = time.monotonic()
+                        log.warning(
+                            "SQLite watcher on %r failed (%s); reconnecting, other processes' "
+                            "commits are noticed again once it is back",
+                            self.path,
+                            exc,
+                        )
+                    elif failures == 2:  # the reconnect failed too: waiters must not sleep on
+                        failure = StoreUnavailableError(
+                            f"cannot watch SQLite database {self.path!r} for other processes' commits: {exc}"
+                        )
+                        if not post(self._watcher_down, failure):
+                            return
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            if self._watch_stopped is not None:
+                _resolve_threadsafe(self._watch_stopped)
+
+    def _watcher_down(self, failure: str) -> None:
+        self._watch_failure = failure
+        self._doorbell.ring()
+
+    def _watcher_back(self) -> None:
+        self._watch_failure = None
 
     async def prune_events(self, older_than: float) -> int:
-        def body(conn: sqlite3.Connection, log: _Tx) -> int:
+        def body(tx: _Tx) -> int:
+            conn = tx.conn
             # Prune a prefix of the log: everything before the first event at or after the cut.
             first_kept = conn.execute("SELECT min(seq) FROM events WHERE at >= ?", (older_than,)).fetchone()[
                 0
@@ -668,66 +933,110 @@ class SQLiteStore(Store):
         return await self._write(body)
 
 
-# --- the transaction's event log --------------------------------------------------------------
+# --- persisting a decided write ---------------------------------------------------------------------
 
 
 class _Tx:
-    """The events of one write transaction, numbered from the log's head inside it."""
+    """One write transaction: its connection, and :meth:`persist` for what ``writes`` decided."""
 
-    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float]) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self.clock = clock
-        self._head: int | None = None
-        self._rows: list[tuple[Any, ...]] = []
+        self.appended_head: int | None = None  # the log's head after this transaction's events
 
-    def current_head(self) -> int:
-        if self._head is None:
-            self._head = int(self.conn.execute("SELECT head FROM log_state").fetchone()[0])
-        return self._head + len(self._rows)
-
-    @property
-    def head(self) -> int:
-        return self.current_head() if self._head is not None else 0
-
-    def append(
-        self,
-        kind: EventKind,
-        ws: Workspace,
-        build: Build | None,
-        *,
-        build_number: int = 0,
-        **fields: Any,
-    ) -> None:
-        seq = self.current_head() + 1
-        event = StoreEvent.about(
-            kind, ws, build, seq=seq, at=self.clock(), build_number=build_number, **fields
-        )
-        self._rows.append(
-            (
-                seq,
-                kind.value,
-                ws.workspace_id,
-                ws.chat_id,
-                event.build_number,
-                json.dumps(event.payload()),
-                event.at,
+    def persist(self, write: writes.Write) -> None:
+        """Apply one decided write: its rows, then its events numbered in order from the head."""
+        conn = self.conn
+        head = _head(conn) if self.appended_head is None else self.appended_head
+        last = head + len(write.events)
+        if write.workspace is not None:
+            ws = write.workspace
+            conn.execute(
+                "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (workspace_id) DO UPDATE SET chat_id = excluded.chat_id, "
+                "owner = excluded.owner, name = excluded.name, deleted = excluded.deleted",
+                (ws.workspace_id, ws.chat_id, ws.owner, ws.name, ws.deleted),
             )
-        )
+        if write.chat is not None:
+            chat = write.chat
+            conn.execute(
+                "INSERT INTO chats (chat_id, owner, workspace_id) VALUES (?, ?, ?) "
+                "ON CONFLICT (chat_id) DO UPDATE SET owner = excluded.owner, workspace_id = excluded.workspace_id",
+                (chat.chat_id, chat.owner, chat.workspace_id),
+            )
+        build = write.build
+        if build is not None:
+            details = None if build.details is None else json.dumps(build.details)
+            changed = conn.execute(
+                "UPDATE builds SET status = ?, error = ?, has_agent = ?, worker = ?, details = ? WHERE build_id = ?",
+                (build.status.value, build.error, build.has_agent, build.worker, details, build.build_id),
+            ).rowcount
+            if not changed:  # a new build: the latest, claimed in the order it was queued
+                conn.execute(
+                    "INSERT INTO builds (build_id, workspace_id, number, transition, status, error, "
+                    "has_agent, worker, queued_seq, parameters, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        build.build_id,
+                        build.workspace_id,
+                        build.number,
+                        build.transition.value,
+                        build.status.value,
+                        build.error,
+                        build.has_agent,
+                        build.worker,
+                        last,
+                        json.dumps(dict(build.parameters)),
+                        details,
+                    ),
+                )
+                conn.execute(
+                    "UPDATE workspaces SET latest_build_id = ? WHERE workspace_id = ?",
+                    (build.build_id, build.workspace_id),
+                )
+        if write.agent is not None:
+            agent = write.agent
+            row = (agent.build_number, agent.lifecycle.value, agent.workspace_id)
+            # UPDATE first, INSERT on a miss: cheaper than an upsert for the common report.
+            if not conn.execute(
+                "UPDATE agents SET build_number = ?, lifecycle = ? WHERE workspace_id = ?", row
+            ).rowcount:
+                conn.execute(
+                    "INSERT INTO agents (build_number, lifecycle, workspace_id) VALUES (?, ?, ?)", row
+                )
+        if write.events:
+            conn.executemany(
+                "INSERT INTO events (seq, kind, workspace_id, chat_id, build_number, payload, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        head + offset,
+                        e.kind.value,
+                        e.workspace_id,
+                        e.chat_id,
+                        e.build_number,
+                        json.dumps(e.payload()),
+                        e.at,
+                    )
+                    for offset, e in enumerate(write.events, 1)
+                ],
+            )
+            conn.execute("UPDATE log_state SET head = ?", (last,))
+            self.appended_head = last
 
-    def flush(self) -> None:
-        if not self._rows:
-            return
-        self.conn.executemany(
-            "INSERT INTO events (seq, kind, workspace_id, chat_id, build_number, payload, at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            self._rows,
-        )
-        self.conn.execute("UPDATE log_state SET head = ?", (self.current_head(),))
+
+# --- row helpers (run on the connection's thread) ---------------------------------------------------
+
+_BUILD_COLUMNS = (
+    "build_id, workspace_id, number, transition, status, error, has_agent, worker, parameters, details"
+)
 
 
-# --- row helpers (run on the connection thread) ------------------------------------------------
+def _head(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT head FROM log_state").fetchone()[0])
 
-_BUILD_COLUMNS = "build_id, workspace_id, number, transition, status, error, has_agent, worker"
+
+def _chat(conn: sqlite3.Connection, chat_id: str) -> Chat | None:
+    row = conn.execute("SELECT owner, workspace_id FROM chats WHERE chat_id = ?", (chat_id,)).fetchone()
+    return None if row is None else Chat(chat_id, row[0], row[1])
 
 
 def _build(row: Sequence[Any]) -> Build:
@@ -741,16 +1050,41 @@ def _build(row: Sequence[Any]) -> Build:
         error=row[5],
         has_agent=None if row[6] is None else bool(row[6]),
         worker=row[7],
+        parameters=_json_object(row[8], build_id, "parameters") or {},
+        details=_json_object(row[9], build_id, "details"),
     )
 
 
-def _workspace(conn: sqlite3.Connection, workspace_id: str) -> Workspace:
+def _json_object(text: str | None, build_id: str, column: str) -> dict[str, Any] | None:
+    """A JSON object column of ``builds``; anything else names the row."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise CorruptStateError("builds", build_id, column, text) from None
+    if not isinstance(value, dict):
+        raise CorruptStateError("builds", build_id, column, text)
+    return value
+
+
+def _workspace(conn: sqlite3.Connection, workspace_id: str, *, missing: str | None = None) -> Workspace:
     row = conn.execute(
         "SELECT chat_id, owner, name, deleted FROM workspaces WHERE workspace_id = ?", (workspace_id,)
     ).fetchone()
     if row is None:
-        raise NotFoundError(f"no workspace {workspace_id!r}")
+        raise NotFoundError(missing or f"no workspace {workspace_id!r}")
     return Workspace(workspace_id, row[0], row[1], row[2], deleted=bool(row[3]))
+
+
+def _agent(conn: sqlite3.Connection, workspace_id: str) -> Agent | None:
+    row = conn.execute(
+        "SELECT build_number, lifecycle FROM agents WHERE workspace_id = ?", (workspace_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    lifecycle = parse_enum(AgentLifecycle, row[1], table="agents", key=workspace_id, column="lifecycle")
+    return Agent(workspace_id, row[0], lifecycle)
 
 
 def _facts(conn: sqlite3.Connection, workspace_id: str, head: int | None = None) -> WorkspaceFacts:
@@ -759,38 +1093,9 @@ def _facts(conn: sqlite3.Connection, workspace_id: str, head: int | None = None)
         f"SELECT {_BUILD_COLUMNS} FROM builds WHERE workspace_id = ? ORDER BY number DESC LIMIT 1",
         (workspace_id,),
     ).fetchone()
-    build = _build(row) if row is not None else None
-    agent_row = conn.execute(
-        "SELECT build_number, lifecycle FROM agents WHERE workspace_id = ?", (workspace_id,)
-    ).fetchone()
-    agent = None
-    if agent_row is not None:
-        lifecycle = parse_enum(
-            AgentLifecycle, agent_row[1], table="agents", key=workspace_id, column="lifecycle"
-        )
-        agent = Agent(workspace_id, agent_row[0], lifecycle)
-    if head is None:
-        head = int(conn.execute("SELECT head FROM log_state").fetchone()[0])
-    return WorkspaceFacts(workspace=ws, latest_build=build, agent=agent, seq=head)
-
-
-def _new_build(
-    conn: sqlite3.Connection, log: _Tx, ws: Workspace, number: int, transition: Transition
-) -> Build:
-    build = Build(
-        build_id=str(uuid.uuid4()),
-        workspace_id=ws.workspace_id,
-        number=number,
-        transition=transition,
-        status=JobStatus.PENDING,
+    return WorkspaceFacts(
+        workspace=ws,
+        latest_build=_build(row) if row is not None else None,
+        agent=_agent(conn, workspace_id),
+        seq=_head(conn) if head is None else head,
     )
-    log.append(EventKind.BUILD_QUEUED, ws, build, status=JobStatus.PENDING)
-    conn.execute(
-        "INSERT INTO builds (build_id, workspace_id, number, transition, status, queued_seq) "
-        "VALUES (?, ?, ?, ?, 'pending', ?)",
-        (build.build_id, ws.workspace_id, number, transition.value, log.current_head()),
-    )
-    conn.execute(
-        "UPDATE workspaces SET latest_build_id = ? WHERE workspace_id = ?", (build.build_id, ws.workspace_id)
-    )
-    return build
