@@ -66,8 +66,10 @@ class RetryingWriter:
         """Append a ``transition`` build if build ``expected`` is still the latest."""
 
         async def write() -> Outcome:
+            # Only when given: a store written before parameters existed keeps working without.
+            extra = {"parameters": parameters} if parameters else {}
             return await self.store.request_build(
-                workspace_id, transition, expected_build_number=expected, parameters=parameters
+                workspace_id, transition, expected_build_number=expected, **extra
             )
 
         async def reread() -> Outcome | None:
@@ -85,9 +87,8 @@ class RetryingWriter:
         """Bind the chat to a new workspace if it is still bound to ``expected``."""
 
         async def write() -> Outcome:
-            return await self.store.create_workspace(
-                chat_id, name, expected_workspace_id=expected, parameters=parameters
-            )
+            extra = {"parameters": parameters} if parameters else {}
+            return await self.store.create_workspace(chat_id, name, expected_workspace_id=expected, **extra)
 
         async def reread() -> Outcome | None:
             chat = await self.store.get_chat(chat_id)

@@ -176,11 +176,10 @@ class SimulatedProvisioner(BackgroundService):
         # A conflict means an earlier attempt committed although its caller saw an error (or
         # another party, a reaper, finished it). Until then the finish is retried however long
         # the store stays busy: a build left running because one write failed never finishes.
+        extra = {} if details is None else {"details": details}  # a 0.1 store takes no details
         with contextlib.suppress(BuildConflictError):
             await self._retrying(
-                lambda: self.store.finish_build(
-                    build.build_id, status, error, has_agent=has_agent, details=details
-                ),
+                lambda: self.store.finish_build(build.build_id, status, error, has_agent=has_agent, **extra),
                 until_it_lands=True,
             )
         self.builds_done += 1

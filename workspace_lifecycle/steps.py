@@ -173,7 +173,7 @@ def first_step(
     >>> first_step(Request.START, None, "alice").result.text
     'chat has no workspace; use create_workspace first'
     >>> first_step(Request.CREATE, Chat("c1", "alice"), "alice")
-    Create(expected_workspace_id=None)
+    Create(expected_workspace_id=None, parameters={})
     """
     if chat is None or chat.owner != owner:
         sentence = answers.CHAT_NOT_FOUND if request is Request.CREATE else answers.NO_WORKSPACE
