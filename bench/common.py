@@ -338,17 +338,19 @@ class CountingStore(Store):
         return await self.inner.get_build(build_id)
 
     async def create_workspace(
-        self, chat_id: str, name: str, *, expected_workspace_id: str | None
+        self, chat_id: str, name: str, *, expected_workspace_id: str | None, **kw: Any
     ) -> Outcome:
         self.calls["create_workspace"] += 1
-        return await self.inner.create_workspace(chat_id, name, expected_workspace_id=expected_workspace_id)
+        return await self.inner.create_workspace(
+            chat_id, name, expected_workspace_id=expected_workspace_id, **kw
+        )
 
     async def request_build(
-        self, workspace_id: str, transition: Transition, *, expected_build_number: int
+        self, workspace_id: str, transition: Transition, *, expected_build_number: int, **kw: Any
     ) -> Outcome:
         self.calls["request_build"] += 1
         return await self.inner.request_build(
-            workspace_id, transition, expected_build_number=expected_build_number
+            workspace_id, transition, expected_build_number=expected_build_number, **kw
         )
 
     async def list_chats(self) -> Sequence[ChatRow]:
@@ -360,10 +362,16 @@ class CountingStore(Store):
         return await self.inner.claim_build(worker)
 
     async def finish_build(
-        self, build_id: str, status: JobStatus, error: str | None = None, *, has_agent: bool = True
+        self,
+        build_id: str,
+        status: JobStatus | str,
+        error: str | None = None,
+        *,
+        has_agent: bool = True,
+        **kw: Any,
     ) -> wl.Build:
         self.calls["finish_build"] += 1
-        return await self.inner.finish_build(build_id, status, error, has_agent=has_agent)
+        return await self.inner.finish_build(build_id, status, error, has_agent=has_agent, **kw)
 
     async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle) -> None:
         self.calls["report_agent"] += 1

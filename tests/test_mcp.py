@@ -25,6 +25,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 import workspace_lifecycle as wl
 from workspace_lifecycle.answers import CHAT_NOT_FOUND, NO_WORKSPACE, WORKSPACE_DELETED
 from workspace_lifecycle.mcp_server import create_server, every_chat, mcp_tools
+from workspace_lifecycle.tools import unknown_chat
 
 pytestmark = pytest.mark.anyio
 
@@ -109,7 +110,7 @@ class TestInProcess:
             lc, "create_workspace", {"name": "dev"}, chat_id="chat-1", owner="alice"
         )
         assert _text(again) == expected.text
-        assert _ok(await client.call_tool("workspace_status", {})) == {"status": "agent_ready"}
+        assert _ok(await client.call_tool("workspace_status", {}))["status"] == "agent_ready"
 
     async def test_progress_per_state_change(self, client: Client) -> None:
         progress = Progress()
@@ -137,8 +138,8 @@ class TestInProcess:
             unknown = (
                 await lc.create_workspace("nobody", owner="alice") if name == "create_workspace" else None
             )
-            assert other.is_error is True
-            assert _text(other) == (unknown.text if unknown else NO_WORKSPACE)
+            assert other.is_error is (name != "workspace_status")  # status: a named state, no error
+            assert _text(other) == (unknown.text if unknown else unknown_chat(name).text)
         assert await lc.store.head() == head
 
     async def test_served_chat_id_argument(self, served: Client, lc: wl.Lifecycle) -> None:
@@ -162,9 +163,11 @@ class TestInProcess:
             progress = Progress()
             theirs = await served.call_tool(name, {"chat_id": "bobs"}, progress_callback=progress)
             unknown = await served.call_tool(name, {"chat_id": f"nobody-{name}"})
-            assert theirs.is_error is True and unknown.is_error is True
-            assert _text(theirs) == _text(unknown)
-            assert _text(theirs) == (CHAT_NOT_FOUND if name == "create_workspace" else NO_WORKSPACE)
+            assert theirs.is_error is unknown.is_error is (name != "workspace_status")
+            assert _text(theirs) == _text(unknown) == unknown_chat(name).text
+            assert name == "workspace_status" or _text(theirs) == (
+                CHAT_NOT_FOUND if name == "create_workspace" else NO_WORKSPACE
+            )
             assert progress.seen == []
         assert await lc.state("bobs") is wl.WorkspaceState.AGENT_READY
         assert await lc.store.get_chat("nobody-create_workspace") is None
@@ -173,7 +176,10 @@ class TestInProcess:
         """alice's server touching an unused id does not take it from bob, who registers it later."""
         head = await lc.store.head()
         for name in ("create_workspace", "start_workspace", "workspace_status"):
-            assert (await served.call_tool(name, {"chat_id": "bob-next"})).is_error is True
+            answer = await served.call_tool(name, {"chat_id": "bob-next"})
+            assert (
+                answer.is_error is (name != "workspace_status") and _text(answer) == unknown_chat(name).text
+            )
         assert await lc.store.head() == head
         await lc.register_chat("bob-next", owner="bob")  # before the fix: OwnershipError
 
@@ -264,17 +270,17 @@ async def test_stdio_server_end_to_end(sqlite_url: str, provisioner: Path, tmp_p
 
 async def _converse(session: ClientSession) -> None:
     assert _listed((await session.list_tools()).tools) == DEFINITIONS
-    assert _ok(await session.call_tool("workspace_status", {})) == {"status": "no_workspace"}
+    assert _ok(await session.call_tool("workspace_status", {}))["status"] == "no_workspace"
 
     progress = Progress()
     created = _ok(await session.call_tool("create_workspace", {"name": "dev"}, progress_callback=progress))
     assert created["created"] is True and created["workspace_name"] == "alice/dev"
     assert "no_workspace -> building (build 1)" in progress.messages, progress.seen
-    assert _ok(await session.call_tool("workspace_status", {})) == {"status": "agent_ready"}
+    assert _ok(await session.call_tool("workspace_status", {}))["status"] == "agent_ready"
 
     stopped = _ok(await session.call_tool("stop_workspace", {}))
     assert stopped["stopped"] is True
-    assert _ok(await session.call_tool("workspace_status", {})) == {"status": "stopped"}
+    assert _ok(await session.call_tool("workspace_status", {}))["status"] == "stopped"
 
     progress = Progress()
     started = _ok(await session.call_tool("start_workspace", {}, progress_callback=progress))
@@ -289,7 +295,7 @@ async def _converse(session: ClientSession) -> None:
 
     for name in ("start_workspace", "workspace_status"):  # bound to chat-1: bob's chat is unknown
         theirs = await session.call_tool(name, {"chat_id": "bobs"})
-        assert theirs.is_error is True and _text(theirs) == NO_WORKSPACE
+        assert theirs.is_error is (name != "workspace_status") and _text(theirs) == unknown_chat(name).text
 
 
 @pytest.mark.slow

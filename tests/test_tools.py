@@ -71,7 +71,7 @@ class TestDispatch:
                 "build_id": r.data["build_id"],
             }
             status = await wl.dispatch_tool(lc, "workspace_status", "{}", chat_id="c1", owner="alice")
-            assert status.data == {"status": "building"}
+            assert status.data["status"] == "building" and status.data["wait_expired"] is False
 
     async def test_empty_and_mapping_arguments(self, lc: wl.Lifecycle) -> None:
         """Empty arguments mean defaults; a dict works like its JSON."""

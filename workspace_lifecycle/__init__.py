@@ -27,7 +27,10 @@ from .machine import Request as Request
 from .machine import Tracker as Tracker
 from .machine import WorkspaceMachine as WorkspaceMachine
 from .machine import derive_state as derive_state
+from .provisioner import SimulatedFailure as SimulatedFailure
 from .provisioner import SimulatedProvisioner as SimulatedProvisioner
+from .provisioner import quota_failure as quota_failure
+from .provisioner import validation_failure as validation_failure
 from .runtime import Lifecycle as Lifecycle
 from .tools import dispatch_tool as dispatch_tool
 from .tools import tool_definitions as tool_definitions
@@ -67,6 +70,7 @@ __all__ = [
     "Outcome",
     "OwnershipError",
     "Request",
+    "SimulatedFailure",
     "SimulatedProvisioner",
     "StateChange",
     "Store",
@@ -88,5 +92,7 @@ __all__ = [
     "derive_state",
     "dispatch_tool",
     "open_store",
+    "quota_failure",
     "tool_definitions",
+    "validation_failure",
 ]

@@ -9,7 +9,7 @@ same write, which the compare-and-set makes safe.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 
@@ -60,11 +60,17 @@ class RetryingWriter:
                     return moved
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def request_build(self, workspace_id: str, transition: Transition, expected: int) -> Outcome:
+    async def request_build(
+        self, workspace_id: str, transition: Transition, expected: int, parameters: Mapping[str, str]
+    ) -> Outcome:
         """Append a ``transition`` build if build ``expected`` is still the latest."""
 
         async def write() -> Outcome:
-            return await self.store.request_build(workspace_id, transition, expected_build_number=expected)
+            # Only when given: a store written before parameters existed keeps working without.
+            extra = {"parameters": parameters} if parameters else {}
+            return await self.store.request_build(
+                workspace_id, transition, expected_build_number=expected, **extra
+            )
 
         async def reread() -> Outcome | None:
             facts = await self.store.workspace_facts(workspace_id)
@@ -75,11 +81,14 @@ class RetryingWriter:
 
         return await self._retry(write, reread)
 
-    async def create_workspace(self, chat_id: str, name: str, expected: str | None) -> Outcome:
+    async def create_workspace(
+        self, chat_id: str, name: str, expected: str | None, parameters: Mapping[str, str]
+    ) -> Outcome:
         """Bind the chat to a new workspace if it is still bound to ``expected``."""
 
         async def write() -> Outcome:
-            return await self.store.create_workspace(chat_id, name, expected_workspace_id=expected)
+            extra = {"parameters": parameters} if parameters else {}
+            return await self.store.create_workspace(chat_id, name, expected_workspace_id=expected, **extra)
 
         async def reread() -> Outcome | None:
             chat = await self.store.get_chat(chat_id)

@@ -6,6 +6,7 @@ model prompted for Coder sees the same answers from us.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .values import AgentLifecycle, JobStatus, ToolResult, Workspace, WorkspaceState
@@ -84,13 +85,27 @@ def done(
 
 
 def build_failed(
-    prefix: str, reason: str, build_id: str | None, extra: dict[str, Any] | None = None
+    prefix: str,
+    reason: str,
+    build_id: str | None,
+    extra: dict[str, Any] | None = None,
+    *,
+    details: Mapping[str, Any] | None = None,
 ) -> ToolResult:
-    """Coder answers a failed build with ``is_error`` false and the sentence under ``error``."""
+    """Coder answers a failed build with ``is_error`` false and the sentence under ``error``.
+
+    ``details`` are what the provisioner attached (validations, quota, next steps): merged
+    beside ``error`` and ``build_id``, never over the library's own keys.
+
+    >>> build_failed("workspace start build failed", "quota", "b1", details={"error": "x", "budget": 5}).data
+    {'error': 'workspace start build failed: quota', 'build_id': 'b1', 'budget': 5}
+    """
     data: dict[str, Any] = {"error": f"{prefix}: {reason}"}
     if build_id is not None:
         data["build_id"] = build_id
     data.update(extra or {})
+    for key, value in (details or {}).items():
+        data.setdefault(key, value)
     return ToolResult.ok(data)
 
 

@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from typing import Any, TypeVar
 
 import anyio
 
@@ -168,20 +168,32 @@ class FaultyStore(Store):
         return await self._write("register_chat", lambda: self.inner.register_chat(chat_id, owner))
 
     async def create_workspace(
-        self, chat_id: str, name: str, *, expected_workspace_id: str | None
+        self,
+        chat_id: str,
+        name: str,
+        *,
+        expected_workspace_id: str | None,
+        parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
         return await self._write(
             "create_workspace",
-            lambda: self.inner.create_workspace(chat_id, name, expected_workspace_id=expected_workspace_id),
+            lambda: self.inner.create_workspace(
+                chat_id, name, expected_workspace_id=expected_workspace_id, parameters=parameters
+            ),
         )
 
     async def request_build(
-        self, workspace_id: str, transition: Transition, *, expected_build_number: int
+        self,
+        workspace_id: str,
+        transition: Transition,
+        *,
+        expected_build_number: int,
+        parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
         return await self._write(
             "request_build",
             lambda: self.inner.request_build(
-                workspace_id, transition, expected_build_number=expected_build_number
+                workspace_id, transition, expected_build_number=expected_build_number, parameters=parameters
             ),
         )
 
@@ -195,10 +207,11 @@ class FaultyStore(Store):
         error: str | None = None,
         *,
         has_agent: bool = True,
+        details: Mapping[str, Any] | None = None,
     ) -> Build:
         return await self._write(
             "finish_build",
-            lambda: self.inner.finish_build(build_id, status, error, has_agent=has_agent),
+            lambda: self.inner.finish_build(build_id, status, error, has_agent=has_agent, details=details),
         )
 
     async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:

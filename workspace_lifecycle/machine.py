@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -276,6 +276,7 @@ class BuildSummary:
     error: str | None
     has_agent: bool | None
     agent: AgentLifecycle | None
+    details: Mapping[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
@@ -298,6 +299,7 @@ class Tracker:
     transition: Transition | None = None
     status: JobStatus | None = None
     error: str | None = None
+    details: Mapping[str, Any] | None = None
     has_agent: bool | None = None
     agent: AgentLifecycle | None = None
     agent_seq: int = 0
@@ -331,6 +333,7 @@ class Tracker:
             transition=build.transition if build else None,
             status=build.status if build else None,
             error=build.error if build else None,
+            details=build.details if build else None,
             has_agent=build.has_agent if build else None,
             agent=agent.lifecycle if agent else None,
             agent_seq=facts.seq if agent else 0,
@@ -410,6 +413,7 @@ class Tracker:
             prev,
             status=ev.status,
             error=ev.error,
+            details=ev.details,
             has_agent=ev.has_agent,
             agent=AgentLifecycle.CREATED if starts_agent and ev.has_agent else prev.agent,
         )
@@ -438,6 +442,7 @@ class Tracker:
             self.transition = ev.transition
             self.status = JobStatus.PENDING
             self.error = None
+            self.details = None
             self.has_agent = None
             self.agent = None
             self.agent_seq = 0
@@ -460,6 +465,7 @@ class Tracker:
             raise InvalidEventError(f"event {ev.seq}: build_finished with status {status.value}")
         self.status = status
         self.error = ev.error
+        self.details = ev.details
         if status is JobStatus.SUCCEEDED and ev.transition is Transition.START:
             self.has_agent = ev.has_agent
             if ev.seq > self.agent_seq:  # a reordered newer agent report wins over the snapshot
@@ -526,6 +532,7 @@ class Tracker:
             self.error,
             self.has_agent,
             self.agent,
+            self.details,
         )
 
     def build(self, number: int) -> BuildSummary | None:

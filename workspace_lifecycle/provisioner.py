@@ -10,26 +10,77 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import anyio
+import attrs
 
 from ._service import BackgroundService
 from .adapters.base import Store
 from .errors import BuildConflictError, CallerError, StoreClosedError, StoreError, TransientStoreError
 from .values import AgentLifecycle, Build, JobStatus, Transition
 
-__all__ = ["SimulatedProvisioner"]
+__all__ = ["SimulatedFailure", "SimulatedProvisioner", "quota_failure", "validation_failure"]
 
 log = logging.getLogger("workspace_lifecycle.provisioner")
 
-FailSpec = Callable[[Build], bool] | float | None
+
+@attrs.frozen
+class SimulatedFailure:
+    """How a simulated build fails: the error sentence and the structured ``details`` a real
+    provisioner would attach (see :func:`quota_failure`, :func:`validation_failure`)."""
+
+    error: str = "simulated failure"
+    details: Mapping[str, Any] | None = None
+
+
+def quota_failure(*, credits_consumed: int, budget: int) -> SimulatedFailure:
+    """A build refused for quota, with Coder's fields (``error_code: "INSUFFICIENT_QUOTA"``).
+
+    >>> quota_failure(credits_consumed=12, budget=10).details["quota"]
+    {'credits_consumed': 12, 'budget': 10}
+    """
+    return SimulatedFailure(
+        "insufficient quota",
+        {
+            "error_code": "INSUFFICIENT_QUOTA",
+            "title": "Workspace quota exceeded",
+            "message": f"This build needs more credits than remain: {credits_consumed} consumed of {budget}.",
+            "next_steps": ["Stop or delete another workspace to free credits, then retry."],
+            "quota": {"credits_consumed": credits_consumed, "budget": budget},
+        },
+    )
+
+
+def validation_failure(
+    detail: str, *, validations: Sequence[Mapping[str, str]] = (), template_id: str | None = None
+) -> SimulatedFailure:
+    """A build the provisioner refused for its parameters. As Coder's, the template id is given
+    only with ``validations`` (the model needs it to fix the parameters and retry).
+
+    >>> validation_failure("bad", validations=[{"field": "region", "detail": "unknown"}], template_id="t1").details
+    {'detail': 'bad', 'validations': [{'field': 'region', 'detail': 'unknown'}], 'template_id': 't1'}
+    >>> validation_failure("responder error", template_id="t1").details
+    {'detail': 'responder error'}
+    """
+    details: dict[str, Any] = {"detail": detail}
+    if validations:
+        details["validations"] = [dict(v) for v in validations]
+        if template_id is not None:
+            details["template_id"] = template_id
+    return SimulatedFailure("the build was refused", details)
+
+
+FailSpec = Callable[[Build], bool | SimulatedFailure | None] | float | None
 
 
 class SimulatedProvisioner(BackgroundService):
     """Completes builds after ``build_seconds``; the agent reaches ``agent`` ``agent_seconds`` later.
 
-    ``fail`` is a predicate on the build, or a probability in [0, 1], that makes a build fail;
+    ``fail`` is a predicate on the build, or a probability in [0, 1], that makes a build fail
+    (a predicate may return a :class:`SimulatedFailure` to choose the error and details, e.g.
+    :func:`quota_failure`);
     ``agent`` is the agent's final lifecycle state (``"ready"``, ``"start_error"``, ...) or
     ``None`` for workspaces without an agent. ``seed`` makes probabilistic failures repeatable.
 
@@ -67,12 +118,15 @@ class SimulatedProvisioner(BackgroundService):
         self._random = random.Random(seed)
         self.builds_done = 0
 
-    def _fails(self, build: Build) -> bool:
+    def _fails(self, build: Build) -> SimulatedFailure | None:
         if self.fail is None:
-            return False
+            return None
         if callable(self.fail):
-            return bool(self.fail(build))
-        return self._random.random() < self.fail
+            verdict = self.fail(build)
+            if isinstance(verdict, SimulatedFailure):
+                return verdict
+            return SimulatedFailure() if verdict else None
+        return SimulatedFailure() if self._random.random() < self.fail else None
 
     async def run(self) -> None:
         """Claim and complete builds until cancelled (or the store closes)."""
@@ -95,8 +149,11 @@ class SimulatedProvisioner(BackgroundService):
     async def _complete(self, build: Build) -> None:
         try:
             await anyio.sleep(self.build_seconds)
-            if self._fails(build):
-                await self._finish(build, JobStatus.FAILED, "simulated failure", has_agent=False)
+            failure = self._fails(build)
+            if failure is not None:
+                await self._finish(
+                    build, JobStatus.FAILED, failure.error, has_agent=False, details=failure.details
+                )
                 return
             has_agent = self.agent is not None and build.transition is Transition.START
             await self._finish(build, JobStatus.SUCCEEDED, None, has_agent=has_agent)
@@ -107,13 +164,22 @@ class SimulatedProvisioner(BackgroundService):
         except (StoreError, CallerError) as exc:
             log.warning("provisioner: build %s: %s", build.build_id, exc)
 
-    async def _finish(self, build: Build, status: JobStatus, error: str | None, *, has_agent: bool) -> None:
+    async def _finish(
+        self,
+        build: Build,
+        status: JobStatus,
+        error: str | None,
+        *,
+        has_agent: bool,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         # A conflict means an earlier attempt committed although its caller saw an error (or
         # another party, a reaper, finished it). Until then the finish is retried however long
         # the store stays busy: a build left running because one write failed never finishes.
+        extra = {} if details is None else {"details": details}  # a 0.1 store takes no details
         with contextlib.suppress(BuildConflictError):
             await self._retrying(
-                lambda: self.store.finish_build(build.build_id, status, error, has_agent=has_agent),
+                lambda: self.store.finish_build(build.build_id, status, error, has_agent=has_agent, **extra),
                 until_it_lands=True,
             )
         self.builds_done += 1

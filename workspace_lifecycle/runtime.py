@@ -15,12 +15,13 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
 
+from . import steps
 from ._pump import EventPump
 from ._registry import Entry, Registry
 from ._retry import RetryingWriter
@@ -29,6 +30,7 @@ from .adapters.base import Store
 from .errors import CorruptStateError, StoreError
 from .machine import Request, derive_state
 from .steps import (
+    MAX_STATUS_WAIT_MS,
     Answer,
     CatchUp,
     Create,
@@ -37,6 +39,7 @@ from .steps import (
     Flow,
     ReadBuild,
     Restart,
+    Settled,
     Step,
     Track,
     WaitAgent,
@@ -44,7 +47,7 @@ from .steps import (
     first_step,
 )
 from .telemetry import RequestSpan
-from .values import StateChange, ToolResult, WorkspaceState
+from .values import StateChange, ToolResult, WorkspaceState, check_parameters
 
 __all__ = ["Lifecycle", "workspace_name"]
 
@@ -211,16 +214,33 @@ class Lifecycle(BackgroundService):
     # --- the tools ---------------------------------------------------------------------------
 
     async def create_workspace(
-        self, chat_id: str, *, owner: str, name: str | None = None, wait: bool = True
+        self,
+        chat_id: str,
+        *,
+        owner: str,
+        name: str | None = None,
+        wait: bool = True,
+        parameters: Mapping[str, str] | None = None,
     ) -> ToolResult:
-        """Create the chat's workspace (Coder's ``create_workspace``); idempotent while one lives."""
+        """Create the chat's workspace (Coder's ``create_workspace``); idempotent while one lives.
+
+        ``parameters`` (template parameters, string to string) go with the first build to the
+        provisioner; an answer about a build this call did not fire says
+        ``parameters_applied: false``.
+        """
         if name is not None and not isinstance(name, str):
             raise ValueError(f"name must be a string or None, not {type(name).__name__}")
-        return await self._run(Request.CREATE, chat_id, owner, wait, name=name)
+        return await self._run(Request.CREATE, chat_id, owner, wait, name=name, parameters=parameters)
 
-    async def start_workspace(self, chat_id: str, *, owner: str, wait: bool = True) -> ToolResult:
-        """Start the chat's workspace; exactly one start build however many callers race."""
-        return await self._run(Request.START, chat_id, owner, wait)
+    async def start_workspace(
+        self, chat_id: str, *, owner: str, wait: bool = True, parameters: Mapping[str, str] | None = None
+    ) -> ToolResult:
+        """Start the chat's workspace; exactly one start build however many callers race.
+
+        ``parameters`` go with the start build this call fires; a workspace already running
+        fires nothing and answers ``parameters_applied: false``.
+        """
+        return await self._run(Request.START, chat_id, owner, wait, parameters=parameters)
 
     async def stop_workspace(self, chat_id: str, *, owner: str, wait: bool = True) -> ToolResult:
         """Stop the chat's workspace; waits for a build in flight first."""
@@ -230,15 +250,47 @@ class Lifecycle(BackgroundService):
         """Delete the chat's workspace with one delete build."""
         return await self._run(Request.DELETE, chat_id, owner, wait)
 
+    async def status(self, chat_id: str, *, owner: str, wait_ms: float = 0) -> ToolResult:
+        """The chat's workspace status (``status``, ``reason``, ``build_id``, ``wait_expired``).
+
+        With ``wait_ms`` (at most 30,000), wait that long for the workspace to settle (no build
+        in flight, no agent still starting), woken by the store's events. Read-only: it never
+        fires a build. Another owner's chat reads exactly as an unknown one.
+        """
+        _check_id("chat_id", chat_id)
+        _check_id("owner", owner)
+        if (
+            isinstance(wait_ms, bool)
+            or not isinstance(wait_ms, int | float)
+            or not 0 <= wait_ms <= MAX_STATUS_WAIT_MS
+        ):
+            raise ValueError(f"wait_ms must be a number from 0 to {MAX_STATUS_WAIT_MS}, not {wait_ms!r}")
+        self._raise_if_failed()
+        chat = await self.store.get_chat(chat_id)
+        if chat is None or chat.owner != owner or chat.workspace_id is None:
+            return steps.status(None)
+        async with self._registry.track(chat.workspace_id) as entry:
+            await self._pump.caught_up(await self.store.head())
+            expired = wait_ms > 0 and not await self._wait(entry, Settled(), wait_ms / 1000)
+            return steps.status(entry.current(), wait_expired=expired)
+
     async def _run(
-        self, request: Request, chat_id: str, owner: str, wait: bool, *, name: str | None = None
+        self,
+        request: Request,
+        chat_id: str,
+        owner: str,
+        wait: bool,
+        *,
+        name: str | None = None,
+        parameters: Mapping[str, str] | None = None,
     ) -> ToolResult:
         _check_id("chat_id", chat_id)
         _check_id("owner", owner)
         if not isinstance(wait, bool):
             raise ValueError(f"wait must be a bool, not {type(wait).__name__}")
+        flow = Flow(request, wait=wait, parameters=check_parameters(parameters))
         with RequestSpan(request.value, chat_id) as span:
-            result = await self._serve(Flow(request, wait=wait), chat_id, owner, name, span)
+            result = await self._serve(flow, chat_id, owner, name, span)
             span.result(result)
             return result
 
@@ -249,13 +301,13 @@ class Lifecycle(BackgroundService):
     ) -> ToolResult:
         """Run ``flow`` from the chat's row to its answer."""
         self._raise_if_failed()
-        step: Step = first_step(flow.request, await self.store.get_chat(chat_id), owner)
+        step: Step = first_step(flow.request, await self.store.get_chat(chat_id), owner, flow.parameters)
         while True:
             if isinstance(step, Answer):
                 return step.result
             if isinstance(step, Restart):
                 flow.restarted()
-                step = first_step(flow.request, await self.store.get_chat(chat_id), owner)
+                step = first_step(flow.request, await self.store.get_chat(chat_id), owner, flow.parameters)
             elif isinstance(step, Create):
                 step = await self._create(flow, chat_id, step, name, span)
             elif isinstance(step, Track):
@@ -281,7 +333,7 @@ class Lifecycle(BackgroundService):
                 return step
             if isinstance(step, Fire):
                 outcome = await self._writer.request_build(
-                    entry.workspace_id, step.transition, step.expected_build_number
+                    entry.workspace_id, step.transition, step.expected_build_number, step.parameters
                 )
                 if outcome.fired and outcome.build is not None:
                     span.fired(outcome.build.build_id)
@@ -303,7 +355,7 @@ class Lifecycle(BackgroundService):
             else:  # pragma: no cover
                 raise AssertionError(f"unknown step {step!r}")
 
-    async def _wait(self, entry: Entry, condition: WaitBuild | WaitAgent, seconds: float) -> bool:
+    async def _wait(self, entry: Entry, condition: WaitBuild | WaitAgent | Settled, seconds: float) -> bool:
         """Sleep until ``condition`` holds; False after ``seconds``."""
         with anyio.move_on_after(seconds):
             await self._registry.wait(entry, condition)
@@ -317,7 +369,7 @@ class Lifecycle(BackgroundService):
         registry = self._registry
         async with registry.following(chat_id):
             outcome = await self._writer.create_workspace(
-                chat_id, workspace_name(name), step.expected_workspace_id
+                chat_id, workspace_name(name), step.expected_workspace_id, step.parameters
             )
             await self._pump.caught_up(outcome.facts.seq)
             ws = outcome.facts.workspace

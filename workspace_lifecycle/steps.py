@@ -30,6 +30,7 @@ comes from :mod:`~workspace_lifecycle.answers`, the table decisions from
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -45,14 +46,17 @@ __all__ = [
     "Defer",
     "Fire",
     "Flow",
+    "MAX_STATUS_WAIT_MS",
     "ReadBuild",
     "Restart",
+    "Settled",
     "Step",
     "Track",
     "WaitAgent",
     "WaitBuild",
     "first_step",
     "request_transition",
+    "status",
 ]
 
 _LIVE = (WorkspaceState.RUNNING, WorkspaceState.AGENT_READY)
@@ -81,6 +85,7 @@ class Create:
     """Create the chat's workspace (compare-and-set: the chat is still bound to ``expected``)."""
 
     expected_workspace_id: str | None
+    parameters: Mapping[str, str] = attrs.field(factory=dict, eq=False)
 
 
 @attrs.frozen
@@ -89,6 +94,7 @@ class Fire:
 
     transition: Transition
     expected_build_number: int
+    parameters: Mapping[str, str] = attrs.field(factory=dict, eq=False)
 
 
 @attrs.frozen
@@ -157,7 +163,9 @@ class CatchUp:
 Step = Answer | Create | Fire | WaitBuild | WaitAgent | Defer | Track | Restart | CatchUp | ReadBuild
 
 
-def first_step(request: Request, chat: Chat | None, owner: str) -> Answer | Create | Track:
+def first_step(
+    request: Request, chat: Chat | None, owner: str, parameters: Mapping[str, str] | None = None
+) -> Answer | Create | Track:
     """The first step of ``request`` for ``chat`` (``None`` if unknown), asked by ``owner``.
 
     Another owner's chat is answered exactly as an unknown one: existence is not leaked.
@@ -165,14 +173,14 @@ def first_step(request: Request, chat: Chat | None, owner: str) -> Answer | Crea
     >>> first_step(Request.START, None, "alice").result.text
     'chat has no workspace; use create_workspace first'
     >>> first_step(Request.CREATE, Chat("c1", "alice"), "alice")
-    Create(expected_workspace_id=None)
+    Create(expected_workspace_id=None, parameters={})
     """
     if chat is None or chat.owner != owner:
         sentence = answers.CHAT_NOT_FOUND if request is Request.CREATE else answers.NO_WORKSPACE
         return Answer(ToolResult.error(sentence))
     if chat.workspace_id is None:
         if request is Request.CREATE:
-            return Create(None)
+            return Create(None, dict(parameters or {}))
         return Answer(ToolResult.error(answers.NO_WORKSPACE))
     return Track(chat.workspace_id)
 
@@ -192,6 +200,9 @@ class Flow:
     request: Request
     wait: bool = True
     deferred: bool = False
+    #: Template parameters for a build this call fires (checked by the caller).
+    parameters: Mapping[str, str] = attrs.field(factory=dict)
+    fired_own: bool = False  # this call's compare-and-set appended the build it answers for
     workspace: Workspace | None = None
     #: The build this call answers for: ``own`` if it fired it (or lost to an identical build).
     number: int | None = None
@@ -227,12 +238,17 @@ class Flow:
         self.own = self.raced = False
 
     def created(self, *, fired: bool, build: Build | None) -> Step | None:
+        step = self._created(fired=fired, build=build)
+        return None if step is None else self._out(step)
+
+    def _created(self, *, fired: bool, build: Build | None) -> Step | None:
         """The :class:`Create` step's outcome; the interpreter tracks the workspace the chat is
         bound to now (this call's, or the one another caller bound first). ``None``: decide again
         about that one."""
         if not fired:
             return None
         assert build is not None
+        self.fired_own = True
         if not self.wait:
             result = answers.not_waiting(
                 self._ws(), WorkspaceState.BUILDING, build_id=build.build_id, request=self.verb, created=True
@@ -242,8 +258,12 @@ class Flow:
 
     def fired(self, step: Fire, *, fired: bool, build: Build | None, facts: WorkspaceFacts) -> Step:
         """The :class:`Fire` step's outcome: this call's ``build``, or the ``facts`` that won."""
+        return self._out(self._fired(step, fired=fired, build=build, facts=facts))
+
+    def _fired(self, step: Fire, *, fired: bool, build: Build | None, facts: WorkspaceFacts) -> Step:
         if fired:
             assert build is not None
+            self.fired_own = True
             if not self.wait:
                 result = answers.not_waiting(
                     self._ws(), WorkspaceState.BUILDING, build_id=build.build_id, request=self.verb
@@ -272,7 +292,14 @@ class Flow:
     def read(self, build: Build) -> None:
         """The :class:`ReadBuild` step's result."""
         self.stored = BuildSummary(
-            build.number, build.build_id, build.transition, build.status, build.error, build.has_agent, None
+            build.number,
+            build.build_id,
+            build.transition,
+            build.status,
+            build.error,
+            build.has_agent,
+            None,
+            build.details,
         )
 
     def waited(self, *, timed_out: bool) -> None:
@@ -283,6 +310,15 @@ class Flow:
 
     def next(self, tracker: Tracker) -> Step:
         """The next step, given the tracker as it is now."""
+        return self._out(self._next(tracker))
+
+    def _out(self, step: Step) -> Step:
+        """Every answer of a call that gave parameters says whether a build of its own used them."""
+        if isinstance(step, Answer) and self.parameters and not step.result.is_error and not self.fired_own:
+            return Answer(ToolResult.ok({**step.result.data, "parameters_applied": False}))
+        return step
+
+    def _next(self, tracker: Tracker) -> Step:
         waiting, self.waiting = self.waiting, None
         if isinstance(waiting, WaitAgent):
             return Answer(self._started(tracker, waiting.number))
@@ -310,8 +346,8 @@ class Flow:
             return Answer(ToolResult.error(answers.NO_WORKSPACE))
         if decision is Decision.FIRE:
             if request is Request.CREATE:
-                return Create(tracker.workspace_id)
-            return Fire(request_transition(request), tracker.build_number)
+                return Create(tracker.workspace_id, self.parameters)
+            return Fire(request_transition(request), tracker.build_number, self.parameters)
         if decision is Decision.ALREADY:
             return self._already(tracker)
         # A build is in flight.
@@ -364,7 +400,7 @@ class Flow:
         self.build_id = build_id
         if build.status is not JobStatus.SUCCEEDED:
             reason = answers.build_failure_reason(build.status, build.error)
-            return Answer(answers.build_failed(prefix, reason, build_id, extra))
+            return Answer(answers.build_failed(prefix, reason, build_id, extra, details=build.details))
         joined_create = self.request is Request.CREATE and not self.own  # Coder's existing-workspace answer
         if joined_create or self.request is Request.START or self.request is Request.CREATE:
             if extra:  # superseded: answer with what was known of its agent when the next came
@@ -422,3 +458,73 @@ def _superseded(tracker: Tracker, number: int) -> dict[str, Any]:
     if tracker.build_number <= number or tracker.transition is None:
         return {}
     return {"superseded_by": {"transition": tracker.transition.value, "build_id": tracker.build_id}}
+
+
+# --- the read-only status ---------------------------------------------------------------------
+
+#: The longest a status call may wait for the workspace to settle (Coder's readiness tool: 30 s).
+MAX_STATUS_WAIT_MS = 30_000
+
+
+@attrs.frozen
+class Settled:
+    """No build in flight and no agent on its way to ready: nothing changes without a request."""
+
+    def holds(self, tracker: Tracker) -> bool:
+        if tracker.state is WorkspaceState.BUILDING:
+            return False
+        agent = tracker.agent
+        return not (
+            tracker.state is WorkspaceState.RUNNING
+            and tracker.has_agent
+            and agent is not None
+            and agent.pending
+        )
+
+
+def status(tracker: Tracker | None, *, wait_expired: bool = False) -> ToolResult:
+    """``workspace_status``: the state's name, why it is in it, the latest build, and whether a
+    wait for it to settle ran out. Never an error: a chat without a workspace says so.
+
+    >>> status(None).data["status"]
+    'no_workspace'
+    """
+    if tracker is None or tracker.build_number == 0:
+        return ToolResult.ok(
+            {"status": "no_workspace", "reason": answers.NO_WORKSPACE, "wait_expired": wait_expired}
+        )
+    data: dict[str, Any] = {
+        "status": tracker.state.value,
+        "reason": _reason(tracker),
+        "build_id": tracker.build_id,
+        "wait_expired": wait_expired,
+    }
+    if tracker.transition is not None:
+        data["transition"] = tracker.transition.value
+    if tracker.state is WorkspaceState.FAILED:
+        for key, value in (tracker.details or {}).items():
+            data.setdefault(key, value)
+    return ToolResult.ok(data)
+
+
+def _reason(tracker: Tracker) -> str:
+    state = tracker.state
+    transition = tracker.transition.value if tracker.transition else "unknown"
+    if tracker.deleted:
+        return "workspace was deleted"
+    if state is WorkspaceState.BUILDING:
+        status = tracker.status.value if tracker.status else "pending"
+        if status == "pending":
+            return f"{transition} build is pending: no provisioner has claimed it yet"
+        return f"{transition} build is {status}"
+    if state is WorkspaceState.FAILED:
+        return f"{transition} build failed: {answers.build_failure_reason(tracker.status, tracker.error)}"
+    if state is WorkspaceState.STOPPED:
+        return "stop build succeeded"
+    if state is WorkspaceState.AGENT_READY:
+        return "agent is ready"
+    if state is WorkspaceState.RUNNING:
+        if not tracker.has_agent or tracker.agent is None:
+            return "no_agent"
+        return f"agent lifecycle is {tracker.agent.value}"
+    return str(state.value)

@@ -28,11 +28,12 @@ import attrs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
+from . import steps
 from .answers import NO_WORKSPACE
 from .machine import Request
 from .runtime import Lifecycle
-from .steps import Answer, first_step
-from .values import ToolResult
+from .steps import MAX_STATUS_WAIT_MS, Answer, first_step
+from .values import MAX_PARAMETER_NAME, MAX_PARAMETER_VALUE, MAX_PARAMETERS, ToolResult
 
 __all__ = [
     "STATUS_TOOL",
@@ -55,6 +56,17 @@ _WAIT = {
     "description": "Wait for the outcome (default true). With false, answer at once with the state.",
 }
 
+_PARAMETERS = {
+    "type": "object",
+    "description": (
+        "Template parameters for the build (names to string values); omit to use the defaults. "
+        "If the build is refused for its parameters, the answer lists the validations to fix."
+    ),
+    "maxProperties": MAX_PARAMETERS,
+    "propertyNames": {"minLength": 1, "maxLength": MAX_PARAMETER_NAME},
+    "additionalProperties": {"type": "string", "maxLength": MAX_PARAMETER_VALUE},
+}
+
 _DEFINITIONS: list[dict[str, Any]] = [
     {
         "name": "create_workspace",
@@ -70,6 +82,7 @@ _DEFINITIONS: list[dict[str, Any]] = [
                     "type": "string",
                     "description": "Workspace name; invalid or missing names are generated.",
                 },
+                "parameters": _PARAMETERS,
                 "wait": _WAIT,
             },
             "additionalProperties": False,
@@ -82,7 +95,11 @@ _DEFINITIONS: list[dict[str, Any]] = [
             "if the workspace is already running, it returns immediately; if a build is in "
             "progress it waits for it. Use create_workspace first if no workspace exists yet."
         ),
-        "input_schema": {"type": "object", "properties": {"wait": _WAIT}, "additionalProperties": False},
+        "input_schema": {
+            "type": "object",
+            "properties": {"parameters": _PARAMETERS, "wait": _WAIT},
+            "additionalProperties": False,
+        },
     },
     {
         "name": "stop_workspace",
@@ -106,8 +123,24 @@ _DEFINITIONS: list[dict[str, Any]] = [
 #: The read-only status tool (served over MCP; not one of the four model tools).
 STATUS_TOOL: dict[str, Any] = {
     "name": "workspace_status",
-    "description": "Report the chat's workspace state (no_workspace, stopped, building, running, agent_ready, failed).",
-    "input_schema": {"type": "object", "properties": {}, "additionalProperties": False},
+    "description": (
+        "Report the chat's workspace status: the state (no_workspace, stopped, building, running, "
+        "agent_ready, failed), the reason it is in it, and the latest build. With wait_ms, wait up "
+        "to that long for the workspace to settle (no build in flight, agent not starting); "
+        "wait_expired says the wait ran out. Read-only: it never starts or stops anything."
+    ),
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "wait_ms": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_STATUS_WAIT_MS,
+                "description": f"Milliseconds to wait for a settled state (0 to {MAX_STATUS_WAIT_MS}; default 0).",
+            }
+        },
+        "additionalProperties": False,
+    },
 }
 
 TOOL_NAMES = tuple(d["name"] for d in _DEFINITIONS)
@@ -122,7 +155,12 @@ _CHAT_ID = {
     "description": "The chat whose workspace to act on.",
 }
 
-_TYPE_WORDS = {"boolean": "a boolean", "string": "a string", "object": "a JSON object"}
+_TYPE_WORDS = {
+    "boolean": "a boolean",
+    "string": "a string",
+    "object": "a JSON object",
+    "integer": "an integer",
+}
 
 
 def tool_definitions(*, chat_id_argument: bool = False, status: bool = False) -> list[dict[str, Any]]:
@@ -154,6 +192,8 @@ def _validators(chat_id_argument: bool) -> dict[str, Any]:
 def unknown_chat(name: str) -> ToolResult:
     """What tool ``name`` answers for a chat that does not exist (or is not the caller's): the
     request module's own first step for an unknown chat, so the two cannot drift."""
+    if name == STATUS_TOOL["name"]:
+        return steps.status(None)  # read-only: a named state, never an error
     verb = name.removesuffix("_workspace")
     if verb not in {r.value for r in Request}:
         return ToolResult.error(NO_WORKSPACE)
@@ -311,16 +351,15 @@ async def run_tool_call(lifecycle: Lifecycle, call: ToolCall, *, owner: str) -> 
     """Run a call :func:`prepare_tool_call` accepted, for ``owner``."""
     chat, args = call.chat_id, call.arguments
     if call.name == STATUS_TOOL["name"]:
-        chat_row = await lifecycle.store.get_chat(chat)
-        if chat_row is None or chat_row.owner != owner:
-            return unknown_chat(call.name)
-        state = await lifecycle.state(chat, owner=owner)
-        return ToolResult.ok({"status": state.value})
+        return await lifecycle.status(chat, owner=owner, wait_ms=args.get("wait_ms", 0))
     wait = args.get("wait", True)
+    parameters = args.get("parameters")
     if call.name == "create_workspace":
-        return await lifecycle.create_workspace(chat, owner=owner, name=args.get("name"), wait=wait)
+        return await lifecycle.create_workspace(
+            chat, owner=owner, name=args.get("name"), wait=wait, parameters=parameters
+        )
     if call.name == "start_workspace":
-        return await lifecycle.start_workspace(chat, owner=owner, wait=wait)
+        return await lifecycle.start_workspace(chat, owner=owner, wait=wait, parameters=parameters)
     if call.name == "stop_workspace":
         return await lifecycle.stop_workspace(chat, owner=owner, wait=wait)
     return await lifecycle.delete_workspace(chat, owner=owner, wait=wait)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 import json
+import math
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -29,8 +31,18 @@ __all__ = [
     "Workspace",
     "WorkspaceFacts",
     "WorkspaceState",
+    "check_details",
+    "check_parameters",
     "parse_enum",
 ]
+
+#: Bounds of build parameters (template parameters handed to the provisioner).
+MAX_PARAMETERS = 64
+MAX_PARAMETER_NAME = 128
+MAX_PARAMETER_VALUE = 4096
+#: Bounds of a failed build's structured details (what the provisioner tells the model).
+MAX_DETAILS_BYTES = 16 * 1024
+MAX_DETAILS_DEPTH = 8
 
 
 class WorkspaceState(enum.Enum):
@@ -157,24 +169,40 @@ class Build:
     error: str | None = None
     has_agent: bool | None = None  # known once a start build succeeded
     worker: str | None = None
+    #: Template parameters the build was asked with (strings; empty when none were given).
+    parameters: Mapping[str, str] = attrs.field(factory=dict, eq=False, hash=False)
+    #: What the provisioner attached when the build failed (validations, quota, next steps).
+    details: Mapping[str, Any] | None = attrs.field(default=None, eq=False, hash=False)
 
     @property
     def starts_agent(self) -> bool:
         """A succeeded start build: it says whether it produced an agent."""
         return self.status is JobStatus.SUCCEEDED and self.transition is Transition.START
 
-    def finished_as(self, status: JobStatus, error: str | None, *, has_agent: bool) -> Build:
+    def finished_as(
+        self,
+        status: JobStatus,
+        error: str | None,
+        *,
+        has_agent: bool,
+        details: Mapping[str, Any] | None = None,
+    ) -> Build:
         """This build finished with ``status``: the one rule every store's ``finish_build`` uses.
 
-        Raises ``ValueError`` for a status that is not final and :class:`BuildConflictError` if
-        the build already finished. The error is kept only for a build that did not succeed;
-        ``has_agent`` only for a succeeded start build.
+        Raises ``ValueError`` for a status that is not final or bad ``details``, and
+        :class:`BuildConflictError` if the build already finished. The error and the details
+        are kept only for a build that did not succeed; ``has_agent`` only for a succeeded start
+        build.
         """
         if not status.finished:
             raise ValueError(f"finish_build takes a final status, not {status.value!r}")
+        checked = check_details(details)
         if self.status.finished:
             raise BuildConflictError(f"build {self.build_id} already finished ({self.status.value})")
-        done = attrs.evolve(self, status=status, error=None if status is JobStatus.SUCCEEDED else error)
+        failed = status is not JobStatus.SUCCEEDED
+        done = attrs.evolve(
+            self, status=status, error=error if failed else None, details=checked if failed else None
+        )
         return attrs.evolve(done, has_agent=has_agent if done.starts_agent else None)
 
 
@@ -221,6 +249,7 @@ class StoreEvent:
     has_agent: bool | None = None
     error: str | None = None
     at: float = 0.0  # wall-clock time of the write, for latency reports
+    details: Mapping[str, Any] | None = attrs.field(default=None, eq=False, hash=False)
 
     @classmethod
     def about(
@@ -251,7 +280,7 @@ class StoreEvent:
     def payload(self) -> dict[str, Any]:
         """The optional fields as a JSON-able dict (how adapters store them)."""
         out: dict[str, Any] = {}
-        for name in ("build_id", "error", "has_agent"):
+        for name in ("build_id", "error", "has_agent", "details"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -298,8 +327,110 @@ class StoreEvent:
             agent=enum_or_none(AgentLifecycle, "agent"),
             has_agent=data.get("has_agent"),
             error=data.get("error"),
+            details=_details_or_none(data.get("details"), table=table, key=seq),
             at=at,
         )
+
+
+def _details_or_none(value: object, *, table: str, key: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise CorruptStateError(table, key, "payload.details", value)
+    return value
+
+
+def check_parameters(parameters: object) -> dict[str, str]:
+    """Build parameters as data: a mapping of string names to string values, bounded.
+
+    >>> check_parameters({"region": "eu"})
+    {'region': 'eu'}
+    >>> check_parameters({"n": 3})
+    Traceback (most recent call last):
+    ...
+    ValueError: parameter 'n' must be a string, not int
+    """
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, Mapping):
+        raise ValueError(f"parameters must be an object of strings, not {type(parameters).__name__}")
+    if len(parameters) > MAX_PARAMETERS:
+        raise ValueError(f"at most {MAX_PARAMETERS} parameters, not {len(parameters)}")
+    out: dict[str, str] = {}
+    for name, value in parameters.items():
+        if not isinstance(name, str) or not name or len(name) > MAX_PARAMETER_NAME:
+            raise ValueError(
+                f"a parameter name must be a string of 1 to {MAX_PARAMETER_NAME} characters, not {name!r:.80}"
+            )
+        if not isinstance(value, str):
+            raise ValueError(f"parameter {name!r} must be a string, not {type(value).__name__}")
+        if len(value) > MAX_PARAMETER_VALUE:
+            raise ValueError(f"parameter {name!r} is longer than {MAX_PARAMETER_VALUE} characters")
+        _check_text(f"parameter {name!r}", name + value)
+        out[name] = value
+    return out
+
+
+def check_details(details: object) -> dict[str, Any] | None:
+    """A failed build's details as data: a JSON object, bounded in size and depth.
+
+    >>> check_details({"error_code": "INSUFFICIENT_QUOTA", "quota": {"budget": 10}})
+    {'error_code': 'INSUFFICIENT_QUOTA', 'quota': {'budget': 10}}
+    >>> check_details([1])
+    Traceback (most recent call last):
+    ...
+    ValueError: details must be a JSON object (a dict), not list
+    """
+    if details is None:
+        return None
+    if not isinstance(details, Mapping):
+        raise ValueError(f"details must be a JSON object (a dict), not {type(details).__name__}")
+    _check_json(details, 0)
+    try:
+        text = json.dumps(details, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"details must be JSON: {exc}") from None
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_DETAILS_BYTES:
+        raise ValueError(f"details are larger than {MAX_DETAILS_BYTES} bytes of JSON")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def _check_json(value: object, depth: int) -> None:
+    if depth > MAX_DETAILS_DEPTH:
+        raise ValueError(f"details are nested deeper than {MAX_DETAILS_DEPTH} levels")
+    if value is None or isinstance(value, bool | int):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**53:
+            raise ValueError("details hold an integer too large for JSON")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("details hold a number that is not finite")
+        return
+    if isinstance(value, str):
+        _check_text("details", value)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"details keys must be strings, not {type(key).__name__}")
+            _check_text("details", key)
+            _check_json(item, depth + 1)
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check_json(item, depth + 1)
+        return
+    raise ValueError(f"details must be JSON; {type(value).__name__} is not")
+
+
+def _check_text(what: str, text: str) -> None:
+    if "\x00" in text:
+        raise ValueError(f"{what} must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode text (a lone surrogate)") from None
 
 
 @attrs.frozen

@@ -15,7 +15,8 @@ them) and the wall-clock time to stamp on the events. No I/O, no clocks, no awai
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import attrs
 
@@ -33,6 +34,7 @@ from .values import (
     Workspace,
     WorkspaceFacts,
     WorkspaceState,
+    check_parameters,
 )
 
 __all__ = [
@@ -77,6 +79,7 @@ def create_workspace(
     build_id: str,
     name: str,
     at: float,
+    parameters: Mapping[str, str] | None = None,
     replaced: WorkspaceFacts | None = None,
 ) -> Write | None:
     """Bind ``chat`` to a new workspace with its first (start) build, or ``None`` if the
@@ -97,7 +100,14 @@ def create_workspace(
     if expected_workspace_id is not None and (replaced is None or not _replaceable(replaced)):
         return None
     ws = Workspace(workspace_id, chat.chat_id, chat.owner, name)
-    build = Build(build_id, workspace_id, 1, Transition.START, JobStatus.PENDING)
+    build = Build(
+        build_id,
+        workspace_id,
+        1,
+        Transition.START,
+        JobStatus.PENDING,
+        parameters=check_parameters(parameters),
+    )
     return Write(
         events=(
             _event(EventKind.CHAT_BOUND, ws, None, at=at),
@@ -128,6 +138,7 @@ def request_build(
     expected_build_number: int,
     build_id: str,
     at: float,
+    parameters: Mapping[str, str] | None = None,
 ) -> Write | None:
     """Append build ``expected_build_number + 1``, or ``None`` if the compare-and-set fails.
 
@@ -145,7 +156,14 @@ def request_build(
         or (transition is Transition.START and not bound)
     ):
         return None
-    build = Build(build_id, facts.workspace_id, number + 1, transition, JobStatus.PENDING)
+    build = Build(
+        build_id,
+        facts.workspace_id,
+        number + 1,
+        transition,
+        JobStatus.PENDING,
+        parameters=check_parameters(parameters),
+    )
     return Write(
         events=(_event(EventKind.BUILD_QUEUED, facts.workspace, build, at=at, status=JobStatus.PENDING),),
         build=build,
@@ -171,16 +189,18 @@ def finish_build(
     *,
     has_agent: bool,
     at: float,
+    details: Mapping[str, Any] | None = None,
 ) -> Write:
     """``build`` finished with ``status``: the build row, the agent a succeeded start build
     produced (in ``created``), the deleted mark a succeeded delete build sets, and their events.
 
-    Raises ``ValueError`` for a status that is not final, :class:`NotFoundError` for no build and
+    Raises ``ValueError`` for a status that is not final or bad ``details``,
+    :class:`NotFoundError` for no build and
     :class:`BuildConflictError` for a build that already finished.
     """
     if build is None:
         raise NotFoundError("no such build")
-    done = build.finished_as(parse_status(status), error, has_agent=has_agent)
+    done = build.finished_as(parse_status(status), error, has_agent=has_agent, details=details)
     events = [
         _event(
             EventKind.BUILD_FINISHED,
@@ -190,6 +210,7 @@ def finish_build(
             status=done.status,
             error=done.error,
             has_agent=done.has_agent,
+            details=done.details,
         )
     ]
     agent = None

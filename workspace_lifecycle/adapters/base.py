@@ -15,8 +15,9 @@ Adapters never import the runtime.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 import anyio
 import attrs
@@ -114,9 +115,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def create_workspace(
-        self, chat_id: str, name: str, *, expected_workspace_id: str | None
+        self,
+        chat_id: str,
+        name: str,
+        *,
+        expected_workspace_id: str | None,
+        parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
         """Create a workspace with its first (start) build and bind the chat to it.
+
+        ``parameters`` (template parameters, checked by
+        :func:`~workspace_lifecycle.values.check_parameters`) are kept with the build and handed
+        to the provisioner by :meth:`claim_build`.
 
         Compare-and-set: only if the chat is still bound to ``expected_workspace_id``. On a lost
         race, ``facts`` are those of the workspace the chat is bound to now.
@@ -124,7 +134,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def request_build(
-        self, workspace_id: str, transition: Transition, *, expected_build_number: int
+        self,
+        workspace_id: str,
+        transition: Transition,
+        *,
+        expected_build_number: int,
+        parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
         """Append build ``expected_build_number + 1`` if the compare-and-set of
         :func:`~workspace_lifecycle.writes.request_build` holds (that build is still the latest
@@ -149,13 +164,16 @@ class Store(abc.ABC):
         error: str | None = None,
         *,
         has_agent: bool = True,
+        details: Mapping[str, Any] | None = None,
     ) -> Build:
         """Finish an in-progress build (``succeeded``, ``failed`` or ``canceled``, as the enum or
         its string value).
 
         A succeeded start build with ``has_agent`` creates its agent in ``created``; a succeeded
         delete build marks the workspace deleted (:func:`~workspace_lifecycle.writes.finish_build`
-        decides both, for every store).
+        decides both, for every store). ``details`` (a JSON object, checked by
+        :func:`~workspace_lifecycle.values.check_details`) is kept with a build that did not
+        succeed and merged into the answer of the request that waited for it.
         """
 
     @abc.abstractmethod

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -121,7 +122,12 @@ class MemoryStore(Store):
         return build
 
     async def create_workspace(
-        self, chat_id: str, name: str, *, expected_workspace_id: str | None
+        self,
+        chat_id: str,
+        name: str,
+        *,
+        expected_workspace_id: str | None,
+        parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
         self._check()
         chat = self._chats.get(chat_id)
@@ -134,6 +140,7 @@ class MemoryStore(Store):
             build_id=str(uuid.uuid4()),
             name=name,
             at=self._clock(),
+            parameters=parameters,
             replaced=self._facts(expected_workspace_id) if expected_workspace_id else None,
         )
         if write is None:
@@ -144,7 +151,12 @@ class MemoryStore(Store):
         return Outcome(fired=True, build=write.build, facts=self._facts(write.workspace.workspace_id))
 
     async def request_build(
-        self, workspace_id: str, transition: Transition, *, expected_build_number: int
+        self,
+        workspace_id: str,
+        transition: Transition,
+        *,
+        expected_build_number: int,
+        parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
         self._check()
         facts = self._facts(workspace_id)
@@ -156,6 +168,7 @@ class MemoryStore(Store):
             expected_build_number=expected_build_number,
             build_id=str(uuid.uuid4()),
             at=self._clock(),
+            parameters=parameters,
         )
         if write is None:
             return Outcome(fired=False, build=None, facts=facts)
@@ -195,6 +208,7 @@ class MemoryStore(Store):
         error: str | None = None,
         *,
         has_agent: bool = True,
+        details: Mapping[str, Any] | None = None,
     ) -> Build:
         self._check()
         status = writes.parse_status(status)
@@ -202,7 +216,13 @@ class MemoryStore(Store):
         if build is None:
             raise NotFoundError(f"no build {build_id!r}")
         write = writes.finish_build(
-            build, self._workspaces[build.workspace_id], status, error, has_agent=has_agent, at=self._clock()
+            build,
+            self._workspaces[build.workspace_id],
+            status,
+            error,
+            has_agent=has_agent,
+            at=self._clock(),
+            details=details,
         )
         self._persist(write)
         assert write.build is not None

@@ -58,7 +58,7 @@ import re
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -74,6 +74,7 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from .. import writes
 from ..errors import (
+    CorruptStateError,
     CursorExpiredError,
     NotFoundError,
     OwnershipError,
@@ -184,6 +185,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     INSERT INTO log_state VALUES (1, 0);
     """,
+    # 2: build parameters (template parameters) and a failed build's details, JSON objects.
+    """
+    ALTER TABLE builds ADD COLUMN parameters jsonb NOT NULL DEFAULT '{}'::jsonb,
+        ADD COLUMN details jsonb;
+    """,
 )
 
 #: The schema version this code writes and understands.
@@ -194,6 +200,7 @@ _HEAD = "coalesce(greatest((SELECT max(seq) FROM events), (SELECT pruned_through
 _FACTS_COLUMNS = """
     w.workspace_id, w.chat_id, w.owner, w.name, w.deleted,
     b.build_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,
+    b.parameters, b.details,
     a.build_number, a.lifecycle
 """
 _FACTS_JOINS = """
@@ -203,7 +210,8 @@ _FACTS_JOINS = """
 _FACTS_SQL = f"SELECT {_FACTS_COLUMNS}, {_HEAD} FROM workspaces w {_FACTS_JOINS} WHERE w.workspace_id = %s"
 
 _BUILD_COLUMNS = (
-    "b.build_id, b.workspace_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker"
+    "b.build_id, b.workspace_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,"
+    " b.parameters, b.details"
 )
 
 
@@ -214,8 +222,14 @@ def _lock_key(schema: str) -> int:
 
 
 def _parse_build(row: Sequence[Any]) -> Build:
-    """A build from ``build_id, workspace_id, number, transition, status, error, has_agent, worker``."""
+    """A build from ``build_id, workspace_id, number, transition, status, error, has_agent, worker,
+    parameters, details``."""
     build_id = row[0]
+    parameters, details = row[8], row[9]
+    if not isinstance(parameters, dict):
+        raise CorruptStateError("builds", build_id, "parameters", parameters)
+    if details is not None and not isinstance(details, dict):
+        raise CorruptStateError("builds", build_id, "details", details)
     return Build(
         build_id=build_id,
         workspace_id=row[1],
@@ -225,6 +239,8 @@ def _parse_build(row: Sequence[Any]) -> Build:
         error=row[5],
         has_agent=row[6],
         worker=row[7],
+        parameters=parameters,
+        details=details,
     )
 
 
@@ -233,14 +249,14 @@ def _parse_facts(row: Sequence[Any]) -> WorkspaceFacts:
     ws = Workspace(row[0], row[1], row[2], row[3], deleted=row[4])
     build = None
     if row[5] is not None:
-        build = _parse_build((row[5], ws.workspace_id, *row[6:12]))
+        build = _parse_build((row[5], ws.workspace_id, *row[6:14]))
     agent = None
-    if row[12] is not None:
+    if row[14] is not None:
         lifecycle = parse_enum(
-            AgentLifecycle, row[13], table="agents", key=ws.workspace_id, column="lifecycle"
+            AgentLifecycle, row[15], table="agents", key=ws.workspace_id, column="lifecycle"
         )
-        agent = Agent(ws.workspace_id, row[12], lifecycle)
-    return WorkspaceFacts(workspace=ws, latest_build=build, agent=agent, seq=int(row[14]))
+        agent = Agent(ws.workspace_id, row[14], lifecycle)
+    return WorkspaceFacts(workspace=ws, latest_build=build, agent=agent, seq=int(row[16]))
 
 
 def _parse_workspace(row: Sequence[Any]) -> Workspace:
@@ -688,10 +704,12 @@ class PostgresStore(Store):
         if build is not None:
             parts.append(
                 "INSERT INTO builds (build_id, workspace_id, number, transition, status, error,"
-                " has_agent, worker) VALUES (%(b_id)s, %(b_ws)s, %(b_n)s, %(b_transition)s,"
-                " %(b_status)s, %(b_error)s, %(b_has_agent)s, %(b_worker)s)"
+                " has_agent, worker, parameters, details) VALUES (%(b_id)s, %(b_ws)s, %(b_n)s,"
+                " %(b_transition)s, %(b_status)s, %(b_error)s, %(b_has_agent)s, %(b_worker)s,"
+                " %(b_parameters)s, %(b_details)s)"
                 " ON CONFLICT (build_id) DO UPDATE SET status = excluded.status,"
-                " error = excluded.error, has_agent = excluded.has_agent, worker = excluded.worker"
+                " error = excluded.error, has_agent = excluded.has_agent, worker = excluded.worker,"
+                " details = excluded.details"
             )
             if ws is None or ws.workspace_id != build.workspace_id:
                 # A new build becomes its workspace's latest; an updated one already is.
@@ -708,6 +726,8 @@ class PostgresStore(Store):
                 b_error=build.error,
                 b_has_agent=build.has_agent,
                 b_worker=build.worker,
+                b_parameters=Jsonb(dict(build.parameters)),
+                b_details=None if build.details is None else Jsonb(dict(build.details)),
             )
         if write.agent is not None:
             parts.append(
@@ -916,7 +936,12 @@ class PostgresStore(Store):
         return await self._run(body)
 
     async def create_workspace(
-        self, chat_id: str, name: str, *, expected_workspace_id: str | None
+        self,
+        chat_id: str,
+        name: str,
+        *,
+        expected_workspace_id: str | None,
+        parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
         async def body(conn: Conn) -> Outcome:
             # Lock the workspace to be replaced first, then the chat: request_build takes them
@@ -944,6 +969,7 @@ class PostgresStore(Store):
                 name=name,
                 at=self._clock(),
                 replaced=replaced,
+                parameters=parameters,
             )
             if write is None:
                 if chat.workspace_id is None:
@@ -958,7 +984,12 @@ class PostgresStore(Store):
         return self._committed(await self._run(body, write=True))
 
     async def request_build(
-        self, workspace_id: str, transition: Transition, *, expected_build_number: int
+        self,
+        workspace_id: str,
+        transition: Transition,
+        *,
+        expected_build_number: int,
+        parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
         async def body(conn: Conn) -> Outcome:
             # The workspace row serialises requests on it; the chat row, shared, keeps a
@@ -980,6 +1011,7 @@ class PostgresStore(Store):
                 expected_build_number=expected_build_number,
                 build_id=str(uuid.uuid4()),
                 at=self._clock(),
+                parameters=parameters,
             )
             if write is None:
                 return Outcome(fired=False, build=None, facts=facts)
@@ -1021,7 +1053,7 @@ class PostgresStore(Store):
             if row is None:
                 return None, 0
             write = writes.claim_build(
-                _parse_build(row[:8]), _parse_workspace(row[8:]), worker=worker, at=self._clock()
+                _parse_build(row[:10]), _parse_workspace(row[10:]), worker=worker, at=self._clock()
             )
             return write.build, await self._persist(conn, write)
 
@@ -1036,6 +1068,7 @@ class PostgresStore(Store):
         error: str | None = None,
         *,
         has_agent: bool = True,
+        details: Mapping[str, Any] | None = None,
     ) -> Build:
         status = writes.parse_status(status)
 
@@ -1050,12 +1083,13 @@ class PostgresStore(Store):
             if row is None:
                 raise NotFoundError(f"no build {build_id!r}")
             write = writes.finish_build(
-                _parse_build(row[:8]),
-                _parse_workspace(row[8:]),
+                _parse_build(row[:10]),
+                _parse_workspace(row[10:]),
                 status,
                 error,
                 has_agent=has_agent,
                 at=self._clock(),
+                details=details,
             )
             assert write.build is not None
             return write.build, await self._persist(conn, write)

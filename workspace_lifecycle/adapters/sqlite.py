@@ -60,7 +60,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qs
 
@@ -68,6 +68,7 @@ import anyio
 
 from .. import writes
 from ..errors import (
+    CorruptStateError,
     CursorExpiredError,
     NotFoundError,
     OwnershipError,
@@ -97,7 +98,7 @@ log = logging.getLogger("workspace_lifecycle.sqlite")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE chats (
@@ -150,7 +151,12 @@ INSERT INTO log_state (id, head, pruned_through) VALUES (1, 0, 0);
 """
 
 #: Forward migrations: MIGRATIONS[n] takes a database at version n to n + 1.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA}
+MIGRATIONS: dict[int, str] = {
+    0: _SCHEMA,
+    # Build parameters (JSON object of strings) and a failed build's details (JSON object).
+    1: "ALTER TABLE builds ADD COLUMN parameters TEXT NOT NULL DEFAULT '{}';"
+    " ALTER TABLE builds ADD COLUMN details TEXT",
+}
 
 _ACCEPTED = "sqlite:///relative/path.db or sqlite:////absolute/path.db"
 
@@ -626,7 +632,12 @@ class SQLiteStore(Store):
         return await self._read(fn)
 
     async def create_workspace(
-        self, chat_id: str, name: str, *, expected_workspace_id: str | None
+        self,
+        chat_id: str,
+        name: str,
+        *,
+        expected_workspace_id: str | None,
+        parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
         def body(tx: _Tx) -> Outcome:
             chat = _chat(tx.conn, chat_id)
@@ -640,6 +651,7 @@ class SQLiteStore(Store):
                 name=name,
                 at=self._clock(),
                 replaced=_facts(tx.conn, expected_workspace_id) if expected_workspace_id else None,
+                parameters=parameters,
             )
             if write is None:
                 if chat.workspace_id is None:
@@ -652,7 +664,12 @@ class SQLiteStore(Store):
         return await self._write(body)
 
     async def request_build(
-        self, workspace_id: str, transition: Transition, *, expected_build_number: int
+        self,
+        workspace_id: str,
+        transition: Transition,
+        *,
+        expected_build_number: int,
+        parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
         def body(tx: _Tx) -> Outcome:
             facts = _facts(tx.conn, workspace_id)
@@ -664,6 +681,7 @@ class SQLiteStore(Store):
                 expected_build_number=expected_build_number,
                 build_id=str(uuid.uuid4()),
                 at=self._clock(),
+                parameters=parameters,
             )
             if write is None:
                 return Outcome(fired=False, build=None, facts=facts)
@@ -705,6 +723,7 @@ class SQLiteStore(Store):
         error: str | None = None,
         *,
         has_agent: bool = True,
+        details: Mapping[str, Any] | None = None,
     ) -> Build:
         status = writes.parse_status(status)
 
@@ -722,6 +741,7 @@ class SQLiteStore(Store):
                 error,
                 has_agent=has_agent,
                 at=self._clock(),
+                details=details,
             )
             tx.persist(write)
             assert write.build is not None
@@ -945,14 +965,15 @@ class _Tx:
             )
         build = write.build
         if build is not None:
+            details = None if build.details is None else json.dumps(build.details)
             changed = conn.execute(
-                "UPDATE builds SET status = ?, error = ?, has_agent = ?, worker = ? WHERE build_id = ?",
-                (build.status.value, build.error, build.has_agent, build.worker, build.build_id),
+                "UPDATE builds SET status = ?, error = ?, has_agent = ?, worker = ?, details = ? WHERE build_id = ?",
+                (build.status.value, build.error, build.has_agent, build.worker, details, build.build_id),
             ).rowcount
             if not changed:  # a new build: the latest, claimed in the order it was queued
                 conn.execute(
                     "INSERT INTO builds (build_id, workspace_id, number, transition, status, error, "
-                    "has_agent, worker, queued_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "has_agent, worker, queued_seq, parameters, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         build.build_id,
                         build.workspace_id,
@@ -963,6 +984,8 @@ class _Tx:
                         build.has_agent,
                         build.worker,
                         last,
+                        json.dumps(dict(build.parameters)),
+                        details,
                     ),
                 )
                 conn.execute(
@@ -1002,7 +1025,9 @@ class _Tx:
 
 # --- row helpers (run on the connection's thread) ---------------------------------------------------
 
-_BUILD_COLUMNS = "build_id, workspace_id, number, transition, status, error, has_agent, worker"
+_BUILD_COLUMNS = (
+    "build_id, workspace_id, number, transition, status, error, has_agent, worker, parameters, details"
+)
 
 
 def _head(conn: sqlite3.Connection) -> int:
@@ -1025,7 +1050,22 @@ def _build(row: Sequence[Any]) -> Build:
         error=row[5],
         has_agent=None if row[6] is None else bool(row[6]),
         worker=row[7],
+        parameters=_json_object(row[8], build_id, "parameters") or {},
+        details=_json_object(row[9], build_id, "details"),
     )
+
+
+def _json_object(text: str | None, build_id: str, column: str) -> dict[str, Any] | None:
+    """A JSON object column of ``builds``; anything else names the row."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise CorruptStateError("builds", build_id, column, text) from None
+    if not isinstance(value, dict):
+        raise CorruptStateError("builds", build_id, column, text)
+    return value
 
 
 def _workspace(conn: sqlite3.Connection, workspace_id: str, *, missing: str | None = None) -> Workspace:
