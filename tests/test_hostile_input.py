@@ -8,6 +8,7 @@ why; nothing is ever executed; the store keeps working afterwards.
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -320,3 +321,34 @@ async def test_postgres_refuses_unstorable_text_clearly(pg_schema_url: str) -> N
                 assert caught.value.__cause__ is None and caught.value.__suppress_context__
         assert await store.head() == head
         assert [row.chat for row in await store.list_chats()] == [wl.Chat("named", "alice", None)]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"build_timeout": math.nan},
+        {"agent_timeout": math.inf},
+        {"build_timeout": -1},
+        {"build_timeout": "5"},
+        {"resync_interval": 0},
+        {"write_retries": True},
+        {"write_retries": -1},
+    ],
+    ids=["nan", "inf", "negative", "string", "zero-interval", "bool-retries", "negative-retries"],
+)
+def test_lifecycle_refuses_bad_numbers_at_once(options: dict[str, object]) -> None:
+    """Hardening 12: ``Lifecycle(build_timeout=nan)`` was accepted and failed later."""
+    with pytest.raises(ValueError, match="must be"):
+        wl.Lifecycle(wl.MemoryStore(), **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_create_with_a_non_string_name_writes_nothing() -> None:
+    """Hardening 12: ``create_workspace(name=123)`` raised AttributeError deep in the runtime."""
+    store = wl.MemoryStore()
+    async with store, wl.Lifecycle(store) as lc:
+        await lc.register_chat("c", owner="o")
+        head = await store.head()
+        with pytest.raises(ValueError, match="name must be a string"):
+            await lc.create_workspace("c", owner="o", name=123)  # type: ignore[arg-type]
+        assert await store.head() == head

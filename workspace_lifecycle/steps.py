@@ -374,6 +374,15 @@ class Flow:
             return "workspace build failed" if self.own else "existing workspace build failed"
         return f"workspace {self.verb} build failed" if self.own else "waiting for in-progress build"
 
+    def _known(self, tracker: Tracker, number: int) -> BuildSummary | None:
+        """What is known of build ``number``: the tracker's news, or the row read from the store
+        when the tracker never learnt how it ended."""
+        build = tracker.build(number)
+        stored = self.stored
+        if (build is None or not build.finished) and stored is not None and stored.number == number:
+            return stored
+        return build
+
     def _answer_build(self, tracker: Tracker) -> Step:
         """Build ``self.number`` is over (or the wait for it timed out): answer for it."""
         number = self.number
@@ -384,8 +393,7 @@ class Flow:
         if self.timed_out:
             return Answer(answers.build_failed(prefix, _TIMED_OUT, build_id))
         extra = _superseded(tracker, number)
-        if (build is None or not build.finished) and self.stored is not None and self.stored.number == number:
-            build = self.stored
+        build = self._known(tracker, number)
         if build is None or not build.finished:
             # Superseded before this tracker learnt how it ended (its news was lost, or two
             # builds came since, or it was re-read from the rows): ask the store.
@@ -414,9 +422,7 @@ class Flow:
     def _started(self, tracker: Tracker, number: int) -> ToolResult:
         """The wait for build ``number``'s agent ended: answer with the agent fields."""
         ws = self._ws()
-        build = tracker.build(number) or (
-            self.stored if self.stored and self.stored.number == number else None
-        )
+        build = self._known(tracker, number)
         extra = _superseded(tracker, number)
         if build is None:
             agent: dict[str, Any] = {"agent_status": "not_ready"}
