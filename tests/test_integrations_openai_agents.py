@@ -74,8 +74,14 @@ class TestWorkspaceTools:
             assert set(schema["required"]) == set(schema["properties"])
             assert "chat_id" not in schema["properties"]
         create = Draft202012Validator(by_name(tools)["create_workspace"].params_json_schema)
-        assert create.is_valid({"name": None, "wait": None})
-        assert not create.is_valid({"name": None, "wait": None, "chat_id": "other"})
+        assert create.is_valid({"name": None, "parameters": None, "wait": None})
+        assert create.is_valid(
+            {"name": None, "parameters": [{"name": "region", "value": "eu"}], "wait": None}
+        )
+        assert not create.is_valid(
+            {"name": None, "parameters": {"region": "eu"}, "wait": None}
+        )  # no open maps
+        assert not create.is_valid({"name": None, "parameters": None, "wait": None, "chat_id": "other"})
 
     async def test_create_stop_start_through_an_agent(self, lc: wl.Lifecycle) -> None:
         """The model's create, stop and start (with strict-mode nulls) reach the bound chat."""
@@ -131,3 +137,19 @@ class TestWorkspaceTools:
         assert "not JSON" in await invoke("stop_workspace", "{not json")
         assert "chat_id" in await invoke("stop_workspace", '{"wait": true, "chat_id": "chat-1"}')
         assert await lc.state("chat-1") is wl.WorkspaceState.AGENT_READY
+
+    async def test_parameters_as_pairs_reach_the_build(self, lc: wl.Lifecycle) -> None:
+        """Strict mode has no open maps: the model sends parameters as name/value pairs, and the
+        build the provisioner claims carries them as the map."""
+        tools = by_name(workspace_tools(lc, chat_id="chat-1", owner="alice"))
+        await lc.register_chat("chat-1", owner="alice")
+        arguments = json.dumps(
+            {"name": "dev", "parameters": [{"name": "region", "value": "eu"}], "wait": False}
+        )
+        ctx = ToolContext(
+            context=None, tool_name="create_workspace", tool_call_id="c", tool_arguments=arguments
+        )
+        answer = json.loads(str(await tools["create_workspace"].on_invoke_tool(ctx, arguments)))
+        assert answer["status"] == "building"
+        facts = await lc.store.workspace_facts((await lc.store.get_chat("chat-1")).workspace_id)  # type: ignore[union-attr,arg-type]
+        assert facts.latest_build is not None and dict(facts.latest_build.parameters) == {"region": "eu"}

@@ -431,3 +431,22 @@ class TestRequestsAsData:
         with pytest.raises(wl.NotFoundError):
             await store.report_agent(ws, AgentLifecycle.READY)
         assert await store.head() == head + 2
+
+
+class TestStringValues:
+    """The provisioner calls take a status or lifecycle as the enum or its string value."""
+
+    async def test_strings_are_accepted_and_unknown_ones_refused(self, store: wl.Store) -> None:
+        ws = (await make_workspace(store)).facts.workspace_id
+        build = await store.claim_build("w")
+        assert build is not None
+        head = await store.head()
+        with pytest.raises(ValueError, match="unknown job status 'done'; use one of: pending, running"):
+            await store.finish_build(build.build_id, "done")
+        assert await store.head() == head
+        done = await store.finish_build(build.build_id, "succeeded")
+        assert done.status is JobStatus.SUCCEEDED
+        with pytest.raises(ValueError, match="unknown agent lifecycle state 'up'"):
+            await store.report_agent(ws, "up")
+        await store.report_agent(ws, "ready")
+        assert (await store.workspace_facts(ws)).agent.lifecycle is AgentLifecycle.READY  # type: ignore[union-attr]

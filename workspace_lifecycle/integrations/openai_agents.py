@@ -9,7 +9,8 @@ Install the extra: ``pip install 'workspace-lifecycle[openai-agents]'``. Then::
 
 Each tool is a ``FunctionTool`` with a strict JSON schema: every argument is required and the
 optional ones accept ``null`` (the shape OpenAI's strict mode demands); a ``null`` argument means
-"not given". Every call goes through :func:`workspace_lifecycle.dispatch_tool` for the bound
+"not given". Strict mode allows no open objects, so a map argument (``parameters``) is asked for
+as a list of ``{"name", "value"}`` pairs and turned back into the map before the call. Every call goes through :func:`workspace_lifecycle.dispatch_tool` for the bound
 chat, and the model is shown its text: the JSON answer, or the error sentence (the SDK sends a
 tool's returned string back to the model either way).
 """
@@ -17,6 +18,7 @@ tool's returned string back to the model either way).
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,7 +41,7 @@ def strict_schema(input_schema: dict[str, Any]) -> dict[str, Any]:
     required = set(input_schema.get("required", ()))
     properties: dict[str, Any] = {}
     for key, prop in input_schema.get("properties", {}).items():
-        prop = copy.deepcopy(prop)
+        prop = _pairs_schema(prop) if _is_map(prop) else copy.deepcopy(prop)
         if key not in required and isinstance(prop.get("type"), str):
             prop["type"] = [prop["type"], "null"]
         properties[key] = prop
@@ -51,11 +53,51 @@ def strict_schema(input_schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _is_map(prop: dict[str, Any]) -> bool:
+    """An object with free keys (``additionalProperties`` a schema): strict mode refuses it."""
+    return prop.get("type") == "object" and isinstance(prop.get("additionalProperties"), dict)
+
+
+def _pairs_schema(prop: dict[str, Any]) -> dict[str, Any]:
+    value = {"type": prop["additionalProperties"].get("type", "string")}
+    return {
+        "type": "array",
+        "description": f"{prop.get('description', '')} Give it as a list of {{name, value}} pairs.".strip(),
+        "items": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "value": value},
+            "required": ["name", "value"],
+            "additionalProperties": False,
+        },
+    }
+
+
+def _from_pairs(arguments: str, maps: frozenset[str]) -> str | dict[str, Any]:
+    """Turn the pair lists of ``maps`` back into objects; anything odd is left for the schema
+    check of :func:`~workspace_lifecycle.dispatch_tool` to answer."""
+    try:
+        parsed = json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError:
+        return arguments
+    if not isinstance(parsed, dict):
+        return arguments
+    for key in maps:
+        pairs = parsed.get(key)
+        if isinstance(pairs, list) and all(
+            isinstance(p, dict) and set(p) == {"name", "value"} for p in pairs
+        ):
+            parsed[key] = {p["name"]: p["value"] for p in pairs}
+    return parsed
+
+
 def _invoker(
-    lifecycle: Lifecycle, name: str, *, chat_id: str, owner: str
+    lifecycle: Lifecycle, name: str, input_schema: dict[str, Any], *, chat_id: str, owner: str
 ) -> Callable[[ToolContext[Any], str], Awaitable[str]]:
+    maps = frozenset(k for k, p in input_schema.get("properties", {}).items() if _is_map(p))
+
     async def invoke(context: ToolContext[Any], arguments: str) -> str:
-        result = await call_bound(lifecycle, name, arguments, chat_id=chat_id, owner=owner, drop_nulls=True)
+        given = _from_pairs(arguments, maps) if maps else arguments
+        result = await call_bound(lifecycle, name, given, chat_id=chat_id, owner=owner, drop_nulls=True)
         return result.text
 
     return invoke
@@ -78,7 +120,7 @@ def workspace_tools(lifecycle: Lifecycle, *, chat_id: str, owner: str, status: b
             name=d["name"],
             description=d["description"],
             params_json_schema=strict_schema(d["input_schema"]),
-            on_invoke_tool=_invoker(lifecycle, d["name"], chat_id=chat_id, owner=owner),
+            on_invoke_tool=_invoker(lifecycle, d["name"], d["input_schema"], chat_id=chat_id, owner=owner),
             strict_json_schema=True,
         )
         for d in tool_definitions(status=status)
