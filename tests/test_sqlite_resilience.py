@@ -288,8 +288,10 @@ class TestCancellation:
             with anyio.move_on_after((0, 0.0003, 0.002, 0.01)[i % 4]):
                 async with wl.open_store(url(path)) as store:
                     await store.wait_for_change(await store.head())  # starts the watcher
-        assert threading.active_count() == threads
-        assert open_fds() == fds
+        # At most as many as before: a thread an earlier test left may end meanwhile, and its
+        # files with it; a leak here would add one thread and several descriptors per store.
+        assert threading.active_count() <= threads
+        assert open_fds() <= fds
 
     async def test_close_cancelled_by_a_task_group(self, tmp_path: Path) -> None:
         """A task group cancelled while its task is inside ``async with`` still closes the store:
