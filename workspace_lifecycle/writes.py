@@ -133,7 +133,7 @@ def _replaceable(facts: WorkspaceFacts) -> bool:
 def request_build(
     facts: WorkspaceFacts,
     *,
-    bound: bool,
+    chat: Chat | None,
     transition: Transition,
     expected_build_number: int,
     build_id: str,
@@ -143,7 +143,8 @@ def request_build(
     """Append build ``expected_build_number + 1``, or ``None`` if the compare-and-set fails.
 
     It holds while the workspace is not deleted, its latest build is still number
-    ``expected_build_number`` and finished, and, for a start build, its chat is still ``bound``
+    ``expected_build_number`` and finished, and, for a start build, its ``chat`` (the row as
+    read in the same transaction) still points at it
     to it: a workspace its chat has replaced may be stopped or deleted (that only saves money)
     but never started again, or it would run bound to no chat, out of every tool's reach.
     """
@@ -153,7 +154,7 @@ def request_build(
         facts.workspace.deleted
         or number != expected_build_number
         or (latest is not None and latest.status.in_progress)
-        or (transition is Transition.START and not bound)
+        or (transition is Transition.START and (chat is None or chat.workspace_id != facts.workspace_id))
     ):
         return None
     build = Build(

@@ -163,7 +163,7 @@ class MemoryStore(Store):
         chat = self._chats.get(facts.workspace.chat_id)
         write = writes.request_build(
             facts,
-            bound=chat is not None and chat.workspace_id == workspace_id,
+            chat=chat,
             transition=transition,
             expected_build_number=expected_build_number,
             build_id=str(uuid.uuid4()),

@@ -995,7 +995,7 @@ class PostgresStore(Store):
             # The workspace row serialises requests on it; the chat row, shared, keeps a
             # create_workspace from re-binding the chat between this read and the commit.
             cur = await conn.execute(
-                "SELECT c.workspace_id FROM workspaces w JOIN chats c ON c.chat_id = w.chat_id"
+                "SELECT c.chat_id, c.owner, c.workspace_id FROM workspaces w JOIN chats c ON c.chat_id = w.chat_id"
                 " WHERE w.workspace_id = %s FOR UPDATE OF w FOR SHARE OF c",
                 (workspace_id,),
             )
@@ -1006,7 +1006,7 @@ class PostgresStore(Store):
             facts = await self._facts(conn, workspace_id)
             write = writes.request_build(
                 facts,
-                bound=row[0] == workspace_id,
+                chat=Chat(row[0], row[1], row[2]),
                 transition=transition,
                 expected_build_number=expected_build_number,
                 build_id=str(uuid.uuid4()),

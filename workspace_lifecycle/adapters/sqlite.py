@@ -676,7 +676,7 @@ class SQLiteStore(Store):
             chat = _chat(tx.conn, facts.workspace.chat_id)
             write = writes.request_build(
                 facts,
-                bound=chat is not None and chat.workspace_id == workspace_id,
+                chat=chat,
                 transition=transition,
                 expected_build_number=expected_build_number,
                 build_id=str(uuid.uuid4()),
