@@ -116,7 +116,8 @@ rounds = st.lists(
 )
 
 
-async def _quiesce(store: wl.Store, chats: list[str]) -> None:
+async def quiesce(store: wl.Store, chats: list[str]) -> None:
+    """Wait until no build of these chats is in flight (the provisioner finishes them)."""
     with anyio.fail_after(20):
         while True:
             cursor = await store.head()
@@ -156,7 +157,7 @@ async def _play(seed: int, history: list[list[Call]]) -> None:
                     async with anyio.create_task_group() as tg:
                         for c in calls:
                             tg.start_soon(call, c)
-                await _quiesce(store, chats)
+                await quiesce(store, chats)
                 log = list(await store.read_events(0, limit=100_000))
                 builds = builds_from_log(log)
                 for r in results:

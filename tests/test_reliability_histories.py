@@ -30,7 +30,12 @@ import pytest
 from figures import FIGURES, flush
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_history_invariants import builds_from_log, check_answer_against_log, check_unbound_workspaces
+from test_history_invariants import (
+    builds_from_log,
+    check_answer_against_log,
+    check_unbound_workspaces,
+    quiesce,
+)
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import answers
@@ -121,23 +126,6 @@ async def _state(store: wl.Store, chat: str) -> tuple[str | None, str]:
     return row.workspace_id, wl.derive_state(facts).value
 
 
-async def _quiesce(store: wl.Store, chats: list[str]) -> None:
-    """Wait until no build of these chats is in flight (the provisioner finishes them)."""
-    with anyio.fail_after(20):
-        while True:
-            cursor = await store.head()
-            busy = False
-            for chat in chats:
-                row = await store.get_chat(chat)
-                if row is not None and row.workspace_id is not None:
-                    latest = (await store.workspace_facts(row.workspace_id)).latest_build
-                    busy = busy or (latest is not None and latest.status.in_progress)
-            if not busy:
-                return
-            with anyio.move_on_after(0.05):
-                await store.wait_for_change(cursor)
-
-
 def _check_log(events: list[wl.StoreEvent]) -> None:
     """At most one build in flight per workspace, over the whole log."""
     flying: dict[str, int] = {}
@@ -205,7 +193,7 @@ async def _play(store_urls: list[str], shared: bool, f: Faults, history: list[Ro
                 )
             )
         for rnd in history:
-            await _quiesce(raw, chats)
+            await quiesce(raw, chats)
             before = {chat: await _state(raw, chat) for chat in chats}
             head = await raw.head()
             results: list[tuple[Call, wl.ToolResult]] = []
@@ -221,7 +209,7 @@ async def _play(store_urls: list[str], shared: bool, f: Faults, history: list[Ro
                         tg.start_soon(call, c)
             FIGURES["requests"] += len(results)
             FIGURES["rounds"] += 1
-            await _quiesce(raw, chats)
+            await quiesce(raw, chats)
             events = list(await raw.read_events(head))
             everything = [e for e in await raw.read_events(start, limit=100_000) if e.chat_id in chats]
             builds = builds_from_log(everything)
@@ -235,7 +223,7 @@ async def _play(store_urls: list[str], shared: bool, f: Faults, history: list[Ro
                     if mine:
                         _check_round(mine[0][0].verb, chat, before[chat], events, [r for _, r in mine])
                         FIGURES["requests_raced"] += len(mine) if len(mine) > 1 else 0
-        await _quiesce(raw, chats)
+        await quiesce(raw, chats)
         await anyio.sleep(0.01)  # the provisioner's trailing agent report
         log = [e for e in await raw.read_events(start, limit=100_000) if e.chat_id in chats]
         _check_log(log)
