@@ -79,7 +79,9 @@ class TestDemo:
         starts = answers[2:5]
         assert all(a["started"] is True for a in starts)
         assert len({a["build_id"] for a in starts}) == 1
-        assert answers[6]["error"] == "workspace start build failed: simulated failure"
+        assert answers[6]["error"] == "workspace start build failed: insufficient quota"
+        assert answers[6]["error_code"] == "INSUFFICIENT_QUOTA"  # Coder's structured failure
+        assert answers[6]["quota"] == {"credits_consumed": 12, "budget": 10}
         assert answers[7]["started"] is True
         assert "final state of 'demo': agent_ready" in out
 

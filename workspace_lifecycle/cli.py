@@ -41,7 +41,7 @@ from .adapters.base import ChatRow, Store
 from .diagram import FORMATS, GraphvizMissingError, PydotMissingError, render
 from .errors import WorkspaceLifecycleError
 from .machine import derive_state
-from .provisioner import SimulatedProvisioner
+from .provisioner import SimulatedFailure, SimulatedProvisioner, quota_failure
 from .runtime import Lifecycle
 from .values import (
     AgentLifecycle,
@@ -532,16 +532,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 class _Failing:
-    """The provisioner's ``fail`` predicate: fails the one build it is armed with."""
+    """The provisioner's ``fail`` predicate: fails the one build it is armed with, as a quota
+    failure with Coder's structured fields (what a model is shown when its budget is spent)."""
 
     def __init__(self) -> None:
         self.target: tuple[str, int] | None = None
 
-    def __call__(self, build: Build) -> bool:
+    def __call__(self, build: Build) -> SimulatedFailure | None:
         if self.target == (build.workspace_id, build.number):
             self.target = None
-            return True
-        return False
+            return quota_failure(credits_consumed=12, budget=10)
+        return None
 
 
 async def _demo_async(store: Store, args: argparse.Namespace) -> int:
@@ -620,7 +621,7 @@ async def _demo_async(store: Store, args: argparse.Namespace) -> int:
             facts = await store.workspace_facts(chat_row.workspace_id)
             number = facts.latest_build.number + 1 if facts.latest_build else 1
             failing.target = (chat_row.workspace_id, number)
-            _out(f"\n> start_workspace()  (the provisioner is told to fail build {number})")
+            _out(f"\n> start_workspace()  (the provisioner is told to fail build {number}: over quota)")
             answered("start_workspace (fails)", await lc.start_workspace(chat, owner=owner))
             await _settle()
 
