@@ -18,6 +18,7 @@ import anyio
 import attrs
 import pytest
 from anyio.abc import TaskGroup
+from test_runtime_answers import Call
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import AgentLifecycle, JobStatus, Transition, WorkspaceState
@@ -87,18 +88,6 @@ async def harness() -> AsyncIterator[H]:
         async with wl.open_store("memory://") as store, wl.Lifecycle(store) as lc:
             await lc.register_chat(CHAT, owner=OWNER)
             yield H(store, lc)
-
-
-@attrs.define
-class Call:
-    result_: wl.ToolResult | None = None
-    done: anyio.Event = attrs.Factory(anyio.Event)
-
-    async def result(self) -> wl.ToolResult:
-        with anyio.fail_after(5):
-            await self.done.wait()
-        assert self.result_ is not None
-        return self.result_
 
 
 async def waiting(tg: TaskGroup, fn: Callable[[], Awaitable[wl.ToolResult]]) -> Call:

@@ -16,6 +16,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self
 
@@ -107,16 +108,15 @@ class Lifecycle(BackgroundService):
         self.agent_timeout = float(agent_timeout)
         self.write_retries = write_retries
         self.resync_interval = resync_interval
-        self._pump = EventPump(store, self, kick_after=resync_interval)  # type: ignore[arg-type]
         self._registry = Registry(
             store,
             clock=clock,
             spawn=self._spawn,
-            caught_up=self._pump.caught_up,
+            caught_up=self._caught_up,
             raise_if_failed=self._raise_if_failed,
             resync_interval=resync_interval,
         )
-        self._pump.sink = self._registry
+        self._pump = EventPump(store, self._registry, kick_after=resync_interval)
         self._writer = RetryingWriter(store, retries=write_retries)
         self._deferred = 0  # wait=False requests finishing in the background
         self._drained = anyio.Event()
@@ -144,6 +144,9 @@ class Lifecycle(BackgroundService):
     def _spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         assert self._tg is not None
         self._tg.start_soon(fn, *args)
+
+    async def _caught_up(self, seq: int) -> None:
+        await self._pump.caught_up(seq)
 
     def _raise_if_failed(self) -> None:
         self._pump.raise_if_failed()
@@ -367,29 +370,26 @@ class Lifecycle(BackgroundService):
     ) -> Step:
         """Execute a :class:`Create`; continue in the workspace the chat is bound to now."""
         registry = self._registry
-        async with registry.following(chat_id):
-            outcome = await self._writer.create_workspace(
-                chat_id, workspace_name(name), step.expected_workspace_id, step.parameters
-            )
-            await self._pump.caught_up(outcome.facts.seq)
-            ws = outcome.facts.workspace
-            if outcome.fired and outcome.build is not None:
-                span.fired(outcome.build.build_id)
-                if not flow.wait:
-                    flow.tracking(ws)
-                    answer = flow.created(fired=True, build=outcome.build)
-                    assert answer is not None
-                    return answer
-            held = registry.track(ws.workspace_id)
-            entry = await held.__aenter__()
-        try:
+        async with AsyncExitStack() as held:
+            # Follow the chat while the create runs; once its workspace is held, stop following.
+            async with registry.following(chat_id):
+                outcome = await self._writer.create_workspace(
+                    chat_id, workspace_name(name), step.expected_workspace_id, step.parameters
+                )
+                await self._pump.caught_up(outcome.facts.seq)
+                ws = outcome.facts.workspace
+                if outcome.fired and outcome.build is not None:
+                    span.fired(outcome.build.build_id)
+                    if not flow.wait:
+                        flow.tracking(ws)
+                        answer = flow.created(fired=True, build=outcome.build)
+                        assert answer is not None
+                        return answer
+                entry = await held.enter_async_context(registry.track(ws.workspace_id))
             entry.workspace = entry.workspace or ws
             flow.tracking(entry.workspace)
-            return await self._drive(
-                flow, entry, chat_id, span, flow.created(fired=outcome.fired, build=outcome.build)
-            )
-        finally:
-            await held.__aexit__(None, None, None)
+            first = flow.created(fired=outcome.fired, build=outcome.build)
+            return await self._drive(flow, entry, chat_id, span, first)
 
     async def _continue_later(self, request: Request, chat_id: str, workspace_id: str, number: int) -> None:
         """``wait=False`` during another kind of build: finish the request in the background."""

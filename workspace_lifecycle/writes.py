@@ -54,12 +54,14 @@ class Write:
     """The rows one write changes and the events it appends (their ``seq`` is the store's to set).
 
     ``workspace`` is inserted or updated (a new workspace, or one marked deleted); ``chat`` is
-    the chat row as it is after the write (bound to a new workspace); ``build`` is inserted or
-    updated; ``agent`` is upserted (the agent a start build produced, or its new lifecycle).
+    the chat row as it is after the write (bound to a new workspace); ``build`` is inserted when
+    ``queued`` (it becomes its workspace's latest build and waits to be claimed) and updated
+    otherwise; ``agent`` is upserted (the agent a start build produced, or its new lifecycle).
     """
 
     events: tuple[StoreEvent, ...]
     build: Build | None = None
+    queued: bool = False
     workspace: Workspace | None = None
     chat: Chat | None = None
     agent: Agent | None = None
@@ -114,6 +116,7 @@ def create_workspace(
             _event(EventKind.BUILD_QUEUED, ws, build, at=at, status=JobStatus.PENDING),
         ),
         build=build,
+        queued=True,
         workspace=ws,
         chat=Chat(chat.chat_id, chat.owner, workspace_id),
     )
@@ -168,6 +171,7 @@ def request_build(
     return Write(
         events=(_event(EventKind.BUILD_QUEUED, facts.workspace, build, at=at, status=JobStatus.PENDING),),
         build=build,
+        queued=True,
     )
 
 

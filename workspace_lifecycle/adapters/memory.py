@@ -71,9 +71,8 @@ class MemoryStore(Store):
             self._chats[write.chat.chat_id] = write.chat
         build = write.build
         if build is not None:
-            known = build.build_id in self._builds
             self._builds[build.build_id] = build
-            if not known:
+            if write.queued:
                 self._latest[build.workspace_id] = build.build_id
                 self._pending[build.build_id] = None
         if write.agent is not None:

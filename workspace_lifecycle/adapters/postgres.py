@@ -681,42 +681,43 @@ class PostgresStore(Store):
         parts: list[str] = []
         params: dict[str, Any] = {}
         ws, build = write.workspace, write.build
+        # A queued build becomes its workspace's latest: set in the workspace's own row when the
+        # write also makes that row (a create: one statement cannot update a row it inserts).
+        latest_here = write.queued and build is not None and ws is not None
         if ws is not None:
             # A new workspace (with its first build), or one marked deleted.
             parts.append(
                 "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, latest_build)"
                 " VALUES (%(w_id)s, %(w_chat)s, %(w_owner)s, %(w_name)s, %(w_deleted)s, %(w_latest)s)"
-                " ON CONFLICT (workspace_id) DO UPDATE SET deleted = excluded.deleted,"
-                " latest_build = greatest(workspaces.latest_build, excluded.latest_build)"
+                " ON CONFLICT (workspace_id) DO UPDATE SET deleted = excluded.deleted"
             )
-            ours = build is not None and build.workspace_id == ws.workspace_id
             params.update(
                 w_id=ws.workspace_id,
                 w_chat=ws.chat_id,
                 w_owner=ws.owner,
                 w_name=ws.name,
                 w_deleted=ws.deleted,
-                w_latest=build.number if build is not None and ours else 0,
+                w_latest=build.number if latest_here and build is not None else 0,
             )
         if write.chat is not None:
             parts.append("UPDATE chats SET workspace_id = %(c_ws)s WHERE chat_id = %(c_id)s")
             params.update(c_ws=write.chat.workspace_id, c_id=write.chat.chat_id)
-        if build is not None:
+        if build is not None and write.queued:
             parts.append(
                 "INSERT INTO builds (build_id, workspace_id, number, transition, status, error,"
                 " has_agent, worker, parameters, details) VALUES (%(b_id)s, %(b_ws)s, %(b_n)s,"
                 " %(b_transition)s, %(b_status)s, %(b_error)s, %(b_has_agent)s, %(b_worker)s,"
                 " %(b_parameters)s, %(b_details)s)"
-                " ON CONFLICT (build_id) DO UPDATE SET status = excluded.status,"
-                " error = excluded.error, has_agent = excluded.has_agent, worker = excluded.worker,"
-                " details = excluded.details"
             )
-            if ws is None or ws.workspace_id != build.workspace_id:
-                # A new build becomes its workspace's latest; an updated one already is.
-                parts.append(
-                    "UPDATE workspaces SET latest_build = %(b_n)s"
-                    " WHERE workspace_id = %(b_ws)s AND latest_build < %(b_n)s"
-                )
+            if not latest_here:
+                parts.append("UPDATE workspaces SET latest_build = %(b_n)s WHERE workspace_id = %(b_ws)s")
+        elif build is not None:
+            parts.append(
+                "UPDATE builds SET status = %(b_status)s, error = %(b_error)s,"
+                " has_agent = %(b_has_agent)s, worker = %(b_worker)s, details = %(b_details)s"
+                " WHERE build_id = %(b_id)s"
+            )
+        if build is not None:
             params.update(
                 b_id=build.build_id,
                 b_ws=build.workspace_id,

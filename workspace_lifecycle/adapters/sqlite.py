@@ -966,11 +966,12 @@ class _Tx:
         build = write.build
         if build is not None:
             details = None if build.details is None else json.dumps(build.details)
-            changed = conn.execute(
-                "UPDATE builds SET status = ?, error = ?, has_agent = ?, worker = ?, details = ? WHERE build_id = ?",
-                (build.status.value, build.error, build.has_agent, build.worker, details, build.build_id),
-            ).rowcount
-            if not changed:  # a new build: the latest, claimed in the order it was queued
+            if not write.queued:
+                conn.execute(
+                    "UPDATE builds SET status = ?, error = ?, has_agent = ?, worker = ?, details = ? WHERE build_id = ?",
+                    (build.status.value, build.error, build.has_agent, build.worker, details, build.build_id),
+                )
+            else:  # a new build: the latest, claimed in the order it was queued
                 conn.execute(
                     "INSERT INTO builds (build_id, workspace_id, number, transition, status, error, "
                     "has_agent, worker, queued_seq, parameters, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
