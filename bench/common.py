@@ -321,9 +321,21 @@ class CountingStore(Store):
     async def aclose(self) -> None:
         await self.inner.aclose()
 
-    async def register_chat(self, chat_id: str, owner: str) -> wl.Chat:
+    async def register_chat(self, chat_id: str, owner: str, **kw: Any) -> wl.Chat:
         self.calls["register_chat"] += 1
-        return await self.inner.register_chat(chat_id, owner)
+        return await self.inner.register_chat(chat_id, owner, **kw)
+
+    async def touch(self, workspace_id: str) -> wl.Deadline | None:
+        self.calls["touch"] += 1
+        return await self.inner.touch(workspace_id)
+
+    async def fire_deadline(self, workspace_id: str, expected: wl.Deadline) -> Outcome:
+        self.calls["fire_deadline"] += 1
+        return await self.inner.fire_deadline(workspace_id, expected)
+
+    async def armed_deadlines(self) -> wl.ArmedDeadlines:
+        self.calls["armed_deadlines"] += 1
+        return await self.inner.armed_deadlines()
 
     async def get_chat(self, chat_id: str) -> wl.Chat | None:
         self.calls["get_chat"] += 1

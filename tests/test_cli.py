@@ -34,6 +34,7 @@ STORE_COMMANDS = [
     ["mcp", "--owner", "alice"],
 ]
 FAST = ["--build-seconds", "0.01", "--agent-seconds", "0.01"]
+DEMO_FAST = [*FAST, "--idle-seconds", "0.05"]
 
 SQLITE = importlib.util.find_spec("workspace_lifecycle.adapters.sqlite") is not None
 needs_sqlite = pytest.mark.skipif(not SQLITE, reason="workspace_lifecycle.adapters.sqlite is not there yet")
@@ -58,7 +59,7 @@ def _answers(out: str) -> list[dict[str, object]]:
 class TestDemo:
     def test_memory(self, capsys: pytest.CaptureFixture[str]) -> None:
         """The scripted chat runs on the memory store: live changes with latency, then the answers."""
-        assert cli.main(["demo", "--db", "memory://", *FAST]) == 0
+        assert cli.main(["demo", "--db", "memory://", *DEMO_FAST]) == 0
         out = capsys.readouterr().out
         for change in [
             "no_workspace -> building",
@@ -74,7 +75,7 @@ class TestDemo:
         assert "latency" in out and " ms" in out
         assert "3 answers, 1 build" in out
         answers = _answers(out)
-        assert len(answers) == 8
+        assert len(answers) == 9
         assert answers[0]["created"] is True
         starts = answers[2:5]
         assert all(a["started"] is True for a in starts)
@@ -82,6 +83,11 @@ class TestDemo:
         assert answers[6]["error"] == "workspace start build failed: insufficient quota"
         assert answers[6]["error_code"] == "INSUFFICIENT_QUOTA"  # Coder's structured failure
         assert answers[6]["quota"] == {"credits_consumed": 12, "budget": 10}
+        # Between turns: the idle deadline fires a stop build, and the next turn starts it again.
+        idle = [line for line in out.splitlines() if "build_queued" in line and " idle " in line]
+        assert len(idle) == 1 and "agent_ready -> building" in idle[0]
+        assert "building -> stopped" in out.split(idle[0], 1)[1]
+        assert answers[8]["started"] is True and answers[8]["build_id"] != answers[7]["build_id"]
         assert answers[7]["started"] is True
         assert "final state of 'demo': agent_ready" in out
 
@@ -91,24 +97,26 @@ class TestDemo:
     ) -> None:
         """Without --db the demo uses ./workspace-lifecycle.db; a rerun takes a new chat id; --fresh starts over."""
         monkeypatch.chdir(tmp_path)
-        assert cli.main(["demo", *FAST]) == 0
+        assert cli.main(["demo", *DEMO_FAST]) == 0
         assert (tmp_path / "workspace-lifecycle.db").exists()
         assert "chat 'demo'" in capsys.readouterr().out
-        assert cli.main(["demo", *FAST]) == 0
+        assert cli.main(["demo", *DEMO_FAST]) == 0
         out = capsys.readouterr().out
-        assert "chat 'demo-2'" in out and len(_answers(out)) == 8
-        assert cli.main(["demo", "--fresh", *FAST]) == 0
+        assert "chat 'demo-2'" in out and len(_answers(out)) == 9
+        assert cli.main(["demo", "--fresh", *DEMO_FAST]) == 0
         assert "chat 'demo'" in capsys.readouterr().out
 
     @needs_sqlite
     def test_sqlite_url(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """--db sqlite:////absolute/path works, and status then lists the demo's chat."""
         url = f"sqlite:///{tmp_path / 'demo.db'}"
-        assert cli.main(["demo", "--db", url, *FAST]) == 0
+        assert cli.main(["demo", "--db", url, *DEMO_FAST]) == 0
         assert "3 answers, 1 build" in capsys.readouterr().out
         assert cli.main(["status", "--db", url]) == 0
         out = capsys.readouterr().out
-        assert "demo" in out and "agent_ready" in out and "#6 start succeeded" in out
+        assert (
+            "demo" in out and "agent_ready" in out and "#8 start succeeded" in out and "idle stop at" in out
+        )
 
 
 class TestDiagram:
@@ -209,7 +217,7 @@ class TestMistakes:
         "command",
         [
             ["status"],
-            ["demo", *FAST],
+            ["demo", *DEMO_FAST],
             ["start", "c1", "--owner", "alice"],
             ["create", "c1", "--owner", "alice"],
             ["mcp", "--owner", "alice"],
@@ -247,7 +255,7 @@ def _seeded_store(state: str) -> wl.MemoryStore:
 
     async def seed() -> None:
         await store.register_chat("c0", "bob")
-        await store.register_chat("c1", "alice")
+        await store.register_chat("c1", "alice", policy=wl.Policy(idle_stop_after=3600))
         await store.create_workspace("c1", "dev", expected_workspace_id=None)
         build = await store.claim_build("seed")
         assert build is not None
@@ -271,9 +279,11 @@ class TestOnAStore:
         monkeypatch.setattr(cli, "open_store", lambda url: store)
         assert cli.main(["status", "--db", "memory://"]) == 0
         lines = capsys.readouterr().out.splitlines()
-        assert lines[0].split() == ["CHAT", "OWNER", "STATE", "LATEST", "BUILD", "AGENT"]
-        assert lines[1].split() == ["c0", "bob", "no_workspace", "-", "-"]
-        assert lines[2].split() == ["c1", "alice", "agent_ready", "#1", "start", "succeeded", "ready"]
+        assert lines[0].split() == ["CHAT", "OWNER", "STATE", "LATEST", "BUILD", "AGENT", "NEXT", "DEADLINE"]
+        assert lines[1].split() == ["c0", "bob", "no_workspace", "-", "-", "-"]
+        cells = lines[2].split()
+        assert cells[:7] == ["c1", "alice", "agent_ready", "#1", "start", "succeeded", "ready"]
+        assert cells[7:10] == ["idle", "stop", "at"] and cells[-2:] == ["(in", "60m)"]
 
     def test_status_empty(self, capsys: pytest.CaptureFixture[str]) -> None:
         """An empty database says so."""

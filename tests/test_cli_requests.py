@@ -228,6 +228,15 @@ class TestJson:
             ("c1", "alice", "agent_ready", "ready"),
         ]
         assert rows[1]["latest_build"]["number"] == 1 and rows[1]["latest_build"]["status"] == "succeeded"
+        assert rows[0]["deadline"] is None and rows[0]["policy"] == {
+            "idle_stop_after": None,
+            "delete_after_stopped": None,
+        }
+        assert rows[1]["policy"] == {"idle_stop_after": 3600, "delete_after_stopped": None}
+        deadline = rows[1]["deadline"]
+        assert (deadline["reason"], deadline["transition"]) == ("idle", "stop") and isinstance(
+            deadline["at"], float
+        )
 
     @needs_sqlite
     def test_watch_json(self, tmp_path: Path) -> None:
@@ -244,4 +253,15 @@ class TestJson:
             _ctrl_c(proc)
         assert change["chat_id"] == "c2" and change["build_number"] == 1
         assert (change["from"], change["to"], change["event"]) == ("no_workspace", "building", "build_queued")
-        assert set(change) == {"at", "chat_id", "workspace_id", "build_number", "from", "to", "event", "seq"}
+        assert set(change) == {
+            "at",
+            "chat_id",
+            "workspace_id",
+            "build_number",
+            "from",
+            "to",
+            "event",
+            "reason",
+            "seq",
+        }
+        assert change["reason"] == "request"

@@ -23,7 +23,7 @@ from workspace_lifecycle.telemetry import transition_logger
 pytestmark = pytest.mark.anyio
 
 LOGGER = "workspace_lifecycle.transitions"
-FIELDS = ("chat", "workspace", "build", "from", "to", "event", "latency", "elapsed")
+FIELDS = ("chat", "workspace", "build", "from", "to", "event", "reason", "latency", "elapsed")
 
 
 @pytest.fixture
@@ -91,8 +91,9 @@ class TestLogRecords:
             assert isinstance(record.latency, float) and 0.0 <= record.latency < 5.0  # type: ignore[attr-defined]
             # Every change here happens while a request of the chat waits for it.
             assert isinstance(record.elapsed, float) and 0.0 <= record.elapsed < 5.0  # type: ignore[attr-defined]
+            assert record.reason == "request"  # type: ignore[attr-defined]
             assert record.getMessage() == (
-                f"chat-1: {getattr(record, 'from')} -> {record.to} ({record.event}, build {record.build})"  # type: ignore[attr-defined]
+                f"chat-1: {getattr(record, 'from')} -> {record.to} ({record.event}, build {record.build}, request)"  # type: ignore[attr-defined]
             )
 
     async def test_no_request_waiting_means_no_elapsed(

@@ -4,10 +4,14 @@ The public names are re-exported here; everything else is private to its module.
 """
 
 from .adapters import open_store as open_store
+from .adapters.base import ArmedDeadlines as ArmedDeadlines
 from .adapters.base import ChatRow as ChatRow
 from .adapters.base import Outcome as Outcome
 from .adapters.base import Store as Store
 from .adapters.memory import MemoryStore as MemoryStore
+from .clock import Clock as Clock
+from .clock import VirtualClock as VirtualClock
+from .clock import WallClock as WallClock
 from .errors import BuildConflictError as BuildConflictError
 from .errors import CallerError as CallerError
 from .errors import CorruptStateError as CorruptStateError
@@ -38,8 +42,11 @@ from .values import Agent as Agent
 from .values import AgentLifecycle as AgentLifecycle
 from .values import Build as Build
 from .values import Chat as Chat
+from .values import Deadline as Deadline
 from .values import EventKind as EventKind
 from .values import JobStatus as JobStatus
+from .values import Policy as Policy
+from .values import Reason as Reason
 from .values import StateChange as StateChange
 from .values import StoreEvent as StoreEvent
 from .values import ToolResult as ToolResult
@@ -52,14 +59,17 @@ __version__ = "0.2.0"  # the one source of the version: pyproject.toml reads it
 
 __all__ = [
     "Agent",
+    "ArmedDeadlines",
     "AgentLifecycle",
     "Build",
     "BuildConflictError",
     "CallerError",
     "Chat",
     "ChatRow",
+    "Clock",
     "CorruptStateError",
     "CursorExpiredError",
+    "Deadline",
     "Decision",
     "EventKind",
     "InvalidEventError",
@@ -69,6 +79,8 @@ __all__ = [
     "NotFoundError",
     "Outcome",
     "OwnershipError",
+    "Policy",
+    "Reason",
     "Request",
     "SimulatedFailure",
     "SimulatedProvisioner",
@@ -84,6 +96,8 @@ __all__ = [
     "TransientStoreError",
     "Transition",
     "UnsupportedBackendError",
+    "VirtualClock",
+    "WallClock",
     "Workspace",
     "WorkspaceFacts",
     "WorkspaceLifecycleError",

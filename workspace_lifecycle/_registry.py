@@ -162,6 +162,7 @@ class Registry:
                     event=None,
                     seq=fresh.seq,
                     at=self._clock(),
+                    reason=fresh.reason,
                 )
             )
         entry.notify()

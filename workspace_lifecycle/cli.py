@@ -47,6 +47,8 @@ from .values import (
     AgentLifecycle,
     Build,
     JobStatus,
+    Policy,
+    Reason,
     StateChange,
     ToolResult,
     Transition,
@@ -202,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         "run a scripted chat, printing each state change live",
         "A scripted chat on a simulated provisioner: register, create, stop, three concurrent "
-        "starts (one build, one build_id), a build that fails and its retry. Each state change "
+        "starts (one build, one build_id), a build that fails and its retry, then the time "
+        "between turns: the chat goes quiet, its workspace is stopped for idleness, and the next "
+        "turn's ensure_running starts it again. Each state change "
         "is printed as it happens, with its latency (from the event's write to its print); the "
         "tools' JSON answers, as the model sees them, come last. Runs in a few seconds. If the "
         "chat 'demo' already exists in the database, a new chat id is used, so reruns work.",
@@ -218,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.2,
         metavar="S",
         help="how long the agent takes to become ready after a start build (0.2)",
+    )
+    demo.add_argument(
+        "--idle-seconds",
+        type=_seconds,
+        default=1.0,
+        metavar="S",
+        help="the chat's idle_stop_after in the between-turns part (1.0)",
     )
     demo.set_defaults(handler=_demo)
 
@@ -481,9 +492,10 @@ def _clock(at: float) -> str:
 
 def _change_line(change: StateChange) -> str:
     event = change.event.value if change.event is not None else "resync"
+    reason = change.reason.value if change.reason is not None else "-"
     return (
         f"{change.from_state.value:>12} -> {change.to_state.value:<12} "
-        f"build {change.build_number:<3} {event:<15}"
+        f"build {change.build_number:<3} {event:<15} {reason:<9}"
     )
 
 
@@ -551,9 +563,13 @@ async def _demo_async(store: Store, args: argparse.Namespace) -> int:
     answers: list[tuple[str, ToolResult]] = []
     t0 = time.monotonic()
 
+    idle_stopped = anyio.Event()
+
     def show(change: StateChange) -> None:
         latency = (time.time() - change.at) * 1000
         _out(f"    +{time.monotonic() - t0:6.3f}s  {_change_line(change)} latency {latency:6.1f} ms")
+        if change.to_state is WorkspaceState.STOPPED and change.reason is Reason.IDLE:
+            idle_stopped.set()
 
     def answered(label: str, result: ToolResult) -> None:
         answers.append((label, result))
@@ -628,6 +644,8 @@ async def _demo_async(store: Store, args: argparse.Namespace) -> int:
             _out("\n> start_workspace()  (the retry)")
             answered("start_workspace (retry)", await lc.start_workspace(chat, owner=owner))
             await _settle()
+
+            await _between_turns(lc, chat, owner, args.idle_seconds, idle_stopped, answered)
             tg.cancel_scope.cancel()
 
         state = await lc.state(chat)
@@ -638,6 +656,29 @@ async def _demo_async(store: Store, args: argparse.Namespace) -> int:
         flag = " (is_error)" if result.is_error else ""
         _out(f"  {label:<{width}}  {result.text}{flag}")
     return 0
+
+
+async def _between_turns(
+    lc: Lifecycle,
+    chat: str,
+    owner: str,
+    idle: float,
+    idle_stopped: anyio.Event,
+    answered: Callable[[str, ToolResult], None],
+) -> None:
+    """The demo's last part: an idle stop (a deadline in the store), then the next turn."""
+    _out(f"\n> register_chat(policy=Policy(idle_stop_after={idle:g}))  (the turn ends; the chat goes quiet)")
+    await lc.register_chat(chat, owner=owner, policy=Policy(idle_stop_after=idle))
+    deadline = await lc.touch(chat, owner=owner)
+    if deadline is None:
+        raise CliError("the workspace does not run: no idle deadline was armed")
+    _out(f"  = touch(): the idle stop is due at {_clock(deadline.at)}, a row in the store; nothing polls")
+    with anyio.fail_after(idle + 30):
+        await idle_stopped.wait()
+    await _settle()
+    _out("\n> ensure_running()  (the next turn begins: resume before the model speaks)")
+    answered("ensure_running", await lc.ensure_running(chat, owner=owner))
+    await _settle()
 
 
 async def _unused_chat(store: Store, base: str) -> str:
@@ -689,10 +730,37 @@ def _agent_cell(facts: WorkspaceFacts | None) -> str:
     return "-"
 
 
+def _deadline_cell(facts: WorkspaceFacts | None, now: float) -> str:
+    deadline = facts.workspace.deadline if facts is not None else None
+    if deadline is None:
+        return "-"
+    action = "idle stop" if deadline.reason is Reason.IDLE else "delete (retention)"
+    left = deadline.at - now
+    when = f"in {_duration(left)}" if left >= 0 else f"{_duration(-left)} overdue"
+    return f"{action} at {_clock(deadline.at)} ({when})"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
 def _state_cell(row: ChatRow) -> str:
     if row.error is not None:
         return f"unreadable ({row.error})"
     return derive_state(row.facts).value if row.facts is not None else "no_workspace"
+
+
+def _deadline_json(facts: WorkspaceFacts | None) -> dict[str, Any] | None:
+    deadline = facts.workspace.deadline if facts is not None else None
+    if deadline is None:
+        return None
+    return {"at": deadline.at, "reason": deadline.reason.value, "transition": deadline.transition.value}
 
 
 async def _status_async(store: Store, as_json: bool) -> int:
@@ -716,17 +784,30 @@ async def _status_async(store: Store, as_json: bool) -> int:
                         "status": build.status.value,
                     },
                     "agent": None if agent == "-" else agent,
+                    "deadline": _deadline_json(row.facts),
+                    "policy": {
+                        "idle_stop_after": row.chat.policy.idle_stop_after,
+                        "delete_after_stopped": row.chat.policy.delete_after_stopped,
+                    },
                 }
             )
         return 0
     if not rows:
         _out(f"no chats in {store.url}")
         return 0
-    table = [("CHAT", "OWNER", "STATE", "LATEST BUILD", "AGENT")]
+    table = [("CHAT", "OWNER", "STATE", "LATEST BUILD", "AGENT", "NEXT DEADLINE")]
+    now = time.time()
     for row in rows:
         state = _state_cell(row)
         table.append(
-            (row.chat.chat_id, row.chat.owner, state, _build_cell(row.facts), _agent_cell(row.facts))
+            (
+                row.chat.chat_id,
+                row.chat.owner,
+                state,
+                _build_cell(row.facts),
+                _agent_cell(row.facts),
+                _deadline_cell(row.facts, now),
+            )
         )
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     for line in table:
@@ -754,6 +835,7 @@ def _change_json(change: StateChange) -> dict[str, Any]:
         "from": change.from_state.value,
         "to": change.to_state.value,
         "event": change.event.value if change.event is not None else "resync",
+        "reason": change.reason.value if change.reason is not None else None,
         "seq": change.seq,
     }
 
@@ -763,7 +845,7 @@ def _out_json(data: dict[str, Any]) -> None:
 
 
 async def _watch_async(store: Store, chat: str | None, as_json: bool) -> int:
-    async with _opened(store), Lifecycle(store) as lc:
+    async with _opened(store), Lifecycle(store, fire_deadlines=False) as lc:
         what = f"chat {chat!r}" if chat else "every chat"
         _out(f"watching {what} on {store.url}; Ctrl-C to stop", sys.stderr)
         if as_json:
@@ -796,7 +878,11 @@ async def _call(lc: Lifecycle, args: argparse.Namespace) -> ToolResult:
 
 
 async def _request_async(store: Store, args: argparse.Namespace) -> int:
-    async with _opened(store), Lifecycle(store, build_timeout=args.timeout, agent_timeout=args.timeout) as lc:
+    # A one-shot command fires no deadlines (the long-running processes do: mcp, provision).
+    async with (
+        _opened(store),
+        Lifecycle(store, build_timeout=args.timeout, agent_timeout=args.timeout, fire_deadlines=False) as lc,
+    ):
         progress = _Progress(lc, args.chat, args.owner, args.pending_hint_after, args.db)
         async with anyio.create_task_group() as tg:
             await tg.start(progress.run)

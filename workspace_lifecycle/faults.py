@@ -45,9 +45,19 @@ from typing import Any, TypeVar
 
 import anyio
 
-from .adapters.base import ChatRow, Outcome, Store
+from .adapters.base import ArmedDeadlines, ChatRow, Outcome, Store
 from .errors import TransientStoreError
-from .values import AgentLifecycle, Build, Chat, JobStatus, StoreEvent, Transition, WorkspaceFacts
+from .values import (
+    AgentLifecycle,
+    Build,
+    Chat,
+    Deadline,
+    JobStatus,
+    Policy,
+    StoreEvent,
+    Transition,
+    WorkspaceFacts,
+)
 
 __all__ = ["InjectedFault", "FaultyStore", "REQUEST_WRITES", "ALL_WRITES"]
 
@@ -56,7 +66,14 @@ T = TypeVar("T")
 #: The writes a runtime makes on behalf of a caller.
 REQUEST_WRITES = frozenset({"create_workspace", "request_build"})
 #: Every write of the store interface.
-ALL_WRITES = REQUEST_WRITES | {"register_chat", "claim_build", "finish_build", "report_agent"}
+ALL_WRITES = REQUEST_WRITES | {
+    "register_chat",
+    "claim_build",
+    "finish_build",
+    "report_agent",
+    "touch",
+    "fire_deadline",
+}
 
 
 class InjectedFault(TransientStoreError):
@@ -164,8 +181,24 @@ class FaultyStore(Store):
 
     # --- writes -----------------------------------------------------------------------------
 
-    async def register_chat(self, chat_id: str, owner: str) -> Chat:
-        return await self._write("register_chat", lambda: self.inner.register_chat(chat_id, owner))
+    async def register_chat(
+        self,
+        chat_id: str,
+        owner: str,
+        *,
+        policy: Policy | None = None,
+        default_policy: Policy | None = None,
+    ) -> Chat:
+        return await self._write(
+            "register_chat",
+            lambda: self.inner.register_chat(chat_id, owner, policy=policy, default_policy=default_policy),
+        )
+
+    async def touch(self, workspace_id: str) -> Deadline | None:
+        return await self._write("touch", lambda: self.inner.touch(workspace_id))
+
+    async def fire_deadline(self, workspace_id: str, expected: Deadline) -> Outcome:
+        return await self._write("fire_deadline", lambda: self.inner.fire_deadline(workspace_id, expected))
 
     async def create_workspace(
         self,
@@ -233,6 +266,9 @@ class FaultyStore(Store):
 
     async def list_chats(self) -> Sequence[ChatRow]:
         return await self.inner.list_chats()
+
+    async def armed_deadlines(self) -> ArmedDeadlines:
+        return await self.inner.armed_deadlines()
 
     async def head(self) -> int:
         return await self.inner.head()

@@ -65,6 +65,7 @@ from .values import (
     AgentLifecycle,
     EventKind,
     JobStatus,
+    Reason,
     StateChange,
     StoreEvent,
     Transition,
@@ -300,6 +301,7 @@ class Tracker:
     status: JobStatus | None = None
     error: str | None = None
     details: Mapping[str, Any] | None = None
+    reason: Reason | None = None  # why the latest build was fired
     has_agent: bool | None = None
     agent: AgentLifecycle | None = None
     agent_seq: int = 0
@@ -334,6 +336,7 @@ class Tracker:
             status=build.status if build else None,
             error=build.error if build else None,
             details=build.details if build else None,
+            reason=build.reason if build else None,
             has_agent=build.has_agent if build else None,
             agent=agent.lifecycle if agent else None,
             agent_seq=facts.seq if agent else 0,
@@ -360,8 +363,8 @@ class Tracker:
             raise InvalidEventError(
                 f"event {ev.seq} is for workspace {ev.workspace_id}, not {self.workspace_id}"
             )
-        if ev.kind is EventKind.CHAT_BOUND:
-            self.seq = max(self.seq, ev.seq)
+        if ev.kind is EventKind.CHAT_BOUND or ev.kind is EventKind.DEADLINE_SET:
+            self.seq = max(self.seq, ev.seq)  # news for the chat and the scheduler, not the state
             return None
         if self.is_stale(ev):
             self._late_news(ev)
@@ -390,6 +393,7 @@ class Tracker:
             event=ev.kind,
             seq=ev.seq,
             at=ev.at,
+            reason=self.reason,
         )
 
     def _late_news(self, ev: StoreEvent) -> None:
@@ -443,6 +447,7 @@ class Tracker:
             self.status = JobStatus.PENDING
             self.error = None
             self.details = None
+            self.reason = ev.reason
             self.has_agent = None
             self.agent = None
             self.agent_seq = 0

@@ -18,6 +18,7 @@ import attrs
 
 from ._service import BackgroundService
 from .adapters.base import Store
+from .clock import Clock, as_clock
 from .errors import BuildConflictError, CallerError, StoreClosedError, StoreError, TransientStoreError
 from .values import AgentLifecycle, Build, JobStatus, Transition
 
@@ -83,6 +84,9 @@ class SimulatedProvisioner(BackgroundService):
     :func:`quota_failure`);
     ``agent`` is the agent's final lifecycle state (``"ready"``, ``"start_error"``, ...) or
     ``None`` for workspaces without an agent. ``seed`` makes probabilistic failures repeatable.
+    ``clock`` (a :class:`~workspace_lifecycle.clock.Clock`) is what the simulated durations
+    are measured on: with a :class:`~workspace_lifecycle.clock.VirtualClock` a build of an hour
+    finishes when the test advances the clock by an hour.
 
     >>> SimulatedProvisioner(None, fail=2.0)  # type: ignore[arg-type]
     Traceback (most recent call last):
@@ -102,12 +106,14 @@ class SimulatedProvisioner(BackgroundService):
         worker: str = "simulated",
         retries: int = 8,
         max_retry_delay: float = 2.0,
+        clock: Clock | Callable[[], float] | None = None,
     ) -> None:
         if isinstance(fail, (int, float)) and not isinstance(fail, bool) and not 0.0 <= fail <= 1.0:
             raise ValueError(f"fail must be a predicate or a probability in [0, 1], not {fail!r}")
         if build_seconds < 0 or agent_seconds < 0:
             raise ValueError("build_seconds and agent_seconds must not be negative")
         self.store = store
+        self.clock = as_clock(clock)
         self.build_seconds = build_seconds
         self.agent_seconds = agent_seconds
         self.fail = fail
@@ -148,7 +154,7 @@ class SimulatedProvisioner(BackgroundService):
 
     async def _complete(self, build: Build) -> None:
         try:
-            await anyio.sleep(self.build_seconds)
+            await self._sleep(self.build_seconds)
             failure = self._fails(build)
             if failure is not None:
                 await self._finish(
@@ -158,11 +164,17 @@ class SimulatedProvisioner(BackgroundService):
             has_agent = self.agent is not None and build.transition is Transition.START
             await self._finish(build, JobStatus.SUCCEEDED, None, has_agent=has_agent)
             if has_agent and self.agent is not None:
-                await anyio.sleep(self.agent_seconds)
+                await self._sleep(self.agent_seconds)
                 agent = self.agent
                 await self._retrying(lambda: self.store.report_agent(build.workspace_id, agent))
         except (StoreError, CallerError) as exc:
             log.warning("provisioner: build %s: %s", build.build_id, exc)
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            await self.clock.sleep_until(self.clock() + seconds)
+        else:
+            await anyio.lowlevel.checkpoint()
 
     async def _finish(
         self,

@@ -14,7 +14,6 @@ import logging
 import math
 import re
 import secrets
-import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -22,13 +21,15 @@ from typing import Any, Self
 
 import anyio
 
-from . import steps
+from . import deadlines, steps
+from ._deadlines import DeadlineScheduler
 from ._pump import EventPump
 from ._registry import Entry, Registry
 from ._retry import RetryingWriter
 from ._service import BackgroundService
 from .adapters.base import Store
-from .errors import CorruptStateError, StoreError
+from .clock import Clock, as_clock
+from .errors import CorruptStateError, NotFoundError, StoreError
 from .machine import Request, derive_state
 from .steps import (
     MAX_STATUS_WAIT_MS,
@@ -48,7 +49,16 @@ from .steps import (
     first_step,
 )
 from .telemetry import RequestSpan
-from .values import StateChange, ToolResult, WorkspaceState, check_parameters
+from .values import (
+    Chat,
+    Deadline,
+    Policy,
+    StateChange,
+    StoreEvent,
+    ToolResult,
+    WorkspaceState,
+    check_parameters,
+)
 
 __all__ = ["Lifecycle", "workspace_name"]
 
@@ -85,6 +95,14 @@ class Lifecycle(BackgroundService):
     default a waiting request costs nothing until its event arrives, however long the build
     takes. When the ``async with`` ends, requests still waiting on it raise
     :class:`~workspace_lifecycle.errors.StoreClosedError` at once.
+
+    Between turns: ``policy`` (:class:`~workspace_lifecycle.values.Policy`) is what a chat
+    registered here gets unless :meth:`register_chat` gives it its own: stop the workspace
+    after so long idle, delete it after so long stopped. The deadlines are rows in the store;
+    with ``fire_deadlines`` (the default) this runtime sleeps until the earliest one and fires
+    it (exactly one replica wins each). ``clock`` (a :class:`~workspace_lifecycle.clock.Clock`,
+    e.g. a :class:`~workspace_lifecycle.clock.VirtualClock` also given to the store) is what
+    it waits on.
     """
 
     def __init__(
@@ -95,7 +113,9 @@ class Lifecycle(BackgroundService):
         agent_timeout: float = 600.0,
         write_retries: int = 3,
         resync_interval: float | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | Callable[[], float] | None = None,
+        policy: Policy | None = None,
+        fire_deadlines: bool = True,
     ) -> None:
         for what, value in (("build_timeout", build_timeout), ("agent_timeout", agent_timeout)):
             _check_seconds(what, value)
@@ -103,20 +123,31 @@ class Lifecycle(BackgroundService):
             _check_seconds("resync_interval", resync_interval)
         if not isinstance(write_retries, int) or isinstance(write_retries, bool) or write_retries < 0:
             raise ValueError(f"write_retries must be a non-negative integer, not {write_retries!r}")
+        if policy is not None and not isinstance(policy, Policy):
+            raise ValueError(f"policy must be a workspace_lifecycle.Policy, not {policy!r}")
         self.store = store
+        self.clock = as_clock(clock)
+        self.policy = policy or Policy()
+        self.fire_deadlines = bool(fire_deadlines)
         self.build_timeout = float(build_timeout)
         self.agent_timeout = float(agent_timeout)
         self.write_retries = write_retries
         self.resync_interval = resync_interval
         self._registry = Registry(
             store,
-            clock=clock,
+            clock=self.clock,
             spawn=self._spawn,
             caught_up=self._caught_up,
             raise_if_failed=self._raise_if_failed,
             resync_interval=resync_interval,
         )
-        self._pump = EventPump(store, self._registry, kick_after=resync_interval)
+        self._deadlines = DeadlineScheduler(store, self.clock, fires=self.fire_deadlines)
+        self._pump = EventPump(
+            store,
+            _Sinks(self._registry, self._deadlines if fire_deadlines else None),
+            kick_after=resync_interval,
+        )
+        self._touching: dict[str, anyio.Event] = {}  # workspace id -> its touch in flight
         self._writer = RetryingWriter(store, retries=write_retries)
         self._deferred = 0  # wait=False requests finishing in the background
         self._drained = anyio.Event()
@@ -125,7 +156,9 @@ class Lifecycle(BackgroundService):
 
     async def __aenter__(self) -> Self:
         await self._pump.start()
-        return await super().__aenter__()  # runs the pump
+        if self.fire_deadlines:
+            await self._deadlines.load()  # after the pump's start: it replays what follows
+        return await super().__aenter__()  # runs the pump and the deadline scheduler
 
     async def __aexit__(
         self,
@@ -138,8 +171,14 @@ class Lifecycle(BackgroundService):
         return await super().__aexit__(exc_type, exc, tb)
 
     async def run(self) -> None:
-        """The event pump: applies the store's events to the tracked workspaces until cancelled."""
-        await self._pump.run()
+        """The event pump (applies the store's events to the tracked workspaces) and the
+        deadline scheduler, until cancelled."""
+        if not self.fire_deadlines:
+            await self._pump.run()
+            return
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._deadlines.run)
+            await self._pump.run()
 
     def _spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         assert self._tg is not None
@@ -180,6 +219,20 @@ class Lifecycle(BackgroundService):
         return self._writer.retried
 
     @property
+    def deadlines_armed(self) -> int:
+        """How many workspaces have an armed deadline (as far as this runtime knows)."""
+        return self._deadlines.armed
+
+    @property
+    def deadlines_fired(self) -> int:
+        """Builds this runtime fired because a deadline passed (other replicas' are not counted)."""
+        return self._deadlines.fired
+
+    def next_deadline(self) -> float | None:
+        """When the earliest armed deadline comes due (wall-clock seconds), or ``None``."""
+        return self._deadlines.next_due()
+
+    @property
     def resyncs(self) -> int:
         """Re-reads forced by silence: a waited-on workspace re-derived after
         ``resync_interval``, or the pump kicked after a lost wake-up."""
@@ -187,11 +240,46 @@ class Lifecycle(BackgroundService):
 
     # --- reading -----------------------------------------------------------------------------
 
-    async def register_chat(self, chat_id: str, *, owner: str) -> None:
-        """Record that ``chat_id`` belongs to ``owner`` (idempotent)."""
+    async def register_chat(self, chat_id: str, *, owner: str, policy: Policy | None = None) -> Chat:
+        """Record that ``chat_id`` belongs to ``owner`` (idempotent); return the chat as stored.
+
+        A new chat gets ``policy``, or this runtime's default policy; ``policy`` given for an
+        existing chat replaces its own (from the next deadline it arms: a touch, a build's end).
+        Another owner's chat raises :class:`~workspace_lifecycle.errors.OwnershipError`.
+        """
         _check_id("chat_id", chat_id)
         _check_id("owner", owner)
-        await self.store.register_chat(chat_id, owner)
+        if policy is not None and not isinstance(policy, Policy):
+            raise ValueError(f"policy must be a workspace_lifecycle.Policy, not {policy!r}")
+        return await self.store.register_chat(chat_id, owner, policy=policy, default_policy=self.policy)
+
+    async def touch(self, chat_id: str, *, owner: str) -> Deadline | None:
+        """Activity in the chat: push its workspace's idle deadline to now + ``idle_stop_after``
+        (as E2B's ``setTimeout``). Returns the deadline armed after the call.
+
+        Cheap enough for every chat message: one read, and one small write only when the
+        deadline would move by more than :data:`~workspace_lifecycle.deadlines.TOUCH_SLACK`
+        (concurrent touches share it). A workspace that is not running has no idle deadline to
+        push. An unknown chat, or another owner's, raises
+        :class:`~workspace_lifecycle.errors.NotFoundError` (the same one).
+        """
+        _check_id("chat_id", chat_id)
+        _check_id("owner", owner)
+        chat = await self.store.get_chat(chat_id)
+        if chat is None or chat.owner != owner:
+            raise NotFoundError(f"no chat {chat_id!r} for this owner")
+        return await self._touch(chat)
+
+    async def ensure_running(
+        self, chat_id: str, *, owner: str, wait: bool = True, parameters: Mapping[str, str] | None = None
+    ) -> ToolResult:
+        """What a chat runtime calls before the model's turn: make the workspace run.
+
+        No workspace: the same answer as ``start_workspace``. Stopped or failed: exactly one
+        start build however many callers race, and (with ``wait``) its answer. Building: waits.
+        Running: answers at once. It counts as activity (:meth:`touch`).
+        """
+        return await self._run(Request.START, chat_id, owner, wait, parameters=parameters)
 
     async def state(self, chat_id: str, *, owner: str | None = None) -> WorkspaceState:
         """The chat's workspace state, derived from the stored rows.
@@ -275,7 +363,9 @@ class Lifecycle(BackgroundService):
         async with self._registry.track(chat.workspace_id) as entry:
             await self._pump.caught_up(await self.store.head())
             expired = wait_ms > 0 and not await self._wait(entry, Settled(), wait_ms / 1000)
-            return steps.status(entry.current(), wait_expired=expired)
+            result = steps.status(entry.current(), wait_expired=expired)
+        await self._activity(chat)
+        return result
 
     async def _run(
         self,
@@ -293,24 +383,57 @@ class Lifecycle(BackgroundService):
             raise ValueError(f"wait must be a bool, not {type(wait).__name__}")
         flow = Flow(request, wait=wait, parameters=check_parameters(parameters))
         with RequestSpan(request.value, chat_id) as span:
-            result = await self._serve(flow, chat_id, owner, name, span)
+            result, chat = await self._serve(flow, chat_id, owner, name, span)
             span.result(result)
-            return result
+        if chat is not None and chat.owner == owner:
+            await self._activity(chat)
+        return result
+
+    # --- activity ------------------------------------------------------------------------------
+
+    async def _activity(self, chat: Chat) -> None:
+        """A tool request on ``chat``: it counts as activity; a failed touch fails no answer."""
+        if chat.policy.idle_stop_after is None or chat.workspace_id is None:
+            return
+        try:
+            await self._touch(chat)
+        except (StoreError, CorruptStateError, NotFoundError) as exc:
+            log.warning("touch of %s after a request failed: %s", chat.chat_id, exc)
+
+    async def _touch(self, chat: Chat) -> Deadline | None:
+        workspace_id = chat.workspace_id
+        if workspace_id is None or chat.policy.idle_stop_after is None:
+            return None
+        while (busy := self._touching.get(workspace_id)) is not None:
+            await busy.wait()  # coalesce with the touch in flight
+        known = self._deadlines.known(workspace_id)
+        if not deadlines.touch_due(known, chat.policy, self.clock()):
+            return known
+        done = self._touching[workspace_id] = anyio.Event()
+        try:
+            armed = await self.store.touch(workspace_id)
+            self._deadlines.note(workspace_id, armed)
+            return armed
+        finally:
+            del self._touching[workspace_id]
+            done.set()
 
     # --- interpreting steps ----------------------------------------------------------------------
 
     async def _serve(
         self, flow: Flow, chat_id: str, owner: str, name: str | None, span: RequestSpan
-    ) -> ToolResult:
-        """Run ``flow`` from the chat's row to its answer."""
+    ) -> tuple[ToolResult, Chat | None]:
+        """Run ``flow`` from the chat's row to its answer; return it with the row last read."""
         self._raise_if_failed()
-        step: Step = first_step(flow.request, await self.store.get_chat(chat_id), owner, flow.parameters)
+        chat = await self.store.get_chat(chat_id)
+        step: Step = first_step(flow.request, chat, owner, flow.parameters)
         while True:
             if isinstance(step, Answer):
-                return step.result
+                return step.result, chat
             if isinstance(step, Restart):
                 flow.restarted()
-                step = first_step(flow.request, await self.store.get_chat(chat_id), owner, flow.parameters)
+                chat = await self.store.get_chat(chat_id)
+                step = first_step(flow.request, chat, owner, flow.parameters)
             elif isinstance(step, Create):
                 step = await self._create(flow, chat_id, step, name, span)
             elif isinstance(step, Track):
@@ -417,6 +540,27 @@ class Lifecycle(BackgroundService):
             if not self._deferred:
                 self._drained.set()
                 self._drained = anyio.Event()
+
+
+class _Sinks:
+    """What the pump delivers to: the tracked workspaces, and the deadline scheduler."""
+
+    def __init__(self, registry: Registry, scheduler: DeadlineScheduler | None) -> None:
+        self.registry = registry
+        self.scheduler = scheduler
+
+    def dispatch(self, event: StoreEvent) -> None:
+        self.registry.dispatch(event)
+        if self.scheduler is not None:
+            self.scheduler.dispatch(event)
+
+    async def resync_all(self) -> None:
+        await self.registry.resync_all()
+        if self.scheduler is not None:
+            await self.scheduler.load()
+
+    def fail(self) -> None:
+        self.registry.fail()
 
 
 def _check_seconds(what: str, value: object) -> None:

@@ -52,12 +52,13 @@ def log_change(change: StateChange, now: float) -> None:
     elapsed = mono - min(span.started for span in waiting) if waiting else None
     if transition_logger.isEnabledFor(logging.INFO):
         transition_logger.info(
-            "%s: %s -> %s (%s, build %d)",
+            "%s: %s -> %s (%s, build %d, %s)",
             change.chat_id,
             change.from_state.value,
             change.to_state.value,
             change.event.value if change.event else "resync",
             change.build_number,
+            change.reason.value if change.reason else "no build",
             extra={
                 "chat": change.chat_id,
                 "workspace": change.workspace_id,
@@ -65,6 +66,7 @@ def log_change(change: StateChange, now: float) -> None:
                 "from": change.from_state.value,
                 "to": change.to_state.value,
                 "event": change.event.value if change.event else "resync",
+                "reason": change.reason.value if change.reason else None,
                 "latency": latency,
                 "elapsed": elapsed,
             },
@@ -129,6 +131,8 @@ class RequestSpan:
                 "event": change.event.value if change.event else "resync",
                 "elapsed": elapsed,
             }
+            if change.reason is not None:
+                attributes["reason"] = change.reason.value
             if latency is not None:
                 attributes["latency"] = latency
             self._span.add_event("transition", attributes)

@@ -22,8 +22,11 @@ __all__ = [
     "AgentLifecycle",
     "Build",
     "Chat",
+    "Deadline",
     "EventKind",
     "JobStatus",
+    "Policy",
+    "Reason",
     "StateChange",
     "StoreEvent",
     "ToolResult",
@@ -114,6 +117,7 @@ class EventKind(enum.Enum):
     BUILD_FINISHED = "build_finished"
     AGENT_UPDATED = "agent_updated"
     WORKSPACE_DELETED = "workspace_deleted"
+    DEADLINE_SET = "deadline_set"  # the workspace's next automatic action moved (or was disarmed)
 
 
 E = TypeVar("E", bound=enum.Enum)
@@ -134,6 +138,67 @@ def _opt(kind: type[E]) -> Any:
 _str = attrs.validators.instance_of(str)
 
 
+class Reason(enum.Enum):
+    """Why a build was fired: somebody asked, or a deadline passed."""
+
+    REQUEST = "request"
+    IDLE = "idle"
+    RETENTION = "retention"
+
+
+def _seconds_or_none(instance: object, field: attrs.Attribute[float | None], value: object) -> None:
+    """A duration in seconds, or ``None`` (never); anything else is a ``ValueError``."""
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(
+            f"{field.name} must be a positive finite number of seconds or None (never), not {value!r}"
+        )
+
+
+@attrs.frozen
+class Policy:
+    """What happens to a chat's workspace between turns (seconds; ``None`` means never).
+
+    >>> Policy(idle_stop_after=900)
+    Policy(idle_stop_after=900, delete_after_stopped=None)
+    >>> Policy(idle_stop_after=-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: idle_stop_after must be a positive finite number of seconds or None (never), not -1
+    """
+
+    idle_stop_after: float | None = attrs.field(default=None, validator=_seconds_or_none)
+    delete_after_stopped: float | None = attrs.field(default=None, validator=_seconds_or_none)
+
+    @property
+    def never(self) -> bool:
+        """Nothing ever happens automatically."""
+        return self.idle_stop_after is None and self.delete_after_stopped is None
+
+
+@attrs.frozen
+class Deadline:
+    """A workspace's next automatic action: at wall-clock time ``at``, for ``reason``."""
+
+    at: float
+    reason: Reason = attrs.field(validator=attrs.validators.in_((Reason.IDLE, Reason.RETENTION)))
+
+    @property
+    def transition(self) -> Transition:
+        """The build the deadline fires: idle stops, retention deletes."""
+        return Transition.STOP if self.reason is Reason.IDLE else Transition.DELETE
+
+    def due(self, now: float) -> bool:
+        """Has the deadline passed at ``now``? (At the deadline itself it has.)"""
+        return self.at <= now
+
+
 @attrs.frozen
 class Chat:
     """A chat and the workspace it is bound to (``None`` before ``create_workspace``)."""
@@ -141,6 +206,8 @@ class Chat:
     chat_id: str = attrs.field(validator=_str)
     owner: str = attrs.field(validator=_str)
     workspace_id: str | None = None
+    #: What happens to the chat's workspace between turns (stored with the chat).
+    policy: Policy = attrs.field(factory=lambda: Policy(), validator=attrs.validators.instance_of(Policy))
 
 
 @attrs.frozen
@@ -150,6 +217,10 @@ class Workspace:
     owner: str = attrs.field(validator=_str)
     name: str = attrs.field(validator=_str)
     deleted: bool = False
+    #: The next automatic action (idle stop, retention delete), if one is armed.
+    deadline: Deadline | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(Deadline))
+    )
 
     @property
     def full_name(self) -> str:
@@ -173,6 +244,8 @@ class Build:
     parameters: Mapping[str, str] = attrs.field(factory=dict, eq=False, hash=False)
     #: What the provisioner attached when the build failed (validations, quota, next steps).
     details: Mapping[str, Any] | None = attrs.field(default=None, eq=False, hash=False)
+    #: Why the build was fired: a request, or a deadline (idle stop, retention delete).
+    reason: Reason = attrs.field(default=Reason.REQUEST, validator=attrs.validators.instance_of(Reason))
 
     @property
     def starts_agent(self) -> bool:
@@ -250,6 +323,10 @@ class StoreEvent:
     error: str | None = None
     at: float = 0.0  # wall-clock time of the write, for latency reports
     details: Mapping[str, Any] | None = attrs.field(default=None, eq=False, hash=False)
+    #: Build events: why the build was fired. ``deadline_set``: why the deadline is armed.
+    reason: Reason | None = attrs.field(default=None, validator=_opt(Reason))
+    #: ``deadline_set``: the wall-clock time of the armed deadline, ``None`` once disarmed.
+    deadline: float | None = None
 
     @classmethod
     def about(
@@ -263,8 +340,10 @@ class StoreEvent:
         build_number: int = 0,
         **fields: Any,
     ) -> StoreEvent:
-        """The event ``kind`` of ``ws``, carrying ``build``'s number, id and transition (without
-        a build: ``build_number``, e.g. the build an agent report belongs to)."""
+        """The event ``kind`` of ``ws``, carrying ``build``'s number, id, transition and reason
+        (without a build: ``build_number``, e.g. the build an agent report belongs to)."""
+        if build is not None:
+            fields.setdefault("reason", build.reason)
         return cls(
             seq=seq,
             kind=kind,
@@ -280,11 +359,11 @@ class StoreEvent:
     def payload(self) -> dict[str, Any]:
         """The optional fields as a JSON-able dict (how adapters store them)."""
         out: dict[str, Any] = {}
-        for name in ("build_id", "error", "has_agent", "details"):
+        for name in ("build_id", "error", "has_agent", "details", "deadline"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
-        for name in ("transition", "status", "agent"):
+        for name in ("transition", "status", "agent", "reason"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value.value
@@ -328,8 +407,25 @@ class StoreEvent:
             has_agent=data.get("has_agent"),
             error=data.get("error"),
             details=_details_or_none(data.get("details"), table=table, key=seq),
+            reason=enum_or_none(Reason, "reason"),
+            deadline=_number_or_none(data.get("deadline"), table=table, key=seq),
             at=at,
         )
+
+    @property
+    def armed(self) -> Deadline | None:
+        """A ``deadline_set`` event's deadline (``None``: disarmed, or not such an event)."""
+        if self.kind is not EventKind.DEADLINE_SET or self.deadline is None or self.reason is None:
+            return None
+        return Deadline(self.deadline, self.reason)
+
+
+def _number_or_none(value: object, *, table: str, key: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CorruptStateError(table, key, "payload.deadline", value)
+    return float(value)
 
 
 def _details_or_none(value: object, *, table: str, key: object) -> dict[str, Any] | None:
@@ -445,6 +541,8 @@ class StateChange:
     event: EventKind | None  # None when a resync from the rows moved the state
     seq: int
     at: float
+    #: Why the build this change belongs to was fired (``None`` when no build is known).
+    reason: Reason | None = None
 
 
 @attrs.frozen

@@ -20,15 +20,19 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .errors import BuildConflictError, NotFoundError
-from .machine import derive_state
+from . import deadlines
+from .errors import BuildConflictError, NotFoundError, OwnershipError
+from .machine import Decision, Request, Tracker, derive_state
 from .values import (
     Agent,
     AgentLifecycle,
     Build,
     Chat,
+    Deadline,
     EventKind,
     JobStatus,
+    Policy,
+    Reason,
     StoreEvent,
     Transition,
     Workspace,
@@ -42,10 +46,13 @@ __all__ = [
     "claim_build",
     "create_workspace",
     "finish_build",
+    "fire_deadline",
     "parse_lifecycle",
     "parse_status",
+    "register_chat",
     "report_agent",
     "request_build",
+    "touch",
 ]
 
 
@@ -54,7 +61,8 @@ class Write:
     """The rows one write changes and the events it appends (their ``seq`` is the store's to set).
 
     ``workspace`` is inserted or updated (a new workspace, or one marked deleted); ``chat`` is
-    the chat row as it is after the write (bound to a new workspace); ``build`` is inserted when
+    the chat row as it is after the write (bound to a new workspace, or with a new policy);
+    a workspace's ``deadline`` is part of its row; ``build`` is inserted when
     ``queued`` (it becomes its workspace's latest build and waits to be claimed) and updated
     otherwise; ``agent`` is upserted (the agent a start build produced, or its new lifecycle).
     """
@@ -71,6 +79,41 @@ def _event(
     kind: EventKind, ws: Workspace, build: Build | None, *, at: float, build_number: int = 0, **fields: object
 ) -> StoreEvent:
     return StoreEvent.about(kind, ws, build, seq=0, at=at, build_number=build_number, **fields)
+
+
+def _rearm(
+    ws: Workspace, armed: Deadline | None, *, at: float, build_number: int
+) -> tuple[Workspace, StoreEvent]:
+    """``ws`` with ``armed`` as its deadline, and the ``deadline_set`` event that says so."""
+    return attrs.evolve(ws, deadline=armed), _event(
+        EventKind.DEADLINE_SET,
+        ws,
+        None,
+        at=at,
+        build_number=build_number,
+        deadline=armed.at if armed else None,
+        reason=armed.reason if armed else None,
+    )
+
+
+def register_chat(
+    existing: Chat | None, chat_id: str, owner: str, *, policy: Policy | None, default: Policy
+) -> Chat | None:
+    """The chat row to write, or ``None`` if the stored one stays as it is.
+
+    A new chat gets ``policy`` or, without one, ``default``; an existing chat keeps its policy
+    unless ``policy`` is given. Another owner's chat raises :class:`OwnershipError`.
+
+    >>> register_chat(None, "c1", "alice", policy=None, default=Policy(idle_stop_after=60)).policy
+    Policy(idle_stop_after=60, delete_after_stopped=None)
+    """
+    if existing is None:
+        return Chat(chat_id, owner, policy=policy if policy is not None else default)
+    if existing.owner != owner:
+        raise OwnershipError(f"chat {chat_id!r} is registered to another owner")
+    if policy is None or policy == existing.policy:
+        return None
+    return attrs.evolve(existing, policy=policy)
 
 
 def create_workspace(
@@ -118,7 +161,7 @@ def create_workspace(
         build=build,
         queued=True,
         workspace=ws,
-        chat=Chat(chat.chat_id, chat.owner, workspace_id),
+        chat=attrs.evolve(chat, workspace_id=workspace_id),
     )
 
 
@@ -142,6 +185,7 @@ def request_build(
     build_id: str,
     at: float,
     parameters: Mapping[str, str] | None = None,
+    reason: Reason = Reason.REQUEST,
 ) -> Write | None:
     """Append build ``expected_build_number + 1``, or ``None`` if the compare-and-set fails.
 
@@ -150,6 +194,8 @@ def request_build(
     read in the same transaction) still points at it
     to it: a workspace its chat has replaced may be stopped or deleted (that only saves money)
     but never started again, or it would run bound to no chat, out of every tool's reach.
+
+    A deadline armed on the workspace is disarmed: the build's end arms the next one.
     """
     latest = facts.latest_build
     number = latest.number if latest else 0
@@ -167,12 +213,60 @@ def request_build(
         transition,
         JobStatus.PENDING,
         parameters=check_parameters(parameters),
+        reason=reason,
     )
-    return Write(
-        events=(_event(EventKind.BUILD_QUEUED, facts.workspace, build, at=at, status=JobStatus.PENDING),),
-        build=build,
-        queued=True,
-    )
+    events = [_event(EventKind.BUILD_QUEUED, facts.workspace, build, at=at, status=JobStatus.PENDING)]
+    workspace = None
+    if facts.workspace.deadline is not None:
+        workspace, disarmed = _rearm(facts.workspace, None, at=at, build_number=build.number)
+        events.append(disarmed)
+    return Write(events=tuple(events), build=build, queued=True, workspace=workspace)
+
+
+def fire_deadline(
+    facts: WorkspaceFacts, *, chat: Chat | None, expected: Deadline, build_id: str, at: float
+) -> Write | None:
+    """Fire the workspace's armed deadline ``expected`` at wall-clock time ``at``: its build
+    (idle: stop, retention: delete), with the deadline's reason.
+
+    A compare-and-set: ``None`` (nothing written) unless the stored deadline is still exactly
+    ``expected`` and is due at ``at``. A deadline whose action the table no longer allows is
+    disarmed instead of fired.
+    """
+    ws = facts.workspace
+    if ws.deleted or ws.deadline != expected or not expected.due(at):
+        return None
+    request = Request.STOP if expected.transition is Transition.STOP else Request.DELETE
+    latest = facts.latest_build
+    number = latest.number if latest else 0
+    if Tracker.from_facts(facts).decide(request) is Decision.FIRE:
+        fired = request_build(
+            facts,
+            chat=chat,
+            transition=expected.transition,
+            expected_build_number=number,
+            build_id=build_id,
+            at=at,
+            reason=expected.reason,
+        )
+        if fired is not None:
+            return fired
+    workspace, disarmed = _rearm(ws, None, at=at, build_number=number)
+    return Write(events=(disarmed,), workspace=workspace)
+
+
+def touch(facts: WorkspaceFacts, policy: Policy, *, at: float) -> Write | None:
+    """Activity at ``at``: push the idle deadline of a running workspace to ``at +
+    idle_stop_after``; ``None`` (nothing written) if that sets nothing new."""
+    ws = facts.workspace
+    if ws.deleted:
+        return None
+    armed = deadlines.pushed_by_activity(derive_state(facts), policy, at)
+    if armed is None or armed == ws.deadline:
+        return None
+    latest = facts.latest_build
+    workspace, event = _rearm(ws, armed, at=at, build_number=latest.number if latest else 0)
+    return Write(events=(event,), workspace=workspace)
 
 
 def claim_build(build: Build, ws: Workspace, *, worker: str, at: float) -> Write:
@@ -195,9 +289,12 @@ def finish_build(
     has_agent: bool,
     at: float,
     details: Mapping[str, Any] | None = None,
+    policy: Policy | None = None,
 ) -> Write:
     """``build`` finished with ``status``: the build row, the agent a succeeded start build
-    produced (in ``created``), the deleted mark a succeeded delete build sets, and their events.
+    produced (in ``created``), the deleted mark a succeeded delete build sets, the deadline the
+    chat's ``policy`` arms (:func:`~workspace_lifecycle.deadlines.after_finish`), and their
+    events.
 
     Raises ``ValueError`` for a status that is not final or bad ``details``,
     :class:`NotFoundError` for no build and
@@ -223,8 +320,13 @@ def finish_build(
     if done.starts_agent and has_agent:
         agent = Agent(ws.workspace_id, done.number, AgentLifecycle.CREATED)
     if done.status is JobStatus.SUCCEEDED and done.transition is Transition.DELETE:
-        workspace = attrs.evolve(ws, deleted=True)
+        workspace = attrs.evolve(ws, deleted=True, deadline=None)
         events.append(_event(EventKind.WORKSPACE_DELETED, workspace, done, at=at))
+    else:
+        armed = deadlines.after_finish(done, policy or Policy(), at)
+        if armed != ws.deadline:
+            workspace, event = _rearm(ws, armed, at=at, build_number=done.number)
+            events.append(event)
     return Write(events=tuple(events), build=done, workspace=workspace, agent=agent)
 
 

@@ -23,9 +23,19 @@ import anyio
 import attrs
 
 from ..errors import CorruptStateError
-from ..values import AgentLifecycle, Build, Chat, JobStatus, StoreEvent, Transition, WorkspaceFacts
+from ..values import (
+    AgentLifecycle,
+    Build,
+    Chat,
+    Deadline,
+    JobStatus,
+    Policy,
+    StoreEvent,
+    Transition,
+    WorkspaceFacts,
+)
 
-__all__ = ["ChatRow", "Doorbell", "Outcome", "Store"]
+__all__ = ["ArmedDeadlines", "ChatRow", "Doorbell", "Outcome", "Store"]
 
 
 @attrs.frozen
@@ -40,6 +50,15 @@ class Outcome:
     fired: bool
     build: Build | None
     facts: WorkspaceFacts
+
+
+@attrs.frozen
+class ArmedDeadlines:
+    """Every armed deadline, by workspace id, read in one transaction with the log's ``head``
+    then: a reader that applies the log's ``deadline_set`` events after ``head`` stays exact."""
+
+    head: int
+    deadlines: Mapping[str, Deadline]
 
 
 @attrs.frozen
@@ -97,8 +116,21 @@ class Store(abc.ABC):
     # --- chats and workspaces --------------------------------------------------------------
 
     @abc.abstractmethod
-    async def register_chat(self, chat_id: str, owner: str) -> Chat:
-        """Create the chat if absent (idempotent). Another owner raises ``OwnershipError``."""
+    async def register_chat(
+        self,
+        chat_id: str,
+        owner: str,
+        *,
+        policy: Policy | None = None,
+        default_policy: Policy | None = None,
+    ) -> Chat:
+        """Create the chat if absent (idempotent); return it as stored.
+
+        A new chat gets ``policy``, else ``default_policy``, else :class:`Policy()` (never);
+        an existing chat's policy changes only when ``policy`` is given
+        (:func:`~workspace_lifecycle.writes.register_chat` decides). Another owner raises
+        ``OwnershipError``.
+        """
 
     @abc.abstractmethod
     async def get_chat(self, chat_id: str) -> Chat | None:
@@ -145,6 +177,23 @@ class Store(abc.ABC):
         :func:`~workspace_lifecycle.writes.request_build` holds (that build is still the latest
         and finished, the workspace is not deleted, and a start's chat is still bound to it);
         otherwise append nothing."""
+
+    @abc.abstractmethod
+    async def touch(self, workspace_id: str) -> Deadline | None:
+        """Activity on the workspace now: push its idle deadline by its chat's policy
+        (:func:`~workspace_lifecycle.writes.touch` decides; nothing is written when it sets
+        nothing new). Returns the deadline armed after the call."""
+
+    @abc.abstractmethod
+    async def fire_deadline(self, workspace_id: str, expected: Deadline) -> Outcome:
+        """Fire the workspace's deadline if it is still exactly ``expected`` and due now
+        (:func:`~workspace_lifecycle.writes.fire_deadline` decides). ``fired`` says whether a
+        build was appended; ``facts`` (with the deadline armed after the call) are read in the
+        same transaction."""
+
+    @abc.abstractmethod
+    async def armed_deadlines(self) -> ArmedDeadlines:
+        """Every workspace's armed deadline, with the log's head in the same read."""
 
     @abc.abstractmethod
     async def list_chats(self) -> Sequence[ChatRow]:

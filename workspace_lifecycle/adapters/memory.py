@@ -14,19 +14,21 @@ from typing import Any
 import attrs
 
 from .. import writes
-from ..errors import CursorExpiredError, NotFoundError, OwnershipError, StoreClosedError
+from ..errors import CursorExpiredError, NotFoundError, StoreClosedError
 from ..values import (
     Agent,
     AgentLifecycle,
     Build,
     Chat,
+    Deadline,
     JobStatus,
+    Policy,
     StoreEvent,
     Transition,
     Workspace,
     WorkspaceFacts,
 )
-from .base import ChatRow, Doorbell, Outcome, Store
+from .base import ArmedDeadlines, ChatRow, Doorbell, Outcome, Store
 
 __all__ = ["MemoryStore"]
 
@@ -96,13 +98,23 @@ class MemoryStore(Store):
 
     # --- chats and workspaces --------------------------------------------------------------
 
-    async def register_chat(self, chat_id: str, owner: str) -> Chat:
+    async def register_chat(
+        self,
+        chat_id: str,
+        owner: str,
+        *,
+        policy: Policy | None = None,
+        default_policy: Policy | None = None,
+    ) -> Chat:
         self._check()
-        chat = self._chats.get(chat_id)
+        existing = self._chats.get(chat_id)
+        chat = writes.register_chat(
+            existing, chat_id, owner, policy=policy, default=default_policy or Policy()
+        )
         if chat is None:
-            chat = self._chats[chat_id] = Chat(chat_id, owner)
-        elif chat.owner != owner:
-            raise OwnershipError(f"chat {chat_id!r} is registered to another owner")
+            assert existing is not None
+            return existing
+        self._chats[chat_id] = chat
         return chat
 
     async def get_chat(self, chat_id: str) -> Chat | None:
@@ -174,6 +186,37 @@ class MemoryStore(Store):
         self._persist(write)
         return Outcome(fired=True, build=write.build, facts=self._facts(workspace_id))
 
+    async def touch(self, workspace_id: str) -> Deadline | None:
+        self._check()
+        facts = self._facts(workspace_id)
+        chat = self._chats.get(facts.workspace.chat_id)
+        write = writes.touch(facts, chat.policy if chat else Policy(), at=self._clock())
+        if write is not None:
+            self._persist(write)
+        return self._workspaces[workspace_id].deadline
+
+    async def fire_deadline(self, workspace_id: str, expected: Deadline) -> Outcome:
+        self._check()
+        facts = self._facts(workspace_id)
+        write = writes.fire_deadline(
+            facts,
+            chat=self._chats.get(facts.workspace.chat_id),
+            expected=expected,
+            build_id=str(uuid.uuid4()),
+            at=self._clock(),
+        )
+        if write is None:
+            return Outcome(fired=False, build=None, facts=facts)
+        self._persist(write)
+        return Outcome(fired=write.build is not None, build=write.build, facts=self._facts(workspace_id))
+
+    async def armed_deadlines(self) -> ArmedDeadlines:
+        self._check()
+        return ArmedDeadlines(
+            self._doorbell.head,
+            {ws.workspace_id: ws.deadline for ws in self._workspaces.values() if ws.deadline is not None},
+        )
+
     async def list_chats(self) -> Sequence[ChatRow]:
         self._check()
         return [
@@ -214,14 +257,17 @@ class MemoryStore(Store):
         build = self._builds.get(build_id)
         if build is None:
             raise NotFoundError(f"no build {build_id!r}")
+        ws = self._workspaces[build.workspace_id]
+        chat = self._chats.get(ws.chat_id)
         write = writes.finish_build(
             build,
-            self._workspaces[build.workspace_id],
+            ws,
             status,
             error,
             has_agent=has_agent,
             at=self._clock(),
             details=details,
+            policy=chat.policy if chat else None,
         )
         self._persist(write)
         assert write.build is not None

@@ -77,7 +77,6 @@ from ..errors import (
     CorruptStateError,
     CursorExpiredError,
     NotFoundError,
-    OwnershipError,
     StoreBusyError,
     StoreClosedError,
     StoreError,
@@ -91,14 +90,17 @@ from ..values import (
     AgentLifecycle,
     Build,
     Chat,
+    Deadline,
     JobStatus,
+    Policy,
+    Reason,
     StoreEvent,
     Transition,
     Workspace,
     WorkspaceFacts,
     parse_enum,
 )
-from .base import ChatRow, Doorbell, Outcome, Store
+from .base import ArmedDeadlines, ChatRow, Doorbell, Outcome, Store
 
 __all__ = [
     "DRIVERS",
@@ -190,6 +192,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE builds ADD COLUMN parameters jsonb NOT NULL DEFAULT '{}'::jsonb,
         ADD COLUMN details jsonb;
     """,
+    # 3: between turns: a chat's policy, a workspace's armed deadline, why a build was fired.
+    """
+    ALTER TABLE chats ADD COLUMN idle_stop_after double precision,
+        ADD COLUMN delete_after_stopped double precision;
+    ALTER TABLE workspaces ADD COLUMN deadline_at double precision, ADD COLUMN deadline_reason text;
+    ALTER TABLE builds ADD COLUMN reason text NOT NULL DEFAULT 'request';
+    CREATE INDEX workspaces_deadline ON workspaces (deadline_at) WHERE deadline_at IS NOT NULL;
+    """,
 )
 
 #: The schema version this code writes and understands.
@@ -197,10 +207,15 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 _HEAD = "coalesce(greatest((SELECT max(seq) FROM events), (SELECT pruned_through FROM log_state)), 0)"
 
-_FACTS_COLUMNS = """
-    w.workspace_id, w.chat_id, w.owner, w.name, w.deleted,
+_WS_COLUMNS = "w.workspace_id, w.chat_id, w.owner, w.name, w.deleted, w.deadline_at, w.deadline_reason"
+_WS_WIDTH = 7
+_CHAT_COLUMNS = "c.chat_id, c.owner, c.workspace_id, c.idle_stop_after, c.delete_after_stopped"
+_CHAT_WIDTH = 5
+
+_FACTS_COLUMNS = f"""
+    {_WS_COLUMNS},
     b.build_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,
-    b.parameters, b.details,
+    b.parameters, b.details, b.reason,
     a.build_number, a.lifecycle
 """
 _FACTS_JOINS = """
@@ -211,8 +226,16 @@ _FACTS_SQL = f"SELECT {_FACTS_COLUMNS}, {_HEAD} FROM workspaces w {_FACTS_JOINS}
 
 _BUILD_COLUMNS = (
     "b.build_id, b.workspace_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,"
-    " b.parameters, b.details"
+    " b.parameters, b.details, b.reason"
 )
+_BUILD_WIDTH = 11
+
+
+def _after(facts: WorkspaceFacts, write: writes.Write, head: int) -> WorkspaceFacts:
+    """The facts ``facts`` become once ``write`` (a request or a fired deadline) committed."""
+    return WorkspaceFacts(
+        write.workspace or facts.workspace, write.build or facts.latest_build, facts.agent, head
+    )
 
 
 def _lock_key(schema: str) -> int:
@@ -223,7 +246,7 @@ def _lock_key(schema: str) -> int:
 
 def _parse_build(row: Sequence[Any]) -> Build:
     """A build from ``build_id, workspace_id, number, transition, status, error, has_agent, worker,
-    parameters, details``."""
+    parameters, details, reason``."""
     build_id = row[0]
     parameters, details = row[8], row[9]
     if not isinstance(parameters, dict):
@@ -241,27 +264,54 @@ def _parse_build(row: Sequence[Any]) -> Build:
         worker=row[7],
         parameters=parameters,
         details=details,
+        reason=parse_enum(Reason, row[10], table="builds", key=build_id, column="reason"),
     )
 
 
 def _parse_facts(row: Sequence[Any]) -> WorkspaceFacts:
     """Facts from a row of ``_FACTS_COLUMNS`` followed by the head."""
-    ws = Workspace(row[0], row[1], row[2], row[3], deleted=row[4])
+    ws = _parse_workspace(row)
+    b = _WS_WIDTH
     build = None
-    if row[5] is not None:
-        build = _parse_build((row[5], ws.workspace_id, *row[6:14]))
+    if row[b] is not None:
+        build = _parse_build((row[b], ws.workspace_id, *row[b + 1 : b + _BUILD_WIDTH - 1]))
+    a = b + _BUILD_WIDTH - 1
     agent = None
-    if row[14] is not None:
+    if row[a] is not None:
         lifecycle = parse_enum(
-            AgentLifecycle, row[15], table="agents", key=ws.workspace_id, column="lifecycle"
+            AgentLifecycle, row[a + 1], table="agents", key=ws.workspace_id, column="lifecycle"
         )
-        agent = Agent(ws.workspace_id, row[14], lifecycle)
-    return WorkspaceFacts(workspace=ws, latest_build=build, agent=agent, seq=int(row[16]))
+        agent = Agent(ws.workspace_id, row[a], lifecycle)
+    return WorkspaceFacts(workspace=ws, latest_build=build, agent=agent, seq=int(row[a + 2]))
 
 
 def _parse_workspace(row: Sequence[Any]) -> Workspace:
-    """A workspace from ``workspace_id, chat_id, owner, name, deleted``."""
-    return Workspace(row[0], row[1], row[2], row[3], deleted=row[4])
+    """A workspace from ``_WS_COLUMNS``."""
+    deadline = _parse_deadline(row[0], row[5], row[6])
+    return Workspace(row[0], row[1], row[2], row[3], deleted=row[4], deadline=deadline)
+
+
+def _parse_deadline(workspace_id: str, at: object, reason: object) -> Deadline | None:
+    """A workspace's armed deadline from its two columns (both set, or neither)."""
+    if at is None and reason is None:
+        return None
+    if not isinstance(at, float):
+        raise CorruptStateError("workspaces", workspace_id, "deadline_at", at)
+    kind = parse_enum(Reason, reason, table="workspaces", key=workspace_id, column="deadline_reason")
+    if kind is Reason.REQUEST:
+        raise CorruptStateError("workspaces", workspace_id, "deadline_reason", reason)
+    return Deadline(at, kind)
+
+
+def _parse_chat(row: Sequence[Any]) -> Chat:
+    """A chat from ``_CHAT_COLUMNS``."""
+    try:
+        policy = Policy(idle_stop_after=row[3], delete_after_stopped=row[4])
+    except ValueError:
+        raise CorruptStateError(
+            "chats", row[0], "idle_stop_after/delete_after_stopped", (row[3], row[4])
+        ) from None
+    return Chat(row[0], row[1], row[2], policy=policy)
 
 
 def _cause(exc: BaseException) -> str:
@@ -685,11 +735,13 @@ class PostgresStore(Store):
         # write also makes that row (a create: one statement cannot update a row it inserts).
         latest_here = write.queued and build is not None and ws is not None
         if ws is not None:
-            # A new workspace (with its first build), or one marked deleted.
+            # A new workspace (with its first build), one marked deleted, or a new deadline.
             parts.append(
-                "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, latest_build)"
-                " VALUES (%(w_id)s, %(w_chat)s, %(w_owner)s, %(w_name)s, %(w_deleted)s, %(w_latest)s)"
-                " ON CONFLICT (workspace_id) DO UPDATE SET deleted = excluded.deleted"
+                "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, latest_build,"
+                " deadline_at, deadline_reason) VALUES (%(w_id)s, %(w_chat)s, %(w_owner)s, %(w_name)s,"
+                " %(w_deleted)s, %(w_latest)s, %(w_deadline)s, %(w_reason)s)"
+                " ON CONFLICT (workspace_id) DO UPDATE SET deleted = excluded.deleted,"
+                " deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason"
             )
             params.update(
                 w_id=ws.workspace_id,
@@ -698,16 +750,26 @@ class PostgresStore(Store):
                 w_name=ws.name,
                 w_deleted=ws.deleted,
                 w_latest=build.number if latest_here and build is not None else 0,
+                w_deadline=ws.deadline.at if ws.deadline else None,
+                w_reason=ws.deadline.reason.value if ws.deadline else None,
             )
         if write.chat is not None:
-            parts.append("UPDATE chats SET workspace_id = %(c_ws)s WHERE chat_id = %(c_id)s")
-            params.update(c_ws=write.chat.workspace_id, c_id=write.chat.chat_id)
+            parts.append(
+                "UPDATE chats SET workspace_id = %(c_ws)s, idle_stop_after = %(c_idle)s,"
+                " delete_after_stopped = %(c_retain)s WHERE chat_id = %(c_id)s"
+            )
+            params.update(
+                c_ws=write.chat.workspace_id,
+                c_id=write.chat.chat_id,
+                c_idle=write.chat.policy.idle_stop_after,
+                c_retain=write.chat.policy.delete_after_stopped,
+            )
         if build is not None and write.queued:
             parts.append(
                 "INSERT INTO builds (build_id, workspace_id, number, transition, status, error,"
-                " has_agent, worker, parameters, details) VALUES (%(b_id)s, %(b_ws)s, %(b_n)s,"
+                " has_agent, worker, parameters, details, reason) VALUES (%(b_id)s, %(b_ws)s, %(b_n)s,"
                 " %(b_transition)s, %(b_status)s, %(b_error)s, %(b_has_agent)s, %(b_worker)s,"
-                " %(b_parameters)s, %(b_details)s)"
+                " %(b_parameters)s, %(b_details)s, %(b_reason)s)"
             )
             if not latest_here:
                 parts.append("UPDATE workspaces SET latest_build = %(b_n)s WHERE workspace_id = %(b_ws)s")
@@ -729,6 +791,7 @@ class PostgresStore(Store):
                 b_worker=build.worker,
                 b_parameters=Jsonb(dict(build.parameters)),
                 b_details=None if build.details is None else Jsonb(dict(build.details)),
+                b_reason=build.reason.value,
             )
         if write.agent is not None:
             parts.append(
@@ -884,32 +947,55 @@ class PostgresStore(Store):
 
     # --- chats and workspaces --------------------------------------------------------------
 
-    async def register_chat(self, chat_id: str, owner: str) -> Chat:
+    async def register_chat(
+        self,
+        chat_id: str,
+        owner: str,
+        *,
+        policy: Policy | None = None,
+        default_policy: Policy | None = None,
+    ) -> Chat:
         async def body(conn: Conn) -> Chat:
-            cur = await conn.execute(
-                "INSERT INTO chats (chat_id, owner) VALUES (%s, %s) ON CONFLICT (chat_id) DO NOTHING"
-                " RETURNING owner, workspace_id",
-                (chat_id, owner),
-            )
-            row = await cur.fetchone()
-            if row is None:
+            while True:
                 cur = await conn.execute(
-                    "SELECT owner, workspace_id FROM chats WHERE chat_id = %s", (chat_id,)
+                    f"SELECT {_CHAT_COLUMNS} FROM chats c WHERE c.chat_id = %s FOR UPDATE", (chat_id,)
                 )
                 row = await cur.fetchone()
-                assert row is not None
-            return Chat(chat_id, row[0], row[1])
+                existing = None if row is None else _parse_chat(row)
+                chat = writes.register_chat(
+                    existing, chat_id, owner, policy=policy, default=default_policy or Policy()
+                )
+                if chat is None:
+                    assert existing is not None
+                    return existing
+                values = (
+                    chat.chat_id,
+                    chat.owner,
+                    chat.policy.idle_stop_after,
+                    chat.policy.delete_after_stopped,
+                )
+                if existing is not None:
+                    await conn.execute(
+                        "UPDATE chats SET idle_stop_after = %s, delete_after_stopped = %s WHERE chat_id = %s",
+                        (values[2], values[3], chat_id),
+                    )
+                    return chat
+                cur = await conn.execute(
+                    "INSERT INTO chats (chat_id, owner, idle_stop_after, delete_after_stopped)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT (chat_id) DO NOTHING RETURNING 1",
+                    values,
+                )
+                if await cur.fetchone() is not None:
+                    return chat
+                # Another replica inserted it since our read: decide again on its row.
 
-        chat = await self._run(body)
-        if chat.owner != owner:
-            raise OwnershipError(f"chat {chat_id!r} is registered to another owner")
-        return chat
+        return await self._run(body, write=True)
 
     async def get_chat(self, chat_id: str) -> Chat | None:
         async def body(conn: Conn) -> Chat | None:
-            cur = await conn.execute("SELECT owner, workspace_id FROM chats WHERE chat_id = %s", (chat_id,))
+            cur = await conn.execute(f"SELECT {_CHAT_COLUMNS} FROM chats c WHERE c.chat_id = %s", (chat_id,))
             row = await cur.fetchone()
-            return None if row is None else Chat(chat_id, row[0], row[1])
+            return None if row is None else _parse_chat(row)
 
         return await self._run(body)
 
@@ -954,12 +1040,12 @@ class PostgresStore(Store):
                     "SELECT 1 FROM workspaces WHERE workspace_id = %s FOR UPDATE", (expected_workspace_id,)
                 )
             cur = await conn.execute(
-                "SELECT owner, workspace_id FROM chats WHERE chat_id = %s FOR UPDATE", (chat_id,)
+                f"SELECT {_CHAT_COLUMNS} FROM chats c WHERE c.chat_id = %s FOR UPDATE", (chat_id,)
             )
             row = await cur.fetchone()
             if row is None:
                 raise NotFoundError(f"no chat {chat_id!r}")
-            chat = Chat(chat_id, row[0], row[1])
+            chat = _parse_chat(row)
             if expected_workspace_id is not None and chat.workspace_id == expected_workspace_id:
                 replaced = await self._facts(conn, expected_workspace_id)
             write = writes.create_workspace(
@@ -995,19 +1081,10 @@ class PostgresStore(Store):
         async def body(conn: Conn) -> Outcome:
             # The workspace row serialises requests on it; the chat row, shared, keeps a
             # create_workspace from re-binding the chat between this read and the commit.
-            cur = await conn.execute(
-                "SELECT c.chat_id, c.owner, c.workspace_id FROM workspaces w JOIN chats c ON c.chat_id = w.chat_id"
-                " WHERE w.workspace_id = %s FOR UPDATE OF w FOR SHARE OF c",
-                (workspace_id,),
-            )
-            row = await cur.fetchone()
-            if row is None:
-                raise NotFoundError(f"no workspace {workspace_id!r}")
-            # Read after taking the locks, in a new snapshot: every earlier winner is visible.
-            facts = await self._facts(conn, workspace_id)
+            chat, facts = await self._locked(conn, workspace_id)
             write = writes.request_build(
                 facts,
-                chat=Chat(row[0], row[1], row[2]),
+                chat=chat,
                 transition=transition,
                 expected_build_number=expected_build_number,
                 build_id=str(uuid.uuid4()),
@@ -1017,25 +1094,80 @@ class PostgresStore(Store):
             if write is None:
                 return Outcome(fired=False, build=None, facts=facts)
             head = await self._persist(conn, write)
-            return Outcome(
-                fired=True,
-                build=write.build,
-                facts=WorkspaceFacts(facts.workspace, write.build, facts.agent, head),
-            )
+            return Outcome(fired=True, build=write.build, facts=_after(facts, write, head))
 
         return self._committed(await self._run(body, write=True))
+
+    async def _locked(self, conn: Conn, workspace_id: str) -> tuple[Chat, WorkspaceFacts]:
+        """Lock the workspace's row (and share its chat's), then read its facts afresh."""
+        # The workspace row serialises writes on it; the chat row, shared, keeps a
+        # create_workspace from re-binding the chat between this read and the commit.
+        cur = await conn.execute(
+            f"SELECT {_CHAT_COLUMNS} FROM workspaces w JOIN chats c ON c.chat_id = w.chat_id"
+            " WHERE w.workspace_id = %s FOR UPDATE OF w FOR SHARE OF c",
+            (workspace_id,),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise NotFoundError(f"no workspace {workspace_id!r}")
+        # Read after taking the locks, in a new snapshot: every earlier winner is visible.
+        facts = await self._facts(conn, workspace_id)
+        return _parse_chat(row), facts
+
+    async def touch(self, workspace_id: str) -> Deadline | None:
+        async def body(conn: Conn) -> tuple[Deadline | None, int]:
+            chat, facts = await self._locked(conn, workspace_id)
+            write = writes.touch(facts, chat.policy, at=self._clock())
+            if write is None:
+                return facts.workspace.deadline, 0
+            assert write.workspace is not None
+            return write.workspace.deadline, await self._persist(conn, write)
+
+        deadline, head = await self._run(body, write=True)
+        self._doorbell.saw(head)
+        return deadline
+
+    async def fire_deadline(self, workspace_id: str, expected: Deadline) -> Outcome:
+        async def body(conn: Conn) -> Outcome:
+            chat, facts = await self._locked(conn, workspace_id)
+            write = writes.fire_deadline(
+                facts, chat=chat, expected=expected, build_id=str(uuid.uuid4()), at=self._clock()
+            )
+            if write is None:
+                return Outcome(fired=False, build=None, facts=facts)
+            head = await self._persist(conn, write)
+            return Outcome(fired=write.build is not None, build=write.build, facts=_after(facts, write, head))
+
+        outcome = await self._run(body, write=True)
+        self._doorbell.saw(outcome.facts.seq)
+        return outcome
+
+    async def armed_deadlines(self) -> ArmedDeadlines:
+        async def body(conn: Conn) -> ArmedDeadlines:
+            # One statement: one snapshot for the deadlines and the head.
+            cur = await conn.execute(
+                f"SELECT {_HEAD}, coalesce(array_agg(workspace_id), '{{}}'),"
+                " coalesce(array_agg(deadline_at), '{}'), coalesce(array_agg(deadline_reason), '{}')"
+                " FROM workspaces WHERE deadline_at IS NOT NULL"
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            armed = {w: _parse_deadline(w, at, r) for w, at, r in zip(row[1], row[2], row[3], strict=True)}
+            return ArmedDeadlines(int(row[0]), {w: d for w, d in armed.items() if d is not None})
+
+        return await self._run(body)
 
     async def list_chats(self) -> Sequence[ChatRow]:
         async def body(conn: Conn) -> list[ChatRow]:
             cur = await conn.execute(
-                f"SELECT c.chat_id, c.owner, c.workspace_id, {_FACTS_COLUMNS}, {_HEAD}"
+                f"SELECT {_CHAT_COLUMNS}, {_FACTS_COLUMNS}, {_HEAD}"
                 f" FROM chats c LEFT JOIN workspaces w ON w.workspace_id = c.workspace_id {_FACTS_JOINS}"
                 " ORDER BY c.chat_id"
             )
             rows: list[ChatRow] = []
             for row in await cur.fetchall():
                 rows.append(
-                    ChatRow.read(Chat(row[0], row[1], row[2]), functools.partial(_parse_facts, row[3:]))
+                    ChatRow.read(_parse_chat(row), functools.partial(_parse_facts, row[_CHAT_WIDTH:]))
                 )
             return rows
 
@@ -1046,7 +1178,7 @@ class PostgresStore(Store):
     async def claim_build(self, worker: str) -> Build | None:
         async def body(conn: Conn) -> tuple[Build | None, int]:
             cur = await conn.execute(
-                f"SELECT {_BUILD_COLUMNS}, w.workspace_id, w.chat_id, w.owner, w.name, w.deleted"
+                f"SELECT {_BUILD_COLUMNS}, {_WS_COLUMNS}"
                 " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id"
                 " WHERE b.status = 'pending' ORDER BY b.id LIMIT 1 FOR UPDATE OF b SKIP LOCKED"
             )
@@ -1054,7 +1186,10 @@ class PostgresStore(Store):
             if row is None:
                 return None, 0
             write = writes.claim_build(
-                _parse_build(row[:10]), _parse_workspace(row[10:]), worker=worker, at=self._clock()
+                _parse_build(row[:_BUILD_WIDTH]),
+                _parse_workspace(row[_BUILD_WIDTH:]),
+                worker=worker,
+                at=self._clock(),
             )
             return write.build, await self._persist(conn, write)
 
@@ -1074,23 +1209,28 @@ class PostgresStore(Store):
         status = writes.parse_status(status)
 
         async def body(conn: Conn) -> tuple[Build, int]:
+            # The workspace row is locked too: the finish may arm its deadline.
             cur = await conn.execute(
-                f"SELECT {_BUILD_COLUMNS}, w.workspace_id, w.chat_id, w.owner, w.name, w.deleted"
+                f"SELECT {_BUILD_COLUMNS}, {_WS_COLUMNS}, c.idle_stop_after, c.delete_after_stopped"
                 " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id"
-                " WHERE b.build_id = %s FOR UPDATE OF b",
+                " LEFT JOIN chats c ON c.chat_id = w.chat_id"
+                " WHERE b.build_id = %s FOR UPDATE OF b, w",
                 (build_id,),
             )
             row = await cur.fetchone()
             if row is None:
                 raise NotFoundError(f"no build {build_id!r}")
+            ws = _parse_workspace(row[_BUILD_WIDTH:])
+            chat = _parse_chat((ws.chat_id, ws.owner, None, *row[_BUILD_WIDTH + _WS_WIDTH :]))
             write = writes.finish_build(
-                _parse_build(row[:10]),
-                _parse_workspace(row[10:]),
+                _parse_build(row[:_BUILD_WIDTH]),
+                ws,
                 status,
                 error,
                 has_agent=has_agent,
                 at=self._clock(),
                 details=details,
+                policy=chat.policy,
             )
             assert write.build is not None
             return write.build, await self._persist(conn, write)
@@ -1104,7 +1244,7 @@ class PostgresStore(Store):
 
         async def body(conn: Conn) -> int:
             cur = await conn.execute(
-                "SELECT a.build_number, a.lifecycle, w.workspace_id, w.chat_id, w.owner, w.name, w.deleted"
+                f"SELECT a.build_number, a.lifecycle, {_WS_COLUMNS}"
                 " FROM agents a JOIN workspaces w ON w.workspace_id = a.workspace_id"
                 " WHERE a.workspace_id = %s FOR UPDATE OF a",
                 (workspace_id,),

@@ -71,7 +71,6 @@ from ..errors import (
     CorruptStateError,
     CursorExpiredError,
     NotFoundError,
-    OwnershipError,
     StoreBusyError,
     StoreClosedError,
     StoreError,
@@ -83,14 +82,17 @@ from ..values import (
     AgentLifecycle,
     Build,
     Chat,
+    Deadline,
     JobStatus,
+    Policy,
+    Reason,
     StoreEvent,
     Transition,
     Workspace,
     WorkspaceFacts,
     parse_enum,
 )
-from .base import ChatRow, Doorbell, Outcome, Store
+from .base import ArmedDeadlines, ChatRow, Doorbell, Outcome, Store
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "map_exceptions"]
 
@@ -98,7 +100,7 @@ log = logging.getLogger("workspace_lifecycle.sqlite")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE chats (
@@ -156,6 +158,13 @@ MIGRATIONS: dict[int, str] = {
     # Build parameters (JSON object of strings) and a failed build's details (JSON object).
     1: "ALTER TABLE builds ADD COLUMN parameters TEXT NOT NULL DEFAULT '{}';"
     " ALTER TABLE builds ADD COLUMN details TEXT",
+    # Between turns: a chat's policy, a workspace's armed deadline, why a build was fired.
+    2: "ALTER TABLE chats ADD COLUMN idle_stop_after REAL;"
+    " ALTER TABLE chats ADD COLUMN delete_after_stopped REAL;"
+    " ALTER TABLE workspaces ADD COLUMN deadline_at REAL;"
+    " ALTER TABLE workspaces ADD COLUMN deadline_reason TEXT;"
+    " ALTER TABLE builds ADD COLUMN reason TEXT NOT NULL DEFAULT 'request';"
+    " CREATE INDEX workspaces_by_deadline ON workspaces (deadline_at) WHERE deadline_at IS NOT NULL",
 }
 
 _ACCEPTED = "sqlite:///relative/path.db or sqlite:////absolute/path.db"
@@ -602,14 +611,23 @@ class SQLiteStore(Store):
 
     # --- chats and workspaces --------------------------------------------------------------
 
-    async def register_chat(self, chat_id: str, owner: str) -> Chat:
+    async def register_chat(
+        self,
+        chat_id: str,
+        owner: str,
+        *,
+        policy: Policy | None = None,
+        default_policy: Policy | None = None,
+    ) -> Chat:
         def body(tx: _Tx) -> Chat:
-            chat = _chat(tx.conn, chat_id)
+            existing = _chat(tx.conn, chat_id)
+            chat = writes.register_chat(
+                existing, chat_id, owner, policy=policy, default=default_policy or Policy()
+            )
             if chat is None:
-                chat = Chat(chat_id, owner)
-                tx.conn.execute("INSERT INTO chats (chat_id, owner) VALUES (?, ?)", (chat_id, owner))
-            elif chat.owner != owner:
-                raise OwnershipError(f"chat {chat_id!r} is registered to another owner")
+                assert existing is not None
+                return existing
+            tx.persist(writes.Write(events=(), chat=chat))
             return chat
 
         return await self._write(body)
@@ -690,11 +708,56 @@ class SQLiteStore(Store):
 
         return await self._write(body)
 
+    async def touch(self, workspace_id: str) -> Deadline | None:
+        def body(tx: _Tx) -> Deadline | None:
+            facts = _facts(tx.conn, workspace_id)
+            chat = _chat(tx.conn, facts.workspace.chat_id)
+            write = writes.touch(facts, chat.policy if chat else Policy(), at=self._clock())
+            if write is None:
+                return facts.workspace.deadline
+            tx.persist(write)
+            assert write.workspace is not None
+            return write.workspace.deadline
+
+        return await self._write(body)
+
+    async def fire_deadline(self, workspace_id: str, expected: Deadline) -> Outcome:
+        def body(tx: _Tx) -> Outcome:
+            facts = _facts(tx.conn, workspace_id)
+            write = writes.fire_deadline(
+                facts,
+                chat=_chat(tx.conn, facts.workspace.chat_id),
+                expected=expected,
+                build_id=str(uuid.uuid4()),
+                at=self._clock(),
+            )
+            if write is None:
+                return Outcome(fired=False, build=None, facts=facts)
+            tx.persist(write)
+            return Outcome(
+                fired=write.build is not None, build=write.build, facts=_facts(tx.conn, workspace_id)
+            )
+
+        return await self._write(body)
+
+    async def armed_deadlines(self) -> ArmedDeadlines:
+        def fn(conn: sqlite3.Connection) -> ArmedDeadlines:
+            rows = conn.execute(
+                "SELECT workspace_id, deadline_at, deadline_reason FROM workspaces WHERE deadline_at IS NOT NULL"
+            ).fetchall()
+            armed = {r[0]: _deadline(r[0], r[1], r[2]) for r in rows}
+            return ArmedDeadlines(_head(conn), {w: d for w, d in armed.items() if d is not None})
+
+        return await self._read(fn)
+
     async def list_chats(self) -> Sequence[ChatRow]:
         def fn(conn: sqlite3.Connection) -> list[ChatRow]:
             head = _head(conn)
-            rows = conn.execute("SELECT chat_id, owner, workspace_id FROM chats ORDER BY rowid").fetchall()
-            return [ChatRow.read(Chat(c, o, w), functools.partial(_facts, conn, w, head)) for c, o, w in rows]
+            rows = conn.execute(f"SELECT {_CHAT_COLUMNS} FROM chats ORDER BY rowid").fetchall()
+            chats = [_chat_row(r) for r in rows]
+            return [
+                ChatRow.read(c, functools.partial(_facts, conn, c.workspace_id or "", head)) for c in chats
+            ]
 
         return await self._read(fn)
 
@@ -734,14 +797,17 @@ class SQLiteStore(Store):
             if row is None:
                 raise NotFoundError(f"no build {build_id!r}")
             build = _build(row)
+            ws = _workspace(tx.conn, build.workspace_id)
+            chat = _chat(tx.conn, ws.chat_id)
             write = writes.finish_build(
                 build,
-                _workspace(tx.conn, build.workspace_id),
+                ws,
                 status,
                 error,
                 has_agent=has_agent,
                 at=self._clock(),
                 details=details,
+                policy=chat.policy if chat else None,
             )
             tx.persist(write)
             assert write.build is not None
@@ -950,18 +1016,37 @@ class _Tx:
         last = head + len(write.events)
         if write.workspace is not None:
             ws = write.workspace
+            deadline = ws.deadline
             conn.execute(
-                "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted) VALUES (?, ?, ?, ?, ?) "
+                "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, deadline_at, "
+                "deadline_reason) VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (workspace_id) DO UPDATE SET chat_id = excluded.chat_id, "
-                "owner = excluded.owner, name = excluded.name, deleted = excluded.deleted",
-                (ws.workspace_id, ws.chat_id, ws.owner, ws.name, ws.deleted),
+                "owner = excluded.owner, name = excluded.name, deleted = excluded.deleted, "
+                "deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason",
+                (
+                    ws.workspace_id,
+                    ws.chat_id,
+                    ws.owner,
+                    ws.name,
+                    ws.deleted,
+                    deadline.at if deadline else None,
+                    deadline.reason.value if deadline else None,
+                ),
             )
         if write.chat is not None:
             chat = write.chat
             conn.execute(
-                "INSERT INTO chats (chat_id, owner, workspace_id) VALUES (?, ?, ?) "
-                "ON CONFLICT (chat_id) DO UPDATE SET owner = excluded.owner, workspace_id = excluded.workspace_id",
-                (chat.chat_id, chat.owner, chat.workspace_id),
+                "INSERT INTO chats (chat_id, owner, workspace_id, idle_stop_after, delete_after_stopped) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (chat_id) DO UPDATE SET owner = excluded.owner, "
+                "workspace_id = excluded.workspace_id, idle_stop_after = excluded.idle_stop_after, "
+                "delete_after_stopped = excluded.delete_after_stopped",
+                (
+                    chat.chat_id,
+                    chat.owner,
+                    chat.workspace_id,
+                    chat.policy.idle_stop_after,
+                    chat.policy.delete_after_stopped,
+                ),
             )
         build = write.build
         if build is not None:
@@ -974,7 +1059,8 @@ class _Tx:
             else:  # a new build: the latest, claimed in the order it was queued
                 conn.execute(
                     "INSERT INTO builds (build_id, workspace_id, number, transition, status, error, "
-                    "has_agent, worker, queued_seq, parameters, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "has_agent, worker, queued_seq, parameters, details, reason) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         build.build_id,
                         build.workspace_id,
@@ -987,6 +1073,7 @@ class _Tx:
                         last,
                         json.dumps(dict(build.parameters)),
                         details,
+                        build.reason.value,
                     ),
                 )
                 conn.execute(
@@ -1026,9 +1113,8 @@ class _Tx:
 
 # --- row helpers (run on the connection's thread) ---------------------------------------------------
 
-_BUILD_COLUMNS = (
-    "build_id, workspace_id, number, transition, status, error, has_agent, worker, parameters, details"
-)
+_BUILD_COLUMNS = "build_id, workspace_id, number, transition, status, error, has_agent, worker, parameters, details, reason"
+_CHAT_COLUMNS = "chat_id, owner, workspace_id, idle_stop_after, delete_after_stopped"
 
 
 def _head(conn: sqlite3.Connection) -> int:
@@ -1036,8 +1122,30 @@ def _head(conn: sqlite3.Connection) -> int:
 
 
 def _chat(conn: sqlite3.Connection, chat_id: str) -> Chat | None:
-    row = conn.execute("SELECT owner, workspace_id FROM chats WHERE chat_id = ?", (chat_id,)).fetchone()
-    return None if row is None else Chat(chat_id, row[0], row[1])
+    row = conn.execute(f"SELECT {_CHAT_COLUMNS} FROM chats WHERE chat_id = ?", (chat_id,)).fetchone()
+    return None if row is None else _chat_row(row)
+
+
+def _chat_row(row: Sequence[Any]) -> Chat:
+    try:
+        policy = Policy(idle_stop_after=row[3], delete_after_stopped=row[4])
+    except ValueError:
+        raise CorruptStateError(
+            "chats", row[0], "idle_stop_after/delete_after_stopped", (row[3], row[4])
+        ) from None
+    return Chat(row[0], row[1], row[2], policy=policy)
+
+
+def _deadline(workspace_id: str, at: object, reason: object) -> Deadline | None:
+    """A workspace's armed deadline from its two columns (both set, or neither)."""
+    if at is None and reason is None:
+        return None
+    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+        raise CorruptStateError("workspaces", workspace_id, "deadline_at", at)
+    kind = parse_enum(Reason, reason, table="workspaces", key=workspace_id, column="deadline_reason")
+    if kind is Reason.REQUEST:
+        raise CorruptStateError("workspaces", workspace_id, "deadline_reason", reason)
+    return Deadline(float(at), kind)
 
 
 def _build(row: Sequence[Any]) -> Build:
@@ -1053,6 +1161,7 @@ def _build(row: Sequence[Any]) -> Build:
         worker=row[7],
         parameters=_json_object(row[8], build_id, "parameters") or {},
         details=_json_object(row[9], build_id, "details"),
+        reason=parse_enum(Reason, row[10], table="builds", key=build_id, column="reason"),
     )
 
 
@@ -1071,11 +1180,13 @@ def _json_object(text: str | None, build_id: str, column: str) -> dict[str, Any]
 
 def _workspace(conn: sqlite3.Connection, workspace_id: str, *, missing: str | None = None) -> Workspace:
     row = conn.execute(
-        "SELECT chat_id, owner, name, deleted FROM workspaces WHERE workspace_id = ?", (workspace_id,)
+        "SELECT chat_id, owner, name, deleted, deadline_at, deadline_reason FROM workspaces WHERE workspace_id = ?",
+        (workspace_id,),
     ).fetchone()
     if row is None:
         raise NotFoundError(missing or f"no workspace {workspace_id!r}")
-    return Workspace(workspace_id, row[0], row[1], row[2], deleted=bool(row[3]))
+    deadline = _deadline(workspace_id, row[4], row[5])
+    return Workspace(workspace_id, row[0], row[1], row[2], deleted=bool(row[3]), deadline=deadline)
 
 
 def _agent(conn: sqlite3.Connection, workspace_id: str) -> Agent | None:

@@ -1,0 +1,159 @@
+"""The deadline scheduler: one task per :class:`~workspace_lifecycle.runtime.Lifecycle` that
+sleeps until the earliest armed deadline it knows of and fires it.
+
+It knows every workspace's armed deadline: it loads them once (:meth:`Store.armed_deadlines`,
+with the log's head read in the same transaction) and then follows the log's ``deadline_set``
+and ``workspace_deleted`` events, which the event pump hands it with every other event. It
+sleeps in its clock's ``sleep_until`` until the earliest one; an event that arms an earlier one
+cancels that sleep (re-armed, never polled). A due deadline is fired with the store's
+compare-and-set (:meth:`Store.fire_deadline`): with any number of replicas only one fires it,
+and a deadline extended meanwhile fires nothing. What the store answers (the deadline armed
+after the call) is what the scheduler knows next, so it never fires the same deadline twice.
+
+It decides nothing: when a deadline is due and what firing it writes are the pure core's
+(:class:`~workspace_lifecycle.values.Deadline`, :func:`~workspace_lifecycle.writes.fire_deadline`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+
+import anyio
+
+from .adapters.base import Store
+from .clock import Clock
+from .errors import CorruptStateError, NotFoundError, StoreClosedError, StoreError
+from .values import Deadline, EventKind, StoreEvent
+
+__all__ = ["DeadlineScheduler"]
+
+log = logging.getLogger("workspace_lifecycle.runtime")
+
+#: After a store error or a deadline the store did not find due yet, try again this much later.
+_RETRY = 1.0
+
+
+class DeadlineScheduler:
+    """Every armed deadline of the store, in a heap; :meth:`run` fires them as they come due."""
+
+    def __init__(self, store: Store, clock: Clock, *, fires: bool = True) -> None:
+        self.store = store
+        self.clock = clock
+        self.fires = fires  # False: it only remembers what this process wrote (for touch)
+        self.fired = 0  # builds this scheduler fired
+        self.lost = 0  # fire attempts another replica (or a newer deadline) won
+        self._armed: dict[str, Deadline] = {}
+        self._seen: dict[str, int] = {}  # workspace id -> seq of the news we hold about it
+        self._floor = 0  # everything up to this seq is in the loaded snapshot
+        self._heap: list[tuple[float, str, Deadline]] = []  # (when to look, workspace, deadline)
+        self._sleep: anyio.CancelScope | None = None
+        self._waking_at = math.inf
+
+    # --- what it knows ---------------------------------------------------------------------
+
+    @property
+    def armed(self) -> int:
+        """How many deadlines are armed."""
+        return len(self._armed)
+
+    def known(self, workspace_id: str) -> Deadline | None:
+        """The workspace's armed deadline, as far as this process knows."""
+        return self._armed.get(workspace_id)
+
+    def next_due(self) -> float | None:
+        """When the scheduler wakes next (``None``: no deadline armed)."""
+        self._drop_stale()
+        return self._heap[0][0] if self._heap else None
+
+    async def load(self) -> None:
+        """Read every armed deadline (the events after the read's head follow by dispatch)."""
+        snapshot = await self.store.armed_deadlines()
+        self._armed.clear()
+        self._seen.clear()
+        self._heap.clear()
+        self._floor = snapshot.head
+        for workspace_id, deadline in snapshot.deadlines.items():
+            self._learn(workspace_id, deadline, snapshot.head)
+
+    def dispatch(self, event: StoreEvent) -> None:
+        """One event of the log, in order (from the event pump)."""
+        if event.seq <= self._floor:
+            return  # the loaded snapshot holds it already
+        if event.kind is EventKind.DEADLINE_SET:
+            self._learn(event.workspace_id, event.armed, event.seq)
+        elif event.kind is EventKind.WORKSPACE_DELETED:
+            self._learn(event.workspace_id, None, event.seq)
+            self._seen.pop(event.workspace_id, None)  # no news follows a deletion
+
+    def note(self, workspace_id: str, deadline: Deadline | None) -> None:
+        """What this process just wrote (a touch): known before its event comes round."""
+        self._learn(workspace_id, deadline, self._seen.get(workspace_id, 0))
+
+    def _learn(self, workspace_id: str, deadline: Deadline | None, seq: int) -> None:
+        if seq < self._seen.get(workspace_id, 0):
+            return  # older than what we hold (a fire's answer can run ahead of the pump)
+        self._seen[workspace_id] = seq
+        if deadline is None:
+            self._armed.pop(workspace_id, None)
+            return
+        if self._armed.get(workspace_id) == deadline:
+            return
+        self._armed[workspace_id] = deadline
+        self._schedule(deadline.at, workspace_id, deadline)
+
+    def _schedule(self, when: float, workspace_id: str, deadline: Deadline) -> None:
+        if not self.fires:
+            return
+        heapq.heappush(self._heap, (when, workspace_id, deadline))
+        if when < self._waking_at and self._sleep is not None:
+            self._sleep.cancel()  # an earlier deadline: wake and sleep again until it
+
+    def _drop_stale(self) -> None:
+        heap = self._heap
+        while heap and self._armed.get(heap[0][1]) != heap[0][2]:
+            heapq.heappop(heap)
+
+    # --- firing ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Sleep until the earliest deadline, fire what is due, repeat; until cancelled."""
+        while True:
+            self._drop_stale()
+            self._waking_at = self._heap[0][0] if self._heap else math.inf
+            with anyio.CancelScope() as self._sleep:
+                await self.clock.sleep_until(self._waking_at)
+            self._sleep = None
+            self._waking_at = -math.inf  # awake: a new deadline only goes into the heap
+            now = self.clock()
+            while True:
+                self._drop_stale()
+                if not self._heap or self._heap[0][0] > now:
+                    break
+                _, workspace_id, deadline = heapq.heappop(self._heap)
+                await self._fire(workspace_id, deadline)
+
+    async def _fire(self, workspace_id: str, deadline: Deadline) -> None:
+        try:
+            outcome = await self.store.fire_deadline(workspace_id, deadline)
+        except (NotFoundError, CorruptStateError) as exc:
+            log.error("deadline of workspace %s cannot fire: %s", workspace_id, exc)
+            self._learn(workspace_id, None, self._seen.get(workspace_id, 0))
+            return
+        except StoreClosedError:
+            raise
+        except StoreError as exc:
+            log.warning("deadline of workspace %s: %s; retrying in %.0fs", workspace_id, exc, _RETRY)
+            self._schedule(self.clock() + _RETRY, workspace_id, deadline)
+            return
+        if outcome.fired:
+            self.fired += 1
+        else:
+            self.lost += 1
+        after = outcome.facts.workspace.deadline
+        if after == deadline:
+            # Not due by the store's clock yet (a clock behind ours): look again a little later.
+            self._schedule(self.clock() + _RETRY, workspace_id, deadline)
+            return
+        self._learn(workspace_id, after, outcome.facts.seq)

@@ -1,0 +1,91 @@
+"""Between turns: policies, durable deadlines and the decisions about them. Pure.
+
+Theory of operation
+-------------------
+A chat's :class:`Policy` says what happens to its workspace while nobody uses it: stop it
+after ``idle_stop_after`` seconds without activity, delete it after it stayed stopped for
+``delete_after_stopped`` seconds. The policy is stored with the chat, so every replica and
+every restart applies the same one.
+
+A workspace has at most one armed :class:`Deadline`: the time of its next automatic action and
+why (``idle`` fires a stop build, ``retention`` a delete build). The deadline is a stored value
+of the workspace row, written by the same transaction as the event that sets it, and every
+change of it is a ``deadline_set`` event in the log, so each replica learns it like any other
+news. The writes that move it (:mod:`~workspace_lifecycle.writes`) decide with this module:
+
+* a start build that succeeds arms the idle deadline (``at + idle_stop_after``);
+* a stop build that succeeds arms the retention deadline (``at + delete_after_stopped``);
+* activity (:func:`pushed_by_activity`) pushes the idle deadline of a running workspace;
+* any build queued disarms it (its end arms the next one), and so does a failed build: a failed
+  workspace waits for a person or the agent, not for a timer.
+
+Firing a deadline is a compare-and-set like every request: it holds only while the stored
+deadline is exactly the one the firing replica saw and is due at the time it fires, so with any
+number of replicas a passed deadline fires one build, and a deadline extended in the meantime
+fires nothing.
+
+Deadlines are wall-clock times (seconds since the epoch), as the events' ``at``: a replica
+whose clock runs ahead fires early by that much, one whose clock runs behind fires late; the
+store's row is the same for all of them, and a process started after a deadline passed fires it
+at once.
+
+Rules for this module: no I/O, no awaits, no clocks, no anyio.
+"""
+
+from __future__ import annotations
+
+from .values import Build, Deadline, JobStatus, Policy, Reason, Transition, WorkspaceState
+
+__all__ = [
+    "TOUCH_SLACK",
+    "after_finish",
+    "pushed_by_activity",
+    "touch_due",
+]
+
+#: A touch within this many seconds of the last one that moved the deadline writes nothing (at
+#: most a tenth of ``idle_stop_after``): an idle stop may come that much early, never late.
+TOUCH_SLACK = 1.0
+
+
+def after_finish(build: Build, policy: Policy, at: float) -> Deadline | None:
+    """The deadline a finished build leaves armed, by the chat's ``policy``.
+
+    >>> from workspace_lifecycle.values import Build
+    >>> b = Build("b1", "w1", 1, Transition.START, JobStatus.SUCCEEDED)
+    >>> after_finish(b, Policy(idle_stop_after=60), at=1000.0)
+    Deadline(at=1060.0, reason=<Reason.IDLE: 'idle'>)
+    """
+    if build.status is not JobStatus.SUCCEEDED:
+        return None
+    if build.transition is Transition.START and policy.idle_stop_after is not None:
+        return Deadline(at + policy.idle_stop_after, Reason.IDLE)
+    if build.transition is Transition.STOP and policy.delete_after_stopped is not None:
+        return Deadline(at + policy.delete_after_stopped, Reason.RETENTION)
+    return None
+
+
+_RUNNING = frozenset({WorkspaceState.RUNNING, WorkspaceState.AGENT_READY})
+
+
+def pushed_by_activity(state: WorkspaceState, policy: Policy, at: float) -> Deadline | None:
+    """The idle deadline activity at ``at`` sets, or ``None`` if activity sets none here (the
+    workspace does not run, or the chat never stops for idleness)."""
+    if state not in _RUNNING or policy.idle_stop_after is None:
+        return None
+    return Deadline(at + policy.idle_stop_after, Reason.IDLE)
+
+
+def touch_due(known: Deadline | None, policy: Policy, now: float) -> bool:
+    """Should a touch at ``now`` write, given the deadline this process ``known`` to be armed?
+
+    Not when the armed idle deadline already lies within the slack of where the touch would put
+    it: repeated touches within :data:`TOUCH_SLACK` (or a tenth of ``idle_stop_after``) of each
+    other coalesce into the first. With no known deadline it writes (the store decides).
+    """
+    idle = policy.idle_stop_after
+    if idle is None:
+        return False
+    if known is None or known.reason is not Reason.IDLE:
+        return True
+    return known.at < now + idle - min(TOUCH_SLACK, idle / 10)
