@@ -11,6 +11,9 @@ Modes (argv[1]):
   ``wait_for_change(HEAD)`` and print ``woke SEQ MONOTONIC`` the moment it returns.
 * ``start URL CHAT OWNER``: print ``ready``, then call ``start_workspace`` (with no provisioner
   it waits for the build until killed) and print the answer as JSON.
+* ``deadlines URL DIE``: run a Lifecycle that fires the store's deadlines; print ``ready`` and
+  then ``fired WORKSPACE`` for each deadline it fires, until ``exit`` on stdin. With DIE ``1`` it
+  kills itself with SIGKILL the moment its first fire has committed (before it learns the answer).
 
 The parent talks to it through stdin/stdout, one line per message.
 """
@@ -18,12 +21,15 @@ The parent talks to it through stdin/stdout, one line per message.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 
 import anyio
 
 import workspace_lifecycle as wl
+import workspace_lifecycle.faults
 
 
 async def _line() -> str:
@@ -77,12 +83,40 @@ async def start(url: str, chat: str, owner: str) -> None:
         _say(json.dumps({"is_error": r.is_error, "data": r.data}))
 
 
+class _DieAfterFire(wl.faults.FaultyStore):
+    """Passes everything through; SIGKILLs this process right after a fire commits."""
+
+    async def fire_deadline(self, workspace_id: str, expected: wl.Deadline) -> wl.Outcome:
+        outcome = await self.inner.fire_deadline(workspace_id, expected)
+        if outcome.fired:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return outcome
+
+
+class _Announcing(wl.faults.FaultyStore):
+    async def fire_deadline(self, workspace_id: str, expected: wl.Deadline) -> wl.Outcome:
+        outcome = await self.inner.fire_deadline(workspace_id, expected)
+        if outcome.fired:
+            _say("fired", workspace_id)
+        return outcome
+
+
+async def deadlines(url: str, die: bool) -> None:
+    async with wl.open_store(url) as raw:
+        store = (_DieAfterFire if die else _Announcing)(raw)
+        async with wl.Lifecycle(store):
+            _say("ready")
+            assert await _line() == "exit"
+
+
 def main(argv: list[str]) -> None:
     mode = argv[1]
     if mode == "race":
         anyio.run(race, argv[2], argv[3], argv[4], int(argv[5]), argv[6] == "1", backend="asyncio")
     elif mode == "start":
         anyio.run(start, argv[2], argv[3], argv[4], backend="asyncio")
+    elif mode == "deadlines":
+        anyio.run(deadlines, argv[2], argv[3] == "1", backend="asyncio")
     elif mode == "wait":
         anyio.run(wait, argv[2], int(argv[3]), backend="asyncio")
     else:
