@@ -22,6 +22,7 @@ BENCHMARKS = {
     "throughput": "bench.throughput",
     "scale": "bench.scale",
     "contention": "bench.contention",
+    "deadlines": "bench.deadlines",
 }
 
 
