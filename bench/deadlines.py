@@ -15,7 +15,6 @@ the slack writes nothing; against one ``get_chat`` read (the one read a touch al
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -135,7 +134,7 @@ def run(ctx: Context) -> Result:
                 "% of a core",
                 cpu["poller"],
                 "the same Lifecycle with a scheduler re-reading the deadlines every 1 s",
-                common.ratio(cpu["poller"], cpu["ours"]) if cpu["ours"] > 0 else math.inf,
+                common.ratio(cpu["poller"], cpu["ours"]),
                 "poller/ours",
                 "≤ 1%",
                 cpu["ours"] <= 1.0,

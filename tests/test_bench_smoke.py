@@ -24,6 +24,11 @@ EXPECTED = {
     "throughput": ["SQLite events/s, 1 writer"],
     "scale": ["memory: wall time", "SQLite: peak RSS", "idle CPU while"],
     "contention": ["start builds fired per round, SQLite", "answer latency p99 under contention, SQLite"],
+    "deadlines": [
+        "idle CPU with 200 armed deadlines, SQLite",
+        "touch that moves the deadline",
+        "touch within the slack",
+    ],
 }
 
 

@@ -41,7 +41,9 @@ async def armed_workspaces(url: str) -> tuple[list[str], float]:
         for i in range(WORKSPACES):
             chat = f"c{i}"
             await store.register_chat(chat, "alice", policy=wl.Policy(idle_stop_after=IDLE))
-            ids.append((await store.create_workspace(chat, "dev", expected_workspace_id=None)).facts.workspace_id)
+            ids.append(
+                (await store.create_workspace(chat, "dev", expected_workspace_id=None)).facts.workspace_id
+            )
         for _ in ids:
             build = await store.claim_build("setup")
             assert build is not None
