@@ -79,6 +79,26 @@ class TestReaper:
         [reaped] = await reaper.reap_once()
         assert reaped.error == "provisioner worker far-away sent no result for 10s"
 
+    async def test_scans_on_its_clock(self, store: wl.Store) -> None:
+        """On a VirtualClock the scans and the staleness follow the clock, not real time."""
+        ws = await stopped(store)
+        assert (await store.request_build(ws, Transition.START, expected_build_number=2)).fired
+        assert await store.claim_build("far-away") is not None
+        clock = wl.VirtualClock()
+        async with BuildReaper(store, stale_after=600, interval=30, clock=clock) as reaper:
+            await anyio.sleep(0.05)  # the first scan: first seen now
+            for _ in range(19):  # 570 s of scans: not stale yet
+                clock.advance(30)
+                await anyio.sleep(0.01)
+            assert reaper.reaped == 0
+            clock.advance(30)
+            with anyio.fail_after(5):
+                while not reaper.reaped:  # the reaper's finish_build is a write: it wakes us
+                    head = await store.head()
+                    if not reaper.reaped:
+                        await store.wait_for_change(head)
+        assert wl.derive_state(await store.workspace_facts(ws)) is wl.WorkspaceState.FAILED
+
     async def test_waiting_caller_answered_and_retry_fires_one_build(self, store: wl.Store) -> None:
         ws = await stopped(store)
         head = await store.head()

@@ -40,10 +40,9 @@ import socket
 import time
 from collections.abc import Callable
 
-import anyio
-
 from ._service import BackgroundService
 from .adapters.base import Store
+from .clock import Clock, as_clock
 from .errors import BuildConflictError, CorruptStateError, NotFoundError, StoreClosedError, StoreError
 from .values import Build, JobStatus
 
@@ -78,7 +77,12 @@ def local_worker_alive(worker: str) -> bool:
 
 
 class BuildReaper(BackgroundService):
-    """Fails in-flight builds whose worker died (``worker_alive``) or that outlived ``stale_after``."""
+    """Fails in-flight builds whose worker died (``worker_alive``) or that outlived ``stale_after``.
+
+    ``clock`` (a :class:`~workspace_lifecycle.clock.Clock`, or a function of no arguments that
+    reads seconds, monotonic by default) measures both the scan interval and the staleness, so
+    a :class:`~workspace_lifecycle.clock.VirtualClock` steps a test through them.
+    """
 
     def __init__(
         self,
@@ -87,7 +91,7 @@ class BuildReaper(BackgroundService):
         stale_after: float = 900.0,
         interval: float = 30.0,
         worker_alive: Callable[[str], bool] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | Callable[[], float] = time.monotonic,
     ) -> None:
         if stale_after <= 0 or interval <= 0:
             raise ValueError("stale_after and interval must be positive")
@@ -95,7 +99,7 @@ class BuildReaper(BackgroundService):
         self.stale_after = stale_after
         self.interval = interval
         self.worker_alive = worker_alive
-        self._clock = clock
+        self._clock = as_clock(clock)
         self._seen: dict[str, float] = {}  # build id -> when this reaper first saw it in flight
         self.reaped = 0
 
@@ -108,7 +112,7 @@ class BuildReaper(BackgroundService):
                 return
             except (StoreError, CorruptStateError) as exc:
                 log.warning("reaper: %s; trying again in %.1fs", exc, self.interval)
-            await anyio.sleep(self.interval)
+            await self._clock.sleep_until(self._clock() + self.interval)
 
     async def reap_once(self) -> list[Build]:
         """One scan: fail the claimed builds that are stale; return them."""
