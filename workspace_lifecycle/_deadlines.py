@@ -132,7 +132,10 @@ class DeadlineScheduler:
                 if not self._heap or self._heap[0][0] > now:
                     break
                 _, workspace_id, deadline = heapq.heappop(self._heap)
-                await self._fire(workspace_id, deadline)
+                try:
+                    await self._fire(workspace_id, deadline)
+                except StoreClosedError:
+                    return  # the store went away under the runtime: its pump says so to callers
 
     async def _fire(self, workspace_id: str, deadline: Deadline) -> None:
         try:

@@ -385,8 +385,8 @@ class Lifecycle(BackgroundService):
         with RequestSpan(request.value, chat_id) as span:
             result, chat = await self._serve(flow, chat_id, owner, name, span)
             span.result(result)
-        if chat is not None and chat.owner == owner:
-            await self._activity(chat)
+        if chat is not None and chat.owner == owner and request in (Request.START, Request.CREATE):
+            await self._activity(chat)  # a stop or a delete leaves nothing running to keep alive
         return result
 
     # --- activity ------------------------------------------------------------------------------
