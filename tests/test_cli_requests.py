@@ -217,6 +217,23 @@ class TestMistakes:
         assert not (tmp_path / "nope.db").exists()
 
 
+class TestPolicy:
+    def test_create_stores_the_chats_policy(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        url = f"sqlite:///{tmp_path / 'p.db'}"
+        argv = ["create", "c1", "--owner", "alice", "--db", url, "--no-wait"]
+        assert cli.main([*argv, "--idle-stop-after", "900", "--delete-after-stopped", "86400"]) == 0
+        capsys.readouterr()
+        assert cli.main(["status", "--db", url, "--json"]) == 0
+        [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert row["policy"] == {"idle_stop_after": 900.0, "delete_after_stopped": 86400.0}
+
+    @pytest.mark.parametrize("bad", ["-1", "0", "nan", "soon"])
+    def test_a_bad_duration_is_a_usage_error(self, bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+        argv = ["create", "c1", "--owner", "alice", "--db", "memory://", "--idle-stop-after", bad]
+        assert cli.main(argv) == 2
+        assert "--idle-stop-after" in _one_line_error(capsys.readouterr().err)
+
+
 class TestJson:
     def test_status_json(self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
         store = _seeded_store("agent_ready")

@@ -251,7 +251,10 @@ async def test_stdio_server_end_to_end(sqlite_url: str, provisioner: Path, tmp_p
         await store.register_chat("bobs", "bob")
     server = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "workspace_lifecycle", "mcp", "--db", sqlite_url, "--owner", "alice", "--chat", "chat-1"],
+        args=[
+            *("-m", "workspace_lifecycle", "mcp", "--db", sqlite_url, "--owner", "alice", "--chat", "chat-1"),
+            *("--idle-stop-after", "3600", "--delete-after-stopped", "86400"),
+        ],
     )
     server_log = tmp_path / "server.log"
     with server_log.open("w") as errlog, anyio.fail_after(20):
@@ -266,6 +269,9 @@ async def test_stdio_server_end_to_end(sqlite_url: str, provisioner: Path, tmp_p
                 logs = [await anyio.Path(p).read_text() for p in (provisioner, server_log)]
                 print("provisioner:", logs[0], "server:", logs[1], sep="\n")
                 raise
+    async with wl.open_store(sqlite_url) as store:  # the policy was stored with the chat it bound
+        chat = await store.get_chat("chat-1")
+        assert chat is not None and chat.policy == wl.Policy(idle_stop_after=3600, delete_after_stopped=86400)
 
 
 async def _converse(session: ClientSession) -> None:

@@ -200,6 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
     def db(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--db", default=default_db, metavar="URL", help=DB_HELP)
 
+    def policy_options(sub: argparse.ArgumentParser, what: str) -> None:
+        group = sub.add_argument_group(f"between turns: {what}")
+        group.add_argument(
+            "--idle-stop-after",
+            type=_positive_seconds,
+            metavar="S",
+            help="stop the workspace after S seconds without activity (default: never)",
+        )
+        group.add_argument(
+            "--delete-after-stopped",
+            type=_positive_seconds,
+            metavar="S",
+            help="delete the workspace after S seconds stopped (default: never)",
+        )
+
     demo = command(
         "demo",
         "run a scripted chat, printing each state change live",
@@ -274,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
             request.add_argument(
                 "--name", metavar="NAME", help="the workspace name (invalid or missing: generated)"
             )
+            policy_options(request, "the chat's policy (stored with it; replaces the one it has)")
         db(request)
         request.add_argument(
             "--no-wait", action="store_true", help="answer at once after the request is decided (wait=false)"
@@ -338,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     db(mcp)
     mcp.add_argument("--owner", type=_ident, required=True, help="the owner the tools act for (required)")
     mcp.add_argument("--chat", type=_ident, metavar="CHAT", help="the one chat the tools act on")
+    policy_options(mcp, "for the chats the server registers; it also fires every chat's deadlines")
     mcp.set_defaults(handler=_mcp)
     return parser
 
@@ -861,6 +878,14 @@ async def _watch_async(store: Store, chat: str | None, as_json: bool) -> int:
 _REQUEST_TRANSITION = {"start": Transition.START, "stop": Transition.STOP, "delete": Transition.DELETE}
 
 
+def _policy(args: argparse.Namespace) -> Policy | None:
+    """The policy the between-turns options give, or ``None`` when neither was given."""
+    idle, retain = args.idle_stop_after, args.delete_after_stopped
+    if idle is None and retain is None:
+        return None
+    return Policy(idle_stop_after=idle, delete_after_stopped=retain)
+
+
 def _request(args: argparse.Namespace) -> int:
     return _run(_request_async, _database(args.db, create=args.tool == "create"), args)
 
@@ -868,7 +893,8 @@ def _request(args: argparse.Namespace) -> int:
 async def _call(lc: Lifecycle, args: argparse.Namespace) -> ToolResult:
     chat, owner, wait = args.chat, args.owner, not args.no_wait
     if args.tool == "create":
-        await lc.register_chat(chat, owner=owner)  # idempotent; another owner's chat is refused
+        # Idempotent; another owner's chat is refused. A policy given here replaces the chat's.
+        await lc.register_chat(chat, owner=owner, policy=_policy(args))
         return await lc.create_workspace(chat, owner=owner, name=args.name, wait=wait)
     if args.tool == "start":
         return await lc.start_workspace(chat, owner=owner, wait=wait)
@@ -1084,10 +1110,10 @@ def _mcp(args: argparse.Namespace) -> int:
                 "the mcp command needs the MCP SDK: pip install 'workspace-lifecycle[mcp]'"
             ) from None
         raise
-    serve: Callable[[str, str, str | None], Awaitable[None]] = module.serve
+    serve: Callable[..., Awaitable[None]] = module.serve
 
     async def run() -> int:
-        await serve(args.db, args.owner, args.chat)
+        await serve(args.db, args.owner, args.chat, policy=_policy(args))
         return 0
 
     return _interruptible(run)

@@ -36,7 +36,7 @@ from .adapters import open_store
 from .errors import WorkspaceLifecycleError
 from .runtime import Lifecycle
 from .tools import AllowedChats, ToolCall, prepare_tool_call, run_tool_call, tool_definitions
-from .values import StateChange, ToolResult
+from .values import Policy, StateChange, ToolResult
 
 __all__ = ["create_server", "every_chat", "mcp_tools", "serve"]
 
@@ -179,18 +179,20 @@ def create_server(
     )
 
 
-async def serve(db_url: str, owner: str, chat: str | None) -> None:
+async def serve(db_url: str, owner: str, chat: str | None, *, policy: Policy | None = None) -> None:
     """Serve the workspace tools over stdio on the store at ``db_url`` until stdin closes.
 
     With ``chat`` the server is bound to it, and registers it for ``owner`` before serving (so
     ``create_workspace`` works on a fresh database); if another owner has it,
     :class:`~workspace_lifecycle.OwnershipError` is raised (a configuration mistake, reported
     before any client connects). Without ``chat`` it serves every chat ``owner`` has in the
-    store, as the chat runtime registered them; it registers none itself.
+    store, as the chat runtime registered them; it registers none itself. ``policy`` is the
+    policy of the chat it registers (an existing chat's is replaced); the server's runtime fires
+    every chat's deadlines while it runs.
     """
     async with open_store(db_url) as store, Lifecycle(store) as lifecycle:
         if chat is not None:
-            await lifecycle.register_chat(chat, owner=owner)
+            await lifecycle.register_chat(chat, owner=owner, policy=policy)
             server = create_server(lifecycle, owner=owner, chat=chat)
         else:
             server = create_server(lifecycle, owner=owner, allowed_chats=every_chat)
