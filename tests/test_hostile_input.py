@@ -267,6 +267,7 @@ def _corrupt(url: str, sql: str, params: tuple[object, ...]) -> None:
         ("builds", "status", "build_id"),
         ("builds", "transition", "build_id"),
         ("agents", "lifecycle", "workspace_id"),
+        ("builds", "reason", "build_id"),
     ],
 )
 async def test_unknown_state_string_names_the_row(
@@ -294,6 +295,35 @@ async def test_unknown_state_string_names_the_row(
         await lc.register_chat("c2", owner="alice")
         r = await lc.create_workspace("c2", owner="alice", name="ok", wait=False)
         assert not r.is_error
+
+
+@pytest.mark.parametrize(
+    "store_backend",
+    [
+        pytest.param(("sqlite", "asyncio"), id="sqlite-asyncio"),
+        pytest.param(("postgres", "asyncio"), id="postgres-asyncio", marks=pytest.mark.postgres),
+    ],
+)
+async def test_corrupt_policy_and_deadline_columns_name_the_row(store: wl.Store, store_url: str) -> None:
+    """A negative policy duration or an unknown deadline reason in storage names the row."""
+    await store.register_chat("c1", "alice", policy=wl.Policy(idle_stop_after=60))
+    ws = (await store.create_workspace("c1", "dev", expected_workspace_id=None)).facts.workspace_id
+    build = await store.claim_build("w")
+    assert build is not None
+    await store.finish_build(build.build_id, wl.JobStatus.SUCCEEDED)
+    assert (await store.workspace_facts(ws)).workspace.deadline is not None
+    _corrupt(store_url, "UPDATE workspaces SET deadline_reason = ? WHERE workspace_id = ?", ("exploded", ws))
+    with pytest.raises(wl.CorruptStateError) as caught:
+        await store.workspace_facts(ws)
+    assert (caught.value.table, caught.value.key, caught.value.column) == (
+        "workspaces",
+        ws,
+        "deadline_reason",
+    )
+    _corrupt(store_url, "UPDATE chats SET idle_stop_after = ? WHERE chat_id = ?", (-5.0, "c1"))
+    with pytest.raises(wl.CorruptStateError) as caught:
+        await store.get_chat("c1")
+    assert (caught.value.table, caught.value.key) == ("chats", "c1") and "-5" in str(caught.value)
 
 
 # --- text PostgreSQL cannot store ----------------------------------------------------------------

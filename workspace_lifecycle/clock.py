@@ -39,23 +39,6 @@ class Clock(Protocol):
         May return early: callers read the clock again."""
 
 
-class WallClock:
-    """The real clock: ``time.time()`` and anyio's sleep."""
-
-    def __call__(self) -> float:
-        return time.time()
-
-    async def sleep_until(self, when: float) -> None:
-        if math.isinf(when) and when > 0:
-            await anyio.sleep_forever()
-        delay = when - time.time()
-        if delay > 0:
-            await anyio.sleep(delay)
-
-    def __repr__(self) -> str:
-        return "WallClock()"
-
-
 class _CallableClock:
     """A plain ``() -> float`` as a clock: it sleeps in real seconds by its own readings."""
 
@@ -71,6 +54,16 @@ class _CallableClock:
         delay = when - self._read()
         if delay > 0:
             await anyio.sleep(delay)
+
+
+class WallClock(_CallableClock):
+    """The real clock: ``time.time()`` and anyio's sleep."""
+
+    def __init__(self) -> None:
+        super().__init__(time.time)
+
+    def __repr__(self) -> str:
+        return "WallClock()"
 
 
 def as_clock(clock: Clock | Callable[[], float] | None) -> Clock:

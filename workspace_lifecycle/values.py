@@ -36,7 +36,9 @@ __all__ = [
     "WorkspaceState",
     "check_details",
     "check_parameters",
+    "parse_deadline",
     "parse_enum",
+    "parse_policy",
 ]
 
 #: Bounds of build parameters (template parameters handed to the provisioner).
@@ -197,6 +199,28 @@ class Deadline:
     def due(self, now: float) -> bool:
         """Has the deadline passed at ``now``? (At the deadline itself it has.)"""
         return self.at <= now
+
+
+def parse_policy(idle_stop_after: object, delete_after_stopped: object, *, key: object) -> Policy:
+    """A chat's policy from its two stored columns; a bad value is a :class:`CorruptStateError`."""
+    try:
+        return Policy(idle_stop_after=idle_stop_after, delete_after_stopped=delete_after_stopped)  # type: ignore[arg-type]
+    except ValueError:
+        raise CorruptStateError(
+            "chats", key, "idle_stop_after/delete_after_stopped", (idle_stop_after, delete_after_stopped)
+        ) from None
+
+
+def parse_deadline(at: object, reason: object, *, key: object) -> Deadline | None:
+    """A workspace's armed deadline from its two stored columns (both set, or neither)."""
+    if at is None and reason is None:
+        return None
+    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+        raise CorruptStateError("workspaces", key, "deadline_at", at)
+    kind = parse_enum(Reason, reason, table="workspaces", key=key, column="deadline_reason")
+    if kind is Reason.REQUEST:
+        raise CorruptStateError("workspaces", key, "deadline_reason", reason)
+    return Deadline(float(at), kind)
 
 
 @attrs.frozen

@@ -98,7 +98,9 @@ from ..values import (
     Transition,
     Workspace,
     WorkspaceFacts,
+    parse_deadline,
     parse_enum,
+    parse_policy,
 )
 from .base import ArmedDeadlines, ChatRow, Doorbell, Outcome, Store
 
@@ -287,31 +289,13 @@ def _parse_facts(row: Sequence[Any]) -> WorkspaceFacts:
 
 def _parse_workspace(row: Sequence[Any]) -> Workspace:
     """A workspace from ``_WS_COLUMNS``."""
-    deadline = _parse_deadline(row[0], row[5], row[6])
+    deadline = parse_deadline(row[5], row[6], key=row[0])
     return Workspace(row[0], row[1], row[2], row[3], deleted=row[4], deadline=deadline)
-
-
-def _parse_deadline(workspace_id: str, at: object, reason: object) -> Deadline | None:
-    """A workspace's armed deadline from its two columns (both set, or neither)."""
-    if at is None and reason is None:
-        return None
-    if not isinstance(at, float):
-        raise CorruptStateError("workspaces", workspace_id, "deadline_at", at)
-    kind = parse_enum(Reason, reason, table="workspaces", key=workspace_id, column="deadline_reason")
-    if kind is Reason.REQUEST:
-        raise CorruptStateError("workspaces", workspace_id, "deadline_reason", reason)
-    return Deadline(at, kind)
 
 
 def _parse_chat(row: Sequence[Any]) -> Chat:
     """A chat from ``_CHAT_COLUMNS``."""
-    try:
-        policy = Policy(idle_stop_after=row[3], delete_after_stopped=row[4])
-    except ValueError:
-        raise CorruptStateError(
-            "chats", row[0], "idle_stop_after/delete_after_stopped", (row[3], row[4])
-        ) from None
-    return Chat(row[0], row[1], row[2], policy=policy)
+    return Chat(row[0], row[1], row[2], policy=parse_policy(row[3], row[4], key=row[0]))
 
 
 def _cause(exc: BaseException) -> str:
@@ -1152,7 +1136,7 @@ class PostgresStore(Store):
             )
             row = await cur.fetchone()
             assert row is not None
-            armed = {w: _parse_deadline(w, at, r) for w, at, r in zip(row[1], row[2], row[3], strict=True)}
+            armed = {w: parse_deadline(at, r, key=w) for w, at, r in zip(row[1], row[2], row[3], strict=True)}
             return ArmedDeadlines(int(row[0]), {w: d for w, d in armed.items() if d is not None})
 
         return await self._run(body)

@@ -90,7 +90,9 @@ from ..values import (
     Transition,
     Workspace,
     WorkspaceFacts,
+    parse_deadline,
     parse_enum,
+    parse_policy,
 )
 from .base import ArmedDeadlines, ChatRow, Doorbell, Outcome, Store
 
@@ -745,7 +747,7 @@ class SQLiteStore(Store):
             rows = conn.execute(
                 "SELECT workspace_id, deadline_at, deadline_reason FROM workspaces WHERE deadline_at IS NOT NULL"
             ).fetchall()
-            armed = {r[0]: _deadline(r[0], r[1], r[2]) for r in rows}
+            armed = {r[0]: parse_deadline(r[1], r[2], key=r[0]) for r in rows}
             return ArmedDeadlines(_head(conn), {w: d for w, d in armed.items() if d is not None})
 
         return await self._read(fn)
@@ -1127,25 +1129,7 @@ def _chat(conn: sqlite3.Connection, chat_id: str) -> Chat | None:
 
 
 def _chat_row(row: Sequence[Any]) -> Chat:
-    try:
-        policy = Policy(idle_stop_after=row[3], delete_after_stopped=row[4])
-    except ValueError:
-        raise CorruptStateError(
-            "chats", row[0], "idle_stop_after/delete_after_stopped", (row[3], row[4])
-        ) from None
-    return Chat(row[0], row[1], row[2], policy=policy)
-
-
-def _deadline(workspace_id: str, at: object, reason: object) -> Deadline | None:
-    """A workspace's armed deadline from its two columns (both set, or neither)."""
-    if at is None and reason is None:
-        return None
-    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
-        raise CorruptStateError("workspaces", workspace_id, "deadline_at", at)
-    kind = parse_enum(Reason, reason, table="workspaces", key=workspace_id, column="deadline_reason")
-    if kind is Reason.REQUEST:
-        raise CorruptStateError("workspaces", workspace_id, "deadline_reason", reason)
-    return Deadline(float(at), kind)
+    return Chat(row[0], row[1], row[2], policy=parse_policy(row[3], row[4], key=row[0]))
 
 
 def _build(row: Sequence[Any]) -> Build:
@@ -1185,7 +1169,7 @@ def _workspace(conn: sqlite3.Connection, workspace_id: str, *, missing: str | No
     ).fetchone()
     if row is None:
         raise NotFoundError(missing or f"no workspace {workspace_id!r}")
-    deadline = _deadline(workspace_id, row[4], row[5])
+    deadline = parse_deadline(row[4], row[5], key=workspace_id)
     return Workspace(workspace_id, row[0], row[1], row[2], deleted=bool(row[3]), deadline=deadline)
 
 
