@@ -229,14 +229,20 @@ def map_exceptions(path: str, busy_timeout: float) -> Iterator[None]:
     """
     try:
         yield
-    except sqlite3.Error as exc:
-        raise _mapped(exc, path, busy_timeout) from None
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"text is not valid UTF-8 (it cannot be stored): {exc.reason}") from None
-    except OverflowError:
-        raise ValueError(
-            "a number is too large for SQLite, which stores integers of at most 64 bits"
-        ) from None
+    except (sqlite3.Error, UnicodeEncodeError, OverflowError) as exc:
+        raise _translated(exc, path, busy_timeout) from None
+
+
+def _translated(exc: BaseException, path: str, busy_timeout: float) -> BaseException:
+    """What :func:`map_exceptions` raises for ``exc`` (``exc`` itself if it is not the driver's),
+    for the hot loop that cannot afford a context manager per write."""
+    if isinstance(exc, sqlite3.Error):
+        return _mapped(exc, path, busy_timeout)
+    if isinstance(exc, UnicodeEncodeError):
+        return ValueError(f"text is not valid UTF-8 (it cannot be stored): {exc.reason}")
+    if isinstance(exc, OverflowError):
+        return ValueError("a number is too large for SQLite, which stores integers of at most 64 bits")
+    return exc
 
 
 def _mapped(exc: sqlite3.Error, path: str, busy_timeout: float) -> Exception:
@@ -324,6 +330,7 @@ class _Connection:
         self._busy_ms = int(busy_timeout * 1000)
         self._busy_now = self._busy_ms  # the connection's busy_timeout (ms), as last set
         self._committed = committed
+        self.commits = 0  # transactions of writes committed (a batch is one)
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._stopped: asyncio.Future[None] | None = None
         self._conn: sqlite3.Connection | None = None
@@ -459,14 +466,13 @@ class _Connection:
                 i += 1
                 tx = _Tx(conn)
                 try:
-                    with map_exceptions(self._path, self._busy_timeout):
-                        if several:
-                            conn.execute("SAVEPOINT w")
-                        value = job.fn(tx)
-                        if several:
-                            conn.execute("RELEASE w")
+                    if several:
+                        conn.execute("SAVEPOINT w")
+                    value = job.fn(tx)
+                    if several:
+                        conn.execute("RELEASE w")
                 except BaseException as exc:  # this write fails alone
-                    done.append((job, None, exc))
+                    done.append((job, None, _translated(exc, self._path, self._busy_timeout)))
                     if not conn.in_transaction:
                         # The error ended the whole transaction (SQLite rolled it back): the
                         # writes before this one are lost too; the ones after it run next.
@@ -482,11 +488,13 @@ class _Connection:
             if conn.in_transaction:
                 with map_exceptions(self._path, self._busy_timeout):
                     conn.execute("COMMIT")
+                self.commits += 1
         except BaseException as exc:  # the transaction is lost: every write that ran fails with it
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            done += [(job, None, _fresh(exc)) for job, _, _ in ran]
+            failure = _translated(exc, self._path, self._busy_timeout)
+            done += [(job, None, _fresh(failure)) for job, _, _ in ran]
             return batch[i:], None
         head: int | None = None
         for job, value, appended in ran:
@@ -609,7 +617,7 @@ class SQLiteStore(Store):
         self._watch_stopped: asyncio.Future[None] | None = None
         self._watch_failure: str | None = None  # why the watcher is down, while it is
         self._last_prune = 0.0
-        self.transactions = 0  # write transactions committed through this store
+        self.transactions = 0  # writes committed through this store (see also ``commits``)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLiteStore:
@@ -767,6 +775,11 @@ class SQLiteStore(Store):
                 self._last_prune = now
                 await self.prune_events(now - self.retention)
         return result
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed so far: with group commit, fewer than the writes."""
+        return 0 if self._connection is None else self._connection.commits
 
     def _committed(self, count: int, head: int | None) -> None:
         """On the loop, once per committed batch of ``count`` writes (their callers may have
