@@ -2,26 +2,41 @@
 
 Design:
 
-* The store's connection belongs to one thread of its own (:class:`_Connection`). Every write is
-  one ``BEGIN IMMEDIATE ... COMMIT`` transaction run there as a single synchronous function, its
-  result handed back to the caller's event loop with ``call_soon_threadsafe``: one thread hop
-  per transaction instead of one per statement (FACTS: 17k-26k transactions/s against
-  3k-10k). ``BEGIN IMMEDIATE`` takes the write lock before reading, so a compare-and-set decided
-  inside the transaction is exact across tasks and processes, and ``busy_timeout`` makes other
-  writers wait instead of failing. This thread replaced aiosqlite, whose only one-hop route
-  was its private ``Connection._execute``; it is the same design (a queue in, one
-  ``call_soon_threadsafe`` out) and costs the same: a ``SELECT 1`` round trip 50 µs on
-  aiosqlite's route, 52 µs here (median of 5 x 20k). End to end (``report_agent``, 1 writer,
-  ``python -m bench.sqlite_throughput --synchronous NORMAL``, interleaved with the previous
-  adapter on the shared 2-core machine) the medians were 5.1k-5.8k events/s before and
-  4.3k-5.1k after; the difference is in the transaction (125-136 µs on the thread before,
-  146-158 µs after: the decided write's extra Python, ``writes.Write``, the
-  agent row read whole), not the hop, and within this machine's noise (+-20% run to run).
+* Writes belong to one connection on a thread of its own (:class:`_Connection`). A write is
+  one transaction body run there as a single synchronous function, its result handed back to
+  the caller's event loop with ``call_soon_threadsafe``: one thread hop per write instead of
+  one per statement. This thread replaced aiosqlite, whose only one-hop route was its private
+  ``Connection._execute``; it is the same design (a queue in, one ``call_soon_threadsafe``
+  out) at the same cost (a ``SELECT 1`` round trip 50 µs on aiosqlite's route, 52 µs here).
+* **Group commit.** The writes found queued together when the thread takes its next job
+  (submitted while it was busy) run as one batch in one ``BEGIN IMMEDIATE ... COMMIT``, each in
+  a savepoint of its own when the batch holds more than one: a write whose body raises (a
+  missing row, another owner, bad input, a constraint) is rolled back to its savepoint and
+  fails alone, the others commit. A refused compare-and-set is an outcome, not a failure. A
+  failed COMMIT (busy, disk) fails every write of the batch with the error a write alone gets;
+  nothing is delivered as committed unless it committed. The batch's results go back in one
+  hop and the doorbell rings once with its head. ``BEGIN IMMEDIATE`` takes the write lock
+  before anything is read, so every compare-and-set decided inside a batch is exact across
+  tasks and processes, and ``busy_timeout`` makes other writers wait instead of failing. With
+  one writing transaction at a time, sequence order is commit order.
+* Reads run on a second connection and thread: under WAL a reader never waits for a writer, so
+  a read never queues behind a long batch either; it sees everything committed before it was
+  submitted.
+* The log's sequence number is the event's ``INTEGER PRIMARY KEY AUTOINCREMENT`` rowid (never
+  reused, even once retention pruned the whole log): appending an event is one INSERT, with no
+  head counter to read and rewrite (its ``lastrowid`` is the number it took: what ``RETURNING
+  seq`` would give, without fetching a row); the head is SQLite's ``sqlite_sequence`` entry. Schema 3
+  migrates older files, keeping their events and numbering.
+* Where a write's time goes (``report_agent``, one writer, cProfile of both threads on the
+  shared 2-core machine, ~160-185 µs a write): the thread hop about half (waking the loop
+  through its self-pipe, then waking the thread for the next write); the statements about 65 µs
+  (five: BEGIN IMMEDIATE, one joined read, the agent upsert, the event INSERT, COMMIT; the
+  COMMIT of a dirty page is most of it); the decision and its values ~35 µs. Group commit
+  spreads BEGIN, COMMIT and the hop over a batch; the statements are prepared once per
+  connection (``sqlite3``'s statement cache).
 * Adapters decide nothing: each write reads its rows inside the transaction, asks
   :mod:`workspace_lifecycle.writes` what changes, and persists the returned
-  :class:`~workspace_lifecycle.writes.Write` (rows first, then its events numbered from the log's
-  head). With one writer at a time, sequence order is commit order, so a reader resuming from
-  its cursor never skips or repeats an event.
+  :class:`~workspace_lifecycle.writes.Write` generically (its events, then its rows).
 * Driver errors become the library's in one place, :func:`map_exceptions`; nothing above this
   module sees a ``sqlite3`` exception.
 * Each write has its own deadline: a write that queued behind another one blocked by a foreign
@@ -42,7 +57,7 @@ Design:
   nobody would report; once the watcher is back they sleep again.
 * A cancelled caller abandons only its wait: the transaction runs to its own COMMIT or ROLLBACK
   on the connection's thread, and its head still rings the doorbell. Closing is shielded from
-  cancellation and joins both threads (they are daemon threads, so a store left open never holds
+  cancellation and joins its threads (they are daemon threads, so a store left open never holds
   the interpreter at exit); an ``open`` cancelled midway closes what it started.
 """
 
