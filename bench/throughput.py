@@ -96,6 +96,46 @@ async def sqlite_one_hop_rate(path: Path, seconds: float, synchronous: str, busy
         await conn.stop()
 
 
+async def sqlite_write_work_rate(
+    path: Path, seconds: float, synchronous: str, busy_timeout: float, batch: int = 64
+) -> float:
+    """The store's own work for ``report_agent`` (its read, the decision, the agent row, the
+    event, each in a savepoint) run back to back on one thread, ``batch`` writes per COMMIT, with
+    no hop and no event loop: the ceiling of group commit at that batch size."""
+    from workspace_lifecycle.adapters.sqlite import _report_agent, _Tx
+
+    async with wl.open_store(
+        f"sqlite:///{path}", synchronous=synchronous, busy_timeout=busy_timeout
+    ) as store:
+        await store.register_chat("c", "bench")
+        ws = (await store.create_workspace("c", "dev", expected_workspace_id=None)).facts.workspace_id
+        build = await store.claim_build("bench")
+        assert build is not None
+        await store.finish_build(build.build_id, wl.JobStatus.SUCCEEDED, has_agent=True)
+    lifecycles = [wl.AgentLifecycle.STARTING, wl.AgentLifecycle.READY]
+
+    def loop() -> float:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            _prepare(conn, synchronous, busy_timeout)
+            count = 0
+            started = time.perf_counter()
+            deadline = started + seconds
+            while time.perf_counter() < deadline:
+                conn.execute("BEGIN IMMEDIATE")
+                for _ in range(batch):
+                    conn.execute("SAVEPOINT w")
+                    _report_agent(_Tx(conn), ws, lifecycles[count % 2], time.time)
+                    conn.execute("RELEASE w")
+                    count += 1
+                conn.execute("COMMIT")
+            return count / (time.perf_counter() - started)
+        finally:
+            conn.close()
+
+    return await anyio.to_thread.run_sync(loop)
+
+
 async def run_async(ctx: Context) -> Result:
     result = Result("throughput", ctx.quick)
     seconds = 0.1 if ctx.quick else 3.0
@@ -125,6 +165,23 @@ async def run_async(ctx: Context) -> Result:
                     + ("; bare loop has 1 writer" if writers > 1 else ""),
                 )
             )
+            if writers == 64:
+                work = await sqlite_write_work_rate(
+                    ctx.tmp / f"work-{time.monotonic_ns()}.db", seconds, synchronous, busy
+                )
+                result.data["sqlite_64"]["write_work_batched"] = work
+                result.add(
+                    Row(
+                        "SQLite events/s, 64 writers, against the write's own work",
+                        ours,
+                        "events/s",
+                        work,
+                        "report_agent's statements and decision, 64 per COMMIT, no hop",
+                        ours / work,
+                        "ours/bare",
+                        note=f"the write's own work alone: {work / bare:.2f}x of stdlib sqlite3",
+                    )
+                )
             if writers == 1:
                 hop = await sqlite_one_hop_rate(
                     ctx.tmp / f"hop-{time.monotonic_ns()}.db", seconds, synchronous, busy

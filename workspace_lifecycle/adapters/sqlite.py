@@ -976,19 +976,7 @@ class SQLiteStore(Store):
     async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
         lifecycle = writes.parse_lifecycle(lifecycle)
 
-        def body(tx: _Tx) -> None:
-            row = tx.conn.execute(
-                "SELECT w.chat_id, w.owner, w.name, w.deleted, a.build_number, a.lifecycle "
-                "FROM workspaces w LEFT JOIN agents a USING (workspace_id) WHERE w.workspace_id = ?",
-                (workspace_id,),
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"workspace {workspace_id!r} has no agent")
-            ws = Workspace(workspace_id, row[0], row[1], row[2], deleted=bool(row[3]))
-            agent = None if row[5] is None else _agent_row(workspace_id, row[4], row[5])
-            tx.persist(writes.report_agent(agent, ws, lifecycle, at=self._clock()))
-
-        await self._write(body)
+        await self._write(lambda tx: _report_agent(tx, workspace_id, lifecycle, self._clock))
 
     # --- the event log ----------------------------------------------------------------------
 
@@ -1250,6 +1238,21 @@ _INSERT_EVENT = (
 
 
 # --- row helpers (run on the connection's thread) ---------------------------------------------------
+
+
+def _report_agent(tx: _Tx, workspace_id: str, lifecycle: AgentLifecycle, clock: Callable[[], float]) -> None:
+    """The body of ``report_agent`` (the agent is read with its workspace, in one statement)."""
+    row = tx.conn.execute(
+        "SELECT w.chat_id, w.owner, w.name, w.deleted, a.build_number, a.lifecycle "
+        "FROM workspaces w LEFT JOIN agents a USING (workspace_id) WHERE w.workspace_id = ?",
+        (workspace_id,),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"workspace {workspace_id!r} has no agent")
+    ws = Workspace(workspace_id, row[0], row[1], row[2], deleted=bool(row[3]))
+    agent = None if row[5] is None else _agent_row(workspace_id, row[4], row[5])
+    tx.persist(writes.report_agent(agent, ws, lifecycle, at=clock()))
+
 
 _BUILD_COLUMNS = (
     "build_id, workspace_id, number, transition, status, error, has_agent, worker, parameters, details"
