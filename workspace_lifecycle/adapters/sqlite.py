@@ -20,8 +20,11 @@ Design:
   tasks and processes, and ``busy_timeout`` makes other writers wait instead of failing. With
   one writing transaction at a time, sequence order is commit order.
 * Reads run on a second connection and thread: under WAL a reader never waits for a writer, so
-  a read never queues behind a long batch either; it sees everything committed before it was
-  submitted.
+  a read never queues behind a long batch either. It sees everything committed before it was
+  submitted (every write its caller awaited), not a write still queued or running (one whose
+  caller was cancelled, say). Whatever a read or the watcher learns of a commit reaches the loop
+  after that commit's own results (a lock held from COMMIT to their hand-over), so a writer
+  still runs before the waiters its commit wakes.
 * The log's sequence number is the event's ``INTEGER PRIMARY KEY AUTOINCREMENT`` rowid (never
   reused, even once retention pruned the whole log): appending an event is one INSERT, with no
   head counter to read and rewrite (its ``lastrowid`` is the number it took: what ``RETURNING
@@ -338,6 +341,7 @@ class _Connection:
         busy_timeout: float,
         name: str = "wl-sqlite",
         committed: Callable[[int, int | None], object] | None = None,
+        order: threading.Lock | None = None,
     ) -> None:
         self._connect = connect
         self._path = path
@@ -345,6 +349,12 @@ class _Connection:
         self._busy_ms = int(busy_timeout * 1000)
         self._busy_now = self._busy_ms  # the connection's busy_timeout (ms), as last set
         self._committed = committed
+        # Shared by the store's threads: the writer holds it from COMMIT until the batch's results
+        # are handed to the loop; the others take it to hand over anything read. Whatever saw a
+        # commit reaches the loop after the commit's own results (the writers run before the
+        # waiters they wake); no read waits for more than a COMMIT.
+        self._order = order if order is not None else threading.Lock()
+        self._holding = False
         self.commits = 0  # transactions of writes committed (a batch is one)
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._stopped: asyncio.Future[None] | None = None
@@ -419,7 +429,8 @@ class _Connection:
                 value, error = job.fn(self._connection()), None
         except BaseException as exc:  # delivered to the caller, raised there
             value, error = None, exc
-        _deliver([(job, value, error)])
+        with self._order:
+            _deliver([(job, value, error)])
 
     def _run_batch(self, batch: list[_Job[Any]]) -> list[_Job[Any]]:
         """Run ``batch`` in one transaction and deliver every result; return the writes that
@@ -440,6 +451,9 @@ class _Connection:
             return unrun
         finally:
             _deliver(done, self._committed, head)
+            if self._holding:
+                self._holding = False
+                self._order.release()
 
     def _begin(self, conn: sqlite3.Connection, batch: list[_Job[Any]], done: list[_Done]) -> None:
         """``BEGIN IMMEDIATE``, waiting for a foreign lock only what is left of the oldest write's
@@ -501,6 +515,8 @@ class _Connection:
                     continue
                 ran.append((job, value, tx.appended_head))
             if conn.in_transaction:
+                self._order.acquire()
+                self._holding = True
                 with map_exceptions(self._path, self._busy_timeout):
                     conn.execute("COMMIT")
                 self.commits += 1
@@ -623,6 +639,7 @@ class SQLiteStore(Store):
         self._clock = clock
         self._connection: _Connection | None = None  # the writer's thread
         self._reader: _Connection | None = None  # the readers' thread
+        self._order = threading.Lock()  # see _Connection: what saw a commit follows its results
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._doorbell = Doorbell()
@@ -673,14 +690,22 @@ class SQLiteStore(Store):
         self._check_path()
         self._loop = loop
         self._connection = _Connection(
-            self._connect, path=self.path, busy_timeout=self.busy_timeout, committed=self._committed
+            self._connect,
+            path=self.path,
+            busy_timeout=self.busy_timeout,
+            committed=self._committed,
+            order=self._order,
         )
         try:
             head = await self._connection.submit(self._setup)
             # Reads get a connection and a thread of their own: under WAL they never wait for a
             # writer, so they must not queue behind a long batch of writes either.
             self._reader = _Connection(
-                self._connect_reader, path=self.path, busy_timeout=self.busy_timeout, name="wl-sqlite-read"
+                self._connect_reader,
+                path=self.path,
+                busy_timeout=self.busy_timeout,
+                name="wl-sqlite-read",
+                order=self._order,
             )
             await self._reader.submit(_nothing)  # connects now: a file it cannot open fails the open
         except BaseException:
@@ -1056,7 +1081,8 @@ class SQLiteStore(Store):
 
         def post(callback: Callable[..., object], *args: Any) -> bool:
             try:
-                loop.call_soon_threadsafe(callback, *args)
+                with self._order:  # after the results of the commits it saw (see _Connection)
+                    loop.call_soon_threadsafe(callback, *args)
                 return True
             except RuntimeError:  # the loop closed under us
                 return False
