@@ -290,3 +290,32 @@ class TestRowidLog:
             columns = [r[1] for r in conn.execute("PRAGMA table_info(log_state)")]
         conn.close()
         assert "head" not in columns
+
+
+class TestOrder:
+    async def test_a_writer_runs_before_the_waiters_its_commit_wakes(self, tmp_path: Path) -> None:
+        """However a waiter learns of a commit (the writer's ring, a concurrent read of the head,
+        the watcher), the writer's own task resumes first: what it does right after its write
+        returns happens before any waiter it woke runs."""
+        async with SQLiteStore(tmp_path / "x.db") as store:
+            ws = await agent_ready(store, "c0")
+            lifecycles = [AgentLifecycle.STARTING, AgentLifecycle.READY]
+            state = {"head": 0, "returned": False, "reading": False, "late": 0}
+
+            async def reader() -> None:
+                while state["reading"]:  # reads of the head race the writer's hand-over
+                    await store.head()
+
+            async def waiter() -> None:
+                await store.wait_for_change(state["head"])
+                state["late"] += not state["returned"]
+
+            for i in range(400):
+                state.update(head=await store.head(), returned=False, reading=True)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(waiter)
+                    tg.start_soon(reader)
+                    await wait_all_tasks_blocked()
+                    await store.report_agent(ws, lifecycles[i % 2])
+                    state.update(returned=True, reading=False)
+            assert state["late"] == 0
