@@ -145,9 +145,28 @@ async def run_async(ctx: Context) -> Result:
             synchronous = str(getattr(s, "_synchronous", "NORMAL"))
             busy = float(getattr(s, "busy_timeout", 5.0))
         bare_path = ctx.tmp / f"bare-{time.monotonic_ns()}.db"
+
+        async def bare_rate() -> float:
+            return await anyio.to_thread.run_sync(sqlite_bare_rate, bare_path, seconds, synchronous, busy)
+
+        # On a shared machine one bare sample can land in a quiet or a busy second: it is
+        # measured between every two figures, and every ratio is taken against the best sample.
+        bare_samples = [await bare_rate()]
+        figures: dict[int, tuple[float, float]] = {}
         for writers in (1, 4, 16, 64):
-            ours, per_commit = await sqlite_store_figures(f"{url[:-3]}-{writers}.db", seconds, writers)
-            bare = await anyio.to_thread.run_sync(sqlite_bare_rate, bare_path, seconds, synchronous, busy)
+            figures[writers] = await sqlite_store_figures(f"{url[:-3]}-{writers}.db", seconds, writers)
+            bare_samples.append(await bare_rate())
+        hop = await sqlite_one_hop_rate(ctx.tmp / f"hop-{time.monotonic_ns()}.db", seconds, synchronous, busy)
+        work = await sqlite_write_work_rate(
+            ctx.tmp / f"work-{time.monotonic_ns()}.db", seconds, synchronous, busy
+        )
+        work_1 = await sqlite_write_work_rate(
+            ctx.tmp / f"work1-{time.monotonic_ns()}.db", seconds, synchronous, busy, batch=1
+        )
+        bare_samples.append(await bare_rate())
+        bare = max(bare_samples)
+        result.data["sqlite_bare_samples"] = bare_samples
+        for writers, (ours, per_commit) in figures.items():
             result.data[f"sqlite_{writers}"] = {"ours": ours, "bare": bare, "writes_per_commit": per_commit}
             goal = SQLITE_GOALS.get(writers)
             result.add(
@@ -161,31 +180,11 @@ async def run_async(ctx: Context) -> Result:
                     "ours/bare",
                     f"≥ {goal:g}x" if goal is not None else "",
                     ours / bare >= goal if goal is not None else None,
-                    note=f"synchronous={synchronous}, WAL; {per_commit:.1f} writes per COMMIT"
-                    + ("; bare loop has 1 writer" if writers > 1 else ""),
+                    note=f"synchronous={synchronous}, WAL; {per_commit:.1f} writes per COMMIT; "
+                    f"bare loop: 1 writer, best of {len(bare_samples)} samples in this run",
                 )
             )
-            if writers == 64:
-                work = await sqlite_write_work_rate(
-                    ctx.tmp / f"work-{time.monotonic_ns()}.db", seconds, synchronous, busy
-                )
-                result.data["sqlite_64"]["write_work_batched"] = work
-                result.add(
-                    Row(
-                        "SQLite events/s, 64 writers, against the write's own work",
-                        ours,
-                        "events/s",
-                        work,
-                        "report_agent's statements and decision, 64 per COMMIT, no hop",
-                        ours / work,
-                        "ours/bare",
-                        note=f"the write's own work alone: {work / bare:.2f}x of stdlib sqlite3",
-                    )
-                )
             if writers == 1:
-                hop = await sqlite_one_hop_rate(
-                    ctx.tmp / f"hop-{time.monotonic_ns()}.db", seconds, synchronous, busy
-                )
                 result.data["sqlite_1"]["thread_one_hop"] = hop
                 result.add(
                     Row(
@@ -197,6 +196,35 @@ async def run_async(ctx: Context) -> Result:
                         ours / hop,
                         "ours/bare",
                         note=f"the hop alone: the store's thread at {hop / bare:.2f}x of stdlib sqlite3",
+                    )
+                )
+                result.data["sqlite_1"]["write_work_alone"] = work_1
+                bound = 1 / (1 / hop + 1 / work_1)
+                result.add(
+                    Row(
+                        "SQLite events/s, 1 writer, against the write's own work",
+                        ours,
+                        "events/s",
+                        work_1,
+                        "report_agent's statements and decision, 1 per COMMIT, no hop",
+                        ours / work_1,
+                        "ours/bare",
+                        note=f"the hop plus this work, one after the other: {bound:,.0f} events/s, "
+                        f"{bound / bare:.2f}x of stdlib sqlite3",
+                    )
+                )
+            if writers == 64:
+                result.data["sqlite_64"]["write_work_batched"] = work
+                result.add(
+                    Row(
+                        "SQLite events/s, 64 writers, against the write's own work",
+                        ours,
+                        "events/s",
+                        work,
+                        "report_agent's statements and decision, 64 per COMMIT, no hop",
+                        ours / work,
+                        "ours/bare",
+                        note=f"the write's own work alone: {work / bare:.2f}x of stdlib sqlite3",
                     )
                 )
     if ctx.pg_url is not None:
