@@ -45,14 +45,13 @@ def _corrupt_build(db: Path, build_id: str) -> None:
 def _corrupt_event(db: Path, workspace_id: str, chat_id: str) -> int:
     """Append an unparseable entry to the log (as the next seq); return its seq."""
     with sqlite3.connect(db) as conn:
-        head = conn.execute("SELECT head FROM log_state").fetchone()[0]
-        conn.execute(
-            "INSERT INTO events (seq, kind, workspace_id, chat_id, build_number, payload, at) "
-            "VALUES (?, 'exploded', ?, ?, 1, '{}', ?)",
-            (head + 1, workspace_id, chat_id, time.time()),
-        )
-        conn.execute("UPDATE log_state SET head = ?", (head + 1,))
-        return int(head + 1)
+        seq = conn.execute(
+            "INSERT INTO events (kind, workspace_id, chat_id, build_number, payload, at) "
+            "VALUES ('exploded', ?, ?, 1, '{}', ?)",
+            (workspace_id, chat_id, time.time()),
+        ).lastrowid
+        assert seq is not None
+        return seq
 
 
 async def _complete(store: wl.Store, status: JobStatus = JobStatus.SUCCEEDED) -> wl.Build:

@@ -2,26 +2,44 @@
 
 Design:
 
-* The store's connection belongs to one thread of its own (:class:`_Connection`). Every write is
-  one ``BEGIN IMMEDIATE ... COMMIT`` transaction run there as a single synchronous function, its
-  result handed back to the caller's event loop with ``call_soon_threadsafe``: one thread hop
-  per transaction instead of one per statement (FACTS: 17k-26k transactions/s against
-  3k-10k). ``BEGIN IMMEDIATE`` takes the write lock before reading, so a compare-and-set decided
-  inside the transaction is exact across tasks and processes, and ``busy_timeout`` makes other
-  writers wait instead of failing. This thread replaced aiosqlite, whose only one-hop route
-  was its private ``Connection._execute``; it is the same design (a queue in, one
-  ``call_soon_threadsafe`` out) and costs the same: a ``SELECT 1`` round trip 50 µs on
-  aiosqlite's route, 52 µs here (median of 5 x 20k). End to end (``report_agent``, 1 writer,
-  ``python -m bench.sqlite_throughput --synchronous NORMAL``, interleaved with the previous
-  adapter on the shared 2-core machine) the medians were 5.1k-5.8k events/s before and
-  4.3k-5.1k after; the difference is in the transaction (125-136 µs on the thread before,
-  146-158 µs after: the decided write's extra Python, ``writes.Write``, the
-  agent row read whole), not the hop, and within this machine's noise (+-20% run to run).
+* Writes belong to one connection on a thread of its own (:class:`_Connection`). A write is
+  one transaction body run there as a single synchronous function, its result handed back to
+  the caller's event loop with ``call_soon_threadsafe``: one thread hop per write instead of
+  one per statement. This thread replaced aiosqlite, whose only one-hop route was its private
+  ``Connection._execute``; it is the same design (a queue in, one ``call_soon_threadsafe``
+  out) at the same cost (a ``SELECT 1`` round trip 50 µs on aiosqlite's route, 52 µs here).
+* **Group commit.** The writes found queued together when the thread takes its next job
+  (submitted while it was busy) run as one batch in one ``BEGIN IMMEDIATE ... COMMIT``, each in
+  a savepoint of its own when the batch holds more than one: a write whose body raises (a
+  missing row, another owner, bad input, a constraint) is rolled back to its savepoint and
+  fails alone, the others commit. A refused compare-and-set is an outcome, not a failure. A
+  failed COMMIT (busy, disk) fails every write of the batch with the error a write alone gets;
+  nothing is delivered as committed unless it committed. The batch's results go back in one
+  hop and the doorbell rings once with its head. ``BEGIN IMMEDIATE`` takes the write lock
+  before anything is read, so every compare-and-set decided inside a batch is exact across
+  tasks and processes, and ``busy_timeout`` makes other writers wait instead of failing. With
+  one writing transaction at a time, sequence order is commit order.
+* Reads run on a second connection and thread: under WAL a reader never waits for a writer, so
+  a read never queues behind a long batch either. It sees everything committed before it was
+  submitted (every write its caller awaited), not a write still queued or running (one whose
+  caller was cancelled, say). Whatever a read or the watcher learns of a commit reaches the loop
+  after that commit's own results (a lock held from COMMIT to their hand-over), so a writer
+  still runs before the waiters its commit wakes.
+* The log's sequence number is the event's ``INTEGER PRIMARY KEY AUTOINCREMENT`` rowid (never
+  reused, even once retention pruned the whole log): appending an event is one INSERT, with no
+  head counter to read and rewrite (its ``lastrowid`` is the number it took: what ``RETURNING
+  seq`` would give, without fetching a row); the head is SQLite's ``sqlite_sequence`` entry. Schema 3
+  migrates older files, keeping their events and numbering.
+* Where a write's time goes (``report_agent``, one writer, cProfile of both threads on the
+  shared 2-core machine, ~160-185 µs a write): the thread hop about half (waking the loop
+  through its self-pipe, then waking the thread for the next write); the statements about 65 µs
+  (five: BEGIN IMMEDIATE, one joined read, the agent upsert, the event INSERT, COMMIT; the
+  COMMIT of a dirty page is most of it); the decision and its values ~35 µs. Group commit
+  spreads BEGIN, COMMIT and the hop over a batch; the statements are prepared once per
+  connection (``sqlite3``'s statement cache).
 * Adapters decide nothing: each write reads its rows inside the transaction, asks
   :mod:`workspace_lifecycle.writes` what changes, and persists the returned
-  :class:`~workspace_lifecycle.writes.Write` (rows first, then its events numbered from the log's
-  head). With one writer at a time, sequence order is commit order, so a reader resuming from
-  its cursor never skips or repeats an event.
+  :class:`~workspace_lifecycle.writes.Write` generically (its events, then its rows).
 * Driver errors become the library's in one place, :func:`map_exceptions`; nothing above this
   module sees a ``sqlite3`` exception.
 * Each write has its own deadline: a write that queued behind another one blocked by a foreign
@@ -42,14 +60,16 @@ Design:
   nobody would report; once the watcher is back they sleep again.
 * A cancelled caller abandons only its wait: the transaction runs to its own COMMIT or ROLLBACK
   on the connection's thread, and its head still rings the doorbell. Closing is shielded from
-  cancellation and joins both threads (they are daemon threads, so a store left open never holds
+  cancellation and joins its threads (they are daemon threads, so a store left open never holds
   the interpreter at exit); an ``open`` cancelled midway closes what it started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import copy
 import functools
 import json
 import logging
@@ -102,7 +122,7 @@ log = logging.getLogger("workspace_lifecycle.sqlite")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE chats (
@@ -160,8 +180,31 @@ MIGRATIONS: dict[int, str] = {
     # Build parameters (JSON object of strings) and a failed build's details (JSON object).
     1: "ALTER TABLE builds ADD COLUMN parameters TEXT NOT NULL DEFAULT '{}';"
     " ALTER TABLE builds ADD COLUMN details TEXT",
+    # The sequence number is the event's rowid (AUTOINCREMENT: never reused, even once retention
+    # pruned the whole log), so a write appends an event in one INSERT instead of reading and
+    # rewriting a head counter; the head moves to sqlite_sequence, starting where it was.
+    2: """
+CREATE TABLE events_v3 (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    workspace_id TEXT NOT NULL,
+    chat_id TEXT NOT NULL,
+    build_number INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    at REAL NOT NULL
+);
+INSERT INTO events_v3 (seq, kind, workspace_id, chat_id, build_number, payload, at)
+    SELECT seq, kind, workspace_id, chat_id, build_number, payload, at FROM events ORDER BY seq;
+DROP TABLE events;
+ALTER TABLE events_v3 RENAME TO events;
+CREATE INDEX events_by_time ON events (at);
+DELETE FROM sqlite_sequence WHERE name = 'events';
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'events', max(head, coalesce((SELECT max(seq) FROM events), 0)) FROM log_state;
+ALTER TABLE log_state DROP COLUMN head
+""",
     # Between turns: a chat's policy, a workspace's armed deadline, why a build was fired.
-    2: "ALTER TABLE chats ADD COLUMN idle_stop_after REAL;"
+    3: "ALTER TABLE chats ADD COLUMN idle_stop_after REAL;"
     " ALTER TABLE chats ADD COLUMN delete_after_stopped REAL;"
     " ALTER TABLE workspaces ADD COLUMN deadline_at REAL;"
     " ALTER TABLE workspaces ADD COLUMN deadline_reason TEXT;"
@@ -177,6 +220,8 @@ _MAX_INT = 2**63 - 1
 _MAX_BUSY_TIMEOUT = (2**31 - 1) // 1000
 #: A write that waited in the queue less than this keeps the full ``busy_timeout`` (no pragma).
 _QUEUE_SLACK = 0.05
+#: The most writes one transaction commits together (a bound on one batch's latency).
+_MAX_BATCH = 256
 #: The watcher's longest pause between reconnection attempts.
 _MAX_BACKOFF = 1.0
 
@@ -213,14 +258,20 @@ def map_exceptions(path: str, busy_timeout: float) -> Iterator[None]:
     """
     try:
         yield
-    except sqlite3.Error as exc:
-        raise _mapped(exc, path, busy_timeout) from None
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"text is not valid UTF-8 (it cannot be stored): {exc.reason}") from None
-    except OverflowError:
-        raise ValueError(
-            "a number is too large for SQLite, which stores integers of at most 64 bits"
-        ) from None
+    except (sqlite3.Error, UnicodeEncodeError, OverflowError) as exc:
+        raise _translated(exc, path, busy_timeout) from None
+
+
+def _translated(exc: BaseException, path: str, busy_timeout: float) -> BaseException:
+    """What :func:`map_exceptions` raises for ``exc`` (``exc`` itself if it is not the driver's),
+    for the hot loop that cannot afford a context manager per write."""
+    if isinstance(exc, sqlite3.Error):
+        return _mapped(exc, path, busy_timeout)
+    if isinstance(exc, UnicodeEncodeError):
+        return ValueError(f"text is not valid UTF-8 (it cannot be stored): {exc.reason}")
+    if isinstance(exc, OverflowError):
+        return ValueError("a number is too large for SQLite, which stores integers of at most 64 bits")
+    return exc
 
 
 def _mapped(exc: sqlite3.Error, path: str, busy_timeout: float) -> Exception:
@@ -249,17 +300,21 @@ def _mapped(exc: sqlite3.Error, path: str, busy_timeout: float) -> Exception:
     return StoreError(f"SQLite error on {path!r}: {text}")
 
 
-# --- the connection's thread ----------------------------------------------------------------------
+# --- the connection's threads ---------------------------------------------------------------------
 
 
 class _Job(Generic[T]):
-    """One function for the connection's thread, and where its result goes."""
+    """One function for a connection's thread, and where its result goes.
+
+    A ``write`` job is a transaction body ``fn(tx)``, run inside a batch's ``BEGIN IMMEDIATE ...
+    COMMIT``; any other job is ``fn(connection)``, run alone (it manages its own transaction).
+    """
 
     __slots__ = ("fn", "future", "queued", "then", "write")
 
     def __init__(
         self,
-        fn: Callable[[sqlite3.Connection], T],
+        fn: Callable[[Any], T],
         future: asyncio.Future[T],
         *,
         write: bool,
@@ -272,10 +327,21 @@ class _Job(Generic[T]):
         self.queued = time.monotonic()
 
 
+#: What a batch hands back for one write: the job, its value, and its error (None if it committed).
+_Done = tuple[_Job[Any], Any, BaseException | None]
+
+
 class _Connection:
-    """A thread that owns the store's ``sqlite3`` connection and runs whole transactions on it,
-    one at a time in the order they were submitted, handing each result (or mapped error) back
-    to its caller's loop (what aiosqlite does, without reaching into its private API).
+    """A thread that owns one ``sqlite3`` connection and runs jobs on it in the order they were
+    submitted, handing each result (or mapped error) back to its caller's loop (what aiosqlite
+    does, without reaching into its private API).
+
+    **Group commit**: the write jobs found queued together (submitted while the thread was busy)
+    run as one batch, one ``BEGIN IMMEDIATE ... COMMIT``; each write in a batch of several runs
+    inside its own savepoint, so a write whose body raises is rolled back alone and the others
+    commit. A failed COMMIT fails every write of its batch with the error one write would get.
+    The batch's results go back in one ``call_soon_threadsafe``, and ``committed(count, head)``
+    runs once per committed batch on that loop, after the callers were resumed.
     """
 
     def __init__(
@@ -284,25 +350,38 @@ class _Connection:
         *,
         path: str,
         busy_timeout: float,
+        name: str = "wl-sqlite",
+        committed: Callable[[int, int | None], object] | None = None,
+        order: threading.Lock | None = None,
     ) -> None:
         self._connect = connect
         self._path = path
         self._busy_timeout = busy_timeout
         self._busy_ms = int(busy_timeout * 1000)
+        self._busy_now = self._busy_ms  # the connection's busy_timeout (ms), as last set
+        self._committed = committed
+        # Shared by the store's threads: the writer holds it from COMMIT until the batch's results
+        # are handed to the loop; the others take it to hand over anything read. Whatever saw a
+        # commit reaches the loop after the commit's own results (the writers run before the
+        # waiters they wake); no read waits for more than a COMMIT.
+        self._order = order if order is not None else threading.Lock()
+        self._holding = False
+        self.commits = 0  # transactions of writes committed (a batch is one)
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._stopped: asyncio.Future[None] | None = None
-        self._thread = threading.Thread(target=self._run, name=f"wl-sqlite:{path}", daemon=True)
+        self._conn: sqlite3.Connection | None = None
+        self._thread = threading.Thread(target=self._run, name=f"{name}:{path}", daemon=True)
         self._thread.start()
 
     def submit(
         self,
-        fn: Callable[[sqlite3.Connection], T],
+        fn: Callable[[Any], T],
         *,
         write: bool = False,
         then: Callable[[T], object] | None = None,
     ) -> asyncio.Future[T]:
         """Queue ``fn``; the future resolves on the running loop. ``then(result)`` runs on that
-        loop first, even if the caller stopped waiting (a cancelled write still rings)."""
+        loop first, even if the caller stopped waiting (only for jobs that are not writes)."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._jobs.put(_Job(fn, future, write=write, then=then))
         return future
@@ -317,53 +396,204 @@ class _Connection:
         self._thread.join()
 
     def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
-        busy_ms = self._busy_ms
+        pending: collections.deque[_Job[Any]] = collections.deque()
+        stopping = False
         try:
-            while (job := self._jobs.get()) is not None:
-                try:
-                    with map_exceptions(self._path, self._busy_timeout):
-                        if conn is None:
-                            conn = self._connect()
-                        if job.write:
-                            busy_ms = self._deadline(conn, job, busy_ms)
-                        value, error = job.fn(conn), None
-                except BaseException as exc:  # delivered to the caller, raised there
-                    value, error = None, exc
-                _deliver(job, value, error)
+            while pending or not stopping:
+                if not pending:
+                    job = self._jobs.get()
+                    if job is None:
+                        break
+                    pending.append(job)
+                # Everything queued meanwhile joins: the writes among it commit together.
+                while not stopping:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        stopping = True
+                    else:
+                        pending.append(job)
+                if not pending[0].write:
+                    self._run_alone(pending.popleft())
+                    continue
+                batch: list[_Job[Any]] = []
+                while pending and pending[0].write and len(batch) < _MAX_BATCH:
+                    batch.append(pending.popleft())
+                pending.extendleft(reversed(self._run_batch(batch)))
         finally:
-            if conn is not None:
+            if self._conn is not None:
                 with contextlib.suppress(sqlite3.Error):
-                    conn.close()
+                    self._conn.close()
             if self._stopped is not None:
                 _resolve_threadsafe(self._stopped)
 
-    def _deadline(self, conn: sqlite3.Connection, job: _Job[Any], busy_ms: int) -> int:
-        """Give a write only what is left of its own ``busy_timeout`` after its time in the
-        queue: behind a write stuck on a foreign lock, it fails when its caller's timeout is up,
-        not after a multiple of it. Returns the connection's busy_timeout now (milliseconds)."""
-        waited = time.monotonic() - job.queued
-        wanted = self._busy_ms if waited < _QUEUE_SLACK else max(0, self._busy_ms - int(waited * 1000))
-        if wanted != busy_ms:
-            conn.execute(f"PRAGMA busy_timeout = {wanted}")
-        return wanted
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def _run_alone(self, job: _Job[Any]) -> None:
+        try:
+            with map_exceptions(self._path, self._busy_timeout):
+                value, error = job.fn(self._connection()), None
+        except BaseException as exc:  # delivered to the caller, raised there
+            value, error = None, exc
+        with self._order:
+            _deliver([(job, value, error)])
+
+    def _run_batch(self, batch: list[_Job[Any]]) -> list[_Job[Any]]:
+        """Run ``batch`` in one transaction and deliver every result; return the writes that
+        never ran (a statement ended the transaction before their turn): they go in the next."""
+        done: list[_Done] = []
+        head: int | None = None
+        try:
+            try:
+                with map_exceptions(self._path, self._busy_timeout):
+                    conn = self._connection()
+                self._begin(conn, batch, done)
+            except BaseException as exc:
+                done += [(job, None, _fresh(exc)) for job in batch]
+                return []
+            if not batch:
+                return []
+            unrun, head = self._run_bodies(conn, batch, done)
+            return unrun
+        finally:
+            _deliver(done, self._committed, head)
+            if self._holding:
+                self._holding = False
+                self._order.release()
+
+    def _begin(self, conn: sqlite3.Connection, batch: list[_Job[Any]], done: list[_Done]) -> None:
+        """``BEGIN IMMEDIATE``, waiting for a foreign lock only what is left of the oldest write's
+        own ``busy_timeout`` after its time in the queue: behind a write stuck on a foreign lock,
+        a write fails when its caller's timeout is up, not after a multiple of it. When the lock
+        outlasts it, the writes whose time is up fail (nothing of theirs was written) and the
+        others try again with what they have left; ``batch`` keeps the writes that are in."""
+        while batch:
+            try:
+                with map_exceptions(self._path, self._busy_timeout):
+                    wanted = self._remaining_ms(batch[0], time.monotonic())
+                    if wanted != self._busy_now:
+                        conn.execute(f"PRAGMA busy_timeout = {wanted}")
+                        self._busy_now = wanted
+                    conn.execute("BEGIN IMMEDIATE")
+                return
+            except StoreBusyError as exc:
+                now = time.monotonic()
+                left = [j for j in batch[1:] if self._remaining_ms(j, now) > _QUEUE_SLACK * 1000]
+                done += [(j, None, _fresh(exc)) for j in batch if j not in left]
+                batch[:] = left
+
+    def _remaining_ms(self, job: _Job[Any], now: float) -> int:
+        waited = now - job.queued
+        return self._busy_ms if waited < _QUEUE_SLACK else max(0, self._busy_ms - int(waited * 1000))
+
+    def _run_bodies(
+        self, conn: sqlite3.Connection, batch: list[_Job[Any]], done: list[_Done]
+    ) -> tuple[list[_Job[Any]], int | None]:
+        """Inside the open transaction: each body (in its savepoint when the batch holds more
+        than one), then COMMIT. Nothing is delivered as committed unless COMMIT succeeded.
+        Returns the writes that never ran and the log's head after the batch's events."""
+        several = len(batch) > 1
+        ran: list[tuple[_Job[Any], Any, int | None]] = []  # bodies that returned, in order
+        i = 0
+        try:
+            while i < len(batch):
+                job = batch[i]
+                i += 1
+                tx = _Tx(conn)
+                try:
+                    if several:
+                        conn.execute("SAVEPOINT w")
+                    value = job.fn(tx)
+                    if several:
+                        conn.execute("RELEASE w")
+                except BaseException as exc:  # this write fails alone
+                    done.append((job, None, _translated(exc, self._path, self._busy_timeout)))
+                    if not conn.in_transaction:
+                        # The error ended the whole transaction (SQLite rolled it back): the
+                        # writes before this one are lost too; the ones after it run next.
+                        raise
+                    with map_exceptions(self._path, self._busy_timeout):
+                        if several:
+                            conn.execute("ROLLBACK TO w")
+                            conn.execute("RELEASE w")
+                        else:
+                            conn.execute("ROLLBACK")
+                    continue
+                ran.append((job, value, tx.appended_head))
+            if conn.in_transaction:
+                self._order.acquire()
+                self._holding = True
+                with map_exceptions(self._path, self._busy_timeout):
+                    conn.execute("COMMIT")
+                self.commits += 1
+        except BaseException as exc:  # the transaction is lost: every write that ran fails with it
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            failure = _translated(exc, self._path, self._busy_timeout)
+            done += [(job, None, _fresh(failure)) for job, _, _ in ran]
+            return batch[i:], None
+        head: int | None = None
+        for job, value, appended in ran:
+            done.append((job, value, None))
+            if appended is not None:
+                head = appended  # sequence numbers grow in commit order
+        return [], head
 
 
-def _deliver(job: _Job[Any], value: object, error: BaseException | None) -> None:
-    with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
-        job.future.get_loop().call_soon_threadsafe(_settle, job, value, error)
+def _fresh(exc: BaseException) -> BaseException:
+    """A copy of ``exc`` to raise in one more caller (one object raised in several tasks would
+    collect all their tracebacks)."""
+    try:
+        return copy.copy(exc)
+    except Exception:
+        return exc
 
 
-def _settle(job: _Job[Any], value: Any, error: BaseException | None) -> None:
-    # The caller is resumed before ``then`` rings the doorbell, as if it had rung it itself on
-    # return: the writer's task runs before the sleepers it wakes (the order aiosqlite gave).
-    if not job.future.done():  # else the caller was cancelled
+def _deliver(
+    done: list[_Done],
+    committed: Callable[[int, int | None], object] | None = None,
+    head: int | None = None,
+) -> None:
+    """Hand results back, one ``call_soon_threadsafe`` per loop (a batch has one in practice)."""
+    if not done:
+        return
+    loops: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
+    for item in done:
+        loops.setdefault(item[0].future.get_loop(), []).append(item)
+    for loop, items in loops.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, items, committed, head)
+
+
+def _settle(
+    done: list[_Done], committed: Callable[[int, int | None], object] | None, head: int | None
+) -> None:
+    # The callers are resumed before the doorbell rings, as if each had rung it itself on
+    # return: the writers' tasks run before the sleepers they wake (the order aiosqlite gave).
+    count = 0
+    for job, value, error in done:
+        if not job.future.done():  # else the caller was cancelled
+            if error is None:
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(error)
         if error is None:
-            job.future.set_result(value)
-        else:
-            job.future.set_exception(error)
-    if error is None and job.then is not None:
-        job.then(value)
+            if job.write:
+                count += 1
+            elif job.then is not None:
+                job.then(value)
+    if count and committed is not None:
+        committed(count, head)
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    pass
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -418,7 +648,9 @@ class SQLiteStore(Store):
         self.retention = retention
         self._synchronous = synchronous.upper()
         self._clock = clock
-        self._connection: _Connection | None = None
+        self._connection: _Connection | None = None  # the writer's thread
+        self._reader: _Connection | None = None  # the readers' thread
+        self._order = threading.Lock()  # see _Connection: what saw a commit follows its results
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._doorbell = Doorbell()
@@ -428,7 +660,7 @@ class SQLiteStore(Store):
         self._watch_stopped: asyncio.Future[None] | None = None
         self._watch_failure: str | None = None  # why the watcher is down, while it is
         self._last_prune = 0.0
-        self.transactions = 0  # write transactions committed through this store
+        self.transactions = 0  # writes committed through this store (see also ``commits``)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLiteStore:
@@ -445,8 +677,14 @@ class SQLiteStore(Store):
     # --- opening and closing ---------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        """A new connection to the file (the store's thread and the watcher each make one)."""
+        """A new connection to the file (the writer's and reader's threads and the watcher each
+        make one)."""
         return sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.execute("PRAGMA query_only = 1")
+        return conn
 
     async def open(self) -> None:
         try:
@@ -462,9 +700,25 @@ class SQLiteStore(Store):
             return
         self._check_path()
         self._loop = loop
-        self._connection = _Connection(self._connect, path=self.path, busy_timeout=self.busy_timeout)
+        self._connection = _Connection(
+            self._connect,
+            path=self.path,
+            busy_timeout=self.busy_timeout,
+            committed=self._committed,
+            order=self._order,
+        )
         try:
-            head = await self._call(self._setup)
+            head = await self._connection.submit(self._setup)
+            # Reads get a connection and a thread of their own: under WAL they never wait for a
+            # writer, so they must not queue behind a long batch of writes either.
+            self._reader = _Connection(
+                self._connect_reader,
+                path=self.path,
+                busy_timeout=self.busy_timeout,
+                name="wl-sqlite-read",
+                order=self._order,
+            )
+            await self._reader.submit(_nothing)  # connects now: a file it cannot open fails the open
         except BaseException:
             # Cancelled or failed midway: the thread and its connection go with it.
             self._closed = True
@@ -530,7 +784,7 @@ class SQLiteStore(Store):
         # Shielded: a close cancelled halfway (``async with`` left by a timeout) would leave the
         # connection's thread and files open for good, since later calls find the store closed.
         with anyio.CancelScope(shield=True):
-            if self._closed and self._connection is None and self._watcher is None:
+            if self._closed and self._connection is None and self._reader is None and self._watcher is None:
                 return
             self._closed = True
             self._doorbell.ring()
@@ -547,6 +801,9 @@ class SQLiteStore(Store):
             if watcher.is_alive():
                 await self._watch_stopped
             watcher.join()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.stop()
         conn, self._connection = self._connection, None
         if conn is not None:
             await conn.stop()
@@ -558,32 +815,11 @@ class SQLiteStore(Store):
             raise StoreClosedError("the SQLite store is closed")
         return self._connection
 
-    async def _call(
-        self,
-        fn: Callable[[sqlite3.Connection], T],
-        *,
-        write: bool = False,
-        then: Callable[[T], object] | None = None,
-    ) -> T:
-        """Run ``fn(connection)`` on the connection's thread: one hop, errors mapped there."""
-        return await self._check().submit(fn, write=write, then=then)
-
     async def _write(self, body: Callable[[_Tx], T]) -> T:
-        """Run ``body`` inside ``BEGIN IMMEDIATE ... COMMIT``; its events share the commit."""
-
-        def tx(conn: sqlite3.Connection) -> tuple[T, int | None]:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                log = _Tx(conn)
-                result = body(log)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result, log.appended_head
-
-        result, _ = await self._call(tx, write=True, then=self._committed)
+        """Run ``body`` inside ``BEGIN IMMEDIATE ... COMMIT`` on the writer's thread, in one hop
+        (possibly committed together with other writes queued meanwhile: group commit); its
+        events share the commit."""
+        result: T = await self._check().submit(body, write=True)
         if self.retention is not None:
             now = self._clock()
             if now - self._last_prune > min(self.retention / 10, 60.0):
@@ -591,16 +827,26 @@ class SQLiteStore(Store):
                 await self.prune_events(now - self.retention)
         return result
 
-    def _committed(self, done: tuple[object, int | None]) -> None:
-        """On the loop, for every committed write (its caller may have stopped waiting)."""
-        self.transactions += 1
-        if done[1] is not None:
-            self._doorbell.saw(done[1])
+    @property
+    def commits(self) -> int:
+        """Write transactions committed so far: with group commit, fewer than the writes."""
+        return 0 if self._connection is None else self._connection.commits
+
+    def _committed(self, count: int, head: int | None) -> None:
+        """On the loop, once per committed batch of ``count`` writes (their callers may have
+        stopped waiting): ring the doorbell once with the batch's head."""
+        self.transactions += count
+        if head is not None:
+            self._doorbell.saw(head)
 
     async def _read(
         self, fn: Callable[[sqlite3.Connection], T], then: Callable[[T], object] | None = None
     ) -> T:
-        """Run ``fn`` in one read transaction (a consistent snapshot under WAL)."""
+        """Run ``fn`` in one read transaction (a consistent snapshot under WAL) on the readers'
+        thread, which never waits for the writer's."""
+        self._check()
+        reader = self._reader
+        assert reader is not None
 
         def tx(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN")
@@ -609,7 +855,7 @@ class SQLiteStore(Store):
             finally:
                 conn.execute("COMMIT")
 
-        return await self._call(tx, then=then)
+        return await reader.submit(tx, then=then)
 
     # --- chats and workspaces --------------------------------------------------------------
 
@@ -679,7 +925,8 @@ class SQLiteStore(Store):
                 return Outcome(fired=False, build=None, facts=_facts(tx.conn, chat.workspace_id))
             tx.persist(write)
             assert write.workspace is not None
-            return Outcome(fired=True, build=write.build, facts=_facts(tx.conn, write.workspace.workspace_id))
+            facts = _facts(tx.conn, write.workspace.workspace_id, tx.appended_head)
+            return Outcome(fired=True, build=write.build, facts=facts)
 
         return await self._write(body)
 
@@ -706,7 +953,9 @@ class SQLiteStore(Store):
             if write is None:
                 return Outcome(fired=False, build=None, facts=facts)
             tx.persist(write)
-            return Outcome(fired=True, build=write.build, facts=_facts(tx.conn, workspace_id))
+            return Outcome(
+                fired=True, build=write.build, facts=_facts(tx.conn, workspace_id, tx.appended_head)
+            )
 
         return await self._write(body)
 
@@ -820,11 +1069,7 @@ class SQLiteStore(Store):
     async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
         lifecycle = writes.parse_lifecycle(lifecycle)
 
-        def body(tx: _Tx) -> None:
-            ws = _workspace(tx.conn, workspace_id, missing=f"workspace {workspace_id!r} has no agent")
-            tx.persist(writes.report_agent(_agent(tx.conn, workspace_id), ws, lifecycle, at=self._clock()))
-
-        await self._write(body)
+        await self._write(lambda tx: _report_agent(tx, workspace_id, lifecycle, self._clock))
 
     # --- the event log ----------------------------------------------------------------------
 
@@ -904,7 +1149,8 @@ class SQLiteStore(Store):
 
         def post(callback: Callable[..., object], *args: Any) -> bool:
             try:
-                loop.call_soon_threadsafe(callback, *args)
+                with self._order:  # after the results of the commits it saw (see _Connection)
+                    loop.call_soon_threadsafe(callback, *args)
                 return True
             except RuntimeError:  # the loop closed under us
                 return False
@@ -1005,17 +1251,26 @@ class SQLiteStore(Store):
 
 
 class _Tx:
-    """One write transaction: its connection, and :meth:`persist` for what ``writes`` decided."""
+    """One write's part of a transaction: its connection, and :meth:`persist` for what
+    ``writes`` decided."""
+
+    __slots__ = ("appended_head", "conn")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self.appended_head: int | None = None  # the log's head after this transaction's events
+        self.appended_head: int | None = None  # the log's head after this write's events
 
     def persist(self, write: writes.Write) -> None:
-        """Apply one decided write: its rows, then its events numbered in order from the head."""
+        """Apply one decided write, generically: its events (each numbered by its INSERT, in
+        commit order), then its rows."""
         conn = self.conn
-        head = _head(conn) if self.appended_head is None else self.appended_head
-        last = head + len(write.events)
+        last = self.appended_head
+        for e in write.events:
+            last = conn.execute(
+                _INSERT_EVENT,
+                (e.kind.value, e.workspace_id, e.chat_id, e.build_number, json.dumps(e.payload()), e.at),
+            ).lastrowid
+        self.appended_head = last
         if write.workspace is not None:
             ws = write.workspace
             deadline = ws.deadline
@@ -1072,7 +1327,7 @@ class _Tx:
                         build.error,
                         build.has_agent,
                         build.worker,
-                        last,
+                        _head(conn) if last is None else last,
                         json.dumps(dict(build.parameters)),
                         details,
                         build.reason.value,
@@ -1084,43 +1339,44 @@ class _Tx:
                 )
         if write.agent is not None:
             agent = write.agent
-            row = (agent.build_number, agent.lifecycle.value, agent.workspace_id)
-            # UPDATE first, INSERT on a miss: cheaper than an upsert for the common report.
-            if not conn.execute(
-                "UPDATE agents SET build_number = ?, lifecycle = ? WHERE workspace_id = ?", row
-            ).rowcount:
-                conn.execute(
-                    "INSERT INTO agents (build_number, lifecycle, workspace_id) VALUES (?, ?, ?)", row
-                )
-        if write.events:
-            conn.executemany(
-                "INSERT INTO events (seq, kind, workspace_id, chat_id, build_number, payload, at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        head + offset,
-                        e.kind.value,
-                        e.workspace_id,
-                        e.chat_id,
-                        e.build_number,
-                        json.dumps(e.payload()),
-                        e.at,
-                    )
-                    for offset, e in enumerate(write.events, 1)
-                ],
+            conn.execute(
+                "INSERT INTO agents (workspace_id, build_number, lifecycle) VALUES (?, ?, ?) "
+                "ON CONFLICT (workspace_id) DO UPDATE SET build_number = excluded.build_number, "
+                "lifecycle = excluded.lifecycle",
+                (agent.workspace_id, agent.build_number, agent.lifecycle.value),
             )
-            conn.execute("UPDATE log_state SET head = ?", (last,))
-            self.appended_head = last
+
+
+_INSERT_EVENT = (
+    "INSERT INTO events (kind, workspace_id, chat_id, build_number, payload, at) VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 
 # --- row helpers (run on the connection's thread) ---------------------------------------------------
+
+
+def _report_agent(tx: _Tx, workspace_id: str, lifecycle: AgentLifecycle, clock: Callable[[], float]) -> None:
+    """The body of ``report_agent`` (the agent is read with its workspace, in one statement)."""
+    row = tx.conn.execute(
+        "SELECT w.chat_id, w.owner, w.name, w.deleted, a.build_number, a.lifecycle "
+        "FROM workspaces w LEFT JOIN agents a USING (workspace_id) WHERE w.workspace_id = ?",
+        (workspace_id,),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"workspace {workspace_id!r} has no agent")
+    ws = Workspace(workspace_id, row[0], row[1], row[2], deleted=bool(row[3]))
+    agent = None if row[5] is None else _agent_row(workspace_id, row[4], row[5])
+    tx.persist(writes.report_agent(agent, ws, lifecycle, at=clock()))
+
 
 _BUILD_COLUMNS = "build_id, workspace_id, number, transition, status, error, has_agent, worker, parameters, details, reason"
 _CHAT_COLUMNS = "chat_id, owner, workspace_id, idle_stop_after, delete_after_stopped"
 
 
 def _head(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT head FROM log_state").fetchone()[0])
+    """The log's head: the last sequence number ever given (pruning does not lower it)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def _chat(conn: sqlite3.Connection, chat_id: str) -> Chat | None:
@@ -1177,10 +1433,12 @@ def _agent(conn: sqlite3.Connection, workspace_id: str) -> Agent | None:
     row = conn.execute(
         "SELECT build_number, lifecycle FROM agents WHERE workspace_id = ?", (workspace_id,)
     ).fetchone()
-    if row is None:
-        return None
-    lifecycle = parse_enum(AgentLifecycle, row[1], table="agents", key=workspace_id, column="lifecycle")
-    return Agent(workspace_id, row[0], lifecycle)
+    return None if row is None else _agent_row(workspace_id, row[0], row[1])
+
+
+def _agent_row(workspace_id: str, build_number: int, lifecycle: str) -> Agent:
+    state = parse_enum(AgentLifecycle, lifecycle, table="agents", key=workspace_id, column="lifecycle")
+    return Agent(workspace_id, build_number, state)
 
 
 def _facts(conn: sqlite3.Connection, workspace_id: str, head: int | None = None) -> WorkspaceFacts:
