@@ -59,7 +59,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
@@ -190,6 +190,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE builds ADD COLUMN parameters jsonb NOT NULL DEFAULT '{}'::jsonb,
         ADD COLUMN details jsonb;
     """,
+    # 3: row versions, bumped by every write that changes a workspace's facts (its row, builds,
+    # agent) or a chat row: the guard of single-statement writes ("the rows are as I read them").
+    """
+    ALTER TABLE workspaces ADD COLUMN version bigint NOT NULL DEFAULT 0;
+    ALTER TABLE chats ADD COLUMN version bigint NOT NULL DEFAULT 0;
+    """,
 )
 
 #: The schema version this code writes and understands.
@@ -208,6 +214,14 @@ _FACTS_JOINS = """
     LEFT JOIN agents a ON a.workspace_id = w.workspace_id
 """
 _FACTS_SQL = f"SELECT {_FACTS_COLUMNS}, {_HEAD} FROM workspaces w {_FACTS_JOINS} WHERE w.workspace_id = %s"
+
+#: What a request reads: the workspace's facts (then its version) and its chat's row (then its version).
+_REQUEST_SQL = (
+    f"SELECT {_FACTS_COLUMNS}, {_HEAD}, w.version, c.chat_id, c.owner, c.workspace_id, c.version"
+    f" FROM workspaces w {_FACTS_JOINS} JOIN chats c ON c.chat_id = w.chat_id WHERE w.workspace_id = %s"
+)
+#: A workspace row as :func:`_parse_workspace` reads it, then its version.
+_WORKSPACE_COLUMNS = "w.workspace_id, w.chat_id, w.owner, w.name, w.deleted, w.version"
 
 _BUILD_COLUMNS = (
     "b.build_id, b.workspace_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,"
@@ -279,6 +293,41 @@ def _connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, (psycopg.OperationalError, ConnectionError)) and not isinstance(
         exc, (pg_errors.QueryCanceled, pg_errors.LockNotAvailable, pg_errors.ProgramLimitExceeded)
     )
+
+
+@attrs.frozen
+class _Seen:
+    """The rows a decision was made on, as read: the guard of the statement that persists it.
+
+    Every write that changes a workspace's facts (its row, its builds, its agent) bumps the
+    workspace's ``version``; every write of a chat row bumps the chat's. So "the versions are
+    still these" is "the rows are still as I read them": generic optimistic concurrency that
+    knows no rule of :mod:`workspace_lifecycle.writes`.
+    """
+
+    workspace_id: str
+    version: int
+    chat_id: str | None = None  # set when the decision read the chat row too
+    chat_version: int = 0
+
+
+@attrs.frozen
+class _Decided(Generic[T]):
+    """A decision made on rows read outside any transaction: the ``write`` to persist under the
+    guard ``seen`` (``None``: nothing to write), and the caller's answer given the new head."""
+
+    write: writes.Write | None
+    seen: _Seen | None
+    answer: Callable[[int], T]
+
+
+class _Changed:
+    """The guard found the rows changed since they were read: read and decide again."""
+
+
+_CHANGED = _Changed()
+#: Reads and decisions a write may take while other writers keep changing its rows.
+_MAX_DECISIONS = 200
 
 
 @attrs.define
@@ -619,6 +668,11 @@ class PostgresStore(Store):
         finish (bounded by ``statement_timeout``) instead of leaving a half-used connection.
         A connection that died before the commit was sent is replaced and the body retried.
         """
+        return await self._try(lambda conn, attempt: body(conn), transaction=write)
+
+    async def _try(self, body: Callable[[Conn, _Attempt], Awaitable[T]], *, transaction: bool = False) -> T:
+        """:meth:`_run` for a body that says itself when its commit begins: an autocommit body
+        sets ``attempt.committing`` before the statement that commits."""
         pool = self._check()
         tries = 0
         while True:
@@ -630,10 +684,10 @@ class PostgresStore(Store):
                     attempt.connected = True
                     with anyio.CancelScope(shield=True):
                         try:
-                            if not write:
-                                return await body(conn)
+                            if not transaction:
+                                return await body(conn, attempt)
                             async with conn.transaction():
-                                result = await body(conn)
+                                result = await body(conn, attempt)
                                 attempt.committing = True
                             return result
                         finally:
@@ -644,6 +698,29 @@ class PostgresStore(Store):
                 log.info("%s; retrying on a fresh connection", exc)
             with self._boundary():
                 await pool.check()
+
+    async def _decide(self, body: Callable[[Conn], Awaitable[_Decided[T]]]) -> T:
+        """A hot write in autocommit: ``body`` reads the rows (one round trip, which also proves
+        the connection alive) and decides with :mod:`workspace_lifecycle.writes`; the decided
+        write is then persisted by one guarded statement (:meth:`_execute`). If the guard finds
+        the rows changed meanwhile (another writer committed), read and decide again.
+        """
+
+        async def once(conn: Conn, attempt: _Attempt) -> T | _Changed:
+            decided = await body(conn)
+            if decided.write is None:
+                return decided.answer(0)
+            attempt.committing = True  # from here a lost connection leaves the outcome unknown
+            head = await self._execute(conn, decided.write, decided.seen)
+            return _CHANGED if head is None else decided.answer(head)
+
+        for _ in range(_MAX_DECISIONS):
+            result = await self._try(once)
+            if not isinstance(result, _Changed):
+                return result
+        raise StoreBusyError(
+            f"a PostgreSQL write found its rows changed by other writers {_MAX_DECISIONS} times in a row"
+        )
 
     async def _migrate(self, conn: Conn) -> None:
         """Apply the missing migrations, one replica at a time."""
@@ -672,24 +749,81 @@ class PostgresStore(Store):
     # --- persisting decided writes ---------------------------------------------------------
 
     async def _persist(self, conn: Conn, write: writes.Write) -> int:
-        """Persist one decided write: its rows in one statement, then its events through
-        :meth:`_append`; return the new head.
+        """Persist one decided write inside the caller's transaction, whose row locks already
+        make it exact (no guard); return the new head."""
+        head = await self._execute(conn, write, None)
+        assert head is not None, "an unguarded write always persists"
+        return head
 
-        The rows come first so that every row lock is taken before the log lock (a report
-        holding an agent's row while a finish holding the log lock waits for it would deadlock).
+    async def _execute(self, conn: Conn, write: writes.Write, seen: _Seen | None) -> int | None:
+        """Persist ``write`` as one statement (:meth:`_statement`); return the new head, or
+        ``None`` if the guard ``seen`` found the rows changed (then nothing was written)."""
+        query, params = self._statement(write, seen)
+        if self._before_commit is None:
+            cur = await conn.execute(query, params)
+            row = await cur.fetchone()
+        else:  # test hook: the same statement in a transaction held open after it
+            async with conn.transaction():
+                cur = await conn.execute(query, params)
+                row = await cur.fetchone()
+                if row is not None:
+                    await self._before_commit()
+        return None if row is None else int(row[0])
+
+    def _statement(self, write: writes.Write, seen: _Seen | None) -> tuple[str, dict[str, Any]]:
+        """One statement that persists ``write`` generically: a CTE of the guard, the row
+        changes, the log append and the NOTIFY. It returns one row (the new head) or, when the
+        guard fails, none and changes nothing.
+
+        * **The guard** (``seen``): the workspace row ``FOR UPDATE`` and the chat row ``FOR
+          SHARE``, each only if its ``version`` is still the one read. Under READ COMMITTED a
+          locking read waits for a concurrent writer of the row and then re-checks its
+          condition against the row's newest committed version, not the statement's snapshot:
+          a row changed after the snapshot fails the guard (the caller reads again), and an
+          unchanged one passes however old the snapshot, so it never refuses spuriously. A
+          guarded row is only ever changed by a writer holding its lock, so the unlocked reads
+          of this statement's snapshot (the other rows of the workspace) are current too.
+        * **The rows**, each change gated on the guard: the workspace row (its ``version``
+          bumped, and ``deleted`` / ``latest_build`` when the write changes them), the chat,
+          the build (inserted when queued, else updated), the agent (upserted).
+        * **The log**: only once every row change has run (their row locks are taken before the
+          log lock, as in every writer, so no two writers wait on each other in a circle), take
+          the transaction-scoped advisory lock of the log, then draw the events' ``seq``:
+          ``nextval`` runs per row of ``lock CROSS JOIN VALUES``, so after the lock is granted, never
+          from the snapshot. The lock is held until the commit is visible, so seqs follow
+          commit order. ``pg_notify`` carries the new head and is delivered at commit.
         """
-        parts: list[str] = []
-        params: dict[str, Any] = {}
+        ctes: list[str] = []
+        params: dict[str, Any] = {"l1": _LOG_LOCK, "l2": self._lock_key, "chan": self._channel}
+        if seen is None:
+            ctes.append("ok AS MATERIALIZED (SELECT 1)")
+        else:
+            ctes.append(
+                "g_w AS MATERIALIZED (SELECT 1 FROM workspaces"
+                " WHERE workspace_id = %(g_w)s AND version = %(g_wv)s FOR UPDATE)"
+            )
+            params.update(g_w=seen.workspace_id, g_wv=seen.version)
+            if seen.chat_id is None:
+                ctes.append("ok AS MATERIALIZED (SELECT 1 FROM g_w)")
+            else:
+                # The workspace first, then the chat: create_workspace takes them in that order.
+                ctes.append(
+                    "g_c AS MATERIALIZED (SELECT 1 FROM chats WHERE chat_id = %(g_c)s"
+                    " AND version = %(g_cv)s AND EXISTS (SELECT FROM g_w) FOR SHARE)"
+                )
+                ctes.append("ok AS MATERIALIZED (SELECT 1 FROM g_w WHERE EXISTS (SELECT FROM g_c))")
+                params.update(g_c=seen.chat_id, g_cv=seen.chat_version)
+        gate = "EXISTS (SELECT FROM ok)"
+        changes: list[str] = []
         ws, build = write.workspace, write.build
-        # A queued build becomes its workspace's latest: set in the workspace's own row when the
-        # write also makes that row (a create: one statement cannot update a row it inserts).
-        latest_here = write.queued and build is not None and ws is not None
-        if ws is not None:
-            # A new workspace (with its first build), or one marked deleted.
-            parts.append(
+        queued = write.queued and build is not None
+        if ws is not None and seen is None:
+            # A new workspace (with its first build: one statement cannot update a row it inserts).
+            changes.append(
                 "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, latest_build)"
                 " VALUES (%(w_id)s, %(w_chat)s, %(w_owner)s, %(w_name)s, %(w_deleted)s, %(w_latest)s)"
-                " ON CONFLICT (workspace_id) DO UPDATE SET deleted = excluded.deleted"
+                " ON CONFLICT (workspace_id) DO UPDATE SET deleted = excluded.deleted,"
+                " version = workspaces.version + 1 RETURNING 1"
             )
             params.update(
                 w_id=ws.workspace_id,
@@ -697,25 +831,45 @@ class PostgresStore(Store):
                 w_owner=ws.owner,
                 w_name=ws.name,
                 w_deleted=ws.deleted,
-                w_latest=build.number if latest_here and build is not None else 0,
+                w_latest=build.number if queued and build is not None else 0,
             )
+        else:
+            target = (
+                seen.workspace_id if seen is not None else (build.workspace_id if queued and build else None)
+            )
+            if target is not None:
+                sets = ["version = version + 1"]
+                if ws is not None:
+                    assert ws.workspace_id == target, "a write changes the workspace it read"
+                    sets.append("deleted = %(w_deleted)s")
+                    params["w_deleted"] = ws.deleted
+                if queued and build is not None:
+                    assert build.workspace_id == target, "a write queues builds of the workspace it read"
+                    sets.append("latest_build = %(b_n)s")
+                changes.append(
+                    f"UPDATE workspaces SET {', '.join(sets)} WHERE workspace_id = %(w_target)s AND {gate}"
+                    " RETURNING 1"
+                )
+                params["w_target"] = target
         if write.chat is not None:
-            parts.append("UPDATE chats SET workspace_id = %(c_ws)s WHERE chat_id = %(c_id)s")
+            changes.append(
+                "UPDATE chats SET workspace_id = %(c_ws)s, version = version + 1"
+                f" WHERE chat_id = %(c_id)s AND {gate} RETURNING 1"
+            )
             params.update(c_ws=write.chat.workspace_id, c_id=write.chat.chat_id)
         if build is not None and write.queued:
-            parts.append(
+            changes.append(
                 "INSERT INTO builds (build_id, workspace_id, number, transition, status, error,"
-                " has_agent, worker, parameters, details) VALUES (%(b_id)s, %(b_ws)s, %(b_n)s,"
-                " %(b_transition)s, %(b_status)s, %(b_error)s, %(b_has_agent)s, %(b_worker)s,"
-                " %(b_parameters)s, %(b_details)s)"
+                " has_agent, worker, parameters, details) SELECT %(b_id)s::text, %(b_ws)s::text,"
+                " %(b_n)s::integer, %(b_transition)s::text, %(b_status)s::text, %(b_error)s::text,"
+                " %(b_has_agent)s::boolean, %(b_worker)s::text, %(b_parameters)s::jsonb,"
+                f" %(b_details)s::jsonb WHERE {gate} RETURNING 1"
             )
-            if not latest_here:
-                parts.append("UPDATE workspaces SET latest_build = %(b_n)s WHERE workspace_id = %(b_ws)s")
         elif build is not None:
-            parts.append(
+            changes.append(
                 "UPDATE builds SET status = %(b_status)s, error = %(b_error)s,"
                 " has_agent = %(b_has_agent)s, worker = %(b_worker)s, details = %(b_details)s"
-                " WHERE build_id = %(b_id)s"
+                f" WHERE build_id = %(b_id)s AND {gate} RETURNING 1"
             )
         if build is not None:
             params.update(
@@ -731,52 +885,48 @@ class PostgresStore(Store):
                 b_details=None if build.details is None else Jsonb(dict(build.details)),
             )
         if write.agent is not None:
-            parts.append(
+            changes.append(
                 "INSERT INTO agents (workspace_id, build_number, lifecycle)"
-                " VALUES (%(a_ws)s, %(a_n)s, %(a_lifecycle)s) ON CONFLICT (workspace_id) DO UPDATE"
-                " SET build_number = excluded.build_number, lifecycle = excluded.lifecycle"
+                f" SELECT %(a_ws)s::text, %(a_n)s::integer, %(a_lifecycle)s::text WHERE {gate}"
+                " ON CONFLICT (workspace_id) DO UPDATE"
+                " SET build_number = excluded.build_number, lifecycle = excluded.lifecycle RETURNING 1"
             )
             params.update(
                 a_ws=write.agent.workspace_id,
                 a_n=write.agent.build_number,
                 a_lifecycle=write.agent.lifecycle.value,
             )
-        if parts:
-            ctes = ", ".join(f"p{i} AS ({part})" for i, part in enumerate(parts))
-            await conn.execute(f"WITH {ctes} SELECT 1", params)
-        return await self._append(conn, write.events)
-
-    async def _append(self, conn: Conn, events: Sequence[StoreEvent]) -> int:
-        """Insert ``events`` in commit order and announce them; return the new head."""
-        # One statement: take the log lock (held until commit), then draw the seqs. The rows
-        # are a cross join of the lock's one-row result with the VALUES, so a row (and its
-        # ``nextval``) exists only once the lock is held, and rows keep the VALUES order. The
-        # NOTIFY carries the new head and is delivered at commit.
-        assert events, "every write appends at least one event"
-        rows = ", ".join(["(%s, %s, %s, %s::integer, %s::jsonb, %s::double precision)"] * len(events))
-        params: list[Any] = [_LOG_LOCK, self._lock_key]
-        for event in events:
-            params += [
-                event.kind.value,
-                event.workspace_id,
-                event.chat_id,
-                event.build_number,
-                Jsonb(event.payload()),
-                event.at,
-            ]
-        params.append(self._channel)
-        cur = await conn.execute(
-            "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s, %s)),"
-            " ins AS (INSERT INTO events (kind, workspace_id, chat_id, build_number, payload, at)"
-            f"   SELECT v.* FROM lock, (VALUES {rows}) AS v RETURNING seq)"
-            " SELECT m, pg_notify(%s, m::text) FROM (SELECT max(seq) AS m FROM ins) s",
-            params,
+        ctes += [f"p{i} AS ({change})" for i, change in enumerate(changes)]
+        # Reading the changes runs them before the log lock (an unread one would run last).
+        done = " UNION ALL ".join(f"SELECT 1 FROM p{i}" for i in range(len(changes))) or "SELECT 1"
+        ctes.append(f"done AS MATERIALIZED (SELECT count(*) FROM ({done}) d)")
+        ctes.append("lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%(l1)s, %(l2)s) FROM ok, done)")
+        assert write.events, "every write appends at least one event"
+        rows = []
+        for i, event in enumerate(write.events):
+            rows.append(
+                f"(%(e{i}k)s, %(e{i}w)s, %(e{i}c)s, %(e{i}n)s::integer, %(e{i}p)s::jsonb,"
+                f" %(e{i}at)s::double precision)"
+            )
+            params.update(
+                {
+                    f"e{i}k": event.kind.value,
+                    f"e{i}w": event.workspace_id,
+                    f"e{i}c": event.chat_id,
+                    f"e{i}n": event.build_number,
+                    f"e{i}p": Jsonb(event.payload()),
+                    f"e{i}at": event.at,
+                }
+            )
+        ctes.append(
+            "ins AS (INSERT INTO events (kind, workspace_id, chat_id, build_number, payload, at)"
+            f" SELECT v.* FROM lock, (VALUES {', '.join(rows)}) AS v RETURNING seq)"
         )
-        row = await cur.fetchone()
-        assert row is not None
-        if self._before_commit is not None:
-            await self._before_commit()
-        return int(row[0])
+        query = (
+            f"WITH {', '.join(ctes)}"
+            " SELECT m, pg_notify(%(chan)s, m::text) FROM (SELECT max(seq) AS m FROM ins) s WHERE m IS NOT NULL"
+        )
+        return query, params
 
     def _committed(self, outcome: Outcome) -> Outcome:
         if outcome.fired:
@@ -992,22 +1142,18 @@ class PostgresStore(Store):
         expected_build_number: int,
         parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
-        async def body(conn: Conn) -> Outcome:
-            # The workspace row serialises requests on it; the chat row, shared, keeps a
-            # create_workspace from re-binding the chat between this read and the commit.
-            cur = await conn.execute(
-                "SELECT c.chat_id, c.owner, c.workspace_id FROM workspaces w JOIN chats c ON c.chat_id = w.chat_id"
-                " WHERE w.workspace_id = %s FOR UPDATE OF w FOR SHARE OF c",
-                (workspace_id,),
-            )
+        async def body(conn: Conn) -> _Decided[Outcome]:
+            # The workspace's facts and its chat's row, in one snapshot; the guard of the write
+            # re-checks both versions under their locks.
+            cur = await conn.execute(_REQUEST_SQL, (workspace_id,))
             row = await cur.fetchone()
             if row is None:
                 raise NotFoundError(f"no workspace {workspace_id!r}")
-            # Read after taking the locks, in a new snapshot: every earlier winner is visible.
-            facts = await self._facts(conn, workspace_id)
+            facts = _parse_facts(row)
+            chat = Chat(row[18], row[19], row[20])
             write = writes.request_build(
                 facts,
-                chat=Chat(row[0], row[1], row[2]),
+                chat=chat,
                 transition=transition,
                 expected_build_number=expected_build_number,
                 build_id=str(uuid.uuid4()),
@@ -1015,15 +1161,17 @@ class PostgresStore(Store):
                 parameters=parameters,
             )
             if write is None:
-                return Outcome(fired=False, build=None, facts=facts)
-            head = await self._persist(conn, write)
-            return Outcome(
-                fired=True,
-                build=write.build,
-                facts=WorkspaceFacts(facts.workspace, write.build, facts.agent, head),
+                return _Decided(None, None, lambda _: Outcome(fired=False, build=None, facts=facts))
+            built = write.build
+            return _Decided(
+                write,
+                _Seen(workspace_id, int(row[17]), chat.chat_id, int(row[21])),
+                lambda head: Outcome(
+                    fired=True, build=built, facts=WorkspaceFacts(facts.workspace, built, facts.agent, head)
+                ),
             )
 
-        return self._committed(await self._run(body, write=True))
+        return self._committed(await self._decide(body))
 
     async def list_chats(self) -> Sequence[ChatRow]:
         async def body(conn: Conn) -> list[ChatRow]:
@@ -1044,21 +1192,21 @@ class PostgresStore(Store):
     # --- the provisioner side ---------------------------------------------------------------
 
     async def claim_build(self, worker: str) -> Build | None:
-        async def body(conn: Conn) -> tuple[Build | None, int]:
+        async def body(conn: Conn) -> _Decided[tuple[Build | None, int]]:
+            # The oldest pending build; a worker that loses it to another reads the next one.
             cur = await conn.execute(
-                f"SELECT {_BUILD_COLUMNS}, w.workspace_id, w.chat_id, w.owner, w.name, w.deleted"
+                f"SELECT {_BUILD_COLUMNS}, {_WORKSPACE_COLUMNS}"
                 " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id"
-                " WHERE b.status = 'pending' ORDER BY b.id LIMIT 1 FOR UPDATE OF b SKIP LOCKED"
+                " WHERE b.status = 'pending' ORDER BY b.id LIMIT 1"
             )
             row = await cur.fetchone()
             if row is None:
-                return None, 0
-            write = writes.claim_build(
-                _parse_build(row[:10]), _parse_workspace(row[10:]), worker=worker, at=self._clock()
-            )
-            return write.build, await self._persist(conn, write)
+                return _Decided(None, None, lambda _: (None, 0))
+            ws = _parse_workspace(row[10:])
+            write = writes.claim_build(_parse_build(row[:10]), ws, worker=worker, at=self._clock())
+            return _Decided(write, _Seen(ws.workspace_id, int(row[15])), lambda head: (write.build, head))
 
-        build, head = await self._run(body, write=True)
+        build, head = await self._decide(body)
         self._doorbell.saw(head)
         return build
 
@@ -1073,40 +1221,41 @@ class PostgresStore(Store):
     ) -> Build:
         status = writes.parse_status(status)
 
-        async def body(conn: Conn) -> tuple[Build, int]:
+        async def body(conn: Conn) -> _Decided[tuple[Build, int]]:
             cur = await conn.execute(
-                f"SELECT {_BUILD_COLUMNS}, w.workspace_id, w.chat_id, w.owner, w.name, w.deleted"
-                " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id"
-                " WHERE b.build_id = %s FOR UPDATE OF b",
+                f"SELECT {_BUILD_COLUMNS}, {_WORKSPACE_COLUMNS}"
+                " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id WHERE b.build_id = %s",
                 (build_id,),
             )
             row = await cur.fetchone()
             if row is None:
                 raise NotFoundError(f"no build {build_id!r}")
+            ws = _parse_workspace(row[10:])
             write = writes.finish_build(
                 _parse_build(row[:10]),
-                _parse_workspace(row[10:]),
+                ws,
                 status,
                 error,
                 has_agent=has_agent,
                 at=self._clock(),
                 details=details,
             )
-            assert write.build is not None
-            return write.build, await self._persist(conn, write)
+            done = write.build
+            assert done is not None
+            return _Decided(write, _Seen(ws.workspace_id, int(row[15])), lambda head: (done, head))
 
-        done, head = await self._run(body, write=True)
+        done, head = await self._decide(body)
         self._doorbell.saw(head)
         return done
 
     async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
         lifecycle = writes.parse_lifecycle(lifecycle)
 
-        async def body(conn: Conn) -> int:
+        async def body(conn: Conn) -> _Decided[int]:
             cur = await conn.execute(
-                "SELECT a.build_number, a.lifecycle, w.workspace_id, w.chat_id, w.owner, w.name, w.deleted"
+                f"SELECT a.build_number, a.lifecycle, {_WORKSPACE_COLUMNS}"
                 " FROM agents a JOIN workspaces w ON w.workspace_id = a.workspace_id"
-                " WHERE a.workspace_id = %s FOR UPDATE OF a",
+                " WHERE a.workspace_id = %s",
                 (workspace_id,),
             )
             row = await cur.fetchone()
@@ -1117,11 +1266,10 @@ class PostgresStore(Store):
                 row[0],
                 parse_enum(AgentLifecycle, row[1], table="agents", key=workspace_id, column="lifecycle"),
             )
-            return await self._persist(
-                conn, writes.report_agent(agent, _parse_workspace(row[2:]), lifecycle, at=self._clock())
-            )
+            write = writes.report_agent(agent, _parse_workspace(row[2:]), lifecycle, at=self._clock())
+            return _Decided(write, _Seen(workspace_id, int(row[7])), lambda head: head)
 
-        self._doorbell.saw(await self._run(body, write=True))
+        self._doorbell.saw(await self._decide(body))
 
     # --- the event log ----------------------------------------------------------------------
 
