@@ -1,0 +1,176 @@
+"""Races on the PostgreSQL store's guarded single-statement writes (and their batches).
+
+A hot write reads its rows, decides in :mod:`workspace_lifecycle.writes`, then persists the
+decision with one statement guarded by the rows' versions. These tests race many writers, on
+one workspace and on many, across two stores (replicas), with a reader following the log as
+the runtime does: exactly one build per round, every claim taken once, no seq skipped,
+repeated or out of order, and a guard that waited for a concurrent writer decides again
+instead of refusing on its stale snapshot.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from test_postgres_store import follow, make_workspace
+
+import workspace_lifecycle as wl
+from workspace_lifecycle import AgentLifecycle, JobStatus, Transition
+from workspace_lifecycle.adapters.postgres import PostgresStore
+
+pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
+
+
+async def finish_pending(store: wl.Store, *, has_agent: bool = True) -> wl.Build:
+    build = await store.claim_build("worker")
+    assert build is not None
+    return await store.finish_build(build.build_id, JobStatus.SUCCEEDED, has_agent=has_agent)
+
+
+async def test_one_build_per_round_among_many_writers_on_one_workspace(pg_schema_url: str) -> None:
+    async with wl.open_store(pg_schema_url) as a, wl.open_store(pg_schema_url) as b:
+        ws = await make_workspace(a, "c1")
+        await finish_pending(a)
+        seen: list[int] = []
+        stop = anyio.Event()
+        async with anyio.create_task_group() as readers:
+            readers.start_soon(follow, b, seen, stop)
+            for number, transition in enumerate([Transition.STOP, Transition.START] * 3, start=1):
+                outcomes: list[wl.Outcome] = []
+
+                async def request(
+                    store: wl.Store,
+                    transition: Transition = transition,
+                    number: int = number,
+                    outcomes: list[wl.Outcome] = outcomes,
+                ) -> None:
+                    outcomes.append(await store.request_build(ws, transition, expected_build_number=number))
+
+                async with anyio.create_task_group() as writers:
+                    for i in range(16):
+                        writers.start_soon(request, a if i % 2 else b)
+                fired = [o for o in outcomes if o.fired]
+                assert len(fired) == 1, f"round {number}: {len(fired)} builds fired"
+                assert fired[0].build is not None and fired[0].build.number == number + 1
+                # The losers saw the winner's build (or one that has since moved on), never an older one.
+                assert all(o.facts.latest_build is not None for o in outcomes)
+                assert all(o.facts.latest_build.number >= number + 1 for o in outcomes)  # type: ignore[union-attr]
+                await finish_pending(a)
+            stop.set()
+        everything = [e.seq for e in await a.read_events(0)]
+        assert seen == everything  # nothing skipped, repeated or reordered
+        assert everything == sorted(set(everything))
+        facts = await a.workspace_facts(ws)
+        assert facts.latest_build is not None and facts.latest_build.number == 7
+
+
+async def test_many_writers_on_many_workspaces_keep_the_log_whole(pg_schema_url: str) -> None:
+    async with wl.open_store(pg_schema_url) as a, wl.open_store(pg_schema_url) as b:
+        workspaces = [await make_workspace(a, f"c{i}") for i in range(8)]
+        for _ in workspaces:
+            await finish_pending(a)
+        before = await a.head()
+        seen: list[int] = []
+        stop = anyio.Event()
+        lifecycles = [AgentLifecycle.STARTING, AgentLifecycle.READY]
+
+        async def reporter(store: wl.Store, ws: str) -> None:
+            for i in range(20):
+                await store.report_agent(ws, lifecycles[i % 2])
+
+        async with anyio.create_task_group() as readers:
+            readers.start_soon(follow, b, seen, stop)
+            async with anyio.create_task_group() as writers:
+                for ws in workspaces:  # two writers per workspace, one per replica
+                    writers.start_soon(reporter, a, ws)
+                    writers.start_soon(reporter, b, ws)
+            stop.set()
+        events = await a.read_events(before, limit=10_000)
+        assert len(events) == 8 * 2 * 20
+        everything = [e.seq for e in await a.read_events(0, limit=10_000)]
+        assert seen == everything
+        assert everything == sorted(set(everything))
+        for ws in workspaces:
+            facts = await a.workspace_facts(ws)
+            assert facts.agent is not None and facts.agent.lifecycle is AgentLifecycle.READY
+
+
+async def test_every_pending_build_is_claimed_once(pg_schema_url: str) -> None:
+    async with wl.open_store(pg_schema_url) as a, wl.open_store(pg_schema_url) as b:
+        for i in range(12):
+            await make_workspace(a, f"c{i}")
+        claimed: list[str] = []
+
+        async def worker(store: wl.Store) -> None:
+            while (build := await store.claim_build("w")) is not None:
+                claimed.append(build.build_id)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(8):
+                tg.start_soon(worker, a if i % 2 else b)
+        assert len(claimed) == 12 and len(set(claimed)) == 12
+
+
+async def test_a_guard_that_waited_decides_again_on_the_new_rows(pg_schema_url: str) -> None:
+    """A write decided on version v waits for a concurrent writer (held open after its events,
+    holding the workspace row and the log lock) and finds v + 1 under the lock. It must neither
+    persist its stale decision nor refuse because of what its statement's snapshot showed: it
+    reads again and decides on the committed rows."""
+    async with wl.open_store(pg_schema_url) as a, wl.open_store(pg_schema_url) as b:
+        assert isinstance(a, PostgresStore)
+        ws = await make_workspace(a, "c1")
+        await finish_pending(a)  # running, agent created
+        entered = anyio.Event()
+        released = anyio.Event()
+
+        async def hold() -> None:
+            entered.set()
+            await anyio.sleep(0.3)
+            released.set()
+
+        a._before_commit = hold
+        outcome: list[wl.Outcome] = []
+
+        async def stop() -> None:
+            outcome.append(await b.request_build(ws, Transition.STOP, expected_build_number=1))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.report_agent, ws, AgentLifecycle.READY)  # changes the rows (agent)
+            await entered.wait()
+            a._before_commit = None
+            tg.start_soon(stop)  # reads version v now, decides "fire", then waits for the lock
+        assert released.is_set()
+        assert outcome[0].fired  # the agent report does not forbid a stop: no spurious refusal
+        facts = await a.workspace_facts(ws)
+        assert facts.latest_build is not None and facts.latest_build.transition is Transition.STOP
+        assert facts.agent is not None and facts.agent.lifecycle is AgentLifecycle.READY
+
+
+async def test_a_guard_that_waited_for_a_winner_refuses(pg_schema_url: str) -> None:
+    """Two stops on one expected build: the second, decided on the same rows, waits for the
+    first (held open) and then refuses, answering with the winner's build."""
+    async with wl.open_store(pg_schema_url) as a, wl.open_store(pg_schema_url) as b:
+        assert isinstance(a, PostgresStore)
+        ws = await make_workspace(a, "c1")
+        await finish_pending(a)
+        entered = anyio.Event()
+
+        async def hold() -> None:
+            entered.set()
+            await anyio.sleep(0.3)
+
+        a._before_commit = hold
+        outcomes: dict[str, wl.Outcome] = {}
+
+        async def request(name: str, store: wl.Store) -> None:
+            outcomes[name] = await store.request_build(ws, Transition.STOP, expected_build_number=1)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(request, "first", a)
+            await entered.wait()
+            a._before_commit = None
+            tg.start_soon(request, "second", b)
+        assert outcomes["first"].fired and not outcomes["second"].fired
+        winner = outcomes["first"].build
+        assert winner is not None and outcomes["second"].facts.latest_build == winner
+        assert len([e for e in await a.read_events(0) if e.kind.value == "build_queued"]) == 2
