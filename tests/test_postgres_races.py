@@ -10,9 +10,12 @@ instead of refusing on its stale snapshot.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
+
 import anyio
 import pytest
-from test_postgres_store import follow, make_workspace
+from test_postgres_store import follow, make_workspace, pg
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import AgentLifecycle, JobStatus, Transition
@@ -174,3 +177,98 @@ async def test_a_guard_that_waited_for_a_winner_refuses(pg_schema_url: str) -> N
         winner = outcomes["first"].build
         assert winner is not None and outcomes["second"].facts.latest_build == winner
         assert len([e for e in await a.read_events(0) if e.kind.value == "build_queued"]) == 2
+
+
+async def queue_behind_a_batch(
+    store: PostgresStore, calls: list[Callable[[], Awaitable[object]]]
+) -> list[object]:
+    """Run ``calls`` so that their writes make one batch: a batch is "in flight" until all of
+    them are decided and queued; then one of them leads the rest. Returns each result or error."""
+    results: list[object] = [None] * len(calls)
+    in_flight = anyio.Event()
+    store._leading = in_flight
+
+    async def run(i: int) -> None:
+        try:
+            results[i] = await calls[i]()
+        except Exception as exc:
+            results[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(calls)):
+            tg.start_soon(run, i)
+        with anyio.fail_after(5):
+            while len(store._queue) < len(calls):  # noqa: ASYNC110 - the queue has no event
+                await anyio.sleep(0.001)
+        store._leading = None
+        in_flight.set()
+    return results
+
+
+async def test_a_batch_commits_many_writes_at_once(pg_schema_url: str) -> None:
+    async with wl.open_store(pg_schema_url, pool_max_size=8) as store:
+        assert isinstance(store, PostgresStore)
+        workspaces = [await make_workspace(store, f"c{i}") for i in range(6)]
+        for _ in workspaces:
+            await finish_pending(store)
+        head = await store.head()
+        batches = store.batches
+        calls = [functools.partial(store.report_agent, ws, AgentLifecycle.READY) for ws in workspaces]
+        results = await queue_behind_a_batch(store, calls)
+        assert results == [None] * 6
+        assert store.batches == batches + 1 and store.batched_writes >= 6
+        events = await store.read_events(head)
+        assert sorted(e.workspace_id for e in events) == sorted(workspaces)
+        assert [e.seq for e in events] == sorted({e.seq for e in events})
+
+
+async def test_a_write_that_fails_in_a_batch_fails_only_itself(pg_schema_url: str) -> None:
+    async with wl.open_store(pg_schema_url, pool_max_size=8) as store:
+        assert isinstance(store, PostgresStore)
+        workspaces = [await make_workspace(store, f"c{i}") for i in range(4)]
+        builds = [await store.claim_build("w") for _ in workspaces]
+        assert all(b is not None for b in builds)
+        head = await store.head()
+        calls: list[Callable[[], Awaitable[object]]] = [
+            functools.partial(
+                store.finish_build,
+                b.build_id,  # type: ignore[union-attr]
+                JobStatus.FAILED,
+                "bad \x00 byte" if i == 2 else "quota",
+            )
+            for i, b in enumerate(builds)
+        ]
+        results = await queue_behind_a_batch(store, calls)
+        assert isinstance(results[2], ValueError) and "cannot store" in str(results[2])
+        for i in (0, 1, 3):
+            assert isinstance(results[i], wl.Build) and results[i].status is JobStatus.FAILED  # type: ignore[union-attr]
+        events = await store.read_events(head)
+        assert len(events) == 3 and workspaces[2] not in {e.workspace_id for e in events}
+        facts = await store.workspace_facts(workspaces[2])
+        assert facts.latest_build is not None and facts.latest_build.status is JobStatus.RUNNING
+
+
+async def test_a_write_whose_rows_are_locked_leaves_the_batch_and_waits(pg_schema_url: str) -> None:
+    """In a batch a guard skips a row another transaction holds (waiting for it while holding
+    the log lock could deadlock); that write then runs alone, waits, and decides again."""
+    async with wl.open_store(pg_schema_url, pool_max_size=8) as store:
+        assert isinstance(store, PostgresStore)
+        workspaces = [await make_workspace(store, f"c{i}") for i in range(3)]
+        for _ in workspaces:
+            await finish_pending(store)
+        with pg(pg_schema_url) as blocker:
+            blocker.execute("BEGIN")
+            blocker.execute("SELECT 1 FROM workspaces WHERE workspace_id = %s FOR UPDATE", (workspaces[0],))
+            calls = [functools.partial(store.report_agent, ws, AgentLifecycle.READY) for ws in workspaces]
+            async with anyio.create_task_group() as tg:
+
+                async def release() -> None:
+                    await anyio.sleep(0.3)
+                    blocker.execute("ROLLBACK")
+
+                tg.start_soon(release)
+                results = await queue_behind_a_batch(store, calls)
+        assert results == [None] * 3
+        for ws in workspaces:
+            facts = await store.workspace_facts(ws)
+            assert facts.agent is not None and facts.agent.lifecycle is AgentLifecycle.READY

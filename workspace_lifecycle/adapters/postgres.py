@@ -321,6 +321,30 @@ class _Decided(Generic[T]):
     answer: Callable[[int], T]
 
 
+class _Outcome:
+    """A marker outcome of a queued write."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+_PENDING = _Outcome("pending")  # not committed yet
+_ALONE = _Outcome("alone")  # to run alone: its guard missed in a batch, or the batch failed
+
+
+@attrs.define
+class _Queued:
+    """A decided write waiting for its batch, and then what became of it: the new head,
+    ``None`` (its guard found the rows changed), ``_ALONE``, or the exception it raised."""
+
+    write: writes.Write
+    seen: _Seen
+    outcome: int | _Outcome | BaseException | None = _PENDING
+
+
 class _Changed:
     """The guard found the rows changed since they were read: read and decide again."""
 
@@ -427,6 +451,7 @@ class PostgresStore(Store):
         pool_timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
         display_url: str | None = None,
+        batch_writes: bool = True,
     ) -> None:
         if not isinstance(schema, str) or not _SCHEMA_RE.match(schema):
             raise ValueError(
@@ -465,6 +490,13 @@ class PostgresStore(Store):
         # Test hook: awaited inside every writing transaction after its events are inserted
         # (holding the log lock), to interleave transactions in the commit-order test.
         self._before_commit: Callable[[], Awaitable[None]] | None = None
+        #: Group commit of the guarded writes (see :meth:`_commit`).
+        self.batch_writes = batch_writes
+        self._queue: list[_Queued] = []
+        self._leading: anyio.Event | None = None  # set when the batch in flight is committed
+        #: Batches of more than one write committed, and the writes they held (for benchmarks).
+        self.batches = 0
+        self.batched_writes = 0
 
     @property
     def listen_timeout(self) -> float:
@@ -711,7 +743,7 @@ class PostgresStore(Store):
             if decided.write is None:
                 return decided.answer(0)
             attempt.committing = True  # from here a lost connection leaves the outcome unknown
-            head = await self._execute(conn, decided.write, decided.seen)
+            head = await self._commit(conn, decided.write, decided.seen)
             return _CHANGED if head is None else decided.answer(head)
 
         for _ in range(_MAX_DECISIONS):
@@ -748,6 +780,69 @@ class PostgresStore(Store):
 
     # --- persisting decided writes ---------------------------------------------------------
 
+    async def _commit(self, conn: Conn, write: writes.Write, seen: _Seen | None) -> int | None:
+        """Group commit: persist ``write`` (as :meth:`_execute`), batched with the guarded
+        writes other tasks of this process decided meanwhile.
+
+        A write that finds no batch in flight leads: it takes everything queued (often just
+        itself) and commits it; writes that arrive while a batch is in flight queue for the
+        next one. One write alone is its own statement in autocommit; several are pipelined on
+        the leader's connection in one transaction (one round trip, one commit, one hold of the
+        log lock for all of them). In a batch the guards skip rows locked by other transactions
+        (a batch that holds the log lock must never wait for a row: the writer holding that row
+        may be waiting for the log lock); a write whose guard missed in a batch, or whose batch
+        failed on anything but a lost connection, runs alone, so a write that fails fails only
+        itself. A connection lost under a batch leaves every write of it unknown.
+        """
+        if seen is None or not self.batch_writes or self._before_commit is not None:
+            return await self._execute(conn, write, seen)
+        mine = _Queued(write, seen)
+        self._queue.append(mine)
+        while mine.outcome is _PENDING:
+            if self._leading is not None:
+                await self._leading.wait()
+                continue
+            batch, self._queue = self._queue, []
+            self._leading = anyio.Event()
+            try:
+                await self._run_batch(conn, batch)
+            finally:
+                for item in batch:
+                    if item.outcome is _PENDING:  # interrupted: let each one run alone
+                        item.outcome = _ALONE
+                led, self._leading = self._leading, None
+                led.set()
+        if mine.outcome is _ALONE:
+            return await self._execute(conn, write, seen)
+        if isinstance(mine.outcome, BaseException):
+            raise mine.outcome
+        assert isinstance(mine.outcome, int) or mine.outcome is None
+        return mine.outcome
+
+    async def _run_batch(self, conn: Conn, batch: list[_Queued]) -> None:
+        """Commit ``batch`` on ``conn`` and set each write's outcome (see :meth:`_commit`)."""
+        if len(batch) == 1:
+            (only,) = batch
+            try:
+                only.outcome = await self._execute(conn, only.write, only.seen)
+            except Exception as exc:
+                only.outcome = exc
+            return
+        statements = [self._statement(item.write, item.seen, skip_locked=True) for item in batch]
+        try:
+            async with conn.pipeline(), conn.transaction():
+                cursors = [await conn.execute(query, params) for query, params in statements]
+            rows = [await cur.fetchone() for cur in cursors]
+        except Exception as exc:
+            lost = _connection_lost(exc) or conn.closed
+            for item in batch:
+                item.outcome = exc if lost else _ALONE
+            return
+        self.batches += 1
+        self.batched_writes += len(batch)
+        for item, row in zip(batch, rows, strict=True):
+            item.outcome = _ALONE if row is None else int(row[0])
+
     async def _persist(self, conn: Conn, write: writes.Write) -> int:
         """Persist one decided write inside the caller's transaction, whose row locks already
         make it exact (no guard); return the new head."""
@@ -770,7 +865,9 @@ class PostgresStore(Store):
                     await self._before_commit()
         return None if row is None else int(row[0])
 
-    def _statement(self, write: writes.Write, seen: _Seen | None) -> tuple[str, dict[str, Any]]:
+    def _statement(
+        self, write: writes.Write, seen: _Seen | None, *, skip_locked: bool = False
+    ) -> tuple[str, dict[str, Any]]:
         """One statement that persists ``write`` generically: a CTE of the guard, the row
         changes, the log append and the NOTIFY. It returns one row (the new head) or, when the
         guard fails, none and changes nothing.
@@ -792,15 +889,19 @@ class PostgresStore(Store):
           ``nextval`` runs per row of ``lock CROSS JOIN VALUES``, so after the lock is granted, never
           from the snapshot. The lock is held until the commit is visible, so seqs follow
           commit order. ``pg_notify`` carries the new head and is delivered at commit.
+
+        ``skip_locked`` (in a batch, see :meth:`_commit`): a guard row locked by another
+        transaction fails the guard instead of being waited for; the write then runs alone.
         """
         ctes: list[str] = []
         params: dict[str, Any] = {"l1": _LOG_LOCK, "l2": self._lock_key, "chan": self._channel}
+        skip = " SKIP LOCKED" if skip_locked else ""
         if seen is None:
             ctes.append("ok AS MATERIALIZED (SELECT 1)")
         else:
             ctes.append(
                 "g_w AS MATERIALIZED (SELECT 1 FROM workspaces"
-                " WHERE workspace_id = %(g_w)s AND version = %(g_wv)s FOR UPDATE)"
+                f" WHERE workspace_id = %(g_w)s AND version = %(g_wv)s FOR UPDATE{skip})"
             )
             params.update(g_w=seen.workspace_id, g_wv=seen.version)
             if seen.chat_id is None:
@@ -809,7 +910,7 @@ class PostgresStore(Store):
                 # The workspace first, then the chat: create_workspace takes them in that order.
                 ctes.append(
                     "g_c AS MATERIALIZED (SELECT 1 FROM chats WHERE chat_id = %(g_c)s"
-                    " AND version = %(g_cv)s AND EXISTS (SELECT FROM g_w) FOR SHARE)"
+                    f" AND version = %(g_cv)s AND EXISTS (SELECT FROM g_w) FOR SHARE{skip})"
                 )
                 ctes.append("ok AS MATERIALIZED (SELECT 1 FROM g_w WHERE EXISTS (SELECT FROM g_c))")
                 params.update(g_c=seen.chat_id, g_cv=seen.chat_version)
