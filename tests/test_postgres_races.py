@@ -272,3 +272,46 @@ async def test_a_write_whose_rows_are_locked_leaves_the_batch_and_waits(pg_schem
         for ws in workspaces:
             facts = await store.workspace_facts(ws)
             assert facts.agent is not None and facts.agent.lifecycle is AgentLifecycle.READY
+
+
+async def test_rows_this_process_remembers_never_decide_alone(pg_schema_url: str) -> None:
+    """A replica decides a write on the rows it last wrote (no read) only if its guard proves
+    them current; a refusal is never taken from them. Another replica changes the rows in
+    between: the first replica's stale rows neither refuse a start that is now allowed nor
+    fire one that is not."""
+    async with wl.open_store(pg_schema_url) as a, wl.open_store(pg_schema_url) as b:
+        assert isinstance(a, PostgresStore)
+        ws = await make_workspace(a, "c1")
+        await finish_pending(a)
+        stop = await a.request_build(ws, Transition.STOP, expected_build_number=1)
+        assert stop.fired and ws in a._known  # a remembers: build 2 (stop) pending
+        await finish_pending(b)  # b finishes the stop: a's rows are stale
+        start = await a.request_build(ws, Transition.START, expected_build_number=2)
+        assert start.fired  # stale rows said "in progress": not a refusal, read again
+        again = await b.request_build(ws, Transition.START, expected_build_number=2)
+        assert not again.fired
+        # a's rows say build 3 pending; b claims and fails it: a's next write (a stop, which its
+        # stale rows forbid) is decided on what it reads now.
+        build = await b.claim_build("w")
+        assert build is not None
+        await b.finish_build(build.build_id, JobStatus.FAILED, "boom")
+        retry = await a.request_build(ws, Transition.START, expected_build_number=3)
+        assert retry.fired and retry.build is not None and retry.build.number == 4
+        queued = [e for e in await a.read_events(0) if e.kind.value == "build_queued"]
+        assert [e.build_number for e in queued] == [1, 2, 3, 4]
+
+
+async def test_a_stale_remembered_write_is_not_persisted(pg_schema_url: str) -> None:
+    """Agent reports from two replicas alternate: each one's remembered rows are stale every
+    time, its guard refuses them and it decides again on a fresh read; every report lands."""
+    async with wl.open_store(pg_schema_url) as a, wl.open_store(pg_schema_url) as b:
+        ws = await make_workspace(a, "c1")
+        await finish_pending(a)
+        head = await a.head()
+        for i in range(10):
+            store = a if i % 2 else b
+            await store.report_agent(ws, AgentLifecycle.READY if i % 2 else AgentLifecycle.STARTING)
+        events = await a.read_events(head)
+        assert [e.payload()["agent"] for e in events] == ["starting", "ready"] * 5
+        facts = await b.workspace_facts(ws)
+        assert facts.agent is not None and facts.agent.lifecycle is AgentLifecycle.READY

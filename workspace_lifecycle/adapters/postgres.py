@@ -55,9 +55,11 @@ import contextlib
 import functools
 import logging
 import re
+import select
 import time
 import uuid
 import zlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -312,13 +314,57 @@ class _Seen:
 
 
 @attrs.frozen
+class _Known:
+    """A workspace's rows as this process last read or wrote them, at ``version`` (the chat's
+    row at ``chat_version``): what the next write of this process on it may decide on
+    without reading, its guard checking that they are still current."""
+
+    version: int
+    facts: WorkspaceFacts
+    chat: Chat
+    chat_version: int
+
+    def seen(self) -> _Seen:
+        return _Seen(self.facts.workspace_id, self.version, self.chat.chat_id, self.chat_version)
+
+    def after(self, write: writes.Write, head: int) -> _Known:
+        """The rows once ``write`` (decided on these) is persisted: what :meth:`PostgresStore._statement`
+        writes, applied to the values instead of the tables."""
+        facts = self.facts
+        latest, build = facts.latest_build, write.build
+        if build is not None and (write.queued or (latest is not None and latest.build_id == build.build_id)):
+            latest = build
+        return _Known(
+            self.version + 1,
+            WorkspaceFacts(
+                write.workspace or facts.workspace,
+                latest,
+                write.agent if write.agent is not None else facts.agent,
+                head,
+            ),
+            write.chat or self.chat,
+            self.chat_version + (write.chat is not None),
+        )
+
+
+#: The fields of a Write that :meth:`_Known.after` applies. A Write with any other field (one
+#: added later) turns the cache of known rows off: it could not say what that field changed.
+_APPLIED_FIELDS = frozenset({"events", "build", "queued", "workspace", "chat", "agent"})
+_CACHE_KNOWN_ROWS = {f.name for f in attrs.fields(writes.Write)} <= _APPLIED_FIELDS
+#: Workspaces whose rows a store remembers (the most recently written).
+_KNOWN_MAX = 4096
+
+
+@attrs.frozen
 class _Decided(Generic[T]):
     """A decision made on rows read outside any transaction: the ``write`` to persist under the
-    guard ``seen`` (``None``: nothing to write), and the caller's answer given the new head."""
+    guard ``seen`` (``None``: nothing to write), and the caller's answer given the new head.
+    ``known``: the workspace's rows it was decided on, when the read returned all of them."""
 
     write: writes.Write | None
     seen: _Seen | None
     answer: Callable[[int], T]
+    known: _Known | None = None
 
 
 class _Outcome:
@@ -361,6 +407,19 @@ class _Attempt:
     connected: bool = False  # it holds a pooled connection
     committing: bool = False  # the body is done: a failure now leaves the outcome unknown
     retry: bool = False  # set by the boundary: the connection died before the commit
+
+
+def _idle_and_alive(conn: Conn) -> bool:
+    """Whether an idle pooled connection still looks alive, without a round trip: a server
+    that terminates a backend, or shuts down, sends a last message and closes the socket, so an
+    idle connection with anything to read is suspect."""
+    if conn.closed:
+        return False
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return False
+    return not readable
 
 
 def _current_async_library() -> str:
@@ -490,6 +549,7 @@ class PostgresStore(Store):
         # Test hook: awaited inside every writing transaction after its events are inserted
         # (holding the log lock), to interleave transactions in the commit-order test.
         self._before_commit: Callable[[], Awaitable[None]] | None = None
+        self._known: OrderedDict[str, _Known] = OrderedDict()
         #: Group commit of the guarded writes (see :meth:`_commit`).
         self.batch_writes = batch_writes
         self._queue: list[_Queued] = []
@@ -731,19 +791,46 @@ class PostgresStore(Store):
             with self._boundary():
                 await pool.check()
 
-    async def _decide(self, body: Callable[[Conn], Awaitable[_Decided[T]]]) -> T:
+    async def _decide(
+        self,
+        body: Callable[[Conn], Awaitable[_Decided[T]]],
+        *,
+        workspace_id: str | None = None,
+        on_known: Callable[[_Known], _Decided[T]] | None = None,
+    ) -> T:
         """A hot write in autocommit: ``body`` reads the rows (one round trip, which also proves
         the connection alive) and decides with :mod:`workspace_lifecycle.writes`; the decided
-        write is then persisted by one guarded statement (:meth:`_execute`). If the guard finds
+        write is then persisted by one guarded statement (:meth:`_commit`). If the guard finds
         the rows changed meanwhile (another writer committed), read and decide again.
+
+        ``on_known`` decides the same write on the rows this process last read or wrote for
+        ``workspace_id`` (:class:`_Known`), saving the read. Only a decision to write is taken
+        from them, since the guard proves them current; one to write nothing (or an error) is
+        made again on rows read now. It is skipped on a connection that may be dead (the read is
+        also the probe that lets a write be retried on a fresh connection).
         """
 
         async def once(conn: Conn, attempt: _Attempt) -> T | _Changed:
-            decided = await body(conn)
+            decided = None
+            known = self._known.get(workspace_id) if workspace_id is not None else None
+            if known is not None and on_known is not None and _idle_and_alive(conn):
+                with contextlib.suppress(Exception):
+                    decided = on_known(known)
+                if decided is not None and decided.write is None:
+                    decided = None
+            if decided is None:
+                decided = await body(conn)
+            else:
+                decided = attrs.evolve(decided, known=known)
             if decided.write is None:
                 return decided.answer(0)
             attempt.committing = True  # from here a lost connection leaves the outcome unknown
-            head = await self._commit(conn, decided.write, decided.seen)
+            try:
+                head = await self._commit(conn, decided.write, decided.seen)
+            except BaseException:
+                self._forget(decided.seen)
+                raise
+            self._remember(decided, head)
             return _CHANGED if head is None else decided.answer(head)
 
         for _ in range(_MAX_DECISIONS):
@@ -779,6 +866,24 @@ class PostgresStore(Store):
                 log.info("migrated schema %s to version %d", self.schema, version)
 
     # --- persisting decided writes ---------------------------------------------------------
+
+    def _forget(self, seen: _Seen | None) -> None:
+        if seen is not None:
+            self._known.pop(seen.workspace_id, None)
+
+    def _remember(self, decided: _Decided[Any], head: int | None) -> None:
+        """Keep the rows of a workspace this process just wrote (see :class:`_Known`)."""
+        seen, write = decided.seen, decided.write
+        if seen is None or write is None:
+            return
+        base = decided.known or self._known.get(seen.workspace_id)
+        if head is None or base is None or base.version != seen.version or not _CACHE_KNOWN_ROWS:
+            self._forget(seen)  # changed by another writer, or rows it does not know
+            return
+        self._known[seen.workspace_id] = base.after(write, head)
+        self._known.move_to_end(seen.workspace_id)
+        if len(self._known) > _KNOWN_MAX:
+            self._known.popitem(last=False)
 
     async def _commit(self, conn: Conn, write: writes.Write, seen: _Seen | None) -> int | None:
         """Group commit: persist ``write`` (as :meth:`_execute`), batched with the guarded
@@ -1243,18 +1348,11 @@ class PostgresStore(Store):
         expected_build_number: int,
         parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
-        async def body(conn: Conn) -> _Decided[Outcome]:
-            # The workspace's facts and its chat's row, in one snapshot; the guard of the write
-            # re-checks both versions under their locks.
-            cur = await conn.execute(_REQUEST_SQL, (workspace_id,))
-            row = await cur.fetchone()
-            if row is None:
-                raise NotFoundError(f"no workspace {workspace_id!r}")
-            facts = _parse_facts(row)
-            chat = Chat(row[18], row[19], row[20])
+        def decide(known: _Known) -> _Decided[Outcome]:
+            facts = known.facts
             write = writes.request_build(
                 facts,
-                chat=chat,
+                chat=known.chat,
                 transition=transition,
                 expected_build_number=expected_build_number,
                 build_id=str(uuid.uuid4()),
@@ -1266,13 +1364,26 @@ class PostgresStore(Store):
             built = write.build
             return _Decided(
                 write,
-                _Seen(workspace_id, int(row[17]), chat.chat_id, int(row[21])),
+                known.seen(),  # the workspace's rows and its chat's: the decision read both
                 lambda head: Outcome(
                     fired=True, build=built, facts=WorkspaceFacts(facts.workspace, built, facts.agent, head)
                 ),
+                known,
             )
 
-        return self._committed(await self._decide(body))
+        async def body(conn: Conn) -> _Decided[Outcome]:
+            return decide(await self._read_known(conn, workspace_id, f"no workspace {workspace_id!r}"))
+
+        return self._committed(await self._decide(body, workspace_id=workspace_id, on_known=decide))
+
+    @staticmethod
+    async def _read_known(conn: Conn, workspace_id: str, missing: str) -> _Known:
+        """The workspace's facts and its chat's row, in one snapshot, with their versions."""
+        cur = await conn.execute(_REQUEST_SQL, (workspace_id,))
+        row = await cur.fetchone()
+        if row is None:
+            raise NotFoundError(missing)
+        return _Known(int(row[17]), _parse_facts(row), Chat(row[18], row[19], row[20]), int(row[21]))
 
     async def list_chats(self) -> Sequence[ChatRow]:
         async def body(conn: Conn) -> list[ChatRow]:
@@ -1352,25 +1463,17 @@ class PostgresStore(Store):
     async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
         lifecycle = writes.parse_lifecycle(lifecycle)
 
-        async def body(conn: Conn) -> _Decided[int]:
-            cur = await conn.execute(
-                f"SELECT a.build_number, a.lifecycle, {_WORKSPACE_COLUMNS}"
-                " FROM agents a JOIN workspaces w ON w.workspace_id = a.workspace_id"
-                " WHERE a.workspace_id = %s",
-                (workspace_id,),
-            )
-            row = await cur.fetchone()
-            if row is None:
-                raise NotFoundError(f"workspace {workspace_id!r} has no agent")
-            agent = Agent(
-                workspace_id,
-                row[0],
-                parse_enum(AgentLifecycle, row[1], table="agents", key=workspace_id, column="lifecycle"),
-            )
-            write = writes.report_agent(agent, _parse_workspace(row[2:]), lifecycle, at=self._clock())
-            return _Decided(write, _Seen(workspace_id, int(row[7])), lambda head: head)
+        def decide(known: _Known) -> _Decided[int]:
+            facts = known.facts
+            write = writes.report_agent(facts.agent, facts.workspace, lifecycle, at=self._clock())
+            return _Decided(write, _Seen(workspace_id, known.version), lambda head: head, known)
 
-        self._doorbell.saw(await self._decide(body))
+        async def body(conn: Conn) -> _Decided[int]:
+            return decide(
+                await self._read_known(conn, workspace_id, f"workspace {workspace_id!r} has no agent")
+            )
+
+        self._doorbell.saw(await self._decide(body, workspace_id=workspace_id, on_known=decide))
 
     # --- the event log ----------------------------------------------------------------------
 
