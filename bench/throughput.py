@@ -4,7 +4,8 @@ Each store write is ``report_agent``: one transaction that updates the agent row
 event. SQLite: against a stdlib ``sqlite3`` loop of ``BEGIN IMMEDIATE; INSERT one row; COMMIT``
 on a file with the store's pragmas (WAL, ``synchronous`` as the store sets it, the same
 ``busy_timeout``). PostgreSQL: against a bare psycopg loop (reusing
-:mod:`bench.postgres_throughput`). One writer (the goal), and 4 concurrent writers for reference.
+:mod:`bench.postgres_throughput`: 1, 4 and 16 writers, the goals at 1 and 16). SQLite: one
+writer (the goal), and 4 concurrent writers for reference.
 SQLite's one writer is also measured against the same transaction sent in one hop to the
 store's own connection thread: the ceiling of a store on that thread, to tell its cost from ours.
 """
@@ -128,25 +129,10 @@ async def run_async(ctx: Context) -> Result:
                     )
                 )
     if ctx.pg_url is not None:
-        for writers in (1, 4):
-            with common.pg_schema(ctx.pg_url) as pg:
-                schema = pg.rsplit("schema=", 1)[1]
-                ours = await postgres_throughput.store_rate(pg, seconds, writers)
-                bare = await postgres_throughput.bare_rate(ctx.pg_url, schema, seconds, writers)
-            result.data[f"postgres_{writers}"] = {"ours": ours, "bare": bare}
-            result.add(
-                Row(
-                    f"PostgreSQL events/s, {writers} writer{'s' if writers > 1 else ''}",
-                    ours,
-                    "events/s",
-                    bare,
-                    "bare psycopg 1-row tx",
-                    ours / bare,
-                    "ours/bare",
-                    "≥ 0.7x" if writers == 1 else "",
-                    ours / bare >= 0.7 if writers == 1 else None,
-                )
-            )
+        pg = await postgres_throughput.measure(ctx.pg_url, seconds, 1 if ctx.quick else 3)
+        result.data.update(pg)
+        for row in postgres_throughput.rows(pg):
+            result.add(row)
     else:
         result.note("PostgreSQL skipped (no server)")
     return result

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
-from test_postgres_store import follow, make_workspace, pg
+from test_postgres_store import follow, make_workspace, pg, schema_of
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import AgentLifecycle, JobStatus, Transition
@@ -315,3 +315,21 @@ async def test_a_stale_remembered_write_is_not_persisted(pg_schema_url: str) -> 
         assert [e.payload()["agent"] for e in events] == ["starting", "ready"] * 5
         facts = await b.workspace_facts(ws)
         assert facts.agent is not None and facts.agent.lifecycle is AgentLifecycle.READY
+
+
+@pytest.mark.parametrize("after_commit", [True, False])
+async def test_every_commit_is_announced_to_other_processes(pg_schema_url: str, after_commit: bool) -> None:
+    """With the batched notifier (the default) or a NOTIFY inside each write, a listener in
+    another session hears a head at least as new as every commit, the last one included even
+    when the store closes right after it."""
+    with pg(pg_schema_url) as listener:
+        channel = f"workspace_lifecycle_{schema_of(pg_schema_url)}"[:63]
+        listener.execute(f'LISTEN "{channel}"')
+        async with wl.open_store(pg_schema_url, notify_after_commit=after_commit) as store:
+            ws = await make_workspace(store, "c1")
+            await finish_pending(store)
+            for lifecycle in (AgentLifecycle.STARTING, AgentLifecycle.READY):
+                await store.report_agent(ws, lifecycle)
+            head = await store.head()
+        heard = [int(n.payload) for n in listener.notifies(timeout=1.0, stop_after=100)]
+        assert heard and max(heard) == head

@@ -13,25 +13,32 @@ Design, in the order a write meets it:
   restarted server, ``pg_terminate_backend``) is retried on a fresh connection, unless the
   failure came while committing (then the outcome is unknown and the caller gets a
   :class:`~workspace_lifecycle.errors.TransientStoreError` that says so).
-* **Decisions.** The adapter decides nothing: each write reads its rows in the transaction,
-  under the row locks that make the compare-and-set exact, calls one function of
-  :mod:`workspace_lifecycle.writes` and persists the :class:`~workspace_lifecycle.writes.Write`
-  it returns (:meth:`PostgresStore._persist`).
-* **Exactly once.** ``create_workspace`` locks the chat row; ``request_build`` locks the
-  workspace row ``FOR UPDATE`` and its chat row ``FOR SHARE`` (a concurrent
-  ``create_workspace`` that re-binds the chat waits, or is waited for) before it reads, so
-  concurrent requests from any number of replicas queue on the rows and only the first one
-  that still sees the expected build appends. ``claim_build`` takes the oldest pending build
-  with ``FOR UPDATE SKIP LOCKED``; ``finish_build`` and ``report_agent`` lock the row they change.
+* **Decisions.** The adapter decides nothing: each write reads its rows, calls one function
+  of :mod:`workspace_lifecycle.writes` and persists the
+  :class:`~workspace_lifecycle.writes.Write` it returns, generically
+  (:meth:`PostgresStore._statement`).
+* **Exactly once, in one statement.** The hot writes (``request_build``, ``claim_build``,
+  ``finish_build``, ``report_agent``) run in autocommit: one read, the pure decision, then one
+  statement whose only condition is that the rows are still as read (the workspace's and, for
+  a request, its chat's ``version``, bumped by every write of them), re-checked under the row
+  locks; when it fails another writer committed first, and the write reads and decides again
+  (:meth:`PostgresStore._decide`). A write may decide on the rows this process last wrote
+  instead of reading them, since its guard proves them current. Concurrent writes of one
+  process are group-committed: pipelined on one connection in one transaction
+  (:meth:`PostgresStore._commit`). ``create_workspace`` stays a transaction that locks the
+  workspace it replaces and the chat row, then persists the same way.
 * **A commit-ordered log.** ``bigserial`` ids are handed out in call order, not commit order, so
   a reader following ``seq > cursor`` could pass an id whose transaction commits later. Every
   writing transaction therefore takes a transaction-scoped advisory lock on the log right before
   it inserts its events (after every row lock it needs) and holds it until its commit is
-  visible: ids are drawn in commit order, and a reader that sees ``seq = n`` has every
-  committed event below ``n`` in view.
-* **Wake-ups.** The event insert also calls ``pg_notify`` with the new head (delivered at
-  commit). One dedicated ``LISTEN`` connection per store reads the notifications; local writes
-  ring the store's :class:`~workspace_lifecycle.adapters.base.Doorbell` at once. A notification
+  visible: ids are drawn in commit order (``nextval`` runs after the lock is granted, never
+  from the statement's snapshot), and a reader that sees ``seq = n`` has every committed
+  event below ``n`` in view. The lock serialises the commits of a schema, each with its
+  fsync: group commit is what amortises it.
+* **Wake-ups.** After its commits, a store sends one ``pg_notify`` with its newest head from a
+  batched notifier (not inside each write: a NOTIFY in a transaction holds the server's global
+  notification lock through its commit). One dedicated ``LISTEN`` connection per store reads
+  the notifications; local writes ring the store's :class:`~workspace_lifecycle.adapters.base.Doorbell` at once. A notification
   is only a hint, never the head: its payload must look like one we send and name a head newer
   than the known one, and then the head is read from the log before anyone is woken (anything
   else is ignored and counted in :attr:`PostgresStore.stray_notifications`). The listener reads
@@ -511,6 +518,7 @@ class PostgresStore(Store):
         clock: Callable[[], float] = time.time,
         display_url: str | None = None,
         batch_writes: bool = True,
+        notify_after_commit: bool = True,
     ) -> None:
         if not isinstance(schema, str) or not _SCHEMA_RE.match(schema):
             raise ValueError(
@@ -550,6 +558,11 @@ class PostgresStore(Store):
         # (holding the log lock), to interleave transactions in the commit-order test.
         self._before_commit: Callable[[], Awaitable[None]] | None = None
         self._known: OrderedDict[str, _Known] = OrderedDict()
+        #: Send NOTIFY after the commits, batched (:meth:`_notifier`), not inside each write.
+        self.notify_after_commit = notify_after_commit
+        self._announce = anyio.Event()
+        self._announce_head = 0  # the newest head this process committed
+        self._notified = 0  # the newest head the notifier announced
         #: Group commit of the guarded writes (see :meth:`_commit`).
         self.batch_writes = batch_writes
         self._queue: list[_Queued] = []
@@ -660,6 +673,11 @@ class PostgresStore(Store):
 
     async def _shutdown(self) -> None:
         """Stop the watcher and close the pool (callers shield this)."""
+        if self._pool is not None and self._announce_head > self._notified:
+            # The last commits' NOTIFY, before the notifier stops (bounded; a hint at best).
+            with anyio.move_on_after(1), contextlib.suppress(*_DRIVER_ERRORS):
+                async with self._pool.connection(timeout=1) as conn:
+                    await self._notify(conn, head=self._announce_head)
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.cancel()
@@ -1128,16 +1146,51 @@ class PostgresStore(Store):
             "ins AS (INSERT INTO events (kind, workspace_id, chat_id, build_number, payload, at)"
             f" SELECT v.* FROM lock, (VALUES {', '.join(rows)}) AS v RETURNING seq)"
         )
-        query = (
-            f"WITH {', '.join(ctes)}"
-            " SELECT m, pg_notify(%(chan)s, m::text) FROM (SELECT max(seq) AS m FROM ins) s WHERE m IS NOT NULL"
-        )
+        notify = "" if self.notify_after_commit else ", pg_notify(%(chan)s, m::text)"
+        query = f"WITH {', '.join(ctes)} SELECT m{notify} FROM (SELECT max(seq) AS m FROM ins) s WHERE m IS NOT NULL"
         return query, params
 
     def _committed(self, outcome: Outcome) -> Outcome:
         if outcome.fired:
-            self._doorbell.saw(outcome.facts.seq)
+            self._wrote(outcome.facts.seq)
         return outcome
+
+    def _wrote(self, head: int) -> None:
+        """A write of this process committed up to ``head``: wake local waiters now, and other
+        processes through the notifier (when the NOTIFY is not sent in the write itself)."""
+        if not head:
+            return
+        self._doorbell.saw(head)
+        if self.notify_after_commit and head > self._announce_head:
+            self._announce_head = head
+            self._announce.set()
+
+    async def _notify(self, conn: Conn, *, head: int) -> None:
+        # Its own transaction, committed without waiting for the disk: a notification is not
+        # durable anyway, and its commit must not cost an fsync per write.
+        await conn.execute(
+            "SELECT set_config('synchronous_commit', 'off', true), pg_notify(%s, %s)",
+            (self._channel, str(head)),
+        )
+        self._notified = max(self._notified, head)
+
+    async def _notifier(self) -> None:
+        """Send one ``NOTIFY`` with the newest head this process committed, after the commits
+        (DBOS's batched notifier): a ``NOTIFY`` inside a write costs every commit a turn on the
+        server's global notification lock. Commits that land while one is being sent are
+        announced together by the next. A notification is only a hint: one lost here (a crash
+        between the commit and its NOTIFY, a failed send) costs other processes at most a
+        ``poll_interval`` of latency, never an event."""
+        while True:
+            await self._announce.wait()
+            self._announce = anyio.Event()
+            head = self._announce_head
+            if head <= self._notified:
+                continue
+            try:
+                await self._run(functools.partial(self._notify, head=head))
+            except StoreError as exc:
+                log.info("PostgreSQL notifier: %s (the poll covers it)", exc)
 
     # --- the log head and wake-ups ---------------------------------------------------------
 
@@ -1174,6 +1227,8 @@ class PostgresStore(Store):
         """The store's one background task: the listener, and the fallback poll beside it."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._poll)
+            if self.notify_after_commit:
+                tg.start_soon(self._notifier)
             await self._listen()
 
     async def _listen(self) -> None:
@@ -1419,7 +1474,7 @@ class PostgresStore(Store):
             return _Decided(write, _Seen(ws.workspace_id, int(row[15])), lambda head: (write.build, head))
 
         build, head = await self._decide(body)
-        self._doorbell.saw(head)
+        self._wrote(head)
         return build
 
     async def finish_build(
@@ -1457,7 +1512,7 @@ class PostgresStore(Store):
             return _Decided(write, _Seen(ws.workspace_id, int(row[15])), lambda head: (done, head))
 
         done, head = await self._decide(body)
-        self._doorbell.saw(head)
+        self._wrote(head)
         return done
 
     async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
@@ -1473,7 +1528,7 @@ class PostgresStore(Store):
                 await self._read_known(conn, workspace_id, f"workspace {workspace_id!r} has no agent")
             )
 
-        self._doorbell.saw(await self._decide(body, workspace_id=workspace_id, on_known=decide))
+        self._wrote(await self._decide(body, workspace_id=workspace_id, on_known=decide))
 
     # --- the event log ----------------------------------------------------------------------
 
