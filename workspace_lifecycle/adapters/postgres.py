@@ -35,10 +35,12 @@ Design, in the order a write meets it:
   from the statement's snapshot), and a reader that sees ``seq = n`` has every committed
   event below ``n`` in view. The lock serialises the commits of a schema, each with its
   fsync: group commit is what amortises it.
-* **Wake-ups.** After its commits, a store sends one ``pg_notify`` with its newest head from a
-  batched notifier (not inside each write: a NOTIFY in a transaction holds the server's global
-  notification lock through its commit). One dedicated ``LISTEN`` connection per store reads
-  the notifications; local writes ring the store's :class:`~workspace_lifecycle.adapters.base.Doorbell` at once. A notification
+* **Wake-ups.** Each write statement also calls ``pg_notify`` with the new head (delivered at
+  commit; a group commit takes the server's notification lock once for all its writes). ``notify_after_commit=True`` sends it
+  instead after the commits, from a batched notifier (DBOS's design: a NOTIFY in a
+  transaction holds the server's global notification lock through its commit); measured
+  here, it gains nothing once writes are group-committed, so it is off by default. One
+  dedicated ``LISTEN`` connection per store reads the notifications; local writes ring the store's :class:`~workspace_lifecycle.adapters.base.Doorbell` at once. A notification
   is only a hint, never the head: its payload must look like one we send and name a head newer
   than the known one, and then the head is read from the log before anyone is woken (anything
   else is ignored and counted in :attr:`PostgresStore.stray_notifications`). The listener reads
@@ -483,7 +485,10 @@ class PostgresStore(Store):
     * ``pool_max_size``: the most pooled connections (default 10), plus one listener;
     * ``pool_timeout``: seconds a call may wait for a connection, e.g. while the server
       restarts, before it fails with :class:`~workspace_lifecycle.errors.StoreUnavailableError`
-      (default 30).
+      (default 30);
+    * ``batch_writes`` (keyword only): group-commit concurrent writes of this process (default
+      on); ``notify_after_commit`` (keyword only): NOTIFY from a batched notifier after the
+      commits instead of inside each write (default off).
 
     Every other query parameter goes to libpq unchanged (``sslmode``, ``application_name``,
     ``connect_timeout`` — 5 seconds unless given, …); one libpq does not know is a ``ValueError``.
@@ -518,7 +523,7 @@ class PostgresStore(Store):
         clock: Callable[[], float] = time.time,
         display_url: str | None = None,
         batch_writes: bool = True,
-        notify_after_commit: bool = True,
+        notify_after_commit: bool = False,
     ) -> None:
         if not isinstance(schema, str) or not _SCHEMA_RE.match(schema):
             raise ValueError(
@@ -558,7 +563,8 @@ class PostgresStore(Store):
         # (holding the log lock), to interleave transactions in the commit-order test.
         self._before_commit: Callable[[], Awaitable[None]] | None = None
         self._known: OrderedDict[str, _Known] = OrderedDict()
-        #: Send NOTIFY after the commits, batched (:meth:`_notifier`), not inside each write.
+        #: Send NOTIFY after the commits, batched (:meth:`_notifier`), not inside each write
+        #: (off by default: with group commit it measured slower, see ``bench/RESULTS.md``).
         self.notify_after_commit = notify_after_commit
         self._announce = anyio.Event()
         self._announce_head = 0  # the newest head this process committed
