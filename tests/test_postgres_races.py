@@ -11,6 +11,7 @@ instead of refusing on its stale snapshot.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -19,7 +20,7 @@ from test_postgres_store import follow, make_workspace, pg, schema_of
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import AgentLifecycle, JobStatus, Transition
-from workspace_lifecycle.adapters.postgres import PostgresStore
+from workspace_lifecycle.adapters.postgres import _BATCHES_IN_FLIGHT, PostgresStore
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 
@@ -182,11 +183,11 @@ async def test_a_guard_that_waited_for_a_winner_refuses(pg_schema_url: str) -> N
 async def queue_behind_a_batch(
     store: PostgresStore, calls: list[Callable[[], Awaitable[object]]]
 ) -> list[object]:
-    """Run ``calls`` so that their writes make one batch: a batch is "in flight" until all of
-    them are decided and queued; then one of them leads the rest. Returns each result or error."""
+    """Run ``calls`` so that their writes make one batch: as many batches as may be are "in
+    flight" until all of them are decided and queued; then one of them leads the rest.
+    Returns each result or error."""
     results: list[object] = [None] * len(calls)
-    in_flight = anyio.Event()
-    store._leading = in_flight
+    store._leading = _BATCHES_IN_FLIGHT
 
     async def run(i: int) -> None:
         try:
@@ -200,8 +201,9 @@ async def queue_behind_a_batch(
         with anyio.fail_after(5):
             while len(store._queue) < len(calls):  # noqa: ASYNC110 - the queue has no event
                 await anyio.sleep(0.001)
-        store._leading = None
-        in_flight.set()
+        store._leading = 0
+        done, store._led = store._led, anyio.Event()
+        done.set()
     return results
 
 
@@ -333,3 +335,33 @@ async def test_every_commit_is_announced_to_other_processes(pg_schema_url: str, 
             head = await store.head()
         heard = [int(n.payload) for n in listener.notifies(timeout=1.0, stop_after=100)]
         assert heard and max(heard) == head
+
+
+async def test_a_write_waiting_for_a_row_does_not_stall_the_others(pg_schema_url: str) -> None:
+    """A write that must wait for a row held by another transaction waits outside the group
+    commit: the process's other writes keep committing meanwhile."""
+    async with wl.open_store(pg_schema_url, pool_max_size=8) as store:
+        assert isinstance(store, PostgresStore)
+        held, free = [await make_workspace(store, f"c{i}") for i in range(2)]
+        for _ in range(2):
+            await finish_pending(store)
+        with pg(pg_schema_url) as blocker:
+            blocker.execute("BEGIN")
+            blocker.execute("SELECT 1 FROM workspaces WHERE workspace_id = %s FOR UPDATE", (held,))
+            waited: list[float] = []
+
+            async def blocked() -> None:
+                await store.report_agent(held, AgentLifecycle.READY)
+                waited.append(time.monotonic())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(blocked)
+                await anyio.sleep(0.1)  # the blocked write is waiting for the row now
+                with anyio.fail_after(0.5):
+                    for lifecycle in (AgentLifecycle.STARTING, AgentLifecycle.READY):
+                        await store.report_agent(free, lifecycle)
+                assert not waited
+                blocker.execute("ROLLBACK")
+        assert waited
+        facts = await store.workspace_facts(held)
+        assert facts.agent is not None and facts.agent.lifecycle is AgentLifecycle.READY
