@@ -46,6 +46,38 @@ async def store_rate_and_batches(url: str, seconds: float, tasks: int) -> tuple[
         return rate, (writes / batches if batches else 0.0)
 
 
+async def statement_rate(url: str, seconds: float) -> float:
+    """One writer: the store's own write (the pure decision, then its one guarded statement)
+    in a bare loop on one connection, without the pool, the group commit or the error
+    boundary: the ceiling of this statement shape on this server."""
+    from workspace_lifecycle import writes
+    from workspace_lifecycle.adapters.postgres import PostgresStore, _Seen
+
+    async with wl.open_store(url) as store:
+        assert isinstance(store, PostgresStore)
+        await common.report_agent_rate(store, 0.0, 1)  # one workspace with an agent
+        (ws,) = [e.workspace_id for e in await store.read_events(0) if e.kind.value == "chat_bound"]
+        await store.report_agent(ws, wl.AgentLifecycle.READY)  # the store now knows its rows
+        lifecycles = [wl.AgentLifecycle.STARTING, wl.AgentLifecycle.READY]
+        async with await psycopg.AsyncConnection.connect(url.partition("?")[0], autocommit=True) as conn:
+            await conn.execute("SELECT set_config('search_path', %s, false)", (f'"{store.schema}"',))
+            count = 0
+            started = time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                known = store._known[ws]
+                assert known.facts.agent is not None
+                write = writes.report_agent(
+                    known.facts.agent, known.facts.workspace, lifecycles[count % 2], at=0.0
+                )
+                query, params = store._statement(write, _Seen(ws, known.version))
+                cur = await conn.execute(query, params)
+                row = await cur.fetchone()
+                assert row is not None
+                store._known[ws] = known.after(write, int(row[0]))
+                count += 1
+            return count / (time.perf_counter() - started)
+
+
 async def bare_rate(base_url: str, schema: str, seconds: float, tasks: int, *, lock: bool = False) -> float:
     table = "bare_locked" if lock else "bare"
     async with await psycopg.AsyncConnection.connect(base_url, autocommit=True) as setup:
@@ -82,15 +114,29 @@ async def measure(pg_url: str, seconds: float, rounds: int) -> dict[str, Any]:
                 schema = url.rsplit("schema=", 1)[1]
                 ours, batch = await store_rate_and_batches(url, seconds, writers)
                 bare = await bare_rate(pg_url, schema, seconds, writers)
-                locked = None
+                locked = statement = None
+                if writers == 1:
+                    with common.pg_schema(pg_url) as own:
+                        statement = await statement_rate(own, seconds)
                 if writers == WRITERS[-1]:
                     locked = await bare_rate(pg_url, schema, seconds, writers, lock=True)
-            runs.append({"ours": ours, "bare": bare, "ratio": ours / bare, "batch": batch, "locked": locked})
+            runs.append(
+                {
+                    "ours": ours,
+                    "bare": bare,
+                    "ratio": ours / bare,
+                    "batch": batch,
+                    "locked": locked,
+                    "statement": statement,
+                }
+            )
         entry: dict[str, Any] = {
             key: statistics.median(r[key] for r in runs) for key in ("ours", "bare", "ratio", "batch")
         }
         if writers == WRITERS[-1]:
             entry["locked"] = statistics.median(r["locked"] for r in runs)
+        if writers == 1:
+            entry["statement"] = statistics.median(r["statement"] for r in runs)
         entry["rounds"] = runs
         data[f"postgres_{writers}"] = entry
     return data
@@ -119,6 +165,22 @@ def rows(data: dict[str, Any]) -> list[common.Row]:
                 note=note,
             )
         )
+    d = data["postgres_1"]
+    out.append(
+        common.Row(
+            "PostgreSQL events/s, 1 writer, the store's write statement in a bare loop",
+            d["statement"],
+            "events/s",
+            d["bare"],
+            "bare psycopg 1-row tx",
+            d["statement"] / d["bare"],
+            "ours/bare",
+            note=(
+                "the decision and its one guarded statement on one connection, without pool, group "
+                f"commit or error boundary; the store reaches {d['ours'] / d['statement']:.2f}x of it"
+            ),
+        )
+    )
     last = WRITERS[-1]
     d = data[f"postgres_{last}"]
     out.append(
@@ -150,6 +212,9 @@ async def main(url: str, seconds: float, rounds: int) -> None:
         print(f"{writers:>8} {d['ours']:>15.0f} {d['bare']:>18.0f} {d['ratio']:>6.2f} {shown:>6}  {met}")
     d = data[f"postgres_{WRITERS[-1]}"]
     print(f"bare loop with a commit-serialising advisory lock, {WRITERS[-1]} writers: {d['locked']:.0f} tx/s")
+    print(
+        f"the store's write statement in a bare loop, 1 writer: {data['postgres_1']['statement']:.0f} events/s"
+    )
 
 
 if __name__ == "__main__":
