@@ -233,6 +233,12 @@ _REQUEST_SQL = (
 )
 #: A workspace row as :func:`_parse_workspace` reads it, then its version.
 _WORKSPACE_COLUMNS = "w.workspace_id, w.chat_id, w.owner, w.name, w.deleted, w.version"
+#: Columns of a workspace row as :func:`_parse_workspace` reads it (its version follows them).
+_WORKSPACE_WIDTH = 5
+#: Columns of a build as :func:`_parse_build` reads it.
+_BUILD_WIDTH = 10
+#: Columns of ``_FACTS_COLUMNS`` and the head (``_REQUEST_SQL``'s versions and chat follow).
+_FACTS_WIDTH = 17
 
 _BUILD_COLUMNS = (
     "b.build_id, b.workspace_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,"
@@ -1063,6 +1069,7 @@ class PostgresStore(Store):
                 "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, latest_build)"
                 " VALUES (%(w_id)s, %(w_chat)s, %(w_owner)s, %(w_name)s, %(w_deleted)s, %(w_latest)s)"
                 " ON CONFLICT (workspace_id) DO UPDATE SET deleted = excluded.deleted,"
+                " latest_build = greatest(workspaces.latest_build, excluded.latest_build),"
                 " version = workspaces.version + 1 RETURNING 1"
             )
             params.update(
@@ -1454,7 +1461,10 @@ class PostgresStore(Store):
         row = await cur.fetchone()
         if row is None:
             raise NotFoundError(missing)
-        return _Known(int(row[17]), _parse_facts(row), Chat(row[18], row[19], row[20]), int(row[21]))
+        f = _FACTS_WIDTH
+        return _Known(
+            int(row[f]), _parse_facts(row), Chat(row[f + 1], row[f + 2], row[f + 3]), int(row[f + 4])
+        )
 
     async def list_chats(self) -> Sequence[ChatRow]:
         async def body(conn: Conn) -> list[ChatRow]:
@@ -1485,9 +1495,10 @@ class PostgresStore(Store):
             row = await cur.fetchone()
             if row is None:
                 return _Decided(None, None, lambda _: (None, 0))
-            ws = _parse_workspace(row[10:])
-            write = writes.claim_build(_parse_build(row[:10]), ws, worker=worker, at=self._clock())
-            return _Decided(write, _Seen(ws.workspace_id, int(row[15])), lambda head: (write.build, head))
+            b, w = _BUILD_WIDTH, _BUILD_WIDTH + _WORKSPACE_WIDTH
+            ws = _parse_workspace(row[b:w])
+            write = writes.claim_build(_parse_build(row[:b]), ws, worker=worker, at=self._clock())
+            return _Decided(write, _Seen(ws.workspace_id, int(row[w])), lambda head: (write.build, head))
 
         build, head = await self._decide(body)
         self._wrote(head)
@@ -1513,9 +1524,10 @@ class PostgresStore(Store):
             row = await cur.fetchone()
             if row is None:
                 raise NotFoundError(f"no build {build_id!r}")
-            ws = _parse_workspace(row[10:])
+            b, w = _BUILD_WIDTH, _BUILD_WIDTH + _WORKSPACE_WIDTH
+            ws = _parse_workspace(row[b:w])
             write = writes.finish_build(
-                _parse_build(row[:10]),
+                _parse_build(row[:b]),
                 ws,
                 status,
                 error,
@@ -1525,7 +1537,7 @@ class PostgresStore(Store):
             )
             done = write.build
             assert done is not None
-            return _Decided(write, _Seen(ws.workspace_id, int(row[15])), lambda head: (done, head))
+            return _Decided(write, _Seen(ws.workspace_id, int(row[w])), lambda head: (done, head))
 
         done, head = await self._decide(body)
         self._wrote(head)
