@@ -382,7 +382,7 @@ class _Decided(Generic[T]):
     known: _Known | None = None
 
 
-class _Outcome:
+class _Marker:
     """A marker outcome of a queued write."""
 
     def __init__(self, name: str) -> None:
@@ -392,8 +392,8 @@ class _Outcome:
         return self.name
 
 
-_PENDING = _Outcome("pending")  # not committed yet
-_ALONE = _Outcome("alone")  # to run alone: its guard missed in a batch, or the batch failed
+_PENDING = _Marker("pending")  # not committed yet
+_ALONE = _Marker("alone")  # to run alone: its guard missed in a batch, or the batch failed
 
 
 @attrs.define
@@ -403,7 +403,7 @@ class _Queued:
 
     write: writes.Write
     seen: _Seen
-    outcome: int | _Outcome | BaseException | None = _PENDING
+    outcome: int | _Marker | BaseException | None = _PENDING
 
 
 class _Changed:
