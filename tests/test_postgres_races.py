@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import anyio
+import psycopg
 import pytest
 from test_postgres_store import follow, make_workspace, pg, schema_of
 
@@ -337,6 +338,15 @@ async def test_every_commit_is_announced_to_other_processes(pg_schema_url: str, 
         assert heard and max(heard) == head
 
 
+def blocking(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    """How many sessions wait for a lock ``conn``'s session holds."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+    ).fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
 async def test_a_write_waiting_for_a_row_does_not_stall_the_others(pg_schema_url: str) -> None:
     """A write that must wait for a row held by another transaction waits outside the group
     commit: the process's other writes keep committing meanwhile."""
@@ -356,8 +366,10 @@ async def test_a_write_waiting_for_a_row_does_not_stall_the_others(pg_schema_url
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(blocked)
-                await anyio.sleep(0.1)  # the blocked write is waiting for the row now
-                with anyio.fail_after(0.5):
+                with anyio.fail_after(10):  # until the blocked write waits for the blocker's row
+                    while not blocking(blocker):  # noqa: ASYNC110 - another session's wait, seen by a query
+                        await anyio.sleep(0.01)
+                with anyio.fail_after(5):  # without the fix: blocked until statement_timeout
                     for lifecycle in (AgentLifecycle.STARTING, AgentLifecycle.READY):
                         await store.report_agent(free, lifecycle)
                 assert not waited
