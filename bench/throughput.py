@@ -8,7 +8,7 @@ together; the bare loop has one writer: it is what one program gets from SQLite 
 at a time). SQLite's one writer is also measured against the same one-row transaction sent in
 one hop to the store's own connection thread: the ceiling of any store that awaits each write
 through that thread, to tell the hop's cost from ours. PostgreSQL: against a bare psycopg loop
-(reusing :mod:`bench.postgres_throughput`), one writer (the goal) and 4 for reference.
+(reusing :mod:`bench.postgres_throughput`: 1, 4 and 16 writers, the goals at 1 and 16).
 """
 
 from __future__ import annotations
@@ -228,25 +228,10 @@ async def run_async(ctx: Context) -> Result:
                     )
                 )
     if ctx.pg_url is not None:
-        for writers in (1, 4):
-            with common.pg_schema(ctx.pg_url) as pg:
-                schema = pg.rsplit("schema=", 1)[1]
-                ours = await postgres_throughput.store_rate(pg, seconds, writers)
-                bare = await postgres_throughput.bare_rate(ctx.pg_url, schema, seconds, writers)
-            result.data[f"postgres_{writers}"] = {"ours": ours, "bare": bare}
-            result.add(
-                Row(
-                    f"PostgreSQL events/s, {writers} writer{'s' if writers > 1 else ''}",
-                    ours,
-                    "events/s",
-                    bare,
-                    "bare psycopg 1-row tx",
-                    ours / bare,
-                    "ours/bare",
-                    "≥ 0.7x" if writers == 1 else "",
-                    ours / bare >= 0.7 if writers == 1 else None,
-                )
-            )
+        pg = await postgres_throughput.measure(ctx.pg_url, seconds, 1 if ctx.quick else 3)
+        result.data.update(pg)
+        for row in postgres_throughput.rows(pg):
+            result.add(row)
     else:
         result.note("PostgreSQL skipped (no server)")
     return result

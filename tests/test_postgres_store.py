@@ -287,16 +287,21 @@ async def test_fallback_poll_finds_a_commit_without_notify(pg_schema_url: str) -
 async def test_statement_timeout_is_an_error_not_a_hang(pg_schema_url: str) -> None:
     async with wl.open_store(pg_schema_url, statement_timeout=0.3) as store:
         ws = await make_workspace(store, "c1")
+        build = await store.claim_build("w")
+        assert build is not None
+        await store.finish_build(build.build_id, "succeeded")
         with pg(pg_schema_url) as blocker:
             blocker.execute("BEGIN")
             blocker.execute("SELECT 1 FROM workspaces WHERE workspace_id = %s FOR UPDATE", (ws,))
             started = time.monotonic()
+            # The stop is decided on what it read, then waits for the row lock of its guard.
             with pytest.raises(wl.StoreBusyError, match="statement_timeout"):
                 await store.request_build(ws, Transition.STOP, expected_build_number=1)
             assert time.monotonic() - started < 3
             blocker.execute("ROLLBACK")
         outcome = await store.request_build(ws, Transition.STOP, expected_build_number=1)
-        assert not outcome.fired  # build 1 is still pending: refused, but answered
+        assert outcome.fired  # the timed-out statement changed nothing
+        assert [e.kind.value for e in await store.read_events(0)][-1] == "build_queued"
 
 
 @pytest.mark.anyio

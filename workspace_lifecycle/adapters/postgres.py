@@ -13,25 +13,34 @@ Design, in the order a write meets it:
   restarted server, ``pg_terminate_backend``) is retried on a fresh connection, unless the
   failure came while committing (then the outcome is unknown and the caller gets a
   :class:`~workspace_lifecycle.errors.TransientStoreError` that says so).
-* **Decisions.** The adapter decides nothing: each write reads its rows in the transaction,
-  under the row locks that make the compare-and-set exact, calls one function of
-  :mod:`workspace_lifecycle.writes` and persists the :class:`~workspace_lifecycle.writes.Write`
-  it returns (:meth:`PostgresStore._persist`).
-* **Exactly once.** ``create_workspace`` locks the chat row; ``request_build`` locks the
-  workspace row ``FOR UPDATE`` and its chat row ``FOR SHARE`` (a concurrent
-  ``create_workspace`` that re-binds the chat waits, or is waited for) before it reads, so
-  concurrent requests from any number of replicas queue on the rows and only the first one
-  that still sees the expected build appends. ``claim_build`` takes the oldest pending build
-  with ``FOR UPDATE SKIP LOCKED``; ``finish_build`` and ``report_agent`` lock the row they change.
+* **Decisions.** The adapter decides nothing: each write reads its rows, calls one function
+  of :mod:`workspace_lifecycle.writes` and persists the
+  :class:`~workspace_lifecycle.writes.Write` it returns, generically
+  (:meth:`PostgresStore._statement`).
+* **Exactly once, in one statement.** The hot writes (``request_build``, ``claim_build``,
+  ``finish_build``, ``report_agent``) run in autocommit: one read, the pure decision, then one
+  statement whose only condition is that the rows are still as read (the workspace's and, for
+  a request, its chat's ``version``, bumped by every write of them), re-checked under the row
+  locks; when it fails another writer committed first, and the write reads and decides again
+  (:meth:`PostgresStore._decide`). A write may decide on the rows this process last wrote
+  instead of reading them, since its guard proves them current. Concurrent writes of one
+  process are group-committed: pipelined on one connection in one transaction
+  (:meth:`PostgresStore._commit`). ``create_workspace`` stays a transaction that locks the
+  workspace it replaces and the chat row, then persists the same way.
 * **A commit-ordered log.** ``bigserial`` ids are handed out in call order, not commit order, so
   a reader following ``seq > cursor`` could pass an id whose transaction commits later. Every
   writing transaction therefore takes a transaction-scoped advisory lock on the log right before
   it inserts its events (after every row lock it needs) and holds it until its commit is
-  visible: ids are drawn in commit order, and a reader that sees ``seq = n`` has every
-  committed event below ``n`` in view.
-* **Wake-ups.** The event insert also calls ``pg_notify`` with the new head (delivered at
-  commit). One dedicated ``LISTEN`` connection per store reads the notifications; local writes
-  ring the store's :class:`~workspace_lifecycle.adapters.base.Doorbell` at once. A notification
+  visible: ids are drawn in commit order (``nextval`` runs after the lock is granted, never
+  from the statement's snapshot), and a reader that sees ``seq = n`` has every committed
+  event below ``n`` in view. The lock serialises the commits of a schema, each with its
+  fsync: group commit is what amortises it.
+* **Wake-ups.** Each write statement also calls ``pg_notify`` with the new head (delivered at
+  commit; a group commit takes the server's notification lock once for all its writes). ``notify_after_commit=True`` sends it
+  instead after the commits, from a batched notifier (DBOS's design: a NOTIFY in a
+  transaction holds the server's global notification lock through its commit); measured
+  here, it gains nothing once writes are group-committed, so it is off by default. One
+  dedicated ``LISTEN`` connection per store reads the notifications; local writes ring the store's :class:`~workspace_lifecycle.adapters.base.Doorbell` at once. A notification
   is only a hint, never the head: its payload must look like one we send and name a head newer
   than the known one, and then the head is read from the log before anyone is woken (anything
   else is ignored and counted in :attr:`PostgresStore.stray_notifications`). The listener reads
@@ -55,11 +64,13 @@ import contextlib
 import functools
 import logging
 import re
+import select
 import time
 import uuid
 import zlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
@@ -194,7 +205,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE builds ADD COLUMN parameters jsonb NOT NULL DEFAULT '{}'::jsonb,
         ADD COLUMN details jsonb;
     """,
-    # 3: between turns: a chat's policy, a workspace's armed deadline, why a build was fired.
+    # 3: row versions, bumped by every write that changes a workspace's facts (its row, builds,
+    # agent) or a chat row: the guard of single-statement writes ("the rows are as I read them").
+    """
+    ALTER TABLE workspaces ADD COLUMN version bigint NOT NULL DEFAULT 0;
+    ALTER TABLE chats ADD COLUMN version bigint NOT NULL DEFAULT 0;
+    """,
+    # 4: between turns: a chat's policy, a workspace's armed deadline, why a build was fired.
     """
     ALTER TABLE chats ADD COLUMN idle_stop_after double precision,
         ADD COLUMN delete_after_stopped double precision;
@@ -209,8 +226,9 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 _HEAD = "coalesce(greatest((SELECT max(seq) FROM events), (SELECT pruned_through FROM log_state)), 0)"
 
+#: A workspace row as :func:`_parse_workspace` reads it.
 _WS_COLUMNS = "w.workspace_id, w.chat_id, w.owner, w.name, w.deleted, w.deadline_at, w.deadline_reason"
-_WS_WIDTH = 7
+#: A chat row as :func:`_parse_chat` reads it.
 _CHAT_COLUMNS = "c.chat_id, c.owner, c.workspace_id, c.idle_stop_after, c.delete_after_stopped"
 _CHAT_WIDTH = 5
 
@@ -226,18 +244,24 @@ _FACTS_JOINS = """
 """
 _FACTS_SQL = f"SELECT {_FACTS_COLUMNS}, {_HEAD} FROM workspaces w {_FACTS_JOINS} WHERE w.workspace_id = %s"
 
+#: What a request reads: the workspace's facts (then its version) and its chat's row (then its version).
+_REQUEST_SQL = (
+    f"SELECT {_FACTS_COLUMNS}, {_HEAD}, w.version, {_CHAT_COLUMNS}, c.version"
+    f" FROM workspaces w {_FACTS_JOINS} JOIN chats c ON c.chat_id = w.chat_id WHERE w.workspace_id = %s"
+)
+#: A workspace row as :func:`_parse_workspace` reads it, then its version.
+_WORKSPACE_COLUMNS = f"{_WS_COLUMNS}, w.version"
+#: Columns of a workspace row as :func:`_parse_workspace` reads it (its version follows them).
+_WORKSPACE_WIDTH = 7
+#: Columns of a build as :func:`_parse_build` reads it.
+_BUILD_WIDTH = 11
+#: Columns of ``_FACTS_COLUMNS`` and the head (``_REQUEST_SQL``'s versions and chat follow).
+_FACTS_WIDTH = _WORKSPACE_WIDTH + (_BUILD_WIDTH - 1) + 2 + 1
+
 _BUILD_COLUMNS = (
     "b.build_id, b.workspace_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,"
     " b.parameters, b.details, b.reason"
 )
-_BUILD_WIDTH = 11
-
-
-def _after(facts: WorkspaceFacts, write: writes.Write, head: int) -> WorkspaceFacts:
-    """The facts ``facts`` become once ``write`` (a request or a fired deadline) committed."""
-    return WorkspaceFacts(
-        write.workspace or facts.workspace, write.build or facts.latest_build, facts.agent, head
-    )
 
 
 def _lock_key(schema: str) -> int:
@@ -273,7 +297,7 @@ def _parse_build(row: Sequence[Any]) -> Build:
 def _parse_facts(row: Sequence[Any]) -> WorkspaceFacts:
     """Facts from a row of ``_FACTS_COLUMNS`` followed by the head."""
     ws = _parse_workspace(row)
-    b = _WS_WIDTH
+    b = _WORKSPACE_WIDTH
     build = None
     if row[b] is not None:
         build = _parse_build((row[b], ws.workspace_id, *row[b + 1 : b + _BUILD_WIDTH - 1]))
@@ -298,6 +322,13 @@ def _parse_chat(row: Sequence[Any]) -> Chat:
     return Chat(row[0], row[1], row[2], policy=parse_policy(row[3], row[4], key=row[0]))
 
 
+def _after(facts: WorkspaceFacts, write: writes.Write, head: int) -> WorkspaceFacts:
+    """The facts ``facts`` become once ``write`` (a request or a fired deadline) committed."""
+    return WorkspaceFacts(
+        write.workspace or facts.workspace, write.build or facts.latest_build, facts.agent, head
+    )
+
+
 def _cause(exc: BaseException) -> str:
     """libpq's message as one line, without the prefixes that repeat what the caller knows."""
     text = str(exc)
@@ -315,6 +346,113 @@ def _connection_lost(exc: BaseException) -> bool:
     )
 
 
+@attrs.frozen
+class _Seen:
+    """The rows a decision was made on, as read: the guard of the statement that persists it.
+
+    Every write that changes a workspace's facts (its row, its builds, its agent) bumps the
+    workspace's ``version``; every write of a chat row bumps the chat's. So "the versions are
+    still these" is "the rows are still as I read them": generic optimistic concurrency that
+    knows no rule of :mod:`workspace_lifecycle.writes`.
+    """
+
+    workspace_id: str
+    version: int
+    chat_id: str | None = None  # set when the decision read the chat row too
+    chat_version: int = 0
+
+
+@attrs.frozen
+class _Known:
+    """A workspace's rows as this process last read or wrote them, at ``version`` (the chat's
+    row at ``chat_version``): what the next write of this process on it may decide on
+    without reading, its guard checking that they are still current."""
+
+    version: int
+    facts: WorkspaceFacts
+    chat: Chat
+    chat_version: int
+
+    def seen(self) -> _Seen:
+        return _Seen(self.facts.workspace_id, self.version, self.chat.chat_id, self.chat_version)
+
+    def after(self, write: writes.Write, head: int) -> _Known:
+        """The rows once ``write`` (decided on these) is persisted: what :meth:`PostgresStore._statement`
+        writes, applied to the values instead of the tables."""
+        facts = self.facts
+        latest, build = facts.latest_build, write.build
+        if build is not None and (write.queued or (latest is not None and latest.build_id == build.build_id)):
+            latest = build
+        return _Known(
+            self.version + 1,
+            WorkspaceFacts(
+                write.workspace or facts.workspace,
+                latest,
+                write.agent if write.agent is not None else facts.agent,
+                head,
+            ),
+            write.chat or self.chat,
+            self.chat_version + (write.chat is not None),
+        )
+
+
+#: The fields of a Write that :meth:`_Known.after` applies. A Write with any other field (one
+#: added later) turns the cache of known rows off: it could not say what that field changed.
+_APPLIED_FIELDS = frozenset({"events", "build", "queued", "workspace", "chat", "agent"})
+_CACHE_KNOWN_ROWS = {f.name for f in attrs.fields(writes.Write)} <= _APPLIED_FIELDS
+#: Workspaces whose rows a store remembers (the most recently written).
+_KNOWN_MAX = 4096
+
+
+@attrs.frozen
+class _Decided(Generic[T]):
+    """A decision made on rows read outside any transaction: the ``write`` to persist under the
+    guard ``seen`` (``None``: nothing to write), and the caller's answer given the new head.
+    ``known``: the workspace's rows it was decided on, when the read returned all of them."""
+
+    write: writes.Write | None
+    seen: _Seen | None
+    answer: Callable[[int], T]
+    known: _Known | None = None
+
+
+class _Marker:
+    """A marker outcome of a queued write."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+_PENDING = _Marker("pending")  # not committed yet
+_ALONE = _Marker("alone")  # to run alone: its guard missed in a batch, or the batch failed
+
+
+@attrs.define
+class _Queued:
+    """A decided write waiting for its batch, and then what became of it: the new head,
+    ``None`` (its guard found the rows changed), ``_ALONE``, or the exception it raised."""
+
+    write: writes.Write
+    seen: _Seen
+    outcome: int | _Marker | BaseException | None = _PENDING
+
+
+class _Changed:
+    """The guard found the rows changed since they were read: read and decide again."""
+
+
+_CHANGED = _Changed()
+#: Batches of one process in flight at once. Two would put the next batch on the server while
+#: one waits for its commit, but measured slower (16 writers: 1,425 against 1,753 events/s,
+#: same run): smaller batches, the same one commit at a time under the log lock.
+_BATCHES_IN_FLIGHT = 1
+#: Reads and decisions a write may take while other writers keep changing its rows.
+_MAX_DECISIONS = 200
+
+
 @attrs.define
 class _Attempt:
     """How far one try of :meth:`PostgresStore._run` got, for the error boundary."""
@@ -322,6 +460,19 @@ class _Attempt:
     connected: bool = False  # it holds a pooled connection
     committing: bool = False  # the body is done: a failure now leaves the outcome unknown
     retry: bool = False  # set by the boundary: the connection died before the commit
+
+
+def _idle_and_alive(conn: Conn) -> bool:
+    """Whether an idle pooled connection still looks alive, without a round trip: a server
+    that terminates a backend, or shuts down, sends a last message and closes the socket, so an
+    idle connection with anything to read is suspect."""
+    if conn.closed:
+        return False
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return False
+    return not readable
 
 
 def _current_async_library() -> str:
@@ -378,7 +529,10 @@ class PostgresStore(Store):
     * ``pool_max_size``: the most pooled connections (default 10), plus one listener;
     * ``pool_timeout``: seconds a call may wait for a connection, e.g. while the server
       restarts, before it fails with :class:`~workspace_lifecycle.errors.StoreUnavailableError`
-      (default 30).
+      (default 30);
+    * ``batch_writes`` (keyword only): group-commit concurrent writes of this process (default
+      on); ``notify_after_commit`` (keyword only): NOTIFY from a batched notifier after the
+      commits instead of inside each write (default off).
 
     Every other query parameter goes to libpq unchanged (``sslmode``, ``application_name``,
     ``connect_timeout`` — 5 seconds unless given, …); one libpq does not know is a ``ValueError``.
@@ -412,6 +566,8 @@ class PostgresStore(Store):
         pool_timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
         display_url: str | None = None,
+        batch_writes: bool = True,
+        notify_after_commit: bool = False,
     ) -> None:
         if not isinstance(schema, str) or not _SCHEMA_RE.match(schema):
             raise ValueError(
@@ -450,6 +606,21 @@ class PostgresStore(Store):
         # Test hook: awaited inside every writing transaction after its events are inserted
         # (holding the log lock), to interleave transactions in the commit-order test.
         self._before_commit: Callable[[], Awaitable[None]] | None = None
+        self._known: OrderedDict[str, _Known] = OrderedDict()
+        #: Send NOTIFY after the commits, batched (:meth:`_notifier`), not inside each write
+        #: (off by default: with group commit it measured slower, see ``bench/RESULTS.md``).
+        self.notify_after_commit = notify_after_commit
+        self._announce = anyio.Event()
+        self._announce_head = 0  # the newest head this process committed
+        self._notified = 0  # the newest head the notifier announced
+        #: Group commit of the guarded writes (see :meth:`_commit`).
+        self.batch_writes = batch_writes
+        self._queue: list[_Queued] = []
+        self._leading = 0  # batches in flight
+        self._led = anyio.Event()  # set (and replaced) whenever one of them is done
+        #: Batches of more than one write committed, and the writes they held (for benchmarks).
+        self.batches = 0
+        self.batched_writes = 0
 
     @property
     def listen_timeout(self) -> float:
@@ -553,6 +724,11 @@ class PostgresStore(Store):
 
     async def _shutdown(self) -> None:
         """Stop the watcher and close the pool (callers shield this)."""
+        if self._pool is not None and self._announce_head > self._notified:
+            # The last commits' NOTIFY, before the notifier stops (bounded; a hint at best).
+            with anyio.move_on_after(1), contextlib.suppress(*_DRIVER_ERRORS):
+                async with self._pool.connection(timeout=1) as conn:
+                    await self._notify(conn, head=self._announce_head)
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.cancel()
@@ -653,6 +829,11 @@ class PostgresStore(Store):
         finish (bounded by ``statement_timeout``) instead of leaving a half-used connection.
         A connection that died before the commit was sent is replaced and the body retried.
         """
+        return await self._try(lambda conn, attempt: body(conn), transaction=write)
+
+    async def _try(self, body: Callable[[Conn, _Attempt], Awaitable[T]], *, transaction: bool = False) -> T:
+        """:meth:`_run` for a body that says itself when its commit begins: an autocommit body
+        sets ``attempt.committing`` before the statement that commits."""
         pool = self._check()
         tries = 0
         while True:
@@ -664,10 +845,10 @@ class PostgresStore(Store):
                     attempt.connected = True
                     with anyio.CancelScope(shield=True):
                         try:
-                            if not write:
-                                return await body(conn)
+                            if not transaction:
+                                return await body(conn, attempt)
                             async with conn.transaction():
-                                result = await body(conn)
+                                result = await body(conn, attempt)
                                 attempt.committing = True
                             return result
                         finally:
@@ -678,6 +859,56 @@ class PostgresStore(Store):
                 log.info("%s; retrying on a fresh connection", exc)
             with self._boundary():
                 await pool.check()
+
+    async def _decide(
+        self,
+        body: Callable[[Conn], Awaitable[_Decided[T]]],
+        *,
+        workspace_id: str | None = None,
+        on_known: Callable[[_Known], _Decided[T]] | None = None,
+    ) -> T:
+        """A hot write in autocommit: ``body`` reads the rows (one round trip, which also proves
+        the connection alive) and decides with :mod:`workspace_lifecycle.writes`; the decided
+        write is then persisted by one guarded statement (:meth:`_commit`). If the guard finds
+        the rows changed meanwhile (another writer committed), read and decide again.
+
+        ``on_known`` decides the same write on the rows this process last read or wrote for
+        ``workspace_id`` (:class:`_Known`), saving the read. Only a decision to write is taken
+        from them, since the guard proves them current; one to write nothing (or an error) is
+        made again on rows read now. It is skipped on a connection that may be dead (the read is
+        also the probe that lets a write be retried on a fresh connection).
+        """
+
+        async def once(conn: Conn, attempt: _Attempt) -> T | _Changed:
+            decided = None
+            known = self._known.get(workspace_id) if workspace_id is not None else None
+            if known is not None and on_known is not None and _idle_and_alive(conn):
+                with contextlib.suppress(Exception):
+                    decided = on_known(known)
+                if decided is not None and decided.write is None:
+                    decided = None
+            if decided is None:
+                decided = await body(conn)
+            else:
+                decided = attrs.evolve(decided, known=known)
+            if decided.write is None:
+                return decided.answer(0)
+            attempt.committing = True  # from here a lost connection leaves the outcome unknown
+            try:
+                head = await self._commit(conn, decided.write, decided.seen)
+            except BaseException:
+                self._forget(decided.seen)
+                raise
+            self._remember(decided, head)
+            return _CHANGED if head is None else decided.answer(head)
+
+        for _ in range(_MAX_DECISIONS):
+            result = await self._try(once)
+            if not isinstance(result, _Changed):
+                return result
+        raise StoreBusyError(
+            f"a PostgreSQL write found its rows changed by other writers {_MAX_DECISIONS} times in a row"
+        )
 
     async def _migrate(self, conn: Conn) -> None:
         """Apply the missing migrations, one replica at a time."""
@@ -705,27 +936,177 @@ class PostgresStore(Store):
 
     # --- persisting decided writes ---------------------------------------------------------
 
-    async def _persist(self, conn: Conn, write: writes.Write) -> int:
-        """Persist one decided write: its rows in one statement, then its events through
-        :meth:`_append`; return the new head.
+    def _forget(self, seen: _Seen | None) -> None:
+        if seen is not None:
+            self._known.pop(seen.workspace_id, None)
 
-        The rows come first so that every row lock is taken before the log lock (a report
-        holding an agent's row while a finish holding the log lock waits for it would deadlock).
+    def _remember(self, decided: _Decided[Any], head: int | None) -> None:
+        """Keep the rows of a workspace this process just wrote (see :class:`_Known`)."""
+        seen, write = decided.seen, decided.write
+        if seen is None or write is None:
+            return
+        base = decided.known or self._known.get(seen.workspace_id)
+        if head is None or base is None or base.version != seen.version or not _CACHE_KNOWN_ROWS:
+            self._forget(seen)  # changed by another writer, or rows it does not know
+            return
+        self._known[seen.workspace_id] = base.after(write, head)
+        self._known.move_to_end(seen.workspace_id)
+        if len(self._known) > _KNOWN_MAX:
+            self._known.popitem(last=False)
+
+    async def _commit(self, conn: Conn, write: writes.Write, seen: _Seen | None) -> int | None:
+        """Group commit: persist ``write`` (as :meth:`_execute`), batched with the guarded
+        writes other tasks of this process decided meanwhile.
+
+        A write that finds no batch in flight leads: it takes everything queued (often just
+        itself) and commits it; writes that arrive while a batch is in flight queue for the
+        next one. One write alone is its own statement in autocommit; several are pipelined on
+        the leader's connection in one transaction (one round trip, one commit, one hold of the
+        log lock for all of them). In a batch the guards skip rows locked by other transactions
+        (a batch that holds the log lock must never wait for a row: the writer holding that row
+        may be waiting for the log lock); a write whose guard missed in a batch, or whose batch
+        failed on anything but a lost connection, runs alone, so a write that fails fails only
+        itself. A connection lost under a batch leaves every write of it unknown.
         """
-        parts: list[str] = []
-        params: dict[str, Any] = {}
+        if seen is None or not self.batch_writes or self._before_commit is not None:
+            return await self._execute(conn, write, seen)
+        mine = _Queued(write, seen)
+        self._queue.append(mine)
+        while mine.outcome is _PENDING:
+            if self._leading >= _BATCHES_IN_FLIGHT or not self._queue:
+                await self._led.wait()
+                continue
+            batch, self._queue = self._queue, []
+            self._leading += 1
+            try:
+                await self._run_batch(conn, batch)
+            finally:
+                for item in batch:
+                    if item.outcome is _PENDING:  # interrupted: let each one run alone
+                        item.outcome = _ALONE
+                self._leading -= 1
+                led, self._led = self._led, anyio.Event()
+                led.set()
+        if mine.outcome is _ALONE:
+            return await self._execute(conn, write, seen)
+        if isinstance(mine.outcome, BaseException):
+            raise mine.outcome
+        assert isinstance(mine.outcome, int) or mine.outcome is None
+        return mine.outcome
+
+    async def _run_batch(self, conn: Conn, batch: list[_Queued]) -> None:
+        """Commit ``batch`` on ``conn`` and set each write's outcome (see :meth:`_commit`)."""
+        if len(batch) == 1:  # alone, in autocommit; it too may not wait for a row while leading
+            (only,) = batch
+            try:
+                head = await self._execute(conn, only.write, only.seen, skip_locked=True)
+            except Exception as exc:
+                only.outcome = exc
+            else:
+                only.outcome = _ALONE if head is None else head
+            return
+        statements = [self._statement(item.write, item.seen, skip_locked=True) for item in batch]
+        try:
+            async with conn.pipeline(), conn.transaction():
+                cursors = [await conn.execute(query, params) for query, params in statements]
+            rows = [await cur.fetchone() for cur in cursors]
+        except Exception as exc:
+            lost = _connection_lost(exc) or conn.closed
+            for item in batch:
+                item.outcome = exc if lost else _ALONE
+            return
+        self.batches += 1
+        self.batched_writes += len(batch)
+        for item, row in zip(batch, rows, strict=True):
+            item.outcome = _ALONE if row is None else int(row[0])
+
+    async def _persist(self, conn: Conn, write: writes.Write) -> int:
+        """Persist one decided write inside the caller's transaction, whose row locks already
+        make it exact (no guard); return the new head."""
+        head = await self._execute(conn, write, None)
+        assert head is not None, "an unguarded write always persists"
+        return head
+
+    async def _execute(
+        self, conn: Conn, write: writes.Write, seen: _Seen | None, *, skip_locked: bool = False
+    ) -> int | None:
+        """Persist ``write`` as one statement (:meth:`_statement`); return the new head, or
+        ``None`` if the guard ``seen`` found the rows changed (then nothing was written)."""
+        query, params = self._statement(write, seen, skip_locked=skip_locked)
+        if self._before_commit is None:
+            cur = await conn.execute(query, params)
+            row = await cur.fetchone()
+        else:  # test hook: the same statement in a transaction held open after it
+            async with conn.transaction():
+                cur = await conn.execute(query, params)
+                row = await cur.fetchone()
+                if row is not None:
+                    await self._before_commit()
+        return None if row is None else int(row[0])
+
+    def _statement(
+        self, write: writes.Write, seen: _Seen | None, *, skip_locked: bool = False
+    ) -> tuple[str, dict[str, Any]]:
+        """One statement that persists ``write`` generically: a CTE of the guard, the row
+        changes, the log append and the NOTIFY. It returns one row (the new head) or, when the
+        guard fails, none and changes nothing.
+
+        * **The guard** (``seen``): the workspace row ``FOR UPDATE`` and the chat row ``FOR
+          SHARE``, each only if its ``version`` is still the one read. Under READ COMMITTED a
+          locking read waits for a concurrent writer of the row and then re-checks its
+          condition against the row's newest committed version, not the statement's snapshot:
+          a row changed after the snapshot fails the guard (the caller reads again), and an
+          unchanged one passes however old the snapshot, so it never refuses spuriously. A
+          guarded row is only ever changed by a writer holding its lock, so the unlocked reads
+          of this statement's snapshot (the other rows of the workspace) are current too.
+        * **The rows**, each change gated on the guard: the workspace row (its ``version``
+          bumped, and ``deleted`` / ``latest_build`` when the write changes them), the chat,
+          the build (inserted when queued, else updated), the agent (upserted).
+        * **The log**: only once every row change has run (their row locks are taken before the
+          log lock, as in every writer, so no two writers wait on each other in a circle), take
+          the transaction-scoped advisory lock of the log, then draw the events' ``seq``:
+          ``nextval`` runs per row of ``lock CROSS JOIN VALUES``, so after the lock is granted, never
+          from the snapshot. The lock is held until the commit is visible, so seqs follow
+          commit order. ``pg_notify`` carries the new head and is delivered at commit.
+
+        ``skip_locked`` (in a batch, see :meth:`_commit`): a guard row locked by another
+        transaction fails the guard instead of being waited for; the write then runs alone.
+        """
+        ctes: list[str] = []
+        params: dict[str, Any] = {"l1": _LOG_LOCK, "l2": self._lock_key, "chan": self._channel}
+        skip = " SKIP LOCKED" if skip_locked else ""
+        if seen is None:
+            ctes.append("ok AS MATERIALIZED (SELECT 1)")
+        else:
+            ctes.append(
+                "g_w AS MATERIALIZED (SELECT 1 FROM workspaces"
+                f" WHERE workspace_id = %(g_w)s AND version = %(g_wv)s FOR UPDATE{skip})"
+            )
+            params.update(g_w=seen.workspace_id, g_wv=seen.version)
+            if seen.chat_id is None:
+                ctes.append("ok AS MATERIALIZED (SELECT 1 FROM g_w)")
+            else:
+                # The workspace first, then the chat: create_workspace takes them in that order.
+                ctes.append(
+                    "g_c AS MATERIALIZED (SELECT 1 FROM chats WHERE chat_id = %(g_c)s"
+                    f" AND version = %(g_cv)s AND EXISTS (SELECT FROM g_w) FOR SHARE{skip})"
+                )
+                ctes.append("ok AS MATERIALIZED (SELECT 1 FROM g_w WHERE EXISTS (SELECT FROM g_c))")
+                params.update(g_c=seen.chat_id, g_cv=seen.chat_version)
+        gate = "EXISTS (SELECT FROM ok)"
+        changes: list[str] = []
         ws, build = write.workspace, write.build
-        # A queued build becomes its workspace's latest: set in the workspace's own row when the
-        # write also makes that row (a create: one statement cannot update a row it inserts).
-        latest_here = write.queued and build is not None and ws is not None
-        if ws is not None:
-            # A new workspace (with its first build), one marked deleted, or a new deadline.
-            parts.append(
+        queued = write.queued and build is not None
+        if ws is not None and seen is None:
+            # A new workspace (with its first build: one statement cannot update a row it inserts).
+            changes.append(
                 "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, latest_build,"
                 " deadline_at, deadline_reason) VALUES (%(w_id)s, %(w_chat)s, %(w_owner)s, %(w_name)s,"
                 " %(w_deleted)s, %(w_latest)s, %(w_deadline)s, %(w_reason)s)"
                 " ON CONFLICT (workspace_id) DO UPDATE SET deleted = excluded.deleted,"
-                " deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason"
+                " latest_build = greatest(workspaces.latest_build, excluded.latest_build),"
+                " deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason,"
+                " version = workspaces.version + 1 RETURNING 1"
             )
             params.update(
                 w_id=ws.workspace_id,
@@ -733,14 +1114,41 @@ class PostgresStore(Store):
                 w_owner=ws.owner,
                 w_name=ws.name,
                 w_deleted=ws.deleted,
-                w_latest=build.number if latest_here and build is not None else 0,
+                w_latest=build.number if queued and build is not None else 0,
                 w_deadline=ws.deadline.at if ws.deadline else None,
                 w_reason=ws.deadline.reason.value if ws.deadline else None,
             )
+        else:
+            target = (
+                seen.workspace_id if seen is not None else (build.workspace_id if queued and build else None)
+            )
+            if target is not None:
+                sets = ["version = version + 1"]
+                if ws is not None:
+                    assert ws.workspace_id == target, "a write changes the workspace it read"
+                    sets += [
+                        "deleted = %(w_deleted)s",
+                        "deadline_at = %(w_deadline)s",
+                        "deadline_reason = %(w_reason)s",
+                    ]
+                    params.update(
+                        w_deleted=ws.deleted,
+                        w_deadline=ws.deadline.at if ws.deadline else None,
+                        w_reason=ws.deadline.reason.value if ws.deadline else None,
+                    )
+                if queued and build is not None:
+                    assert build.workspace_id == target, "a write queues builds of the workspace it read"
+                    sets.append("latest_build = %(b_n)s")
+                changes.append(
+                    f"UPDATE workspaces SET {', '.join(sets)} WHERE workspace_id = %(w_target)s AND {gate}"
+                    " RETURNING 1"
+                )
+                params["w_target"] = target
         if write.chat is not None:
-            parts.append(
+            changes.append(
                 "UPDATE chats SET workspace_id = %(c_ws)s, idle_stop_after = %(c_idle)s,"
-                " delete_after_stopped = %(c_retain)s WHERE chat_id = %(c_id)s"
+                " delete_after_stopped = %(c_retain)s, version = version + 1"
+                f" WHERE chat_id = %(c_id)s AND {gate} RETURNING 1"
             )
             params.update(
                 c_ws=write.chat.workspace_id,
@@ -749,19 +1157,18 @@ class PostgresStore(Store):
                 c_retain=write.chat.policy.delete_after_stopped,
             )
         if build is not None and write.queued:
-            parts.append(
+            changes.append(
                 "INSERT INTO builds (build_id, workspace_id, number, transition, status, error,"
-                " has_agent, worker, parameters, details, reason) VALUES (%(b_id)s, %(b_ws)s, %(b_n)s,"
-                " %(b_transition)s, %(b_status)s, %(b_error)s, %(b_has_agent)s, %(b_worker)s,"
-                " %(b_parameters)s, %(b_details)s, %(b_reason)s)"
+                " has_agent, worker, parameters, details, reason) SELECT %(b_id)s::text, %(b_ws)s::text,"
+                " %(b_n)s::integer, %(b_transition)s::text, %(b_status)s::text, %(b_error)s::text,"
+                " %(b_has_agent)s::boolean, %(b_worker)s::text, %(b_parameters)s::jsonb,"
+                f" %(b_details)s::jsonb, %(b_reason)s::text WHERE {gate} RETURNING 1"
             )
-            if not latest_here:
-                parts.append("UPDATE workspaces SET latest_build = %(b_n)s WHERE workspace_id = %(b_ws)s")
         elif build is not None:
-            parts.append(
+            changes.append(
                 "UPDATE builds SET status = %(b_status)s, error = %(b_error)s,"
                 " has_agent = %(b_has_agent)s, worker = %(b_worker)s, details = %(b_details)s"
-                " WHERE build_id = %(b_id)s"
+                f" WHERE build_id = %(b_id)s AND {gate} RETURNING 1"
             )
         if build is not None:
             params.update(
@@ -778,57 +1185,88 @@ class PostgresStore(Store):
                 b_reason=build.reason.value,
             )
         if write.agent is not None:
-            parts.append(
+            changes.append(
                 "INSERT INTO agents (workspace_id, build_number, lifecycle)"
-                " VALUES (%(a_ws)s, %(a_n)s, %(a_lifecycle)s) ON CONFLICT (workspace_id) DO UPDATE"
-                " SET build_number = excluded.build_number, lifecycle = excluded.lifecycle"
+                f" SELECT %(a_ws)s::text, %(a_n)s::integer, %(a_lifecycle)s::text WHERE {gate}"
+                " ON CONFLICT (workspace_id) DO UPDATE"
+                " SET build_number = excluded.build_number, lifecycle = excluded.lifecycle RETURNING 1"
             )
             params.update(
                 a_ws=write.agent.workspace_id,
                 a_n=write.agent.build_number,
                 a_lifecycle=write.agent.lifecycle.value,
             )
-        if parts:
-            ctes = ", ".join(f"p{i} AS ({part})" for i, part in enumerate(parts))
-            await conn.execute(f"WITH {ctes} SELECT 1", params)
-        return await self._append(conn, write.events)
-
-    async def _append(self, conn: Conn, events: Sequence[StoreEvent]) -> int:
-        """Insert ``events`` in commit order and announce them; return the new head."""
-        # One statement: take the log lock (held until commit), then draw the seqs. The rows
-        # are a cross join of the lock's one-row result with the VALUES, so a row (and its
-        # ``nextval``) exists only once the lock is held, and rows keep the VALUES order. The
-        # NOTIFY carries the new head and is delivered at commit.
-        assert events, "every write appends at least one event"
-        rows = ", ".join(["(%s, %s, %s, %s::integer, %s::jsonb, %s::double precision)"] * len(events))
-        params: list[Any] = [_LOG_LOCK, self._lock_key]
-        for event in events:
-            params += [
-                event.kind.value,
-                event.workspace_id,
-                event.chat_id,
-                event.build_number,
-                Jsonb(event.payload()),
-                event.at,
-            ]
-        params.append(self._channel)
-        cur = await conn.execute(
-            "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s, %s)),"
-            " ins AS (INSERT INTO events (kind, workspace_id, chat_id, build_number, payload, at)"
-            f"   SELECT v.* FROM lock, (VALUES {rows}) AS v RETURNING seq)"
-            " SELECT m, pg_notify(%s, m::text) FROM (SELECT max(seq) AS m FROM ins) s",
-            params,
+        ctes += [f"p{i} AS ({change})" for i, change in enumerate(changes)]
+        # Reading the changes runs them before the log lock (an unread one would run last).
+        done = " UNION ALL ".join(f"SELECT 1 FROM p{i}" for i in range(len(changes))) or "SELECT 1"
+        ctes.append(f"done AS MATERIALIZED (SELECT count(*) FROM ({done}) d)")
+        ctes.append("lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%(l1)s, %(l2)s) FROM ok, done)")
+        assert write.events, "every write appends at least one event"
+        rows = []
+        for i, event in enumerate(write.events):
+            rows.append(
+                f"(%(e{i}k)s, %(e{i}w)s, %(e{i}c)s, %(e{i}n)s::integer, %(e{i}p)s::jsonb,"
+                f" %(e{i}at)s::double precision)"
+            )
+            params.update(
+                {
+                    f"e{i}k": event.kind.value,
+                    f"e{i}w": event.workspace_id,
+                    f"e{i}c": event.chat_id,
+                    f"e{i}n": event.build_number,
+                    f"e{i}p": Jsonb(event.payload()),
+                    f"e{i}at": event.at,
+                }
+            )
+        ctes.append(
+            "ins AS (INSERT INTO events (kind, workspace_id, chat_id, build_number, payload, at)"
+            f" SELECT v.* FROM lock, (VALUES {', '.join(rows)}) AS v RETURNING seq)"
         )
-        row = await cur.fetchone()
-        assert row is not None
-        if self._before_commit is not None:
-            await self._before_commit()
-        return int(row[0])
+        notify = "" if self.notify_after_commit else ", pg_notify(%(chan)s, m::text)"
+        query = f"WITH {', '.join(ctes)} SELECT m{notify} FROM (SELECT max(seq) AS m FROM ins) s WHERE m IS NOT NULL"
+        return query, params
 
     def _committed(self, outcome: Outcome) -> Outcome:
         if outcome.fired:
-            self._doorbell.saw(outcome.facts.seq)
+            self._wrote(outcome.facts.seq)
         return outcome
+
+    def _wrote(self, head: int) -> None:
+        """A write of this process committed up to ``head``: wake local waiters now, and other
+        processes through the notifier (when the NOTIFY is not sent in the write itself)."""
+        if not head:
+            return
+        self._doorbell.saw(head)
+        if self.notify_after_commit and head > self._announce_head:
+            self._announce_head = head
+            self._announce.set()
+
+    async def _notify(self, conn: Conn, *, head: int) -> None:
+        # Its own transaction, committed without waiting for the disk: a notification is not
+        # durable anyway, and its commit must not cost an fsync per write.
+        await conn.execute(
+            "SELECT set_config('synchronous_commit', 'off', true), pg_notify(%s, %s)",
+            (self._channel, str(head)),
+        )
+        self._notified = max(self._notified, head)
+
+    async def _notifier(self) -> None:
+        """Send one ``NOTIFY`` with the newest head this process committed, after the commits
+        (DBOS's batched notifier): a ``NOTIFY`` inside a write costs every commit a turn on the
+        server's global notification lock. Commits that land while one is being sent are
+        announced together by the next. A notification is only a hint: one lost here (a crash
+        between the commit and its NOTIFY, a failed send) costs other processes at most a
+        ``poll_interval`` of latency, never an event."""
+        while True:
+            await self._announce.wait()
+            self._announce = anyio.Event()
+            head = self._announce_head
+            if head <= self._notified:
+                continue
+            try:
+                await self._run(functools.partial(self._notify, head=head))
+            except StoreError as exc:
+                log.info("PostgreSQL notifier: %s (the poll covers it)", exc)
 
     # --- the log head and wake-ups ---------------------------------------------------------
 
@@ -865,6 +1303,8 @@ class PostgresStore(Store):
         """The store's one background task: the listener, and the fallback poll beside it."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._poll)
+            if self.notify_after_commit:
+                tg.start_soon(self._notifier)
             await self._listen()
 
     async def _listen(self) -> None:
@@ -952,22 +1392,18 @@ class PostgresStore(Store):
                 if chat is None:
                     assert existing is not None
                     return existing
-                values = (
-                    chat.chat_id,
-                    chat.owner,
-                    chat.policy.idle_stop_after,
-                    chat.policy.delete_after_stopped,
-                )
-                if existing is not None:
+                idle, retain = chat.policy.idle_stop_after, chat.policy.delete_after_stopped
+                if existing is not None:  # a new policy: the chat's version moves with it
                     await conn.execute(
-                        "UPDATE chats SET idle_stop_after = %s, delete_after_stopped = %s WHERE chat_id = %s",
-                        (values[2], values[3], chat_id),
+                        "UPDATE chats SET idle_stop_after = %s, delete_after_stopped = %s,"
+                        " version = version + 1 WHERE chat_id = %s",
+                        (idle, retain, chat_id),
                     )
                     return chat
                 cur = await conn.execute(
                     "INSERT INTO chats (chat_id, owner, idle_stop_after, delete_after_stopped)"
                     " VALUES (%s, %s, %s, %s) ON CONFLICT (chat_id) DO NOTHING RETURNING 1",
-                    values,
+                    (chat_id, owner, idle, retain),
                 )
                 if await cur.fetchone() is not None:
                     return chat
@@ -1062,13 +1498,11 @@ class PostgresStore(Store):
         expected_build_number: int,
         parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
-        async def body(conn: Conn) -> Outcome:
-            # The workspace row serialises requests on it; the chat row, shared, keeps a
-            # create_workspace from re-binding the chat between this read and the commit.
-            chat, facts = await self._locked(conn, workspace_id)
+        def decide(known: _Known) -> _Decided[Outcome]:
+            facts = known.facts
             write = writes.request_build(
                 facts,
-                chat=chat,
+                chat=known.chat,
                 transition=transition,
                 expected_build_number=expected_build_number,
                 build_id=str(uuid.uuid4()),
@@ -1076,54 +1510,70 @@ class PostgresStore(Store):
                 parameters=parameters,
             )
             if write is None:
-                return Outcome(fired=False, build=None, facts=facts)
-            head = await self._persist(conn, write)
-            return Outcome(fired=True, build=write.build, facts=_after(facts, write, head))
+                return _Decided(None, None, lambda _: Outcome(fired=False, build=None, facts=facts))
+            return _Decided(
+                write,
+                known.seen(),  # the workspace's rows and its chat's: the decision read both
+                lambda head: Outcome(fired=True, build=write.build, facts=_after(facts, write, head)),
+                known,
+            )
 
-        return self._committed(await self._run(body, write=True))
+        async def body(conn: Conn) -> _Decided[Outcome]:
+            return decide(await self._read_known(conn, workspace_id, f"no workspace {workspace_id!r}"))
 
-    async def _locked(self, conn: Conn, workspace_id: str) -> tuple[Chat, WorkspaceFacts]:
-        """Lock the workspace's row (and share its chat's), then read its facts afresh."""
-        # The workspace row serialises writes on it; the chat row, shared, keeps a
-        # create_workspace from re-binding the chat between this read and the commit.
-        cur = await conn.execute(
-            f"SELECT {_CHAT_COLUMNS} FROM workspaces w JOIN chats c ON c.chat_id = w.chat_id"
-            " WHERE w.workspace_id = %s FOR UPDATE OF w FOR SHARE OF c",
-            (workspace_id,),
-        )
+        return self._committed(await self._decide(body, workspace_id=workspace_id, on_known=decide))
+
+    @staticmethod
+    async def _read_known(conn: Conn, workspace_id: str, missing: str) -> _Known:
+        """The workspace's facts and its chat's row, in one snapshot, with their versions."""
+        cur = await conn.execute(_REQUEST_SQL, (workspace_id,))
         row = await cur.fetchone()
         if row is None:
-            raise NotFoundError(f"no workspace {workspace_id!r}")
-        # Read after taking the locks, in a new snapshot: every earlier winner is visible.
-        facts = await self._facts(conn, workspace_id)
-        return _parse_chat(row), facts
+            raise NotFoundError(missing)
+        f = _FACTS_WIDTH
+        chat = _parse_chat(row[f + 1 : f + 1 + _CHAT_WIDTH])
+        return _Known(int(row[f]), _parse_facts(row), chat, int(row[f + 1 + _CHAT_WIDTH]))
 
     async def touch(self, workspace_id: str) -> Deadline | None:
-        async def body(conn: Conn) -> tuple[Deadline | None, int]:
-            chat, facts = await self._locked(conn, workspace_id)
-            write = writes.touch(facts, chat.policy, at=self._clock())
+        def decide(known: _Known) -> _Decided[tuple[Deadline | None, int]]:
+            write = writes.touch(known.facts, known.chat.policy, at=self._clock())
             if write is None:
-                return facts.workspace.deadline, 0
-            assert write.workspace is not None
-            return write.workspace.deadline, await self._persist(conn, write)
+                return _Decided(None, None, lambda _: (known.facts.workspace.deadline, 0))
+            armed = write.workspace.deadline if write.workspace is not None else None
+            return _Decided(write, known.seen(), lambda head: (armed, head), known)
 
-        deadline, head = await self._run(body, write=True)
-        self._doorbell.saw(head)
+        async def body(conn: Conn) -> _Decided[tuple[Deadline | None, int]]:
+            return decide(await self._read_known(conn, workspace_id, f"no workspace {workspace_id!r}"))
+
+        deadline, head = await self._decide(body, workspace_id=workspace_id, on_known=decide)
+        self._wrote(head)
         return deadline
 
     async def fire_deadline(self, workspace_id: str, expected: Deadline) -> Outcome:
-        async def body(conn: Conn) -> Outcome:
-            chat, facts = await self._locked(conn, workspace_id)
+        def decide(known: _Known) -> _Decided[tuple[Outcome, int]]:
+            facts = known.facts
             write = writes.fire_deadline(
-                facts, chat=chat, expected=expected, build_id=str(uuid.uuid4()), at=self._clock()
+                facts, chat=known.chat, expected=expected, build_id=str(uuid.uuid4()), at=self._clock()
             )
             if write is None:
-                return Outcome(fired=False, build=None, facts=facts)
-            head = await self._persist(conn, write)
-            return Outcome(fired=write.build is not None, build=write.build, facts=_after(facts, write, head))
+                return _Decided(None, None, lambda _: (Outcome(fired=False, build=None, facts=facts), 0))
+            return _Decided(
+                write,
+                known.seen(),
+                lambda head: (
+                    Outcome(
+                        fired=write.build is not None, build=write.build, facts=_after(facts, write, head)
+                    ),
+                    head,
+                ),
+                known,
+            )
 
-        outcome = await self._run(body, write=True)
-        self._doorbell.saw(outcome.facts.seq)
+        async def body(conn: Conn) -> _Decided[tuple[Outcome, int]]:
+            return decide(await self._read_known(conn, workspace_id, f"no workspace {workspace_id!r}"))
+
+        outcome, head = await self._decide(body, workspace_id=workspace_id, on_known=decide)
+        self._wrote(head)
         return outcome
 
     async def armed_deadlines(self) -> ArmedDeadlines:
@@ -1150,9 +1600,8 @@ class PostgresStore(Store):
             )
             rows: list[ChatRow] = []
             for row in await cur.fetchall():
-                rows.append(
-                    ChatRow.read(_parse_chat(row), functools.partial(_parse_facts, row[_CHAT_WIDTH:]))
-                )
+                chat = _parse_chat(row)
+                rows.append(ChatRow.read(chat, functools.partial(_parse_facts, row[_CHAT_WIDTH:])))
             return rows
 
         return await self._run(body)
@@ -1160,25 +1609,23 @@ class PostgresStore(Store):
     # --- the provisioner side ---------------------------------------------------------------
 
     async def claim_build(self, worker: str) -> Build | None:
-        async def body(conn: Conn) -> tuple[Build | None, int]:
+        async def body(conn: Conn) -> _Decided[tuple[Build | None, int]]:
+            # The oldest pending build; a worker that loses it to another reads the next one.
             cur = await conn.execute(
-                f"SELECT {_BUILD_COLUMNS}, {_WS_COLUMNS}"
+                f"SELECT {_BUILD_COLUMNS}, {_WORKSPACE_COLUMNS}"
                 " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id"
-                " WHERE b.status = 'pending' ORDER BY b.id LIMIT 1 FOR UPDATE OF b SKIP LOCKED"
+                " WHERE b.status = 'pending' ORDER BY b.id LIMIT 1"
             )
             row = await cur.fetchone()
             if row is None:
-                return None, 0
-            write = writes.claim_build(
-                _parse_build(row[:_BUILD_WIDTH]),
-                _parse_workspace(row[_BUILD_WIDTH:]),
-                worker=worker,
-                at=self._clock(),
-            )
-            return write.build, await self._persist(conn, write)
+                return _Decided(None, None, lambda _: (None, 0))
+            b, w = _BUILD_WIDTH, _BUILD_WIDTH + _WORKSPACE_WIDTH
+            ws = _parse_workspace(row[b:w])
+            write = writes.claim_build(_parse_build(row[:b]), ws, worker=worker, at=self._clock())
+            return _Decided(write, _Seen(ws.workspace_id, int(row[w])), lambda head: (write.build, head))
 
-        build, head = await self._run(body, write=True)
-        self._doorbell.saw(head)
+        build, head = await self._decide(body)
+        self._wrote(head)
         return build
 
     async def finish_build(
@@ -1192,22 +1639,22 @@ class PostgresStore(Store):
     ) -> Build:
         status = writes.parse_status(status)
 
-        async def body(conn: Conn) -> tuple[Build, int]:
-            # The workspace row is locked too: the finish may arm its deadline.
+        async def body(conn: Conn) -> _Decided[tuple[Build, int]]:
+            # The chat's policy too (a finish arms the workspace's next deadline by it).
             cur = await conn.execute(
-                f"SELECT {_BUILD_COLUMNS}, {_WS_COLUMNS}, c.idle_stop_after, c.delete_after_stopped"
+                f"SELECT {_BUILD_COLUMNS}, {_WORKSPACE_COLUMNS}, {_CHAT_COLUMNS}, c.version"
                 " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id"
-                " LEFT JOIN chats c ON c.chat_id = w.chat_id"
-                " WHERE b.build_id = %s FOR UPDATE OF b, w",
+                " JOIN chats c ON c.chat_id = w.chat_id WHERE b.build_id = %s",
                 (build_id,),
             )
             row = await cur.fetchone()
             if row is None:
                 raise NotFoundError(f"no build {build_id!r}")
-            ws = _parse_workspace(row[_BUILD_WIDTH:])
-            chat = _parse_chat((ws.chat_id, ws.owner, None, *row[_BUILD_WIDTH + _WS_WIDTH :]))
+            b, w = _BUILD_WIDTH, _BUILD_WIDTH + _WORKSPACE_WIDTH
+            ws = _parse_workspace(row[b:w])
+            chat = _parse_chat(row[w + 1 : w + 1 + _CHAT_WIDTH])
             write = writes.finish_build(
-                _parse_build(row[:_BUILD_WIDTH]),
+                _parse_build(row[:b]),
                 ws,
                 status,
                 error,
@@ -1216,36 +1663,29 @@ class PostgresStore(Store):
                 details=details,
                 policy=chat.policy,
             )
-            assert write.build is not None
-            return write.build, await self._persist(conn, write)
+            done = write.build
+            assert done is not None
+            seen = _Seen(ws.workspace_id, int(row[w]), chat.chat_id, int(row[w + 1 + _CHAT_WIDTH]))
+            return _Decided(write, seen, lambda head: (done, head))
 
-        done, head = await self._run(body, write=True)
-        self._doorbell.saw(head)
+        done, head = await self._decide(body)
+        self._wrote(head)
         return done
 
     async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
         lifecycle = writes.parse_lifecycle(lifecycle)
 
-        async def body(conn: Conn) -> int:
-            cur = await conn.execute(
-                f"SELECT a.build_number, a.lifecycle, {_WS_COLUMNS}"
-                " FROM agents a JOIN workspaces w ON w.workspace_id = a.workspace_id"
-                " WHERE a.workspace_id = %s FOR UPDATE OF a",
-                (workspace_id,),
-            )
-            row = await cur.fetchone()
-            if row is None:
-                raise NotFoundError(f"workspace {workspace_id!r} has no agent")
-            agent = Agent(
-                workspace_id,
-                row[0],
-                parse_enum(AgentLifecycle, row[1], table="agents", key=workspace_id, column="lifecycle"),
-            )
-            return await self._persist(
-                conn, writes.report_agent(agent, _parse_workspace(row[2:]), lifecycle, at=self._clock())
+        def decide(known: _Known) -> _Decided[int]:
+            facts = known.facts
+            write = writes.report_agent(facts.agent, facts.workspace, lifecycle, at=self._clock())
+            return _Decided(write, _Seen(workspace_id, known.version), lambda head: head, known)
+
+        async def body(conn: Conn) -> _Decided[int]:
+            return decide(
+                await self._read_known(conn, workspace_id, f"workspace {workspace_id!r} has no agent")
             )
 
-        self._doorbell.saw(await self._run(body, write=True))
+        self._wrote(await self._decide(body, workspace_id=workspace_id, on_known=decide))
 
     # --- the event log ----------------------------------------------------------------------
 
