@@ -8,6 +8,8 @@ skips an unreadable log entry after saying which. Requests wait on it with :meth
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 from typing import Protocol
 
@@ -47,7 +49,11 @@ class EventPump:
         self.failure: BaseException | None = None
         self.closed = False
         self.kicks = 0  # reads forced after a lost wake-up
-        self._progress = anyio.Event()
+        # Requests waiting for the cursor to reach a seq, earliest first: each delivery wakes
+        # only those it satisfies, not every waiter (10,000 waiting callers woken per batch
+        # were most of a large run's work).
+        self._waiters: list[tuple[int, int, anyio.Event]] = []
+        self._order = itertools.count()
         self._sleep: anyio.CancelScope | None = None  # the wait for the store's next change
 
     async def start(self) -> None:
@@ -106,19 +112,26 @@ class EventPump:
         self._advance()
 
     def _advance(self) -> None:
-        self._progress.set()
-        self._progress = anyio.Event()
+        """Wake the requests waiting for a seq the cursor has reached."""
+        waiters, cursor = self._waiters, self.cursor
+        while waiters and waiters[0][0] <= cursor:
+            heapq.heappop(waiters)[2].set()
+
+    def _wake_all(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for _, _, event in waiters:
+            event.set()
 
     def _fail(self, exc: BaseException) -> None:
         self.failure = exc
         self.sink.fail()
-        self._advance()
+        self._wake_all()
 
     def close(self) -> None:
         """The runtime is shutting down: wake everyone who waits on the pump (they raise)."""
         self.closed = True
         self.sink.fail()
-        self._advance()
+        self._wake_all()
 
     def raise_if_failed(self) -> None:
         if self.closed:
@@ -128,10 +141,14 @@ class EventPump:
 
     async def caught_up(self, seq: int) -> None:
         """Wait until every event up to ``seq`` was delivered."""
+        reached: anyio.Event | None = None
         while self.cursor < seq:
             self.raise_if_failed()
+            if reached is None or reached.is_set():
+                reached = anyio.Event()
+                heapq.heappush(self._waiters, (seq, next(self._order), reached))
             with anyio.move_on_after(self.kick_after) as slow:
-                await self._progress.wait()
+                await reached.wait()
             if slow.cancelled_caught:
                 # The store's wake-up was lost (a hint, never a promise): make the pump read again.
                 self.kicks += 1
