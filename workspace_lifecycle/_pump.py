@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 from typing import Protocol
 
 import anyio
@@ -77,8 +78,14 @@ class EventPump:
             try:
                 events = await self.store.read_events(self.cursor)
                 if not events:
-                    with anyio.CancelScope() as self._sleep:
+                    # Requests waiting on a seq the log does not show yet: if no wake-up comes
+                    # within kick_after, read again anyway (a wake-up is a hint, never a promise).
+                    kick = anyio.current_time() + self.kick_after if self._waiters else math.inf
+                    with anyio.CancelScope(deadline=kick) as self._sleep:
                         await self.store.wait_for_change(self.cursor)
+                    self._sleep = None
+                    if self._waiters and anyio.current_time() >= kick:
+                        self.kicks += 1
                     continue
                 for event in events:
                     self.sink.dispatch(event)
@@ -140,18 +147,17 @@ class EventPump:
             raise StoreClosedError(f"the event pump stopped: {self.failure}")
 
     async def caught_up(self, seq: int) -> None:
-        """Wait until every event up to ``seq`` was delivered."""
-        reached: anyio.Event | None = None
+        """Wait until every event up to ``seq`` was delivered.
+
+        If the store's wake-up for it is lost, the pump reads again ``kick_after`` seconds
+        after it went to sleep with requests waiting: one timer for all of them, not one each.
+        """
         while self.cursor < seq:
             self.raise_if_failed()
-            if reached is None or reached.is_set():
-                reached = anyio.Event()
-                heapq.heappush(self._waiters, (seq, next(self._order), reached))
-            with anyio.move_on_after(self.kick_after) as slow:
-                await reached.wait()
-            if slow.cancelled_caught:
-                # The store's wake-up was lost (a hint, never a promise): make the pump read again.
-                self.kicks += 1
-                if self._sleep is not None:
-                    self._sleep.cancel()
+            reached = anyio.Event()
+            heapq.heappush(self._waiters, (seq, next(self._order), reached))
+            sleep = self._sleep
+            if sleep is not None and sleep.deadline == math.inf:
+                sleep.deadline = anyio.current_time() + self.kick_after
+            await reached.wait()
         self.raise_if_failed()
