@@ -10,6 +10,7 @@ same answers.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -53,6 +54,25 @@ async def _together(n: int, call: Callable[[], Awaitable[wl.ToolResult]]) -> lis
         for _ in range(n):
             tg.start_soon(one)
     return results
+
+
+class CountingReads(FaultyStore):
+    """Counts the reads too (FaultyStore counts the writes); each read takes a millisecond, so
+    that concurrent requests overlap on every store (the memory store's never yield)."""
+
+    def __init__(self, inner: wl.Store) -> None:
+        super().__init__(inner)
+        self.reads: Counter[str] = Counter()
+
+    async def get_chat(self, chat_id: str) -> wl.Chat | None:
+        self.reads["get_chat"] += 1
+        await anyio.sleep(0.001)
+        return await super().get_chat(chat_id)
+
+    async def head(self) -> int:
+        self.reads["head"] += 1
+        await anyio.sleep(0.001)
+        return await super().head()
 
 
 @pytest.fixture
@@ -238,3 +258,96 @@ async def test_a_failed_or_cancelled_leader_leaves_each_follower_its_own_call() 
         assert results == []  # waiting for the leader
         scope.cancel()
     assert results == ["done"]
+
+
+# --- reads: shared only when they started after every caller asked ---------------------------
+
+
+async def test_a_read_running_when_a_caller_asks_is_never_shared_with_it() -> None:
+    """The caller waits for it and shares the next one, which starts after everyone asked."""
+    reads = _flight.FreshRead[int]()
+    version = 0  # what a read returns: the store's state when the read starts
+    started: list[int] = []
+    gate = anyio.Event()
+
+    async def read() -> int:
+        seen = version
+        started.append(seen)
+        await gate.wait()
+        return seen
+
+    got: dict[str, int] = {}
+
+    async def ask(name: str) -> None:
+        got[name] = await reads.run("k", read)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ask, "first")  # its read sees version 0
+        await anyio.wait_all_tasks_blocked()
+        version = 1  # e.g. the later callers' own writes committed after that read began
+        for name in ("a", "b", "c"):
+            tg.start_soon(ask, name)
+        await anyio.wait_all_tasks_blocked()
+        assert started == [0]  # nobody started a read of their own meanwhile
+        gate.set()
+    assert got == {"first": 0, "a": 1, "b": 1, "c": 1}  # never older than when they asked
+    assert started == [0, 1] and reads.shared == 2
+
+
+async def test_concurrent_requests_share_their_first_reads(store: wl.Store) -> None:
+    """N concurrent starts: two or three chat reads and head reads, not N of each."""
+    counting = CountingReads(store)
+    async with (
+        wl.SimulatedProvisioner(store, build_seconds=0.01),
+        wl.Lifecycle(counting, build_timeout=30, agent_timeout=30) as lc,
+    ):
+        await _stopped(lc, "c")
+        counting.reads.clear()
+        results = await _together(N, lambda: lc.start_workspace("c", owner=OWNER))
+    assert all(r.data.get("started") is True for r in results), results
+    assert counting.reads["get_chat"] <= 3 and counting.reads["head"] <= 3, counting.reads
+    assert len({r.data["build_id"] for r in results}) == 1
+
+
+async def test_a_failed_shared_read_leaves_each_caller_its_own() -> None:
+    reads = _flight.FreshRead[int]()
+    gate = anyio.Event()
+    calls: list[str] = []
+
+    async def slow_ok() -> int:
+        calls.append("first")
+        await gate.wait()
+        return 0
+
+    async def failing() -> int:
+        calls.append("shared")
+        await anyio.lowlevel.checkpoint()
+        raise RuntimeError("boom")
+
+    async def own() -> int:
+        calls.append("own")
+        return 2
+
+    got: list[int] = []
+    errors: list[BaseException] = []
+
+    async def planner() -> None:  # leads the next read, which fails
+        try:
+            await reads.run("k", failing)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    async def member() -> None:
+        got.append(await reads.run("k", own))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: reads.run("k", slow_ok))
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(planner)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(member)
+        tg.start_soon(member)
+        await anyio.wait_all_tasks_blocked()
+        gate.set()
+    assert len(errors) == 1 and got == [2, 2]
+    assert calls == ["first", "shared", "own", "own"]

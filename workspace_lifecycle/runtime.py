@@ -23,6 +23,7 @@ from typing import Any, Self
 import anyio
 
 from . import steps
+from ._flight import SharedReads
 from ._pump import EventPump
 from ._registry import Entry, Registry
 from ._retry import RetryingWriter
@@ -118,6 +119,7 @@ class Lifecycle(BackgroundService):
         )
         self._pump = EventPump(store, self._registry, kick_after=resync_interval)
         self._writer = RetryingWriter(store, retries=write_retries)
+        self._reads = SharedReads(store)  # concurrent requests share their first reads
         self._deferred = 0  # wait=False requests finishing in the background
         self._drained = anyio.Event()
 
@@ -304,18 +306,18 @@ class Lifecycle(BackgroundService):
     ) -> ToolResult:
         """Run ``flow`` from the chat's row to its answer."""
         self._raise_if_failed()
-        step: Step = first_step(flow.request, await self.store.get_chat(chat_id), owner, flow.parameters)
+        step: Step = first_step(flow.request, await self._reads.get_chat(chat_id), owner, flow.parameters)
         while True:
             if isinstance(step, Answer):
                 return step.result
             if isinstance(step, Restart):
                 flow.restarted()
-                step = first_step(flow.request, await self.store.get_chat(chat_id), owner, flow.parameters)
+                step = first_step(flow.request, await self._reads.get_chat(chat_id), owner, flow.parameters)
             elif isinstance(step, Create):
                 step = await self._create(flow, chat_id, step, name, span)
             elif isinstance(step, Track):
                 async with self._registry.track(step.workspace_id) as entry:
-                    await self._pump.caught_up(await self.store.head())
+                    await self._pump.caught_up(await self._reads.head())
                     step = await self._drive(flow, entry, chat_id, span)
             else:  # pragma: no cover - the flow asks for these only while a workspace is held
                 raise AssertionError(f"step {step!r} outside a tracked workspace")
