@@ -8,7 +8,8 @@ Each child prints ``ready`` when set up, then JSON lines; it exits when its stdi
   nobody provisions; prints the process's CPU percent of one core over ``S`` seconds.
 * ``contend URL --chat C --calls N``: on each ``go`` line, ``N`` concurrent ``start_workspace``;
   prints their latencies (from the ``go``) and the build ids they were answered with.
-* ``scale URL --n N [--idle S]``: see :mod:`bench.scale`; prints one JSON object.
+* ``scale URL --n N [--idle S] [--tuned-gc]``: see :mod:`bench.scale`; prints one JSON object.
+* ``sketch memory:// --n N [--tuned-gc]``: the lower-bound sketch of :mod:`bench.sketch`.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ async def _timed_start(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench._child")
-    parser.add_argument("role", choices=["provision", "idle", "contend", "scale"])
+    parser.add_argument("role", choices=["provision", "idle", "contend", "scale", "sketch"])
     parser.add_argument("url")
     parser.add_argument("--delay", type=float, nargs=2, default=(0.01, 0.01))
     parser.add_argument("--agent-delay", type=float, default=0.005)
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--calls", type=int, default=250)
     parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--tuned-gc", action="store_true", help="set the GC as bench.scale.tune_gc")
     args = parser.parse_args(argv)
     if args.role == "provision":
         anyio.run(provision, args.url, tuple(args.delay), args.agent_delay)
@@ -120,10 +122,16 @@ def main(argv: list[str] | None = None) -> None:
         anyio.run(idle, args.url, args.chat, args.waiter, args.seconds)
     elif args.role == "contend":
         anyio.run(contend, args.url, args.chat, args.calls)
+    elif args.role == "sketch":
+        from . import scale
+
+        _print(anyio.run(scale.sketch_child, args.n, args.tuned_gc))
     else:
         from . import scale
 
-        _print(anyio.run(scale.child, args.url, args.n, args.seconds, args.delay[0]))
+        _print(
+            anyio.run(lambda: scale.child(args.url, args.n, args.seconds, args.delay[0], tuned=args.tuned_gc))
+        )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""Events per second: the in-memory runtime's pump against bare python-statemachine ``send``.
+"""Events per second: the in-memory runtime's pump against bare python-statemachine ``send``
+and against the bare compiled table.
 
 Run ``python -m bench.engine`` (or ``python bench/engine.py``) from the repository root.
 
 * bare: one :class:`~workspace_lifecycle.machine.WorkspaceMachine` and ``sm.send(event, ev=...)``
   for a cycle of start/agent/stop events, with no filtering and no I/O;
+* compiled: the same cycle looked up in :data:`~workspace_lifecycle.machine.TABLE` (what the
+  pump uses instead of ``send``), also with no filtering and no I/O;
 * runtime: the same cycle written to a memory store in bursts, then applied by a
   :class:`~workspace_lifecycle.Lifecycle`'s pump (read the log, stale/duplicate filter,
   machine, publish each state change to a ``watch`` subscriber). Timed from the end of the
@@ -22,7 +25,7 @@ import anyio
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import AgentLifecycle, EventKind, JobStatus, StoreEvent, Transition
-from workspace_lifecycle.machine import WorkspaceMachine
+from workspace_lifecycle.machine import TABLE, WorkspaceMachine, select
 
 
 class _Model:
@@ -36,18 +39,14 @@ class _Model:
         return self
 
 
-def bare(cycles: int) -> float:
-    """Events/s of WorkspaceMachine.send over ``cycles`` cycles of 6 events."""
-
+def _plan() -> list[tuple[str, StoreEvent]]:
     def event(transition: Transition) -> StoreEvent:
         return StoreEvent(
             seq=1, kind=EventKind.BUILD_QUEUED, workspace_id="w", chat_id="c", transition=transition
         )
 
     start, stop = event(Transition.START), event(Transition.STOP)
-    model = _Model()
-    sm = WorkspaceMachine(model=model, state_field="state")
-    plan = [
+    return [
         ("build_queued", start),
         ("build_succeeded", start),
         ("agent_ready", start),
@@ -55,12 +54,34 @@ def bare(cycles: int) -> float:
         ("build_queued", stop),
         ("build_succeeded", stop),
     ]
+
+
+def bare(cycles: int) -> float:
+    """Events/s of WorkspaceMachine.send over ``cycles`` cycles of 6 events."""
+    model = _Model()
+    sm = WorkspaceMachine(model=model, state_field="state")
+    plan = _plan()
     t0 = time.perf_counter()
     for _ in range(cycles):
         for name, ev in plan:
             sm.send(name, ev=ev)
     elapsed = time.perf_counter() - t0
     assert model.state is wl.WorkspaceState.STOPPED
+    return cycles * len(plan) / elapsed
+
+
+def compiled(cycles: int) -> float:
+    """Events/s of the compiled table's lookup (``select``) over the same cycles as :func:`bare`."""
+    tracker = wl.Tracker("w", "c")
+    plan = _plan()
+    t0 = time.perf_counter()
+    for _ in range(cycles):
+        for name, ev in plan:
+            arc = select(TABLE, tracker, name, ev)
+            assert arc is not None
+            tracker.state = arc.target
+    elapsed = time.perf_counter() - t0
+    assert tracker.state is wl.WorkspaceState.STOPPED
     return cycles * len(plan) / elapsed
 
 
@@ -135,10 +156,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
     args = parser.parse_args(argv)
     bare_rate = bare(args.cycles)
+    compiled_rate = compiled(args.cycles * 10)
     runtime_rate = anyio.run(runtime, args.cycles, backend=args.backend)
     print(f"bare python-statemachine send: {bare_rate:>10,.0f} events/s")
+    print(f"bare compiled table:           {compiled_rate:>10,.0f} events/s")
     print(f"Lifecycle pump (memory store): {runtime_rate:>10,.0f} events/s ({args.backend})")
-    print(f"ratio runtime/bare:            {runtime_rate / bare_rate:>10.2f}")
+    print(f"ratio runtime/bare send:       {runtime_rate / bare_rate:>10.2f}")
+    print(f"ratio runtime/compiled table:  {runtime_rate / compiled_rate:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -47,14 +47,38 @@ class Entry:
     workspace: Workspace | None = None
     refs: int = 0
     buffer: list[StoreEvent] = attrs.Factory(list)
-    loaded: anyio.Event = attrs.Factory(anyio.Event)
-    changed: anyio.Event = attrs.Factory(anyio.Event)
     error: BaseException | None = None  # the load failed (its waiters raise it)
     corrupt: CorruptStateError | None = None  # its rows are unreadable: requests about it fail
+    # The events are made only when somebody sleeps on them: a delivery nobody waits for, or a
+    # load nobody else waits for, allocates nothing (10,000 waiting workspaces are the heap the
+    # garbage collector walks).
+    is_loaded: bool = False
+    _loaded: anyio.Event | None = None
+    _changed: anyio.Event | None = None
 
     def notify(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
+        """Wake everyone sleeping in :meth:`changed` (each delivery wakes them once)."""
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
+
+    async def changed(self) -> None:
+        """Sleep until the next :meth:`notify`."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
+
+    def set_loaded(self) -> None:
+        self.is_loaded = True
+        if self._loaded is not None:
+            self._loaded.set()
+
+    async def loaded(self) -> None:
+        """Sleep until the tracker was loaded (or its load failed)."""
+        if not self.is_loaded:
+            if self._loaded is None:
+                self._loaded = anyio.Event()
+            await self._loaded.wait()
 
     def current(self) -> Tracker:
         """The tracker; raises the corruption that made it unusable."""
@@ -101,7 +125,7 @@ class Registry:
                 # A watched chat got a new workspace: follow it from its first event.
                 entry = self.entries[event.workspace_id] = Entry(event.workspace_id)
                 entry.tracker = Tracker(event.workspace_id, event.chat_id, seq=event.seq)
-                entry.loaded.set()
+                entry.set_loaded()
                 self._kept.setdefault(event.chat_id, set()).add(event.workspace_id)
             return
         if entry.tracker is None:
@@ -213,7 +237,7 @@ class Registry:
                 return await self._load(workspace_id)
             entry.refs += 1
             try:
-                await entry.loaded.wait()
+                await entry.loaded()
             except BaseException:
                 self._release(entry)  # cancelled while another caller loads: drop our reference
                 raise
@@ -237,12 +261,12 @@ class Registry:
         except BaseException as exc:
             # Detach the failed entry at once, so the next caller loads afresh.
             entry.error = exc
-            entry.loaded.set()
+            entry.set_loaded()
             if self.entries.get(workspace_id) is entry:
                 del self.entries[workspace_id]
             self._release(entry)
             raise
-        entry.loaded.set()
+        entry.set_loaded()
         return entry
 
     def _release(self, entry: Entry) -> None:
@@ -292,10 +316,10 @@ class Registry:
             if condition.holds(entry.current()):
                 return
             if self.resync_interval is None:
-                await entry.changed.wait()
+                await entry.changed()
                 continue
             with anyio.move_on_after(self.resync_interval) as idle:
-                await entry.changed.wait()
+                await entry.changed()
             if idle.cancelled_caught:
                 # Safety net: nothing arrived for a while; if an event was lost, the rows have it.
                 self.resyncs += 1

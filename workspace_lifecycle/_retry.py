@@ -4,6 +4,10 @@ A write that raised :class:`~workspace_lifecycle.errors.TransientStoreError` may
 have committed. Every write is a compare-and-set, so the writer re-reads the rows and either
 answers with what they show (the write, or another caller's, moved them on) or retries the
 same write, which the compare-and-set makes safe.
+
+Identical writes of concurrent requests in this process (the same compare-and-set) share one
+execution (:class:`~workspace_lifecycle._flight.SingleFlight`): the callers that did not run it
+are answered as the losers of the race they would have lost.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 
+from ._flight import SingleFlight
 from .adapters.base import Outcome, Store
 from .errors import TransientStoreError
 from .values import Transition
@@ -29,6 +34,12 @@ class RetryingWriter:
         self.store = store
         self.retries = retries
         self.retried = 0
+        self._flights = SingleFlight[Outcome]()
+
+    @property
+    def shared(self) -> int:
+        """Writes not made because an identical one was in flight (single-flight)."""
+        return self._flights.shared
 
     async def _retry(
         self, write: Callable[[], Awaitable[Outcome]], reread: Callable[[], Awaitable[Outcome | None]]
@@ -79,7 +90,8 @@ class RetryingWriter:
                 return Outcome(fired=False, build=None, facts=facts)
             return None
 
-        return await self._retry(write, reread)
+        key = ("build", workspace_id, transition, expected, _frozen(parameters))
+        return await self._flights.run(key, lambda: self._retry(write, reread), _lost)
 
     async def create_workspace(
         self, chat_id: str, name: str, expected: str | None, parameters: Mapping[str, str]
@@ -102,4 +114,15 @@ class RetryingWriter:
                 return Outcome(fired=True, build=first, facts=facts)
             return Outcome(fired=False, build=None, facts=facts)
 
-        return await self._retry(write, reread)
+        key = ("create", chat_id, name, expected, _frozen(parameters))
+        return await self._flights.run(key, lambda: self._retry(write, reread), _lost)
+
+
+def _frozen(parameters: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(parameters.items()))
+
+
+def _lost(outcome: Outcome) -> Outcome:
+    """What an identical write answers once ``outcome``'s committed: it lost the race to it, and
+    sees the rows it left (as the store answers a compare-and-set that lost)."""
+    return Outcome(fired=False, build=None, facts=outcome.facts)

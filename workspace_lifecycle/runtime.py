@@ -23,6 +23,7 @@ import anyio
 
 from . import deadlines, steps
 from ._deadlines import DeadlineScheduler
+from ._flight import SharedReads
 from ._pump import EventPump
 from ._registry import Entry, Registry
 from ._retry import RetryingWriter
@@ -149,6 +150,7 @@ class Lifecycle(BackgroundService):
         )
         self._touching: dict[str, anyio.Event] = {}  # workspace id -> its touch in flight
         self._writer = RetryingWriter(store, retries=write_retries)
+        self._reads = SharedReads(store)  # concurrent requests share their first reads
         self._deferred = 0  # wait=False requests finishing in the background
         self._drained = anyio.Event()
 
@@ -425,20 +427,20 @@ class Lifecycle(BackgroundService):
     ) -> tuple[ToolResult, Chat | None]:
         """Run ``flow`` from the chat's row to its answer; return it with the row last read."""
         self._raise_if_failed()
-        chat = await self.store.get_chat(chat_id)
+        chat = await self._reads.get_chat(chat_id)
         step: Step = first_step(flow.request, chat, owner, flow.parameters)
         while True:
             if isinstance(step, Answer):
                 return step.result, chat
             if isinstance(step, Restart):
                 flow.restarted()
-                chat = await self.store.get_chat(chat_id)
+                chat = await self._reads.get_chat(chat_id)
                 step = first_step(flow.request, chat, owner, flow.parameters)
             elif isinstance(step, Create):
                 step = await self._create(flow, chat_id, step, name, span)
             elif isinstance(step, Track):
                 async with self._registry.track(step.workspace_id) as entry:
-                    await self._pump.caught_up(await self.store.head())
+                    await self._pump.caught_up(await self._reads.head())
                     step = await self._drive(flow, entry, chat_id, span)
             else:  # pragma: no cover - the flow asks for these only while a workspace is held
                 raise AssertionError(f"step {step!r} outside a tracked workspace")

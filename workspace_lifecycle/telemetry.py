@@ -94,9 +94,13 @@ class RequestSpan:
         if self.chat_id:
             _spans.setdefault(self.chat_id, set()).add(self)  # also without OpenTelemetry: for ``elapsed``
             if _tracer is not None:
-                self._cm = _tracer.start_as_current_span(f"workspace_lifecycle.{self.request}")
-                self._span = self._cm.__enter__()
-                self._span.set_attribute("chat", self.chat_id)
+                # The API without an SDK hands out non-recording spans: then skip making it the
+                # current span (a generator, a context and a token per request, for nothing).
+                span = _tracer.start_span(f"workspace_lifecycle.{self.request}")
+                if span.is_recording():
+                    self._cm = _otel_trace.use_span(span, end_on_exit=True)
+                    self._span = self._cm.__enter__()
+                    self._span.set_attribute("chat", self.chat_id)
         return self
 
     def __exit__(

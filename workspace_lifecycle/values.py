@@ -297,10 +297,14 @@ class Build:
         if self.status.finished:
             raise BuildConflictError(f"build {self.build_id} already finished ({self.status.value})")
         failed = status is not JobStatus.SUCCEEDED
-        done = attrs.evolve(
-            self, status=status, error=error if failed else None, details=checked if failed else None
+        starts_agent = not failed and self.transition is Transition.START
+        return attrs.evolve(
+            self,
+            status=status,
+            error=error if failed else None,
+            details=checked if failed else None,
+            has_agent=has_agent if starts_agent else None,
         )
-        return attrs.evolve(done, has_agent=has_agent if done.starts_agent else None)
 
 
 @attrs.frozen
