@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.abc
 import pytest
 
 import workspace_lifecycle as wl
@@ -121,29 +120,17 @@ async def workspace_id(store: wl.Store, chat: str) -> str:
     return row.workspace_id
 
 
-async def state_leaves(lc: wl.Lifecycle, chat: str, state: wl.WorkspaceState) -> wl.WorkspaceState:
-    """Wait on the runtime's own state changes (no polling here either) until ``chat`` leaves
-    ``state``; the watch is subscribed before the state is read, so no change is missed."""
-    result: list[wl.WorkspaceState] = []
-
-    async def follow(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        changes = lc.watch(chat)
-        try:
-            task_status.started()  # the watch subscribes on its first step, before any await
-            async for change in changes:
-                if change.to_state is not state:
-                    result.append(change.to_state)
-                    return
-        finally:
-            await changes.aclose()
-
-    async with anyio.create_task_group() as tg:
-        await tg.start(follow)
+async def state_leaves(
+    lc: wl.Lifecycle, store: wl.Store, chat: str, state: wl.WorkspaceState
+) -> wl.WorkspaceState:
+    """Wait until the runtime's state of ``chat`` is not ``state``, woken by the store's log
+    (the head is read before the state, so no change is missed; nothing polls)."""
+    while True:
+        cursor = await store.head()
         now = await lc.state(chat)
         if now is not state:
-            result.append(now)
-            tg.cancel_scope.cancel()
-    return result[0]
+            return now
+        await store.wait_for_change(cursor)
 
 
 @pytest.fixture
@@ -244,7 +231,10 @@ async def test_an_agent_late_past_its_timeout_still_becomes_ready(
         async with provisioner(store, command("serve", "{port}", "1.2"), ready_timeout=0.4):
             answer = await lc.create_workspace("c1", owner=OWNER, name="dev")
             assert answer.data["lifecycle_state"] == "start_timeout", answer.text
-            assert await state_leaves(lc, "c1", wl.WorkspaceState.RUNNING) is wl.WorkspaceState.AGENT_READY
+            assert (
+                await state_leaves(lc, store, "c1", wl.WorkspaceState.RUNNING)
+                is wl.WorkspaceState.AGENT_READY
+            )
             assert (await lc.delete_workspace("c1", owner=OWNER)).data["deleted"] is True
 
 
@@ -258,7 +248,10 @@ async def test_kill_9_of_a_ready_workspace_turns_its_agent_off(
             ws = await workspace_id(store, "c1")
             pid = state_of(root, ws)["pid"]
             os.kill(pid, signal.SIGKILL)
-            assert await state_leaves(lc, "c1", wl.WorkspaceState.AGENT_READY) is wl.WorkspaceState.RUNNING
+            assert (
+                await state_leaves(lc, store, "c1", wl.WorkspaceState.AGENT_READY)
+                is wl.WorkspaceState.RUNNING
+            )
             facts = await store.workspace_facts(ws)
             assert facts.agent is not None and facts.agent.lifecycle is wl.AgentLifecycle.OFF
             assert gone(pid)
@@ -288,12 +281,18 @@ async def test_a_restarted_provisioner_adopts_what_runs_and_reports_what_died(
         assert await lc.state("c2") is wl.WorkspaceState.AGENT_READY  # nobody watches: not yet known
 
         async with provisioner(store, command("serve", "{port}")) as second:
-            assert await state_leaves(lc, "c2", wl.WorkspaceState.AGENT_READY) is wl.WorkspaceState.RUNNING
+            assert (
+                await state_leaves(lc, store, "c2", wl.WorkspaceState.AGENT_READY)
+                is wl.WorkspaceState.RUNNING
+            )
             assert gone(pid2) and state_of(root, ws2)["ended"] is not None
             assert await lc.state("c1") is wl.WorkspaceState.AGENT_READY
             assert second.pids == [pid1]  # adopted, and watched: its end is noticed
             os.kill(pid1, signal.SIGKILL)
-            assert await state_leaves(lc, "c1", wl.WorkspaceState.AGENT_READY) is wl.WorkspaceState.RUNNING
+            assert (
+                await state_leaves(lc, store, "c1", wl.WorkspaceState.AGENT_READY)
+                is wl.WorkspaceState.RUNNING
+            )
             assert gone(pid1)
 
 
@@ -320,13 +319,20 @@ async def test_a_restarted_provisioner_adopts_a_process_it_did_not_spawn(
             ]
         )
         pid = int(launcher.stdout)
-        ticks = (await anyio.Path(f"/proc/{pid}/stat").read_text()).rsplit(")", 1)[1].split()[19]
-        (root / ws / STATE_FILE).write_text(json.dumps({**old, "pid": pid, "start_ticks": int(ticks)}))
-        async with provisioner(store, command("serve", "{port}")) as second:
-            assert second.pids == [pid]
-            os.kill(pid, signal.SIGKILL)
-            assert await state_leaves(lc, "c1", wl.WorkspaceState.AGENT_READY) is wl.WorkspaceState.RUNNING
-        assert "exit status is unknown" in (root / ws / "workspace.log").read_text()
+        try:
+            ticks = (await anyio.Path(f"/proc/{pid}/stat").read_text()).rsplit(")", 1)[1].split()[19]
+            (root / ws / STATE_FILE).write_text(json.dumps({**old, "pid": pid, "start_ticks": int(ticks)}))
+            async with provisioner(store, command("serve", "{port}")) as second:
+                assert second.pids == [pid]
+                os.kill(pid, signal.SIGKILL)
+                assert (
+                    await state_leaves(lc, store, "c1", wl.WorkspaceState.AGENT_READY)
+                    is wl.WorkspaceState.RUNNING
+                )
+            assert "exit status is unknown" in (root / ws / "workspace.log").read_text()
+        finally:
+            if running(pid):  # the test failed before the provisioner ended it
+                os.kill(pid, signal.SIGKILL)
 
 
 async def test_names_that_escape_the_root_are_refused(
@@ -340,6 +346,10 @@ async def test_names_that_escape_the_root_are_refused(
         with pytest.raises(wl.WorkspaceRefused, match="would leave the root"):
             p.workspace_dir(name)
     assert p.workspace_dir("ok-id") == await anyio.Path(root).resolve() / "ok-id"
+    await anyio.Path(root / "real").mkdir()
+    await anyio.Path(root / "link").symlink_to(root / "real", target_is_directory=True)
+    with pytest.raises(wl.WorkspaceRefused):  # a symlink, even to a directory in the root
+        p.workspace_dir("link")
 
     # A workspace directory that is a symlink out of the root: its build fails, nothing is written.
     with anyio.fail_after(20):
@@ -379,7 +389,8 @@ async def test_on_trio(anyio_backend: str, provisioner: Factory, root: Path) -> 
                 pid = p.pids[0]
                 os.kill(pid, signal.SIGKILL)
                 assert (
-                    await state_leaves(lc, "c1", wl.WorkspaceState.AGENT_READY) is wl.WorkspaceState.RUNNING
+                    await state_leaves(lc, store, "c1", wl.WorkspaceState.AGENT_READY)
+                    is wl.WorkspaceState.RUNNING
                 )
                 assert (await lc.delete_workspace("c1", owner=OWNER)).data["deleted"] is True
 

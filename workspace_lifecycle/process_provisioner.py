@@ -229,8 +229,8 @@ class ProcessProvisioner(BackgroundService):
     # --- paths and environment ------------------------------------------------------------
 
     def workspace_dir(self, workspace_id: str) -> Path:
-        """The directory of ``workspace_id``: a direct child of the root, after symlinks are
-        resolved; anything else raises :class:`WorkspaceRefused`.
+        """The directory of ``workspace_id``: a direct child of the root that is not a symlink;
+        anything else (``..``, a separator, a symlink) raises :class:`WorkspaceRefused`.
 
         >>> ProcessProvisioner(None, root="/srv/ws", command=["x"]).workspace_dir("../etc")  # type: ignore[arg-type]
         Traceback (most recent call last):
@@ -240,7 +240,7 @@ class ProcessProvisioner(BackgroundService):
         root = self.root.resolve()
         bad = not workspace_id or workspace_id in (".", "..") or any(c in workspace_id for c in "/\\\x00")
         path = root / workspace_id if not bad else root
-        if bad or path.resolve().parent != root:
+        if bad or path.is_symlink() or path.resolve().parent != root:
             raise WorkspaceRefused(f"workspace id {workspace_id!r} would leave the root {self.root}")
         return path
 
@@ -286,6 +286,8 @@ class ProcessProvisioner(BackgroundService):
             async with anyio.create_task_group() as tg:
                 try:
                     await self._recover(tg)
+                except StoreClosedError:
+                    return
                 finally:
                     if self._recovered is not None:
                         self._recovered.set()
@@ -367,10 +369,16 @@ class ProcessProvisioner(BackgroundService):
                 proc.build_done.set()
             return
         try:
-            await self._finish(build, JobStatus.SUCCEEDED, None, has_agent=True)
-            proc.built = True
+            proc.built = await self._finish(build, JobStatus.SUCCEEDED, None, has_agent=True)
         finally:
             proc.build_done.set()
+        if not proc.built:  # the build was failed meanwhile (a reaper): nothing may run for it
+            log.warning(
+                "process provisioner: build %s was finished by another party; ending its process",
+                build.build_id,
+            )
+            await self._end(proc)
+            return
         if outcome != "ready":
             outcome = await self._probe(proc, started + self.ready_timeout)
         if outcome == "timeout":
@@ -407,8 +415,6 @@ class ProcessProvisioner(BackgroundService):
             await self._end(proc)
         if build.transition is Transition.DELETE:
             path = self.workspace_dir(build.workspace_id)
-            if path.is_symlink():
-                raise WorkspaceRefused(f"workspace directory {path} is a symlink; it is not removed")
             if path.exists():
                 await anyio.to_thread.run_sync(shutil.rmtree, path)
         await self._finish(build, JobStatus.SUCCEEDED, None, has_agent=False)
@@ -652,14 +658,22 @@ class ProcessProvisioner(BackgroundService):
         details: Mapping[str, Any] | None = None,
         *,
         has_agent: bool = False,
-    ) -> None:
+    ) -> bool:
+        """Finish ``build``; False if it had been finished already (by a reaper, say)."""
         extra = {} if details is None else {"details": details}
-        with contextlib.suppress(BuildConflictError):
+        try:
             await self._retrying(
                 lambda: self.store.finish_build(build.build_id, status, error, has_agent=has_agent, **extra),
                 until_it_lands=True,
             )
-        self.builds_done += 1
+        except BuildConflictError:
+            # An earlier attempt committed although its caller saw an error, or another party
+            # finished it: the stored outcome is the one that counts.
+            stored = await self.store.get_build(build.build_id)
+            return stored.status is status
+        finally:
+            self.builds_done += 1
+        return True
 
     async def _retrying(self, call: Callable[[], Awaitable[object]], *, until_it_lands: bool = False) -> None:
         """A store write, retried after transient failures (``finish_build`` refuses a second
