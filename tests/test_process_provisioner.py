@@ -296,6 +296,36 @@ async def test_a_restarted_provisioner_adopts_what_runs_and_reports_what_died(
             assert gone(pid1)
 
 
+async def test_a_restarted_provisioner_honours_the_builds_made_while_it_was_away(
+    store: wl.Store, lc: wl.Lifecycle, provisioner: Factory, root: Path
+) -> None:
+    """c1's stop build is pending: the adopted process is ended by it. c2's stop was finished
+    by another party: the store says stopped, so the process found running is ended."""
+    with anyio.fail_after(30):
+        await lc.register_chat("c2", owner=OWNER)
+        async with provisioner(store, command("serve", "{port}")):
+            await lc.create_workspace("c1", owner=OWNER, name="one")
+            await lc.create_workspace("c2", owner=OWNER, name="two")
+        ws1, ws2 = await workspace_id(store, "c1"), await workspace_id(store, "c2")
+        pid1, pid2 = state_of(root, ws1)["pid"], state_of(root, ws2)["pid"]
+        await lc.stop_workspace("c2", owner=OWNER, wait=False)
+        await lc.stop_workspace("c1", owner=OWNER, wait=False)
+        other = await store.claim_build("another-worker")  # the oldest pending build: c2's stop
+        assert other is not None and other.workspace_id == ws2
+        await store.finish_build(other.build_id, "succeeded", has_agent=False)
+        assert await lc.state("c2") is wl.WorkspaceState.STOPPED and not gone(pid2)
+        assert await lc.state("c1") is wl.WorkspaceState.BUILDING
+
+        async with provisioner(store, command("serve", "{port}")) as second:
+            await dead(pid2)  # ended at start-up: the store says its workspace is stopped
+            assert sorted(second.pids) == sorted([pid1, pid2])  # both adopted first
+            assert (
+                await state_leaves(lc, store, "c1", wl.WorkspaceState.BUILDING) is wl.WorkspaceState.STOPPED
+            )
+            assert gone(pid1)  # the adopted process was ended by the stop build
+        assert gone(pid1) and gone(pid2)
+
+
 async def test_a_restarted_provisioner_adopts_a_process_it_did_not_spawn(
     store: wl.Store, lc: wl.Lifecycle, provisioner: Factory, root: Path
 ) -> None:
