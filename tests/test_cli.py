@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import anyio
@@ -118,6 +119,22 @@ class TestDemo:
             "demo" in out and "agent_ready" in out and "#8 start succeeded" in out and "idle stop at" in out
         )
 
+    def test_process(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """demo --process: real HTTP servers; a real port answers, a kill -9 turns the agent off,
+        and every process is gone at the end."""
+        assert cli.main(["demo", "--process", "--db", "memory://"]) == 0
+        out = capsys.readouterr().out
+        answers = [line for line in out.splitlines() if "answers at http://127.0.0.1:" in line]
+        assert len(answers) == 2 and all(line.endswith(": HTTP/1.0 200 OK") for line in answers)
+        for change in ["running -> agent_ready", "agent_ready -> running", "building -> no_workspace"]:
+            assert change in out, change
+        pids = [int(line.split("(pid ", 1)[1].split(")", 1)[0]) for line in answers]
+        assert pids[0] != pids[1] and out.count("is gone") == 2
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        assert "final state of 'demo': no_workspace" in out
+
 
 class TestDiagram:
     def test_mermaid_has_all_states(self, capsys: pytest.CaptureFixture[str]) -> None:
@@ -190,10 +207,27 @@ class TestMistakes:
         assert cli.main(argv) == 2
         assert "workspace-lifecycle" in _one_line_error(capsys.readouterr().err)
 
-    def test_provision_needs_simulate(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """Only the simulated provisioner is built in, and the error says so."""
+    def test_provision_needs_a_provisioner(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """provision without --simulate or --process names both, and exits 2."""
         assert cli.main(["provision", "--db", "memory://"]) == 2
-        assert "only the simulated provisioner" in _one_line_error(capsys.readouterr().err)
+        line = _one_line_error(capsys.readouterr().err)
+        assert "choose a provisioner" in line and "--simulate" in line and "--process -- CMD ARGS" in line
+
+    @pytest.mark.parametrize(
+        ("argv", "sentence"),
+        [
+            (["--simulate", "--process", "--", "true"], "use exactly one of --simulate and --process"),
+            (["--process"], "--process needs the workspace command after --"),
+            (["--process", "--"], "--process needs the workspace command after --"),
+            (["--simulate", "--", "python", "x.py"], "--simulate takes no command"),
+        ],
+        ids=["both", "process-without-command", "process-empty-command", "simulate-with-command"],
+    )
+    def test_provision_process_usage(
+        self, argv: list[str], sentence: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert cli.main(["provision", "--db", "memory://", *argv]) == 2
+        assert sentence in _one_line_error(capsys.readouterr().err)
 
     @pytest.mark.parametrize(
         "command",
@@ -390,6 +424,33 @@ def test_two_terminals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     finally:
         err = _ctrl_c(provisioner)
     assert "c1" in err and "building -> running" in err
+
+
+@needs_sqlite
+def test_provision_process_in_another_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """provision --process -- CMD in one process, create and delete in others: the workspace
+    is a real server in a directory under --root, and a delete ends it."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    root = tmp_path / "ws"
+    server = [sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+    provisioner = _interruptible("provision", "--process", "--db", url, "--root", str(root), "--", *server)
+    try:
+        assert provisioner.stderr is not None
+        assert "Ctrl-C" in provisioner.stderr.readline()
+        assert cli.main(["create", "c1", "--owner", "alice", "--db", url, "--timeout", "20", "--json"]) == 0
+        answer = json.loads(capsys.readouterr().out)
+        assert answer["created"] is True and "startup_scripts" not in answer, answer
+        (directory,) = root.iterdir()
+        state = json.loads((directory / "workspace.json").read_text())
+        assert Path(f"/proc/{state['pid']}").exists()
+        with urllib.request.urlopen(f"http://127.0.0.1:{state['port']}/", timeout=10) as response:
+            assert response.status == 200
+        assert cli.main(["delete", "c1", "--owner", "alice", "--db", url, "--timeout", "20", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["deleted"] is True
+        assert not directory.exists() and not Path(f"/proc/{state['pid']}").exists()
+    finally:
+        err = _ctrl_c(provisioner)
+    assert "running -> agent_ready" in err
 
 
 def test_watch_stops_cleanly_on_ctrl_c() -> None:

@@ -31,6 +31,8 @@ from .machine import Request as Request
 from .machine import Tracker as Tracker
 from .machine import WorkspaceMachine as WorkspaceMachine
 from .machine import derive_state as derive_state
+from .process_provisioner import ProcessProvisioner as ProcessProvisioner
+from .process_provisioner import WorkspaceRefused as WorkspaceRefused
 from .provisioner import SimulatedFailure as SimulatedFailure
 from .provisioner import SimulatedProvisioner as SimulatedProvisioner
 from .provisioner import quota_failure as quota_failure
@@ -80,6 +82,7 @@ __all__ = [
     "Outcome",
     "OwnershipError",
     "Policy",
+    "ProcessProvisioner",
     "Reason",
     "Request",
     "SimulatedFailure",
@@ -102,6 +105,7 @@ __all__ = [
     "WorkspaceFacts",
     "WorkspaceLifecycleError",
     "WorkspaceMachine",
+    "WorkspaceRefused",
     "WorkspaceState",
     "derive_state",
     "dispatch_tool",

@@ -23,9 +23,12 @@ import importlib
 import json
 import math
 import os
+import signal
 import sqlite3
 import sys
+import tempfile
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +44,7 @@ from .adapters.base import ChatRow, Store
 from .diagram import FORMATS, GraphvizMissingError, PydotMissingError, render
 from .errors import WorkspaceLifecycleError
 from .machine import derive_state
+from .process_provisioner import ProcessProvisioner
 from .provisioner import SimulatedFailure, SimulatedProvisioner, quota_failure
 from .runtime import Lifecycle
 from .values import (
@@ -245,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="the chat's idle_stop_after in the between-turns part (1.0)",
     )
+    demo.add_argument(
+        "--process",
+        action="store_true",
+        help="run the chat on real processes instead: each workspace a small HTTP server "
+        "(python -m http.server) in a temporary directory, ready when its port answers; prints "
+        "its URL and one HTTP response (--build-seconds and --agent-seconds do not apply)",
+    )
     demo.set_defaults(handler=_demo)
 
     diagram = command(
@@ -312,13 +323,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     provision = command(
         "provision",
-        "run the simulated provisioner until Ctrl-C",
-        "Claim pending builds in the database and complete them, as a provisioner would, until "
-        "Ctrl-C; state changes are printed to stderr. Only the simulated provisioner is built "
-        "in, so --simulate is required. Creates a missing SQLite file, so it can be started "
-        "first on a fresh database.",
+        "run a provisioner (--simulate, or --process -- CMD ARGS) until Ctrl-C",
+        "Claim pending builds in the database and complete them until Ctrl-C; state changes "
+        "are printed to stderr. Choose exactly one provisioner: --simulate completes builds "
+        "after a delay; --process runs each workspace as a real process of CMD ARGS in a "
+        "directory of its own under --root, ready when its port answers. Workspace processes "
+        "keep running after Ctrl-C; the next 'provision --process' on the same --root adopts "
+        "them. Creates a missing SQLite file, so it can be started first on a fresh database.",
     )
     provision.add_argument("--simulate", action="store_true", help="run the simulated provisioner")
+    provision.add_argument(
+        "--process",
+        action="store_true",
+        help="run each workspace as a real process: the command after -- (an argv, no shell; "
+        "{port} in it and $PORT are the port its readiness probe connects to)",
+    )
     db(provision)
     provision.add_argument(
         "--build-seconds", type=_seconds, default=1.0, metavar="S", help="how long each build takes (1.0)"
@@ -339,6 +358,33 @@ def build_parser() -> argparse.ArgumentParser:
         default="ready",
         metavar="STATE",
         help="the lifecycle state agents reach: ready (default), start_error, start_timeout, ..., or none for no agent",
+    )
+    process_group = provision.add_argument_group("with --process")
+    process_group.add_argument(
+        "--root",
+        default="workspaces",
+        metavar="DIR",
+        help="the directory that holds one directory per workspace (./workspaces)",
+    )
+    process_group.add_argument(
+        "--ready-timeout",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="S",
+        help="seconds until an agent whose port does not answer is start_timeout (30)",
+    )
+    process_group.add_argument(
+        "--stop-grace",
+        type=_positive_seconds,
+        default=5.0,
+        metavar="S",
+        help="seconds between SIGTERM and SIGKILL when a workspace is stopped (5)",
+    )
+    provision.add_argument(
+        "workspace_command",
+        nargs="*",
+        metavar="-- CMD ARGS",
+        help="with --process: the workspace command, e.g. -- python -m http.server {port} --bind 127.0.0.1",
     )
     provision.set_defaults(handler=_provision)
 
@@ -557,6 +603,8 @@ def _demo(args: argparse.Namespace) -> int:
         if path is not None:
             for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
                 name.unlink(missing_ok=True)
+    if args.process:
+        return _run(_demo_process_async, store, args)
     return _run(_demo_async, store, args)
 
 
@@ -673,6 +721,91 @@ async def _demo_async(store: Store, args: argparse.Namespace) -> int:
         flag = " (is_error)" if result.is_error else ""
         _out(f"  {label:<{width}}  {result.text}{flag}")
     return 0
+
+
+async def _demo_process_async(store: Store, args: argparse.Namespace) -> int:
+    """The scripted chat on real processes: each workspace a small HTTP server."""
+    owner = "alice"
+    t0 = time.monotonic()
+    command = [sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+
+    crashed = anyio.Event()
+
+    def show(change: StateChange) -> None:
+        latency = (time.time() - change.at) * 1000
+        _out(f"    +{time.monotonic() - t0:6.3f}s  {_change_line(change)} latency {latency:6.1f} ms")
+        if change.from_state is WorkspaceState.AGENT_READY and change.to_state is WorkspaceState.RUNNING:
+            crashed.set()
+
+    def answered(label: str, result: ToolResult) -> None:
+        _out(f"  = {label}: {result.text}")
+
+    with tempfile.TemporaryDirectory(prefix="workspace-lifecycle-demo-") as root:
+        provisioner = ProcessProvisioner(store, root=root, command=command, stop_grace=2.0)
+        async with _opened(store), provisioner, Lifecycle(store) as lc:
+            chat = await _unused_chat(store, "demo")
+            _out(f"{PROG} demo --process: chat {chat!r} of {owner!r} on {store.url or args.db}")
+            _out(f"(each workspace is a real process, {' '.join(command)}, in a directory under {root})")
+            async with anyio.create_task_group() as tg:
+                await tg.start(_follow, lc, chat, show)
+                await lc.register_chat(chat, owner=owner)
+
+                _out("\n> create_workspace(name='dev')  (ready once its port answers)")
+                answered("create_workspace", await lc.create_workspace(chat, owner=owner, name="dev"))
+                await _settle()
+                first = await _show_server(store, chat, provisioner)
+
+                _out("\n> stop_workspace()  (SIGTERM to the server; its directory stays)")
+                answered("stop_workspace", await lc.stop_workspace(chat, owner=owner))
+                await _settle()
+                _out(f"  = pid {first} {'is gone' if not _pid_exists(first) else 'still runs'}")
+
+                _out("\n> start_workspace()  (a new process)")
+                answered("start_workspace", await lc.start_workspace(chat, owner=owner))
+                await _settle()
+                second = await _show_server(store, chat, provisioner)
+
+                _out(f"\n> kill -9 {second}  (the server crashes: its end is an event, the agent turns off)")
+                os.kill(second, signal.SIGKILL)
+                with anyio.fail_after(30):
+                    await crashed.wait()
+                await _settle()
+
+                _out("\n> delete_workspace()  (the process ends and its directory is removed)")
+                answered("delete_workspace", await lc.delete_workspace(chat, owner=owner))
+                await _settle()
+                _out(f"  = pid {second} {'is gone' if not _pid_exists(second) else 'still runs'}")
+                tg.cancel_scope.cancel()
+            state = await lc.state(chat)
+    _out(f"\nfinal state of {chat!r}: {state.value} ({time.monotonic() - t0:.2f} s)")
+    return 0
+
+
+async def _show_server(store: Store, chat: str, provisioner: ProcessProvisioner) -> int:
+    """Print the workspace's URL and the status line its server answers; return its pid."""
+    row = await store.get_chat(chat)
+    assert row is not None and row.workspace_id is not None
+    state = json.loads((provisioner.workspace_dir(row.workspace_id) / "workspace.json").read_text())
+    url = f"http://127.0.0.1:{state['port']}/"
+
+    def fetch() -> str:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return (
+                f"HTTP/{response.version // 10}.{response.version % 10} {response.status} {response.reason}"
+            )
+
+    line = await anyio.to_thread.run_sync(fetch)
+    _out(f"  = the workspace (pid {state['pid']}) answers at {url}: {line}")
+    pid: int = state["pid"]
+    return pid
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 async def _between_turns(
@@ -1063,13 +1196,44 @@ def _is_tty(stream: TextIO) -> bool:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    if not args.simulate:
+    if args.simulate and args.process:
+        raise CliError("use exactly one of --simulate and --process", 2)
+    if not args.simulate and not args.process:
         raise CliError(
-            "only the simulated provisioner is built in; run 'provision --simulate' "
+            "choose a provisioner: 'provision --simulate', or 'provision --process -- CMD ARGS' "
             "(a real provisioner calls the store's claim_build, finish_build and report_agent)",
             2,
         )
+    if args.process:
+        if not args.workspace_command:
+            raise CliError(
+                "--process needs the workspace command after --, e.g. "
+                "'provision --process -- python -m http.server {port} --bind 127.0.0.1'",
+                2,
+            )
+        args.root = str(Path(args.root).resolve())
+        return _interruptible(_provision_process, _database(args.db, create=True), args)
+    if args.workspace_command:
+        raise CliError(f"--simulate takes no command; got {' '.join(args.workspace_command)!r}", 2)
     return _interruptible(_provision_async, _database(args.db, create=True), args)
+
+
+async def _provision_process(store: Store, args: argparse.Namespace) -> int:
+    provisioner = ProcessProvisioner(
+        store,
+        root=args.root,
+        command=args.workspace_command,
+        ready_timeout=args.ready_timeout,
+        stop_grace=args.stop_grace,
+    )
+    async with _opened(store), provisioner, Lifecycle(store) as lc:
+        _out(
+            f"process provisioner on {store.url}: workspaces in {args.root}, command "
+            f"{args.workspace_command}; Ctrl-C to stop (the workspace processes keep running)",
+            sys.stderr,
+        )
+        await _follow(lc, None, lambda change: _out(_watch_line(change), sys.stderr))
+    return 0
 
 
 async def _provision_async(store: Store, args: argparse.Namespace) -> int:

@@ -1,0 +1,693 @@
+"""A real provisioner: each workspace is a directory under a root and a child process in it.
+
+:class:`ProcessProvisioner` claims builds with the same store calls as any provisioner
+(``claim_build``, ``finish_build``, ``report_agent``) and does them for real:
+
+* a **start** build gives the workspace a free TCP port on 127.0.0.1 and spawns its command
+  (an argv list, never a shell string: ``{port}`` in any argument is replaced by the port, and
+  ``$PORT`` is in its environment) in the workspace's directory, with its output appended to
+  ``workspace.log`` there. The build succeeds once the process is spawned and has lived through
+  ``spawn_grace`` seconds (or answered the probe sooner); a process that exits within them fails
+  the build, with its exit status and its last lines of output as the reason. The agent is
+  reported ``ready`` when the probe passes (a TCP connect to the port), ``start_timeout`` when it
+  has not passed ``ready_timeout`` seconds after the spawn (probing goes on, and a later pass
+  still reports ``ready``), and ``start_error`` when the process exits after the build
+  succeeded but before it was ready.
+* a **stop** build ends the process group (SIGTERM, then SIGKILL after ``stop_grace``) and keeps
+  the directory; a **delete** build also removes the directory.
+* a process that ends on its own while its agent is ready (a crash, a ``kill -9``) is noticed
+  by waiting on it (a pidfd, an event; nothing polls) and its agent is reported ``off``.
+* the pid of each process (and its start time, to tell a reused pid) is kept in
+  ``workspace.json`` in its directory. A provisioner starting on a root adopts the processes
+  that still run and reports those that died while no provisioner watched.
+
+Linux only (``os.pidfd_open``). One provisioner per root, on one host; several provisioners
+on one store must each own the workspaces they start (leases, which make that safe across
+hosts, are coming).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+import attrs
+
+from ._service import BackgroundService
+from .adapters.base import Store
+from .errors import BuildConflictError, CallerError, StoreClosedError, StoreError, TransientStoreError
+from .values import AgentLifecycle, Build, JobStatus, Transition
+
+__all__ = ["ProcessProvisioner", "WorkspaceRefused"]
+
+log = logging.getLogger("workspace_lifecycle.process_provisioner")
+
+LOG_FILE = "workspace.log"
+STATE_FILE = "workspace.json"
+#: What a valid environment variable name looks like (POSIX portable names).
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MAX_REASON = 2000
+
+#: Processes a provisioner of this interpreter left running when it stopped, so that a later
+#: provisioner here reaps them (they are still this interpreter's children) and no ``Popen`` is
+#: dropped while its child runs.
+_KEPT: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class WorkspaceRefused(ValueError):
+    """A build the provisioner will not do: its workspace id would leave the root, or its
+    parameters cannot be environment variables. The build fails with this sentence."""
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot, ``/proc/PID/stat`` field 22), or
+    ``None`` if no such process runs: with the pid it names one process, even if pids wrap."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # a zombie has ended: only its parent's wait is left
+        return None
+    return int(fields[19])
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _exit_text(status: int | None) -> str:
+    """``exited with status 1``, ``was killed by signal 9 (SIGKILL)``."""
+    if status is None:
+        return "ended (its exit status is unknown: it was started by an earlier provisioner)"
+    if status < 0:
+        try:
+            name = f" ({signal.Signals(-status).name})"
+        except ValueError:
+            name = ""
+        return f"was killed by signal {-status}{name}"
+    return f"exited with status {status}"
+
+
+def _spawn(
+    path: Path, argv: list[str], env: dict[str, str], header: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``argv`` in ``path`` (no shell), its output appended to the workspace's log; return
+    the process and where its output begins in the log."""
+    with open(path / LOG_FILE, "ab") as out:
+        out.write(f"--- workspace-lifecycle: {header}\n".encode())
+        out.flush()
+        offset = out.tell()
+        popen = subprocess.Popen(
+            argv,
+            cwd=path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a stop ends its children too
+        )
+    return popen, offset
+
+
+def _note(path: Path, text: str) -> None:
+    """A line of the provisioner's own in the workspace's log."""
+    with contextlib.suppress(OSError), open(path / LOG_FILE, "ab") as out:
+        out.write(f"--- workspace-lifecycle: {text}\n".encode())
+
+
+def _reap(proc: _Proc) -> int | None:
+    """The exit status of an ended process (its pidfd is readable): this interpreter's child is
+    reaped; another's (adopted after a restart) has a status only its parent could read."""
+    if proc.popen is not None:
+        return proc.popen.poll()
+    with contextlib.suppress(ChildProcessError):
+        pid, code = os.waitpid(proc.pid, os.WNOHANG)
+        if pid:
+            return os.waitstatus_to_exitcode(code)
+    return None
+
+
+@attrs.define(eq=False)
+class _Proc:
+    """One workspace process, from its spawn (or adoption) to its end."""
+
+    workspace_id: str
+    pid: int
+    pidfd: int
+    start_ticks: int
+    port: int
+    build_number: int
+    popen: subprocess.Popen[bytes] | None  # None: adopted from another (dead) provisioner process
+    log_offset: int = 0
+    status: int | None = None  # the exit status, once ended (None if it is not ours to read)
+    ready: bool = False  # the agent was reported ready
+    ending: bool = False  # a stop or delete build ends it: its end is no agent report
+    built: bool = False  # its start build succeeded: its end is the agent's to report
+    exited: anyio.Event = attrs.field(factory=anyio.Event)
+    build_done: anyio.Event = attrs.field(factory=anyio.Event)
+    reports: anyio.Lock = attrs.field(factory=anyio.Lock)  # one agent report at a time, in order
+
+
+class ProcessProvisioner(BackgroundService):
+    """Runs each workspace as a real process: see the module's description.
+
+    ``root`` is the directory that holds one directory per workspace (named by its workspace
+    id; created if missing). ``command`` is the argv template; ``env`` adds environment
+    variables to the provisioner's own; build parameters are added as
+    ``parameter_prefix + name`` (``WL_PARAM_region``), and a name that is not a valid
+    environment variable name fails the build.
+
+    >>> ProcessProvisioner(None, root=".", command="python -m http.server")  # type: ignore[arg-type]
+    Traceback (most recent call last):
+    ...
+    TypeError: command must be an argv list (such as ['python', '-m', 'http.server', '{port}']), not a string
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        root: str | os.PathLike[str],
+        command: Sequence[str],
+        ready_timeout: float = 30.0,
+        stop_grace: float = 5.0,
+        spawn_grace: float = 0.5,
+        probe_interval: float = 0.05,
+        env: Mapping[str, str] | None = None,
+        parameter_prefix: str = "WL_PARAM_",
+        output_lines: int = 10,
+        worker: str | None = None,
+        retries: int = 8,
+    ) -> None:
+        if isinstance(command, (str, bytes)):
+            raise TypeError(
+                "command must be an argv list (such as ['python', '-m', 'http.server', '{port}']), not a string"
+            )
+        if not command or not all(isinstance(arg, str) for arg in command):
+            raise ValueError("command must be a non-empty list of strings")
+        if min(ready_timeout, stop_grace, probe_interval) <= 0 or spawn_grace < 0:
+            raise ValueError("ready_timeout, stop_grace and probe_interval must be positive")
+        if parameter_prefix and not ENV_NAME.fullmatch(parameter_prefix):
+            raise ValueError(f"parameter_prefix {parameter_prefix!r} does not start a valid environment name")
+        if not hasattr(os, "pidfd_open"):
+            raise RuntimeError("ProcessProvisioner needs Linux (os.pidfd_open) to watch its processes")
+        self.store = store
+        self.root = Path(root)
+        self.command = list(command)
+        self.ready_timeout = ready_timeout
+        self.stop_grace = stop_grace
+        self.spawn_grace = spawn_grace
+        self.probe_interval = probe_interval
+        self.env = dict(env or {})
+        self.parameter_prefix = parameter_prefix
+        self.output_lines = output_lines
+        self.worker = worker or f"process:{socket.gethostname()}:{os.getpid()}"
+        self.retries = retries
+        self._procs: dict[str, _Proc] = {}
+        self._recovered: anyio.Event | None = None  # set once _recover is done (see __aenter__)
+        self.builds_done = 0
+        #: Every pid this provisioner spawned or adopted (tests check that each one has ended).
+        self.pids: list[int] = []
+
+    # --- paths and environment ------------------------------------------------------------
+
+    def workspace_dir(self, workspace_id: str) -> Path:
+        """The directory of ``workspace_id``: a direct child of the root that is not a symlink;
+        anything else (``..``, a separator, a symlink) raises :class:`WorkspaceRefused`.
+
+        >>> ProcessProvisioner(None, root="/srv/ws", command=["x"]).workspace_dir("../etc")  # type: ignore[arg-type]
+        Traceback (most recent call last):
+        ...
+        workspace_lifecycle.process_provisioner.WorkspaceRefused: workspace id '../etc' would leave the root /srv/ws
+        """
+        root = self.root.resolve()
+        bad = not workspace_id or workspace_id in (".", "..") or any(c in workspace_id for c in "/\\\x00")
+        path = root / workspace_id if not bad else root
+        if bad or path.is_symlink() or path.resolve().parent != root:
+            raise WorkspaceRefused(f"workspace id {workspace_id!r} would leave the root {self.root}")
+        return path
+
+    def environment(self, port: int, parameters: Mapping[str, str]) -> dict[str, str]:
+        """The process's environment: the provisioner's, ``env``, ``PORT`` and the parameters.
+
+        >>> p = ProcessProvisioner(None, root=".", command=["x"])  # type: ignore[arg-type]
+        >>> {k: v for k, v in p.environment(8000, {"region": "eu"}).items() if k in ("PORT", "WL_PARAM_region")}
+        {'PORT': '8000', 'WL_PARAM_region': 'eu'}
+        >>> p.environment(8000, {"a-b": "1"})
+        Traceback (most recent call last):
+        ...
+        workspace_lifecycle.process_provisioner.WorkspaceRefused: parameter 'a-b' cannot be an environment variable: use letters, digits and _, not starting with a digit
+        """
+        out = {**os.environ, **self.env, "PORT": str(port)}
+        for name, value in parameters.items():
+            if not ENV_NAME.fullmatch(self.parameter_prefix + name) or (
+                not self.parameter_prefix and not name
+            ):
+                raise WorkspaceRefused(
+                    f"parameter {name!r} cannot be an environment variable: "
+                    "use letters, digits and _, not starting with a digit"
+                )
+            if not self.parameter_prefix and name == "PORT":
+                raise WorkspaceRefused("parameter 'PORT' would hide the port the provisioner gives")
+            out[self.parameter_prefix + name] = value
+        return out
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Start, and return once what the root holds is adopted or reported."""
+        self._recovered = recovered = anyio.Event()
+        await super().__aenter__()
+        await recovered.wait()
+        return self
+
+    async def run(self) -> None:
+        """Adopt what the root holds, then claim and do builds until cancelled (or the store
+        closes). Processes keep running when the provisioner stops: the next one adopts them."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            async with anyio.create_task_group() as tg:
+                try:
+                    await self._recover(tg)
+                except StoreClosedError:
+                    return
+                finally:
+                    if self._recovered is not None:
+                        self._recovered.set()
+                while True:
+                    try:
+                        cursor = await self.store.head()
+                        build = await self.store.claim_build(self.worker)
+                        if build is None:
+                            await self.store.wait_for_change(cursor)
+                            continue
+                    except StoreClosedError:
+                        return
+                    except TransientStoreError as exc:
+                        log.warning("process provisioner: %s; retrying", exc)
+                        await anyio.sleep(0.1)
+                        continue
+                    tg.start_soon(self._serve, build, tg)
+        finally:
+            for proc in self._procs.values():  # left running: a provisioner started later adopts them
+                if proc.popen is not None and not proc.exited.is_set():
+                    _KEPT[proc.pid] = proc.popen
+                if proc.pidfd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(proc.pidfd)
+            self._procs.clear()
+
+    async def _serve(self, build: Build, tg: anyio.abc.TaskGroup) -> None:
+        """One task per build, from claim to finish. (A lease would be renewed beside this,
+        in a task of the build's own, until the build is finished.)"""
+        try:
+            if build.transition is Transition.START:
+                await self._start(build, tg)
+            else:
+                await self._stop(build)
+        except WorkspaceRefused as exc:
+            await self._finish(build, JobStatus.FAILED, str(exc))
+        except (StoreError, CallerError) as exc:
+            log.warning("process provisioner: build %s: %s", build.build_id, exc)
+
+    async def _start(self, build: Build, tg: anyio.abc.TaskGroup) -> None:
+        path = self.workspace_dir(build.workspace_id)
+        port = _free_port()
+        env = self.environment(port, build.parameters)
+        old = self._procs.get(build.workspace_id)
+        if old is not None:  # a start after a start: the new build replaces the old process
+            await self._end(old)
+        path.mkdir(exist_ok=True)
+        path = self.workspace_dir(build.workspace_id)  # made now: check it again
+        argv = [arg.replace("{port}", str(port)) for arg in self.command]
+        header = f"build {build.number}: {argv} on port {port}"
+        try:
+            popen, offset = await anyio.to_thread.run_sync(_spawn, path, argv, env, header)
+        except OSError as exc:
+            await self._finish(build, JobStatus.FAILED, f"the workspace command cannot start: {exc}")
+            return
+        proc = _Proc(
+            build.workspace_id,
+            popen.pid,
+            os.pidfd_open(popen.pid),
+            _start_ticks(popen.pid) or 0,
+            port,
+            build.number,
+            popen,
+            log_offset=offset,
+        )
+        self._track(proc, tg)
+        self._save(path, proc, argv=argv)
+        started = anyio.current_time()
+        outcome = await self._probe(proc, started + min(self.spawn_grace, self.ready_timeout))
+        if outcome == "exited":
+            reason = f"the workspace process {_exit_text(proc.status)} before it was ready"
+            tail = self._tail(path, proc.log_offset)
+            details: dict[str, Any] = {"exit_status": proc.status}
+            try:
+                await self._finish(
+                    build, JobStatus.FAILED, f"{reason}; last output:\n{tail}" if tail else reason, details
+                )
+            finally:
+                proc.build_done.set()
+            return
+        try:
+            proc.built = await self._finish(build, JobStatus.SUCCEEDED, None, has_agent=True)
+        finally:
+            proc.build_done.set()
+        if not proc.built:  # the build was failed meanwhile (a reaper): nothing may run for it
+            log.warning(
+                "process provisioner: build %s was finished by another party; ending its process",
+                build.build_id,
+            )
+            await self._end(proc)
+            return
+        if outcome != "ready":
+            outcome = await self._probe(proc, started + self.ready_timeout)
+        if outcome == "timeout":
+            await self._report(proc, AgentLifecycle.START_TIMEOUT)
+            outcome = await self._probe(proc, float("inf"))  # Coder's agent may still become ready
+        if outcome == "ready":
+            await self._report(proc, AgentLifecycle.READY)
+
+    async def _probe(self, proc: _Proc, until: float) -> str:
+        """``ready`` once a TCP connect to the port succeeds, ``exited`` once the process ended
+        (woken by its end), ``timeout`` at ``until``."""
+        delay = self.probe_interval
+        while True:
+            if proc.exited.is_set() or proc.ending:
+                return "exited"
+            try:
+                with anyio.fail_after(1.0):
+                    stream = await anyio.connect_tcp("127.0.0.1", proc.port)
+            except (OSError, TimeoutError):
+                pass
+            else:
+                await stream.aclose()
+                return "exited" if proc.exited.is_set() else "ready"
+            left = until - anyio.current_time()
+            if left <= 0:
+                return "timeout"
+            with anyio.move_on_after(min(delay, left)):
+                await proc.exited.wait()
+            delay = min(delay * 1.5, 1.0)
+
+    async def _stop(self, build: Build) -> None:
+        proc = self._procs.get(build.workspace_id)
+        if proc is not None:
+            await self._end(proc)
+        if build.transition is Transition.DELETE:
+            path = self.workspace_dir(build.workspace_id)
+            if path.exists():
+                await anyio.to_thread.run_sync(shutil.rmtree, path)
+        await self._finish(build, JobStatus.SUCCEEDED, None, has_agent=False)
+
+    async def _end(self, proc: _Proc) -> None:
+        """SIGTERM to the process group, SIGKILL after ``stop_grace``; return once it ended."""
+        proc.ending = True
+        self._signal(proc, signal.SIGTERM)
+        with anyio.move_on_after(self.stop_grace):
+            await proc.exited.wait()
+        if not proc.exited.is_set():
+            log.warning(
+                "process provisioner: workspace %s: pid %d outlived SIGTERM by %gs; killing it",
+                proc.workspace_id,
+                proc.pid,
+                self.stop_grace,
+            )
+        self._signal(proc, signal.SIGKILL)  # also any child it left in its group
+        await proc.exited.wait()
+
+    def _signal(self, proc: _Proc, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if proc.exited.is_set():
+                os.killpg(proc.pid, sig)  # what is left of its group
+            else:
+                signal.pidfd_send_signal(proc.pidfd, sig)  # the process itself, never a reused pid
+                os.killpg(proc.pid, sig)
+
+    # --- watching processes -----------------------------------------------------------------
+
+    def _track(self, proc: _Proc, tg: anyio.abc.TaskGroup) -> None:
+        self._procs[proc.workspace_id] = proc
+        self.pids.append(proc.pid)
+        tg.start_soon(self._watch, proc)
+
+    async def _watch(self, proc: _Proc) -> None:
+        """Wait for the process to end (its pidfd turns readable: an event, not a poll), then
+        report the agent if nobody asked for that end."""
+        await anyio.wait_readable(proc.pidfd)
+        proc.status = _reap(proc)
+        os.close(proc.pidfd)
+        proc.pidfd = -1
+        proc.exited.set()
+        if self._procs.get(proc.workspace_id) is proc:
+            del self._procs[proc.workspace_id]
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the group ends with its leader
+        path = self._dir_or_none(proc.workspace_id)
+        text = _exit_text(proc.status)
+        if path is not None:
+            _note(path, f"pid {proc.pid} {text}")
+        if proc.ending:
+            self._mark_ended(path, proc, text)
+            return
+        await proc.build_done.wait()
+        if proc.built and not proc.ending:
+            lifecycle = AgentLifecycle.OFF if proc.ready else AgentLifecycle.START_ERROR
+            log.warning(
+                "process provisioner: workspace %s: pid %d %s; agent %s",
+                proc.workspace_id,
+                proc.pid,
+                text,
+                lifecycle.value,
+            )
+            await self._report(proc, lifecycle, after_exit=True)
+        self._mark_ended(path, proc, text)
+
+    async def _report(self, proc: _Proc, lifecycle: AgentLifecycle, *, after_exit: bool = False) -> None:
+        """Report the agent of ``proc``'s build, in order, and never ``ready`` for a process
+        that has ended or ``off`` for one a build ends."""
+        async with proc.reports:
+            if (proc.exited.is_set() and not after_exit) or proc.ending:
+                return
+            if lifecycle is AgentLifecycle.READY:
+                proc.ready = True
+            try:
+                await self._retrying(lambda: self.store.report_agent(proc.workspace_id, lifecycle))
+            except (StoreError, CallerError) as exc:
+                log.warning(
+                    "process provisioner: workspace %s: agent %s: %s", proc.workspace_id, lifecycle.value, exc
+                )
+
+    # --- restart ------------------------------------------------------------------------------
+
+    async def _recover(self, tg: anyio.abc.TaskGroup) -> None:
+        """What a provisioner finds in its root becomes events: a process of this root that
+        still runs is adopted (watched, and probed if its agent is not ready yet); one that
+        ended while no provisioner watched is reported; one whose workspace the store says is
+        stopped or deleted is ended."""
+        for path in sorted(self.root.iterdir()):
+            state = self._load(path)
+            if state is None:
+                continue
+            workspace_id = path.name
+            try:
+                facts = await self.store.workspace_facts(workspace_id)
+            except StoreClosedError:
+                raise
+            except (StoreError, CallerError) as exc:
+                log.warning("process provisioner: %s: %s; left alone", path, exc)
+                continue
+            pid, ticks = state["pid"], state["start_ticks"]
+            build = facts.latest_build
+            agent = facts.agent
+            ours = agent is not None and agent.build_number == state["build_number"]
+            current = (
+                build is not None
+                and build.number == state["build_number"]
+                and build.status is JobStatus.SUCCEEDED
+                and not facts.workspace.deleted
+            )
+            alive = _start_ticks(pid) == ticks
+            if alive:
+                try:
+                    pidfd = os.pidfd_open(pid)
+                except OSError:
+                    alive = False
+            if not alive:
+                kept = _KEPT.pop(pid, None)
+                if kept is not None:
+                    kept.poll()  # this interpreter's child, ended: reap it
+                if (
+                    current
+                    and ours
+                    and agent is not None
+                    and (agent.lifecycle is AgentLifecycle.READY or agent.lifecycle.pending)
+                ):
+                    lifecycle = (
+                        AgentLifecycle.OFF
+                        if agent.lifecycle is AgentLifecycle.READY
+                        else AgentLifecycle.START_ERROR
+                    )
+                    log.warning(
+                        "process provisioner: workspace %s: pid %d ended while no provisioner watched; agent %s",
+                        workspace_id,
+                        pid,
+                        lifecycle.value,
+                    )
+                    try:
+                        await self._report_found(workspace_id, lifecycle)
+                    except (StoreError, CallerError) as exc:
+                        log.warning("process provisioner: workspace %s: %s", workspace_id, exc)
+                self._mark_ended(path, None, "ended while no provisioner watched", state=state)
+                continue
+            popen = _KEPT.pop(pid, None)
+            proc = _Proc(workspace_id, pid, pidfd, ticks, state["port"], state["build_number"], popen)
+            proc.built = True
+            proc.ready = bool(ours and agent is not None and agent.lifecycle is AgentLifecycle.READY)
+            proc.build_done.set()
+            self._track(proc, tg)
+            log.info("process provisioner: workspace %s: adopted pid %d", workspace_id, pid)
+            in_flight = build is not None and build.status.in_progress and build.number > proc.build_number
+            if facts.workspace.deleted or (not current and not in_flight):
+                tg.start_soon(self._end, proc)  # the store says nothing should run here
+            elif not proc.ready and ours:
+                tg.start_soon(self._resume_probe, proc)
+
+    async def _report_found(self, workspace_id: str, lifecycle: AgentLifecycle) -> None:
+        await self._retrying(lambda: self.store.report_agent(workspace_id, lifecycle))
+
+    async def _resume_probe(self, proc: _Proc) -> None:
+        if await self._probe(proc, float("inf")) == "ready":
+            await self._report(proc, AgentLifecycle.READY)
+
+    # --- files ----------------------------------------------------------------------------
+
+    def _dir_or_none(self, workspace_id: str) -> Path | None:
+        try:
+            path = self.workspace_dir(workspace_id)
+        except WorkspaceRefused:
+            return None
+        return path if path.is_dir() else None
+
+    def _save(self, path: Path, proc: _Proc, *, argv: Sequence[str]) -> None:
+        state = {
+            "pid": proc.pid,
+            "start_ticks": proc.start_ticks,
+            "port": proc.port,
+            "build_number": proc.build_number,
+            "argv": list(argv),
+            "started_at": time.time(),
+            "ended": None,
+        }
+        self._write_state(path, state)
+
+    def _write_state(self, path: Path, state: Mapping[str, Any]) -> None:
+        tmp = path / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(state, indent=1) + "\n")
+        os.replace(tmp, path / STATE_FILE)
+
+    def _load(self, path: Path) -> dict[str, Any] | None:
+        """The state of a workspace directory whose process has not been seen to end."""
+        if not path.is_dir() or path.is_symlink():
+            return None
+        try:
+            state = json.loads((path / STATE_FILE).read_text())
+            if state.get("ended") is not None:
+                return None
+            for key in ("pid", "start_ticks", "port", "build_number"):
+                if not isinstance(state.get(key), int) or isinstance(state[key], bool):
+                    raise ValueError(f"no {key}")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("process provisioner: %s/%s is unreadable (%s); left alone", path, STATE_FILE, exc)
+            return None
+        loaded: dict[str, Any] = state
+        return loaded
+
+    def _mark_ended(
+        self, path: Path | None, proc: _Proc | None, text: str, *, state: Mapping[str, Any] | None = None
+    ) -> None:
+        if path is None:
+            return
+        if state is None:
+            state = self._load(path)
+            if state is None or proc is None or state["pid"] != proc.pid:
+                return
+        with contextlib.suppress(OSError):
+            self._write_state(path, {**state, "ended": {"at": time.time(), "how": text}})
+
+    def _tail(self, path: Path, offset: int) -> str:
+        """The last ``output_lines`` lines the process wrote (bounded)."""
+        try:
+            with open(path / LOG_FILE, "rb") as f:
+                f.seek(offset)
+                data = f.read()[-64 * 1024 :]
+        except OSError:
+            return ""
+        text = data.decode("utf-8", "replace").replace("\x00", "")
+        lines = [line for line in text.splitlines() if not line.startswith("--- workspace-lifecycle:")]
+        return "\n".join(lines[-self.output_lines :])[-_MAX_REASON:]
+
+    # --- store writes -----------------------------------------------------------------------
+
+    async def _finish(
+        self,
+        build: Build,
+        status: JobStatus,
+        error: str | None,
+        details: Mapping[str, Any] | None = None,
+        *,
+        has_agent: bool = False,
+    ) -> bool:
+        """Finish ``build``; False if it had been finished already (by a reaper, say)."""
+        extra = {} if details is None else {"details": details}
+        try:
+            await self._retrying(
+                lambda: self.store.finish_build(build.build_id, status, error, has_agent=has_agent, **extra),
+                until_it_lands=True,
+            )
+        except BuildConflictError:
+            # An earlier attempt committed although its caller saw an error, or another party
+            # finished it: the stored outcome is the one that counts.
+            stored = await self.store.get_build(build.build_id)
+            return stored.status is status
+        finally:
+            self.builds_done += 1
+        return True
+
+    async def _retrying(self, call: Callable[[], Awaitable[object]], *, until_it_lands: bool = False) -> None:
+        """A store write, retried after transient failures (``finish_build`` refuses a second
+        finish, ``report_agent`` repeats harmlessly)."""
+        delay = 0.05
+        attempt = 0
+        while True:
+            try:
+                await call()
+                return
+            except TransientStoreError as exc:
+                if attempt >= self.retries and not until_it_lands:
+                    raise
+                attempt += 1
+                log.warning("process provisioner: %s; retrying in %.2fs", exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
