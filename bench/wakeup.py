@@ -190,7 +190,8 @@ async def run_async(ctx: Context) -> Result:
         _latency_rows(result, "SQLite same process", samples["sqlite"], 1.0)
         xurl = f"sqlite:///{ctx.tmp / f'wakeup-x-{time.monotonic_ns()}.db'}"
         samples["sqlite-xproc"] = await cross_process(xurl, rounds, poller_n, interval)
-        _latency_rows(result, "SQLite across processes", samples["sqlite-xproc"], 5.0)
+        # Issue 15's goals across processes: p99 ≤ 2 ms with idle CPU ≤ 0.5% (both stores).
+        _latency_rows(result, "SQLite across processes", samples["sqlite-xproc"], 2.0)
         idle = await idle_cpu(xurl, idle_seconds)
         result.data["idle_cpu_sqlite"] = idle
         result.add(
@@ -202,8 +203,8 @@ async def run_async(ctx: Context) -> Result:
                 "2 s poller",
                 None,
                 "",
-                "≤ 1%",
-                idle["ours"] <= 1.0,
+                "≤ 0.5%",
+                idle["ours"] <= 0.5,
                 note=f"over {idle_seconds:g} s",
             )
         )
