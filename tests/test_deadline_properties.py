@@ -1,6 +1,7 @@
 """Random histories between turns: activity, requests, builds ending and clock steps.
 
-A Hypothesis ``RuleBasedStateMachine`` drives two runtimes (replicas) over one memory store on a
+A Hypothesis ``RuleBasedStateMachine`` drives two runtimes (replicas) over one store (memory,
+and fewer histories on a SQLite file) on a
 :class:`~workspace_lifecycle.VirtualClock`, with the provisioner played by the rules themselves
 (claims and finishes in any order, with any outcome). After every step, once the runtimes have
 acted on what they know, it checks against the whole event log:
@@ -16,6 +17,8 @@ acted on what they know, it checks against the whole event log:
 from __future__ import annotations
 
 import contextlib
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,6 +29,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import AgentLifecycle, EventKind, JobStatus, Reason, WorkspaceState
+from workspace_lifecycle.adapters.sqlite import SQLiteStore
 from workspace_lifecycle.testing import applied_states
 
 OWNER = "alice"
@@ -47,7 +51,7 @@ class BetweenTurns(RuleBasedStateMachine):
         self.clock = wl.VirtualClock()
         self._stack = contextlib.ExitStack()
         self.portal = self._stack.enter_context(start_blocking_portal("asyncio"))
-        self.store = wl.MemoryStore(clock=self.clock)
+        self.store = self.open_store()
         self._stack.enter_context(self.portal.wrap_async_context_manager(self.store))
         self.replicas = [
             self._stack.enter_context(
@@ -59,6 +63,9 @@ class BetweenTurns(RuleBasedStateMachine):
         ]
         for chat in CHATS:
             self.call(self.replicas[0].register_chat, chat, owner=OWNER)
+
+    def open_store(self) -> wl.Store:
+        return wl.MemoryStore(clock=self.clock)
 
     def teardown(self) -> None:
         self._stack.close()
@@ -147,6 +154,7 @@ class BetweenTurns(RuleBasedStateMachine):
                 assert deadline.reason is event.reason, f"event {event.seq}: fired for the wrong deadline"
                 assert deadline.at <= event.at, f"event {event.seq}: fired {deadline.at - event.at}s early"
                 armed[event.workspace_id] = None  # consumed: a second build needs a new deadline
+
         now = self.clock()
         for workspace_id, deadline in armed.items():
             assert deadline is None or not deadline.due(now) or self._deleted(workspace_id), (
@@ -181,7 +189,19 @@ class BetweenTurns(RuleBasedStateMachine):
 
 
 TestBetweenTurns = BetweenTurns.TestCase
-TestBetweenTurns.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
+TestBetweenTurns.settings = settings(max_examples=40, stateful_step_count=40, deadline=None)
+
+
+class BetweenTurnsOnSQLite(BetweenTurns):
+    """The same histories on a SQLite file (its writer thread, group commit, rowid log)."""
+
+    def open_store(self) -> wl.Store:
+        folder = self._stack.enter_context(tempfile.TemporaryDirectory())
+        return SQLiteStore(Path(folder) / "turns.db", clock=self.clock)
+
+
+TestBetweenTurnsOnSQLite = BetweenTurnsOnSQLite.TestCase
+TestBetweenTurnsOnSQLite.settings = settings(max_examples=10, stateful_step_count=30, deadline=None)
 
 
 def test_the_machine_is_not_vacuous() -> None:
