@@ -49,6 +49,7 @@ import attrs
 from ._service import BackgroundService
 from .adapters.base import Store
 from .errors import BuildConflictError, CallerError, StoreClosedError, StoreError, TransientStoreError
+from .provisioner import claims
 from .values import AgentLifecycle, Build, JobStatus, Transition
 
 __all__ = ["ProcessProvisioner", "WorkspaceRefused"]
@@ -291,19 +292,7 @@ class ProcessProvisioner(BackgroundService):
                 finally:
                     if self._recovered is not None:
                         self._recovered.set()
-                while True:
-                    try:
-                        cursor = await self.store.head()
-                        build = await self.store.claim_build(self.worker)
-                        if build is None:
-                            await self.store.wait_for_change(cursor)
-                            continue
-                    except StoreClosedError:
-                        return
-                    except TransientStoreError as exc:
-                        log.warning("process provisioner: %s; retrying", exc)
-                        await anyio.sleep(0.1)
-                        continue
+                async for build in claims(self.store, self.worker):
                     tg.start_soon(self._serve, build, tg)
         finally:
             for proc in self._procs.values():  # left running: a provisioner started later adopts them

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -22,7 +22,7 @@ from .clock import Clock, as_clock
 from .errors import BuildConflictError, CallerError, StoreClosedError, StoreError, TransientStoreError
 from .values import AgentLifecycle, Build, JobStatus, Transition
 
-__all__ = ["SimulatedFailure", "SimulatedProvisioner", "quota_failure", "validation_failure"]
+__all__ = ["SimulatedFailure", "SimulatedProvisioner", "claims", "quota_failure", "validation_failure"]
 
 log = logging.getLogger("workspace_lifecycle.provisioner")
 
@@ -71,6 +71,29 @@ def validation_failure(
         if template_id is not None:
             details["template_id"] = template_id
     return SimulatedFailure("the build was refused", details)
+
+
+async def claims(store: Store, worker: str) -> AsyncIterator[Build]:
+    """Every build ``worker`` claims from ``store``, as it claims it: the loop of a provisioner.
+
+    It sleeps in the store's ``wait_for_change`` while nothing is pending (an idle provisioner
+    costs nothing), retries transient store errors after a short pause, and ends when the
+    store closes.
+    """
+    while True:
+        try:
+            cursor = await store.head()
+            build = await store.claim_build(worker)
+            if build is None:
+                await store.wait_for_change(cursor)
+                continue
+        except StoreClosedError:
+            return
+        except TransientStoreError as exc:
+            log.warning("provisioner %s: %s; retrying", worker, exc)
+            await anyio.sleep(0.1)
+            continue
+        yield build
 
 
 FailSpec = Callable[[Build], bool | SimulatedFailure | None] | float | None
@@ -137,19 +160,7 @@ class SimulatedProvisioner(BackgroundService):
     async def run(self) -> None:
         """Claim and complete builds until cancelled (or the store closes)."""
         async with anyio.create_task_group() as tg:
-            while True:
-                try:
-                    cursor = await self.store.head()
-                    build = await self.store.claim_build(self.worker)
-                    if build is None:
-                        await self.store.wait_for_change(cursor)
-                        continue
-                except StoreClosedError:
-                    return
-                except TransientStoreError as exc:
-                    log.warning("provisioner: %s; retrying", exc)
-                    await anyio.sleep(0.1)
-                    continue
+            async for build in claims(self.store, self.worker):
                 tg.start_soon(self._complete, build)
 
     async def _complete(self, build: Build) -> None:
