@@ -48,8 +48,8 @@ import attrs
 
 from ._service import BackgroundService
 from .adapters.base import Store
-from .errors import BuildConflictError, CallerError, StoreClosedError, StoreError, TransientStoreError
-from .provisioner import claims
+from .errors import BuildConflictError, CallerError, StoreClosedError, StoreError
+from .provisioner import claims, retrying
 from .values import AgentLifecycle, Build, JobStatus, Transition
 
 __all__ = ["ProcessProvisioner", "WorkspaceRefused"]
@@ -665,18 +665,4 @@ class ProcessProvisioner(BackgroundService):
         return True
 
     async def _retrying(self, call: Callable[[], Awaitable[object]], *, until_it_lands: bool = False) -> None:
-        """A store write, retried after transient failures (``finish_build`` refuses a second
-        finish, ``report_agent`` repeats harmlessly)."""
-        delay = 0.05
-        attempt = 0
-        while True:
-            try:
-                await call()
-                return
-            except TransientStoreError as exc:
-                if attempt >= self.retries and not until_it_lands:
-                    raise
-                attempt += 1
-                log.warning("process provisioner: %s; retrying in %.2fs", exc, delay)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        await retrying(call, retries=self.retries, max_delay=2.0, until_it_lands=until_it_lands)

@@ -22,7 +22,14 @@ from .clock import Clock, as_clock
 from .errors import BuildConflictError, CallerError, StoreClosedError, StoreError, TransientStoreError
 from .values import AgentLifecycle, Build, JobStatus, Transition
 
-__all__ = ["SimulatedFailure", "SimulatedProvisioner", "claims", "quota_failure", "validation_failure"]
+__all__ = [
+    "SimulatedFailure",
+    "SimulatedProvisioner",
+    "claims",
+    "quota_failure",
+    "retrying",
+    "validation_failure",
+]
 
 log = logging.getLogger("workspace_lifecycle.provisioner")
 
@@ -94,6 +101,30 @@ async def claims(store: Store, worker: str) -> AsyncIterator[Build]:
             await anyio.sleep(0.1)
             continue
         yield build
+
+
+async def retrying(
+    call: Callable[[], Awaitable[object]], *, retries: int, max_delay: float, until_it_lands: bool = False
+) -> None:
+    """Run a provisioner's store write, retrying transient failures (a busy or restarted
+    database) with backoff: ``retries`` times, or ``until_it_lands`` (only a caller error or a
+    closed store ends it). Retrying is safe: ``finish_build`` refuses a second finish
+    (``BuildConflictError``) and an agent report repeats harmlessly.
+    """
+    delay = 0.05
+    attempt = 0
+    while True:
+        try:
+            await call()
+            return
+        except TransientStoreError as exc:
+            if attempt >= retries and not until_it_lands:
+                raise
+            attempt += 1
+            if attempt == 1 or attempt % 10 == 0:
+                log.warning("provisioner: %s; retrying in %.2fs (attempt %d)", exc, delay, attempt)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, max_delay)
 
 
 FailSpec = Callable[[Build], bool | SimulatedFailure | None] | float | None
@@ -208,22 +239,6 @@ class SimulatedProvisioner(BackgroundService):
         self.builds_done += 1
 
     async def _retrying(self, call: Callable[[], Awaitable[object]], *, until_it_lands: bool = False) -> None:
-        """Run a store write, retrying transient failures (a busy or restarted database) with
-        backoff: ``retries`` times, or ``until_it_lands`` (only a caller error or a closed store
-        ends it). Retrying is safe because ``finish_build`` refuses a second finish
-        (``BuildConflictError``).
-        """
-        delay = 0.05
-        attempt = 0
-        while True:
-            try:
-                await call()
-                return
-            except TransientStoreError as exc:
-                if attempt >= self.retries and not until_it_lands:
-                    raise
-                attempt += 1
-                if attempt == 1 or attempt % 10 == 0:
-                    log.warning("provisioner: %s; retrying in %.2fs (attempt %d)", exc, delay, attempt)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, self.max_retry_delay)
+        await retrying(
+            call, retries=self.retries, max_delay=self.max_retry_delay, until_it_lands=until_it_lands
+        )
