@@ -17,6 +17,7 @@ import pytest
 import workspace_lifecycle as wl
 from workspace_lifecycle import EventKind, Reason, Transition, WorkspaceState
 from workspace_lifecycle.answers import WORKSPACE_DELETED
+from workspace_lifecycle.faults import FaultyStore
 
 pytestmark = pytest.mark.anyio
 
@@ -183,6 +184,52 @@ class TestIdleStop:
             assert outcome.fired is False and outcome.build is None
             await until(store, lambda: _is(lc, WorkspaceState.STOPPED))
             assert len(await stops(store)) == 1
+
+
+class TestPolicyChanges:
+    async def test_a_touch_after_the_policy_was_shortened_arms_the_shorter_deadline(self) -> None:
+        async with world(wl.Policy(idle_stop_after=3600)) as (store, lc, clock):
+            await ready(lc)
+            await lc.register_chat(CHAT, owner=OWNER, policy=wl.Policy(idle_stop_after=60))
+            clock.advance(10)
+            assert await lc.touch(CHAT, owner=OWNER) == wl.Deadline(clock() + 60, Reason.IDLE)
+            clock.advance(60)  # a minute after the last activity, not an hour
+            await until(store, lambda: _is(lc, WorkspaceState.STOPPED))
+
+    async def test_a_touch_answer_that_comes_back_late_does_not_hide_a_newer_deadline(self) -> None:
+        """A touch's answer arrives after the pump delivered a newer deadline (another replica
+        shortened the policy and touched): the scheduler keeps the newer one and fires it."""
+        committed, release = anyio.Event(), anyio.Event()
+
+        class SlowAnswer(FaultyStore):
+            async def touch(self, workspace_id: str) -> wl.Deadline | None:
+                armed = await self.inner.touch(workspace_id)
+                committed.set()
+                await release.wait()
+                return armed
+
+        clock = wl.VirtualClock()
+        raw = wl.MemoryStore(clock=clock)
+        async with raw, wl.SimulatedProvisioner(raw, clock=clock):
+            slow = SlowAnswer(raw)
+            async with (
+                wl.Lifecycle(slow, clock=clock, policy=wl.Policy(idle_stop_after=3600)) as lc,
+                wl.Lifecycle(raw, clock=clock, fire_deadlines=False) as front,
+            ):
+                await lc.register_chat(CHAT, owner=OWNER)
+                await ready(lc)
+                clock.advance(100)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(lambda: lc.touch(CHAT, owner=OWNER))
+                    await committed.wait()
+                    await front.register_chat(CHAT, owner=OWNER, policy=wl.Policy(idle_stop_after=60))
+                    assert await front.touch(CHAT, owner=OWNER) == wl.Deadline(clock() + 60, Reason.IDLE)
+                    await settle()
+                    assert lc.next_deadline() == clock() + 60
+                    release.set()
+                assert lc.next_deadline() == clock() + 60
+                clock.advance(60)
+                await until(raw, lambda: _is(lc, WorkspaceState.STOPPED))
 
 
 class TestResume:

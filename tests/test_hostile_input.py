@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,6 +20,7 @@ from figures import FIGURES, flush
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import answers
+from workspace_lifecycle.faults import FaultyStore
 from workspace_lifecycle.runtime import workspace_name
 
 pytestmark = pytest.mark.anyio
@@ -324,6 +325,66 @@ async def test_corrupt_policy_and_deadline_columns_name_the_row(store: wl.Store,
     with pytest.raises(wl.CorruptStateError) as caught:
         await store.get_chat("c1")
     assert (caught.value.table, caught.value.key) == ("chats", "c1") and "-5" in str(caught.value)
+
+
+async def test_one_corrupt_deadline_row_fires_nothing_and_stops_nobody(tmp_path: Path) -> None:
+    """A runtime starts past a corrupt deadline row, and resyncs past one that went bad while it
+    ran: the other deadlines load and fire; the bad one is named in the log and never fires."""
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    clock = wl.VirtualClock()
+
+    class ExpiringOnce(FaultyStore):
+        expire = False
+
+        async def read_events(self, after: int, limit: int = 1000) -> Sequence[wl.StoreEvent]:
+            if self.expire:  # the log was pruned past the pump's cursor: it must resync
+                self.expire = False
+                raise wl.CursorExpiredError(after, after + 1)
+            return await super().read_events(after, limit)
+
+    async with wl.open_store(url, clock=clock) as raw:
+        ids = []
+        for chat in ("c1", "c2", "c3"):
+            await raw.register_chat(chat, "alice", policy=wl.Policy(idle_stop_after=600))
+            ids.append(
+                (await raw.create_workspace(chat, "dev", expected_workspace_id=None)).facts.workspace_id
+            )
+            build = await raw.claim_build("w")
+            assert build is not None
+            await raw.finish_build(build.build_id, wl.JobStatus.SUCCEEDED)
+        bad_at_start, bad_later, good = ids
+        _corrupt(url, "UPDATE workspaces SET deadline_reason = ? WHERE workspace_id = ?", ("x", bad_at_start))
+        armed = await raw.armed_deadlines()
+        assert set(armed.deadlines) == {bad_later, good} and set(armed.unreadable) == {bad_at_start}
+        store = ExpiringOnce(raw)
+        async with wl.Lifecycle(store, clock=clock) as lc:
+            assert lc.deadlines_armed == 2
+            _corrupt(
+                url, "UPDATE workspaces SET deadline_reason = ? WHERE workspace_id = ?", ("x", bad_later)
+            )
+            store.expire = True
+            await raw.register_chat("c4", "alice")
+            await raw.create_workspace("c4", "dev", expected_workspace_id=None)  # wakes the pump
+            for _ in range(500):  # the pump reads, finds its cursor expired and resyncs
+                if not store.expire and lc.deadlines_armed == 1:
+                    break
+                await anyio.sleep(0.01)
+            assert lc.deadlines_armed == 1  # the resync loaded the good one and named the bad one
+            clock.advance(600)
+            with anyio.fail_after(5):
+                while True:  # the head first, then the check: a commit between them wakes us
+                    head = await raw.head()
+                    if (await raw.workspace_facts(good)).latest_build.number == 2:  # type: ignore[union-attr]
+                        break
+                    await raw.wait_for_change(head)
+            assert (await lc.status("c3", owner="alice")).data["status"] == "building"
+            events = await raw.read_events(0)
+            fired = [
+                e.workspace_id
+                for e in events
+                if e.kind is wl.EventKind.BUILD_QUEUED and e.reason is wl.Reason.IDLE
+            ]
+            assert fired == [good]  # the corrupt ones never fired
 
 
 # --- text PostgreSQL cannot store ----------------------------------------------------------------

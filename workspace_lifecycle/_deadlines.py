@@ -16,6 +16,7 @@ It decides nothing: when a deadline is due and what firing it writes are the pur
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import math
@@ -50,6 +51,7 @@ class DeadlineScheduler:
         self._heap: list[tuple[float, str, Deadline]] = []  # (when to look, workspace, deadline)
         self._sleep: anyio.CancelScope | None = None
         self._waking_at = math.inf
+        self._reload_due = False  # a reload failed: run() retries it before anything else
 
     # --- what it knows ---------------------------------------------------------------------
 
@@ -70,12 +72,26 @@ class DeadlineScheduler:
     async def load(self) -> None:
         """Read every armed deadline (the events after the read's head follow by dispatch)."""
         snapshot = await self.store.armed_deadlines()
+        for workspace_id, exc in snapshot.unreadable.items():
+            log.error("deadline of workspace %s is unreadable; it will not fire: %s", workspace_id, exc)
+        self._reload_due = False
         self._armed.clear()
         self._seen.clear()
         self._heap.clear()
         self._floor = snapshot.head
         for workspace_id, deadline in snapshot.deadlines.items():
             self._learn(workspace_id, deadline, snapshot.head)
+
+    async def resync(self) -> None:
+        """Load again after the log was pruned past the pump's cursor. A store error is logged
+        and the load retried by :meth:`run` a little later: it must not stop the pump."""
+        try:
+            await self.load()
+        except (StoreError, CorruptStateError) as exc:
+            log.warning("deadlines could not be reloaded (%s); retrying in %.0fs", exc, _RETRY)
+            self._reload_due = True
+            if self._sleep is not None:
+                self._sleep.cancel()
 
     def dispatch(self, event: StoreEvent) -> None:
         """One event of the log, in order (from the event pump)."""
@@ -87,9 +103,17 @@ class DeadlineScheduler:
             self._learn(event.workspace_id, None, event.seq)
             self._seen.pop(event.workspace_id, None)  # no news follows a deletion
 
-    def note(self, workspace_id: str, deadline: Deadline | None) -> None:
-        """What this process just wrote (a touch): known before its event comes round."""
-        self._learn(workspace_id, deadline, self._seen.get(workspace_id, 0))
+    def news_of(self, workspace_id: str) -> int:
+        """The seq of the newest news held about the workspace (0: none)."""
+        return self._seen.get(workspace_id, 0)
+
+    def note(self, workspace_id: str, deadline: Deadline | None, *, held: int) -> None:
+        """What this process just wrote (a touch), known before its event comes round; ``held``
+        is :meth:`news_of` taken before the write. If newer news arrived meanwhile, it is kept:
+        the write's own event follows it in order, and an answer that came back late must not
+        overwrite a deadline set after it."""
+        if self._seen.get(workspace_id, 0) == held:
+            self._learn(workspace_id, deadline, held)
 
     def _learn(self, workspace_id: str, deadline: Deadline | None, seq: int) -> None:
         if seq < self._seen.get(workspace_id, 0):
@@ -120,6 +144,13 @@ class DeadlineScheduler:
     async def run(self) -> None:
         """Sleep until the earliest deadline, fire what is due, repeat; until cancelled."""
         while True:
+            if self._reload_due:  # a reload failed: try again a little later
+                with anyio.CancelScope() as self._sleep:
+                    await self.clock.sleep_until(self.clock() + _RETRY)
+                self._sleep = None
+                with contextlib.suppress(StoreError, CorruptStateError):
+                    await self.load()
+                continue
             self._drop_stale()
             self._waking_at = self._heap[0][0] if self._heap else math.inf
             with anyio.CancelScope() as self._sleep:

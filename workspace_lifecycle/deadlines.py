@@ -79,13 +79,22 @@ def pushed_by_activity(state: WorkspaceState, policy: Policy, at: float) -> Dead
 def touch_due(known: Deadline | None, policy: Policy, now: float) -> bool:
     """Should a touch at ``now`` write, given the deadline this process ``known`` to be armed?
 
-    Not when the armed idle deadline already lies within the slack of where the touch would put
-    it: repeated touches within :data:`TOUCH_SLACK` (or a tenth of ``idle_stop_after``) of each
-    other coalesce into the first. With no known deadline it writes (the store decides).
+    Not when the armed idle deadline already lies within the slack before where the touch would
+    put it (``now + idle_stop_after``): repeated touches within :data:`TOUCH_SLACK` (or a tenth
+    of ``idle_stop_after``) of each other coalesce into the first. One armed later than that
+    (the chat's policy was shortened) or earlier is moved. With no known deadline it writes
+    (the store decides).
+
+    >>> p = Policy(idle_stop_after=60)
+    >>> touch_due(Deadline(1060.0, Reason.IDLE), p, now=1000.5), touch_due(Deadline(1060.0, Reason.IDLE), p, now=1002)
+    (False, True)
+    >>> touch_due(Deadline(4600.0, Reason.IDLE), p, now=1000)  # armed by a longer policy
+    True
     """
     idle = policy.idle_stop_after
     if idle is None:
         return False
     if known is None or known.reason is not Reason.IDLE:
         return True
-    return known.at < now + idle - min(TOUCH_SLACK, idle / 10)
+    target = now + idle
+    return not target - min(TOUCH_SLACK, idle / 10) <= known.at <= target

@@ -413,8 +413,9 @@ class Lifecycle(BackgroundService):
             return known
         done = self._touching[workspace_id] = anyio.Event()
         try:
+            held = self._deadlines.news_of(workspace_id)
             armed = await self.store.touch(workspace_id)
-            self._deadlines.note(workspace_id, armed)
+            self._deadlines.note(workspace_id, armed, held=held)
             return armed
         finally:
             del self._touching[workspace_id]
@@ -559,7 +560,7 @@ class _Sinks:
     async def resync_all(self) -> None:
         await self.registry.resync_all()
         if self.scheduler is not None:
-            await self.scheduler.load()
+            await self.scheduler.resync()
 
     def fail(self) -> None:
         self.registry.fail()

@@ -15,7 +15,7 @@ Adapters never import the runtime.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -55,10 +55,30 @@ class Outcome:
 @attrs.frozen
 class ArmedDeadlines:
     """Every armed deadline, by workspace id, read in one transaction with the log's ``head``
-    then: a reader that applies the log's ``deadline_set`` events after ``head`` stays exact."""
+    then: a reader that applies the log's ``deadline_set`` events after ``head`` stays exact.
+
+    ``unreadable`` names the workspaces whose stored deadline is corrupt (each with its error):
+    one bad row must not hide every other deadline.
+    """
 
     head: int
     deadlines: Mapping[str, Deadline]
+    unreadable: Mapping[str, CorruptStateError] = attrs.field(factory=dict)
+
+    @classmethod
+    def read(cls, head: int, rows: Iterable[tuple[str, Callable[[], Deadline | None]]]) -> ArmedDeadlines:
+        """From ``(workspace_id, parse)`` pairs: each row parsed, a corrupt one set aside."""
+        deadlines: dict[str, Deadline] = {}
+        unreadable: dict[str, CorruptStateError] = {}
+        for workspace_id, parse in rows:
+            try:
+                deadline = parse()
+            except CorruptStateError as exc:
+                unreadable[workspace_id] = exc
+                continue
+            if deadline is not None:
+                deadlines[workspace_id] = deadline
+        return cls(head, deadlines, unreadable)
 
 
 @attrs.frozen

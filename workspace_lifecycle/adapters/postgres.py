@@ -1586,8 +1586,13 @@ class PostgresStore(Store):
             )
             row = await cur.fetchone()
             assert row is not None
-            armed = {w: parse_deadline(at, r, key=w) for w, at, r in zip(row[1], row[2], row[3], strict=True)}
-            return ArmedDeadlines(int(row[0]), {w: d for w, d in armed.items() if d is not None})
+            return ArmedDeadlines.read(
+                int(row[0]),
+                [
+                    (w, functools.partial(parse_deadline, at, r, key=w))
+                    for w, at, r in zip(row[1], row[2], row[3], strict=True)
+                ],
+            )
 
         return await self._run(body)
 

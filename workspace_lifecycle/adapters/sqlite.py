@@ -996,8 +996,9 @@ class SQLiteStore(Store):
             rows = conn.execute(
                 "SELECT workspace_id, deadline_at, deadline_reason FROM workspaces WHERE deadline_at IS NOT NULL"
             ).fetchall()
-            armed = {r[0]: parse_deadline(r[1], r[2], key=r[0]) for r in rows}
-            return ArmedDeadlines(_head(conn), {w: d for w, d in armed.items() if d is not None})
+            return ArmedDeadlines.read(
+                _head(conn), [(r[0], functools.partial(parse_deadline, r[1], r[2], key=r[0])) for r in rows]
+            )
 
         return await self._read(fn)
 
