@@ -203,10 +203,21 @@ async def _play(store_urls: list[str], shared: bool, f: Faults, history: list[Ro
                 kwargs = {"name": "dev"} if c.verb == "create" else {}
                 results.append((c, await method(chats[c.chat], owner=OWNER, **kwargs)))
 
-            with anyio.fail_after(30):  # every caller answered: a hang fails here
-                async with anyio.create_task_group() as tg:
-                    for c in rnd.calls:
-                        tg.start_soon(call, c)
+            try:
+                with anyio.fail_after(30):  # every caller answered: a hang fails here
+                    async with anyio.create_task_group() as tg:
+                        for c in rnd.calls:
+                            tg.start_soon(call, c)
+            except TimeoutError:
+                # Say what hung, for whoever meets it next (once seen in ~10 full runs, not reproduced).
+                answered = [c for c, _ in results]
+                raise AssertionError(
+                    f"unanswered after 30 s: {[c for c in rnd.calls if c not in answered]}; head "
+                    f"{await raw.head()}; pumps (cursor, waiters, kicks): "
+                    f"{[(lc._pump.cursor, len(lc._pump._waiters), lc._pump.kicks) for lc in runtimes]}; "
+                    f"tracked {[lc.tracked for lc in runtimes]}; resyncs {[lc.resyncs for lc in runtimes]}; "
+                    f"rows {[await _state(raw, chat) for chat in chats]}"
+                ) from None
             FIGURES["requests"] += len(results)
             FIGURES["rounds"] += 1
             await quiesce(raw, chats)
