@@ -23,7 +23,7 @@ import anyio
 
 from . import deadlines, steps
 from ._deadlines import DeadlineScheduler
-from ._flight import SharedReads
+from ._flight import SharedReads, SingleFlight
 from ._pump import EventPump
 from ._registry import Entry, Registry
 from ._retry import RetryingWriter
@@ -148,7 +148,7 @@ class Lifecycle(BackgroundService):
             _Sinks(self._registry, self._deadlines if fire_deadlines else None),
             kick_after=resync_interval,
         )
-        self._touching: dict[str, anyio.Event] = {}  # workspace id -> its touch in flight
+        self._touches = SingleFlight[Deadline | None]()  # one touch write per workspace at a time
         self._writer = RetryingWriter(store, retries=write_retries)
         self._reads = SharedReads(store)  # concurrent requests share their first reads
         self._deferred = 0  # wait=False requests finishing in the background
@@ -406,20 +406,17 @@ class Lifecycle(BackgroundService):
         workspace_id = chat.workspace_id
         if workspace_id is None or chat.policy.idle_stop_after is None:
             return None
-        while (busy := self._touching.get(workspace_id)) is not None:
-            await busy.wait()  # coalesce with the touch in flight
         known = self._deadlines.known(workspace_id)
         if not deadlines.touch_due(known, chat.policy, self.clock()):
             return known
-        done = self._touching[workspace_id] = anyio.Event()
-        try:
-            held = self._deadlines.news_of(workspace_id)
-            armed = await self.store.touch(workspace_id)
-            self._deadlines.note(workspace_id, armed, held=held)
-            return armed
-        finally:
-            del self._touching[workspace_id]
-            done.set()
+        # Concurrent touches of one workspace share one write (and its answer).
+        return await self._touches.run(workspace_id, lambda: self._write_touch(workspace_id), _same)
+
+    async def _write_touch(self, workspace_id: str) -> Deadline | None:
+        held = self._deadlines.news_of(workspace_id)
+        armed = await self.store.touch(workspace_id)
+        self._deadlines.note(workspace_id, armed, held=held)
+        return armed
 
     # --- interpreting steps ----------------------------------------------------------------------
 
@@ -543,6 +540,10 @@ class Lifecycle(BackgroundService):
             if not self._deferred:
                 self._drained.set()
                 self._drained = anyio.Event()
+
+
+def _same(armed: Deadline | None) -> Deadline | None:
+    return armed
 
 
 class _Sinks:
