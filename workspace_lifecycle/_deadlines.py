@@ -144,19 +144,19 @@ class DeadlineScheduler:
     async def run(self) -> None:
         """Sleep until the earliest deadline, fire what is due, repeat; until cancelled."""
         while True:
-            if self._reload_due:  # a reload failed: try again a little later
-                with anyio.CancelScope() as self._sleep:
-                    await self.clock.sleep_until(self.clock() + _RETRY)
-                self._sleep = None
-                with contextlib.suppress(StoreError, CorruptStateError):
-                    await self.load()
-                continue
             self._drop_stale()
-            self._waking_at = self._heap[0][0] if self._heap else math.inf
+            if self._reload_due:  # a reload failed: try again a little later, before anything else
+                self._waking_at = self.clock() + _RETRY
+            else:
+                self._waking_at = self._heap[0][0] if self._heap else math.inf
             with anyio.CancelScope() as self._sleep:
                 await self.clock.sleep_until(self._waking_at)
             self._sleep = None
             self._waking_at = -math.inf  # awake: a new deadline only goes into the heap
+            if self._reload_due:
+                with contextlib.suppress(StoreError, CorruptStateError):
+                    await self.load()
+                continue
             now = self.clock()
             while True:
                 self._drop_stale()
