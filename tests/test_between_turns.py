@@ -8,7 +8,7 @@ to let the runtime's tasks run.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
@@ -229,6 +229,43 @@ class TestPolicyChanges:
                     release.set()
                 assert lc.next_deadline() == clock() + 60
                 clock.advance(60)
+                await until(raw, lambda: _is(lc, WorkspaceState.STOPPED))
+
+
+class TestResync:
+    async def test_a_reload_that_fails_does_not_stop_the_runtime(self) -> None:
+        """The pump's cursor expires (the log was pruned) and reloading the deadlines fails
+        once: the failure stays in the scheduler (it reloads a little later), the runtime keeps
+        answering, and the deadline it knew fires."""
+
+        class Flaky(FaultyStore):
+            expire = False
+            refuse = 0
+
+            async def read_events(self, after: int, limit: int = 1000) -> Sequence[wl.StoreEvent]:
+                if self.expire:
+                    self.expire = False
+                    raise wl.CursorExpiredError(after, after + 1)
+                return await super().read_events(after, limit)
+
+            async def armed_deadlines(self) -> wl.ArmedDeadlines:
+                if self.refuse:
+                    self.refuse -= 1
+                    raise wl.StoreUnavailableError("the database is restarting")
+                return await super().armed_deadlines()
+
+        clock = wl.VirtualClock()
+        raw = wl.MemoryStore(clock=clock)
+        async with raw, wl.SimulatedProvisioner(raw, clock=clock):
+            store = Flaky(raw)
+            async with wl.Lifecycle(store, clock=clock, policy=wl.Policy(idle_stop_after=IDLE)) as lc:
+                await lc.register_chat(CHAT, owner=OWNER)
+                await ready(lc)
+                store.expire, store.refuse = True, 1
+                await lc.register_chat("chat-2", owner=OWNER)
+                await lc.create_workspace("chat-2", owner=OWNER, name="dev")  # wakes the pump
+                assert store.refuse == 0 and not store.expire  # the resync met the failure
+                clock.advance(IDLE)
                 await until(raw, lambda: _is(lc, WorkspaceState.STOPPED))
 
 
