@@ -422,9 +422,10 @@ def report_agent(
     if agent is None:
         raise NotFoundError(f"workspace {ws.workspace_id!r} has no agent")
     if lease is not None:
-        if latest is None or latest.number != agent.build_number:
+        if latest is None or latest.number != agent.build_number or latest.lease_token != lease:
             raise LeaseLostError(
-                f"workspace {ws.workspace_id!r} has a newer build than the one this lease made the agent for"
+                f"workspace {ws.workspace_id!r}: this lease is not the one of the build that made its"
+                " agent (a newer build replaced it, or the lease expired)"
             )
         _check_lease(latest, lease, at=at)
     reported = Agent(agent.workspace_id, agent.build_number, parse_lifecycle(lifecycle))
