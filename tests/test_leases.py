@@ -8,7 +8,7 @@ workspace's facts and the log's head before and after.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 import attrs
@@ -299,7 +299,7 @@ class TestReaper:
             await settle(reaper)
             assert reaper.expired == 0
             clock.advance(0.001)
-            await until(lambda: reaper.expired == 1)
+            await until(store, lambda: reaper.expired == 1)
             assert reaper.wakeups - woke <= 3  # woken by its clock and its own write, not a scan
         stored = await store.get_build(build.build_id)
         assert stored.status is JobStatus.FAILED
@@ -316,7 +316,7 @@ class TestReaper:
                 clock.advance(5)
                 await store.renew_lease(kept.build_id, kept.lease_token, lease_seconds=10)
                 await settle(reaper)
-            await until(lambda: reaper.expired == 1)
+            await until(store, lambda: reaper.expired == 1)
             assert (await store.get_build(lapsed.build_id)).status is JobStatus.FAILED
             assert (await store.get_build(kept.build_id)).status is JobStatus.RUNNING
 
@@ -326,7 +326,7 @@ class TestReaper:
         async with wl.LeaseReaper(store, clock=clock) as one, wl.LeaseReaper(store, clock=clock) as two:
             await settle(one)
             clock.advance(LEASE)
-            await until(lambda: one.expired + two.expired == 1)
+            await until(store, lambda: one.expired + two.expired == 1)
             await settle(one)
             assert one.expired + two.expired == 1
         finished = [e for e in await store.read_events(head) if e.kind is EventKind.BUILD_FINISHED]
@@ -339,11 +339,15 @@ async def settle(reaper: wl.LeaseReaper) -> None:
         await anyio.sleep(0.005)
 
 
-async def until(condition: object, timeout: float = 5.0) -> None:
-    assert callable(condition)
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.005)
+async def until(store: wl.Store, condition: Callable[[], bool]) -> None:
+    """Until ``condition`` holds, re-checked whenever the store's log moves (a reaper's expiry
+    is a write)."""
+    with anyio.fail_after(5):
+        while True:
+            head = await store.head()
+            if condition():
+                return
+            await store.wait_for_change(head)
 
 
 class TestValues:

@@ -701,25 +701,24 @@ class ProcessProvisioner(BackgroundService):
         """Finish the held build; False if it had been finished already (by a reaper, say) or
         the lease was lost (then ``held.lost``)."""
         build = held.build
-        async with held.finishing():
-            try:
-                await self._retrying(
-                    lambda: self.store.finish_build(
-                        build.build_id, status, error, has_agent=has_agent, details=details, lease=held.token
-                    ),
-                    until_it_lands=True,
-                )
-            except LeaseLostError as exc:
-                held.lost = True
-                log.warning("process provisioner: build %s: %s", build.build_id, exc)
-                return False
-            except BuildConflictError:
-                # An earlier attempt committed although its caller saw an error, or another
-                # party finished it: the stored outcome is the one that counts.
-                stored = await self.store.get_build(build.build_id)
-                return stored.status is status
-            finally:
-                self.builds_done += 1
+        try:
+            await self._retrying(
+                lambda: self.store.finish_build(
+                    build.build_id, status, error, has_agent=has_agent, details=details, lease=held.token
+                ),
+                until_it_lands=True,
+            )
+        except LeaseLostError as exc:
+            held.lost = True
+            log.warning("process provisioner: build %s: %s", build.build_id, exc)
+            return False
+        except BuildConflictError:
+            # An earlier attempt committed although its caller saw an error, or another
+            # party finished it: the stored outcome is the one that counts.
+            stored = await self.store.get_build(build.build_id)
+            return stored.status is status
+        finally:
+            self.builds_done += 1
         return True
 
     async def _retrying(self, call: Callable[[], Awaitable[object]], *, until_it_lands: bool = False) -> None:

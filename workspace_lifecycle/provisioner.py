@@ -20,7 +20,7 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Self
+from typing import Any
 
 import anyio
 import attrs
@@ -133,29 +133,16 @@ class Held:
 
     build: Build
     #: The lease was lost (it expired, or the build was finished or superseded without it):
-    #: the work was cancelled and the store will refuse this token.
+    #: the work was cancelled and the store refuses this token.
     lost: bool = False
     #: Renewals that landed.
     renewals: int = 0
-    _over: bool = False
-    _lock: anyio.Lock = attrs.field(factory=anyio.Lock)
 
     @property
     def token(self) -> str:
         """The fencing token to pass as ``lease=`` to ``finish_build`` and ``report_agent``."""
         assert self.build.lease_token is not None, "a claimed build has a lease"
         return self.build.lease_token
-
-    @contextlib.asynccontextmanager
-    async def finishing(self) -> AsyncIterator[Self]:
-        """Hold this around the ``finish_build`` call: no renewal runs during it, and none
-        after it (a renewal that raced the finish would find the lease over and cancel work
-        that had, in fact, finished)."""
-        async with self._lock:
-            try:
-                yield self
-            finally:
-                self._over = True
 
 
 @contextlib.asynccontextmanager
@@ -167,15 +154,14 @@ async def holding(
     clock: Clock | Callable[[], float] | None = None,
 ) -> AsyncIterator[Held]:
     """Work on ``build`` under its lease: renew it every third of ``lease_seconds`` (on
-    ``clock``) while the body runs, and cancel the body if the lease is lost (then
-    ``held.lost`` is true after the block). Renewing a build claimed with another duration
-    sets this one from then on. A transient store error skips one renewal (two may fail in a
-    row before the lease runs out)::
+    ``clock``) while the body runs, including while the body's own store writes wait, and
+    cancel the body if the lease is lost (then ``held.lost`` is true after the block). A
+    transient store error skips one renewal (two may fail in a row before the lease runs out).
+    Once the build is finished under this lease, renewals end quietly::
 
         async with holding(store, build, lease_seconds=30) as held:
             ...  # the work
-            async with held.finishing():
-                await store.finish_build(build.build_id, "succeeded", lease=held.token)
+            await store.finish_build(build.build_id, "succeeded", lease=held.token)
         if held.lost:
             return  # another worker may be retrying this build: touch nothing of it
     """
@@ -183,27 +169,31 @@ async def holding(
     ticks = as_clock(clock)
     interval = lease_seconds / 3
 
+    async def finished_by_us() -> bool:
+        """A renewal was refused: because the body's finish landed, or because the lease is lost?"""
+        with contextlib.suppress(StoreError, CallerError):
+            stored = await store.get_build(build.build_id)
+            return stored.status.finished and stored.lease_token == held.token
+        return False
+
     async def heartbeat(scope: anyio.CancelScope) -> None:
         while True:
             await ticks.sleep_until(ticks() + interval)
-            async with held._lock:
-                if held._over:
+            try:
+                await store.renew_lease(build.build_id, held.token, lease_seconds=lease_seconds)
+            except (LeaseLostError, NotFoundError) as exc:
+                if await finished_by_us():
                     return
-                try:
-                    await store.renew_lease(build.build_id, held.token, lease_seconds=lease_seconds)
-                except (LeaseLostError, NotFoundError) as exc:
-                    log.warning(
-                        "provisioner: build %s: lease lost (%s); stopping its work", build.build_id, exc
-                    )
-                    held.lost = True
-                    scope.cancel()
-                    return
-                except StoreClosedError:
-                    return
-                except StoreError as exc:
-                    log.warning("provisioner: build %s: lease not renewed: %s", build.build_id, exc)
-                    continue
-                held.renewals += 1
+                log.warning("provisioner: build %s: lease lost (%s); stopping its work", build.build_id, exc)
+                held.lost = True
+                scope.cancel()
+                return
+            except StoreClosedError:
+                return
+            except StoreError as exc:
+                log.warning("provisioner: build %s: lease not renewed: %s", build.build_id, exc)
+                continue
+            held.renewals += 1
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(heartbeat, tg.cancel_scope)
@@ -362,19 +352,18 @@ class SimulatedProvisioner(BackgroundService):
         # retried however long the store stays busy: a build left running because one write
         # failed never finishes.
         build = held.build
-        async with held.finishing():
-            try:
-                await self._retrying(
-                    lambda: self.store.finish_build(
-                        build.build_id, status, error, has_agent=has_agent, details=details, lease=held.token
-                    ),
-                    until_it_lands=True,
-                )
-            except LeaseLostError as exc:
-                held.lost = True
-                log.warning("provisioner: build %s: %s", build.build_id, exc)
-            except BuildConflictError:
-                pass
+        try:
+            await self._retrying(
+                lambda: self.store.finish_build(
+                    build.build_id, status, error, has_agent=has_agent, details=details, lease=held.token
+                ),
+                until_it_lands=True,
+            )
+        except LeaseLostError as exc:
+            held.lost = True
+            log.warning("provisioner: build %s: %s", build.build_id, exc)
+        except BuildConflictError:
+            pass
         self.builds_done += 1
 
     async def _retrying(self, call: Callable[[], Awaitable[object]], *, until_it_lands: bool = False) -> None:

@@ -308,7 +308,7 @@ def _check_lease(build: Build, token: str, *, at: float) -> None:
     ``at`` (a build in flight whose lease has not run out, or a finished one it finished)."""
     if build.lease_token != token:
         raise LeaseLostError(
-            f"build {build.build_id} is not held under this lease (it expired or was never it)"
+            f"build {build.build_id} is not held under this lease (it expired, or the token is another's)"
         )
     if build.in_flight and (build.lease_expires_at is None or at >= build.lease_expires_at):
         raise LeaseLostError(f"the lease on build {build.build_id} expired; its worker must stop")
