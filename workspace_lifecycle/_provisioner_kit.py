@@ -72,11 +72,20 @@ class _Observed(FaultyStore):
         self.cut_off: set[str] = set()  # build ids whose renewals fail (a partition)
         self.hold_finish: dict[str, anyio.Event] = {}  # build id -> released when set
         self.finishes_held: dict[str, anyio.Event] = {}  # build id -> set once a finish waits
+        self.noted = anyio.Event()  # set (and replaced) whenever a call is recorded
 
     def _note(
         self, method: str, build_id: str | None, ws: str | None, lease: str | None, outcome: str
     ) -> None:
         self.log.append(_Call(method, build_id, ws, lease, outcome))
+        self.noted.set()
+        self.noted = anyio.Event()
+
+    async def seen(self, found: Callable[[list[_Call]], bool]) -> None:
+        """Until the provisioner's calls satisfy ``found`` (a call's effect is in the store
+        before the call has returned to the provisioner: wait for its return)."""
+        while not found(self.log):
+            await self.noted.wait()
 
     async def claim_build(self, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Build | None:
         build = await super().claim_build(worker, lease_seconds=lease_seconds)
@@ -265,6 +274,14 @@ class _Kit:
                 f"{step}: build {build.build_id} was claimed {len(claims)} times, not once"
             )
         token = claims[0].lease
+
+        def finished(log: list[_Call]) -> bool:
+            return any(
+                c.method == "finish_build" and c.build_id == build.build_id and c.outcome == "ok" for c in log
+            )
+
+        with anyio.move_on_after(self.timeout):
+            await self.observed.seen(finished)
         finishes = [
             c for c in self.observed.log if c.method == "finish_build" and c.build_id == build.build_id
         ]
@@ -283,11 +300,17 @@ class _Kit:
             lambda f: f.agent is not None and f.agent.lifecycle is not AgentLifecycle.CREATED,
             "create: the agent report",
         )
-        reports = [
-            c
-            for c in self.observed.log
-            if c.method == "report_agent" and c.workspace_id == self.workspace_id and c.outcome == "ok"
-        ]
+
+        def reported(log: list[_Call]) -> list[_Call]:
+            return [
+                c
+                for c in log
+                if c.method == "report_agent" and c.workspace_id == self.workspace_id and c.outcome == "ok"
+            ]
+
+        with anyio.move_on_after(self.timeout):
+            await self.observed.seen(lambda log: bool(reported(log)))
+        reports = reported(self.observed.log)
         if not reports or any(c.lease != build.lease_token for c in reports):
             raise ProvisionerCheckError(
                 "create: the agent was reported without the start build's lease token"
@@ -365,18 +388,20 @@ class _Kit:
     # --- waiting ----------------------------------------------------------------------------
 
     async def _claimed(self, build: Build, step: str) -> Build:
-        await self._until(
-            lambda f: (
-                f.latest_build is not None
-                and f.latest_build.build_id == build.build_id
-                and f.latest_build.status is not JobStatus.PENDING
-            ),
-            f"{step}: the claim",
-        )
-        claimed = self.observed.claims.get(build.build_id)
-        if claimed is None:
-            raise ProvisionerCheckError(f"{step}: build {build.build_id} left pending by someone else")
-        return claimed
+        """The build as the provisioner's worker claimed it (waiting for its claim to return)."""
+
+        def claimed(log: list[_Call]) -> bool:
+            return any(c.method == "claim_build" and c.build_id == build.build_id for c in log)
+
+        with anyio.move_on_after(self.timeout):
+            await self.observed.seen(claimed)
+        found = self.observed.claims.get(build.build_id)
+        if found is None:
+            state = derive_state(await self.store.workspace_facts(self.workspace_id)).value
+            raise ProvisionerCheckError(
+                f"{step}: build {build.build_id} was not claimed within {self.timeout:g}s (the workspace is {state})"
+            )
+        return found
 
     async def _until(self, condition: Callable[[WorkspaceFacts], bool], step: str) -> WorkspaceFacts:
         """The workspace's facts once ``condition`` holds, woken by the store's events."""
