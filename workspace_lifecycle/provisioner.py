@@ -17,7 +17,7 @@ import anyio
 import attrs
 
 from ._service import BackgroundService
-from .adapters.base import Store
+from .adapters.base import Store, Topic
 from .clock import Clock, as_clock
 from .errors import BuildConflictError, CallerError, StoreClosedError, StoreError, TransientStoreError
 from .values import AgentLifecycle, Build, JobStatus, Transition
@@ -85,22 +85,23 @@ async def claims(store: Store, worker: str) -> AsyncIterator[Build]:
 
     It sleeps in the store's ``wait_for_change`` while nothing is pending (an idle provisioner
     costs nothing), retries transient store errors after a short pause, and ends when the
-    store closes.
+    store closes. Its interest is builds queued in any workspace (``Topic.BUILDS``).
     """
-    while True:
-        try:
-            cursor = await store.head()
-            build = await store.claim_build(worker)
-            if build is None:
-                await store.wait_for_change(cursor)
+    with store.interest(Topic.BUILDS):
+        while True:
+            try:
+                cursor = await store.head()
+                build = await store.claim_build(worker)
+                if build is None:
+                    await store.wait_for_change(cursor)
+                    continue
+            except StoreClosedError:
+                return
+            except TransientStoreError as exc:
+                log.warning("provisioner %s: %s; retrying", worker, exc)
+                await anyio.sleep(0.1)
                 continue
-        except StoreClosedError:
-            return
-        except TransientStoreError as exc:
-            log.warning("provisioner %s: %s; retrying", worker, exc)
-            await anyio.sleep(0.1)
-            continue
-        yield build
+            yield build
 
 
 async def retrying(

@@ -49,7 +49,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from . import answers
-from .adapters.base import Store
+from .adapters.base import Store, Topic
 from .machine import Tracker, derive_state
 from .runtime import Lifecycle
 from .values import (
@@ -575,14 +575,15 @@ class LifecycleMachine(RuleBasedStateMachine):
         async def fired() -> None:
             # The deferred request decides on the pump's news; wait for its build to appear.
             cursor = head
-            while True:
-                events = await self.store.read_events(cursor)
-                if any(e.workspace_id == ws and e.kind is EventKind.BUILD_QUEUED for e in events):
-                    return
-                if events:
-                    cursor = events[-1].seq
-                else:
-                    await self.store.wait_for_change(cursor)
+            with self.store.interest(Topic.workspace(ws)):
+                while True:
+                    events = await self.store.read_events(cursor)
+                    if any(e.workspace_id == ws and e.kind is EventKind.BUILD_QUEUED for e in events):
+                        return
+                    if events:
+                        cursor = events[-1].seq
+                    else:
+                        await self.store.wait_for_change(cursor)
 
         self.call(fired)
         builds = self._queued(self._read(head), ws)
