@@ -680,6 +680,12 @@ class PostgresStore(Store):
         return self._notifications_received
 
     @property
+    def channels(self) -> frozenset[str]:
+        """The channels the listener connection LISTENs to now (it catches up with a change of
+        interest within a moment: see :meth:`take_interest`)."""
+        return frozenset(self._listening)
+
+    @property
     def listen_timeout(self) -> float:
         """Seconds the listener's head read may take before its connection counts as hung."""
         return min(max(2 * self.poll_interval, 1.0), 10.0)
