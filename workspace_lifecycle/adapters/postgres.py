@@ -49,6 +49,23 @@ Design, in the order a write meets it:
   fallback poll does not depend on that connection: while someone waits and the listener has
   not read the head for a ``poll_interval``, the pool reads it. Idle cost: one cheap query per
   ``poll_interval`` per store, whatever the number of waiters.
+* **Notification shards** (``shards=N``, off by default). Above, every replica's listener reads
+  every notification: R replicas x E events. With shards, a write notifies the channel of its
+  workspace's shard (CRC-32 of the id mod N, computed here and passed as a parameter, so every
+  process agrees), and also the chat's shard when it binds a chat to a new workspace (what a
+  watcher of the chat follows) and a builds channel when it queues a build (provisioners claim
+  every workspace's builds). The runtime says what it waits on (:meth:`PostgresStore.take_interest`:
+  tracked workspaces, watched chats, every workspace for a watcher of all, builds for
+  ``claims``); the listener task alone LISTENs and UNLISTENs to match, counted per channel. A
+  new interest interrupts its wait: it LISTENs, then reads the head, so a commit that landed
+  before the LISTEN took effect still wakes (no lost wake-up); a channel no longer needed is
+  UNLISTENed when it next wakes. Other shards' events are read when the log is next read (a
+  wake-up for this replica's shards, or the listener's head read every ``poll_interval``):
+  that is when the deadline scheduler learns of a deadline armed elsewhere, so such a deadline
+  may fire up to a ``poll_interval`` late, never early or twice (deadlines are minutes away; a
+  global deadline channel would wake every replica for most builds again). Cost: a LISTEN (and
+  a head read) per new shard of interest, an UNLISTEN when it ends. Every replica of a schema
+  must use the same ``shards`` (a mismatch costs latency, not events).
 * **Schema.** Versioned forward migrations run under ``pg_advisory_xact_lock`` so replicas that
   start together do not race; a schema newer than this code is refused with a clear error.
 
