@@ -128,6 +128,45 @@ async def test_interest_taken_after_a_commit_still_wakes_the_waiter(pg_schema_ur
 
 
 @pytest.mark.anyio
+async def test_a_shard_nobody_waits_on_is_unlistened(pg_schema_url: str) -> None:
+    """Interest is counted per channel; once the last use ends, the listener UNLISTENs when it
+    next wakes, and that shard's writes reach it no more."""
+    async with wl.open_store(pg_schema_url, shards=SHARDS) as writer:
+        (ws, *_) = await one_workspace_per_shard(writer)
+        async with wl.open_store(pg_schema_url, shards=SHARDS, poll_interval=60.0) as store:
+            assert isinstance(store, PostgresStore)
+            with store.interest(Topic.workspace(ws)):
+                with store.interest(Topic.workspace(ws)):
+                    await eventually(lambda: bool(store.channels))
+                assert store.channels  # still one use
+                await stop_and_start(writer, ws)
+                await eventually(lambda: store.notifications_received >= 6)
+                assert store.channels
+            await stop_and_start(writer, ws)  # wakes the listener, which then UNLISTENs
+            await eventually(lambda: not store.channels)
+            received = store.notifications_received
+            await stop_and_start(writer, ws)
+            await anyio.sleep(0.3)
+            assert store.notifications_received == received
+
+
+@pytest.mark.anyio
+async def test_a_head_read_with_the_rows_wakes_the_waiter_for_it(pg_schema_url: str) -> None:
+    """By shard, facts read after another shard's commit carry a head no notification here will
+    announce: a waiter for that head (a lost compare-and-set catching up) wakes at once."""
+    async with wl.open_store(pg_schema_url, shards=SHARDS) as writer:
+        mine, other, *_ = await one_workspace_per_shard(writer)
+        async with wl.open_store(pg_schema_url, shards=SHARDS, poll_interval=60.0) as store:
+            with store.interest(Topic.workspace(mine)):
+                head = await store.head()
+                await stop_and_start(writer, other)  # another shard: nothing notifies us
+                facts = await store.workspace_facts(mine)
+                assert facts.seq > head
+                with anyio.fail_after(5):
+                    await store.wait_for_change(head)
+
+
+@pytest.mark.anyio
 async def test_a_lost_notification_costs_at_most_the_fallback_poll(pg_schema_url: str) -> None:
     """The waiter's shard is never notified (the writer notifies one channel: a replica left
     without ``shards``): the listener's poll wakes it within its interval, without a notification."""

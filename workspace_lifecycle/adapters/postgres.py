@@ -1367,7 +1367,18 @@ class PostgresStore(Store):
     def _committed(self, outcome: Outcome) -> Outcome:
         if outcome.fired:
             self._wrote(outcome.facts.seq)
+        else:
+            self._read_head(outcome.facts.seq)
         return outcome
+
+    def _read_head(self, head: int) -> None:
+        """A read returned the log's ``head`` with its rows. By shard, it may be ahead of every
+        notification this replica will get (other shards' commits): a caller that then waits
+        for the pump to reach it (a lost compare-and-set catching up) must not be left to the
+        poll, so the doorbell hears of it. On one channel a notification follows every commit
+        anyway, and nothing changes."""
+        if self.shards:
+            self._doorbell.saw(head)
 
     def _wrote(self, head: int) -> None:
         """A write of this process committed up to ``head``: wake local waiters now, and other
@@ -1605,7 +1616,9 @@ class PostgresStore(Store):
         return _parse_facts(row)
 
     async def workspace_facts(self, workspace_id: str) -> WorkspaceFacts:
-        return await self._run(lambda conn: self._facts(conn, workspace_id))
+        facts = await self._run(lambda conn: self._facts(conn, workspace_id))
+        self._read_head(facts.seq)
+        return facts
 
     async def get_build(self, build_id: str) -> Build:
         async def body(conn: Conn) -> Build:
