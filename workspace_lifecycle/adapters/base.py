@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -33,13 +33,19 @@ from ..values import (
     Chat,
     Deadline,
     JobStatus,
+    Lease,
     Policy,
     StoreEvent,
     Transition,
     WorkspaceFacts,
 )
 
-__all__ = ["ArmedDeadlines", "ChatRow", "Doorbell", "Outcome", "Store", "Topic", "TopicKind"]
+__all__ = ["DEFAULT_LEASE_SECONDS", "ArmedDeadlines", "ChatRow", "Doorbell", "Outcome", "Store", "Topic", "TopicKind"]
+
+#: How long a claim's lease lasts unless renewed: a worker renews it every third of this
+#: (:func:`workspace_lifecycle.provisioner.holding`), and a worker that stops renewing has its
+#: build failed this long after its last renewal at the latest.
+DEFAULT_LEASE_SECONDS = 30.0
 
 
 @attrs.frozen
@@ -266,8 +272,31 @@ class Store(abc.ABC):
     # --- the provisioner side ---------------------------------------------------------------
 
     @abc.abstractmethod
-    async def claim_build(self, worker: str) -> Build | None:
-        """Hand the oldest pending build to ``worker`` (exactly one worker gets each)."""
+    async def claim_build(self, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Build | None:
+        """Hand the oldest pending build to ``worker`` (exactly one worker gets each), under a
+        lease: the build's ``lease_token`` is the worker's fencing token, and the lease runs out
+        at ``lease_expires_at`` (``lease_seconds`` from now, store time) unless renewed."""
+
+    @abc.abstractmethod
+    async def renew_lease(
+        self, build_id: str, token: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> float:
+        """Extend the lease ``token`` on a build in flight to ``lease_seconds`` from now; return
+        when it runs out (store time). Raises
+        :class:`~workspace_lifecycle.errors.LeaseLostError` (nothing changed) when the lease is
+        not held any more: it expired, or the build finished. Appends no event."""
+
+    @abc.abstractmethod
+    async def next_lease_expiry(self, *, skip: Collection[str] = ()) -> Lease | None:
+        """The lease of a build in flight that runs out first, or ``None``; builds whose id is
+        in ``skip`` (rows a reaper set aside as unreadable) are passed over."""
+
+    @abc.abstractmethod
+    async def expire_lease(self, build_id: str, token: str) -> Build | None:
+        """Fail the build whose lease ``token`` ran out (a compare-and-set: exactly once across
+        replicas); ``None`` when there is nothing to do (renewed, not yet due by the store's
+        clock, already expired or finished) — :func:`~workspace_lifecycle.writes.expire_lease`
+        decides."""
 
     @abc.abstractmethod
     async def finish_build(
@@ -278,6 +307,7 @@ class Store(abc.ABC):
         *,
         has_agent: bool = True,
         details: Mapping[str, Any] | None = None,
+        lease: str | None = None,
     ) -> Build:
         """Finish an in-progress build (``succeeded``, ``failed`` or ``canceled``, as the enum or
         its string value).
@@ -286,13 +316,18 @@ class Store(abc.ABC):
         delete build marks the workspace deleted (:func:`~workspace_lifecycle.writes.finish_build`
         decides both, for every store). ``details`` (a JSON object, checked by
         :func:`~workspace_lifecycle.values.check_details`) is kept with a build that did not
-        succeed and merged into the answer of the request that waited for it.
+        succeed and merged into the answer of the request that waited for it. ``lease``, the
+        worker's fencing token, makes the finish hold only while the worker holds the lease
+        (:class:`~workspace_lifecycle.errors.LeaseLostError` otherwise, nothing changed).
         """
 
     @abc.abstractmethod
-    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
+    async def report_agent(
+        self, workspace_id: str, lifecycle: AgentLifecycle | str, *, lease: str | None = None
+    ) -> None:
         """Record the agent's lifecycle state (the enum or its string value, ``"ready"``) for the
-        agent of the latest build that has one."""
+        agent of the latest build that has one. With ``lease`` (the token of the build that
+        made the agent) the report holds only while that build is the workspace's latest."""
 
     # --- the event log ------------------------------------------------------------------------
 

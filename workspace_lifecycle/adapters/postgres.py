@@ -86,7 +86,7 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -121,6 +121,7 @@ from ..values import (
     Deadline,
     EventKind,
     JobStatus,
+    Lease,
     Policy,
     Reason,
     StoreEvent,
@@ -129,9 +130,10 @@ from ..values import (
     WorkspaceFacts,
     parse_deadline,
     parse_enum,
+    parse_lease,
     parse_policy,
 )
-from .base import ArmedDeadlines, ChatRow, Doorbell, Outcome, Store, Topic, TopicKind
+from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Doorbell, Outcome, Store, Topic, TopicKind
 
 __all__ = [
     "DRIVERS",
@@ -240,6 +242,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE builds ADD COLUMN reason text NOT NULL DEFAULT 'request';
     CREATE INDEX workspaces_deadline ON workspaces (deadline_at) WHERE deadline_at IS NOT NULL;
     """,
+    # 5: leases: a claimed build's fencing token and when its lease runs out (only in flight).
+    """
+    ALTER TABLE builds ADD COLUMN lease_token text, ADD COLUMN lease_expires_at double precision;
+    CREATE INDEX builds_lease ON builds (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+    """,
 )
 
 #: The schema version this code writes and understands.
@@ -256,7 +263,7 @@ _CHAT_WIDTH = 5
 _FACTS_COLUMNS = f"""
     {_WS_COLUMNS},
     b.build_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,
-    b.parameters, b.details, b.reason,
+    b.parameters, b.details, b.reason, b.lease_token, b.lease_expires_at,
     a.build_number, a.lifecycle
 """
 _FACTS_JOINS = """
@@ -275,13 +282,13 @@ _WORKSPACE_COLUMNS = f"{_WS_COLUMNS}, w.version"
 #: Columns of a workspace row as :func:`_parse_workspace` reads it (its version follows them).
 _WORKSPACE_WIDTH = 7
 #: Columns of a build as :func:`_parse_build` reads it.
-_BUILD_WIDTH = 11
+_BUILD_WIDTH = 13
 #: Columns of ``_FACTS_COLUMNS`` and the head (``_REQUEST_SQL``'s versions and chat follow).
 _FACTS_WIDTH = _WORKSPACE_WIDTH + (_BUILD_WIDTH - 1) + 2 + 1
 
 _BUILD_COLUMNS = (
     "b.build_id, b.workspace_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,"
-    " b.parameters, b.details, b.reason"
+    " b.parameters, b.details, b.reason, b.lease_token, b.lease_expires_at"
 )
 
 
@@ -321,8 +328,9 @@ def _lock_key(schema: str) -> int:
 
 def _parse_build(row: Sequence[Any]) -> Build:
     """A build from ``build_id, workspace_id, number, transition, status, error, has_agent, worker,
-    parameters, details, reason``."""
+    parameters, details, reason, lease_token, lease_expires_at``."""
     build_id = row[0]
+    token, expires_at = parse_lease(row[11], row[12], key=build_id)
     parameters, details = row[8], row[9]
     if not isinstance(parameters, dict):
         raise CorruptStateError("builds", build_id, "parameters", parameters)
@@ -340,6 +348,8 @@ def _parse_build(row: Sequence[Any]) -> Build:
         parameters=parameters,
         details=details,
         reason=parse_enum(Reason, row[10], table="builds", key=build_id, column="reason"),
+        lease_token=token,
+        lease_expires_at=expires_at,
     )
 
 
@@ -1029,7 +1039,7 @@ class PostgresStore(Store):
         if head is None or base is None or base.version != seen.version or not _CACHE_KNOWN_ROWS:
             self._forget(seen)  # changed by another writer, or rows it does not know
             return
-        self._known[seen.workspace_id] = base.after(write, head)
+        self._known[seen.workspace_id] = base.after(write, head if write.events else base.facts.seq)
         self._known.move_to_end(seen.workspace_id)
         if len(self._known) > _KNOWN_MAX:
             self._known.popitem(last=False)
@@ -1248,7 +1258,8 @@ class PostgresStore(Store):
         elif build is not None:
             changes.append(
                 "UPDATE builds SET status = %(b_status)s, error = %(b_error)s,"
-                " has_agent = %(b_has_agent)s, worker = %(b_worker)s, details = %(b_details)s"
+                " has_agent = %(b_has_agent)s, worker = %(b_worker)s, details = %(b_details)s,"
+                " lease_token = %(b_lease)s, lease_expires_at = %(b_lease_until)s"
                 f" WHERE build_id = %(b_id)s AND {gate} RETURNING 1"
             )
         if build is not None:
@@ -1264,6 +1275,8 @@ class PostgresStore(Store):
                 b_parameters=Jsonb(dict(build.parameters)),
                 b_details=None if build.details is None else Jsonb(dict(build.details)),
                 b_reason=build.reason.value,
+                b_lease=build.lease_token,
+                b_lease_until=build.lease_expires_at,
             )
         if write.agent is not None:
             changes.append(
@@ -1281,8 +1294,9 @@ class PostgresStore(Store):
         # Reading the changes runs them before the log lock (an unread one would run last).
         done = " UNION ALL ".join(f"SELECT 1 FROM p{i}" for i in range(len(changes))) or "SELECT 1"
         ctes.append(f"done AS MATERIALIZED (SELECT count(*) FROM ({done}) d)")
+        if not write.events:  # a lease renewal: rows only, no log lock, no NOTIFY; head 0
+            return f"WITH {', '.join(ctes)} SELECT 0 FROM ok, done", params
         ctes.append("lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%(l1)s, %(l2)s) FROM ok, done)")
-        assert write.events, "every write appends at least one event"
         rows = []
         for i, event in enumerate(write.events):
             rows.append(
@@ -1803,7 +1817,9 @@ class PostgresStore(Store):
 
     # --- the provisioner side ---------------------------------------------------------------
 
-    async def claim_build(self, worker: str) -> Build | None:
+    async def claim_build(self, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Build | None:
+        writes.check_lease_seconds(lease_seconds)
+
         async def body(conn: Conn) -> _Decided[tuple[Build | None, int]]:
             # The oldest pending build; a worker that loses it to another reads the next one.
             cur = await conn.execute(
@@ -1816,12 +1832,89 @@ class PostgresStore(Store):
                 return _Decided(None, None, lambda _: (None, 0))
             b, w = _BUILD_WIDTH, _BUILD_WIDTH + _WORKSPACE_WIDTH
             ws = _parse_workspace(row[b:w])
-            write = writes.claim_build(_parse_build(row[:b]), ws, worker=worker, at=self._clock())
+            write = writes.claim_build(
+                _parse_build(row[:b]),
+                ws,
+                worker=worker,
+                at=self._clock(),
+                token=uuid.uuid4().hex,
+                lease_seconds=lease_seconds,
+            )
             return _Decided(write, _Seen(ws.workspace_id, int(row[w])), lambda head: (write.build, head))
 
         build, head = await self._decide(body)
         self._wrote(head)
         return build
+
+    async def _read_build(self, conn: Conn, build_id: str) -> tuple[Build, Workspace, Chat, _Seen] | None:
+        """A build with its workspace and chat rows (the chat's policy arms the next deadline
+        when it finishes) and the guard of a write decided on them; ``None`` if no such build."""
+        cur = await conn.execute(
+            f"SELECT {_BUILD_COLUMNS}, {_WORKSPACE_COLUMNS}, {_CHAT_COLUMNS}, c.version"
+            " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id"
+            " JOIN chats c ON c.chat_id = w.chat_id WHERE b.build_id = %s",
+            (build_id,),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        b, w = _BUILD_WIDTH, _BUILD_WIDTH + _WORKSPACE_WIDTH
+        ws = _parse_workspace(row[b:w])
+        chat = _parse_chat(row[w + 1 : w + 1 + _CHAT_WIDTH])
+        seen = _Seen(ws.workspace_id, int(row[w]), chat.chat_id, int(row[w + 1 + _CHAT_WIDTH]))
+        return _parse_build(row[:b]), ws, chat, seen
+
+    async def renew_lease(
+        self, build_id: str, token: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> float:
+        async def body(conn: Conn) -> _Decided[tuple[float, int]]:
+            read = await self._read_build(conn, build_id)
+            if read is None:
+                raise NotFoundError(f"no build {build_id!r}")
+            build, ws, _, seen = read
+            write = writes.renew_lease(build, ws, token, at=self._clock(), lease_seconds=lease_seconds)
+            assert write.build is not None and write.build.lease_expires_at is not None
+            until = write.build.lease_expires_at
+            # The workspace's version guards it (a renewal bumps it too: an expiry decided on
+            # the lease as it was read must not pass once it was renewed).
+            return _Decided(write, _Seen(seen.workspace_id, seen.version), lambda head: (until, head))
+
+        until, _ = await self._decide(body)
+        return until
+
+    async def next_lease_expiry(self, *, skip: Collection[str] = ()) -> Lease | None:
+        passed = list(skip)
+
+        async def body(conn: Conn) -> Lease | None:
+            cur = await conn.execute(
+                "SELECT build_id, workspace_id, worker, lease_token, lease_expires_at FROM builds"
+                " WHERE lease_expires_at IS NOT NULL AND build_id <> ALL(%s::text[])"
+                " ORDER BY lease_expires_at LIMIT 1",
+                (passed,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            token, expires_at = parse_lease(row[3], row[4], key=row[0])
+            assert token is not None and expires_at is not None
+            return Lease(row[0], row[1], row[2], token, expires_at)
+
+        return await self._run(body)
+
+    async def expire_lease(self, build_id: str, token: str) -> Build | None:
+        async def body(conn: Conn) -> _Decided[tuple[Build | None, int]]:
+            read = await self._read_build(conn, build_id)
+            if read is None:
+                return _Decided(None, None, lambda _: (None, 0))
+            build, ws, chat, seen = read
+            write = writes.expire_lease(build, ws, token, at=self._clock(), policy=chat.policy)
+            if write is None:
+                return _Decided(None, None, lambda _: (None, 0))
+            return _Decided(write, seen, lambda head: (write.build, head))
+
+        expired, head = await self._decide(body)
+        self._wrote(head)
+        return expired
 
     async def finish_build(
         self,
@@ -1831,25 +1924,17 @@ class PostgresStore(Store):
         *,
         has_agent: bool = True,
         details: Mapping[str, Any] | None = None,
+        lease: str | None = None,
     ) -> Build:
         status = writes.parse_status(status)
 
         async def body(conn: Conn) -> _Decided[tuple[Build, int]]:
-            # The chat's policy too (a finish arms the workspace's next deadline by it).
-            cur = await conn.execute(
-                f"SELECT {_BUILD_COLUMNS}, {_WORKSPACE_COLUMNS}, {_CHAT_COLUMNS}, c.version"
-                " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id"
-                " JOIN chats c ON c.chat_id = w.chat_id WHERE b.build_id = %s",
-                (build_id,),
-            )
-            row = await cur.fetchone()
-            if row is None:
+            read = await self._read_build(conn, build_id)
+            if read is None:
                 raise NotFoundError(f"no build {build_id!r}")
-            b, w = _BUILD_WIDTH, _BUILD_WIDTH + _WORKSPACE_WIDTH
-            ws = _parse_workspace(row[b:w])
-            chat = _parse_chat(row[w + 1 : w + 1 + _CHAT_WIDTH])
+            build, ws, chat, seen = read
             write = writes.finish_build(
-                _parse_build(row[:b]),
+                build,
                 ws,
                 status,
                 error,
@@ -1857,22 +1942,31 @@ class PostgresStore(Store):
                 at=self._clock(),
                 details=details,
                 policy=chat.policy,
+                lease=lease,
             )
             done = write.build
             assert done is not None
-            seen = _Seen(ws.workspace_id, int(row[w]), chat.chat_id, int(row[w + 1 + _CHAT_WIDTH]))
             return _Decided(write, seen, lambda head: (done, head))
 
         done, head = await self._decide(body)
         self._wrote(head)
         return done
 
-    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
+    async def report_agent(
+        self, workspace_id: str, lifecycle: AgentLifecycle | str, *, lease: str | None = None
+    ) -> None:
         lifecycle = writes.parse_lifecycle(lifecycle)
 
         def decide(known: _Known) -> _Decided[int]:
             facts = known.facts
-            write = writes.report_agent(facts.agent, facts.workspace, lifecycle, at=self._clock())
+            write = writes.report_agent(
+                facts.agent,
+                facts.workspace,
+                lifecycle,
+                at=self._clock(),
+                latest=facts.latest_build,
+                lease=lease,
+            )
             return _Decided(write, _Seen(workspace_id, known.version), lambda head: head, known)
 
         async def body(conn: Conn) -> _Decided[int]:
