@@ -63,7 +63,8 @@ Design, in the order a write meets it:
   wake-up for this replica's shards, or the listener's head read every ``poll_interval``):
   that is when the deadline scheduler learns of a deadline armed elsewhere, so such a deadline
   may fire up to a ``poll_interval`` late, never early or twice (deadlines are minutes away; a
-  global deadline channel would wake every replica for most builds again). Cost: a LISTEN (and
+  global deadline channel would wake every replica for most builds again); a lease reaper
+  learns of another process's new claim the same way (leases last 30 s). Cost: a LISTEN (and
   a head read) per new shard of interest, an UNLISTEN when it ends. Every replica of a schema
   must use the same ``shards`` (a mismatch costs latency, not events).
 * **Schema.** Versioned forward migrations run under ``pg_advisory_xact_lock`` so replicas that
