@@ -40,7 +40,16 @@ from ..values import (
     WorkspaceFacts,
 )
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "ArmedDeadlines", "ChatRow", "Doorbell", "Outcome", "Store", "Topic", "TopicKind"]
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "ArmedDeadlines",
+    "ChatRow",
+    "Doorbell",
+    "Outcome",
+    "Store",
+    "Topic",
+    "TopicKind",
+]
 
 #: How long a claim's lease lasts unless renewed: a worker renews it every third of this
 #: (:func:`workspace_lifecycle.provisioner.holding`), and a worker that stops renewing has its
