@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from .adapters.base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Outcome, Store
+from .adapters.base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Outcome, Store, Topic
 from .errors import TransientStoreError
 from .values import (
     AgentLifecycle,
@@ -297,6 +297,12 @@ class FaultyStore(Store):
 
     async def head(self) -> int:
         return await self.inner.head()
+
+    def take_interest(self, topic: Topic) -> None:
+        self.inner.take_interest(topic)
+
+    def drop_interest(self, topic: Topic) -> None:
+        self.inner.drop_interest(topic)
 
     async def wait_for_change(self, after: int) -> None:
         if self._roll(self.lose_wakeups):

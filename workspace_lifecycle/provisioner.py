@@ -27,7 +27,7 @@ import attrs
 
 from . import writes
 from ._service import BackgroundService
-from .adapters.base import DEFAULT_LEASE_SECONDS, Store
+from .adapters.base import DEFAULT_LEASE_SECONDS, Store, Topic
 from .clock import Clock, as_clock
 from .errors import (
     BuildConflictError,
@@ -109,22 +109,23 @@ async def claims(
 
     It sleeps in the store's ``wait_for_change`` while nothing is pending (an idle provisioner
     costs nothing), retries transient store errors after a short pause, and ends when the
-    store closes.
+    store closes. Its interest is builds queued in any workspace (``Topic.BUILDS``).
     """
-    while True:
-        try:
-            cursor = await store.head()
-            build = await store.claim_build(worker, lease_seconds=lease_seconds)
-            if build is None:
-                await store.wait_for_change(cursor)
+    with store.interest(Topic.BUILDS):
+        while True:
+            try:
+                cursor = await store.head()
+                build = await store.claim_build(worker, lease_seconds=lease_seconds)
+                if build is None:
+                    await store.wait_for_change(cursor)
+                    continue
+            except StoreClosedError:
+                return
+            except TransientStoreError as exc:
+                log.warning("provisioner %s: %s; retrying", worker, exc)
+                await anyio.sleep(0.1)
                 continue
-        except StoreClosedError:
-            return
-        except TransientStoreError as exc:
-            log.warning("provisioner %s: %s; retrying", worker, exc)
-            await anyio.sleep(0.1)
-            continue
-        yield build
+            yield build
 
 
 @attrs.define(eq=False)

@@ -70,7 +70,7 @@ from ._provisioner_kit import (
     ProvisionerReport,
     check_provisioner,
 )
-from .adapters.base import Store
+from .adapters.base import Store, Topic
 from .machine import Tracker, derive_state
 from .runtime import Lifecycle
 from .values import (
@@ -600,14 +600,15 @@ class LifecycleMachine(RuleBasedStateMachine):
         async def fired() -> None:
             # The deferred request decides on the pump's news; wait for its build to appear.
             cursor = head
-            while True:
-                events = await self.store.read_events(cursor)
-                if any(e.workspace_id == ws and e.kind is EventKind.BUILD_QUEUED for e in events):
-                    return
-                if events:
-                    cursor = events[-1].seq
-                else:
-                    await self.store.wait_for_change(cursor)
+            with self.store.interest(Topic.workspace(ws)):
+                while True:
+                    events = await self.store.read_events(cursor)
+                    if any(e.workspace_id == ws and e.kind is EventKind.BUILD_QUEUED for e in events):
+                        return
+                    if events:
+                        cursor = events[-1].seq
+                    else:
+                        await self.store.wait_for_change(cursor)
 
         self.call(fired)
         builds = self._queued(self._read(head), ws)

@@ -49,6 +49,24 @@ Design, in the order a write meets it:
   fallback poll does not depend on that connection: while someone waits and the listener has
   not read the head for a ``poll_interval``, the pool reads it. Idle cost: one cheap query per
   ``poll_interval`` per store, whatever the number of waiters.
+* **Notification shards** (``shards=N``, off by default). Above, every replica's listener reads
+  every notification: R replicas x E events. With shards, a write notifies the channel of its
+  workspace's shard (CRC-32 of the id mod N, computed here and passed as a parameter, so every
+  process agrees), and also the chat's shard when it binds a chat to a new workspace (what a
+  watcher of the chat follows) and a builds channel when it queues a build (provisioners claim
+  every workspace's builds). The runtime says what it waits on (:meth:`PostgresStore.take_interest`:
+  tracked workspaces, watched chats, every workspace for a watcher of all, builds for
+  ``claims``); the listener task alone LISTENs and UNLISTENs to match, counted per channel. A
+  new interest interrupts its wait: it LISTENs, then reads the head, so a commit that landed
+  before the LISTEN took effect still wakes (no lost wake-up); a channel no longer needed is
+  UNLISTENed when it next wakes. Other shards' events are read when the log is next read (a
+  wake-up for this replica's shards, or the listener's head read every ``poll_interval``):
+  that is when the deadline scheduler learns of a deadline armed elsewhere, so such a deadline
+  may fire up to a ``poll_interval`` late, never early or twice (deadlines are minutes away; a
+  global deadline channel would wake every replica for most builds again); a lease reaper
+  learns of another process's new claim the same way (leases last 30 s). Cost: a LISTEN (and
+  a head read) per new shard of interest, an UNLISTEN when it ends. Every replica of a schema
+  must use the same ``shards`` (a mismatch costs latency, not events).
 * **Schema.** Versioned forward migrations run under ``pg_advisory_xact_lock`` so replicas that
   start together do not race; a schema newer than this code is refused with a clear error.
 
@@ -102,6 +120,7 @@ from ..values import (
     Build,
     Chat,
     Deadline,
+    EventKind,
     JobStatus,
     Lease,
     Policy,
@@ -115,7 +134,7 @@ from ..values import (
     parse_lease,
     parse_policy,
 )
-from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Doorbell, Outcome, Store
+from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Doorbell, Outcome, Store, Topic, TopicKind
 
 __all__ = [
     "DRIVERS",
@@ -140,6 +159,9 @@ _PAYLOAD_RE = re.compile(r"[1-9][0-9]{0,18}")  # what _append sends: the new hea
 # deployments in other schemas of one database never wait for each other.
 _MIGRATE_LOCK = 0x574C0001
 _LOG_LOCK = 0x574C0002
+
+#: The most notification shards (each is a channel; interest in every workspace LISTENs to all).
+_MAX_SHARDS = 4096
 
 #: Seconds the first connection of ``open`` may take unless the URL sets ``connect_timeout``.
 _CONNECT_TIMEOUT = 5
@@ -269,6 +291,34 @@ _BUILD_COLUMNS = (
     "b.build_id, b.workspace_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,"
     " b.parameters, b.details, b.reason, b.lease_token, b.lease_expires_at"
 )
+
+
+def _channel_name(schema: str, suffix: str = "") -> str:
+    """The NOTIFY channel of ``schema`` (with ``suffix``), within PostgreSQL's 63 bytes."""
+    return f"workspace_lifecycle_{schema}"[: 63 - len(suffix)] + suffix
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The notification shard of a workspace or chat id: the same in every process (CRC-32,
+    not Python's salted ``hash``).
+
+    >>> shard_of("w1", 8), shard_of("w1", 8) == shard_of("w1", 8)
+    (4, True)
+    """
+    return zlib.crc32(key.encode(errors="surrogatepass")) % shards
+
+
+def _check_shards(value: object) -> int:
+    """``shards`` as an int in ``[0, _MAX_SHARDS]`` (a numeric string too, as a URL gives it)."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= _MAX_SHARDS:
+        raise ValueError(f"shards must be an integer from 0 (off) to {_MAX_SHARDS}, not {value!r}")
+    return number
 
 
 def _lock_key(schema: str) -> int:
@@ -542,7 +592,10 @@ class PostgresStore(Store):
       (default 30);
     * ``batch_writes`` (keyword only): group-commit concurrent writes of this process (default
       on); ``notify_after_commit`` (keyword only): NOTIFY from a batched notifier after the
-      commits instead of inside each write (default off).
+      commits instead of inside each write (default off);
+    * ``shards``: notify by workspace shard, so that a replica is woken only for the workspaces
+      it waits on (default 0: one channel, every replica hears every write; see the module
+      docstring). Every replica of a schema should use the same value.
 
     Every other query parameter goes to libpq unchanged (``sslmode``, ``application_name``,
     ``connect_timeout`` — 5 seconds unless given, …); one libpq does not know is a ``ValueError``.
@@ -563,6 +616,7 @@ class PostgresStore(Store):
     #: How many notifications were ignored: a payload that is not a head we send, or a head
     #: the log did not confirm. Notifications are hints; anyone may send one.
     stray_notifications: int = 0
+    _notifications_received: int = 0
 
     def __init__(
         self,
@@ -578,6 +632,7 @@ class PostgresStore(Store):
         display_url: str | None = None,
         batch_writes: bool = True,
         notify_after_commit: bool = False,
+        shards: int = 0,
     ) -> None:
         if not isinstance(schema, str) or not _SCHEMA_RE.match(schema):
             raise ValueError(
@@ -588,6 +643,9 @@ class PostgresStore(Store):
             raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
         if pool_max_size < 1 or pool_min_size < 0 or pool_min_size > pool_max_size:
             raise ValueError("need 0 <= pool_min_size <= pool_max_size and pool_max_size >= 1")
+        shards = _check_shards(shards)
+        if shards and notify_after_commit:
+            raise ValueError("shards and notify_after_commit cannot be combined: choose one")
         self.url = display_url if display_url is not None else conninfo
         self.schema = schema
         self.statement_timeout = statement_timeout or None
@@ -600,7 +658,17 @@ class PostgresStore(Store):
         self._pool_timeout = pool_timeout
         self._clock = clock
         self._lock_key = _lock_key(schema)
-        self._channel = f"workspace_lifecycle_{schema}"[:63]
+        self._channel = _channel_name(schema)
+        #: Notification shards (0: every write notifies the one channel ``_channel``).
+        self.shards = shards
+        self._shard_channels = tuple(_channel_name(schema, f"_s{i}") for i in range(shards))
+        self._builds_channel = _channel_name(schema, "_builds")
+        # Interest, by channel (shard mode): how many topics of this process need each one.
+        # The listener task alone LISTENs and UNLISTENs (_follow_interest), to match it.
+        self._wanted: dict[str, int] = {}
+        self._listening: set[str] = set()  # the channels the listener connection LISTENs to
+        self._interest_changed = False  # _wanted moved since the listener last matched it
+        self._hearing: anyio.CancelScope | None = None  # the listener's wait for notifications
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._listener: Conn | None = None  # the LISTEN connection, kept by the watcher
@@ -633,6 +701,19 @@ class PostgresStore(Store):
         self.batched_writes = 0
 
     @property
+    def notifications_received(self) -> int:
+        """Every notification the listener read, before any was found stray or stale: what the
+        wake-ups of other processes' writes cost this one (with ``shards``, only the channels
+        of its interest)."""
+        return self._notifications_received
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels the listener connection LISTENs to now (it catches up with a change of
+        interest within a moment: see :meth:`take_interest`)."""
+        return frozenset(self._listening)
+
+    @property
     def listen_timeout(self) -> float:
         """Seconds the listener's head read may take before its connection counts as hung."""
         return min(max(2 * self.poll_interval, 1.0), 10.0)
@@ -656,7 +737,7 @@ class PostgresStore(Store):
                 raise ValueError(f"malformed PostgreSQL URL {url!r}: the port must be a number") from None
         ours: dict[str, Any] = {}
         theirs: list[tuple[str, str]] = []
-        names = ("schema", "statement_timeout", "poll_interval", "pool_max_size", "pool_timeout")
+        names = ("schema", "statement_timeout", "poll_interval", "pool_max_size", "pool_timeout", "shards")
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key in names:
                 ours[key] = value
@@ -1077,13 +1158,14 @@ class PostgresStore(Store):
           the transaction-scoped advisory lock of the log, then draw the events' ``seq``:
           ``nextval`` runs per row of ``lock CROSS JOIN VALUES``, so after the lock is granted, never
           from the snapshot. The lock is held until the commit is visible, so seqs follow
-          commit order. ``pg_notify`` carries the new head and is delivered at commit.
+          commit order. ``pg_notify`` carries the new head and is delivered at commit, on each
+          channel of :meth:`_channels_of` (one, unless ``shards``).
 
         ``skip_locked`` (in a batch, see :meth:`_commit`): a guard row locked by another
         transaction fails the guard instead of being waited for; the write then runs alone.
         """
         ctes: list[str] = []
-        params: dict[str, Any] = {"l1": _LOG_LOCK, "l2": self._lock_key, "chan": self._channel}
+        params: dict[str, Any] = {"l1": _LOG_LOCK, "l2": self._lock_key}
         skip = " SKIP LOCKED" if skip_locked else ""
         if seen is None:
             ctes.append("ok AS MATERIALIZED (SELECT 1)")
@@ -1236,14 +1318,82 @@ class PostgresStore(Store):
             "ins AS (INSERT INTO events (kind, workspace_id, chat_id, build_number, payload, at)"
             f" SELECT v.* FROM lock, (VALUES {', '.join(rows)}) AS v RETURNING seq)"
         )
-        notify = "" if self.notify_after_commit else ", pg_notify(%(chan)s, m::text)"
+        notify = ""
+        if not self.notify_after_commit:
+            channels = self._channels_of(write)
+            notify = "".join(f", pg_notify(%(chan{i})s, m::text)" for i in range(len(channels)))
+            params.update({f"chan{i}": channel for i, channel in enumerate(channels)})
         query = f"WITH {', '.join(ctes)} SELECT m{notify} FROM (SELECT max(seq) AS m FROM ins) s WHERE m IS NOT NULL"
         return query, params
+
+    def _channels_of(self, write: writes.Write) -> list[str]:
+        """The channels ``write``'s NOTIFY goes to: the store's one channel, or with ``shards``
+        the shard of each workspace it writes, the shard of the chat it binds to a new
+        workspace (a watcher of that chat follows the workspace from that event) and, when it
+        queues a build, the builds channel (provisioners claim the builds of every workspace)."""
+        if not self.shards:
+            return [self._channel]
+        channels: dict[str, None] = {}  # ordered, without repeats
+        for event in write.events:
+            channels[self._shard_channel(event.workspace_id)] = None
+            if event.kind is EventKind.CHAT_BOUND:
+                channels[self._shard_channel(event.chat_id)] = None
+            elif event.kind is EventKind.BUILD_QUEUED:
+                channels[self._builds_channel] = None
+        return list(channels)
+
+    def _shard_channel(self, key: str) -> str:
+        return self._shard_channels[shard_of(key, self.shards)]
+
+    def _topic_channels(self, topic: Topic) -> tuple[str, ...]:
+        if topic.kind is TopicKind.WORKSPACE or topic.kind is TopicKind.CHAT:
+            return (self._shard_channel(topic.key),)
+        if topic.kind is TopicKind.BUILDS:
+            return (self._builds_channel,)
+        return self._shard_channels  # every workspace: each of them is in one shard
+
+    def take_interest(self, topic: Topic) -> None:
+        """With ``shards``, LISTEN to ``topic``'s channel from now on (counted per channel). The
+        listener task applies it: it stops waiting, LISTENs, and then reads the head, so a
+        notification sent before the LISTEN took effect is not missed (its commit is in that
+        head). Without ``shards`` the one channel carries everything: nothing to do."""
+        if not self.shards:
+            return
+        for channel in self._topic_channels(topic):
+            self._wanted[channel] = self._wanted.get(channel, 0) + 1
+            if channel not in self._listening:
+                self._interest_changed = True
+                if self._hearing is not None:
+                    self._hearing.cancel()  # the listener LISTENs to it now, not after its wait
+
+    def drop_interest(self, topic: Topic) -> None:
+        """The end of one :meth:`take_interest`: a channel nobody needs any more is UNLISTENed
+        by the listener when it next wakes (meanwhile its notifications are merely extra)."""
+        if not self.shards:
+            return
+        for channel in self._topic_channels(topic):
+            left = self._wanted.get(channel, 0) - 1
+            if left > 0:
+                self._wanted[channel] = left
+            else:
+                self._wanted.pop(channel, None)
+                self._interest_changed = True
 
     def _committed(self, outcome: Outcome) -> Outcome:
         if outcome.fired:
             self._wrote(outcome.facts.seq)
+        else:
+            self._read_head(outcome.facts.seq)
         return outcome
+
+    def _read_head(self, head: int) -> None:
+        """A read returned the log's ``head`` with its rows. By shard, it may be ahead of every
+        notification this replica will get (other shards' commits): a caller that then waits
+        for the pump to reach it (a lost compare-and-set catching up) must not be left to the
+        poll, so the doorbell hears of it. On one channel a notification follows every commit
+        anyway, and nothing changes."""
+        if self.shards:
+            self._doorbell.saw(head)
 
     def _wrote(self, head: int) -> None:
         """A write of this process committed up to ``head``: wake local waiters now, and other
@@ -1299,7 +1449,8 @@ class PostgresStore(Store):
                 await self._configure(conn)
                 if migrate:
                     await self._migrate(conn)
-                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                self._listening = set()
+                await self._follow_interest(conn)
                 head = await self._head(conn)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -1341,18 +1492,36 @@ class PostgresStore(Store):
     async def _listen_once(self, conn: Conn) -> None:
         """Wait up to ``poll_interval`` for a notification that hints at news, then read the head
         on the listener within ``listen_timeout``: that confirms the hint, is the poll while the
-        listener is healthy, and proves its backend still answers (a hung one raises)."""
+        listener is healthy, and proves its backend still answers (a hung one raises).
+
+        With ``shards``, a new interest interrupts the wait: its channel is LISTENed to, and
+        the head read at once (what committed before the LISTEN took effect is in it)."""
         hinted = 0
         deadline = time.monotonic() + self.poll_interval
         with self._boundary():
-            while hinted <= self._doorbell.head and (remaining := deadline - time.monotonic()) > 0:
-                # One packet at a time (all of it: a break would drop the rest of the packet).
-                notes = conn.notifies(timeout=remaining, stop_after=1)
-                async with contextlib.aclosing(notes):
-                    payloads = [note.payload async for note in notes]
-                if not payloads:
+            listened = await self._follow_interest(conn)
+            while (
+                not listened
+                and hinted <= self._doorbell.head
+                and (remaining := deadline - time.monotonic()) > 0
+            ):
+                # One packet at a time (all of it: a break would drop the rest of the packet;
+                # an interrupted wait has read nothing yet: libpq keeps what it has not read).
+                payloads: list[str] = []
+                with anyio.CancelScope() as self._hearing:
+                    if not self._interest_changed:
+                        notes = conn.notifies(timeout=remaining, stop_after=1)
+                        async with contextlib.aclosing(notes):
+                            async for note in notes:
+                                payloads.append(note.payload)
+                self._hearing = None
+                self._notifications_received += len(payloads)
+                if payloads:
+                    hinted = max(hinted, *map(self._hinted_head, payloads))
+                elif self._interest_changed:
+                    listened = await self._follow_interest(conn)
+                else:
                     break  # the poll_interval passed in silence
-                hinted = max(hinted, *map(self._hinted_head, payloads))
             with anyio.fail_after(self.listen_timeout):
                 head = await self._head(conn)
         self._listener_read_at = time.monotonic()
@@ -1360,6 +1529,26 @@ class PostgresStore(Store):
             self.listener_wakeups += 1
         if hinted > head:  # a NOTIFY is delivered after its commit is visible: this one lied
             self.stray_notifications += 1
+
+    async def _follow_interest(self, conn: Conn) -> bool:
+        """LISTEN and UNLISTEN on the listener connection ``conn`` until it listens to the
+        channels of this process's interest (the one channel, unless ``shards``); say whether
+        it LISTENed to a new one. Only the listener task runs this: one statement at a time."""
+        listened = False
+        while True:
+            self._interest_changed = False
+            wanted = set(self._wanted) if self.shards else {self._channel}
+            new, old = sorted(wanted - self._listening), sorted(self._listening - wanted)
+            if not new and not old:
+                return listened
+            await conn.execute(
+                sql.SQL("; ").join(
+                    [sql.SQL("LISTEN {}").format(sql.Identifier(c)) for c in new]
+                    + [sql.SQL("UNLISTEN {}").format(sql.Identifier(c)) for c in old]
+                )
+            )
+            self._listening = wanted
+            listened = listened or bool(new)
 
     def _hinted_head(self, payload: str) -> int:
         """The head a notification claims if its payload looks like one we send, else 0 (counted)."""
@@ -1442,7 +1631,9 @@ class PostgresStore(Store):
         return _parse_facts(row)
 
     async def workspace_facts(self, workspace_id: str) -> WorkspaceFacts:
-        return await self._run(lambda conn: self._facts(conn, workspace_id))
+        facts = await self._run(lambda conn: self._facts(conn, workspace_id))
+        self._read_head(facts.seq)
+        return facts
 
     async def get_build(self, build_id: str) -> Build:
         async def body(conn: Conn) -> Build:
