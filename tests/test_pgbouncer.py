@@ -1,8 +1,9 @@
 """The PostgreSQL store behind a real PgBouncer (the Debian package, 1.18) in transaction pooling.
 
-The test starts its own PgBouncer on a free port of 127.0.0.1 with a generated ini, in front of
-the database of ``WORKSPACE_LIFECYCLE_PG_URL``; each test gets a PgBouncer database of its own
-whose ``connect_query`` sets the search_path to the test's schema (added by a reload). Under
+The module starts its own PgBouncer (:mod:`bench.pgbouncer`: a free port of 127.0.0.1, a
+generated ini) in front of the database of ``WORKSPACE_LIFECYCLE_PG_URL``, and checks that it is
+gone at the end; each test gets a PgBouncer database of its own whose ``connect_query`` sets the
+search_path to the test's schema (added by a reload). Under
 ``CI=true`` a missing ``pgbouncer`` binary or PostgreSQL fails, never skips.
 
 The store conformance suite runs here in both modes: ``listen`` (the pool through PgBouncer,
@@ -12,22 +13,15 @@ LISTEN on a direct connection) and ``poll`` (no LISTEN at all).
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
-import signal
 import socket
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from urllib.parse import quote
 
 import anyio
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 from test_store_conformance import (
     TestChats,
     TestClosed,
@@ -41,6 +35,8 @@ from test_store_conformance import (
 )
 
 import workspace_lifecycle as wl
+from bench import pgbouncer
+from bench.pgbouncer import Bouncer
 from workspace_lifecycle.adapters.postgres import PostgresStore
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
@@ -57,131 +53,28 @@ __all__ = [  # the conformance suite, collected again here against PgBouncer
     "TestStringValues",
 ]
 
-#: The store's own default statement_timeout, which each database's connect_query sets.
-STATEMENT_TIMEOUT_MS = 30_000
-
-
-class Bouncer:
-    """A PgBouncer process of this test run, in transaction pooling mode."""
-
-    def __init__(self, pg_url: str, binary: str) -> None:
-        self.target = conninfo_to_dict(pg_url)
-        self.user = str(self.target.get("user", "postgres"))
-        self.dir = Path(tempfile.mkdtemp(prefix="wl_pgbouncer_"))
-        self.ini = self.dir / "pgbouncer.ini"
-        self.log = self.dir / "pgbouncer.log"
-        self.port = _free_port()
-        self.databases: dict[str, str] = {}
-        (self.dir / "users.txt").write_text(f'"{self.user}" ""\n')
-        self.add("plain")  # no connect_query: what a store that says nothing meets
-        argv = [binary, str(self.ini)]
-        if os.geteuid() == 0:  # PgBouncer refuses to run as root: it switches user itself
-            account = "postgres" if _user_exists("postgres") else "nobody"
-            entry = pwd.getpwnam(account)
-            for path in (self.dir, *self.dir.iterdir()):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
-            argv[1:1] = ["-u", account]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        self.wait_for("plain")
-
-    def _target(self) -> str:
-        host = self.target.get("host", "127.0.0.1")
-        port = self.target.get("port", "5432")
-        return f"host={host} port={port} dbname={self.target.get('dbname', 'test')}"
-
-    def _write(self) -> None:
-        lines = ["[databases]", *(f"{name} = {spec}" for name, spec in self.databases.items())]
-        lines += [
-            "[pgbouncer]",
-            "listen_addr = 127.0.0.1",
-            f"listen_port = {self.port}",
-            "unix_socket_dir =",
-            "auth_type = trust",
-            f"auth_file = {self.dir / 'users.txt'}",
-            "pool_mode = transaction",
-            "default_pool_size = 20",
-            "max_client_conn = 500",
-            f"logfile = {self.log}",
-            f"pidfile = {self.dir / 'pgbouncer.pid'}",
-        ]
-        self.ini.write_text("\n".join(lines) + "\n")
-
-    def add(self, name: str, connect_query: str | None = None) -> None:
-        spec = self._target()
-        if connect_query is not None:
-            spec += f" connect_query='{connect_query}'"
-        self.databases[name] = spec
-        self._write()
-
-    def url(self, name: str) -> str:
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{name}"
-
-    def wait_for(self, name: str) -> None:
-        """Until PgBouncer serves database ``name`` (after a start or a reload)."""
-        deadline = time.monotonic() + 10
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"PgBouncer exited ({self.proc.returncode}): {self.log_tail()}")
-            try:
-                with psycopg.connect(self.url(name), connect_timeout=2, prepare_threshold=None) as conn:
-                    conn.execute("SELECT 1")
-                return
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def database(self, schema: str) -> str:
-        """A new PgBouncer database whose server connections use ``schema`` (its URL)."""
-        name = f"db_{schema}"
-        self.add(name, f"SET search_path TO {schema}; SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-        self.proc.send_signal(signal.SIGHUP)  # reload the ini
-        self.wait_for(name)
-        return self.url(name)
-
-    def log_tail(self) -> str:
-        return self.log.read_text()[-2000:] if self.log.exists() else "(no log)"
-
-    def stop(self) -> None:
-        self.proc.terminate()  # SIGTERM: immediate shutdown
-        self.proc.wait(timeout=10)
-        with pytest.raises(ProcessLookupError):
-            os.kill(self.proc.pid, 0)
-        with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
-            sock.connect(("127.0.0.1", self.port))
-        shutil.rmtree(self.dir)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
 
 @pytest.fixture(scope="module")
 def bouncer(pg_url: str) -> Iterator[Bouncer]:
-    binary = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin")
-    if binary is None:
+    executable = pgbouncer.binary()
+    if executable is None:
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true but the pgbouncer binary is missing (apt-get install pgbouncer)")
         pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
-    proc = Bouncer(pg_url, binary)
+    proc = Bouncer(pg_url, executable)
     yield proc
     proc.stop()
+    with pytest.raises(ProcessLookupError):  # the process is gone, and so is its port
+        os.kill(proc.proc.pid, 0)
+    with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
+        sock.connect(("127.0.0.1", proc.port))
 
 
 @pytest.fixture
-def schema(pg_url: str) -> Iterator[str]:
+def schema(pg_url: str, bouncer: Bouncer) -> Iterator[str]:
     name = f"wl_pgb_{uuid.uuid4().hex[:12]}"
     yield name
+    bouncer.release()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 

@@ -49,6 +49,16 @@ Design, in the order a write meets it:
   fallback poll does not depend on that connection: while someone waits and the listener has
   not read the head for a ``poll_interval``, the pool reads it. Idle cost: one cheap query per
   ``poll_interval`` per store, whatever the number of waiters.
+* **Behind PgBouncer.** Transaction pooling keeps no session between transactions: no
+  ``LISTEN``, no session settings, no server-side prepared statements (PgBouncer 1.18).
+  ``pool_mode="transaction"`` turns prepared statements off and sets no session state: the
+  server's ``search_path`` and ``statement_timeout`` (PgBouncer's ``connect_query``) are
+  checked at open instead. ``listen_url`` says where the ``LISTEN`` connection goes: a direct
+  URL of the database, or ``"none"``, when only the fallback poll wakes waiters of other
+  processes (every ``poll_interval`` while someone waits). A store that meets a pooler it was
+  not told of (the server's pid is not the connection's) refuses to open before it sets
+  anything. Everything else is already transaction-scoped: autocommit statements, the group
+  commit's one transaction, ``pg_advisory_xact_lock``, the migration's ``search_path``.
 * **Schema.** Versioned forward migrations run under ``pg_advisory_xact_lock`` so replicas that
   start together do not race; a schema newer than this code is refused with a clear error.
 
@@ -598,7 +608,14 @@ class PostgresStore(Store):
       (default 30);
     * ``batch_writes`` (keyword only): group-commit concurrent writes of this process (default
       on); ``notify_after_commit`` (keyword only): NOTIFY from a batched notifier after the
-      commits instead of inside each write (default off).
+      commits instead of inside each write (default off);
+    * ``pool_mode``: ``"transaction"`` or ``"session"`` when the URL reaches PostgreSQL through
+      PgBouncer (or another pooler) in that pooling mode (default: directly; a pooler is then
+      refused at open); ``"transaction"`` needs ``listen_url``;
+    * ``listen_url``: where the ``LISTEN`` connection goes (default: the URL itself): a direct
+      PostgreSQL URL of the same database (libpq parameters only), or ``"none"`` to listen
+      nowhere and wake waiters of other processes by the poll alone (see docs/stores.md,
+      "Behind PgBouncer").
 
     Every other query parameter goes to libpq unchanged (``sslmode``, ``application_name``,
     ``connect_timeout`` — 5 seconds unless given, …); one libpq does not know is a ``ValueError``.
