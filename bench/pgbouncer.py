@@ -18,14 +18,41 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import anyio
 import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
+import workspace_lifecycle as wl
+
 #: The store's own default statement_timeout, which each database's connect_query sets.
 STATEMENT_TIMEOUT_MS = 30_000
+
+
+async def wake_up(sleeper: wl.Store, write: Callable[[], Awaitable[object]], delay: float) -> float:
+    """Seconds from the end of ``write()``, called ``delay`` seconds after ``sleeper`` fell
+    asleep in ``wait_for_change`` from its head, to the moment the sleeper woke (which must be
+    after the write)."""
+    head = await sleeper.head()
+    woke: list[float] = []
+
+    async def sleep() -> None:
+        await sleeper.wait_for_change(head)
+        woke.append(time.monotonic())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sleep)
+        await anyio.sleep(delay)
+        if woke:
+            raise AssertionError(
+                f"woke before the write, at head {await sleeper.head()} (asleep from {head})"
+            )
+        await write()
+        written = time.monotonic()
+    return woke[0] - written
 
 
 def binary() -> str | None:

@@ -15,10 +15,10 @@ poll of the listening modes is a minute away, so only the NOTIFY can wake them i
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import statistics
 import sys
-import time
 import uuid
 from urllib.parse import quote
 
@@ -48,24 +48,15 @@ async def measure(url: str, rounds: int, poll_interval: float) -> tuple[list[flo
         latencies: list[float] = []
         asleep = 0.0
         for i in range(rounds):
-            head = await sleeper.head()
-            woke: list[float] = []
-
-            async def sleep(cursor: int = head, woke: list[float] = woke) -> None:
-                await sleeper.wait_for_change(cursor)
-                woke.append(time.monotonic())
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(sleep)
-                fell_asleep = time.monotonic()
-                # A write at a random moment of the poll's period (a fixed one would meet the
-                # poll at a fixed phase); 10-20 ms for the listening modes.
-                await anyio.sleep(random.uniform(0.01, poll_interval if poll_interval < 10 else 0.02))
-                await writer.report_agent(ws, AgentLifecycle.READY if i % 2 else AgentLifecycle.STARTING)
-                written = time.monotonic()
-            latencies.append((woke[0] - written) * 1000)
-
-            asleep += woke[0] - fell_asleep
+            # A write at a random moment of the poll's period (a fixed one would meet the poll
+            # at a fixed phase); 10-20 ms for the listening modes.
+            delay = random.uniform(0.01, poll_interval if poll_interval < 10 else 0.02)
+            lifecycle = AgentLifecycle.READY if i % 2 else AgentLifecycle.STARTING
+            latency = await pgbouncer.wake_up(
+                sleeper, functools.partial(writer.report_agent, ws, lifecycle), delay
+            )
+            latencies.append(latency * 1000)
+            asleep += delay + latency
         return latencies, sleeper.polls / asleep
 
 
