@@ -204,6 +204,24 @@ async def test_listen_url_through_pgbouncer_is_refused(bouncer: Bouncer, schema:
             pass
 
 
+async def test_listen_url_of_another_database_is_refused(bouncer: Bouncer, schema: str, pg_url: str) -> None:
+    """A NOTIFY reaches only listeners of its own database: a listen_url of another one fails
+    at open, having migrated nothing there (the store's URL migrates)."""
+    other = pg_url.rpartition("/")[0] + "/postgres"
+    url = (
+        f"{bouncer.database(schema)}?schema={schema}&pool_mode=transaction&listen_url={quote(other, safe='')}"
+    )
+    with pytest.raises(
+        wl.StoreError, match="listen_url reaches database 'postgres', but the store's URL reaches"
+    ):
+        async with wl.open_store(url):
+            pass
+    with psycopg.connect(other) as conn:
+        assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None
+    with psycopg.connect(pg_url) as conn:  # migrated where the store's data lives
+        assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
+
+
 async def test_server_settings_are_checked_not_set(bouncer: Bouncer, schema: str) -> None:
     """Behind transaction pooling the store sets no session state: a PgBouncer database whose
     server connections do not use the store's schema, or another statement_timeout, is refused

@@ -5,7 +5,8 @@ Design, in the order a write meets it:
 * **Opening.** One direct connection first, with a bounded ``connect_timeout``: a refused or
   unreachable server, a missing database or a bad parameter fails at open within seconds with
   one sentence naming the cause. That connection migrates the schema and becomes the
-  ``LISTEN`` connection; only then is the pool opened. Opening and closing are shielded from
+  ``LISTEN`` connection; only then is the pool opened. (With a ``listen_url`` of its own, or
+  none, a connection of the store's URL migrates first, and closes.) Opening and closing are shielded from
   cancellation, so a cancelled ``open_store`` leaves no server connection behind.
 * **Connections.** A psycopg-pool ``AsyncConnectionPool`` of autocommit connections, each with
   ``search_path`` set to the store's schema (``?schema=name``, default ``public``) and an
@@ -688,6 +689,8 @@ class PostgresStore(Store):
         self.pool_mode = pool_mode
         #: Whether a LISTEN connection wakes waiters (else only the poll does, see ``listen_url``).
         self.listens = listen_url != _NO_LISTEN
+        self._listen_elsewhere = listen_url not in (None, _NO_LISTEN)  # a listen_url of its own
+        self._database: str | None = None  # the store's database, once read (by _migrate_alone)
         self.schema = schema
         self.statement_timeout = statement_timeout or None
         self.poll_interval = poll_interval
@@ -777,11 +780,13 @@ class PostgresStore(Store):
         listener: Conn | None = None
         try:
             # One direct connection first: it fails fast and clearly (the pool would retry in
-            # the background until pool_timeout), migrates, and then listens.
-            if self.listens:
-                listener = await self._connect_listener(migrate=True)
-            else:
+            # the background until pool_timeout), migrates, and then listens. A listen_url of
+            # its own may reach another database (_configure refuses it): the store's URL migrates.
+            listen_here = self.listens and not self._listen_elsewhere
+            if not listen_here:
                 await self._migrate_alone()
+            if self.listens:
+                listener = await self._connect_listener(migrate=listen_here)
             self._pool = AsyncConnectionPool(
                 self._pool_conninfo,
                 min_size=self._pool_min,
@@ -855,15 +860,23 @@ class PostgresStore(Store):
     async def _configure(self, conn: Conn) -> None:
         """A new connection's session settings; one that reaches the server through a pooler
         (its backend pid is not the one the connection was told) is refused unless
-        ``pool_mode`` says the pooler keeps sessions."""
+        ``pool_mode`` says the pooler keeps sessions, and so is a listener in another database
+        than the store's."""
         timeout_ms = int(self.statement_timeout * 1000) if self.statement_timeout else 0
         # One round trip, and nothing set on a server connection that a pooler would share.
         cur = await conn.execute(
-            "SELECT set_config('search_path', %s, false), set_config('statement_timeout', %s, false)"
-            " WHERE pg_backend_pid() = %s OR %s",
+            "SELECT set_config('search_path', %s, false), set_config('statement_timeout', %s, false),"
+            " current_database() WHERE pg_backend_pid() = %s OR %s",
             (f'"{self.schema}"', str(timeout_ms), conn.info.backend_pid, self.pool_mode == "session"),
         )
-        if await cur.fetchone() is None:
+        row = await cur.fetchone()
+        if row is not None and self._database is not None and row[2] != self._database:
+            # Only a listen_url of its own can: a NOTIFY never crosses databases.
+            raise StoreError(
+                f"listen_url reaches database {row[2]!r}, but the store's URL reaches "
+                f"{self._database!r}: notifications reach only listeners of the same database"
+            )
+        if row is None:
             if self.pool_mode == "transaction":
                 raise StoreError(
                     f"listen_url must reach PostgreSQL directly, not through a connection pooler "
@@ -878,7 +891,8 @@ class PostgresStore(Store):
             )
 
     async def _migrate_alone(self) -> None:
-        """Open without a listener: one connection of the pool's URL migrates, and closes."""
+        """Open without a listener on the store's URL: one connection of the pool's URL
+        migrates, and closes."""
         with self._boundary(connecting=True):
             conn = await psycopg.AsyncConnection.connect(self._pool_conninfo, **self._pool_kwargs())
         try:
@@ -886,6 +900,9 @@ class PostgresStore(Store):
                 if self.pool_mode != "transaction":
                     await self._configure(conn)
                 await self._migrate(conn)
+                cur = await conn.execute("SELECT current_database()")
+                row = await cur.fetchone()
+                self._database = None if row is None else str(row[0])
         finally:
             with anyio.CancelScope(shield=True):
                 await conn.close()
