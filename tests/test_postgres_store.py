@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import anyio
 import psycopg
@@ -218,6 +218,29 @@ def test_pgbouncer_options_are_validated() -> None:
         wl.open_store("postgresql://bouncer/db", listen_url="postgresql://h/db?schema=x")
     with pytest.raises(ValueError, match="malformed PostgreSQL URL"):
         wl.open_store("postgresql://bouncer/db", listen_url="postgresql://h/db?nosuch=1")
+
+
+@pytest.mark.anyio
+async def test_direct_store_may_listen_elsewhere_or_nowhere(pg_schema_url: str) -> None:
+    """listen_url without a pooler: a store that listens nowhere is woken by its poll, one whose
+    listen_url is the same database by NOTIFY (its poll a minute away)."""
+    base = pg_schema_url.partition("?")[0]
+    async with (
+        wl.open_store(f"{pg_schema_url}&listen_url=none", poll_interval=0.1) as polling,
+        wl.open_store(f"{pg_schema_url}&listen_url={quote(base, safe='')}", poll_interval=60) as listening,
+        wl.open_store(pg_schema_url) as writer,
+    ):
+        assert isinstance(polling, PostgresStore) and isinstance(listening, PostgresStore)
+        assert polling.listener_pid is None and listening.listener_pid is not None
+        await writer.register_chat("c", "alice")
+        heads = (await polling.head(), await listening.head())
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(polling.wait_for_change, heads[0])
+                tg.start_soon(listening.wait_for_change, heads[1])
+                await anyio.sleep(0.2)
+                await writer.create_workspace("c", "dev", expected_workspace_id=None)
+        assert polling.polls >= 1 and listening.polls == 0
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])
