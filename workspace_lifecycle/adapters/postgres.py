@@ -5,7 +5,8 @@ Design, in the order a write meets it:
 * **Opening.** One direct connection first, with a bounded ``connect_timeout``: a refused or
   unreachable server, a missing database or a bad parameter fails at open within seconds with
   one sentence naming the cause. That connection migrates the schema and becomes the
-  ``LISTEN`` connection; only then is the pool opened. Opening and closing are shielded from
+  ``LISTEN`` connection; only then is the pool opened. (With a ``listen_url`` of its own, or
+  none, a connection of the store's URL migrates first, and closes.) Opening and closing are shielded from
   cancellation, so a cancelled ``open_store`` leaves no server connection behind.
 * **Connections.** A psycopg-pool ``AsyncConnectionPool`` of autocommit connections, each with
   ``search_path`` set to the store's schema (``?schema=name``, default ``public``) and an
@@ -67,6 +68,16 @@ Design, in the order a write meets it:
   learns of another process's new claim the same way (leases last 30 s). Cost: a LISTEN (and
   a head read) per new shard of interest, an UNLISTEN when it ends. Every replica of a schema
   must use the same ``shards`` (a mismatch costs latency, not events).
+* **Behind PgBouncer.** Transaction pooling keeps no session between transactions: no
+  ``LISTEN``, no session settings, no server-side prepared statements (PgBouncer 1.18).
+  ``pool_mode="transaction"`` turns prepared statements off and sets no session state: the
+  server's ``search_path`` and ``statement_timeout`` (PgBouncer's ``connect_query``) are
+  checked at open instead. ``listen_url`` says where the ``LISTEN`` connection goes: a direct
+  URL of the database, or ``"none"``, when only the fallback poll wakes waiters of other
+  processes (every ``poll_interval`` while someone waits). A store that meets a pooler it was
+  not told of (the server's pid is not the connection's) refuses to open before it sets
+  anything. Everything else is already transaction-scoped: autocommit statements, the group
+  commit's one transaction, ``pg_advisory_xact_lock``, the migration's ``search_path``.
 * **Schema.** Versioned forward migrations run under ``pg_advisory_xact_lock`` so replicas that
   start together do not race; a schema newer than this code is refused with a clear error.
 
@@ -572,6 +583,73 @@ def _with_defaults(conninfo: str, defaults: dict[str, Any]) -> str:
     return make_conninfo(conninfo, **{k: v for k, v in defaults.items() if k not in given})
 
 
+#: The store's own query parameters of a URL; every other one goes to libpq.
+_URL_OPTIONS = (
+    "schema",
+    "statement_timeout",
+    "poll_interval",
+    "pool_max_size",
+    "pool_timeout",
+    "pool_mode",
+    "listen_url",
+    "shards",
+)
+#: ``pool_mode`` values: how the URL reaches PostgreSQL (``None``: directly).
+_POOL_MODES = ("session", "transaction")
+#: ``listen_url`` value for a store that never LISTENs and polls instead.
+_NO_LISTEN = "none"
+
+
+def _split_url(url: str, names: Sequence[str]) -> tuple[dict[str, Any], str]:
+    """Check a PostgreSQL ``url``; return its query parameters among ``names``, and a libpq URL
+    of everything else."""
+    parts = urlsplit(url)
+    scheme, _, driver = parts.scheme.lower().partition("+")
+    if scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {url!r}")
+    if driver and driver not in DRIVERS:
+        suffixes = ", ".join(f"+{d}" for d in DRIVERS)
+        raise ValueError(
+            f"unsupported PostgreSQL driver {driver!r} in {url!r}; accepted suffixes: {suffixes} (or none)"
+        )
+    if "," not in parts.netloc:  # libpq's multi-host form has a port per host
+        try:
+            parts.port  # noqa: B018 - urllib checks the port when it is read
+        except ValueError:
+            raise ValueError(f"malformed PostgreSQL URL {url!r}: the port must be a number") from None
+    ours: dict[str, Any] = {}
+    theirs: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in names:
+            ours[key] = value
+        else:
+            theirs.append((key, value))
+    # Not urlunsplit: it drops the "//" of an empty host (postgresql:///db?host=/socket).
+    query = urlencode(theirs)
+    return ours, f"postgresql://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+def _display_url(url: str, query: Sequence[tuple[str, str]] = ()) -> str:
+    """``url`` without its password and libpq parameters, with ``query`` instead."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}@{hostport}"
+    shown = urlencode(query)
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{shown}" if shown else "")
+
+
+def _listen_conninfo(listen_url: str) -> str:
+    """The libpq URL of a ``listen_url``: a PostgreSQL URL with libpq parameters only."""
+    ours, conninfo = _split_url(listen_url, _URL_OPTIONS)
+    if ours:
+        raise ValueError(
+            f"listen_url takes libpq parameters only, not the store's option {next(iter(ours))!r}"
+        )
+    return conninfo
+
+
 class PostgresStore(Store):
     """The store on PostgreSQL; open it with ``open_store("postgresql://user@host:port/db")``.
 
@@ -596,6 +674,13 @@ class PostgresStore(Store):
     * ``shards``: notify by workspace shard, so that a replica is woken only for the workspaces
       it waits on (default 0: one channel, every replica hears every write; see the module
       docstring). Every replica of a schema should use the same value.
+    * ``pool_mode``: ``"transaction"`` or ``"session"`` when the URL reaches PostgreSQL through
+      PgBouncer (or another pooler) in that pooling mode (default: directly; a pooler is then
+      refused at open); ``"transaction"`` needs ``listen_url``;
+    * ``listen_url``: where the ``LISTEN`` connection goes (default: the URL itself): a direct
+      PostgreSQL URL of the same database (libpq parameters only), or ``"none"`` to listen
+      nowhere and wake waiters of other processes by the poll alone (see docs/stores.md,
+      "Behind PgBouncer").
 
     Every other query parameter goes to libpq unchanged (``sslmode``, ``application_name``,
     ``connect_timeout`` — 5 seconds unless given, …); one libpq does not know is a ``ValueError``.
@@ -633,6 +718,8 @@ class PostgresStore(Store):
         batch_writes: bool = True,
         notify_after_commit: bool = False,
         shards: int = 0,
+        pool_mode: str | None = None,
+        listen_url: str | None = None,
     ) -> None:
         if not isinstance(schema, str) or not _SCHEMA_RE.match(schema):
             raise ValueError(
@@ -646,13 +733,42 @@ class PostgresStore(Store):
         shards = _check_shards(shards)
         if shards and notify_after_commit:
             raise ValueError("shards and notify_after_commit cannot be combined: choose one")
+        if pool_mode == "":
+            pool_mode = None
+        if pool_mode == "statement":
+            raise ValueError(
+                "pool_mode='statement' cannot work: the store's writes need transactions of several "
+                "statements; give the store a PgBouncer database in transaction pooling mode"
+            )
+        if pool_mode is not None and pool_mode not in _POOL_MODES:
+            raise ValueError(
+                f"pool_mode must be 'session' or 'transaction' (PgBouncer's pool_mode), not {pool_mode!r}"
+            )
+        if listen_url == "":
+            listen_url = None
+        if pool_mode == "transaction" and listen_url is None:
+            raise ValueError(
+                "pool_mode='transaction' needs listen_url: a URL that reaches PostgreSQL directly, "
+                "for LISTEN (which PgBouncer's transaction pooling cannot carry), or "
+                f"listen_url={_NO_LISTEN!r} to poll every poll_interval instead"
+            )
         self.url = display_url if display_url is not None else conninfo
+        #: How the URL reaches PostgreSQL: ``None`` (directly), ``"session"`` or ``"transaction"``
+        #: (through PgBouncer, or another pooler, in that pooling mode).
+        self.pool_mode = pool_mode
+        #: Whether a LISTEN connection wakes waiters (else only the poll does, see ``listen_url``).
+        self.listens = listen_url != _NO_LISTEN
+        self._listen_elsewhere = listen_url not in (None, _NO_LISTEN)  # a listen_url of its own
+        self._database: str | None = None  # the store's database, once read (by _migrate_alone)
         self.schema = schema
         self.statement_timeout = statement_timeout or None
         self.poll_interval = poll_interval
         self._conninfo = conninfo
         self._pool_conninfo = _with_defaults(conninfo, {"connect_timeout": _CONNECT_TIMEOUT})
-        self._listen_conninfo = _with_defaults(conninfo, {"connect_timeout": _CONNECT_TIMEOUT, **_KEEPALIVES})
+        listen_conninfo = conninfo if listen_url in (None, _NO_LISTEN) else _listen_conninfo(listen_url)
+        self._listen_conninfo = _with_defaults(
+            listen_conninfo, {"connect_timeout": _CONNECT_TIMEOUT, **_KEEPALIVES}
+        )
         self._pool_min = pool_min_size
         self._pool_max = pool_max_size
         self._pool_timeout = pool_timeout
@@ -679,6 +795,8 @@ class PostgresStore(Store):
         #: Wake-ups caused by the watcher (confirmed notifications, polls, reconnects), for tests.
         self.listener_wakeups = 0
         self.listener_connects = 0
+        #: Reads of the head by the fallback poll (only while someone waits), for tests.
+        self.polls = 0
         #: The server process of the LISTEN connection (``pg_stat_activity.pid``).
         self.listener_pid: int | None = None
         # Test hook: awaited inside every writing transaction after its events are inserted
@@ -721,28 +839,7 @@ class PostgresStore(Store):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresStore:
         """A store for a ``postgresql://`` (or ``postgres://``) ``url``; options as in the class."""
-        parts = urlsplit(url)
-        scheme, _, driver = parts.scheme.lower().partition("+")
-        if scheme not in ("postgresql", "postgres"):
-            raise ValueError(f"not a PostgreSQL URL: {url!r}")
-        if driver and driver not in DRIVERS:
-            suffixes = ", ".join(f"+{d}" for d in DRIVERS)
-            raise ValueError(
-                f"unsupported PostgreSQL driver {driver!r} in {url!r}; accepted suffixes: {suffixes} (or none)"
-            )
-        if "," not in parts.netloc:  # libpq's multi-host form has a port per host
-            try:
-                parts.port  # noqa: B018 - urllib checks the port when it is read
-            except ValueError:
-                raise ValueError(f"malformed PostgreSQL URL {url!r}: the port must be a number") from None
-        ours: dict[str, Any] = {}
-        theirs: list[tuple[str, str]] = []
-        names = ("schema", "statement_timeout", "poll_interval", "pool_max_size", "pool_timeout", "shards")
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key in names:
-                ours[key] = value
-            else:
-                theirs.append((key, value))
+        ours, conninfo = _split_url(url, _URL_OPTIONS)
         ours.update(options)
         for key in ("statement_timeout", "poll_interval", "pool_timeout"):
             if key in ours and isinstance(ours[key], str):
@@ -752,16 +849,11 @@ class PostgresStore(Store):
                 ours["pool_max_size"] = int(ours["pool_max_size"])
             except ValueError:
                 raise ValueError(f"pool_max_size must be an integer, not {ours['pool_max_size']!r}") from None
-        # Not urlunsplit: it drops the "//" of an empty host (postgresql:///db?host=/socket).
-        query = urlencode(theirs)
-        conninfo = f"postgresql://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostport = netloc.rpartition("@")
-            netloc = f"{userinfo.partition(':')[0]}@{hostport}"
-        shown = urlencode([("schema", str(ours["schema"]))] if "schema" in ours else [])
-        display = f"{parts.scheme}://{netloc}{parts.path}" + (f"?{shown}" if shown else "")
-        return cls(conninfo, display_url=display, **ours)
+        shown = [(key, str(ours[key])) for key in ("schema", "pool_mode") if ours.get(key) is not None]
+        listen_url = ours.get("listen_url")
+        if isinstance(listen_url, str) and listen_url:
+            shown.append(("listen_url", listen_url if listen_url == _NO_LISTEN else _display_url(listen_url)))
+        return cls(conninfo, display_url=_display_url(url, shown), **ours)
 
     # --- opening and closing -------------------------------------------------------------
 
@@ -780,20 +872,29 @@ class PostgresStore(Store):
         listener: Conn | None = None
         try:
             # One direct connection first: it fails fast and clearly (the pool would retry in
-            # the background until pool_timeout), migrates, and then listens.
-            listener = await self._connect_listener(migrate=True)
+            # the background until pool_timeout), migrates, and then listens. A listen_url of
+            # its own may reach another database (_configure refuses it): the store's URL migrates.
+            listen_here = self.listens and not self._listen_elsewhere
+            if not listen_here:
+                await self._migrate_alone()
+            if self.listens:
+                listener = await self._connect_listener(migrate=listen_here)
             self._pool = AsyncConnectionPool(
                 self._pool_conninfo,
                 min_size=self._pool_min,
                 max_size=self._pool_max,
                 open=False,
-                kwargs={"autocommit": True},
-                configure=self._configure,
+                kwargs=self._pool_kwargs(),
+                # Behind transaction pooling a session setting would stay on whichever server
+                # connection ran it: the settings are the server's, checked once below.
+                configure=None if self.pool_mode == "transaction" else self._configure,
                 timeout=self._pool_timeout,
                 name=f"workspace-lifecycle:{self.schema}",
             )
             with self._boundary(connecting=True):
                 await self._pool.open(wait=True, timeout=self._pool_timeout)
+            if self.pool_mode == "transaction":
+                await self._check_server_settings(self._pool)
         except BaseException:
             # Also on cancellation: whatever was opened is closed before the error propagates.
             self._closed = True
@@ -840,12 +941,93 @@ class PostgresStore(Store):
             raise StoreError("the PostgreSQL store is not open; use it as `async with open_store(url)`")
         return self._pool
 
+    def _pool_kwargs(self) -> dict[str, Any]:
+        """Connection arguments of the pool (and of the connection that migrates without a
+        listener): behind transaction pooling no server-side prepared statement either, since
+        the next statement may run on another server connection (PgBouncer < 1.21)."""
+        if self.pool_mode == "transaction":
+            return {"autocommit": True, "prepare_threshold": None}
+        return {"autocommit": True}
+
     async def _configure(self, conn: Conn) -> None:
+        """A new connection's session settings; one that reaches the server through a pooler
+        (its backend pid is not the one the connection was told) is refused unless
+        ``pool_mode`` says the pooler keeps sessions, and so is a listener in another database
+        than the store's."""
         timeout_ms = int(self.statement_timeout * 1000) if self.statement_timeout else 0
-        await conn.execute(
-            "SELECT set_config('search_path', %s, false), set_config('statement_timeout', %s, false)",
-            (f'"{self.schema}"', str(timeout_ms)),
+        # One round trip, and nothing set on a server connection that a pooler would share.
+        cur = await conn.execute(
+            "SELECT set_config('search_path', %s, false), set_config('statement_timeout', %s, false),"
+            " current_database() WHERE pg_backend_pid() = %s OR %s",
+            (f'"{self.schema}"', str(timeout_ms), conn.info.backend_pid, self.pool_mode == "session"),
         )
+        row = await cur.fetchone()
+        if row is not None and self._database is not None and row[2] != self._database:
+            # Only a listen_url of its own can: a NOTIFY never crosses databases.
+            raise StoreError(
+                f"listen_url reaches database {row[2]!r}, but the store's URL reaches "
+                f"{self._database!r}: notifications reach only listeners of the same database"
+            )
+        if row is None:
+            if self.pool_mode == "transaction":
+                raise StoreError(
+                    f"listen_url must reach PostgreSQL directly, not through a connection pooler "
+                    f"such as PgBouncer: its transaction pooling cannot carry LISTEN (or use "
+                    f"listen_url={_NO_LISTEN!r} to poll)"
+                )
+            raise StoreError(
+                f"{self.url} reaches PostgreSQL through a connection pooler such as PgBouncer (the "
+                "server's process id is not the one the connection was given); say how it pools: "
+                "pool_mode=transaction with listen_url=<a direct URL, or none> for transaction "
+                "pooling, pool_mode=session for session pooling"
+            )
+
+    async def _migrate_alone(self) -> None:
+        """Open without a listener on the store's URL: one connection of the pool's URL
+        migrates, and closes."""
+        with self._boundary(connecting=True):
+            conn = await psycopg.AsyncConnection.connect(self._pool_conninfo, **self._pool_kwargs())
+        try:
+            with self._boundary():
+                if self.pool_mode != "transaction":
+                    await self._configure(conn)
+                await self._migrate(conn)
+                cur = await conn.execute("SELECT current_database()")
+                row = await cur.fetchone()
+                self._database = None if row is None else str(row[0])
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+
+    async def _check_server_settings(self, pool: AsyncConnectionPool[Conn]) -> None:
+        """Behind transaction pooling the store sets no session state: check that the server's
+        (PgBouncer's ``connect_query``, the role's or the database's settings) are the store's."""
+        with self._boundary():
+            async with pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT current_schema(),"
+                    " (SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout')"
+                )
+                row = await cur.fetchone()
+        assert row is not None
+        where = (
+            "for every server connection PgBouncer opens: connect_query in its [databases] entry, "
+            "or ALTER ROLE ... SET"
+        )
+        if row[0] != self.schema:
+            raise StoreError(
+                f"behind PgBouncer's transaction pooling (pool_mode=transaction) the store cannot "
+                f"set search_path, and the server's does not lead to schema {self.schema!r} "
+                f"(current_schema() is {row[0]!r}): set search_path to {self.schema} {where}"
+            )
+        timeout_ms = int(self.statement_timeout * 1000) if self.statement_timeout else None
+        if timeout_ms is not None and int(row[1]) != timeout_ms:
+            raise StoreError(
+                f"behind PgBouncer's transaction pooling (pool_mode=transaction) the store cannot "
+                f"set statement_timeout={self.statement_timeout}s, and the server's is {row[1]} ms: "
+                f"set statement_timeout to {timeout_ms} {where}, or pass statement_timeout=0 to "
+                "keep the server's"
+            )
 
     # --- the error boundary ----------------------------------------------------------------
 
@@ -880,8 +1062,9 @@ class PostgresStore(Store):
         if isinstance(exc, PoolClosed) or self._closed:
             return StoreClosedError("the PostgreSQL store is closed")
         if isinstance(exc, pg_errors.QueryCanceled):
+            limit = f"={self.statement_timeout}s" if self.statement_timeout else " (the server's)"
             return StoreBusyError(
-                f"a PostgreSQL statement ran past statement_timeout={self.statement_timeout}s "
+                f"a PostgreSQL statement ran past statement_timeout{limit} "
                 f"(waiting for a lock held by another writer, or an overloaded server): {_cause(exc)}"
             )
         if isinstance(exc, pg_errors.LockNotAvailable):
@@ -910,7 +1093,12 @@ class PostgresStore(Store):
                 )
             return StoreUnavailableError(f"the connection to PostgreSQL at {self.url} failed: {_cause(exc)}")
         if isinstance(exc, pg_errors.UndefinedTable):
-            return StoreError(f"the schema {self.schema!r} lacks a table (was it dropped?): {_cause(exc)}")
+            why = (
+                "was it dropped, or does every server connection of PgBouncer get its search_path?"
+                if self.pool_mode == "transaction"
+                else "was it dropped?"
+            )
+            return StoreError(f"the schema {self.schema!r} lacks a table ({why}): {_cause(exc)}")
         return StoreError(f"PostgreSQL error ({type(exc).__name__}): {_cause(exc)}")
 
     async def _run(self, body: Callable[[Conn], Awaitable[T]], *, write: bool = False) -> T:
@@ -1004,7 +1192,11 @@ class PostgresStore(Store):
     async def _migrate(self, conn: Conn) -> None:
         """Apply the missing migrations, one replica at a time."""
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_MIGRATE_LOCK, self._lock_key))
+            # search_path for this transaction only: also right behind transaction pooling.
+            await conn.execute(
+                "SELECT set_config('search_path', %s, true), pg_advisory_xact_lock(%s, %s)",
+                (f'"{self.schema}"', _MIGRATE_LOCK, self._lock_key),
+            )
             cur = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,))
             if await cur.fetchone() is None:
                 await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
@@ -1470,7 +1662,8 @@ class PostgresStore(Store):
             tg.start_soon(self._poll)
             if self.notify_after_commit:
                 tg.start_soon(self._notifier)
-            await self._listen()
+            if self.listens:
+                await self._listen()
 
     async def _listen(self) -> None:
         """Keep a LISTEN connection: read hints, prove it answers, replace it when it does not."""
@@ -1564,6 +1757,7 @@ class PostgresStore(Store):
             await anyio.sleep(self.poll_interval)
             if not self._doorbell.sleepers or time.monotonic() - self._listener_read_at < self.poll_interval:
                 continue
+            self.polls += 1
             try:
                 head = await self._run(self._head)
             except StoreError as exc:
