@@ -23,6 +23,7 @@ BENCHMARKS = {
     "scale": "bench.scale",
     "contention": "bench.contention",
     "deadlines": "bench.deadlines",
+    "leases": "bench.leases",
 }
 
 

@@ -29,6 +29,11 @@ EXPECTED = {
         "touch that moves the deadline",
         "touch within the slack",
     ],
+    "leases": [
+        "lease renewal, memory",
+        "lease renewal, SQLite",
+        "reaper at rest, 50 builds renewing, SQLite",
+    ],
 }
 
 
@@ -60,7 +65,7 @@ def test_quick_mode_runs_without_postgres(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("name", ["wakeup", "dbwork", "throughput", "contention"])
+@pytest.mark.parametrize("name", ["wakeup", "dbwork", "throughput", "contention", "leases"])
 def test_quick_mode_postgres_parts(name: str, tmp_path: Path, pg_url: str) -> None:
     result = cli.run_one(name, common.Context(quick=True, pg_url=pg_url, tmp=tmp_path, local=False))
     _check_result(result, [])

@@ -40,7 +40,7 @@ from anyio.abc import TaskStatus
 
 from . import __version__
 from .adapters import open_store
-from .adapters.base import ChatRow, Store
+from .adapters.base import DEFAULT_LEASE_SECONDS, ChatRow, Store
 from .diagram import FORMATS, GraphvizMissingError, PydotMissingError, render
 from .errors import WorkspaceLifecycleError
 from .machine import derive_state
@@ -358,6 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="ready",
         metavar="STATE",
         help="the lifecycle state agents reach: ready (default), start_error, start_timeout, ..., or none for no agent",
+    )
+    provision.add_argument(
+        "--lease-seconds",
+        type=_positive_seconds,
+        default=DEFAULT_LEASE_SECONDS,
+        metavar="S",
+        help="each claim's lease, renewed every third of it; a provisioner that stops renewing has "
+        f"its builds failed this long after (default {DEFAULT_LEASE_SECONDS:g})",
     )
     process_group = provision.add_argument_group("with --process")
     process_group.add_argument(
@@ -1225,6 +1233,7 @@ async def _provision_process(store: Store, args: argparse.Namespace) -> int:
         command=args.workspace_command,
         ready_timeout=args.ready_timeout,
         stop_grace=args.stop_grace,
+        lease_seconds=args.lease_seconds,
     )
     async with _opened(store), provisioner, Lifecycle(store) as lc:
         _out(
@@ -1245,6 +1254,7 @@ async def _provision_async(store: Store, args: argparse.Namespace) -> int:
             agent_seconds=args.agent_seconds,
             fail=args.fail_rate or None,
             agent=args.agent,
+            lease_seconds=args.lease_seconds,
         ),
         Lifecycle(store) as lc,
     ):
