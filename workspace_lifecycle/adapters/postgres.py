@@ -803,6 +803,8 @@ class PostgresStore(Store):
         # (holding the log lock), to interleave transactions in the commit-order test.
         self._before_commit: Callable[[], Awaitable[None]] | None = None
         self._known: OrderedDict[str, _Known] = OrderedDict()
+        #: Builds this process claimed -> their workspace (a renewal may decide on known rows).
+        self._claimed: OrderedDict[str, str] = OrderedDict()
         #: Send NOTIFY after the commits, batched (:meth:`_notifier`), not inside each write
         #: (off by default: with group commit it measured slower, see ``bench/RESULTS.md``).
         self.notify_after_commit = notify_after_commit
@@ -2039,6 +2041,10 @@ class PostgresStore(Store):
 
         build, head = await self._decide(body)
         self._wrote(head)
+        if build is not None:
+            self._claimed[build.build_id] = build.workspace_id
+            if len(self._claimed) > _KNOWN_MAX:
+                self._claimed.popitem(last=False)
         return build
 
     async def _read_build(self, conn: Conn, build_id: str) -> tuple[Build, Workspace, Chat, _Seen] | None:
@@ -2062,7 +2068,30 @@ class PostgresStore(Store):
     async def renew_lease(
         self, build_id: str, token: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
     ) -> float:
+        # The workspace of a build this process claimed: its rows may be known (a heartbeat
+        # is then one guarded statement, no read), and are read with their chat otherwise.
+        workspace_id = self._claimed.get(build_id)
+
+        def decide(known: _Known) -> _Decided[tuple[float, int]]:
+            build = known.facts.latest_build
+            if build is None or build.build_id != build_id:
+                raise NotFoundError(f"build {build_id!r} is not its workspace's latest")
+            write = writes.renew_lease(
+                build, known.facts.workspace, token, at=self._clock(), lease_seconds=lease_seconds
+            )
+            assert write.build is not None and write.build.lease_expires_at is not None
+            until = write.build.lease_expires_at
+            # The workspace's version guards it (a renewal bumps it too: an expiry decided on
+            # the lease as it was read must not pass once it was renewed).
+            seen = _Seen(known.facts.workspace_id, known.version)
+            return _Decided(write, seen, lambda head: (until, head), known)
+
         async def body(conn: Conn) -> _Decided[tuple[float, int]]:
+            if workspace_id is not None:
+                known = await self._read_known(conn, workspace_id, f"no build {build_id!r}")
+                latest = known.facts.latest_build
+                if latest is not None and latest.build_id == build_id:
+                    return decide(known)
             read = await self._read_build(conn, build_id)
             if read is None:
                 raise NotFoundError(f"no build {build_id!r}")
@@ -2070,11 +2099,9 @@ class PostgresStore(Store):
             write = writes.renew_lease(build, ws, token, at=self._clock(), lease_seconds=lease_seconds)
             assert write.build is not None and write.build.lease_expires_at is not None
             until = write.build.lease_expires_at
-            # The workspace's version guards it (a renewal bumps it too: an expiry decided on
-            # the lease as it was read must not pass once it was renewed).
             return _Decided(write, _Seen(seen.workspace_id, seen.version), lambda head: (until, head))
 
-        until, _ = await self._decide(body)
+        until, _ = await self._decide(body, workspace_id=workspace_id, on_known=decide)
         return until
 
     async def next_lease_expiry(self, *, skip: Collection[str] = ()) -> Lease | None:
