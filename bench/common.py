@@ -94,6 +94,9 @@ class Context:
     pg_url: str | None = None
     tmp: Path = field(default_factory=lambda: Path("/tmp"))
     local: bool = True  # False: only the PostgreSQL parts (the smoke test's postgres half)
+    #: ``KEY=VALUE`` options added to the PostgreSQL store URLs of the benchmarks that take
+    #: them (``replicas``), e.g. a notification mode.
+    store_options: tuple[str, ...] = ()
 
 
 def fmt(value: float | None, unit: str = "") -> str:
