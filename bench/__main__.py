@@ -42,11 +42,13 @@ def run_one(name: str, ctx: Context) -> Result:
 
 def write(out: Path, results: list[Result], pg_url: str | None, command: str) -> dict[str, Any]:
     doc = report.merge(out, common.machine(pg_url), command, [r.to_json() for r in results])
+    replicas_png = report.plot_replicas(out, doc)
     md = report.write_markdown(out, doc)
     png = report.plot(out, doc)
     print(
         f"wrote {out / 'results.json'}, {md}"
         + (f", {png}" if png else " (no plot: it needs wakeup results and matplotlib)")
+        + (f", {replicas_png}" if replicas_png else "")
     )
     return doc
 

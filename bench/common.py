@@ -237,8 +237,16 @@ def pg_schema(pg_url: str) -> Iterator[str]:
     try:
         yield f"{pg_url}?schema={schema}"
     finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        # The server is shared and may be restarting (another session's test): try for a while.
+        for attempt in range(30):
+            try:
+                with psycopg.connect(pg_url, autocommit=True, connect_timeout=3) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                break
+            except psycopg.OperationalError:
+                if attempt == 29:
+                    raise
+                time.sleep(1)
 
 
 # --- child processes -------------------------------------------------------------------------

@@ -514,6 +514,48 @@ async def run_config(pg_url: str, replicas: int, w: Workload, options: Sequence[
     }
 
 
+def _server_started(pg_url: str) -> str | None:
+    """When the server last started, or None while it is unreachable."""
+    import psycopg
+
+    try:
+        with psycopg.connect(pg_url, connect_timeout=3) as conn:
+            row = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()
+    except psycopg.OperationalError:
+        return None
+    return None if row is None else str(row[0])
+
+
+async def _run_config_once_more(
+    result: Result, pg_url: str, replicas: int, w: Workload, options: Sequence[str]
+) -> dict[str, Any]:
+    """:func:`run_config`, run again once if the shared server restarted under it (another
+    session's test may restart it): a run that lost its connections measures the restart."""
+    for attempt in (1, 2):
+        started = _server_started(pg_url)
+        try:
+            raw = await run_config(pg_url, replicas, w, options)
+        except Exception as exc:
+            if attempt == 2 or _server_started(pg_url) == started:
+                raise
+            why = f"failed ({exc!r:.120})"
+        else:
+            if _server_started(pg_url) == started:
+                return raw
+            if attempt == 2:
+                result.note(f"{_plural(replicas)}: the PostgreSQL server restarted during the run again")
+                return raw
+            why = "was disturbed"
+        result.note(
+            f"{_plural(replicas)}: the PostgreSQL server restarted during the run, which {why}; ran again"
+        )
+        for _ in range(60):  # wait for it to answer again
+            if _server_started(pg_url) is not None:
+                break
+            await anyio.sleep(1)
+    raise AssertionError("unreachable")
+
+
 def _delta(out: dict[str, Any], key: str) -> float | None:
     a, b = out["from"][key], out["to"][key]
     return None if a is None or b is None else b - a
@@ -807,7 +849,7 @@ async def run_async(ctx: Context) -> Result:
     )
     all_figures = []
     for n in counts:
-        raw = await run_config(ctx.pg_url, n, w, options)
+        raw = await _run_config_once_more(result, ctx.pg_url, n, w, options)
         f = figures(raw)
         all_figures.append(f)
         print(

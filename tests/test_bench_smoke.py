@@ -113,6 +113,12 @@ def test_quick_mode_postgres_only(name: str, tmp_path: Path, pg_url: str) -> Non
     for pid in (pid for f in figures for pid in f["pids"]):
         with pytest.raises(ProcessLookupError):  # every child exited and was reaped
             os.kill(pid, 0)
+    cli.write(tmp_path / "out", [result], pg_url, f"python -m bench {name} --quick")
+    md = (tmp_path / "out" / "RESULTS.md").read_text()
+    assert "PostgreSQL, 2 replicas: wake-up p99" in md and "| R | events/s |" in md
+    png = tmp_path / "out" / "replicas.png"
+    if png.exists():  # matplotlib is a bench-only dependency
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(replicas.png)" in md
 
 
 def test_report_files_are_written_and_merged(tmp_path: Path) -> None:
