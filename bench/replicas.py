@@ -1,4 +1,4 @@
-"""8. Replicas: 1, 2, 4 and 8 replica processes on one PostgreSQL under one steady workload.
+"""9. Replicas: 1, 2, 4 and 8 replica processes on one PostgreSQL under one steady workload.
 
 Each configuration runs in a fresh schema (dropped afterwards) with the same workload:
 
@@ -615,6 +615,7 @@ def figures(raw: dict[str, Any]) -> dict[str, Any]:
         busy = last["machine"][0] - first["machine"][0]
         total = last["machine"][1] - first["machine"][1]
         machine = (os.cpu_count() or 1) * busy / total if total else None
+    ours = (sum(p["cpu_percent"] for p in per) + sum(builder_cpu) + 100 * backend / seconds) / 100
     samples = max(raw["samples"], 1)
     waits = {k: v / samples for k, v in sorted(raw["waits"].items(), key=lambda kv: -kv[1])}
     lock_waits = sum(v for k, v in waits.items() if k.startswith(("Lock:", "LWLock:")))
@@ -642,6 +643,7 @@ def figures(raw: dict[str, Any]) -> dict[str, Any]:
         "builder_cpu_percent": sum(builder_cpu) / len(builder_cpu),
         "backend_cpu_percent": 100 * backend / seconds,
         "machine_cores_busy": machine,
+        "others_cores_busy": None if machine is None else max(0.0, machine - ours),
         "notifications_per_replica_per_s": received,
         "notification_share": None if received is None or not notifies else received / notifies,
         "acted_per_replica_per_s": mean("acted_per_s"),
@@ -673,6 +675,7 @@ COLUMNS = (
     ("CPU/prov %", "builder_cpu_percent", "{:.1f}"),
     ("PG backends %", "backend_cpu_percent", "{:.0f}"),
     ("cores busy", "machine_cores_busy", "{:.2f}"),
+    ("not ours", "others_cores_busy", "{:.2f}"),
     ("notif recv/replica/s", "notifications_per_replica_per_s", "{:.0f}"),
     ("recv/sent", "notification_share", "{:.2f}"),
     ("acted/replica/s", "acted_per_replica_per_s", "{:.1f}"),
@@ -683,6 +686,24 @@ COLUMNS = (
     ("wake-ups", "wakeups", "{:d}"),
     ("lock waits", "lock_waits", "{:.2f}"),
 )
+
+
+def cpu_model(rows: Sequence[dict[str, Any]]) -> dict[str, float] | None:
+    """Least squares of a replica's CPU per event of the whole system against its share of the
+    chats (1/R): ``heard`` ms for every event (its listener, its pump, its deadlines) plus
+    ``own`` ms for each event of its own chats (their requests)."""
+    points = [
+        (1 / f["replicas"], 10 * f["replica_cpu_percent"] / f["events_per_s"])
+        for f in rows
+        if f["events_per_s"]
+    ]
+    if len(points) < 2:
+        return None
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    own = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return {"heard_ms_per_event": my - own * mx, "own_ms_per_event": own}
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
@@ -744,6 +765,7 @@ def add_rows(result: Result, all_figures: Sequence[dict[str, Any]]) -> None:
                     f" our PostgreSQL backends {f['backend_cpu_percent']:.0f}%;"
                     + (
                         f" machine {f['machine_cores_busy']:.2f} of {os.cpu_count()} cores busy"
+                        f" ({f['others_cores_busy']:.2f} not ours)"
                         if f["machine_cores_busy"] is not None
                         else ""
                     )
@@ -856,11 +878,18 @@ async def run_async(ctx: Context) -> Result:
             f"  measured {_plural(n)}: {f['events_per_s']:.0f} events/s, wake p99 {common.fmt(f['wake_p99_ms'], 'ms')}",
             flush=True,
         )
-    result.data = {"mode": mode, "workload": asdict(w), "figures": all_figures}
+    model = cpu_model(all_figures)
+    result.data = {"mode": mode, "workload": asdict(w), "figures": all_figures, "cpu_model": model}
     add_rows(result, all_figures)
     text = table(all_figures)
     print(text, flush=True)
     result.note("the table (R = replica processes; per-replica figures are means):\n\n" + text + "\n")
+    if model is not None:
+        result.note(
+            f"fit of a replica's CPU over the runs: {model['heard_ms_per_event']:.2f} ms per event of the"
+            f" whole system (heard: listener, pump, deadlines) + {model['own_ms_per_event']:.2f} ms per"
+            " event of its own chats"
+        )
     errors = [e for f in all_figures for e in f["errors"]]
     if errors:
         result.note(f"{len(errors)} failed calls, e.g. {errors[0]}")
