@@ -264,13 +264,7 @@ async def _provision(
             errors.append(f"{type(exc).__name__}: {exc}")
 
     async with anyio.create_task_group() as tg:
-        while True:
-            cursor = await store.head()
-            build = await store.claim_build(worker)
-            if build is None:
-                await store.wait_for_change(cursor)
-                continue
-            tg.start_soon(complete, build)
+        await common.claim_forever(store, worker, lambda build: tg.start_soon(complete, build))
 
 
 async def builder_child(url: str, config: dict[str, Any]) -> None:
