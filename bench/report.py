@@ -102,7 +102,9 @@ def write_markdown(out: Path, doc: dict[str, Any]) -> Path:
     path = out / "RESULTS.md"
     text = markdown(doc)
     if _replicas_figures(doc) and (out / "replicas.png").exists():
-        text += "![replicas: CPU, notifications and wake-ups against the number of replicas](replicas.png)\n"
+        text += (
+            "\n![replicas: CPU, notifications and wake-ups against the number of replicas](replicas.png)\n"
+        )
     path.write_text(text)
     return path
 
