@@ -6,12 +6,14 @@ Each configuration runs in a fresh schema (dropped afterwards) with the same wor
   ``idle_stop_after``. Chat ``k`` is driven by a caller on replica ``k mod R`` (how a load
   balancer spreads chats): a turn is ``ensure_running`` (a resume waits for the start build and
   the agent), a few ``touch`` calls while the agent works, sometimes an explicit
-  ``stop_workspace``; then the chat is quiet for an exponential think time, often longer than
-  ``idle_stop_after``, so the idle deadline (fired by whichever replica wins) stops it.
+  ``stop_workspace`` or ``delete_workspace`` (the next turn is then ``create_workspace``); then
+  the chat is quiet for an exponential think time, often longer than ``idle_stop_after``, so
+  the idle deadline (fired by whichever replica wins) stops it.
 * ``R`` replica processes, each a ``wl.Lifecycle`` on its own ``PostgresStore``, and
   provisioner processes that claim builds, finish them after a delay and report the agent
   starting, then ready; they stamp ``time.monotonic()`` (one clock for every process on Linux)
-  when the awaited write's commit returned: the start's agent-ready report, the stop's finish.
+  when the awaited write's commit returned: a start's (or create's) agent-ready report, a stop's
+  (or delete's) finish.
 
 Measured over a window after a warm-up: per replica process its CPU (``getrusage``), the
 notifications its listener received (the store's ``notifications_received`` if it has one,
@@ -79,9 +81,10 @@ class Workload:
     touches: int  # touch calls per turn
     touch_gap: float  # mean time between them (exponential)
     stop_share: float  # share of turns that end with an explicit stop_workspace
+    delete_share: float  # share of turns that end with delete_workspace (the next turn creates)
     start_delay: float  # a start build's duration
     agent_delay: float  # between the build's end and each agent report
-    stop_delay: float  # a stop build's duration
+    stop_delay: float  # a stop (or delete) build's duration
     warmup: float
     window: float
 
@@ -94,6 +97,7 @@ FULL = Workload(
     touches=2,
     touch_gap=0.4,
     stop_share=0.2,
+    delete_share=0.05,
     start_delay=0.2,
     agent_delay=0.05,
     stop_delay=0.1,
@@ -108,6 +112,7 @@ QUICK = Workload(
     touches=1,
     touch_gap=0.05,
     stop_share=0.2,
+    delete_share=0.1,
     start_delay=0.02,
     agent_delay=0.005,
     stop_delay=0.01,
@@ -201,20 +206,30 @@ def _answer(kind: str, result: wl.ToolResult, called: float) -> list[Any]:
 
 
 async def _chat(lc: wl.Lifecycle, k: int, w: Workload, t0: float, answers: list[list[Any]]) -> None:
-    """One chat's turns, for ever (cancelled at the end of the window)."""
+    """One chat's turns, for ever (the parent ends the process)."""
     rng = random.Random(k)
     chat = f"c{k}"
+    deleted = False
     await _sleep_until(t0 + rng.uniform(0, w.think))
     while True:
         try:
             called = time.monotonic()
-            answers.append(_answer("start", await lc.ensure_running(chat, owner=OWNER), called))
+            if deleted:  # the user deleted it last turn: a new one
+                answers.append(_answer("create", await lc.create_workspace(chat, owner=OWNER), called))
+                deleted = False
+            else:
+                answers.append(_answer("start", await lc.ensure_running(chat, owner=OWNER), called))
             for _ in range(w.touches):
                 await anyio.sleep(rng.expovariate(1 / w.touch_gap))
                 await lc.touch(chat, owner=OWNER)
-            if rng.random() < w.stop_share:
+            end = rng.random()
+            if end < w.stop_share:
                 called = time.monotonic()
                 answers.append(_answer("stop", await lc.stop_workspace(chat, owner=OWNER), called))
+            elif end < w.stop_share + w.delete_share:
+                called = time.monotonic()
+                answers.append(_answer("delete", await lc.delete_workspace(chat, owner=OWNER), called))
+                deleted = True
         except wl.errors.WorkspaceLifecycleError as exc:  # counted, not fatal: a bench reports it
             answers.append(["error", None, 0.0, time.monotonic(), f"{type(exc).__name__}: {exc}"])
         await anyio.sleep(rng.expovariate(1 / w.think))
@@ -255,7 +270,7 @@ async def _provision(
                 await anyio.sleep(w.agent_delay)
                 called = time.monotonic()
                 await store.report_agent(build.workspace_id, AgentLifecycle.READY)
-            else:
+            else:  # a stop or a delete
                 await anyio.sleep(w.stop_delay)
                 called = time.monotonic()
                 await store.finish_build(build.build_id, JobStatus.SUCCEEDED, has_agent=False)
@@ -570,6 +585,8 @@ def figures(raw: dict[str, Any]) -> dict[str, Any]:
     wake_from_call: list[float] = []
     errors: list[str] = [e for b in builders for e in b["errors"]]
     answered = 0
+    kinds: Counter[str] = Counter()  # answers by request
+    waited: Counter[str] = Counter()  # of which waited for a provisioner's commit
     t_from, t_to = replicas[0]["from"]["t"], replicas[0]["to"]["t"]
     for r in replicas:
         span = r["to"]["t"] - r["from"]["t"]
@@ -593,11 +610,13 @@ def figures(raw: dict[str, Any]) -> dict[str, Any]:
             if not t_from <= done <= t_to:
                 continue
             answered += 1
+            kinds[kind] += 1
             if error:
                 errors.append(f"{kind}: {error}")
                 continue
             stamp = stamps.get(build_id) if build_id else None
             if stamp is not None and stamp[1] <= done + 1.0:  # the caller waited for this commit
+                waited[kind] += 1
                 wake.append((done - stamp[1]) * 1000)
                 wake_from_call.append((done - stamp[0]) * 1000)
     builder_cpu = [
@@ -645,6 +664,8 @@ def figures(raw: dict[str, Any]) -> dict[str, Any]:
         "events_applied_per_replica_per_s": mean("events_applied_per_s"),
         "deadlines_fired": sum(p["deadlines_fired"] or 0 for p in per),
         "answers": answered,
+        "answers_by_request": dict(kinds),
+        "wakeups_by_request": dict(waited),
         "wakeups": len(wake),
         "wake_p50_ms": common.pct(wake, 0.5) if wake else None,
         "wake_p99_ms": common.pct(wake, 0.99) if wake else None,
@@ -727,7 +748,7 @@ def add_rows(result: Result, all_figures: Sequence[dict[str, Any]]) -> None:
                 f"{head}: wake-up p50, provisioner's commit → caller's answer in a replica process",
                 f["wake_p50_ms"],
                 "ms",
-                note=f"{f['wakeups']} wake-ups (start: agent ready; stop: build finished)",
+                note=f"{f['wakeups']} wake-ups (start, create: agent ready; stop, delete: build finished)",
             )
         )
         p99 = f["wake_p99_ms"]
@@ -857,8 +878,9 @@ async def run_async(ctx: Context) -> Result:
     if refused:
         result.note(f"store options this PostgresStore does not know, dropped: {' '.join(refused)}")
     result.note(
-        f"workload: {w.workspaces} chats, {w.provisioners} provisioner processes; a turn is ensure_running,"
-        f" {w.touches} touches ~{w.touch_gap:g} s apart, an explicit stop in {w.stop_share:.0%} of turns;"
+        f"workload: {w.workspaces} chats, {w.provisioners} provisioner processes; a turn is ensure_running"
+        f" (create_workspace after a delete), {w.touches} touches ~{w.touch_gap:g} s apart, an explicit"
+        f" stop in {w.stop_share:.0%} of turns and a delete in {w.delete_share:.0%};"
         f" turns ~{w.think:g} s apart (exponential), idle_stop_after={w.idle_stop_after:g} s; start build"
         f" {w.start_delay:g} s, agent reports {w.agent_delay:g} s apart, stop build {w.stop_delay:g} s;"
         f" measured over {w.window:g} s after {w.warmup:g} s; store mode: {mode}"
