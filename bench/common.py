@@ -380,9 +380,21 @@ class CountingStore(Store):
         self.calls["list_chats"] += 1
         return await self.inner.list_chats()
 
-    async def claim_build(self, worker: str) -> wl.Build | None:
+    async def claim_build(self, worker: str, **kw: Any) -> wl.Build | None:
         self.calls["claim_build"] += 1
-        return await self.inner.claim_build(worker)
+        return await self.inner.claim_build(worker, **kw)
+
+    async def renew_lease(self, build_id: str, token: str, **kw: Any) -> float:
+        self.calls["renew_lease"] += 1
+        return await self.inner.renew_lease(build_id, token, **kw)
+
+    async def next_lease_expiry(self, **kw: Any) -> wl.Lease | None:
+        self.calls["next_lease_expiry"] += 1
+        return await self.inner.next_lease_expiry(**kw)
+
+    async def expire_lease(self, build_id: str, token: str) -> wl.Build | None:
+        self.calls["expire_lease"] += 1
+        return await self.inner.expire_lease(build_id, token)
 
     async def finish_build(
         self,
@@ -396,9 +408,9 @@ class CountingStore(Store):
         self.calls["finish_build"] += 1
         return await self.inner.finish_build(build_id, status, error, has_agent=has_agent, **kw)
 
-    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle) -> None:
+    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle, **kw: Any) -> None:
         self.calls["report_agent"] += 1
-        await self.inner.report_agent(workspace_id, lifecycle)
+        await self.inner.report_agent(workspace_id, lifecycle, **kw)
 
     async def head(self) -> int:
         self.calls["head"] += 1

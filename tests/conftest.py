@@ -34,6 +34,11 @@ STORE_BACKENDS = [
     pytest.param(("sqlite", "asyncio"), id="sqlite-asyncio"),
     pytest.param(("postgres", "asyncio"), id="postgres-asyncio", marks=pytest.mark.postgres),
 ]
+#: PostgreSQL notifying by workspace shard (``?shards=4``): the suites that must hold in that
+#: mode too add it to their ``store_backend`` (not every store test: it would double their time).
+SHARDED_POSTGRES = pytest.param(
+    ("postgres-shards", "asyncio"), id="postgres-shards-asyncio", marks=pytest.mark.postgres
+)
 
 
 def pg_available() -> bool:
@@ -88,7 +93,8 @@ def store_url(store_backend: tuple[str, str], tmp_path: Path, request: pytest.Fi
         return "memory://"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
-    return str(request.getfixturevalue("pg_schema_url"))
+    url = str(request.getfixturevalue("pg_schema_url"))
+    return f"{url}&shards=4" if kind == "postgres-shards" else url
 
 
 @pytest.fixture

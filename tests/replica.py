@@ -30,6 +30,7 @@ import anyio
 
 import workspace_lifecycle as wl
 import workspace_lifecycle.faults
+from workspace_lifecycle.adapters.base import Topic
 
 
 async def _line() -> str:
@@ -68,12 +69,13 @@ async def race(url: str, chat: str, owner: str, n: int, provision: bool) -> None
 async def wait(url: str, rounds: int) -> None:
     options = {"poll_interval": 60.0} if url.startswith("postgres") else {}
     async with wl.open_store(url, **options) as store:
-        for _ in range(rounds):
-            head = await store.head()
-            _say("ready", head)
-            await store.wait_for_change(head)
-            woke = time.monotonic()
-            _say("woke", await store.head(), woke)
+        with store.interest(Topic.EVERY_WORKSPACE):  # it waits for news of any workspace
+            for _ in range(rounds):
+                head = await store.head()
+                _say("ready", head)
+                await store.wait_for_change(head)
+                woke = time.monotonic()
+                _say("woke", await store.head(), woke)
 
 
 async def start(url: str, chat: str, owner: str) -> None:

@@ -29,8 +29,8 @@ class Recording(wl.MemoryStore):
         super().__init__()
         self.claimed: list[wl.Build] = []
 
-    async def claim_build(self, worker: str) -> wl.Build | None:
-        build = await super().claim_build(worker)
+    async def claim_build(self, worker: str, *, lease_seconds: float = 30.0) -> wl.Build | None:
+        build = await super().claim_build(worker, lease_seconds=lease_seconds)
         if build is not None:
             self.claimed.append(build)
         return build

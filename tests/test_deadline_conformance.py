@@ -9,11 +9,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from conftest import SHARDED_POSTGRES, STORE_BACKENDS
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import EventKind, JobStatus, Reason, Transition
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=[*STORE_BACKENDS, SHARDED_POSTGRES])
+def store_backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """Every store, and PostgreSQL notifying by workspace shard too."""
+    kind, backend = request.param
+    return kind, backend
+
 
 IDLE, RETAIN = 600.0, 3600.0
 

@@ -26,12 +26,20 @@ IDLE = 1.0
 WORKSPACES = 6
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("postgres-shards", marks=pytest.mark.postgres),
+    ]
+)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'deadlines.db'}"
     else:
-        yield str(request.getfixturevalue("pg_schema_url"))
+        # By shard, the replicas hear of deadlines set by the others at their listener's poll.
+        shards = "&shards=4" if request.param == "postgres-shards" else ""
+        yield str(request.getfixturevalue("pg_schema_url")) + shards
 
 
 async def armed_workspaces(url: str) -> tuple[list[str], float]:

@@ -20,7 +20,6 @@ import pytest
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import JobStatus, Transition, WorkspaceState
-from workspace_lifecycle.reaper import BuildReaper
 
 pytestmark = pytest.mark.anyio
 
@@ -152,19 +151,32 @@ async def test_corrupt_chat_does_not_stop_the_lifecycle(db: Path) -> None:
                     assert bad_build.build_id in str(caught.value)
 
 
-async def test_reaper_reaps_other_chats_despite_a_corrupt_row(db: Path) -> None:
-    """BuildReaper.reap_once(): one corrupt builds row must not stop it from failing another
-    chat's build whose worker died."""
-    async with wl.open_store(f"sqlite:///{db}") as store:
+@pytest.mark.parametrize("column", ["status", "lease_expires_at"])
+async def test_reaper_reaps_other_chats_despite_a_corrupt_row(db: Path, column: str) -> None:
+    """LeaseReaper: one corrupt builds row (its lease running out first) must not stop it from
+    failing another chat's build whose lease ran out; the bad row is set aside, once."""
+    clock = wl.VirtualClock(start=1_000.0)
+    async with wl.open_store(f"sqlite:///{db}", clock=clock) as store:
         _, bad_build = await _bad_chat(store)
-        _corrupt_build(db, bad_build.build_id)
+        with sqlite3.connect(db) as conn:
+            value = "exploded" if column == "status" else "soon"
+            conn.execute(f"UPDATE builds SET {column} = ? WHERE build_id = ?", (value, bad_build.build_id))
         await store.register_chat("good", OWNER)
         await store.create_workspace("good", "dev", expected_workspace_id=None)
-        orphan = await store.claim_build("dead-worker")
+        orphan = await store.claim_build("dead-worker", lease_seconds=60)
         assert orphan is not None and orphan.transition is Transition.START
-        reaper = BuildReaper(store, worker_alive=lambda worker: worker != "dead-worker")
-        reaped = await reaper.reap_once()
-        assert [b.build_id for b in reaped] == [orphan.build_id]
+        async with wl.LeaseReaper(store, clock=clock) as reaper:
+            clock.advance(61)
+            with anyio.fail_after(5):
+                while not reaper.expired:
+                    head = await store.head()  # the expiry is a write: it moves the log
+                    if not reaper.expired:
+                        await store.wait_for_change(head)
+            for _ in range(100):  # the row read after it (setting a row aside writes nothing)
+                if reaper.unreadable:
+                    break
+                await anyio.sleep(0.01)
+        assert reaper.expired == 1 and reaper.unreadable == {bad_build.build_id}
         facts = await store.workspace_facts(orphan.workspace_id)
         assert facts.latest_build is not None and facts.latest_build.status is JobStatus.FAILED
 

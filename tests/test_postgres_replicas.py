@@ -11,8 +11,15 @@ from multiproc import race, receive, replicas, schema_of, stopped_workspace
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import AgentLifecycle, JobStatus
+from workspace_lifecycle.adapters.base import Topic
 
 pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(params=["", "&shards=4"], ids=["one-channel", "shards"])
+def pg_schema_url(pg_schema_url: str, request: pytest.FixtureRequest) -> str:
+    """Every replica test in both notification modes: one channel, and by workspace shard."""
+    return f"{pg_schema_url}{request.param}"
 
 
 def test_replica_race_starts_once(pg_schema_url: str) -> None:
@@ -74,7 +81,7 @@ async def test_second_store_sees_agent_report_of_first(pg_schema_url: str) -> No
                 results.append(await lc.create_workspace("c1", owner="alice", name="dev"))
 
             tg.start_soon(create)
-            with anyio.fail_after(10):
+            with anyio.fail_after(10), b.interest(Topic.BUILDS):
                 while True:
                     cursor = await b.head()
                     if (build := await b.claim_build("remote")) is not None:

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import anyio
 import psycopg
@@ -181,6 +181,66 @@ def test_url_options_and_bad_schema() -> None:
             wl.open_store(f"postgresql://h/db?schema={bad}")
     with pytest.raises(ValueError, match="statement_timeout"):
         wl.open_store("postgresql://h/db?statement_timeout=soon")
+
+
+def test_pgbouncer_options_are_validated() -> None:
+    """pool_mode and listen_url (see tests/test_pgbouncer.py for them at work): a listen_url is a
+    PostgreSQL URL of libpq parameters or ``none``; transaction pooling needs one; passwords
+    never reach the shown URL."""
+    listen = "postgresql%3A%2F%2Fu%3Apw%40direct%3A5432%2Fdb%3Fsslmode%3Drequire"
+    store = PostgresStore.from_url(
+        f"postgresql://u:pw@bouncer:6432/db?pool_mode=transaction&listen_url={listen}"
+    )
+    assert store.url == (
+        "postgresql://u@bouncer:6432/db?pool_mode=transaction&listen_url=postgresql%3A%2F%2Fu%40direct%3A5432%2Fdb"
+    )
+    assert (store.pool_mode, store.listens) == ("transaction", True)
+    assert "direct" in store._listen_conninfo and "sslmode=require" in store._listen_conninfo
+    assert "bouncer" in store._pool_conninfo and "listen_url" not in store._pool_conninfo
+    poll = PostgresStore.from_url("postgresql://bouncer/db?pool_mode=transaction&listen_url=none")
+    assert (poll.listens, poll.url) == (
+        False,
+        "postgresql://bouncer/db?pool_mode=transaction&listen_url=none",
+    )
+    assert PostgresStore.from_url("postgresql://h/db?listen_url=none").listens is False  # direct, polling
+    assert PostgresStore.from_url("postgresql://h/db?pool_mode=session").pool_mode == "session"
+    with pytest.raises(ValueError, match="pool_mode='transaction' needs listen_url"):
+        wl.open_store("postgresql://bouncer/db?pool_mode=transaction")
+    with pytest.raises(ValueError, match="statement' cannot work"):
+        wl.open_store("postgresql://bouncer/db?pool_mode=statement")
+    with pytest.raises(ValueError, match="pool_mode must be 'session' or 'transaction'"):
+        wl.open_store("postgresql://bouncer/db", pool_mode="Transaction")
+    with pytest.raises(ValueError, match="not a PostgreSQL URL"):
+        wl.open_store("postgresql://bouncer/db", pool_mode="transaction", listen_url="mysql://h/db")
+    with pytest.raises(
+        ValueError, match="listen_url takes libpq parameters only, not the store's option 'schema'"
+    ):
+        wl.open_store("postgresql://bouncer/db", listen_url="postgresql://h/db?schema=x")
+    with pytest.raises(ValueError, match="malformed PostgreSQL URL"):
+        wl.open_store("postgresql://bouncer/db", listen_url="postgresql://h/db?nosuch=1")
+
+
+@pytest.mark.anyio
+async def test_direct_store_may_listen_elsewhere_or_nowhere(pg_schema_url: str) -> None:
+    """listen_url without a pooler: a store that listens nowhere is woken by its poll, one whose
+    listen_url is the same database by NOTIFY (its poll a minute away)."""
+    base = pg_schema_url.partition("?")[0]
+    async with (
+        wl.open_store(f"{pg_schema_url}&listen_url=none", poll_interval=0.1) as polling,
+        wl.open_store(f"{pg_schema_url}&listen_url={quote(base, safe='')}", poll_interval=60) as listening,
+        wl.open_store(pg_schema_url) as writer,
+    ):
+        assert isinstance(polling, PostgresStore) and isinstance(listening, PostgresStore)
+        assert polling.listener_pid is None and listening.listener_pid is not None
+        await writer.register_chat("c", "alice")
+        heads = (await polling.head(), await listening.head())
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(polling.wait_for_change, heads[0])
+                tg.start_soon(listening.wait_for_change, heads[1])
+                await anyio.sleep(0.2)
+                await writer.create_workspace("c", "dev", expected_workspace_id=None)
+        assert polling.polls >= 1 and listening.polls == 0
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])

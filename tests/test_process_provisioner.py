@@ -19,6 +19,7 @@ import pytest
 
 import workspace_lifecycle as wl
 from workspace_lifecycle.process_provisioner import STATE_FILE
+from workspace_lifecycle.testing import check_provisioner
 
 pytestmark = pytest.mark.anyio
 
@@ -423,6 +424,18 @@ async def test_on_trio(anyio_backend: str, provisioner: Factory, root: Path) -> 
                     is wl.WorkspaceState.RUNNING
                 )
                 assert (await lc.delete_workspace("c1", owner=OWNER)).data["deleted"] is True
+
+
+async def test_it_passes_the_provisioner_kit(store: wl.Store, provisioner: Factory) -> None:
+    """The provisioner conformance kit (claims once, finishes and reports with the lease
+    token, renews while a finish waits, gives up on a build whose lease it lost and ends its
+    process, honours stop and delete); the fixture checks every process it spawned is gone."""
+
+    def factory(store: wl.Store, *, worker: str, lease_seconds: float) -> wl.ProcessProvisioner:
+        return provisioner(store, command("serve", "{port}"), worker=worker, lease_seconds=lease_seconds)
+
+    report = await check_provisioner(factory, store, lease_seconds=0.6)
+    assert len(report.builds) == 8 and report.refused_after_loss >= 1, report
 
 
 def test_command_must_be_an_argv_list(root: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 
@@ -19,15 +21,15 @@ class FlakyFinish(wl.MemoryStore):
         self.failures = failures
 
     async def finish_build(
-        self, build_id: str, status: JobStatus, error: str | None = None, *, has_agent: bool = True
+        self, build_id: str, status: JobStatus | str, error: str | None = None, **options: Any
     ) -> wl.Build:
         if self.failures > 0:
             self.failures -= 1
             if self.failures % 2:
                 raise wl.StoreUnavailableError("connection lost before commit")
-            await super().finish_build(build_id, status, error, has_agent=has_agent)
+            await super().finish_build(build_id, status, error, **options)
             raise wl.StoreUnavailableError("connection lost during commit; the write may have been applied")
-        return await super().finish_build(build_id, status, error, has_agent=has_agent)
+        return await super().finish_build(build_id, status, error, **options)
 
 
 async def test_transient_errors_are_retried_until_the_build_finishes() -> None:
@@ -50,12 +52,12 @@ class BusyFinish(wl.MemoryStore):
         self.failures = failures
 
     async def finish_build(
-        self, build_id: str, status: JobStatus | str, error: str | None = None, *, has_agent: bool = True
+        self, build_id: str, status: JobStatus | str, error: str | None = None, **options: Any
     ) -> wl.Build:
         if self.failures > 0:
             self.failures -= 1
             raise wl.StoreBusyError("database is locked")
-        return await super().finish_build(build_id, status, error, has_agent=has_agent)
+        return await super().finish_build(build_id, status, error, **options)
 
 
 async def test_finish_is_retried_until_it_lands_past_the_retry_budget() -> None:

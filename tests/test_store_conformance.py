@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from conftest import SHARDED_POSTGRES, STORE_BACKENDS
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import AgentLifecycle, EventKind, JobStatus, Transition, WorkspaceState
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=[*STORE_BACKENDS, SHARDED_POSTGRES])
+def store_backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """Every store, and PostgreSQL notifying by workspace shard too."""
+    kind, backend = request.param
+    return kind, backend
 
 
 async def make_workspace(store: wl.Store, chat: str = "c1", owner: str = "alice") -> wl.Outcome:

@@ -4,6 +4,7 @@ The public names are re-exported here; everything else is private to its module.
 """
 
 from .adapters import open_store as open_store
+from .adapters.base import DEFAULT_LEASE_SECONDS as DEFAULT_LEASE_SECONDS
 from .adapters.base import ArmedDeadlines as ArmedDeadlines
 from .adapters.base import ChatRow as ChatRow
 from .adapters.base import Outcome as Outcome
@@ -17,6 +18,7 @@ from .errors import CallerError as CallerError
 from .errors import CorruptStateError as CorruptStateError
 from .errors import CursorExpiredError as CursorExpiredError
 from .errors import InvalidEventError as InvalidEventError
+from .errors import LeaseLostError as LeaseLostError
 from .errors import NotFoundError as NotFoundError
 from .errors import OwnershipError as OwnershipError
 from .errors import StoreBusyError as StoreBusyError
@@ -33,10 +35,14 @@ from .machine import WorkspaceMachine as WorkspaceMachine
 from .machine import derive_state as derive_state
 from .process_provisioner import ProcessProvisioner as ProcessProvisioner
 from .process_provisioner import WorkspaceRefused as WorkspaceRefused
+from .provisioner import Held as Held
 from .provisioner import SimulatedFailure as SimulatedFailure
 from .provisioner import SimulatedProvisioner as SimulatedProvisioner
+from .provisioner import claims as claims
+from .provisioner import holding as holding
 from .provisioner import quota_failure as quota_failure
 from .provisioner import validation_failure as validation_failure
+from .reaper import LeaseReaper as LeaseReaper
 from .runtime import Lifecycle as Lifecycle
 from .tools import dispatch_tool as dispatch_tool
 from .tools import tool_definitions as tool_definitions
@@ -47,6 +53,7 @@ from .values import Chat as Chat
 from .values import Deadline as Deadline
 from .values import EventKind as EventKind
 from .values import JobStatus as JobStatus
+from .values import Lease as Lease
 from .values import Policy as Policy
 from .values import Reason as Reason
 from .values import StateChange as StateChange
@@ -60,6 +67,7 @@ from .values import WorkspaceState as WorkspaceState
 __version__ = "0.2.0"  # the one source of the version: pyproject.toml reads it
 
 __all__ = [
+    "DEFAULT_LEASE_SECONDS",
     "Agent",
     "ArmedDeadlines",
     "AgentLifecycle",
@@ -74,8 +82,12 @@ __all__ = [
     "Deadline",
     "Decision",
     "EventKind",
+    "Held",
     "InvalidEventError",
     "JobStatus",
+    "Lease",
+    "LeaseLostError",
+    "LeaseReaper",
     "Lifecycle",
     "MemoryStore",
     "NotFoundError",
@@ -107,8 +119,10 @@ __all__ = [
     "WorkspaceMachine",
     "WorkspaceRefused",
     "WorkspaceState",
+    "claims",
     "derive_state",
     "dispatch_tool",
+    "holding",
     "open_store",
     "quota_failure",
     "tool_definitions",

@@ -7,6 +7,11 @@ meanwhile are buffered and applied after), the last one to leave drops it unless
 watched. The pump delivers events with :meth:`Registry.dispatch`; every delivery wakes the
 workspace's sleepers once (:meth:`Registry.wait`). A workspace whose rows or events are corrupt
 fails only the requests about it: its entry keeps the error and the others go on.
+
+The store hears what the registry holds: each tracked workspace, each watched chat (every
+workspace when every chat is watched) is a :meth:`~workspace_lifecycle.adapters.base.Store.interest`
+while it lasts, so a store that can narrow its wake-ups (PostgreSQL with ``shards``) wakes this
+process for them and not for the rest.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .adapters.base import Store
+from .adapters.base import Store, Topic
 from .errors import CorruptStateError, InvalidEventError, StoreClosedError, StoreError
 from .machine import Tracker
 from .telemetry import log_change
@@ -123,7 +128,7 @@ class Registry:
         if entry is None:
             if event.kind is EventKind.CHAT_BOUND and self._is_watched(event.chat_id):
                 # A watched chat got a new workspace: follow it from its first event.
-                entry = self.entries[event.workspace_id] = Entry(event.workspace_id)
+                entry = self._add(event.workspace_id)
                 entry.tracker = Tracker(event.workspace_id, event.chat_id, seq=event.seq)
                 entry.set_loaded()
                 self._kept.setdefault(event.chat_id, set()).add(event.workspace_id)
@@ -249,7 +254,7 @@ class Registry:
             # Its loader was cancelled, not this caller: load it ourselves.
 
     async def _load(self, workspace_id: str) -> Entry:
-        entry = self.entries[workspace_id] = Entry(workspace_id)
+        entry = self._add(workspace_id)
         entry.refs += 1
         try:
             facts = await self.store.workspace_facts(workspace_id)
@@ -262,8 +267,7 @@ class Registry:
             # Detach the failed entry at once, so the next caller loads afresh.
             entry.error = exc
             entry.set_loaded()
-            if self.entries.get(workspace_id) is entry:
-                del self.entries[workspace_id]
+            self._remove(entry)
             self._release(entry)
             raise
         entry.set_loaded()
@@ -274,9 +278,21 @@ class Registry:
         if entry.refs <= 0 and self.entries.get(entry.workspace_id) is entry:
             tracker = entry.tracker
             if tracker is None or not self._is_watched(tracker.chat_id):
-                del self.entries[entry.workspace_id]
+                self._remove(entry)
             else:
                 self._kept.setdefault(tracker.chat_id, set()).add(entry.workspace_id)
+
+    def _add(self, workspace_id: str) -> Entry:
+        """A new entry for ``workspace_id``; the store hears of the interest in it."""
+        entry = self.entries[workspace_id] = Entry(workspace_id)
+        self.store.take_interest(Topic.workspace(workspace_id))
+        return entry
+
+    def _remove(self, entry: Entry) -> None:
+        """Drop ``entry`` (if it is still the workspace's) and the interest it held."""
+        if self.entries.get(entry.workspace_id) is entry:
+            del self.entries[entry.workspace_id]
+            self.store.drop_interest(Topic.workspace(entry.workspace_id))
 
     def drop_kept(self, chat_id: str | None) -> None:
         """Drop the machines kept for ``chat_id`` (every chat if ``None``) that nobody holds,
@@ -345,6 +361,10 @@ class Registry:
         holds = AsyncExitStack()
         try:
             async with receive, holds:
+                # Heard from now on: a new workspace of the chat (of any chat, for every chat).
+                holds.enter_context(
+                    self.store.interest(Topic.EVERY_WORKSPACE if chat_id is None else Topic.chat(chat_id))
+                )
                 if chat_id is not None:
                     chat = await self.store.get_chat(chat_id)
                     if chat is not None and chat.workspace_id is not None and owner in (None, chat.owner):

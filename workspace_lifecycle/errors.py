@@ -26,6 +26,7 @@ __all__ = [
     "CorruptStateError",
     "CursorExpiredError",
     "InvalidEventError",
+    "LeaseLostError",
     "NotFoundError",
     "OwnershipError",
     "StoreBusyError",
@@ -64,6 +65,14 @@ class OwnershipError(CallerError, PermissionError):
 
 class BuildConflictError(CallerError, ValueError):
     """A provisioner tried to finish a build that is not in progress (or was never claimed)."""
+
+
+class LeaseLostError(BuildConflictError):
+    """A worker used a lease it no longer holds: the lease expired (and the build was failed,
+    or is about to be), or the build was finished or superseded without it. The store changed
+    nothing. The worker must stop working on that build: whatever it does now, another worker
+    may be doing too. A :class:`BuildConflictError`, so a provisioner that already stops on
+    those stops on this."""
 
 
 # --- the store could not do it ---------------------------------------------------------------

@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from .adapters.base import ArmedDeadlines, ChatRow, Outcome, Store
+from .adapters.base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Outcome, Store, Topic
 from .errors import TransientStoreError
 from .values import (
     AgentLifecycle,
@@ -53,6 +53,7 @@ from .values import (
     Chat,
     Deadline,
     JobStatus,
+    Lease,
     Policy,
     StoreEvent,
     Transition,
@@ -73,6 +74,8 @@ ALL_WRITES = REQUEST_WRITES | {
     "report_agent",
     "touch",
     "fire_deadline",
+    "renew_lease",
+    "expire_lease",
 }
 
 
@@ -230,8 +233,20 @@ class FaultyStore(Store):
             ),
         )
 
-    async def claim_build(self, worker: str) -> Build | None:
-        return await self._write("claim_build", lambda: self.inner.claim_build(worker))
+    async def claim_build(self, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Build | None:
+        return await self._write(
+            "claim_build", lambda: self.inner.claim_build(worker, lease_seconds=lease_seconds)
+        )
+
+    async def renew_lease(
+        self, build_id: str, token: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> float:
+        return await self._write(
+            "renew_lease", lambda: self.inner.renew_lease(build_id, token, lease_seconds=lease_seconds)
+        )
+
+    async def expire_lease(self, build_id: str, token: str) -> Build | None:
+        return await self._write("expire_lease", lambda: self.inner.expire_lease(build_id, token))
 
     async def finish_build(
         self,
@@ -241,14 +256,21 @@ class FaultyStore(Store):
         *,
         has_agent: bool = True,
         details: Mapping[str, Any] | None = None,
+        lease: str | None = None,
     ) -> Build:
         return await self._write(
             "finish_build",
-            lambda: self.inner.finish_build(build_id, status, error, has_agent=has_agent, details=details),
+            lambda: self.inner.finish_build(
+                build_id, status, error, has_agent=has_agent, details=details, lease=lease
+            ),
         )
 
-    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
-        await self._write("report_agent", lambda: self.inner.report_agent(workspace_id, lifecycle))
+    async def report_agent(
+        self, workspace_id: str, lifecycle: AgentLifecycle | str, *, lease: str | None = None
+    ) -> None:
+        await self._write(
+            "report_agent", lambda: self.inner.report_agent(workspace_id, lifecycle, lease=lease)
+        )
 
     async def prune_events(self, older_than: float) -> int:
         return await self.inner.prune_events(older_than)
@@ -270,8 +292,17 @@ class FaultyStore(Store):
     async def armed_deadlines(self) -> ArmedDeadlines:
         return await self.inner.armed_deadlines()
 
+    async def next_lease_expiry(self, *, skip: Collection[str] = ()) -> Lease | None:
+        return await self.inner.next_lease_expiry(skip=skip)
+
     async def head(self) -> int:
         return await self.inner.head()
+
+    def take_interest(self, topic: Topic) -> None:
+        self.inner.take_interest(topic)
+
+    def drop_interest(self, topic: Topic) -> None:
+        self.inner.drop_interest(topic)
 
     async def wait_for_change(self, after: int) -> None:
         if self._roll(self.lose_wakeups):

@@ -21,9 +21,15 @@
   ``workspace.json`` in its directory. A provisioner starting on a root adopts the processes
   that still run and reports those that died while no provisioner watched.
 
-Linux only (``os.pidfd_open``). One provisioner per root, on one host; several provisioners
-on one store must each own the workspaces they start (leases, which make that safe across
-hosts, are coming).
+* every claim is a **lease**, renewed while the build runs
+  (:func:`~workspace_lifecycle.provisioner.holding`); a provisioner that loses it (it was
+  stopped, hung or cut off longer than the lease) stops the build's work and ends the process
+  it spawned for it, and the store refuses its token from then on. Agent reports carry the
+  token of the build that started the process, so a late report of an old process cannot
+  change the agent of a newer build. A :class:`~workspace_lifecycle.reaper.LeaseReaper` runs
+  beside the claim loop (``reap_leases``) and fails the builds of provisioners that stopped.
+
+Linux only (``os.pidfd_open``). One provisioner per root, on one host.
 """
 
 from __future__ import annotations
@@ -46,10 +52,12 @@ import anyio
 import anyio.abc
 import attrs
 
+from . import writes
 from ._service import BackgroundService
-from .adapters.base import Store
-from .errors import BuildConflictError, CallerError, StoreClosedError, StoreError
-from .provisioner import claims, retrying
+from .adapters.base import DEFAULT_LEASE_SECONDS, Store
+from .errors import BuildConflictError, CallerError, LeaseLostError, StoreClosedError, StoreError
+from .provisioner import Held, claims, holding, retrying
+from .reaper import LeaseReaper
 from .values import AgentLifecycle, Build, JobStatus, Transition
 
 __all__ = ["ProcessProvisioner", "WorkspaceRefused"]
@@ -156,11 +164,13 @@ class _Proc:
     port: int
     build_number: int
     popen: subprocess.Popen[bytes] | None  # None: adopted from another (dead) provisioner process
+    lease: str | None  # the fencing token of the build that started it (its agent reports carry it)
     log_offset: int = 0
     status: int | None = None  # the exit status, once ended (None if it is not ours to read)
     ready: bool = False  # the agent was reported ready
     ending: bool = False  # a stop or delete build ends it: its end is no agent report
     built: bool = False  # its start build succeeded: its end is the agent's to report
+    started: float = 0.0  # when it was spawned (anyio's clock; 0 if adopted)
     exited: anyio.Event = attrs.field(factory=anyio.Event)
     build_done: anyio.Event = attrs.field(factory=anyio.Event)
     reports: anyio.Lock = attrs.field(factory=anyio.Lock)  # one agent report at a time, in order
@@ -196,6 +206,8 @@ class ProcessProvisioner(BackgroundService):
         output_lines: int = 10,
         worker: str | None = None,
         retries: int = 8,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        reap_leases: bool = True,
     ) -> None:
         if isinstance(command, (str, bytes)):
             raise TypeError(
@@ -221,6 +233,10 @@ class ProcessProvisioner(BackgroundService):
         self.output_lines = output_lines
         self.worker = worker or f"process:{socket.gethostname()}:{os.getpid()}"
         self.retries = retries
+        self.lease_seconds = writes.check_lease_seconds(lease_seconds)
+        self.reaper = LeaseReaper(store) if reap_leases else None
+        #: Builds whose lease this provisioner lost (their work was stopped).
+        self.leases_lost = 0
         self._procs: dict[str, _Proc] = {}
         self._recovered: anyio.Event | None = None  # set once _recover is done (see __aenter__)
         self.builds_done = 0
@@ -292,8 +308,11 @@ class ProcessProvisioner(BackgroundService):
                 finally:
                     if self._recovered is not None:
                         self._recovered.set()
-                async for build in claims(self.store, self.worker):
+                if self.reaper is not None:
+                    tg.start_soon(self.reaper.run)
+                async for build in claims(self.store, self.worker, lease_seconds=self.lease_seconds):
                     tg.start_soon(self._serve, build, tg)
+                tg.cancel_scope.cancel()  # the store closed: the reaper and the watchers too
         finally:
             for proc in self._procs.values():  # left running: a provisioner started later adopts them
                 if proc.popen is not None and not proc.exited.is_set():
@@ -304,19 +323,38 @@ class ProcessProvisioner(BackgroundService):
             self._procs.clear()
 
     async def _serve(self, build: Build, tg: anyio.abc.TaskGroup) -> None:
-        """One task per build, from claim to finish. (A lease would be renewed beside this,
-        in a task of the build's own, until the build is finished.)"""
+        """One task per build, from claim to finish, under the build's lease; the agent reports
+        that follow a start build run on after it."""
         try:
-            if build.transition is Transition.START:
-                await self._start(build, tg)
-            else:
-                await self._stop(build)
-        except WorkspaceRefused as exc:
-            await self._finish(build, JobStatus.FAILED, str(exc))
+            async with holding(self.store, build, lease_seconds=self.lease_seconds) as held:
+                try:
+                    started = None
+                    if build.transition is Transition.START:
+                        started = await self._start(build, held, tg)
+                    else:
+                        await self._stop(build, held)
+                except WorkspaceRefused as exc:
+                    await self._finish(held, JobStatus.FAILED, str(exc))
+            if held.lost:
+                await self._lost(build)
+            elif started is not None:
+                await self._follow(*started)
         except (StoreError, CallerError) as exc:
             log.warning("process provisioner: build %s: %s", build.build_id, exc)
 
-    async def _start(self, build: Build, tg: anyio.abc.TaskGroup) -> None:
+    async def _lost(self, build: Build) -> None:
+        """The lease on ``build`` is gone: its work was stopped; end the process spawned for it."""
+        self.leases_lost += 1
+        proc = self._procs.get(build.workspace_id)
+        log.warning("process provisioner: build %s: lease lost; its work is stopped", build.build_id)
+        if proc is not None and proc.build_number == build.number:
+            proc.build_done.set()
+            with anyio.CancelScope(shield=True):
+                await self._end(proc)
+
+    async def _start(self, build: Build, held: Held, tg: anyio.abc.TaskGroup) -> tuple[_Proc, str] | None:
+        """Spawn the workspace's process and finish the build; the process whose agent is now
+        to be followed and what its probe found so far, or ``None``."""
         path = self.workspace_dir(build.workspace_id)
         port = _free_port()
         env = self.environment(port, build.parameters)
@@ -330,8 +368,8 @@ class ProcessProvisioner(BackgroundService):
         try:
             popen, offset = await anyio.to_thread.run_sync(_spawn, path, argv, env, header)
         except OSError as exc:
-            await self._finish(build, JobStatus.FAILED, f"the workspace command cannot start: {exc}")
-            return
+            await self._finish(held, JobStatus.FAILED, f"the workspace command cannot start: {exc}")
+            return None
         proc = _Proc(
             build.workspace_id,
             popen.pid,
@@ -340,36 +378,43 @@ class ProcessProvisioner(BackgroundService):
             port,
             build.number,
             popen,
+            held.token,
             log_offset=offset,
         )
         self._track(proc, tg)
         self._save(path, proc, argv=argv)
-        started = anyio.current_time()
-        outcome = await self._probe(proc, started + min(self.spawn_grace, self.ready_timeout))
+        proc.started = anyio.current_time()
+        outcome = await self._probe(proc, proc.started + min(self.spawn_grace, self.ready_timeout))
         if outcome == "exited":
             reason = f"the workspace process {_exit_text(proc.status)} before it was ready"
             tail = self._tail(path, proc.log_offset)
             details: dict[str, Any] = {"exit_status": proc.status}
             try:
                 await self._finish(
-                    build, JobStatus.FAILED, f"{reason}; last output:\n{tail}" if tail else reason, details
+                    held, JobStatus.FAILED, f"{reason}; last output:\n{tail}" if tail else reason, details
                 )
             finally:
                 proc.build_done.set()
-            return
+            return None
         try:
-            proc.built = await self._finish(build, JobStatus.SUCCEEDED, None, has_agent=True)
+            proc.built = await self._finish(held, JobStatus.SUCCEEDED, None, has_agent=True)
         finally:
             proc.build_done.set()
         if not proc.built:  # the build was failed meanwhile (a reaper): nothing may run for it
-            log.warning(
-                "process provisioner: build %s was finished by another party; ending its process",
-                build.build_id,
-            )
-            await self._end(proc)
-            return
+            if not held.lost:
+                log.warning(
+                    "process provisioner: build %s was finished by another party; ending its process",
+                    build.build_id,
+                )
+                await self._end(proc)
+            return None
+        return proc, outcome
+
+    async def _follow(self, proc: _Proc, outcome: str) -> None:
+        """Report the agent of a process whose start build succeeded: ``ready`` once the probe
+        passes, ``start_timeout`` first if ``ready_timeout`` passes before."""
         if outcome != "ready":
-            outcome = await self._probe(proc, started + self.ready_timeout)
+            outcome = await self._probe(proc, proc.started + self.ready_timeout)
         if outcome == "timeout":
             await self._report(proc, AgentLifecycle.START_TIMEOUT)
             outcome = await self._probe(proc, float("inf"))  # Coder's agent may still become ready
@@ -398,7 +443,7 @@ class ProcessProvisioner(BackgroundService):
                 await proc.exited.wait()
             delay = min(delay * 1.5, 1.0)
 
-    async def _stop(self, build: Build) -> None:
+    async def _stop(self, build: Build, held: Held) -> None:
         proc = self._procs.get(build.workspace_id)
         if proc is not None:
             await self._end(proc)
@@ -406,7 +451,7 @@ class ProcessProvisioner(BackgroundService):
             path = self.workspace_dir(build.workspace_id)
             if path.exists():
                 await anyio.to_thread.run_sync(shutil.rmtree, path)
-        await self._finish(build, JobStatus.SUCCEEDED, None, has_agent=False)
+        await self._finish(held, JobStatus.SUCCEEDED, None, has_agent=False)
 
     async def _end(self, proc: _Proc) -> None:
         """SIGTERM to the process group, SIGKILL after ``stop_grace``; return once it ended."""
@@ -480,7 +525,9 @@ class ProcessProvisioner(BackgroundService):
             if lifecycle is AgentLifecycle.READY:
                 proc.ready = True
             try:
-                await self._retrying(lambda: self.store.report_agent(proc.workspace_id, lifecycle))
+                await self._retrying(
+                    lambda: self.store.report_agent(proc.workspace_id, lifecycle, lease=proc.lease)
+                )
             except (StoreError, CallerError) as exc:
                 log.warning(
                     "process provisioner: workspace %s: agent %s: %s", proc.workspace_id, lifecycle.value, exc
@@ -543,13 +590,16 @@ class ProcessProvisioner(BackgroundService):
                         lifecycle.value,
                     )
                     try:
-                        await self._report_found(workspace_id, lifecycle)
+                        await self._report_found(
+                            workspace_id, lifecycle, build.lease_token if build else None
+                        )
                     except (StoreError, CallerError) as exc:
                         log.warning("process provisioner: workspace %s: %s", workspace_id, exc)
                 self._mark_ended(path, None, "ended while no provisioner watched", state=state)
                 continue
             popen = _KEPT.pop(pid, None)
-            proc = _Proc(workspace_id, pid, pidfd, ticks, state["port"], state["build_number"], popen)
+            lease = build.lease_token if build is not None and build.number == state["build_number"] else None
+            proc = _Proc(workspace_id, pid, pidfd, ticks, state["port"], state["build_number"], popen, lease)
             proc.built = True
             proc.ready = bool(ours and agent is not None and agent.lifecycle is AgentLifecycle.READY)
             proc.build_done.set()
@@ -561,8 +611,8 @@ class ProcessProvisioner(BackgroundService):
             elif not proc.ready and ours:
                 tg.start_soon(self._resume_probe, proc)
 
-    async def _report_found(self, workspace_id: str, lifecycle: AgentLifecycle) -> None:
-        await self._retrying(lambda: self.store.report_agent(workspace_id, lifecycle))
+    async def _report_found(self, workspace_id: str, lifecycle: AgentLifecycle, lease: str | None) -> None:
+        await self._retrying(lambda: self.store.report_agent(workspace_id, lifecycle, lease=lease))
 
     async def _resume_probe(self, proc: _Proc) -> None:
         if await self._probe(proc, float("inf")) == "ready":
@@ -641,23 +691,30 @@ class ProcessProvisioner(BackgroundService):
 
     async def _finish(
         self,
-        build: Build,
+        held: Held,
         status: JobStatus,
         error: str | None,
         details: Mapping[str, Any] | None = None,
         *,
         has_agent: bool = False,
     ) -> bool:
-        """Finish ``build``; False if it had been finished already (by a reaper, say)."""
-        extra = {} if details is None else {"details": details}
+        """Finish the held build; False if it had been finished already (by a reaper, say) or
+        the lease was lost (then ``held.lost``)."""
+        build = held.build
         try:
             await self._retrying(
-                lambda: self.store.finish_build(build.build_id, status, error, has_agent=has_agent, **extra),
+                lambda: self.store.finish_build(
+                    build.build_id, status, error, has_agent=has_agent, details=details, lease=held.token
+                ),
                 until_it_lands=True,
             )
+        except LeaseLostError as exc:
+            held.lost = True
+            log.warning("process provisioner: build %s: %s", build.build_id, exc)
+            return False
         except BuildConflictError:
-            # An earlier attempt committed although its caller saw an error, or another party
-            # finished it: the stored outcome is the one that counts.
+            # An earlier attempt committed although its caller saw an error, or another
+            # party finished it: the stored outcome is the one that counts.
             stored = await self.store.get_build(build.build_id)
             return stored.status is status
         finally:

@@ -1,8 +1,17 @@
-"""A simulated provisioner: claims pending builds and completes them, like a real one would.
+"""The provisioner side: the claim loop, the lease a worker holds while it works, and a
+simulated provisioner that completes builds like a real one would.
 
-It uses only the provisioner side of the store (``claim_build``, ``finish_build``,
-``report_agent``), the same calls a real provisioner makes, from any process. It wakes on the
-store's events, so an idle provisioner costs nothing.
+A provisioner uses only the provisioner side of the store (``claim_build``, ``renew_lease``,
+``finish_build``, ``report_agent``), from any process:
+
+* :func:`claims` claims builds as they are queued, each under a lease (a fencing token and a
+  duration), and sleeps in the store's ``wait_for_change`` when nothing is pending;
+* :func:`holding` renews a build's lease while the worker works on it (a heartbeat) and cancels
+  that work if the lease is lost, so a worker presumed dead never acts on a build that another
+  worker may already be retrying; every write it then makes carries the token, and the store
+  refuses a lost one (:class:`~workspace_lifecycle.errors.LeaseLostError`, nothing changed);
+* a :class:`~workspace_lifecycle.reaper.LeaseReaper` next to the provisioners fails the builds
+  whose lease ran out.
 """
 
 from __future__ import annotations
@@ -16,16 +25,28 @@ from typing import Any
 import anyio
 import attrs
 
+from . import writes
 from ._service import BackgroundService
-from .adapters.base import Store
+from .adapters.base import DEFAULT_LEASE_SECONDS, Store, Topic
 from .clock import Clock, as_clock
-from .errors import BuildConflictError, CallerError, StoreClosedError, StoreError, TransientStoreError
+from .errors import (
+    BuildConflictError,
+    CallerError,
+    LeaseLostError,
+    NotFoundError,
+    StoreClosedError,
+    StoreError,
+    TransientStoreError,
+)
+from .reaper import LeaseReaper
 from .values import AgentLifecycle, Build, JobStatus, Transition
 
 __all__ = [
+    "Held",
     "SimulatedFailure",
     "SimulatedProvisioner",
     "claims",
+    "holding",
     "quota_failure",
     "retrying",
     "validation_failure",
@@ -80,27 +101,107 @@ def validation_failure(
     return SimulatedFailure("the build was refused", details)
 
 
-async def claims(store: Store, worker: str) -> AsyncIterator[Build]:
-    """Every build ``worker`` claims from ``store``, as it claims it: the loop of a provisioner.
+async def claims(
+    store: Store, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+) -> AsyncIterator[Build]:
+    """Every build ``worker`` claims from ``store``, as it claims it, each under a lease of
+    ``lease_seconds`` (the build's ``lease_token``): the loop of a provisioner.
 
     It sleeps in the store's ``wait_for_change`` while nothing is pending (an idle provisioner
     costs nothing), retries transient store errors after a short pause, and ends when the
-    store closes.
+    store closes. Its interest is builds queued in any workspace (``Topic.BUILDS``).
     """
-    while True:
-        try:
-            cursor = await store.head()
-            build = await store.claim_build(worker)
-            if build is None:
-                await store.wait_for_change(cursor)
+    with store.interest(Topic.BUILDS):
+        while True:
+            try:
+                cursor = await store.head()
+                build = await store.claim_build(worker, lease_seconds=lease_seconds)
+                if build is None:
+                    await store.wait_for_change(cursor)
+                    continue
+            except StoreClosedError:
+                return
+            except TransientStoreError as exc:
+                log.warning("provisioner %s: %s; retrying", worker, exc)
+                await anyio.sleep(0.1)
                 continue
-        except StoreClosedError:
-            return
-        except TransientStoreError as exc:
-            log.warning("provisioner %s: %s; retrying", worker, exc)
-            await anyio.sleep(0.1)
-            continue
-        yield build
+            yield build
+
+
+@attrs.define(eq=False)
+class Held:
+    """A build's lease as its worker holds it (see :func:`holding`)."""
+
+    build: Build
+    #: The lease was lost (it expired, or the build was finished or superseded without it):
+    #: the work was cancelled and the store refuses this token.
+    lost: bool = False
+    #: Renewals that landed.
+    renewals: int = 0
+
+    @property
+    def token(self) -> str:
+        """The fencing token to pass as ``lease=`` to ``finish_build`` and ``report_agent``."""
+        assert self.build.lease_token is not None, "a claimed build has a lease"
+        return self.build.lease_token
+
+
+@contextlib.asynccontextmanager
+async def holding(
+    store: Store,
+    build: Build,
+    *,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    clock: Clock | Callable[[], float] | None = None,
+) -> AsyncIterator[Held]:
+    """Work on ``build`` under its lease: renew it every third of ``lease_seconds`` (on
+    ``clock``) while the body runs, including while the body's own store writes wait, and
+    cancel the body if the lease is lost (then ``held.lost`` is true after the block). A
+    transient store error skips one renewal (two may fail in a row before the lease runs out).
+    Once the build is finished under this lease, renewals end quietly::
+
+        async with holding(store, build, lease_seconds=30) as held:
+            ...  # the work
+            await store.finish_build(build.build_id, "succeeded", lease=held.token)
+        if held.lost:
+            return  # another worker may be retrying this build: touch nothing of it
+    """
+    held = Held(build)
+    ticks = as_clock(clock)
+    interval = lease_seconds / 3
+
+    async def finished_by_us() -> bool:
+        """A renewal was refused: because the body's finish landed, or because the lease is lost?"""
+        with contextlib.suppress(StoreError, CallerError):
+            stored = await store.get_build(build.build_id)
+            return stored.status.finished and stored.lease_token == held.token
+        return False
+
+    async def heartbeat(scope: anyio.CancelScope) -> None:
+        while True:
+            await ticks.sleep_until(ticks() + interval)
+            try:
+                await store.renew_lease(build.build_id, held.token, lease_seconds=lease_seconds)
+            except (LeaseLostError, NotFoundError) as exc:
+                if await finished_by_us():
+                    return
+                log.warning("provisioner: build %s: lease lost (%s); stopping its work", build.build_id, exc)
+                held.lost = True
+                scope.cancel()
+                return
+            except StoreClosedError:
+                return
+            except StoreError as exc:
+                log.warning("provisioner: build %s: lease not renewed: %s", build.build_id, exc)
+                continue
+            held.renewals += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(heartbeat, tg.cancel_scope)
+        try:
+            yield held
+        finally:
+            tg.cancel_scope.cancel()
 
 
 async def retrying(
@@ -139,8 +240,12 @@ class SimulatedProvisioner(BackgroundService):
     ``agent`` is the agent's final lifecycle state (``"ready"``, ``"start_error"``, ...) or
     ``None`` for workspaces without an agent. ``seed`` makes probabilistic failures repeatable.
     ``clock`` (a :class:`~workspace_lifecycle.clock.Clock`) is what the simulated durations
-    are measured on: with a :class:`~workspace_lifecycle.clock.VirtualClock` a build of an hour
-    finishes when the test advances the clock by an hour.
+    and the lease renewals are measured on: with a
+    :class:`~workspace_lifecycle.clock.VirtualClock` a build of an hour finishes when the test
+    advances the clock by an hour. Each build is claimed under a lease of ``lease_seconds``,
+    renewed while it runs (:func:`holding`); with ``reap_leases`` a
+    :class:`~workspace_lifecycle.reaper.LeaseReaper` on the same clock runs beside the claim
+    loop and fails the builds of workers whose lease ran out.
 
     >>> SimulatedProvisioner(None, fail=2.0)  # type: ignore[arg-type]
     Traceback (most recent call last):
@@ -161,6 +266,8 @@ class SimulatedProvisioner(BackgroundService):
         retries: int = 8,
         max_retry_delay: float = 2.0,
         clock: Clock | Callable[[], float] | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        reap_leases: bool = True,
     ) -> None:
         if isinstance(fail, (int, float)) and not isinstance(fail, bool) and not 0.0 <= fail <= 1.0:
             raise ValueError(f"fail must be a predicate or a probability in [0, 1], not {fail!r}")
@@ -175,8 +282,12 @@ class SimulatedProvisioner(BackgroundService):
         self.worker = worker
         self.retries = retries
         self.max_retry_delay = max_retry_delay
+        self.lease_seconds = writes.check_lease_seconds(lease_seconds)
+        self.reaper = LeaseReaper(store, clock=self.clock) if reap_leases else None
         self._random = random.Random(seed)
         self.builds_done = 0
+        #: Builds whose lease this provisioner lost (their work was stopped).
+        self.leases_lost = 0
 
     def _fails(self, build: Build) -> SimulatedFailure | None:
         if self.fail is None:
@@ -191,24 +302,34 @@ class SimulatedProvisioner(BackgroundService):
     async def run(self) -> None:
         """Claim and complete builds until cancelled (or the store closes)."""
         async with anyio.create_task_group() as tg:
-            async for build in claims(self.store, self.worker):
+            if self.reaper is not None:
+                tg.start_soon(self.reaper.run)
+            async for build in claims(self.store, self.worker, lease_seconds=self.lease_seconds):
                 tg.start_soon(self._complete, build)
+            tg.cancel_scope.cancel()  # the store closed: the reaper too
 
     async def _complete(self, build: Build) -> None:
         try:
-            await self._sleep(self.build_seconds)
-            failure = self._fails(build)
-            if failure is not None:
-                await self._finish(
-                    build, JobStatus.FAILED, failure.error, has_agent=False, details=failure.details
-                )
+            has_agent = False
+            async with holding(self.store, build, lease_seconds=self.lease_seconds, clock=self.clock) as held:
+                await self._sleep(self.build_seconds)
+                failure = self._fails(build)
+                if failure is not None:
+                    await self._finish(
+                        held, JobStatus.FAILED, failure.error, has_agent=False, details=failure.details
+                    )
+                    return
+                has_agent = self.agent is not None and build.transition is Transition.START
+                await self._finish(held, JobStatus.SUCCEEDED, None, has_agent=has_agent)
+            if held.lost:
+                self.leases_lost += 1
                 return
-            has_agent = self.agent is not None and build.transition is Transition.START
-            await self._finish(build, JobStatus.SUCCEEDED, None, has_agent=has_agent)
             if has_agent and self.agent is not None:
                 await self._sleep(self.agent_seconds)
                 agent = self.agent
-                await self._retrying(lambda: self.store.report_agent(build.workspace_id, agent))
+                await self._retrying(
+                    lambda: self.store.report_agent(build.workspace_id, agent, lease=held.token)
+                )
         except (StoreError, CallerError) as exc:
             log.warning("provisioner: build %s: %s", build.build_id, exc)
 
@@ -220,7 +341,7 @@ class SimulatedProvisioner(BackgroundService):
 
     async def _finish(
         self,
-        build: Build,
+        held: Held,
         status: JobStatus,
         error: str | None,
         *,
@@ -228,14 +349,22 @@ class SimulatedProvisioner(BackgroundService):
         details: Mapping[str, Any] | None = None,
     ) -> None:
         # A conflict means an earlier attempt committed although its caller saw an error (or
-        # another party, a reaper, finished it). Until then the finish is retried however long
-        # the store stays busy: a build left running because one write failed never finishes.
-        extra = {} if details is None else {"details": details}  # a 0.1 store takes no details
-        with contextlib.suppress(BuildConflictError):
+        # the lease was lost: then the build is another worker's). Until then the finish is
+        # retried however long the store stays busy: a build left running because one write
+        # failed never finishes.
+        build = held.build
+        try:
             await self._retrying(
-                lambda: self.store.finish_build(build.build_id, status, error, has_agent=has_agent, **extra),
+                lambda: self.store.finish_build(
+                    build.build_id, status, error, has_agent=has_agent, details=details, lease=held.token
+                ),
                 until_it_lands=True,
             )
+        except LeaseLostError as exc:
+            held.lost = True
+            log.warning("provisioner: build %s: %s", build.build_id, exc)
+        except BuildConflictError:
+            pass
         self.builds_done += 1
 
     async def _retrying(self, call: Callable[[], Awaitable[object]], *, until_it_lands: bool = False) -> None:

@@ -1,142 +1,163 @@
-"""Recovering builds whose provisioner died: the provisioner side's hung-build reaper.
+"""Failing the builds whose provisioner stopped: the lease reaper.
 
-A provisioner that is killed after :meth:`~workspace_lifecycle.adapters.base.Store.claim_build`
-leaves its build ``running`` for ever: no other worker may claim it, the workspace stays
-``building``, every caller waiting on it waits until its ``build_timeout``, and no new build can
-be requested (the compare-and-set needs the latest build finished). Coder answers this with a
-periodic job that fails provisioner jobs not updated for a while; :class:`BuildReaper` is that
-job for any store, using only the store calls every provisioner makes.
+Every claim is a lease (:meth:`~workspace_lifecycle.adapters.base.Store.claim_build`): a
+fencing token and a time at which it runs out unless its worker renews it
+(:func:`~workspace_lifecycle.provisioner.holding` does, every third of the lease). A worker that
+was killed, hangs, or lost its database stops renewing; :class:`LeaseReaper` fails its build
+once the lease ran out, with a sentence naming the worker. The workspace then reads
+``failed``: waiting callers get ``workspace start build failed: ...``, and a retried
+``start_workspace`` fires exactly one new build, which any live provisioner claims.
 
-A build is reaped (finished ``failed`` with a sentence naming its worker) when
+* **Exactly once across replicas.** The expiry is a compare-and-set in the store
+  (:func:`~workspace_lifecycle.writes.expire_lease` decides): it holds only while the build is
+  still in flight under that very token and its lease is due by the store's clock. Any number
+  of reapers may race; one fails the build, the others find nothing to do.
+* **Woken by the next expiry, not a scan.** A reaper reads the lease that runs out first
+  (:meth:`~workspace_lifecycle.adapters.base.Store.next_lease_expiry`, one indexed read) and
+  sleeps on its clock until then, or until the store's log moves (a new claim may run out
+  sooner). Renewals append no event: a reaper that wakes for a lease renewed meanwhile reads
+  the new expiry and sleeps again.
+* **Fencing.** The worker that lost its lease cannot finish, report on or renew that build:
+  the store refuses with :class:`~workspace_lifecycle.errors.LeaseLostError` and changes nothing.
 
-* ``worker_alive(worker)`` says its worker is gone (at the next scan), or
-* it has been in flight, as seen by this reaper, for ``stale_after`` seconds. Builds carry no
-  heartbeat, so ``stale_after`` must exceed your longest build; a restarted reaper starts its
-  clocks again, so it never reaps early.
-
-The workspace then reads ``failed``: waiting callers get ``workspace start build failed: ...``,
-and a retried ``start_workspace`` fires exactly one new build. A worker that was only slow and
-finishes after the reaper meets :class:`~workspace_lifecycle.errors.BuildConflictError`, which
-:class:`~workspace_lifecycle.provisioner.SimulatedProvisioner` already ignores.
-
-Each scan reads every chat (:meth:`Store.list_chats`), so run one reaper per deployment (or a
-few), every ``interval`` seconds, next to the provisioners::
+Each provisioner of this library runs one next to its claim loop (``reap_leases=True``), so
+any live provisioner fails the builds of a dead one; a deployment may also run one alone::
 
     async with wl.open_store(url) as store:
-        async with BuildReaper(store, worker_alive=local_worker_alive, interval=5.0):
-            async with wl.SimulatedProvisioner(store, worker=local_worker_name()):
-                ...
+        async with LeaseReaper(store):
+            ...
 
-:func:`local_worker_name` and :func:`local_worker_alive` name workers ``host:pid`` so that a
-reaper on the same host can tell a dead process at once.
+:func:`local_worker_name` names workers ``prefix:host:pid``, so a failed build says which
+process stopped.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable
+
+import anyio
 
 from ._service import BackgroundService
 from .adapters.base import Store
 from .clock import Clock, as_clock
-from .errors import BuildConflictError, CorruptStateError, NotFoundError, StoreClosedError, StoreError
-from .values import Build, JobStatus
+from .errors import CorruptStateError, StoreClosedError, StoreError
+from .values import Build, Lease
 
-__all__ = ["BuildReaper", "local_worker_alive", "local_worker_name"]
+__all__ = ["LeaseReaper", "local_worker_name"]
 
 log = logging.getLogger("workspace_lifecycle.reaper")
 
+#: The first pause after a due lease the store would not expire (its clock is behind ours);
+#: it doubles up to :data:`_MAX_PAUSE`.
+_MIN_PAUSE = 0.01
+_MAX_PAUSE = 1.0
+
 
 def local_worker_name(prefix: str = "worker") -> str:
-    """``prefix:host:pid`` for this process, which :func:`local_worker_alive` can check."""
+    """``prefix:host:pid`` for this process: a failed build names the process that stopped."""
     return f"{prefix}:{socket.gethostname()}:{os.getpid()}"
 
 
-def local_worker_alive(worker: str) -> bool:
-    """False only for a :func:`local_worker_name` of this host whose process is gone.
+class LeaseReaper(BackgroundService):
+    """Fails every build whose lease ran out, once, woken by the next expiry.
 
-    >>> local_worker_alive(local_worker_name())
-    True
-    >>> local_worker_alive("someone-else")
-    True
-    """
-    parts = worker.rsplit(":", 2)
-    if len(parts) != 3 or parts[1] != socket.gethostname() or not parts[2].isdigit():
-        return True  # not ours to judge: only stale_after applies
-    try:
-        os.kill(int(parts[2]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    ``clock`` (a :class:`~workspace_lifecycle.clock.Clock`; the wall clock by default) must
+    read the store's time: a :class:`~workspace_lifecycle.clock.VirtualClock` shared with the
+    store steps a test through leases of minutes in milliseconds. ``retry_delay``: the pause
+    after a store error.
 
-
-class BuildReaper(BackgroundService):
-    """Fails in-flight builds whose worker died (``worker_alive``) or that outlived ``stale_after``.
-
-    ``clock`` (a :class:`~workspace_lifecycle.clock.Clock`, or a function of no arguments that
-    reads seconds, monotonic by default) measures both the scan interval and the staleness, so
-    a :class:`~workspace_lifecycle.clock.VirtualClock` steps a test through them.
+    >>> LeaseReaper(None, retry_delay=0)  # type: ignore[arg-type]
+    Traceback (most recent call last):
+    ...
+    ValueError: retry_delay must be positive, not 0
     """
 
     def __init__(
         self,
         store: Store,
         *,
-        stale_after: float = 900.0,
-        interval: float = 30.0,
-        worker_alive: Callable[[str], bool] | None = None,
-        clock: Clock | Callable[[], float] = time.monotonic,
+        clock: Clock | Callable[[], float] | None = None,
+        retry_delay: float = 1.0,
     ) -> None:
-        if stale_after <= 0 or interval <= 0:
-            raise ValueError("stale_after and interval must be positive")
+        if not retry_delay > 0:
+            raise ValueError(f"retry_delay must be positive, not {retry_delay!r}")
         self.store = store
-        self.stale_after = stale_after
-        self.interval = interval
-        self.worker_alive = worker_alive
+        self.retry_delay = retry_delay
         self._clock = as_clock(clock)
-        self._seen: dict[str, float] = {}  # build id -> when this reaper first saw it in flight
-        self.reaped = 0
+        #: Builds this reaper failed.
+        self.expired = 0
+        #: Times it woke up (a due lease, a new event, a retry): what an idle reaper costs.
+        self.wakeups = 0
+        #: Builds whose rows it cannot read: set aside (logged once), so they stop nobody else's.
+        self.unreadable: set[str] = set()
 
     async def run(self) -> None:
-        """Scan every ``interval`` seconds until cancelled (or the store closes)."""
+        """Fail expired leases until cancelled (or the store closes)."""
+        pause = _MIN_PAUSE
+        refused: Lease | None = None  # a due lease the store would not expire, as read
         while True:
+            lease = None
             try:
-                await self.reap_once()
+                cursor = await self.store.head()
+                lease = await self.store.next_lease_expiry(skip=self.unreadable)
+                now = self._clock()
+                if lease is None or lease.expires_at > now:
+                    refused, pause = None, _MIN_PAUSE
+                    await self._sleep(lease.expires_at if lease is not None else float("inf"), cursor)
+                elif await self.expire(lease) is not None:
+                    refused, pause = None, _MIN_PAUSE  # the next lease may be due too: read again
+                elif lease != refused:
+                    refused = lease  # renewed or finished meanwhile, probably: read again
+                else:  # refused twice as it stands: the store's clock is behind ours
+                    await self._sleep(now + pause, cursor)
+                    pause = min(pause * 2, _MAX_PAUSE)
             except StoreClosedError:
                 return
-            except (StoreError, CorruptStateError) as exc:
-                log.warning("reaper: %s; trying again in %.1fs", exc, self.interval)
-            await self._clock.sleep_until(self._clock() + self.interval)
+            except CorruptStateError as exc:
+                # One unreadable row must not stop the reaping of every other build.
+                unreadable = exc.key if exc.table == "builds" and isinstance(exc.key, str) else None
+                unreadable = unreadable or (lease.build_id if lease is not None else None)
+                if unreadable is None:
+                    log.warning("lease reaper: %s; trying again in %.1fs", exc, self.retry_delay)
+                    await self._clock.sleep_until(self._clock() + self.retry_delay)
+                else:
+                    log.error("lease reaper: build %s set aside: %s", unreadable, exc)
+                    self.unreadable.add(unreadable)
+            except StoreError as exc:
+                log.warning("lease reaper: %s; trying again in %.1fs", exc, self.retry_delay)
+                await self._clock.sleep_until(self._clock() + self.retry_delay)
 
-    async def reap_once(self) -> list[Build]:
-        """One scan: fail the claimed builds that are stale; return them."""
-        now = self._clock()
-        flying: set[str] = set()
-        reaped: list[Build] = []
-        for row in await self.store.list_chats():
-            if row.error is not None:  # one unreadable workspace must not stop the others' reaping
-                log.error("reaper: skipping chat %s: %s", row.chat.chat_id, row.error)
-            build = row.facts.latest_build if row.facts is not None else None
-            if build is None or build.status not in (JobStatus.RUNNING, JobStatus.CANCELING):
-                continue  # pending builds wait for any live worker; finished ones are done
-            flying.add(build.build_id)
-            first = self._seen.setdefault(build.build_id, now)
-            worker = build.worker or "unknown"
-            if self.worker_alive is not None and not self.worker_alive(worker):
-                reason = f"provisioner worker {worker} stopped while running the build"
-            elif now - first >= self.stale_after:
-                reason = f"provisioner worker {worker} sent no result for {self.stale_after:g}s"
-            else:
-                continue
-            with contextlib.suppress(BuildConflictError, NotFoundError):  # it finished meanwhile
-                reaped.append(await self.store.finish_build(build.build_id, JobStatus.FAILED, reason))
-                self.reaped += 1
-                log.warning("reaper: failed build %s: %s", build.build_id, reason)
-        self._seen = {k: v for k, v in self._seen.items() if k in flying}
-        return reaped
+    async def expire(self, lease: Lease) -> Build | None:
+        """Fail the build of ``lease`` if it is still due (see
+        :meth:`~workspace_lifecycle.adapters.base.Store.expire_lease`); the failed build, or
+        ``None`` when it was renewed, finished, or expired by another reaper."""
+        build = await self.store.expire_lease(lease.build_id, lease.token)
+        if build is not None:
+            self.expired += 1
+            log.warning("lease reaper: failed build %s: %s", build.build_id, build.error)
+        return build
+
+    async def _sleep(self, until: float, cursor: int) -> None:
+        """Until ``until`` on the clock, or until the log moves past ``cursor``."""
+        failed: list[Exception] = []
+        async with anyio.create_task_group() as tg:
+
+            async def on_clock() -> None:
+                await self._clock.sleep_until(until)
+                tg.cancel_scope.cancel()
+
+            async def on_change() -> None:
+                try:
+                    await self.store.wait_for_change(cursor)
+                except Exception as exc:  # raised below, not as an exception group
+                    failed.append(exc)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_clock)
+            tg.start_soon(on_change)
+        self.wakeups += 1
+        if failed:
+            raise failed[0]

@@ -1,6 +1,6 @@
 """The testing kit: Hypothesis strategies for histories, and a stateful test over any store.
 
-Install the ``test`` extra (it brings Hypothesis). Three tools:
+Install the ``test`` extra (it brings Hypothesis). Four tools:
 
 * :func:`histories` draws sequences of store operations (create, request start/stop/delete,
   claim, finish with succeeded/failed/canceled, agent reports); :func:`run_history` plays one
@@ -31,6 +31,21 @@ Example (a pytest module)::
     )
     TestSimulated = Simulated.TestCase
 
+* :func:`check_provisioner` checks *your* provisioner against the provisioner protocol (claims
+  once, finishes and reports with its lease token, renews its lease while it works, gives up on
+  a build whose lease it lost, honours stop and delete)::
+
+      from workspace_lifecycle.testing import check_provisioner
+
+      async def test_my_provisioner(tmp_path):
+          async with wl.open_store(f"sqlite:///{tmp_path}/kit.db") as store:
+              await check_provisioner(
+                  lambda store, *, worker, lease_seconds: MyProvisioner(
+                      store, worker=worker, lease_seconds=lease_seconds
+                  ),
+                  store,
+              )
+
 The store factory must return a *fresh, empty* store on every call (one per example), e.g.
 ``lambda: wl.open_store(f"sqlite:///{tmp}/{uuid.uuid4().hex}.db")``.
 """
@@ -49,7 +64,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from . import answers
-from .adapters.base import Store
+from ._provisioner_kit import (
+    LeasedProvisionerFactory,
+    ProvisionerCheckError,
+    ProvisionerReport,
+    check_provisioner,
+)
+from .adapters.base import Store, Topic
 from .machine import Tracker, derive_state
 from .runtime import Lifecycle
 from .values import (
@@ -65,6 +86,10 @@ from .values import (
 
 __all__ = [
     "Claim",
+    "LeasedProvisionerFactory",
+    "ProvisionerCheckError",
+    "ProvisionerReport",
+    "check_provisioner",
     "Create",
     "Finish",
     "HistoryOp",
@@ -575,14 +600,15 @@ class LifecycleMachine(RuleBasedStateMachine):
         async def fired() -> None:
             # The deferred request decides on the pump's news; wait for its build to appear.
             cursor = head
-            while True:
-                events = await self.store.read_events(cursor)
-                if any(e.workspace_id == ws and e.kind is EventKind.BUILD_QUEUED for e in events):
-                    return
-                if events:
-                    cursor = events[-1].seq
-                else:
-                    await self.store.wait_for_change(cursor)
+            with self.store.interest(Topic.workspace(ws)):
+                while True:
+                    events = await self.store.read_events(cursor)
+                    if any(e.workspace_id == ws and e.kind is EventKind.BUILD_QUEUED for e in events):
+                        return
+                    if events:
+                        cursor = events[-1].seq
+                    else:
+                        await self.store.wait_for_change(cursor)
 
         self.call(fired)
         builds = self._queued(self._read(head), ws)

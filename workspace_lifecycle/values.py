@@ -25,6 +25,7 @@ __all__ = [
     "Deadline",
     "EventKind",
     "JobStatus",
+    "Lease",
     "Policy",
     "Reason",
     "StateChange",
@@ -38,6 +39,7 @@ __all__ = [
     "check_parameters",
     "parse_deadline",
     "parse_enum",
+    "parse_lease",
     "parse_policy",
 ]
 
@@ -270,6 +272,16 @@ class Build:
     details: Mapping[str, Any] | None = attrs.field(default=None, eq=False, hash=False)
     #: Why the build was fired: a request, or a deadline (idle stop, retention delete).
     reason: Reason = attrs.field(default=Reason.REQUEST, validator=attrs.validators.instance_of(Reason))
+    #: The fencing token of the claim (set by ``claim_build``; kept once the build finished,
+    #: so its worker can go on reporting the agent the build made; cleared when it expired).
+    lease_token: str | None = None
+    #: When the claim's lease runs out unless renewed (store time); ``None`` once finished.
+    lease_expires_at: float | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        """Claimed and not finished: a worker holds it (``running`` or ``canceling``)."""
+        return self.status in (JobStatus.RUNNING, JobStatus.CANCELING)
 
     @property
     def starts_agent(self) -> bool:
@@ -304,7 +316,38 @@ class Build:
             error=error if failed else None,
             details=checked if failed else None,
             has_agent=has_agent if starts_agent else None,
+            lease_expires_at=None,  # a finished build holds no lease
         )
+
+
+def parse_lease(token: object, expires_at: object, *, key: object) -> tuple[str | None, float | None]:
+    """A build's stored lease columns (``lease_token``, ``lease_expires_at``), checked: a
+    token is text, an expiry a finite number and never without a token; anything else raises
+    :class:`~workspace_lifecycle.errors.CorruptStateError` naming the row."""
+    if token is not None and (not isinstance(token, str) or not token):
+        raise CorruptStateError("builds", key, "lease_token", token)
+    if expires_at is None:
+        return token, None
+    if (
+        isinstance(expires_at, bool)
+        or not isinstance(expires_at, (int, float))
+        or not math.isfinite(expires_at)
+        or token is None
+    ):
+        raise CorruptStateError("builds", key, "lease_expires_at", expires_at)
+    return token, float(expires_at)
+
+
+@attrs.frozen
+class Lease:
+    """A claimed build's lease as stored: who holds it (``worker``, fencing ``token``) and
+    until when (``expires_at``, store time), unless renewed."""
+
+    build_id: str
+    workspace_id: str
+    worker: str | None
+    token: str
+    expires_at: float
 
 
 @attrs.frozen

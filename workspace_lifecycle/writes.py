@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import attrs
 
 from . import deadlines
-from .errors import BuildConflictError, NotFoundError, OwnershipError
+from .errors import BuildConflictError, LeaseLostError, NotFoundError, OwnershipError
 from .machine import Decision, Request, Tracker, derive_state
 from .values import (
     Agent,
@@ -43,13 +43,16 @@ from .values import (
 
 __all__ = [
     "Write",
+    "check_lease_seconds",
     "claim_build",
     "create_workspace",
+    "expire_lease",
     "finish_build",
     "fire_deadline",
     "parse_lifecycle",
     "parse_status",
     "register_chat",
+    "renew_lease",
     "report_agent",
     "request_build",
     "touch",
@@ -269,15 +272,80 @@ def touch(facts: WorkspaceFacts, policy: Policy, *, at: float) -> Write | None:
     return Write(events=(event,), workspace=workspace)
 
 
-def claim_build(build: Build, ws: Workspace, *, worker: str, at: float) -> Write:
-    """``worker`` takes the pending ``build``: it is now running."""
+def check_lease_seconds(lease_seconds: object) -> float:
+    """A lease's duration: a finite number of seconds above 0 (``ValueError`` otherwise)."""
+    if (
+        isinstance(lease_seconds, bool)
+        or not isinstance(lease_seconds, (int, float))
+        or not 0 < lease_seconds < float("inf")
+    ):
+        raise ValueError(f"lease_seconds must be a finite number of seconds above 0, not {lease_seconds!r}")
+    return float(lease_seconds)
+
+
+def claim_build(
+    build: Build, ws: Workspace, *, worker: str, at: float, token: str, lease_seconds: float
+) -> Write:
+    """``worker`` takes the pending ``build``: it is now running, under a lease (fencing
+    ``token``, made by the adapter) that runs out ``lease_seconds`` after ``at`` unless renewed."""
     if build.status is not JobStatus.PENDING:
         raise BuildConflictError(f"build {build.build_id} is {build.status.value}, not pending")
-    claimed = attrs.evolve(build, status=JobStatus.RUNNING, worker=worker)
+    claimed = attrs.evolve(
+        build,
+        status=JobStatus.RUNNING,
+        worker=worker,
+        lease_token=token,
+        lease_expires_at=at + check_lease_seconds(lease_seconds),
+    )
     return Write(
         events=(_event(EventKind.BUILD_UPDATED, ws, claimed, at=at, status=JobStatus.RUNNING),),
         build=claimed,
     )
+
+
+def _check_lease(build: Build, token: str, *, at: float) -> None:
+    """Raise :class:`LeaseLostError` unless ``token`` is the lease of ``build``, still held at
+    ``at`` (a build in flight whose lease has not run out, or a finished one it finished)."""
+    if build.lease_token != token:
+        raise LeaseLostError(
+            f"build {build.build_id} is not held under this lease (it expired, or the token is another's)"
+        )
+    if build.in_flight and (build.lease_expires_at is None or at >= build.lease_expires_at):
+        raise LeaseLostError(f"the lease on build {build.build_id} expired; its worker must stop")
+
+
+def renew_lease(build: Build | None, ws: Workspace, token: str, *, at: float, lease_seconds: float) -> Write:
+    """The holder of ``build``'s lease extends it to ``at + lease_seconds`` (a heartbeat).
+
+    It appends no event: nobody waits on a renewal. Raises :class:`LeaseLostError` when the
+    lease is not held (expired, another token, or the build finished).
+    """
+    if build is None:
+        raise NotFoundError("no such build")
+    seconds = check_lease_seconds(lease_seconds)
+    _check_lease(build, token, at=at)
+    if not build.in_flight:
+        raise LeaseLostError(f"build {build.build_id} finished ({build.status.value}); its lease is over")
+    return Write(events=(), build=attrs.evolve(build, lease_expires_at=at + seconds))
+
+
+def expire_lease(
+    build: Build | None, ws: Workspace, token: str, *, at: float, policy: Policy | None = None
+) -> Write | None:
+    """The lease ``token`` on ``build`` ran out: fail the build, once. ``None`` (nothing to
+    write) unless the build is still in flight under that very lease and it is due at ``at``:
+    a renewal, another expiry or a finish got there first."""
+    if build is None or not build.in_flight or build.lease_token != token:
+        return None
+    if build.lease_expires_at is None or at < build.lease_expires_at:
+        return None
+    reason = (
+        f"provisioner worker {build.worker or 'unknown'} lost its lease on the build:"
+        " it sent no heartbeat before the lease ran out"
+    )
+    write = finish_build(build, ws, JobStatus.FAILED, reason, has_agent=False, at=at, policy=policy)
+    assert write.build is not None
+    return attrs.evolve(write, build=attrs.evolve(write.build, lease_token=None))
 
 
 def finish_build(
@@ -290,6 +358,7 @@ def finish_build(
     at: float,
     details: Mapping[str, Any] | None = None,
     policy: Policy | None = None,
+    lease: str | None = None,
 ) -> Write:
     """``build`` finished with ``status``: the build row, the agent a succeeded start build
     produced (in ``created``), the deleted mark a succeeded delete build sets, the deadline the
@@ -297,11 +366,15 @@ def finish_build(
     events.
 
     Raises ``ValueError`` for a status that is not final or bad ``details``,
-    :class:`NotFoundError` for no build and
-    :class:`BuildConflictError` for a build that already finished.
+    :class:`NotFoundError` for no build,
+    :class:`BuildConflictError` for a build that already finished, and
+    :class:`LeaseLostError` when ``lease`` (the worker's fencing token) is given and no longer
+    held (checked first: a worker that lost its lease learns that, whatever became of the build).
     """
     if build is None:
         raise NotFoundError("no such build")
+    if lease is not None:
+        _check_lease(build, lease, at=at)
     done = build.finished_as(parse_status(status), error, has_agent=has_agent, details=details)
     events = [
         _event(
@@ -330,10 +403,31 @@ def finish_build(
     return Write(events=tuple(events), build=done, workspace=workspace, agent=agent)
 
 
-def report_agent(agent: Agent | None, ws: Workspace, lifecycle: AgentLifecycle | str, *, at: float) -> Write:
-    """The agent of ``ws`` reports ``lifecycle``; a workspace without one raises NotFoundError."""
+def report_agent(
+    agent: Agent | None,
+    ws: Workspace,
+    lifecycle: AgentLifecycle | str,
+    *,
+    at: float,
+    latest: Build | None = None,
+    lease: str | None = None,
+) -> Write:
+    """The agent of ``ws`` reports ``lifecycle``; a workspace without one raises NotFoundError.
+
+    With ``lease`` (the fencing token of the build that made the agent), the report holds only
+    while that build is the workspace's ``latest`` and made this agent: a worker whose build was
+    superseded (a stop, a new start) or whose lease expired gets :class:`LeaseLostError`, and a
+    late report of an old process cannot change the agent of a newer build.
+    """
     if agent is None:
         raise NotFoundError(f"workspace {ws.workspace_id!r} has no agent")
+    if lease is not None:
+        if latest is None or latest.number != agent.build_number or latest.lease_token != lease:
+            raise LeaseLostError(
+                f"workspace {ws.workspace_id!r}: this lease is not the one of the build that made its"
+                " agent (a newer build replaced it, or the lease expired)"
+            )
+        _check_lease(latest, lease, at=at)
     reported = Agent(agent.workspace_id, agent.build_number, parse_lifecycle(lifecycle))
     return Write(
         events=(

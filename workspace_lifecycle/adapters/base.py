@@ -7,7 +7,9 @@ the latest build is still the one the caller's decision saw) and report what the
 
 The runtime reads the log with :meth:`Store.read_events` from a cursor and sleeps in
 :meth:`Store.wait_for_change` when it has read everything; each adapter wakes that sleep its own
-way (an in-process event, ``PRAGMA data_version``, ``LISTEN/NOTIFY``).
+way (an in-process event, ``PRAGMA data_version``, ``LISTEN/NOTIFY``). A store may narrow the
+wake-ups it receives from other processes to what this process waits on: the runtime says so
+with :meth:`Store.interest` (a no-op for stores that wake every sleeper anyway).
 
 Adapters never import the runtime.
 """
@@ -15,9 +17,11 @@ Adapters never import the runtime.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import contextlib
+import enum
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import attrs
@@ -29,13 +33,28 @@ from ..values import (
     Chat,
     Deadline,
     JobStatus,
+    Lease,
     Policy,
     StoreEvent,
     Transition,
     WorkspaceFacts,
 )
 
-__all__ = ["ArmedDeadlines", "ChatRow", "Doorbell", "Outcome", "Store"]
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "ArmedDeadlines",
+    "ChatRow",
+    "Doorbell",
+    "Outcome",
+    "Store",
+    "Topic",
+    "TopicKind",
+]
+
+#: How long a claim's lease lasts unless renewed: a worker renews it every third of this
+#: (:func:`workspace_lifecycle.provisioner.holding`), and a worker that stops renewing has its
+#: build failed this long after its last renewal at the latest.
+DEFAULT_LEASE_SECONDS = 30.0
 
 
 @attrs.frozen
@@ -102,6 +121,46 @@ class ChatRow:
             return cls(chat, facts())
         except CorruptStateError as exc:
             return cls(chat, None, exc)
+
+
+class TopicKind(enum.Enum):
+    """What a :class:`Topic` names."""
+
+    WORKSPACE = "workspace"  # the events of one workspace
+    CHAT = "chat"  # a chat bound to a new workspace (what a watcher of the chat follows)
+    EVERY_WORKSPACE = "every_workspace"  # every event
+    BUILDS = "builds"  # a build queued in any workspace (what a provisioner claims)
+
+
+@attrs.frozen
+class Topic:
+    """News a process waits for (see :meth:`Store.interest`).
+
+    >>> Topic.workspace("w1"), Topic.BUILDS.kind.value
+    (Topic(kind=<TopicKind.WORKSPACE: 'workspace'>, key='w1'), 'builds')
+    """
+
+    kind: TopicKind
+    key: str = ""
+
+    #: Every event of every workspace (a watcher of every chat).
+    EVERY_WORKSPACE: ClassVar[Topic]
+    #: A build queued in any workspace (a provisioner waiting for one to claim).
+    BUILDS: ClassVar[Topic]
+
+    @classmethod
+    def workspace(cls, workspace_id: str) -> Topic:
+        """The events of one workspace (somebody waits on it or watches its chat)."""
+        return cls(TopicKind.WORKSPACE, workspace_id)
+
+    @classmethod
+    def chat(cls, chat_id: str) -> Topic:
+        """The chat bound to a new workspace (its ``chat_bound`` event)."""
+        return cls(TopicKind.CHAT, chat_id)
+
+
+Topic.EVERY_WORKSPACE = Topic(TopicKind.EVERY_WORKSPACE)
+Topic.BUILDS = Topic(TopicKind.BUILDS)
 
 
 class Store(abc.ABC):
@@ -222,8 +281,31 @@ class Store(abc.ABC):
     # --- the provisioner side ---------------------------------------------------------------
 
     @abc.abstractmethod
-    async def claim_build(self, worker: str) -> Build | None:
-        """Hand the oldest pending build to ``worker`` (exactly one worker gets each)."""
+    async def claim_build(self, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Build | None:
+        """Hand the oldest pending build to ``worker`` (exactly one worker gets each), under a
+        lease: the build's ``lease_token`` is the worker's fencing token, and the lease runs out
+        at ``lease_expires_at`` (``lease_seconds`` from now, store time) unless renewed."""
+
+    @abc.abstractmethod
+    async def renew_lease(
+        self, build_id: str, token: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> float:
+        """Extend the lease ``token`` on a build in flight to ``lease_seconds`` from now; return
+        when it runs out (store time). Raises
+        :class:`~workspace_lifecycle.errors.LeaseLostError` (nothing changed) when the lease is
+        not held any more: it expired, or the build finished. Appends no event."""
+
+    @abc.abstractmethod
+    async def next_lease_expiry(self, *, skip: Collection[str] = ()) -> Lease | None:
+        """The lease of a build in flight that runs out first, or ``None``; builds whose id is
+        in ``skip`` (rows a reaper set aside as unreadable) are passed over."""
+
+    @abc.abstractmethod
+    async def expire_lease(self, build_id: str, token: str) -> Build | None:
+        """Fail the build whose lease ``token`` ran out (a compare-and-set: exactly once across
+        replicas); ``None`` when there is nothing to do (renewed, not yet due by the store's
+        clock, already expired or finished) — :func:`~workspace_lifecycle.writes.expire_lease`
+        decides."""
 
     @abc.abstractmethod
     async def finish_build(
@@ -234,6 +316,7 @@ class Store(abc.ABC):
         *,
         has_agent: bool = True,
         details: Mapping[str, Any] | None = None,
+        lease: str | None = None,
     ) -> Build:
         """Finish an in-progress build (``succeeded``, ``failed`` or ``canceled``, as the enum or
         its string value).
@@ -242,13 +325,18 @@ class Store(abc.ABC):
         delete build marks the workspace deleted (:func:`~workspace_lifecycle.writes.finish_build`
         decides both, for every store). ``details`` (a JSON object, checked by
         :func:`~workspace_lifecycle.values.check_details`) is kept with a build that did not
-        succeed and merged into the answer of the request that waited for it.
+        succeed and merged into the answer of the request that waited for it. ``lease``, the
+        worker's fencing token, makes the finish hold only while the worker holds the lease
+        (:class:`~workspace_lifecycle.errors.LeaseLostError` otherwise, nothing changed).
         """
 
     @abc.abstractmethod
-    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
+    async def report_agent(
+        self, workspace_id: str, lifecycle: AgentLifecycle | str, *, lease: str | None = None
+    ) -> None:
         """Record the agent's lifecycle state (the enum or its string value, ``"ready"``) for the
-        agent of the latest build that has one."""
+        agent of the latest build that has one. With ``lease`` (the token of the build that
+        made the agent) the report holds only while that build is the workspace's latest."""
 
     # --- the event log ------------------------------------------------------------------------
 
@@ -268,6 +356,28 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def prune_events(self, older_than: float) -> int:
         """Delete events written before the wall-clock time ``older_than``; return how many."""
+
+    # --- interest ---------------------------------------------------------------------------
+
+    def take_interest(self, topic: Topic) -> None:  # noqa: B027 - optional hook
+        """This process now waits on news of ``topic`` (counted: every call is matched by one
+        :meth:`drop_interest`). A store whose wake-ups from other processes can be narrowed
+        (PostgreSQL with ``shards``) listens for it from now on; :meth:`wait_for_change` may
+        otherwise learn of other topics' news only later (at the store's fallback poll, or
+        the next wake-up for a topic of interest). It must not block: it is called from
+        synchronous code. The default does nothing (every sleeper is woken by every change)."""
+
+    def drop_interest(self, topic: Topic) -> None:  # noqa: B027 - optional hook
+        """The end of one :meth:`take_interest` of ``topic``."""
+
+    @contextlib.contextmanager
+    def interest(self, topic: Topic) -> Iterator[None]:
+        """:meth:`take_interest` of ``topic`` while the block runs."""
+        self.take_interest(topic)
+        try:
+            yield
+        finally:
+            self.drop_interest(topic)
 
 
 class Doorbell:

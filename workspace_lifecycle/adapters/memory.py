@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -22,13 +22,14 @@ from ..values import (
     Chat,
     Deadline,
     JobStatus,
+    Lease,
     Policy,
     StoreEvent,
     Transition,
     Workspace,
     WorkspaceFacts,
 )
-from .base import ArmedDeadlines, ChatRow, Doorbell, Outcome, Store
+from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Doorbell, Outcome, Store
 
 __all__ = ["MemoryStore"]
 
@@ -51,6 +52,7 @@ class MemoryStore(Store):
         self._pending: dict[str, None] = {}  # ids of pending builds, oldest first (claim order)
         self._latest: dict[str, str] = {}  # workspace id -> latest build id
         self._agents: dict[str, Agent] = {}  # workspace id -> agent
+        self._leased: dict[str, None] = {}  # ids of builds in flight under a lease
         self._events: list[StoreEvent] = []
         self._pruned_through = 0  # every event with seq <= this was pruned
         self._doorbell = Doorbell()
@@ -77,6 +79,10 @@ class MemoryStore(Store):
             if write.queued:
                 self._latest[build.workspace_id] = build.build_id
                 self._pending[build.build_id] = None
+            if build.lease_expires_at is not None:
+                self._leased[build.build_id] = None
+            else:
+                self._leased.pop(build.build_id, None)
         if write.agent is not None:
             self._agents[write.agent.workspace_id] = write.agent
         head = self._doorbell.head
@@ -226,8 +232,9 @@ class MemoryStore(Store):
 
     # --- the provisioner side ---------------------------------------------------------------
 
-    async def claim_build(self, worker: str) -> Build | None:
+    async def claim_build(self, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Build | None:
         self._check()
+        writes.check_lease_seconds(lease_seconds)
         # Oldest pending first, without scanning every build ever made (a claim per build would
         # otherwise cost O(builds), quadratic over a run). Entries finished while pending are
         # dropped here as they come up.
@@ -237,11 +244,57 @@ class MemoryStore(Store):
             build = self._builds[build_id]
             if build.status is JobStatus.PENDING:
                 write = writes.claim_build(
-                    build, self._workspaces[build.workspace_id], worker=worker, at=self._clock()
+                    build,
+                    self._workspaces[build.workspace_id],
+                    worker=worker,
+                    at=self._clock(),
+                    token=uuid.uuid4().hex,
+                    lease_seconds=lease_seconds,
                 )
                 self._persist(write)
                 return write.build
         return None
+
+    async def renew_lease(
+        self, build_id: str, token: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> float:
+        self._check()
+        build = self._builds.get(build_id)
+        if build is None:
+            raise NotFoundError(f"no build {build_id!r}")
+        write = writes.renew_lease(
+            build, self._workspaces[build.workspace_id], token, at=self._clock(), lease_seconds=lease_seconds
+        )
+        self._persist(write)
+        assert write.build is not None and write.build.lease_expires_at is not None
+        return write.build.lease_expires_at
+
+    async def next_lease_expiry(self, *, skip: Collection[str] = ()) -> Lease | None:
+        self._check()
+        first: Lease | None = None
+        for build_id in self._leased:  # only the builds in flight, never every build
+            if build_id in skip:
+                continue
+            build = self._builds[build_id]
+            assert build.lease_token is not None and build.lease_expires_at is not None
+            if first is None or build.lease_expires_at < first.expires_at:
+                first = Lease(
+                    build_id, build.workspace_id, build.worker, build.lease_token, build.lease_expires_at
+                )
+        return first
+
+    async def expire_lease(self, build_id: str, token: str) -> Build | None:
+        self._check()
+        build = self._builds.get(build_id)
+        if build is None:
+            return None
+        ws = self._workspaces[build.workspace_id]
+        chat = self._chats.get(ws.chat_id)
+        write = writes.expire_lease(build, ws, token, at=self._clock(), policy=chat.policy if chat else None)
+        if write is None:
+            return None
+        self._persist(write)
+        return write.build
 
     async def finish_build(
         self,
@@ -251,6 +304,7 @@ class MemoryStore(Store):
         *,
         has_agent: bool = True,
         details: Mapping[str, Any] | None = None,
+        lease: str | None = None,
     ) -> Build:
         self._check()
         status = writes.parse_status(status)
@@ -268,18 +322,31 @@ class MemoryStore(Store):
             at=self._clock(),
             details=details,
             policy=chat.policy if chat else None,
+            lease=lease,
         )
         self._persist(write)
         assert write.build is not None
         return write.build
 
-    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
+    async def report_agent(
+        self, workspace_id: str, lifecycle: AgentLifecycle | str, *, lease: str | None = None
+    ) -> None:
         self._check()
         lifecycle = writes.parse_lifecycle(lifecycle)
         ws = self._workspaces.get(workspace_id)
         if ws is None:
             raise NotFoundError(f"workspace {workspace_id!r} has no agent")
-        self._persist(writes.report_agent(self._agents.get(workspace_id), ws, lifecycle, at=self._clock()))
+        latest = self._latest.get(workspace_id)
+        self._persist(
+            writes.report_agent(
+                self._agents.get(workspace_id),
+                ws,
+                lifecycle,
+                at=self._clock(),
+                latest=self._builds[latest] if latest else None,
+                lease=lease,
+            )
+        )
 
     # --- the event log ----------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ Design, in the order a write meets it:
 * **Opening.** One direct connection first, with a bounded ``connect_timeout``: a refused or
   unreachable server, a missing database or a bad parameter fails at open within seconds with
   one sentence naming the cause. That connection migrates the schema and becomes the
-  ``LISTEN`` connection; only then is the pool opened. Opening and closing are shielded from
+  ``LISTEN`` connection; only then is the pool opened. (With a ``listen_url`` of its own, or
+  none, a connection of the store's URL migrates first, and closes.) Opening and closing are shielded from
   cancellation, so a cancelled ``open_store`` leaves no server connection behind.
 * **Connections.** A psycopg-pool ``AsyncConnectionPool`` of autocommit connections, each with
   ``search_path`` set to the store's schema (``?schema=name``, default ``public``) and an
@@ -49,6 +50,34 @@ Design, in the order a write meets it:
   fallback poll does not depend on that connection: while someone waits and the listener has
   not read the head for a ``poll_interval``, the pool reads it. Idle cost: one cheap query per
   ``poll_interval`` per store, whatever the number of waiters.
+* **Notification shards** (``shards=N``, off by default). Above, every replica's listener reads
+  every notification: R replicas x E events. With shards, a write notifies the channel of its
+  workspace's shard (CRC-32 of the id mod N, computed here and passed as a parameter, so every
+  process agrees), and also the chat's shard when it binds a chat to a new workspace (what a
+  watcher of the chat follows) and a builds channel when it queues a build (provisioners claim
+  every workspace's builds). The runtime says what it waits on (:meth:`PostgresStore.take_interest`:
+  tracked workspaces, watched chats, every workspace for a watcher of all, builds for
+  ``claims``); the listener task alone LISTENs and UNLISTENs to match, counted per channel. A
+  new interest interrupts its wait: it LISTENs, then reads the head, so a commit that landed
+  before the LISTEN took effect still wakes (no lost wake-up); a channel no longer needed is
+  UNLISTENed when it next wakes. Other shards' events are read when the log is next read (a
+  wake-up for this replica's shards, or the listener's head read every ``poll_interval``):
+  that is when the deadline scheduler learns of a deadline armed elsewhere, so such a deadline
+  may fire up to a ``poll_interval`` late, never early or twice (deadlines are minutes away; a
+  global deadline channel would wake every replica for most builds again); a lease reaper
+  learns of another process's new claim the same way (leases last 30 s). Cost: a LISTEN (and
+  a head read) per new shard of interest, an UNLISTEN when it ends. Every replica of a schema
+  must use the same ``shards`` (a mismatch costs latency, not events).
+* **Behind PgBouncer.** Transaction pooling keeps no session between transactions: no
+  ``LISTEN``, no session settings, no server-side prepared statements (PgBouncer 1.18).
+  ``pool_mode="transaction"`` turns prepared statements off and sets no session state: the
+  server's ``search_path`` and ``statement_timeout`` (PgBouncer's ``connect_query``) are
+  checked at open instead. ``listen_url`` says where the ``LISTEN`` connection goes: a direct
+  URL of the database, or ``"none"``, when only the fallback poll wakes waiters of other
+  processes (every ``poll_interval`` while someone waits). A store that meets a pooler it was
+  not told of (the server's pid is not the connection's) refuses to open before it sets
+  anything. Everything else is already transaction-scoped: autocommit statements, the group
+  commit's one transaction, ``pg_advisory_xact_lock``, the migration's ``search_path``.
 * **Schema.** Versioned forward migrations run under ``pg_advisory_xact_lock`` so replicas that
   start together do not race; a schema newer than this code is refused with a clear error.
 
@@ -69,7 +98,7 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -102,7 +131,9 @@ from ..values import (
     Build,
     Chat,
     Deadline,
+    EventKind,
     JobStatus,
+    Lease,
     Policy,
     Reason,
     StoreEvent,
@@ -111,9 +142,10 @@ from ..values import (
     WorkspaceFacts,
     parse_deadline,
     parse_enum,
+    parse_lease,
     parse_policy,
 )
-from .base import ArmedDeadlines, ChatRow, Doorbell, Outcome, Store
+from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Doorbell, Outcome, Store, Topic, TopicKind
 
 __all__ = [
     "DRIVERS",
@@ -138,6 +170,9 @@ _PAYLOAD_RE = re.compile(r"[1-9][0-9]{0,18}")  # what _append sends: the new hea
 # deployments in other schemas of one database never wait for each other.
 _MIGRATE_LOCK = 0x574C0001
 _LOG_LOCK = 0x574C0002
+
+#: The most notification shards (each is a channel; interest in every workspace LISTENs to all).
+_MAX_SHARDS = 4096
 
 #: Seconds the first connection of ``open`` may take unless the URL sets ``connect_timeout``.
 _CONNECT_TIMEOUT = 5
@@ -219,6 +254,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE builds ADD COLUMN reason text NOT NULL DEFAULT 'request';
     CREATE INDEX workspaces_deadline ON workspaces (deadline_at) WHERE deadline_at IS NOT NULL;
     """,
+    # 5: leases: a claimed build's fencing token and when its lease runs out (only in flight).
+    """
+    ALTER TABLE builds ADD COLUMN lease_token text, ADD COLUMN lease_expires_at double precision;
+    CREATE INDEX builds_lease ON builds (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+    """,
 )
 
 #: The schema version this code writes and understands.
@@ -235,7 +275,7 @@ _CHAT_WIDTH = 5
 _FACTS_COLUMNS = f"""
     {_WS_COLUMNS},
     b.build_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,
-    b.parameters, b.details, b.reason,
+    b.parameters, b.details, b.reason, b.lease_token, b.lease_expires_at,
     a.build_number, a.lifecycle
 """
 _FACTS_JOINS = """
@@ -254,14 +294,42 @@ _WORKSPACE_COLUMNS = f"{_WS_COLUMNS}, w.version"
 #: Columns of a workspace row as :func:`_parse_workspace` reads it (its version follows them).
 _WORKSPACE_WIDTH = 7
 #: Columns of a build as :func:`_parse_build` reads it.
-_BUILD_WIDTH = 11
+_BUILD_WIDTH = 13
 #: Columns of ``_FACTS_COLUMNS`` and the head (``_REQUEST_SQL``'s versions and chat follow).
 _FACTS_WIDTH = _WORKSPACE_WIDTH + (_BUILD_WIDTH - 1) + 2 + 1
 
 _BUILD_COLUMNS = (
     "b.build_id, b.workspace_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,"
-    " b.parameters, b.details, b.reason"
+    " b.parameters, b.details, b.reason, b.lease_token, b.lease_expires_at"
 )
+
+
+def _channel_name(schema: str, suffix: str = "") -> str:
+    """The NOTIFY channel of ``schema`` (with ``suffix``), within PostgreSQL's 63 bytes."""
+    return f"workspace_lifecycle_{schema}"[: 63 - len(suffix)] + suffix
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The notification shard of a workspace or chat id: the same in every process (CRC-32,
+    not Python's salted ``hash``).
+
+    >>> shard_of("w1", 8), shard_of("w1", 8) == shard_of("w1", 8)
+    (4, True)
+    """
+    return zlib.crc32(key.encode(errors="surrogatepass")) % shards
+
+
+def _check_shards(value: object) -> int:
+    """``shards`` as an int in ``[0, _MAX_SHARDS]`` (a numeric string too, as a URL gives it)."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= _MAX_SHARDS:
+        raise ValueError(f"shards must be an integer from 0 (off) to {_MAX_SHARDS}, not {value!r}")
+    return number
 
 
 def _lock_key(schema: str) -> int:
@@ -272,8 +340,9 @@ def _lock_key(schema: str) -> int:
 
 def _parse_build(row: Sequence[Any]) -> Build:
     """A build from ``build_id, workspace_id, number, transition, status, error, has_agent, worker,
-    parameters, details, reason``."""
+    parameters, details, reason, lease_token, lease_expires_at``."""
     build_id = row[0]
+    token, expires_at = parse_lease(row[11], row[12], key=build_id)
     parameters, details = row[8], row[9]
     if not isinstance(parameters, dict):
         raise CorruptStateError("builds", build_id, "parameters", parameters)
@@ -291,6 +360,8 @@ def _parse_build(row: Sequence[Any]) -> Build:
         parameters=parameters,
         details=details,
         reason=parse_enum(Reason, row[10], table="builds", key=build_id, column="reason"),
+        lease_token=token,
+        lease_expires_at=expires_at,
     )
 
 
@@ -512,6 +583,73 @@ def _with_defaults(conninfo: str, defaults: dict[str, Any]) -> str:
     return make_conninfo(conninfo, **{k: v for k, v in defaults.items() if k not in given})
 
 
+#: The store's own query parameters of a URL; every other one goes to libpq.
+_URL_OPTIONS = (
+    "schema",
+    "statement_timeout",
+    "poll_interval",
+    "pool_max_size",
+    "pool_timeout",
+    "pool_mode",
+    "listen_url",
+    "shards",
+)
+#: ``pool_mode`` values: how the URL reaches PostgreSQL (``None``: directly).
+_POOL_MODES = ("session", "transaction")
+#: ``listen_url`` value for a store that never LISTENs and polls instead.
+_NO_LISTEN = "none"
+
+
+def _split_url(url: str, names: Sequence[str]) -> tuple[dict[str, Any], str]:
+    """Check a PostgreSQL ``url``; return its query parameters among ``names``, and a libpq URL
+    of everything else."""
+    parts = urlsplit(url)
+    scheme, _, driver = parts.scheme.lower().partition("+")
+    if scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {url!r}")
+    if driver and driver not in DRIVERS:
+        suffixes = ", ".join(f"+{d}" for d in DRIVERS)
+        raise ValueError(
+            f"unsupported PostgreSQL driver {driver!r} in {url!r}; accepted suffixes: {suffixes} (or none)"
+        )
+    if "," not in parts.netloc:  # libpq's multi-host form has a port per host
+        try:
+            parts.port  # noqa: B018 - urllib checks the port when it is read
+        except ValueError:
+            raise ValueError(f"malformed PostgreSQL URL {url!r}: the port must be a number") from None
+    ours: dict[str, Any] = {}
+    theirs: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in names:
+            ours[key] = value
+        else:
+            theirs.append((key, value))
+    # Not urlunsplit: it drops the "//" of an empty host (postgresql:///db?host=/socket).
+    query = urlencode(theirs)
+    return ours, f"postgresql://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+def _display_url(url: str, query: Sequence[tuple[str, str]] = ()) -> str:
+    """``url`` without its password and libpq parameters, with ``query`` instead."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}@{hostport}"
+    shown = urlencode(query)
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{shown}" if shown else "")
+
+
+def _listen_conninfo(listen_url: str) -> str:
+    """The libpq URL of a ``listen_url``: a PostgreSQL URL with libpq parameters only."""
+    ours, conninfo = _split_url(listen_url, _URL_OPTIONS)
+    if ours:
+        raise ValueError(
+            f"listen_url takes libpq parameters only, not the store's option {next(iter(ours))!r}"
+        )
+    return conninfo
+
+
 class PostgresStore(Store):
     """The store on PostgreSQL; open it with ``open_store("postgresql://user@host:port/db")``.
 
@@ -532,7 +670,17 @@ class PostgresStore(Store):
       (default 30);
     * ``batch_writes`` (keyword only): group-commit concurrent writes of this process (default
       on); ``notify_after_commit`` (keyword only): NOTIFY from a batched notifier after the
-      commits instead of inside each write (default off).
+      commits instead of inside each write (default off);
+    * ``shards``: notify by workspace shard, so that a replica is woken only for the workspaces
+      it waits on (default 0: one channel, every replica hears every write; see the module
+      docstring). Every replica of a schema should use the same value.
+    * ``pool_mode``: ``"transaction"`` or ``"session"`` when the URL reaches PostgreSQL through
+      PgBouncer (or another pooler) in that pooling mode (default: directly; a pooler is then
+      refused at open); ``"transaction"`` needs ``listen_url``;
+    * ``listen_url``: where the ``LISTEN`` connection goes (default: the URL itself): a direct
+      PostgreSQL URL of the same database (libpq parameters only), or ``"none"`` to listen
+      nowhere and wake waiters of other processes by the poll alone (see docs/stores.md,
+      "Behind PgBouncer").
 
     Every other query parameter goes to libpq unchanged (``sslmode``, ``application_name``,
     ``connect_timeout`` — 5 seconds unless given, …); one libpq does not know is a ``ValueError``.
@@ -553,6 +701,7 @@ class PostgresStore(Store):
     #: How many notifications were ignored: a payload that is not a head we send, or a head
     #: the log did not confirm. Notifications are hints; anyone may send one.
     stray_notifications: int = 0
+    _notifications_received: int = 0
 
     def __init__(
         self,
@@ -568,6 +717,9 @@ class PostgresStore(Store):
         display_url: str | None = None,
         batch_writes: bool = True,
         notify_after_commit: bool = False,
+        shards: int = 0,
+        pool_mode: str | None = None,
+        listen_url: str | None = None,
     ) -> None:
         if not isinstance(schema, str) or not _SCHEMA_RE.match(schema):
             raise ValueError(
@@ -578,19 +730,61 @@ class PostgresStore(Store):
             raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
         if pool_max_size < 1 or pool_min_size < 0 or pool_min_size > pool_max_size:
             raise ValueError("need 0 <= pool_min_size <= pool_max_size and pool_max_size >= 1")
+        shards = _check_shards(shards)
+        if shards and notify_after_commit:
+            raise ValueError("shards and notify_after_commit cannot be combined: choose one")
+        if pool_mode == "":
+            pool_mode = None
+        if pool_mode == "statement":
+            raise ValueError(
+                "pool_mode='statement' cannot work: the store's writes need transactions of several "
+                "statements; give the store a PgBouncer database in transaction pooling mode"
+            )
+        if pool_mode is not None and pool_mode not in _POOL_MODES:
+            raise ValueError(
+                f"pool_mode must be 'session' or 'transaction' (PgBouncer's pool_mode), not {pool_mode!r}"
+            )
+        if listen_url == "":
+            listen_url = None
+        if pool_mode == "transaction" and listen_url is None:
+            raise ValueError(
+                "pool_mode='transaction' needs listen_url: a URL that reaches PostgreSQL directly, "
+                "for LISTEN (which PgBouncer's transaction pooling cannot carry), or "
+                f"listen_url={_NO_LISTEN!r} to poll every poll_interval instead"
+            )
         self.url = display_url if display_url is not None else conninfo
+        #: How the URL reaches PostgreSQL: ``None`` (directly), ``"session"`` or ``"transaction"``
+        #: (through PgBouncer, or another pooler, in that pooling mode).
+        self.pool_mode = pool_mode
+        #: Whether a LISTEN connection wakes waiters (else only the poll does, see ``listen_url``).
+        self.listens = listen_url != _NO_LISTEN
+        self._listen_elsewhere = listen_url not in (None, _NO_LISTEN)  # a listen_url of its own
+        self._database: str | None = None  # the store's database, once read (by _migrate_alone)
         self.schema = schema
         self.statement_timeout = statement_timeout or None
         self.poll_interval = poll_interval
         self._conninfo = conninfo
         self._pool_conninfo = _with_defaults(conninfo, {"connect_timeout": _CONNECT_TIMEOUT})
-        self._listen_conninfo = _with_defaults(conninfo, {"connect_timeout": _CONNECT_TIMEOUT, **_KEEPALIVES})
+        listen_conninfo = conninfo if listen_url in (None, _NO_LISTEN) else _listen_conninfo(listen_url)
+        self._listen_conninfo = _with_defaults(
+            listen_conninfo, {"connect_timeout": _CONNECT_TIMEOUT, **_KEEPALIVES}
+        )
         self._pool_min = pool_min_size
         self._pool_max = pool_max_size
         self._pool_timeout = pool_timeout
         self._clock = clock
         self._lock_key = _lock_key(schema)
-        self._channel = f"workspace_lifecycle_{schema}"[:63]
+        self._channel = _channel_name(schema)
+        #: Notification shards (0: every write notifies the one channel ``_channel``).
+        self.shards = shards
+        self._shard_channels = tuple(_channel_name(schema, f"_s{i}") for i in range(shards))
+        self._builds_channel = _channel_name(schema, "_builds")
+        # Interest, by channel (shard mode): how many topics of this process need each one.
+        # The listener task alone LISTENs and UNLISTENs (_follow_interest), to match it.
+        self._wanted: dict[str, int] = {}
+        self._listening: set[str] = set()  # the channels the listener connection LISTENs to
+        self._interest_changed = False  # _wanted moved since the listener last matched it
+        self._hearing: anyio.CancelScope | None = None  # the listener's wait for notifications
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._listener: Conn | None = None  # the LISTEN connection, kept by the watcher
@@ -601,6 +795,8 @@ class PostgresStore(Store):
         #: Wake-ups caused by the watcher (confirmed notifications, polls, reconnects), for tests.
         self.listener_wakeups = 0
         self.listener_connects = 0
+        #: Reads of the head by the fallback poll (only while someone waits), for tests.
+        self.polls = 0
         #: The server process of the LISTEN connection (``pg_stat_activity.pid``).
         self.listener_pid: int | None = None
         # Test hook: awaited inside every writing transaction after its events are inserted
@@ -630,6 +826,19 @@ class PostgresStore(Store):
         return self._round_trips
 
     @property
+    def notifications_received(self) -> int:
+        """Every notification the listener read, before any was found stray or stale: what the
+        wake-ups of other processes' writes cost this one (with ``shards``, only the channels
+        of its interest)."""
+        return self._notifications_received
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels the listener connection LISTENs to now (it catches up with a change of
+        interest within a moment: see :meth:`take_interest`)."""
+        return frozenset(self._listening)
+
+    @property
     def listen_timeout(self) -> float:
         """Seconds the listener's head read may take before its connection counts as hung."""
         return min(max(2 * self.poll_interval, 1.0), 10.0)
@@ -637,28 +846,7 @@ class PostgresStore(Store):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresStore:
         """A store for a ``postgresql://`` (or ``postgres://``) ``url``; options as in the class."""
-        parts = urlsplit(url)
-        scheme, _, driver = parts.scheme.lower().partition("+")
-        if scheme not in ("postgresql", "postgres"):
-            raise ValueError(f"not a PostgreSQL URL: {url!r}")
-        if driver and driver not in DRIVERS:
-            suffixes = ", ".join(f"+{d}" for d in DRIVERS)
-            raise ValueError(
-                f"unsupported PostgreSQL driver {driver!r} in {url!r}; accepted suffixes: {suffixes} (or none)"
-            )
-        if "," not in parts.netloc:  # libpq's multi-host form has a port per host
-            try:
-                parts.port  # noqa: B018 - urllib checks the port when it is read
-            except ValueError:
-                raise ValueError(f"malformed PostgreSQL URL {url!r}: the port must be a number") from None
-        ours: dict[str, Any] = {}
-        theirs: list[tuple[str, str]] = []
-        names = ("schema", "statement_timeout", "poll_interval", "pool_max_size", "pool_timeout")
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key in names:
-                ours[key] = value
-            else:
-                theirs.append((key, value))
+        ours, conninfo = _split_url(url, _URL_OPTIONS)
         ours.update(options)
         for key in ("statement_timeout", "poll_interval", "pool_timeout"):
             if key in ours and isinstance(ours[key], str):
@@ -668,16 +856,11 @@ class PostgresStore(Store):
                 ours["pool_max_size"] = int(ours["pool_max_size"])
             except ValueError:
                 raise ValueError(f"pool_max_size must be an integer, not {ours['pool_max_size']!r}") from None
-        # Not urlunsplit: it drops the "//" of an empty host (postgresql:///db?host=/socket).
-        query = urlencode(theirs)
-        conninfo = f"postgresql://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostport = netloc.rpartition("@")
-            netloc = f"{userinfo.partition(':')[0]}@{hostport}"
-        shown = urlencode([("schema", str(ours["schema"]))] if "schema" in ours else [])
-        display = f"{parts.scheme}://{netloc}{parts.path}" + (f"?{shown}" if shown else "")
-        return cls(conninfo, display_url=display, **ours)
+        shown = [(key, str(ours[key])) for key in ("schema", "pool_mode") if ours.get(key) is not None]
+        listen_url = ours.get("listen_url")
+        if isinstance(listen_url, str) and listen_url:
+            shown.append(("listen_url", listen_url if listen_url == _NO_LISTEN else _display_url(listen_url)))
+        return cls(conninfo, display_url=_display_url(url, shown), **ours)
 
     # --- opening and closing -------------------------------------------------------------
 
@@ -696,20 +879,29 @@ class PostgresStore(Store):
         listener: Conn | None = None
         try:
             # One direct connection first: it fails fast and clearly (the pool would retry in
-            # the background until pool_timeout), migrates, and then listens.
-            listener = await self._connect_listener(migrate=True)
+            # the background until pool_timeout), migrates, and then listens. A listen_url of
+            # its own may reach another database (_configure refuses it): the store's URL migrates.
+            listen_here = self.listens and not self._listen_elsewhere
+            if not listen_here:
+                await self._migrate_alone()
+            if self.listens:
+                listener = await self._connect_listener(migrate=listen_here)
             self._pool = AsyncConnectionPool(
                 self._pool_conninfo,
                 min_size=self._pool_min,
                 max_size=self._pool_max,
                 open=False,
-                kwargs={"autocommit": True},
-                configure=self._configure,
+                kwargs=self._pool_kwargs(),
+                # Behind transaction pooling a session setting would stay on whichever server
+                # connection ran it: the settings are the server's, checked once below.
+                configure=None if self.pool_mode == "transaction" else self._configure,
                 timeout=self._pool_timeout,
                 name=f"workspace-lifecycle:{self.schema}",
             )
             with self._boundary(connecting=True):
                 await self._pool.open(wait=True, timeout=self._pool_timeout)
+            if self.pool_mode == "transaction":
+                await self._check_server_settings(self._pool)
         except BaseException:
             # Also on cancellation: whatever was opened is closed before the error propagates.
             self._closed = True
@@ -756,12 +948,93 @@ class PostgresStore(Store):
             raise StoreError("the PostgreSQL store is not open; use it as `async with open_store(url)`")
         return self._pool
 
+    def _pool_kwargs(self) -> dict[str, Any]:
+        """Connection arguments of the pool (and of the connection that migrates without a
+        listener): behind transaction pooling no server-side prepared statement either, since
+        the next statement may run on another server connection (PgBouncer < 1.21)."""
+        if self.pool_mode == "transaction":
+            return {"autocommit": True, "prepare_threshold": None}
+        return {"autocommit": True}
+
     async def _configure(self, conn: Conn) -> None:
+        """A new connection's session settings; one that reaches the server through a pooler
+        (its backend pid is not the one the connection was told) is refused unless
+        ``pool_mode`` says the pooler keeps sessions, and so is a listener in another database
+        than the store's."""
         timeout_ms = int(self.statement_timeout * 1000) if self.statement_timeout else 0
-        await conn.execute(
-            "SELECT set_config('search_path', %s, false), set_config('statement_timeout', %s, false)",
-            (f'"{self.schema}"', str(timeout_ms)),
+        # One round trip, and nothing set on a server connection that a pooler would share.
+        cur = await conn.execute(
+            "SELECT set_config('search_path', %s, false), set_config('statement_timeout', %s, false),"
+            " current_database() WHERE pg_backend_pid() = %s OR %s",
+            (f'"{self.schema}"', str(timeout_ms), conn.info.backend_pid, self.pool_mode == "session"),
         )
+        row = await cur.fetchone()
+        if row is not None and self._database is not None and row[2] != self._database:
+            # Only a listen_url of its own can: a NOTIFY never crosses databases.
+            raise StoreError(
+                f"listen_url reaches database {row[2]!r}, but the store's URL reaches "
+                f"{self._database!r}: notifications reach only listeners of the same database"
+            )
+        if row is None:
+            if self.pool_mode == "transaction":
+                raise StoreError(
+                    f"listen_url must reach PostgreSQL directly, not through a connection pooler "
+                    f"such as PgBouncer: its transaction pooling cannot carry LISTEN (or use "
+                    f"listen_url={_NO_LISTEN!r} to poll)"
+                )
+            raise StoreError(
+                f"{self.url} reaches PostgreSQL through a connection pooler such as PgBouncer (the "
+                "server's process id is not the one the connection was given); say how it pools: "
+                "pool_mode=transaction with listen_url=<a direct URL, or none> for transaction "
+                "pooling, pool_mode=session for session pooling"
+            )
+
+    async def _migrate_alone(self) -> None:
+        """Open without a listener on the store's URL: one connection of the pool's URL
+        migrates, and closes."""
+        with self._boundary(connecting=True):
+            conn = await psycopg.AsyncConnection.connect(self._pool_conninfo, **self._pool_kwargs())
+        try:
+            with self._boundary():
+                if self.pool_mode != "transaction":
+                    await self._configure(conn)
+                await self._migrate(conn)
+                cur = await conn.execute("SELECT current_database()")
+                row = await cur.fetchone()
+                self._database = None if row is None else str(row[0])
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+
+    async def _check_server_settings(self, pool: AsyncConnectionPool[Conn]) -> None:
+        """Behind transaction pooling the store sets no session state: check that the server's
+        (PgBouncer's ``connect_query``, the role's or the database's settings) are the store's."""
+        with self._boundary():
+            async with pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT current_schema(),"
+                    " (SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout')"
+                )
+                row = await cur.fetchone()
+        assert row is not None
+        where = (
+            "for every server connection PgBouncer opens: connect_query in its [databases] entry, "
+            "or ALTER ROLE ... SET"
+        )
+        if row[0] != self.schema:
+            raise StoreError(
+                f"behind PgBouncer's transaction pooling (pool_mode=transaction) the store cannot "
+                f"set search_path, and the server's does not lead to schema {self.schema!r} "
+                f"(current_schema() is {row[0]!r}): set search_path to {self.schema} {where}"
+            )
+        timeout_ms = int(self.statement_timeout * 1000) if self.statement_timeout else None
+        if timeout_ms is not None and int(row[1]) != timeout_ms:
+            raise StoreError(
+                f"behind PgBouncer's transaction pooling (pool_mode=transaction) the store cannot "
+                f"set statement_timeout={self.statement_timeout}s, and the server's is {row[1]} ms: "
+                f"set statement_timeout to {timeout_ms} {where}, or pass statement_timeout=0 to "
+                "keep the server's"
+            )
 
     # --- the error boundary ----------------------------------------------------------------
 
@@ -796,8 +1069,9 @@ class PostgresStore(Store):
         if isinstance(exc, PoolClosed) or self._closed:
             return StoreClosedError("the PostgreSQL store is closed")
         if isinstance(exc, pg_errors.QueryCanceled):
+            limit = f"={self.statement_timeout}s" if self.statement_timeout else " (the server's)"
             return StoreBusyError(
-                f"a PostgreSQL statement ran past statement_timeout={self.statement_timeout}s "
+                f"a PostgreSQL statement ran past statement_timeout{limit} "
                 f"(waiting for a lock held by another writer, or an overloaded server): {_cause(exc)}"
             )
         if isinstance(exc, pg_errors.LockNotAvailable):
@@ -826,7 +1100,12 @@ class PostgresStore(Store):
                 )
             return StoreUnavailableError(f"the connection to PostgreSQL at {self.url} failed: {_cause(exc)}")
         if isinstance(exc, pg_errors.UndefinedTable):
-            return StoreError(f"the schema {self.schema!r} lacks a table (was it dropped?): {_cause(exc)}")
+            why = (
+                "was it dropped, or does every server connection of PgBouncer get its search_path?"
+                if self.pool_mode == "transaction"
+                else "was it dropped?"
+            )
+            return StoreError(f"the schema {self.schema!r} lacks a table ({why}): {_cause(exc)}")
         return StoreError(f"PostgreSQL error ({type(exc).__name__}): {_cause(exc)}")
 
     async def _run(self, body: Callable[[Conn], Awaitable[T]], *, write: bool = False) -> T:
@@ -921,7 +1200,11 @@ class PostgresStore(Store):
     async def _migrate(self, conn: Conn) -> None:
         """Apply the missing migrations, one replica at a time."""
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_MIGRATE_LOCK, self._lock_key))
+            # search_path for this transaction only: also right behind transaction pooling.
+            await conn.execute(
+                "SELECT set_config('search_path', %s, true), pg_advisory_xact_lock(%s, %s)",
+                (f'"{self.schema}"', _MIGRATE_LOCK, self._lock_key),
+            )
             cur = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,))
             if await cur.fetchone() is None:
                 await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
@@ -957,7 +1240,7 @@ class PostgresStore(Store):
         if head is None or base is None or base.version != seen.version or not _CACHE_KNOWN_ROWS:
             self._forget(seen)  # changed by another writer, or rows it does not know
             return
-        self._known[seen.workspace_id] = base.after(write, head)
+        self._known[seen.workspace_id] = base.after(write, head if write.events else base.facts.seq)
         self._known.move_to_end(seen.workspace_id)
         if len(self._known) > _KNOWN_MAX:
             self._known.popitem(last=False)
@@ -1075,13 +1358,14 @@ class PostgresStore(Store):
           the transaction-scoped advisory lock of the log, then draw the events' ``seq``:
           ``nextval`` runs per row of ``lock CROSS JOIN VALUES``, so after the lock is granted, never
           from the snapshot. The lock is held until the commit is visible, so seqs follow
-          commit order. ``pg_notify`` carries the new head and is delivered at commit.
+          commit order. ``pg_notify`` carries the new head and is delivered at commit, on each
+          channel of :meth:`_channels_of` (one, unless ``shards``).
 
         ``skip_locked`` (in a batch, see :meth:`_commit`): a guard row locked by another
         transaction fails the guard instead of being waited for; the write then runs alone.
         """
         ctes: list[str] = []
-        params: dict[str, Any] = {"l1": _LOG_LOCK, "l2": self._lock_key, "chan": self._channel}
+        params: dict[str, Any] = {"l1": _LOG_LOCK, "l2": self._lock_key}
         skip = " SKIP LOCKED" if skip_locked else ""
         if seen is None:
             ctes.append("ok AS MATERIALIZED (SELECT 1)")
@@ -1175,7 +1459,8 @@ class PostgresStore(Store):
         elif build is not None:
             changes.append(
                 "UPDATE builds SET status = %(b_status)s, error = %(b_error)s,"
-                " has_agent = %(b_has_agent)s, worker = %(b_worker)s, details = %(b_details)s"
+                " has_agent = %(b_has_agent)s, worker = %(b_worker)s, details = %(b_details)s,"
+                " lease_token = %(b_lease)s, lease_expires_at = %(b_lease_until)s"
                 f" WHERE build_id = %(b_id)s AND {gate} RETURNING 1"
             )
         if build is not None:
@@ -1191,6 +1476,8 @@ class PostgresStore(Store):
                 b_parameters=Jsonb(dict(build.parameters)),
                 b_details=None if build.details is None else Jsonb(dict(build.details)),
                 b_reason=build.reason.value,
+                b_lease=build.lease_token,
+                b_lease_until=build.lease_expires_at,
             )
         if write.agent is not None:
             changes.append(
@@ -1208,8 +1495,9 @@ class PostgresStore(Store):
         # Reading the changes runs them before the log lock (an unread one would run last).
         done = " UNION ALL ".join(f"SELECT 1 FROM p{i}" for i in range(len(changes))) or "SELECT 1"
         ctes.append(f"done AS MATERIALIZED (SELECT count(*) FROM ({done}) d)")
+        if not write.events:  # a lease renewal: rows only, no log lock, no NOTIFY; head 0
+            return f"WITH {', '.join(ctes)} SELECT 0 FROM ok, done", params
         ctes.append("lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%(l1)s, %(l2)s) FROM ok, done)")
-        assert write.events, "every write appends at least one event"
         rows = []
         for i, event in enumerate(write.events):
             rows.append(
@@ -1230,14 +1518,82 @@ class PostgresStore(Store):
             "ins AS (INSERT INTO events (kind, workspace_id, chat_id, build_number, payload, at)"
             f" SELECT v.* FROM lock, (VALUES {', '.join(rows)}) AS v RETURNING seq)"
         )
-        notify = "" if self.notify_after_commit else ", pg_notify(%(chan)s, m::text)"
+        notify = ""
+        if not self.notify_after_commit:
+            channels = self._channels_of(write)
+            notify = "".join(f", pg_notify(%(chan{i})s, m::text)" for i in range(len(channels)))
+            params.update({f"chan{i}": channel for i, channel in enumerate(channels)})
         query = f"WITH {', '.join(ctes)} SELECT m{notify} FROM (SELECT max(seq) AS m FROM ins) s WHERE m IS NOT NULL"
         return query, params
+
+    def _channels_of(self, write: writes.Write) -> list[str]:
+        """The channels ``write``'s NOTIFY goes to: the store's one channel, or with ``shards``
+        the shard of each workspace it writes, the shard of the chat it binds to a new
+        workspace (a watcher of that chat follows the workspace from that event) and, when it
+        queues a build, the builds channel (provisioners claim the builds of every workspace)."""
+        if not self.shards:
+            return [self._channel]
+        channels: dict[str, None] = {}  # ordered, without repeats
+        for event in write.events:
+            channels[self._shard_channel(event.workspace_id)] = None
+            if event.kind is EventKind.CHAT_BOUND:
+                channels[self._shard_channel(event.chat_id)] = None
+            elif event.kind is EventKind.BUILD_QUEUED:
+                channels[self._builds_channel] = None
+        return list(channels)
+
+    def _shard_channel(self, key: str) -> str:
+        return self._shard_channels[shard_of(key, self.shards)]
+
+    def _topic_channels(self, topic: Topic) -> tuple[str, ...]:
+        if topic.kind is TopicKind.WORKSPACE or topic.kind is TopicKind.CHAT:
+            return (self._shard_channel(topic.key),)
+        if topic.kind is TopicKind.BUILDS:
+            return (self._builds_channel,)
+        return self._shard_channels  # every workspace: each of them is in one shard
+
+    def take_interest(self, topic: Topic) -> None:
+        """With ``shards``, LISTEN to ``topic``'s channel from now on (counted per channel). The
+        listener task applies it: it stops waiting, LISTENs, and then reads the head, so a
+        notification sent before the LISTEN took effect is not missed (its commit is in that
+        head). Without ``shards`` the one channel carries everything: nothing to do."""
+        if not self.shards:
+            return
+        for channel in self._topic_channels(topic):
+            self._wanted[channel] = self._wanted.get(channel, 0) + 1
+            if channel not in self._listening:
+                self._interest_changed = True
+                if self._hearing is not None:
+                    self._hearing.cancel()  # the listener LISTENs to it now, not after its wait
+
+    def drop_interest(self, topic: Topic) -> None:
+        """The end of one :meth:`take_interest`: a channel nobody needs any more is UNLISTENed
+        by the listener when it next wakes (meanwhile its notifications are merely extra)."""
+        if not self.shards:
+            return
+        for channel in self._topic_channels(topic):
+            left = self._wanted.get(channel, 0) - 1
+            if left > 0:
+                self._wanted[channel] = left
+            else:
+                self._wanted.pop(channel, None)
+                self._interest_changed = True
 
     def _committed(self, outcome: Outcome) -> Outcome:
         if outcome.fired:
             self._wrote(outcome.facts.seq)
+        else:
+            self._read_head(outcome.facts.seq)
         return outcome
+
+    def _read_head(self, head: int) -> None:
+        """A read returned the log's ``head`` with its rows. By shard, it may be ahead of every
+        notification this replica will get (other shards' commits): a caller that then waits
+        for the pump to reach it (a lost compare-and-set catching up) must not be left to the
+        poll, so the doorbell hears of it. On one channel a notification follows every commit
+        anyway, and nothing changes."""
+        if self.shards:
+            self._doorbell.saw(head)
 
     def _wrote(self, head: int) -> None:
         """A write of this process committed up to ``head``: wake local waiters now, and other
@@ -1293,7 +1649,8 @@ class PostgresStore(Store):
                 await self._configure(conn)
                 if migrate:
                     await self._migrate(conn)
-                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                self._listening = set()
+                await self._follow_interest(conn)
                 head = await self._head(conn)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -1313,7 +1670,8 @@ class PostgresStore(Store):
             tg.start_soon(self._poll)
             if self.notify_after_commit:
                 tg.start_soon(self._notifier)
-            await self._listen()
+            if self.listens:
+                await self._listen()
 
     async def _listen(self) -> None:
         """Keep a LISTEN connection: read hints, prove it answers, replace it when it does not."""
@@ -1335,18 +1693,36 @@ class PostgresStore(Store):
     async def _listen_once(self, conn: Conn) -> None:
         """Wait up to ``poll_interval`` for a notification that hints at news, then read the head
         on the listener within ``listen_timeout``: that confirms the hint, is the poll while the
-        listener is healthy, and proves its backend still answers (a hung one raises)."""
+        listener is healthy, and proves its backend still answers (a hung one raises).
+
+        With ``shards``, a new interest interrupts the wait: its channel is LISTENed to, and
+        the head read at once (what committed before the LISTEN took effect is in it)."""
         hinted = 0
         deadline = time.monotonic() + self.poll_interval
         with self._boundary():
-            while hinted <= self._doorbell.head and (remaining := deadline - time.monotonic()) > 0:
-                # One packet at a time (all of it: a break would drop the rest of the packet).
-                notes = conn.notifies(timeout=remaining, stop_after=1)
-                async with contextlib.aclosing(notes):
-                    payloads = [note.payload async for note in notes]
-                if not payloads:
+            listened = await self._follow_interest(conn)
+            while (
+                not listened
+                and hinted <= self._doorbell.head
+                and (remaining := deadline - time.monotonic()) > 0
+            ):
+                # One packet at a time (all of it: a break would drop the rest of the packet;
+                # an interrupted wait has read nothing yet: libpq keeps what it has not read).
+                payloads: list[str] = []
+                with anyio.CancelScope() as self._hearing:
+                    if not self._interest_changed:
+                        notes = conn.notifies(timeout=remaining, stop_after=1)
+                        async with contextlib.aclosing(notes):
+                            async for note in notes:
+                                payloads.append(note.payload)
+                self._hearing = None
+                self._notifications_received += len(payloads)
+                if payloads:
+                    hinted = max(hinted, *map(self._hinted_head, payloads))
+                elif self._interest_changed:
+                    listened = await self._follow_interest(conn)
+                else:
                     break  # the poll_interval passed in silence
-                hinted = max(hinted, *map(self._hinted_head, payloads))
             with anyio.fail_after(self.listen_timeout):
                 head = await self._head(conn)
         self._listener_read_at = time.monotonic()
@@ -1354,6 +1730,26 @@ class PostgresStore(Store):
             self.listener_wakeups += 1
         if hinted > head:  # a NOTIFY is delivered after its commit is visible: this one lied
             self.stray_notifications += 1
+
+    async def _follow_interest(self, conn: Conn) -> bool:
+        """LISTEN and UNLISTEN on the listener connection ``conn`` until it listens to the
+        channels of this process's interest (the one channel, unless ``shards``); say whether
+        it LISTENed to a new one. Only the listener task runs this: one statement at a time."""
+        listened = False
+        while True:
+            self._interest_changed = False
+            wanted = set(self._wanted) if self.shards else {self._channel}
+            new, old = sorted(wanted - self._listening), sorted(self._listening - wanted)
+            if not new and not old:
+                return listened
+            await conn.execute(
+                sql.SQL("; ").join(
+                    [sql.SQL("LISTEN {}").format(sql.Identifier(c)) for c in new]
+                    + [sql.SQL("UNLISTEN {}").format(sql.Identifier(c)) for c in old]
+                )
+            )
+            self._listening = wanted
+            listened = listened or bool(new)
 
     def _hinted_head(self, payload: str) -> int:
         """The head a notification claims if its payload looks like one we send, else 0 (counted)."""
@@ -1369,6 +1765,7 @@ class PostgresStore(Store):
             await anyio.sleep(self.poll_interval)
             if not self._doorbell.sleepers or time.monotonic() - self._listener_read_at < self.poll_interval:
                 continue
+            self.polls += 1
             try:
                 head = await self._run(self._head)
             except StoreError as exc:
@@ -1436,7 +1833,9 @@ class PostgresStore(Store):
         return _parse_facts(row)
 
     async def workspace_facts(self, workspace_id: str) -> WorkspaceFacts:
-        return await self._run(lambda conn: self._facts(conn, workspace_id))
+        facts = await self._run(lambda conn: self._facts(conn, workspace_id))
+        self._read_head(facts.seq)
+        return facts
 
     async def get_build(self, build_id: str) -> Build:
         async def body(conn: Conn) -> Build:
@@ -1621,7 +2020,9 @@ class PostgresStore(Store):
 
     # --- the provisioner side ---------------------------------------------------------------
 
-    async def claim_build(self, worker: str) -> Build | None:
+    async def claim_build(self, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Build | None:
+        writes.check_lease_seconds(lease_seconds)
+
         async def body(conn: Conn) -> _Decided[tuple[Build | None, int]]:
             # The oldest pending build; a worker that loses it to another reads the next one.
             cur = await conn.execute(
@@ -1634,12 +2035,89 @@ class PostgresStore(Store):
                 return _Decided(None, None, lambda _: (None, 0))
             b, w = _BUILD_WIDTH, _BUILD_WIDTH + _WORKSPACE_WIDTH
             ws = _parse_workspace(row[b:w])
-            write = writes.claim_build(_parse_build(row[:b]), ws, worker=worker, at=self._clock())
+            write = writes.claim_build(
+                _parse_build(row[:b]),
+                ws,
+                worker=worker,
+                at=self._clock(),
+                token=uuid.uuid4().hex,
+                lease_seconds=lease_seconds,
+            )
             return _Decided(write, _Seen(ws.workspace_id, int(row[w])), lambda head: (write.build, head))
 
         build, head = await self._decide(body)
         self._wrote(head)
         return build
+
+    async def _read_build(self, conn: Conn, build_id: str) -> tuple[Build, Workspace, Chat, _Seen] | None:
+        """A build with its workspace and chat rows (the chat's policy arms the next deadline
+        when it finishes) and the guard of a write decided on them; ``None`` if no such build."""
+        cur = await conn.execute(
+            f"SELECT {_BUILD_COLUMNS}, {_WORKSPACE_COLUMNS}, {_CHAT_COLUMNS}, c.version"
+            " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id"
+            " JOIN chats c ON c.chat_id = w.chat_id WHERE b.build_id = %s",
+            (build_id,),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        b, w = _BUILD_WIDTH, _BUILD_WIDTH + _WORKSPACE_WIDTH
+        ws = _parse_workspace(row[b:w])
+        chat = _parse_chat(row[w + 1 : w + 1 + _CHAT_WIDTH])
+        seen = _Seen(ws.workspace_id, int(row[w]), chat.chat_id, int(row[w + 1 + _CHAT_WIDTH]))
+        return _parse_build(row[:b]), ws, chat, seen
+
+    async def renew_lease(
+        self, build_id: str, token: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> float:
+        async def body(conn: Conn) -> _Decided[tuple[float, int]]:
+            read = await self._read_build(conn, build_id)
+            if read is None:
+                raise NotFoundError(f"no build {build_id!r}")
+            build, ws, _, seen = read
+            write = writes.renew_lease(build, ws, token, at=self._clock(), lease_seconds=lease_seconds)
+            assert write.build is not None and write.build.lease_expires_at is not None
+            until = write.build.lease_expires_at
+            # The workspace's version guards it (a renewal bumps it too: an expiry decided on
+            # the lease as it was read must not pass once it was renewed).
+            return _Decided(write, _Seen(seen.workspace_id, seen.version), lambda head: (until, head))
+
+        until, _ = await self._decide(body)
+        return until
+
+    async def next_lease_expiry(self, *, skip: Collection[str] = ()) -> Lease | None:
+        passed = list(skip)
+
+        async def body(conn: Conn) -> Lease | None:
+            cur = await conn.execute(
+                "SELECT build_id, workspace_id, worker, lease_token, lease_expires_at FROM builds"
+                " WHERE lease_expires_at IS NOT NULL AND build_id <> ALL(%s::text[])"
+                " ORDER BY lease_expires_at LIMIT 1",
+                (passed,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            token, expires_at = parse_lease(row[3], row[4], key=row[0])
+            assert token is not None and expires_at is not None
+            return Lease(row[0], row[1], row[2], token, expires_at)
+
+        return await self._run(body)
+
+    async def expire_lease(self, build_id: str, token: str) -> Build | None:
+        async def body(conn: Conn) -> _Decided[tuple[Build | None, int]]:
+            read = await self._read_build(conn, build_id)
+            if read is None:
+                return _Decided(None, None, lambda _: (None, 0))
+            build, ws, chat, seen = read
+            write = writes.expire_lease(build, ws, token, at=self._clock(), policy=chat.policy)
+            if write is None:
+                return _Decided(None, None, lambda _: (None, 0))
+            return _Decided(write, seen, lambda head: (write.build, head))
+
+        expired, head = await self._decide(body)
+        self._wrote(head)
+        return expired
 
     async def finish_build(
         self,
@@ -1649,25 +2127,17 @@ class PostgresStore(Store):
         *,
         has_agent: bool = True,
         details: Mapping[str, Any] | None = None,
+        lease: str | None = None,
     ) -> Build:
         status = writes.parse_status(status)
 
         async def body(conn: Conn) -> _Decided[tuple[Build, int]]:
-            # The chat's policy too (a finish arms the workspace's next deadline by it).
-            cur = await conn.execute(
-                f"SELECT {_BUILD_COLUMNS}, {_WORKSPACE_COLUMNS}, {_CHAT_COLUMNS}, c.version"
-                " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id"
-                " JOIN chats c ON c.chat_id = w.chat_id WHERE b.build_id = %s",
-                (build_id,),
-            )
-            row = await cur.fetchone()
-            if row is None:
+            read = await self._read_build(conn, build_id)
+            if read is None:
                 raise NotFoundError(f"no build {build_id!r}")
-            b, w = _BUILD_WIDTH, _BUILD_WIDTH + _WORKSPACE_WIDTH
-            ws = _parse_workspace(row[b:w])
-            chat = _parse_chat(row[w + 1 : w + 1 + _CHAT_WIDTH])
+            build, ws, chat, seen = read
             write = writes.finish_build(
-                _parse_build(row[:b]),
+                build,
                 ws,
                 status,
                 error,
@@ -1675,22 +2145,31 @@ class PostgresStore(Store):
                 at=self._clock(),
                 details=details,
                 policy=chat.policy,
+                lease=lease,
             )
             done = write.build
             assert done is not None
-            seen = _Seen(ws.workspace_id, int(row[w]), chat.chat_id, int(row[w + 1 + _CHAT_WIDTH]))
             return _Decided(write, seen, lambda head: (done, head))
 
         done, head = await self._decide(body)
         self._wrote(head)
         return done
 
-    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
+    async def report_agent(
+        self, workspace_id: str, lifecycle: AgentLifecycle | str, *, lease: str | None = None
+    ) -> None:
         lifecycle = writes.parse_lifecycle(lifecycle)
 
         def decide(known: _Known) -> _Decided[int]:
             facts = known.facts
-            write = writes.report_agent(facts.agent, facts.workspace, lifecycle, at=self._clock())
+            write = writes.report_agent(
+                facts.agent,
+                facts.workspace,
+                lifecycle,
+                at=self._clock(),
+                latest=facts.latest_build,
+                lease=lease,
+            )
             return _Decided(write, _Seen(workspace_id, known.version), lambda head: head, known)
 
         async def body(conn: Conn) -> _Decided[int]:

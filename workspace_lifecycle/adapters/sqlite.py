@@ -80,7 +80,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qs
 
@@ -104,6 +104,7 @@ from ..values import (
     Chat,
     Deadline,
     JobStatus,
+    Lease,
     Policy,
     Reason,
     StoreEvent,
@@ -112,9 +113,10 @@ from ..values import (
     WorkspaceFacts,
     parse_deadline,
     parse_enum,
+    parse_lease,
     parse_policy,
 )
-from .base import ArmedDeadlines, ChatRow, Doorbell, Outcome, Store
+from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Doorbell, Outcome, Store
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "map_exceptions"]
 
@@ -122,7 +124,7 @@ log = logging.getLogger("workspace_lifecycle.sqlite")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE chats (
@@ -210,6 +212,10 @@ ALTER TABLE log_state DROP COLUMN head
     " ALTER TABLE workspaces ADD COLUMN deadline_reason TEXT;"
     " ALTER TABLE builds ADD COLUMN reason TEXT NOT NULL DEFAULT 'request';"
     " CREATE INDEX workspaces_by_deadline ON workspaces (deadline_at) WHERE deadline_at IS NOT NULL",
+    # Leases: a claimed build's fencing token and when its lease runs out (only while in flight).
+    4: "ALTER TABLE builds ADD COLUMN lease_token TEXT;"
+    " ALTER TABLE builds ADD COLUMN lease_expires_at REAL;"
+    " CREATE INDEX builds_by_lease ON builds (lease_expires_at) WHERE lease_expires_at IS NOT NULL",
 }
 
 _ACCEPTED = "sqlite:///relative/path.db or sqlite:////absolute/path.db"
@@ -887,15 +893,7 @@ class SQLiteStore(Store):
         return await self._read(lambda conn: _facts(conn, workspace_id))
 
     async def get_build(self, build_id: str) -> Build:
-        def fn(conn: sqlite3.Connection) -> Build:
-            row = conn.execute(
-                f"SELECT {_BUILD_COLUMNS} FROM builds WHERE build_id = ?", (build_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"no build {build_id!r}")
-            return _build(row)
-
-        return await self._read(fn)
+        return await self._read(lambda conn: _build_by_id(conn, build_id))
 
     async def create_workspace(
         self,
@@ -1015,7 +1013,9 @@ class SQLiteStore(Store):
 
     # --- the provisioner side ---------------------------------------------------------------
 
-    async def claim_build(self, worker: str) -> Build | None:
+    async def claim_build(self, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Build | None:
+        writes.check_lease_seconds(lease_seconds)
+
         def body(tx: _Tx) -> Build | None:
             row = tx.conn.execute(
                 f"SELECT {_BUILD_COLUMNS} FROM builds WHERE status = 'pending' ORDER BY queued_seq LIMIT 1"
@@ -1024,8 +1024,67 @@ class SQLiteStore(Store):
                 return None
             build = _build(row)
             write = writes.claim_build(
-                build, _workspace(tx.conn, build.workspace_id), worker=worker, at=self._clock()
+                build,
+                _workspace(tx.conn, build.workspace_id),
+                worker=worker,
+                at=self._clock(),
+                token=uuid.uuid4().hex,
+                lease_seconds=lease_seconds,
             )
+            tx.persist(write)
+            return write.build
+
+        return await self._write(body)
+
+    async def renew_lease(
+        self, build_id: str, token: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> float:
+        def body(tx: _Tx) -> float:
+            build = _build_by_id(tx.conn, build_id)
+            write = writes.renew_lease(
+                build,
+                _workspace(tx.conn, build.workspace_id),
+                token,
+                at=self._clock(),
+                lease_seconds=lease_seconds,
+            )
+            tx.persist(write)
+            assert write.build is not None and write.build.lease_expires_at is not None
+            return write.build.lease_expires_at
+
+        return await self._write(body)
+
+    async def next_lease_expiry(self, *, skip: Collection[str] = ()) -> Lease | None:
+        passed = list(skip)
+
+        def fn(conn: sqlite3.Connection) -> Lease | None:
+            row = conn.execute(
+                "SELECT build_id, workspace_id, worker, lease_token, lease_expires_at FROM builds"
+                " WHERE lease_expires_at IS NOT NULL AND build_id NOT IN (SELECT value FROM json_each(?))"
+                " ORDER BY lease_expires_at LIMIT 1",
+                (json.dumps(passed),),
+            ).fetchone()
+            if row is None:
+                return None
+            token, expires_at = parse_lease(row[3], row[4], key=row[0])
+            assert token is not None and expires_at is not None
+            return Lease(row[0], row[1], row[2], token, expires_at)
+
+        return await self._read(fn)
+
+    async def expire_lease(self, build_id: str, token: str) -> Build | None:
+        def body(tx: _Tx) -> Build | None:
+            try:
+                build = _build_by_id(tx.conn, build_id)
+            except NotFoundError:
+                return None
+            ws = _workspace(tx.conn, build.workspace_id)
+            chat = _chat(tx.conn, ws.chat_id)
+            write = writes.expire_lease(
+                build, ws, token, at=self._clock(), policy=chat.policy if chat else None
+            )
+            if write is None:
+                return None
             tx.persist(write)
             return write.build
 
@@ -1039,16 +1098,12 @@ class SQLiteStore(Store):
         *,
         has_agent: bool = True,
         details: Mapping[str, Any] | None = None,
+        lease: str | None = None,
     ) -> Build:
         status = writes.parse_status(status)
 
         def body(tx: _Tx) -> Build:
-            row = tx.conn.execute(
-                f"SELECT {_BUILD_COLUMNS} FROM builds WHERE build_id = ?", (build_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"no build {build_id!r}")
-            build = _build(row)
+            build = _build_by_id(tx.conn, build_id)
             ws = _workspace(tx.conn, build.workspace_id)
             chat = _chat(tx.conn, ws.chat_id)
             write = writes.finish_build(
@@ -1060,6 +1115,7 @@ class SQLiteStore(Store):
                 at=self._clock(),
                 details=details,
                 policy=chat.policy if chat else None,
+                lease=lease,
             )
             tx.persist(write)
             assert write.build is not None
@@ -1067,10 +1123,12 @@ class SQLiteStore(Store):
 
         return await self._write(body)
 
-    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle | str) -> None:
+    async def report_agent(
+        self, workspace_id: str, lifecycle: AgentLifecycle | str, *, lease: str | None = None
+    ) -> None:
         lifecycle = writes.parse_lifecycle(lifecycle)
 
-        await self._write(lambda tx: _report_agent(tx, workspace_id, lifecycle, self._clock))
+        await self._write(lambda tx: _report_agent(tx, workspace_id, lifecycle, self._clock, lease))
 
     # --- the event log ----------------------------------------------------------------------
 
@@ -1311,8 +1369,18 @@ class _Tx:
             details = None if build.details is None else json.dumps(build.details)
             if not write.queued:
                 conn.execute(
-                    "UPDATE builds SET status = ?, error = ?, has_agent = ?, worker = ?, details = ? WHERE build_id = ?",
-                    (build.status.value, build.error, build.has_agent, build.worker, details, build.build_id),
+                    "UPDATE builds SET status = ?, error = ?, has_agent = ?, worker = ?, details = ?,"
+                    " lease_token = ?, lease_expires_at = ? WHERE build_id = ?",
+                    (
+                        build.status.value,
+                        build.error,
+                        build.has_agent,
+                        build.worker,
+                        details,
+                        build.lease_token,
+                        build.lease_expires_at,
+                        build.build_id,
+                    ),
                 )
             else:  # a new build: the latest, claimed in the order it was queued
                 conn.execute(
@@ -1356,8 +1424,15 @@ _INSERT_EVENT = (
 # --- row helpers (run on the connection's thread) ---------------------------------------------------
 
 
-def _report_agent(tx: _Tx, workspace_id: str, lifecycle: AgentLifecycle, clock: Callable[[], float]) -> None:
-    """The body of ``report_agent`` (the agent is read with its workspace, in one statement)."""
+def _report_agent(
+    tx: _Tx,
+    workspace_id: str,
+    lifecycle: AgentLifecycle,
+    clock: Callable[[], float],
+    lease: str | None = None,
+) -> None:
+    """The body of ``report_agent`` (the agent is read with its workspace, in one statement;
+    the latest build too when the report is fenced by a lease)."""
     row = tx.conn.execute(
         "SELECT w.chat_id, w.owner, w.name, w.deleted, a.build_number, a.lifecycle "
         "FROM workspaces w LEFT JOIN agents a USING (workspace_id) WHERE w.workspace_id = ?",
@@ -1367,10 +1442,27 @@ def _report_agent(tx: _Tx, workspace_id: str, lifecycle: AgentLifecycle, clock: 
         raise NotFoundError(f"workspace {workspace_id!r} has no agent")
     ws = Workspace(workspace_id, row[0], row[1], row[2], deleted=bool(row[3]))
     agent = None if row[5] is None else _agent_row(workspace_id, row[4], row[5])
-    tx.persist(writes.report_agent(agent, ws, lifecycle, at=clock()))
+    latest = None
+    if lease is not None:
+        latest_row = tx.conn.execute(
+            f"SELECT {_BUILD_COLUMNS} FROM builds WHERE workspace_id = ? ORDER BY number DESC LIMIT 1",
+            (workspace_id,),
+        ).fetchone()
+        latest = None if latest_row is None else _build(latest_row)
+    tx.persist(writes.report_agent(agent, ws, lifecycle, at=clock(), latest=latest, lease=lease))
 
 
-_BUILD_COLUMNS = "build_id, workspace_id, number, transition, status, error, has_agent, worker, parameters, details, reason"
+def _build_by_id(conn: sqlite3.Connection, build_id: str) -> Build:
+    row = conn.execute(f"SELECT {_BUILD_COLUMNS} FROM builds WHERE build_id = ?", (build_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no build {build_id!r}")
+    return _build(row)
+
+
+_BUILD_COLUMNS = (
+    "build_id, workspace_id, number, transition, status, error, has_agent, worker, parameters,"
+    " details, reason, lease_token, lease_expires_at"
+)
 _CHAT_COLUMNS = "chat_id, owner, workspace_id, idle_stop_after, delete_after_stopped"
 
 
@@ -1391,6 +1483,7 @@ def _chat_row(row: Sequence[Any]) -> Chat:
 
 def _build(row: Sequence[Any]) -> Build:
     build_id = row[0]
+    token, expires_at = parse_lease(row[11], row[12], key=build_id)
     return Build(
         build_id=build_id,
         workspace_id=row[1],
@@ -1403,6 +1496,8 @@ def _build(row: Sequence[Any]) -> Build:
         parameters=_json_object(row[8], build_id, "parameters") or {},
         details=_json_object(row[9], build_id, "details"),
         reason=parse_enum(Reason, row[10], table="builds", key=build_id, column="reason"),
+        lease_token=token,
+        lease_expires_at=expires_at,
     )
 
 
