@@ -516,28 +516,12 @@ async def stamping_provisioner(
             await out
 
     async with anyio.create_task_group() as tg:
-
-        def handle(build: wl.Build) -> None:
-            nonlocal starts
+        async for build in wl.claims(store, worker):
             with_agent = False
             if build.transition is Transition.START:
                 with_agent = starts % 2 == 1
                 starts += 1
             tg.start_soon(complete, build, with_agent, rng.uniform(*delay))
-
-        await claim_forever(store, worker, handle)
-
-
-async def claim_forever(store: Store, worker: str, handle: Callable[[wl.Build], None]) -> None:
-    """Claim pending builds for ever as ``worker``, asleep until the store's next event while
-    none is pending; ``handle`` each claimed build (it must not block: start a task)."""
-    while True:
-        cursor = await store.head()
-        build = await store.claim_build(worker)
-        if build is None:
-            await store.wait_for_change(cursor)
-            continue
-        handle(build)
 
 
 async def make_workspaces(store: Store, n: int, *, prefix: str = "c", stopped: bool = True) -> list[str]:

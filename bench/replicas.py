@@ -279,7 +279,8 @@ async def _provision(
             errors.append(f"{type(exc).__name__}: {exc}")
 
     async with anyio.create_task_group() as tg:
-        await common.claim_forever(store, worker, lambda build: tg.start_soon(complete, build))
+        async for build in wl.claims(store, worker):
+            tg.start_soon(complete, build)
 
 
 async def builder_child(url: str, config: dict[str, Any]) -> None:
@@ -452,13 +453,16 @@ class _Database:
             last = await self.counters(conn)
         return {"from": first, "to": last, "backend_cpu": sum(b - a for a, b in self.backend_cpu.values())}
 
-    async def count_notifies(self, channel: str, ready: anyio.Event, t_from: float, t_to: float) -> None:
-        """A listener of the parent on the store's channel counts the NOTIFYs of the window."""
+    async def count_notifies(
+        self, channels: Sequence[str], ready: anyio.Event, t_from: float, t_to: float
+    ) -> None:
+        """A listener of the parent on every channel of the store counts the NOTIFYs of the window."""
         import psycopg
         from psycopg import sql
 
         async with await psycopg.AsyncConnection.connect(self.pg_url, autocommit=True) as conn:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            for channel in channels:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             ready.set()
             while (left := t_to - time.monotonic()) > 0:
                 async for _ in conn.notifies(timeout=left):
@@ -501,9 +505,7 @@ async def run_config(pg_url: str, replicas: int, w: Workload, options: Sequence[
             t_to = t_from + w.window
             async with anyio.create_task_group() as tg:
                 listening = anyio.Event()
-                tg.start_soon(
-                    db.count_notifies, f"workspace_lifecycle_{schema}"[:63], listening, t_from, t_to
-                )
+                tg.start_soon(db.count_notifies, channels(url), listening, t_from, t_to)
                 await listening.wait()
                 for kid in kids:
                     kid.send(f"go {t0} {t_from} {t_to}")
@@ -521,6 +523,18 @@ async def run_config(pg_url: str, replicas: int, w: Workload, options: Sequence[
         "samples": db.samples,
         "notifies": db.notifies,
     }
+
+
+def channels(url: str) -> list[str]:
+    """Every channel a store of ``url`` may NOTIFY: its one channel, and with ``shards`` each
+    shard's and the builds' (read from an unopened store: the names are the adapter's)."""
+    from workspace_lifecycle.adapters.postgres import PostgresStore
+
+    store = PostgresStore.from_url(url)
+    names = [store._channel]
+    if getattr(store, "shards", 0):
+        names += [*getattr(store, "_shard_channels", ()), getattr(store, "_builds_channel", store._channel)]
+    return list(dict.fromkeys(names))
 
 
 def _server_started(pg_url: str) -> str | None:
