@@ -12,7 +12,9 @@ Run from the repository root (PostgreSQL parts need the server named by
 Benchmarks: ``wakeup`` (1. wake-up latency), ``dbwork`` (2. store calls per request against
 build duration), ``engine`` (3. pump against bare python-statemachine), ``throughput``
 (4. durable events/s against the bare drivers), ``scale`` (5. 10,000 workspaces in one process),
-``contention`` (6. 1,000 concurrent starts from 4 processes). The plot needs matplotlib (the
-``bench`` extra). The older single-purpose scripts (``engine.py``, ``postgres_*.py``) still run
-on their own.
+``contention`` (6. 1,000 concurrent starts from 4 processes), ``deadlines`` (8. armed deadlines
+and touches), ``replicas`` (9. 1 to 8 replica processes on one PostgreSQL, ~3 minutes; its store
+options, e.g. a notification mode, with ``--store-option KEY=VALUE``). The plots
+(``wakeup.png``, ``replicas.png``) need matplotlib (the ``bench`` extra). The older
+single-purpose scripts (``engine.py``, ``postgres_*.py``) still run on their own.
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import shlex
 import sys
 import tempfile
@@ -24,6 +25,7 @@ BENCHMARKS = {
     "contention": "bench.contention",
     "deadlines": "bench.deadlines",
     "leases": "bench.leases",
+    "replicas": "bench.replicas",
 }
 
 
@@ -41,11 +43,13 @@ def run_one(name: str, ctx: Context) -> Result:
 
 def write(out: Path, results: list[Result], pg_url: str | None, command: str) -> dict[str, Any]:
     doc = report.merge(out, common.machine(pg_url), command, [r.to_json() for r in results])
+    replicas_png = report.plot_replicas(out, doc)
     md = report.write_markdown(out, doc)
     png = report.plot(out, doc)
     print(
         f"wrote {out / 'results.json'}, {md}"
         + (f", {png}" if png else " (no plot: it needs wakeup results and matplotlib)")
+        + (f", {replicas_png}" if replicas_png else "")
     )
     return doc
 
@@ -59,8 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="default: bench/")
     parser.add_argument("--pg-url", default=common.DEFAULT_PG_URL)
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL parts")
+    parser.add_argument(
+        "--store-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a query parameter added to the PostgreSQL store URLs of `replicas` (repeatable);"
+        " one the store does not know is dropped with a note",
+    )
     args = parser.parse_args(argv)
     names = args.names or list(BENCHMARKS)
+    for option in args.store_option:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=[^&=]*", option):
+            parser.error(f"--store-option takes KEY=VALUE, not {option!r}")
     pg_url = None if args.no_postgres else args.pg_url
     if pg_url is not None and not common.pg_reachable(pg_url):
         print(f"PostgreSQL at {pg_url} is unreachable: skipping its parts", file=sys.stderr)
@@ -70,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     failed = 0
     with tempfile.TemporaryDirectory(prefix="wl-bench-") as tmp:
-        ctx = Context(quick=args.quick, pg_url=pg_url, tmp=Path(tmp))
+        ctx = Context(quick=args.quick, pg_url=pg_url, tmp=Path(tmp), store_options=tuple(args.store_option))
         for name in names:
             try:
                 result = run_one(name, ctx)

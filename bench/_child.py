@@ -10,6 +10,8 @@ Each child prints ``ready`` when set up, then JSON lines; it exits when its stdi
   prints their latencies (from the ``go``) and the build ids they were answered with.
 * ``scale URL --n N [--idle S] [--tuned-gc]``: see :mod:`bench.scale`; prints one JSON object.
 * ``sketch memory:// --n N [--tuned-gc]``: the lower-bound sketch of :mod:`bench.sketch`.
+* ``replica URL --config JSON`` and ``builder URL --config JSON``: a replica and a provisioner
+  of :mod:`bench.replicas`; each waits for a ``go`` line and prints one JSON object.
 """
 
 from __future__ import annotations
@@ -105,7 +107,9 @@ async def _timed_start(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench._child")
-    parser.add_argument("role", choices=["provision", "idle", "contend", "scale", "sketch"])
+    parser.add_argument(
+        "role", choices=["provision", "idle", "contend", "scale", "sketch", "replica", "builder"]
+    )
     parser.add_argument("url")
     parser.add_argument("--delay", type=float, nargs=2, default=(0.01, 0.01))
     parser.add_argument("--agent-delay", type=float, default=0.005)
@@ -115,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=250)
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--tuned-gc", action="store_true", help="set the GC as bench.scale.tune_gc")
+    parser.add_argument("--config", default="{}", help="JSON: the replica's or builder's configuration")
     args = parser.parse_args(argv)
     if args.role == "provision":
         anyio.run(provision, args.url, tuple(args.delay), args.agent_delay)
@@ -122,6 +127,11 @@ def main(argv: list[str] | None = None) -> None:
         anyio.run(idle, args.url, args.chat, args.waiter, args.seconds)
     elif args.role == "contend":
         anyio.run(contend, args.url, args.chat, args.calls)
+    elif args.role in ("replica", "builder"):
+        from . import replicas
+
+        child = replicas.replica_child if args.role == "replica" else replicas.builder_child
+        anyio.run(child, args.url, json.loads(args.config))
     elif args.role == "sketch":
         from . import scale
 

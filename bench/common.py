@@ -94,6 +94,9 @@ class Context:
     pg_url: str | None = None
     tmp: Path = field(default_factory=lambda: Path("/tmp"))
     local: bool = True  # False: only the PostgreSQL parts (the smoke test's postgres half)
+    #: ``KEY=VALUE`` options added to the PostgreSQL store URLs of the benchmarks that take
+    #: them (``replicas``), e.g. a notification mode.
+    store_options: tuple[str, ...] = ()
 
 
 def fmt(value: float | None, unit: str = "") -> str:
@@ -234,8 +237,16 @@ def pg_schema(pg_url: str) -> Iterator[str]:
     try:
         yield f"{pg_url}?schema={schema}"
     finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        # The server is shared and may be restarting (another session's test): try for a while.
+        for attempt in range(30):
+            try:
+                with psycopg.connect(pg_url, autocommit=True, connect_timeout=3) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                break
+            except psycopg.OperationalError:
+                if attempt == 29:
+                    raise
+                time.sleep(1)
 
 
 # --- child processes -------------------------------------------------------------------------
@@ -505,12 +516,7 @@ async def stamping_provisioner(
             await out
 
     async with anyio.create_task_group() as tg:
-        while True:
-            cursor = await store.head()
-            build = await store.claim_build(worker)
-            if build is None:
-                await store.wait_for_change(cursor)
-                continue
+        async for build in wl.claims(store, worker):
             with_agent = False
             if build.transition is Transition.START:
                 with_agent = starts % 2 == 1

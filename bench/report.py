@@ -13,7 +13,7 @@ from typing import Any
 
 from .common import fmt, fmt_ratio
 
-ORDER = ["wakeup", "dbwork", "engine", "throughput", "scale", "contention"]
+ORDER = ["wakeup", "dbwork", "engine", "throughput", "scale", "contention", "deadlines", "replicas"]
 
 
 def merge(out: Path, machine: dict[str, Any], command: str, results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -100,7 +100,70 @@ def markdown(doc: dict[str, Any]) -> str:
 
 def write_markdown(out: Path, doc: dict[str, Any]) -> Path:
     path = out / "RESULTS.md"
-    path.write_text(markdown(doc))
+    text = markdown(doc)
+    if _replicas_figures(doc) and (out / "replicas.png").exists():
+        text += (
+            "\n![replicas: CPU, notifications and wake-ups against the number of replicas](replicas.png)\n"
+        )
+    path.write_text(text)
+    return path
+
+
+def _replicas_figures(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    figures: list[dict[str, Any]] = doc["benchmarks"].get("replicas", {}).get("data", {}).get("figures", [])
+    return figures
+
+
+def plot_replicas(out: Path, doc: dict[str, Any]) -> Path | None:
+    """Against the number of replica processes: CPU (per replica, all replicas, the server's
+    backends), notifications received per replica against the NOTIFYs sent and a replica's
+    share of them, and the wake-up p50/p99. Needs matplotlib; without it, returns None."""
+    figures = _replicas_figures(doc)
+    if not figures:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    data = doc["benchmarks"]["replicas"]["data"]
+    rs = [f["replicas"] for f in figures]
+    fig, (cpu, notes, wake) = plt.subplots(1, 3, figsize=(14, 4.2), dpi=110)
+    cpu.plot(rs, [f["replica_cpu_percent"] for f in figures], "o-", label="per replica")
+    cpu.plot(rs, [f["replicas"] * f["replica_cpu_percent"] for f in figures], "s--", label="all replicas")
+    cpu.plot(rs, [f["backend_cpu_percent"] for f in figures], "^:", label="our PostgreSQL backends")
+    cpu.set_ylabel("% of one core")
+    cpu.set_title("CPU")
+    notes.plot(
+        rs, [f["notifications_per_replica_per_s"] or 0 for f in figures], "o-", label="received per replica"
+    )
+    notes.plot(rs, [f["notifies_per_s"] for f in figures], "s--", label="NOTIFYs sent")
+    notes.plot(rs, [f["notifies_per_s"] / f["replicas"] for f in figures], ":", label="a replica's share")
+    notes.set_ylabel("notifications/s")
+    notes.set_title("notifications")
+    wake.plot(rs, [f["wake_p50_ms"] for f in figures], "o-", label="p50")
+    wake.plot(rs, [f["wake_p99_ms"] for f in figures], "s-", label="p99")
+    wake.set_yscale("log")
+    wake.set_ylabel("commit → answer in another process (ms, log)")
+    wake.set_title("wake-up latency")
+    for ax in (cpu, notes, wake):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(rs, [str(r) for r in rs])
+        ax.set_xlabel("replica processes")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    w = data["workload"]
+    events = sum(f["events_per_s"] for f in figures) / len(figures)
+    cores = doc["benchmarks"]["replicas"].get("machine", {}).get("cpu_count", "?")
+    fig.suptitle(
+        f"{w['workspaces']} workspaces, {events:.0f} events/s, store mode {data['mode']}, on {cores} cores"
+    )
+    fig.tight_layout()
+    path = out / "replicas.png"
+    fig.savefig(path)
+    plt.close(fig)
     return path
 
 

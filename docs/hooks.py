@@ -24,7 +24,7 @@ from mkdocs.structure.files import File, Files
 MARKER = "<!-- cli-help -->"
 ROOT = Path(__file__).resolve().parent.parent
 #: Files outside docs/ that included pages link to, by the name the link uses.
-EXTRA_FILES = {"wakeup.png": ROOT / "bench" / "wakeup.png"}
+EXTRA_FILES = {"wakeup.png": ROOT / "bench" / "wakeup.png", "replicas.png": ROOT / "bench" / "replicas.png"}
 
 
 def _help(parser: argparse.ArgumentParser) -> str:
@@ -47,7 +47,8 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
 
 def on_files(files: Files, *, config: MkDocsConfig) -> Files:
     for uri, path in EXTRA_FILES.items():
-        files.append(File.generated(config, uri, abs_src_path=str(path)))
+        if path.exists():  # a plot appears once its benchmark has run
+            files.append(File.generated(config, uri, abs_src_path=str(path)))
     return files
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,17 @@ EXPECTED = {
         "reaper at rest, 50 builds renewing, SQLite",
     ],
 }
+#: benchmarks that measure only PostgreSQL, and what their quick mode must report at least.
+POSTGRES_ONLY = {
+    "replicas": [
+        "PostgreSQL, 1 replica: wake-up p99",
+        "PostgreSQL, 2 replicas: notifications received per replica",
+        "PostgreSQL, 2 replicas: CPU per replica process",
+        "PostgreSQL, 2 replicas: store round trips per replica",
+        "PostgreSQL, 2 replicas: database commits/s",
+        "PostgreSQL, 2 replicas: lock waits",
+    ],
+}
 
 
 def _check_number(value: Any) -> None:
@@ -56,12 +68,23 @@ def _check_result(result: common.Result, expected: list[str]) -> None:
     json.dumps(result.to_json())  # serialisable
 
 
-@pytest.mark.parametrize("name", list(cli.BENCHMARKS))
+def test_every_benchmark_is_smoke_tested() -> None:
+    assert set(cli.BENCHMARKS) == set(EXPECTED) | set(POSTGRES_ONLY)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
 def test_quick_mode_runs_without_postgres(name: str, tmp_path: Path) -> None:
     result = cli.run_one(name, common.Context(quick=True, pg_url=None, tmp=tmp_path))
     assert result.name == name
     _check_result(result, EXPECTED[name])
     assert not any("PostgreSQL" in row.figure for row in result.rows)
+
+
+@pytest.mark.parametrize("name", list(POSTGRES_ONLY))
+def test_postgres_only_benchmark_without_postgres_says_so(name: str, tmp_path: Path) -> None:
+    result = cli.run_one(name, common.Context(quick=True, pg_url=None, tmp=tmp_path))
+    assert not result.rows
+    assert any("needs PostgreSQL" in note for note in result.notes)
 
 
 @pytest.mark.postgres
@@ -70,6 +93,37 @@ def test_quick_mode_postgres_parts(name: str, tmp_path: Path, pg_url: str) -> No
     result = cli.run_one(name, common.Context(quick=True, pg_url=pg_url, tmp=tmp_path, local=False))
     _check_result(result, [])
     assert all("PostgreSQL" in row.figure for row in result.rows)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("name", list(POSTGRES_ONLY))
+def test_quick_mode_postgres_only(name: str, tmp_path: Path, pg_url: str) -> None:
+    """The benchmark runs its processes, cleans them and its schemas up, and reports rows."""
+    import psycopg
+
+    # An option this store does not know is dropped with a note, not an error.
+    ctx = common.Context(quick=True, pg_url=pg_url, tmp=tmp_path, store_options=("no_such_option=1",))
+    result = cli.run_one(name, ctx)
+    _check_result(result, POSTGRES_ONLY[name])
+    assert all("PostgreSQL" in row.figure for row in result.rows)
+    assert any("no_such_option=1" in note for note in result.notes)
+    figures = result.data["figures"]
+    assert all(f["wakeups"] > 0 and f["events_per_s"] > 0 and f["notifies_per_s"] > 0 for f in figures)
+    assert not figures[0]["errors"], figures[0]["errors"][:3]
+    with psycopg.connect(pg_url) as conn:
+        left = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", ([f["schema"] for f in figures],)
+        ).fetchall()
+    assert not left  # each configuration's schema is dropped
+    for pid in (pid for f in figures for pid in f["pids"]):
+        with pytest.raises(ProcessLookupError):  # every child exited and was reaped
+            os.kill(pid, 0)
+    cli.write(tmp_path / "out", [result], pg_url, f"python -m bench {name} --quick")
+    md = (tmp_path / "out" / "RESULTS.md").read_text()
+    assert "PostgreSQL, 2 replicas: wake-up p99" in md and "| R | events/s |" in md
+    png = tmp_path / "out" / "replicas.png"
+    if png.exists():  # matplotlib is a bench-only dependency
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(replicas.png)" in md
 
 
 def test_report_files_are_written_and_merged(tmp_path: Path) -> None:

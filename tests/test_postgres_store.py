@@ -323,6 +323,19 @@ async def test_many_waiters_wake_on_one_commit_from_another_store(pg_schema_url:
 
 
 @pytest.mark.anyio
+async def test_round_trips_count_the_pool_calls(pg_schema_url: str) -> None:
+    """The benchmarks' counter: one per statement or transaction on the pool, none for the listener."""
+    async with wl.open_store(pg_schema_url, poll_interval=60) as store:
+        assert isinstance(store, PostgresStore)
+        before = store.round_trips
+        await store.head()
+        await store.get_chat("nobody")
+        assert store.round_trips == before + 2
+        await make_workspace(store, "c1")  # register_chat and create_workspace: a transaction each
+        assert store.round_trips == before + 4
+
+
+@pytest.mark.anyio
 async def test_fallback_poll_finds_a_commit_without_notify(pg_schema_url: str) -> None:
     """NOTIFY is only a hint: an event committed without one is found by the slow poll."""
     async with wl.open_store(pg_schema_url, poll_interval=0.2) as store:

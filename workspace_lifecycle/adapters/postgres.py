@@ -819,6 +819,13 @@ class PostgresStore(Store):
         #: Batches of more than one write committed, and the writes they held (for benchmarks).
         self.batches = 0
         self.batched_writes = 0
+        self._round_trips = 0
+
+    @property
+    def round_trips(self) -> int:
+        """Statements or transactions this store ran on its pool, each attempt counted (for
+        benchmarks; a guarded write's read and its statement count one, the listener's reads none)."""
+        return self._round_trips
 
     @property
     def notifications_received(self) -> int:
@@ -1120,6 +1127,7 @@ class PostgresStore(Store):
         while True:
             tries += 1
             attempt = _Attempt()
+            self._round_trips += 1
             try:
                 with self._boundary(attempt):
                     conn = await pool.getconn()
