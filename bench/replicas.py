@@ -751,11 +751,12 @@ def _plural(n: int) -> str:
     return f"{n} replica{'s' if n > 1 else ''}"
 
 
-def add_rows(result: Result, all_figures: Sequence[dict[str, Any]]) -> None:
+def add_rows(result: Result, all_figures: Sequence[dict[str, Any]], mode: str = "") -> None:
+    """The rows of one store mode (``mode``: its options, named in each row; "" for the default)."""
     base = all_figures[0]
     for f in all_figures:
         n = f["replicas"]
-        head = f"PostgreSQL, {_plural(n)}"
+        head = f"PostgreSQL, {_plural(n)}" + (f" ({mode})" if mode else "")
         within = n <= WAKE_P99_GOAL_UP_TO
         result.add(
             Row(
@@ -897,29 +898,50 @@ async def run_async(ctx: Context) -> Result:
         f" stop in {w.stop_share:.0%} of turns and a delete in {w.delete_share:.0%};"
         f" turns ~{w.think:g} s apart (exponential), idle_stop_after={w.idle_stop_after:g} s; start build"
         f" {w.start_delay:g} s, agent reports {w.agent_delay:g} s apart, stop build {w.stop_delay:g} s;"
-        f" measured over {w.window:g} s after {w.warmup:g} s; store mode: {mode}"
+        f" measured over {w.window:g} s after {w.warmup:g} s; store modes: default"
+        + (f" and {mode}, interleaved per replica count" if options else "")
     )
-    all_figures = []
+    # With store options, both modes run, interleaved per replica count (default, then the
+    # options), so that the other load of a shared machine falls on both alike.
+    modes: list[tuple[str, list[str]]] = [("", [])] + ([(mode, list(options))] if options else [])
+    by_mode: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in modes}
     for n in counts:
-        raw = await _run_config_once_more(result, ctx.pg_url, n, w, options)
-        f = figures(raw)
-        all_figures.append(f)
-        print(
-            f"  measured {_plural(n)}: {f['events_per_s']:.0f} events/s, wake p99 {common.fmt(f['wake_p99_ms'], 'ms')}",
-            flush=True,
-        )
-    model = cpu_model(all_figures)
-    result.data = {"mode": mode, "workload": asdict(w), "figures": all_figures, "cpu_model": model}
-    add_rows(result, all_figures)
-    text = table(all_figures)
-    print(text, flush=True)
-    result.note("the table (R = replica processes; per-replica figures are means):\n\n" + text + "\n")
-    if model is not None:
+        for label, opts in modes:
+            raw = await _run_config_once_more(result, ctx.pg_url, n, w, opts)
+            f = figures(raw)
+            by_mode[label].append(f)
+            print(
+                f"  measured {_plural(n)} ({label or 'default'}): {f['events_per_s']:.0f} events/s,"
+                f" wake p99 {common.fmt(f['wake_p99_ms'], 'ms')}",
+                flush=True,
+            )
+    all_figures = by_mode[""]
+    models = {label or "default": cpu_model(figs) for label, figs in by_mode.items()}
+    model = models["default"]
+    result.data = {
+        "mode": mode,
+        "workload": asdict(w),
+        "figures": all_figures,
+        "cpu_model": model,
+        "modes": {label or "default": figs for label, figs in by_mode.items()},
+        "cpu_models": models,
+    }
+    for label, figs in by_mode.items():
+        add_rows(result, figs, label)
+        text = table(figs)
+        print(f"{label or 'default'}:\n{text}", flush=True)
         result.note(
-            f"fit of a replica's CPU over the runs: {model['heard_ms_per_event']:.2f} ms per event of the"
-            f" whole system (heard: listener, pump, deadlines) + {model['own_ms_per_event']:.2f} ms per"
-            " event of its own chats"
+            f"the table, store mode {label or 'default'} (R = replica processes; per-replica figures are"
+            f" means):\n\n{text}\n"
         )
+        fit = models[label or "default"]
+        if fit is not None:
+            result.note(
+                f"fit of a replica's CPU, store mode {label or 'default'}: {fit['heard_ms_per_event']:.2f} ms"
+                " per event of the whole system (heard: listener, pump, deadlines) +"
+                f" {fit['own_ms_per_event']:.2f} ms per event of its own chats"
+            )
+    all_figures = [f for figs in by_mode.values() for f in figs]
     errors = [e for f in all_figures for e in f["errors"]]
     if errors:
         result.note(f"{len(errors)} failed calls, e.g. {errors[0]}")

@@ -129,22 +129,33 @@ def plot_replicas(out: Path, doc: dict[str, Any]) -> Path | None:
     except ImportError:
         return None
     data = doc["benchmarks"]["replicas"]["data"]
+    modes: dict[str, list[dict[str, Any]]] = data.get("modes") or {"default": figures}
     rs = [f["replicas"] for f in figures]
     fig, (cpu, notes, wake) = plt.subplots(1, 3, figsize=(14, 4.2), dpi=110)
-    cpu.plot(rs, [f["replica_cpu_percent"] for f in figures], "o-", label="per replica")
-    cpu.plot(rs, [f["replicas"] * f["replica_cpu_percent"] for f in figures], "s--", label="all replicas")
-    cpu.plot(rs, [f["backend_cpu_percent"] for f in figures], "^:", label="our PostgreSQL backends")
+    for i, (label, figs) in enumerate(modes.items()):
+        line = "-" if i == 0 else "--"
+        mrs = [f["replicas"] for f in figs]
+        cpu.plot(mrs, [f["replica_cpu_percent"] for f in figs], "o" + line, label=f"per replica, {label}")
+        cpu.plot(
+            mrs,
+            [f["replicas"] * f["replica_cpu_percent"] for f in figs],
+            "s" + line,
+            label=f"all replicas, {label}",
+        )
+        notes.plot(
+            mrs,
+            [f["notifications_per_replica_per_s"] or 0 for f in figs],
+            "o" + line,
+            label=f"received per replica, {label}",
+        )
+        wake.plot(mrs, [f["wake_p50_ms"] for f in figs], "o" + line, label=f"p50, {label}")
+        wake.plot(mrs, [f["wake_p99_ms"] for f in figs], "s" + line, label=f"p99, {label}")
     cpu.set_ylabel("% of one core")
     cpu.set_title("CPU")
-    notes.plot(
-        rs, [f["notifications_per_replica_per_s"] or 0 for f in figures], "o-", label="received per replica"
-    )
-    notes.plot(rs, [f["notifies_per_s"] for f in figures], "s--", label="NOTIFYs sent")
+    notes.plot(rs, [f["notifies_per_s"] for f in figures], ":", label="NOTIFYs sent")
     notes.plot(rs, [f["notifies_per_s"] / f["replicas"] for f in figures], ":", label="a replica's share")
     notes.set_ylabel("notifications/s")
     notes.set_title("notifications")
-    wake.plot(rs, [f["wake_p50_ms"] for f in figures], "o-", label="p50")
-    wake.plot(rs, [f["wake_p99_ms"] for f in figures], "s-", label="p99")
     wake.set_yscale("log")
     wake.set_ylabel("commit → answer in another process (ms, log)")
     wake.set_title("wake-up latency")
@@ -158,7 +169,7 @@ def plot_replicas(out: Path, doc: dict[str, Any]) -> Path | None:
     events = sum(f["events_per_s"] for f in figures) / len(figures)
     cores = doc["benchmarks"]["replicas"].get("machine", {}).get("cpu_count", "?")
     fig.suptitle(
-        f"{w['workspaces']} workspaces, {events:.0f} events/s, store mode {data['mode']}, on {cores} cores"
+        f"{w['workspaces']} workspaces, {events:.0f} events/s, store modes {', '.join(modes)}, on {cores} cores"
     )
     fig.tight_layout()
     path = out / "replicas.png"
