@@ -1,4 +1,4 @@
-"""9. Replicas: 1, 2, 4 and 8 replica processes on one PostgreSQL under one steady workload.
+"""10. Replicas: 1, 2, 4 and 8 replica processes on one PostgreSQL under one steady workload.
 
 Each configuration runs in a fresh schema (dropped afterwards) with the same workload:
 
