@@ -32,6 +32,7 @@ from .clock import Clock, as_clock
 from .errors import (
     BuildConflictError,
     CallerError,
+    CorruptStateError,
     LeaseLostError,
     NotFoundError,
     StoreClosedError,
@@ -191,17 +192,22 @@ async def holding(
                 return
             except StoreClosedError:
                 return
-            except StoreError as exc:
+            except (StoreError, CorruptStateError) as exc:
                 log.warning("provisioner: build %s: lease not renewed: %s", build.build_id, exc)
                 continue
             held.renewals += 1
 
+    failure: Exception | None = None
     async with anyio.create_task_group() as tg:
         tg.start_soon(heartbeat, tg.cancel_scope)
         try:
             yield held
+        except Exception as exc:  # re-raised below as itself, not inside an exception group
+            failure = exc
         finally:
             tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
 
 
 async def retrying(
