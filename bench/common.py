@@ -136,6 +136,16 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+async def calls_per_second(call: Callable[[], Awaitable[Any]], seconds: float) -> float:
+    """Calls per second of ``call``, one after another, for ``seconds``."""
+    count, started = 0, time.perf_counter()
+    deadline = started + seconds
+    while time.perf_counter() < deadline:
+        await call()
+        count += 1
+    return count / (time.perf_counter() - started)
+
+
 def pct(values: Sequence[float], q: float) -> float:
     """The ``q`` quantile (0..1) with linear interpolation; ``values`` must not be empty."""
     ordered = sorted(values)

@@ -16,8 +16,6 @@ the slack writes nothing; against one ``get_chat`` read (the one read a touch al
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 
@@ -77,16 +75,6 @@ async def idle_cpu(url: str, n: int, seconds: float) -> dict[str, float]:
     return out
 
 
-async def _rate(call: Callable[[], Awaitable[Any]], seconds: float) -> float:
-    """Calls per second of ``call``, one after another, for ``seconds``."""
-    count, started = 0, time.perf_counter()
-    deadline = started + seconds
-    while time.perf_counter() < deadline:
-        await call()
-        count += 1
-    return count / (time.perf_counter() - started)
-
-
 async def touch_cost(url: str, seconds: float) -> dict[str, float]:
     clock = wl.VirtualClock(start=time.time())
     out: dict[str, float] = {}
@@ -110,13 +98,13 @@ async def touch_cost(url: str, seconds: float) -> dict[str, float]:
             await store.get_chat(chat)
 
         head = await store.head()
-        out["writing"] = await _rate(moving, seconds)
+        out["writing"] = await common.calls_per_second(moving, seconds)
         out["events_per_writing_touch"] = (await store.head() - head) / max(1.0, out["writing"] * seconds)
-        out["report_agent"] = await _rate(report, seconds)
+        out["report_agent"] = await common.calls_per_second(report, seconds)
         head = await store.head()
-        out["coalesced"] = await _rate(coalesced, seconds)
+        out["coalesced"] = await common.calls_per_second(coalesced, seconds)
         out["coalesced_writes"] = await store.head() - head
-        out["get_chat"] = await _rate(read, seconds)
+        out["get_chat"] = await common.calls_per_second(read, seconds)
     return out
 
 

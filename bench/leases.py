@@ -12,9 +12,8 @@ one when it wakes (one indexed row); it must fail nothing. The baseline is the s
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 
@@ -25,15 +24,6 @@ from . import common
 from .common import Context, CountingStore, Result, Row
 
 LEASE, EVERY, MINUTES = 30.0, 10.0, 10
-
-
-async def _rate(call: Callable[[], Awaitable[Any]], seconds: float) -> float:
-    count, started = 0, time.perf_counter()
-    deadline = started + seconds
-    while time.perf_counter() < deadline:
-        await call()
-        count += 1
-    return count / (time.perf_counter() - started)
 
 
 async def renewal_cost(url: str, seconds: float) -> dict[str, float]:
@@ -54,9 +44,9 @@ async def renewal_cost(url: str, seconds: float) -> dict[str, float]:
             await store.report_agent(done.workspace_id, "ready")
 
         head = await store.head()
-        out = {"renew": await _rate(renew, seconds)}
+        out = {"renew": await common.calls_per_second(renew, seconds)}
         out["renew_events"] = await store.head() - head
-        out["report_agent"] = await _rate(report, seconds)
+        out["report_agent"] = await common.calls_per_second(report, seconds)
     return out
 
 
@@ -94,11 +84,9 @@ def run(ctx: Context) -> Result:
     urls = []
     if ctx.local:
         urls += [("memory", "memory://"), ("SQLite", f"sqlite:///{ctx.tmp / f'leases-{time.time_ns()}.db'}")]
-    schemas = []
-    if ctx.pg_url:
-        schemas.append(common.pg_schema(ctx.pg_url))
-        urls.append(("PostgreSQL", schemas[0].__enter__()))
-    try:
+    with contextlib.ExitStack() as stack:
+        if ctx.pg_url:
+            urls.append(("PostgreSQL", stack.enter_context(common.pg_schema(ctx.pg_url))))
         for label, url in urls:
             cost = anyio.run(renewal_cost, url, seconds, backend="asyncio")
             result.data[f"renewal_{label}"] = cost
@@ -134,7 +122,4 @@ def run(ctx: Context) -> Result:
                     ),
                 )
             )
-    finally:
-        for schema in schemas:
-            schema.__exit__(None, None, None)
     return result
