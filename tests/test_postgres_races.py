@@ -151,6 +151,49 @@ async def test_a_guard_that_waited_decides_again_on_the_new_rows(pg_schema_url: 
         assert facts.agent is not None and facts.agent.lifecycle is AgentLifecycle.READY
 
 
+async def test_an_expiry_decided_before_a_renewal_committed_does_not_pass(pg_schema_url: str) -> None:
+    """The reaper reads a due lease while the worker's renewal is in flight (held open before
+    its commit); the expiry must not fail the build the renewal just kept: it waits for the
+    row, finds it changed (a renewal bumps the workspace's version) and decides again, on the
+    renewed lease, to do nothing."""
+    clock = wl.VirtualClock(start=2_000_000_000.0)
+    async with (
+        wl.open_store(pg_schema_url, clock=clock) as worker,
+        wl.open_store(pg_schema_url, clock=clock) as reaper,
+    ):
+        assert isinstance(worker, PostgresStore)
+        ws = await make_workspace(worker, "c1")
+        build = await worker.claim_build("w", lease_seconds=30)
+        assert build is not None and build.workspace_id == ws and build.lease_token is not None
+        clock.advance(29)
+        entered, release = anyio.Event(), anyio.Event()
+
+        async def hold() -> None:
+            entered.set()
+            await release.wait()
+
+        worker._before_commit = hold
+        expired: list[wl.Build | None] = []
+
+        async def expire() -> None:
+            expired.append(await reaper.expire_lease(build.build_id, build.lease_token or ""))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                functools.partial(worker.renew_lease, build.build_id, build.lease_token, lease_seconds=30)
+            )
+            await entered.wait()  # the renewal's statement ran; its commit waits
+            worker._before_commit = None
+            clock.advance(1)  # the lease as committed so far is due now
+            tg.start_soon(expire)  # reads the old lease, decides "expire", waits for the row
+            await anyio.sleep(0.3)
+            assert not expired  # still waiting for the renewal's row lock
+            release.set()
+        assert expired == [None]
+        stored = await reaper.get_build(build.build_id)
+        assert stored.status is JobStatus.RUNNING and stored.lease_expires_at == 2_000_000_000.0 + 59
+
+
 async def test_a_guard_that_waited_for_a_winner_refuses(pg_schema_url: str) -> None:
     """Two stops on one expected build: the second, decided on the same rows, waits for the
     first (held open) and then refuses, answering with the winner's build."""
