@@ -287,6 +287,49 @@ class TestExpiry:
         assert retry is not None and retry.number == 2 and retry.lease_token != build.lease_token
 
 
+class TestFinishedWithoutTheLease:
+    """A build finished by another party, without its lease (an operator, a tool): its worker
+    lost the lease (``LeaseLostError``, as :class:`~workspace_lifecycle.errors.LeaseLostError`
+    and ``Held.lost`` say), and :func:`~workspace_lifecycle.holding` stops its work."""
+
+    async def test_its_holder_can_no_longer_finish_or_report(self, store: wl.Store) -> None:
+        build = await claimed(store)
+        token = build.lease_token
+        assert token is not None
+        await store.finish_build(build.build_id, JobStatus.SUCCEEDED)  # not by its worker
+        before = await snapshot(store, build.workspace_id)
+        with pytest.raises(wl.LeaseLostError):
+            await store.finish_build(build.build_id, JobStatus.SUCCEEDED, lease=token)
+        with pytest.raises(wl.LeaseLostError):
+            await store.report_agent(build.workspace_id, AgentLifecycle.READY, lease=token)
+        with pytest.raises(wl.LeaseLostError):
+            await store.renew_lease(build.build_id, token)
+        assert await snapshot(store, build.workspace_id) == before
+
+    async def test_holding_stops_the_work(self, store: wl.Store, clock: wl.VirtualClock) -> None:
+        build = await claimed(store)
+        with anyio.fail_after(5):
+            async with wl.holding(store, build, lease_seconds=LEASE, clock=clock) as held:
+                await anyio.sleep(0.01)  # its heartbeat sleeps until the first renewal
+                await store.finish_build(build.build_id, JobStatus.FAILED, "canceled by an operator")
+                clock.advance(LEASE / 3)  # the next renewal is refused
+                await anyio.sleep_forever()
+        assert held.lost
+
+    async def test_holding_keeps_the_work_whose_own_finish_landed(
+        self, store: wl.Store, clock: wl.VirtualClock
+    ) -> None:
+        build = await claimed(store)
+        with anyio.fail_after(5):
+            async with wl.holding(store, build, lease_seconds=LEASE, clock=clock) as held:
+                await anyio.sleep(0.01)  # its heartbeat sleeps until the first renewal
+                await store.finish_build(build.build_id, JobStatus.SUCCEEDED, lease=held.token)
+                clock.advance(LEASE / 3)  # the next renewal is refused: the build is done
+                for _ in range(20):
+                    await anyio.sleep(0.005)
+        assert not held.lost
+
+
 class TestReaper:
     async def test_it_sleeps_until_the_expiry_and_fails_the_build_once(
         self, store: wl.Store, clock: wl.VirtualClock
