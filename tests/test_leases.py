@@ -7,8 +7,11 @@ workspace's facts and the log's head before and after.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sqlite3
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import anyio
 import attrs
@@ -328,6 +331,55 @@ class TestFinishedWithoutTheLease:
                 for _ in range(20):
                     await anyio.sleep(0.005)
         assert not held.lost
+
+
+class TestMigration:
+    """A database of the schema before leases, with a build in flight (its worker claimed it
+    under the old code): after the migration that build has a lease too, so a reaper fails it
+    if no worker finishes it. Without one it would stay ``running`` for ever (the scan that
+    used to fail it is gone), its workspace ``building``, no new build possible."""
+
+    async def _in_flight(self, url: str) -> wl.Build:
+        async with wl.open_store(url) as store:
+            return await claimed(store)
+
+    async def _expired_by_a_reaper_later(self, url: str, build: wl.Build) -> None:
+        later = wl.VirtualClock(start=T0)  # long after the migration's wall-clock time
+        async with wl.open_store(url, clock=later) as store:
+            lease = await store.next_lease_expiry()
+            assert lease is not None and lease.build_id == build.build_id
+            async with wl.LeaseReaper(store, clock=later) as reaper:
+                await until(store, lambda: reaper.expired == 1)
+            stored = await store.get_build(build.build_id)
+            assert stored.status is JobStatus.FAILED and "lost its lease" in (stored.error or "")
+
+    async def test_sqlite(self, tmp_path: Path) -> None:
+        from workspace_lifecycle.adapters.sqlite import SCHEMA_VERSION
+
+        url = f"sqlite:///{tmp_path}/old.db"
+        build = await self._in_flight(url)
+        with contextlib.closing(sqlite3.connect(tmp_path / "old.db", isolation_level=None)) as conn:
+            conn.execute("DROP INDEX builds_by_lease")
+            conn.execute("ALTER TABLE builds DROP COLUMN lease_token")
+            conn.execute("ALTER TABLE builds DROP COLUMN lease_expires_at")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+        await self._expired_by_a_reaper_later(url, build)
+
+    @pytest.mark.postgres
+    async def test_postgres(self, pg_schema_url: str) -> None:
+        import psycopg
+
+        from workspace_lifecycle.adapters.postgres import SCHEMA_VERSION
+
+        build = await self._in_flight(pg_schema_url)
+        base, _, query = pg_schema_url.partition("?")
+        schema = query.removeprefix("schema=")
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute("SELECT set_config('search_path', %s, false)", (f'"{schema}"',))
+            conn.execute("DROP INDEX builds_lease")
+            conn.execute("ALTER TABLE builds DROP COLUMN lease_token, DROP COLUMN lease_expires_at")
+            conn.execute("DELETE FROM schema_migrations WHERE version = %s", (SCHEMA_VERSION,))
+        await self._expired_by_a_reaper_later(pg_schema_url, build)
 
 
 class TestReaper:
