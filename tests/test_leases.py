@@ -333,6 +333,14 @@ class TestFinishedWithoutTheLease:
         assert not held.lost
 
 
+async def test_holding_raises_the_works_own_error_as_itself(store: wl.Store) -> None:
+    """Not inside an exception group: ``except StoreError`` around it still catches it."""
+    build = await claimed(store)
+    with pytest.raises(wl.StoreUnavailableError, match="the work's own"):
+        async with wl.holding(store, build):
+            raise wl.StoreUnavailableError("the work's own error")
+
+
 class TestMigration:
     """A database of the schema before leases, with a build in flight (its worker claimed it
     under the old code): after the migration that build has a lease too, so a reaper fails it

@@ -196,12 +196,17 @@ async def holding(
                 continue
             held.renewals += 1
 
+    failed: list[Exception] = []
     async with anyio.create_task_group() as tg:
         tg.start_soon(heartbeat, tg.cancel_scope)
         try:
             yield held
+        except Exception as exc:  # raised below, as itself: not inside an exception group
+            failed.append(exc)
         finally:
             tg.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
 
 
 async def retrying(
