@@ -341,6 +341,28 @@ async def test_holding_raises_the_works_own_error_as_itself(store: wl.Store) -> 
             raise wl.StoreUnavailableError("the work's own error")
 
 
+async def test_holding_keeps_a_lease_through_two_failed_renewals(
+    store: wl.Store, clock: wl.VirtualClock
+) -> None:
+    """docs/provisioners.md: "two renewals in a row may fail (a database restart) before a live
+    one loses its lease"."""
+    from workspace_lifecycle._provisioner_kit import _Observed
+
+    build = await claimed(store)
+    observed = _Observed(store)  # its renewals can be cut off, as a partition would
+    observed.cut_off.add(build.build_id)
+    with anyio.fail_after(5):
+        async with wl.holding(observed, build, lease_seconds=LEASE, clock=clock) as held:
+            for _ in range(12):  # two leases, a sixth at a time
+                await anyio.sleep(0.02)
+                if sum(c.outcome == "cut off" for c in observed.log) >= 2:
+                    observed.cut_off.discard(build.build_id)  # the database is back
+                clock.advance(LEASE / 6)
+            await anyio.sleep(0.02)
+    assert not held.lost and held.renewals >= 1
+    assert (await store.get_build(build.build_id)).status is JobStatus.RUNNING
+
+
 class TestMigration:
     """A database of the schema before leases, with a build in flight (its worker claimed it
     under the old code): after the migration that build has a lease too, so a reaper fails it
