@@ -369,9 +369,9 @@ class TestMigration:
     if no worker finishes it. Without one it would stay ``running`` for ever (the scan that
     used to fail it is gone), its workspace ``building``, no new build possible."""
 
-    async def _in_flight(self, url: str) -> wl.Build:
+    async def _in_flight(self, url: str, chat: str = "c1") -> wl.Build:
         async with wl.open_store(url) as store:
-            return await claimed(store)
+            return await claimed(store, chat)
 
     async def _expired_by_a_reaper_later(self, url: str, build: wl.Build) -> None:
         later = wl.VirtualClock(start=T0)  # long after the migration's wall-clock time
@@ -383,17 +383,43 @@ class TestMigration:
             stored = await store.get_build(build.build_id)
             assert stored.status is JobStatus.FAILED and "lost its lease" in (stored.error or "")
 
-    async def test_sqlite(self, tmp_path: Path) -> None:
-        from workspace_lifecycle.adapters.sqlite import SCHEMA_VERSION
+    async def _finished_by_old_code_then_others_expire(self, url: str) -> None:
+        """The old code's worker finished its build (its UPDATE leaves the lease columns): that
+        row's lease is no one's to expire, and must not hold up the next one's expiry."""
+        later = wl.VirtualClock(start=T0)
+        async with wl.open_store(url, clock=later) as store:
+            other = await claimed(store, "c4")
+            async with wl.LeaseReaper(store, clock=later) as reaper:
+                later.advance(LEASE)
+                await until(store, lambda: reaper.expired == 1)
+            assert (await store.get_build(other.build_id)).status is JobStatus.FAILED
+            assert await store.next_lease_expiry() is None
 
+    async def test_sqlite(self, tmp_path: Path) -> None:
         url = f"sqlite:///{tmp_path}/old.db"
         build = await self._in_flight(url)
+        self._sqlite_downgrade(tmp_path / "old.db")
+        await self._expired_by_a_reaper_later(url, build)
+
+    async def test_sqlite_finished_by_old_code(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path}/old.db"
+        build = await self._in_flight(url)
+        self._sqlite_downgrade(tmp_path / "old.db")
+        async with wl.open_store(url):  # migrates
+            pass
         with contextlib.closing(sqlite3.connect(tmp_path / "old.db", isolation_level=None)) as conn:
+            conn.execute("UPDATE builds SET status = 'succeeded' WHERE build_id = ?", (build.build_id,))
+        await self._finished_by_old_code_then_others_expire(url)
+
+    @staticmethod
+    def _sqlite_downgrade(path: Path) -> None:
+        from workspace_lifecycle.adapters.sqlite import SCHEMA_VERSION
+
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
             conn.execute("DROP INDEX builds_by_lease")
             conn.execute("ALTER TABLE builds DROP COLUMN lease_token")
             conn.execute("ALTER TABLE builds DROP COLUMN lease_expires_at")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
-        await self._expired_by_a_reaper_later(url, build)
 
     @pytest.mark.postgres
     async def test_postgres(self, pg_schema_url: str) -> None:
@@ -410,6 +436,11 @@ class TestMigration:
             conn.execute("ALTER TABLE builds DROP COLUMN lease_token, DROP COLUMN lease_expires_at")
             conn.execute("DELETE FROM schema_migrations WHERE version = %s", (SCHEMA_VERSION,))
         await self._expired_by_a_reaper_later(pg_schema_url, build)
+        build = await self._in_flight(pg_schema_url, "c3")  # another, finished as the old code does
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute("SELECT set_config('search_path', %s, false)", (f'"{schema}"',))
+            conn.execute("UPDATE builds SET status = 'succeeded' WHERE build_id = %s", (build.build_id,))
+        await self._finished_by_old_code_then_others_expire(pg_schema_url)
 
 
 class TestReaper:

@@ -2123,7 +2123,8 @@ class PostgresStore(Store):
         async def body(conn: Conn) -> Lease | None:
             cur = await conn.execute(
                 "SELECT build_id, workspace_id, worker, lease_token, lease_expires_at FROM builds"
-                " WHERE lease_expires_at IS NOT NULL AND build_id <> ALL(%s::text[])"
+                " WHERE lease_expires_at IS NOT NULL AND status IN ('running', 'canceling')"
+                " AND build_id <> ALL(%s::text[])"
                 " ORDER BY lease_expires_at LIMIT 1",
                 (passed,),
             )
