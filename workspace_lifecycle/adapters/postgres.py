@@ -2123,7 +2123,7 @@ class PostgresStore(Store):
         async def body(conn: Conn) -> Lease | None:
             cur = await conn.execute(
                 "SELECT build_id, workspace_id, worker, lease_token, lease_expires_at FROM builds"
-                " WHERE lease_expires_at IS NOT NULL AND status IN ('running', 'canceling')"
+                " WHERE lease_expires_at IS NOT NULL AND status NOT IN ('succeeded', 'failed', 'canceled')"
                 " AND build_id <> ALL(%s::text[])"
                 " ORDER BY lease_expires_at LIMIT 1",
                 (passed,),

@@ -1065,7 +1065,7 @@ class SQLiteStore(Store):
         def fn(conn: sqlite3.Connection) -> Lease | None:
             row = conn.execute(
                 "SELECT build_id, workspace_id, worker, lease_token, lease_expires_at FROM builds"
-                " WHERE lease_expires_at IS NOT NULL AND status IN ('running', 'canceling')"
+                " WHERE lease_expires_at IS NOT NULL AND status NOT IN ('succeeded', 'failed', 'canceled')"
                 " AND build_id NOT IN (SELECT value FROM json_each(?))"
                 " ORDER BY lease_expires_at LIMIT 1",
                 (json.dumps(passed),),
