@@ -7,8 +7,11 @@ workspace's facts and the log's head before and after.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sqlite3
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import anyio
 import attrs
@@ -285,6 +288,159 @@ class TestExpiry:
         assert (await store.request_build(ws, Transition.START, expected_build_number=1)).fired
         retry = await store.claim_build("rescuer")
         assert retry is not None and retry.number == 2 and retry.lease_token != build.lease_token
+
+
+class TestFinishedWithoutTheLease:
+    """A build finished by another party, without its lease (an operator, a tool): its worker
+    lost the lease (``LeaseLostError``, as :class:`~workspace_lifecycle.errors.LeaseLostError`
+    and ``Held.lost`` say), and :func:`~workspace_lifecycle.holding` stops its work."""
+
+    async def test_its_holder_can_no_longer_finish_or_report(self, store: wl.Store) -> None:
+        build = await claimed(store)
+        token = build.lease_token
+        assert token is not None
+        await store.finish_build(build.build_id, JobStatus.SUCCEEDED)  # not by its worker
+        before = await snapshot(store, build.workspace_id)
+        with pytest.raises(wl.LeaseLostError):
+            await store.finish_build(build.build_id, JobStatus.SUCCEEDED, lease=token)
+        with pytest.raises(wl.LeaseLostError):
+            await store.report_agent(build.workspace_id, AgentLifecycle.READY, lease=token)
+        with pytest.raises(wl.LeaseLostError):
+            await store.renew_lease(build.build_id, token)
+        assert await snapshot(store, build.workspace_id) == before
+
+    async def test_holding_stops_the_work(self, store: wl.Store, clock: wl.VirtualClock) -> None:
+        build = await claimed(store)
+        with anyio.fail_after(5):
+            async with wl.holding(store, build, lease_seconds=LEASE, clock=clock) as held:
+                await anyio.sleep(0.01)  # its heartbeat sleeps until the first renewal
+                await store.finish_build(build.build_id, JobStatus.FAILED, "canceled by an operator")
+                clock.advance(LEASE / 3)  # the next renewal is refused
+                await anyio.sleep_forever()
+        assert held.lost
+
+    async def test_holding_keeps_the_work_whose_own_finish_landed(
+        self, store: wl.Store, clock: wl.VirtualClock
+    ) -> None:
+        build = await claimed(store)
+        with anyio.fail_after(5):
+            async with wl.holding(store, build, lease_seconds=LEASE, clock=clock) as held:
+                await anyio.sleep(0.01)  # its heartbeat sleeps until the first renewal
+                await store.finish_build(build.build_id, JobStatus.SUCCEEDED, lease=held.token)
+                clock.advance(LEASE / 3)  # the next renewal is refused: the build is done
+                for _ in range(20):
+                    await anyio.sleep(0.005)
+        assert not held.lost
+
+
+async def test_holding_raises_the_works_own_error_as_itself(store: wl.Store) -> None:
+    """Not inside an exception group: ``except StoreError`` around it still catches it."""
+    build = await claimed(store)
+    with pytest.raises(wl.StoreUnavailableError, match="the work's own"):
+        async with wl.holding(store, build):
+            raise wl.StoreUnavailableError("the work's own error")
+
+
+async def test_holding_keeps_a_lease_through_two_failed_renewals(
+    store: wl.Store, clock: wl.VirtualClock
+) -> None:
+    """docs/provisioners.md: "two renewals in a row may fail (a database restart) before a live
+    one loses its lease"."""
+    from workspace_lifecycle._provisioner_kit import _Observed
+
+    build = await claimed(store)
+    observed = _Observed(store)  # its renewals can be cut off, as a partition would
+    observed.cut_off.add(build.build_id)
+    with anyio.fail_after(5):
+        async with wl.holding(observed, build, lease_seconds=LEASE, clock=clock) as held:
+            for _ in range(12):  # two leases, a sixth at a time
+                await anyio.sleep(0.02)
+                if sum(c.outcome == "cut off" for c in observed.log) >= 2:
+                    observed.cut_off.discard(build.build_id)  # the database is back
+                clock.advance(LEASE / 6)
+            await anyio.sleep(0.02)
+    assert not held.lost and held.renewals >= 1
+    assert (await store.get_build(build.build_id)).status is JobStatus.RUNNING
+
+
+class TestMigration:
+    """A database of the schema before leases, with a build in flight (its worker claimed it
+    under the old code): after the migration that build has a lease too, so a reaper fails it
+    if no worker finishes it. Without one it would stay ``running`` for ever (the scan that
+    used to fail it is gone), its workspace ``building``, no new build possible."""
+
+    async def _in_flight(self, url: str, chat: str = "c1") -> wl.Build:
+        async with wl.open_store(url) as store:
+            return await claimed(store, chat)
+
+    async def _expired_by_a_reaper_later(self, url: str, build: wl.Build) -> None:
+        later = wl.VirtualClock(start=T0)  # long after the migration's wall-clock time
+        async with wl.open_store(url, clock=later) as store:
+            lease = await store.next_lease_expiry()
+            assert lease is not None and lease.build_id == build.build_id
+            async with wl.LeaseReaper(store, clock=later) as reaper:
+                await until(store, lambda: reaper.expired == 1)
+            stored = await store.get_build(build.build_id)
+            assert stored.status is JobStatus.FAILED and "lost its lease" in (stored.error or "")
+
+    async def _finished_by_old_code_then_others_expire(self, url: str) -> None:
+        """The old code's worker finished its build (its UPDATE leaves the lease columns): that
+        row's lease is no one's to expire, and must not hold up the next one's expiry."""
+        later = wl.VirtualClock(start=T0)
+        async with wl.open_store(url, clock=later) as store:
+            other = await claimed(store, "c4")
+            async with wl.LeaseReaper(store, clock=later) as reaper:
+                later.advance(LEASE)
+                await until(store, lambda: reaper.expired == 1)
+            assert (await store.get_build(other.build_id)).status is JobStatus.FAILED
+            assert await store.next_lease_expiry() is None
+
+    async def test_sqlite(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path}/old.db"
+        build = await self._in_flight(url)
+        self._sqlite_downgrade(tmp_path / "old.db")
+        await self._expired_by_a_reaper_later(url, build)
+
+    async def test_sqlite_finished_by_old_code(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path}/old.db"
+        build = await self._in_flight(url)
+        self._sqlite_downgrade(tmp_path / "old.db")
+        async with wl.open_store(url):  # migrates
+            pass
+        with contextlib.closing(sqlite3.connect(tmp_path / "old.db", isolation_level=None)) as conn:
+            conn.execute("UPDATE builds SET status = 'succeeded' WHERE build_id = ?", (build.build_id,))
+        await self._finished_by_old_code_then_others_expire(url)
+
+    @staticmethod
+    def _sqlite_downgrade(path: Path) -> None:
+        from workspace_lifecycle.adapters.sqlite import SCHEMA_VERSION
+
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute("DROP INDEX builds_by_lease")
+            conn.execute("ALTER TABLE builds DROP COLUMN lease_token")
+            conn.execute("ALTER TABLE builds DROP COLUMN lease_expires_at")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+
+    @pytest.mark.postgres
+    async def test_postgres(self, pg_schema_url: str) -> None:
+        import psycopg
+
+        from workspace_lifecycle.adapters.postgres import SCHEMA_VERSION
+
+        build = await self._in_flight(pg_schema_url)
+        base, _, query = pg_schema_url.partition("?")
+        schema = query.removeprefix("schema=")
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute("SELECT set_config('search_path', %s, false)", (f'"{schema}"',))
+            conn.execute("DROP INDEX builds_lease")
+            conn.execute("ALTER TABLE builds DROP COLUMN lease_token, DROP COLUMN lease_expires_at")
+            conn.execute("DELETE FROM schema_migrations WHERE version = %s", (SCHEMA_VERSION,))
+        await self._expired_by_a_reaper_later(pg_schema_url, build)
+        build = await self._in_flight(pg_schema_url, "c3")  # another, finished as the old code does
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute("SELECT set_config('search_path', %s, false)", (f'"{schema}"',))
+            conn.execute("UPDATE builds SET status = 'succeeded' WHERE build_id = %s", (build.build_id,))
+        await self._finished_by_old_code_then_others_expire(pg_schema_url)
 
 
 class TestReaper:

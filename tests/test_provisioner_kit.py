@@ -30,7 +30,8 @@ async def test_the_simulated_provisioner_passes(store: wl.Store) -> None:
 class Careless(wl.SimulatedProvisioner):
     """A provisioner that breaks one rule, by name: ``no_renewal`` (claims and finishes but
     never renews), ``no_token`` (finishes without its lease token), ``stubborn`` (refused
-    for a lost lease, it finishes the build again without the token)."""
+    for a lost lease, it finishes the build again without the token), ``unfenced_report``
+    (refused for a lost lease, it reports the agent anyway, without the token)."""
 
     def __init__(self, store: wl.Store, *, fault: str, worker: str, lease_seconds: float) -> None:
         super().__init__(store, worker=worker, lease_seconds=lease_seconds, reap_leases=False)
@@ -53,6 +54,9 @@ class Careless(wl.SimulatedProvisioner):
                 try:
                     await self.store.finish_build(build.build_id, wl.JobStatus.SUCCEEDED, lease=token)
                 except wl.LeaseLostError:
+                    if self.fault == "unfenced_report":
+                        await self.store.report_agent(build.workspace_id, wl.AgentLifecycle.READY)
+                        return
                     with contextlib.suppress(wl.BuildConflictError):
                         await self.store.finish_build(build.build_id, wl.JobStatus.FAILED, "once more")
                     return
@@ -76,6 +80,7 @@ class Careless(wl.SimulatedProvisioner):
         ("no_renewal", "renewal: the start build finished failed"),
         ("no_token", "create: build .* was not finished with its lease token"),
         ("stubborn", "lost lease: finish_build for the lost build carried no lease token"),
+        ("unfenced_report", "lost lease: after its lease was lost, report_agent landed"),
     ],
 )
 async def test_it_names_the_rule_a_provisioner_breaks(fault: str, message: str) -> None:

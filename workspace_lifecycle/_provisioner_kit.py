@@ -356,10 +356,19 @@ class _Kit:
             self.observed.cut_off.discard(build.build_id)
             release.set()
         await anyio.sleep(2 * self.lease_seconds)  # what the provisioner still does for the build
+        # Its agent reports: with its token, or with none (no other build of the workspace is
+        # in flight until the retry, and an unfenced report would land).
         after = [
             c
             for c in self.observed.log[lost_at:]
-            if c.build_id == build.build_id or (c.method == "report_agent" and c.lease == claimed.lease_token)
+            if c.build_id == build.build_id
+            or (
+                c.method == "report_agent"
+                and (
+                    c.lease == claimed.lease_token
+                    or (c.lease is None and c.workspace_id == self.workspace_id)
+                )
+            )
         ]
         landed = [c for c in after if c.outcome == "ok"]
         if landed:

@@ -158,7 +158,8 @@ async def holding(
     """Work on ``build`` under its lease: renew it every third of ``lease_seconds`` (on
     ``clock``) while the body runs, including while the body's own store writes wait, and
     cancel the body if the lease is lost (then ``held.lost`` is true after the block). A
-    transient store error skips one renewal (two may fail in a row before the lease runs out).
+    renewal that fails on a store error is tried again after half the interval (two may fail
+    in a row and the lease is still renewed before it runs out).
     Once the build is finished under this lease, renewals end quietly::
 
         async with holding(store, build, lease_seconds=30) as held:
@@ -179,8 +180,9 @@ async def holding(
         return False
 
     async def heartbeat(scope: anyio.CancelScope) -> None:
+        pause = interval
         while True:
-            await ticks.sleep_until(ticks() + interval)
+            await ticks.sleep_until(ticks() + pause)
             try:
                 await store.renew_lease(build.build_id, held.token, lease_seconds=lease_seconds)
             except (LeaseLostError, NotFoundError) as exc:
@@ -194,7 +196,11 @@ async def holding(
                 return
             except (StoreError, CorruptStateError) as exc:
                 log.warning("provisioner: build %s: lease not renewed: %s", build.build_id, exc)
+                # Retried sooner: a third renewal a whole interval later would come as the
+                # lease runs out, so two failures in a row would lose it.
+                pause = interval / 2
                 continue
+            pause = interval
             held.renewals += 1
 
     failure: Exception | None = None

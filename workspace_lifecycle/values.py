@@ -273,7 +273,8 @@ class Build:
     #: Why the build was fired: a request, or a deadline (idle stop, retention delete).
     reason: Reason = attrs.field(default=Reason.REQUEST, validator=attrs.validators.instance_of(Reason))
     #: The fencing token of the claim (set by ``claim_build``; kept once the build finished,
-    #: so its worker can go on reporting the agent the build made; cleared when it expired).
+    #: so its worker can go on reporting the agent the build made; cleared when it expired or
+    #: was finished without it).
     lease_token: str | None = None
     #: When the claim's lease runs out unless renewed (store time); ``None`` once finished.
     lease_expires_at: float | None = None

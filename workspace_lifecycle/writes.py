@@ -376,6 +376,10 @@ def finish_build(
     if lease is not None:
         _check_lease(build, lease, at=at)
     done = build.finished_as(parse_status(status), error, has_agent=has_agent, details=details)
+    if lease is None and done.lease_token is not None:
+        # Finished by another party, not under its lease: its worker lost the lease (it can
+        # no longer finish, report or renew with it, and holding() stops its work).
+        done = attrs.evolve(done, lease_token=None)
     events = [
         _event(
             EventKind.BUILD_FINISHED,

@@ -255,9 +255,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX workspaces_deadline ON workspaces (deadline_at) WHERE deadline_at IS NOT NULL;
     """,
     # 5: leases: a claimed build's fencing token and when its lease runs out (only in flight).
+    # A build in flight now was claimed without one: it gets a lease of the old reaper's
+    # stale_after (900 s, wall clock), so a reaper fails it if its worker never finishes it.
     """
     ALTER TABLE builds ADD COLUMN lease_token text, ADD COLUMN lease_expires_at double precision;
     CREATE INDEX builds_lease ON builds (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+    UPDATE builds SET lease_token = md5(build_id || random()::text || clock_timestamp()::text),
+        lease_expires_at = extract(epoch FROM clock_timestamp()) + 900
+        WHERE status IN ('running', 'canceling');
     """,
 )
 
@@ -2118,7 +2123,8 @@ class PostgresStore(Store):
         async def body(conn: Conn) -> Lease | None:
             cur = await conn.execute(
                 "SELECT build_id, workspace_id, worker, lease_token, lease_expires_at FROM builds"
-                " WHERE lease_expires_at IS NOT NULL AND build_id <> ALL(%s::text[])"
+                " WHERE lease_expires_at IS NOT NULL AND status NOT IN ('succeeded', 'failed', 'canceled')"
+                " AND build_id <> ALL(%s::text[])"
                 " ORDER BY lease_expires_at LIMIT 1",
                 (passed,),
             )

@@ -213,9 +213,14 @@ ALTER TABLE log_state DROP COLUMN head
     " ALTER TABLE builds ADD COLUMN reason TEXT NOT NULL DEFAULT 'request';"
     " CREATE INDEX workspaces_by_deadline ON workspaces (deadline_at) WHERE deadline_at IS NOT NULL",
     # Leases: a claimed build's fencing token and when its lease runs out (only while in flight).
+    # A build in flight now was claimed without one: it gets a lease of the old reaper's
+    # stale_after (900 s, wall clock), so a reaper fails it if its worker never finishes it.
     4: "ALTER TABLE builds ADD COLUMN lease_token TEXT;"
     " ALTER TABLE builds ADD COLUMN lease_expires_at REAL;"
-    " CREATE INDEX builds_by_lease ON builds (lease_expires_at) WHERE lease_expires_at IS NOT NULL",
+    " CREATE INDEX builds_by_lease ON builds (lease_expires_at) WHERE lease_expires_at IS NOT NULL;"
+    " UPDATE builds SET lease_token = lower(hex(randomblob(16))),"
+    " lease_expires_at = (julianday('now') - 2440587.5) * 86400.0 + 900"
+    " WHERE status IN ('running', 'canceling')",
 }
 
 _ACCEPTED = "sqlite:///relative/path.db or sqlite:////absolute/path.db"
@@ -1060,7 +1065,8 @@ class SQLiteStore(Store):
         def fn(conn: sqlite3.Connection) -> Lease | None:
             row = conn.execute(
                 "SELECT build_id, workspace_id, worker, lease_token, lease_expires_at FROM builds"
-                " WHERE lease_expires_at IS NOT NULL AND build_id NOT IN (SELECT value FROM json_each(?))"
+                " WHERE lease_expires_at IS NOT NULL AND status NOT IN ('succeeded', 'failed', 'canceled')"
+                " AND build_id NOT IN (SELECT value FROM json_each(?))"
                 " ORDER BY lease_expires_at LIMIT 1",
                 (json.dumps(passed),),
             ).fetchone()
