@@ -4,6 +4,7 @@ that misbehaves on purpose.
     python process_workspace.py serve PORT [DELAY]   wait DELAY s, then answer HTTP on 127.0.0.1:PORT
     python process_workspace.py exit CODE [DELAY]    print two lines, wait DELAY s, exit with CODE
     python process_workspace.py idle                 never listen (sleep until signalled)
+    python process_workspace.py deaf PORT            as serve, but SIGTERM is ignored (SIGKILL ends it)
 
 ``serve`` answers ``GET /`` with the workspace's environment variables that start with
 ``WL_PARAM_`` and its ``PORT``, as JSON, so a test sees what reached the process.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import signal
 import sys
 import time
 
@@ -34,6 +36,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 def main(argv: list[str]) -> int:
     mode = argv[0]
+    if mode == "deaf":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        mode = "serve"
     if mode == "serve":
         time.sleep(float(argv[2]) if len(argv) > 2 else 0.0)
         server = http.server.HTTPServer(("127.0.0.1", int(argv[1])), Handler)

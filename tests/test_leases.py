@@ -363,6 +363,29 @@ async def test_holding_keeps_a_lease_through_two_failed_renewals(
     assert (await store.get_build(build.build_id)).status is JobStatus.RUNNING
 
 
+async def test_holding_stops_a_worker_cut_off_past_its_lease(store: wl.Store, clock: wl.VirtualClock) -> None:
+    """Every renewal fails (the store cannot be reached): once the lease has run out by the
+    worker's clock, the work is cancelled without waiting to hear it from the store, since a
+    reaper may already have failed the build and another worker be retrying it."""
+    from workspace_lifecycle._provisioner_kit import _Observed
+
+    build = await claimed(store)
+    observed = _Observed(store)
+    observed.cut_off.add(build.build_id)
+    reached = []
+    with anyio.fail_after(5):
+        async with wl.holding(observed, build, lease_seconds=LEASE, clock=clock) as held:
+            for _ in range(5):  # to just before the lease runs out: the work goes on
+                await anyio.sleep(0.02)
+                clock.advance(LEASE / 6)
+            await anyio.sleep(0.02)
+            reached.append(clock())
+            clock.advance(LEASE / 6)  # the lease's end, with no renewal landed
+            await anyio.sleep_forever()
+    assert held.lost and reached == [T0 + 5 * LEASE / 6]
+    assert sum(c.outcome == "cut off" for c in observed.log) >= 2
+
+
 class TestMigration:
     """A database of the schema before leases, with a build in flight (its worker claimed it
     under the old code): after the migration that build has a lease too, so a reaper fails it

@@ -265,6 +265,34 @@ async def test_kill_9_of_a_ready_workspace_turns_its_agent_off(
             assert (await lc.delete_workspace("c1", owner=OWNER)).data["deleted"] is True
 
 
+async def test_a_stop_whose_lease_is_lost_still_kills_a_process_deaf_to_sigterm(
+    store: wl.Store, lc: wl.Lifecycle, provisioner: Factory, root: Path
+) -> None:
+    """The stop build's lease is lost while it waits out the SIGTERM grace (its renewals cut
+    off, as a partition would): the work is cancelled, but the process it was ending must not
+    outlive it: the SIGKILL after the grace still comes."""
+    from workspace_lifecycle._provisioner_kit import _Observed
+
+    observed = _Observed(store)
+    prov = provisioner(observed, command("deaf", "{port}"), lease_seconds=0.6, stop_grace=2.0)
+    with anyio.fail_after(30):
+        async with prov:
+            await lc.create_workspace("c1", owner=OWNER, name="dev")
+            assert await lc.state("c1") is wl.WorkspaceState.AGENT_READY
+            ws = await workspace_id(store, "c1")
+            pid = state_of(root, ws)["pid"]
+            stop = await lc.stop_workspace("c1", owner=OWNER, wait=False)
+            build_id = stop.data["build_id"]
+            observed.cut_off.add(build_id)
+            while (stored := await store.get_build(build_id)).status is not wl.JobStatus.FAILED:
+                head = await store.head()  # the expiry is a write: it moves the log
+                if (await store.get_build(build_id)).status is not wl.JobStatus.FAILED:
+                    await store.wait_for_change(head)
+            assert "lost its lease" in (stored.error or "")
+            await dead(pid)  # within the grace and the kill: dead() waits up to 5 s
+            assert not running(pid) and prov.leases_lost == 1
+
+
 async def test_a_restarted_provisioner_adopts_what_runs_and_reports_what_died(
     store: wl.Store, lc: wl.Lifecycle, provisioner: Factory, root: Path
 ) -> None:

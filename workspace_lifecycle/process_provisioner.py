@@ -347,10 +347,16 @@ class ProcessProvisioner(BackgroundService):
         self.leases_lost += 1
         proc = self._procs.get(build.workspace_id)
         log.warning("process provisioner: build %s: lease lost; its work is stopped", build.build_id)
-        if proc is not None and proc.build_number == build.number:
+        if proc is None:
+            return
+        if proc.build_number == build.number:  # spawned for this start build
             proc.build_done.set()
-            with anyio.CancelScope(shield=True):
-                await self._end(proc)
+        elif build.transition is Transition.START:
+            return  # an older process, not this build's to end
+        # A start build's process, or one a stop or delete build was ending when the lease
+        # went (its SIGKILL after the grace must still come): end it.
+        with anyio.CancelScope(shield=True):
+            await self._end(proc)
 
     async def _start(self, build: Build, held: Held, tg: anyio.abc.TaskGroup) -> tuple[_Proc, str] | None:
         """Spawn the workspace's process and finish the build; the process whose agent is now

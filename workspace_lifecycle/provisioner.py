@@ -159,7 +159,9 @@ async def holding(
     ``clock``) while the body runs, including while the body's own store writes wait, and
     cancel the body if the lease is lost (then ``held.lost`` is true after the block). A
     renewal that fails on a store error is tried again after half the interval (two may fail
-    in a row and the lease is still renewed before it runs out).
+    in a row and the lease is still renewed before it runs out); a worker cut off from the
+    store until its lease ran out (on ``clock``: it must read the store's time) stops too,
+    without waiting to hear it from the store.
     Once the build is finished under this lease, renewals end quietly::
 
         async with holding(store, build, lease_seconds=30) as held:
@@ -171,35 +173,53 @@ async def holding(
     held = Held(build)
     ticks = as_clock(clock)
     interval = lease_seconds / 3
+    # Until when the lease surely holds, on our clock: from the claim, then from the moment
+    # each renewal that landed was sent. A worker cut off from the store past it stops.
+    valid_until = build.lease_expires_at if build.lease_expires_at is not None else ticks() + lease_seconds
 
     async def finished_by_us() -> bool:
-        """A renewal was refused: because the body's finish landed, or because the lease is lost?"""
-        with contextlib.suppress(StoreError, CallerError):
-            stored = await store.get_build(build.build_id)
+        """A renewal was refused: because the body's finish landed, or because the lease is
+        lost? Asked a few times over a short while if the store is briefly unavailable."""
+        for _ in range(3):
+            try:
+                stored = await store.get_build(build.build_id)
+            except (StoreError, CallerError):
+                await ticks.sleep_until(ticks() + interval / 6)
+                continue
             return stored.status.finished and stored.lease_token == held.token
         return False
 
+    def lose(why: object) -> None:
+        log.warning("provisioner: build %s: lease lost (%s); stopping its work", build.build_id, why)
+        held.lost = True
+
     async def heartbeat(scope: anyio.CancelScope) -> None:
+        nonlocal valid_until
         pause = interval
         while True:
-            await ticks.sleep_until(ticks() + pause)
+            await ticks.sleep_until(min(ticks() + pause, valid_until))
+            sent = ticks()
             try:
                 await store.renew_lease(build.build_id, held.token, lease_seconds=lease_seconds)
             except (LeaseLostError, NotFoundError) as exc:
                 if await finished_by_us():
                     return
-                log.warning("provisioner: build %s: lease lost (%s); stopping its work", build.build_id, exc)
-                held.lost = True
+                lose(exc)
                 scope.cancel()
                 return
             except StoreClosedError:
                 return
             except (StoreError, CorruptStateError) as exc:
+                if ticks() >= valid_until:
+                    lose(f"no renewal landed before it ran out: {exc}")
+                    scope.cancel()
+                    return
                 log.warning("provisioner: build %s: lease not renewed: %s", build.build_id, exc)
                 # Retried sooner: a third renewal a whole interval later would come as the
                 # lease runs out, so two failures in a row would lose it.
                 pause = interval / 2
                 continue
+            valid_until = sent + lease_seconds
             pause = interval
             held.renewals += 1
 
