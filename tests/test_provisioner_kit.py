@@ -24,7 +24,6 @@ def simulated(store: wl.Store, *, worker: str, lease_seconds: float) -> wl.Simul
 async def test_the_simulated_provisioner_passes(store: wl.Store) -> None:
     report = await check_provisioner(simulated, store, lease_seconds=LEASE)
     assert len(report.builds) == 8 and all(n >= 2 for n in report.renewals.values()), report
-    assert report.refused_after_loss >= 1  # it tried, with its token, and was refused
 
 
 class Careless(wl.SimulatedProvisioner):
