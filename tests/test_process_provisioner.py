@@ -305,6 +305,8 @@ async def test_a_restarted_provisioner_adopts_what_runs_and_reports_what_died(
         ws1, ws2 = await workspace_id(store, "c1"), await workspace_id(store, "c2")
         pid1, pid2 = state_of(root, ws1)["pid"], state_of(root, ws2)["pid"]
         assert not gone(pid1) and not gone(pid2)
+        latest = (await store.workspace_facts(ws1)).latest_build
+        assert latest is not None and state_of(root, ws1)["lease"] == latest.lease_token  # kept for adoption
         os.kill(pid2, signal.SIGKILL)
         await dead(pid2)
         assert await lc.state("c2") is wl.WorkspaceState.AGENT_READY  # nobody watches: not yet known

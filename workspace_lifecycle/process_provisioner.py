@@ -604,7 +604,9 @@ class ProcessProvisioner(BackgroundService):
                 self._mark_ended(path, None, "ended while no provisioner watched", state=state)
                 continue
             popen = _KEPT.pop(pid, None)
-            lease = build.lease_token if build is not None and build.number == state["build_number"] else None
+            lease = state.get("lease") if isinstance(state.get("lease"), str) else None
+            if lease is None and build is not None and build.number == state["build_number"]:
+                lease = build.lease_token  # a state file written before leases
             proc = _Proc(workspace_id, pid, pidfd, ticks, state["port"], state["build_number"], popen, lease)
             proc.built = True
             proc.ready = bool(ours and agent is not None and agent.lifecycle is AgentLifecycle.READY)
@@ -639,6 +641,7 @@ class ProcessProvisioner(BackgroundService):
             "start_ticks": proc.start_ticks,
             "port": proc.port,
             "build_number": proc.build_number,
+            "lease": proc.lease,  # its build's fencing token: its agent reports carry it, after a restart too
             "argv": list(argv),
             "started_at": time.time(),
             "ended": None,
