@@ -55,7 +55,7 @@ import attrs
 from . import writes
 from ._service import BackgroundService
 from .adapters.base import DEFAULT_LEASE_SECONDS, Store
-from .errors import BuildConflictError, CallerError, LeaseLostError, StoreClosedError, StoreError
+from .errors import CallerError, StoreClosedError, StoreError
 from .provisioner import Held, claims, holding, retrying
 from .reaper import LeaseReaper
 from .values import AgentLifecycle, Build, JobStatus, Transition
@@ -707,28 +707,14 @@ class ProcessProvisioner(BackgroundService):
         *,
         has_agent: bool = False,
     ) -> bool:
-        """Finish the held build; False if it had been finished already (by a reaper, say) or
-        the lease was lost (then ``held.lost``)."""
-        build = held.build
+        """Finish the held build (:meth:`Held.finish`); False if another party had finished it
+        (a reaper, say) or the lease was lost (then ``held.lost``)."""
         try:
-            await self._retrying(
-                lambda: self.store.finish_build(
-                    build.build_id, status, error, has_agent=has_agent, details=details, lease=held.token
-                ),
-                until_it_lands=True,
+            return await held.finish(
+                self.store, status, error, has_agent=has_agent, details=details, retries=self.retries
             )
-        except LeaseLostError as exc:
-            held.lost = True
-            log.warning("process provisioner: build %s: %s", build.build_id, exc)
-            return False
-        except BuildConflictError:
-            # An earlier attempt committed although its caller saw an error, or another
-            # party finished it: the stored outcome is the one that counts.
-            stored = await self.store.get_build(build.build_id)
-            return stored.status is status
         finally:
             self.builds_done += 1
-        return True
 
     async def _retrying(self, call: Callable[[], Awaitable[object]], *, until_it_lands: bool = False) -> None:
         await retrying(call, retries=self.retries, max_delay=2.0, until_it_lands=until_it_lands)

@@ -146,6 +146,40 @@ class Held:
         assert self.build.lease_token is not None, "a claimed build has a lease"
         return self.build.lease_token
 
+    async def finish(
+        self,
+        store: Store,
+        status: JobStatus,
+        error: str | None = None,
+        *,
+        has_agent: bool = False,
+        details: Mapping[str, Any] | None = None,
+        retries: int = 8,
+        max_delay: float = 2.0,
+    ) -> bool:
+        """Finish the build under this lease, retrying transient failures however long the store
+        stays busy (a build left running because one write failed would never finish). True if
+        the build ended ``status``; False if the lease was lost (then :attr:`lost`) or another
+        party finished it otherwise. A conflict is otherwise an earlier attempt that committed
+        although its caller saw an error: the stored outcome is the one that counts."""
+        build_id = self.build.build_id
+        try:
+            await retrying(
+                lambda: store.finish_build(
+                    build_id, status, error, has_agent=has_agent, details=details, lease=self.token
+                ),
+                retries=retries,
+                max_delay=max_delay,
+                until_it_lands=True,
+            )
+        except LeaseLostError as exc:
+            self.lost = True
+            log.warning("provisioner: build %s: %s", build_id, exc)
+            return False
+        except BuildConflictError:
+            return (await store.get_build(build_id)).status is status
+        return True
+
 
 @contextlib.asynccontextmanager
 async def holding(
@@ -380,23 +414,15 @@ class SimulatedProvisioner(BackgroundService):
         has_agent: bool,
         details: Mapping[str, Any] | None = None,
     ) -> None:
-        # A conflict means an earlier attempt committed although its caller saw an error (or
-        # the lease was lost: then the build is another worker's). Until then the finish is
-        # retried however long the store stays busy: a build left running because one write
-        # failed never finishes.
-        build = held.build
-        try:
-            await self._retrying(
-                lambda: self.store.finish_build(
-                    build.build_id, status, error, has_agent=has_agent, details=details, lease=held.token
-                ),
-                until_it_lands=True,
-            )
-        except LeaseLostError as exc:
-            held.lost = True
-            log.warning("provisioner: build %s: %s", build.build_id, exc)
-        except BuildConflictError:
-            pass
+        await held.finish(
+            self.store,
+            status,
+            error,
+            has_agent=has_agent,
+            details=details,
+            retries=self.retries,
+            max_delay=self.max_retry_delay,
+        )
         self.builds_done += 1
 
     async def _retrying(self, call: Callable[[], Awaitable[object]], *, until_it_lands: bool = False) -> None:

@@ -11,6 +11,9 @@ Install the ``test`` extra (it brings Hypothesis). Four tools:
 * :func:`make_lifecycle_machine` builds a ``RuleBasedStateMachine`` that drives a
   :class:`~workspace_lifecycle.runtime.Lifecycle` over *your* store (any async context manager
   factory), optionally with your provisioner, and checks SPEC's invariants after every step.
+* :func:`check_provisioner` checks *your* provisioner against the provisioner protocol (claims
+  once, finishes and reports with its lease token, renews its lease while it works, gives up on
+  a build whose lease it lost, honours stop and delete); its docstring shows a pytest test.
 
 Hypothesis' stateful tests are synchronous; the machine runs the store, the runtime and the
 provisioner on an event loop of their own behind an ``anyio.from_thread`` blocking portal, so
@@ -31,22 +34,7 @@ Example (a pytest module)::
     )
     TestSimulated = Simulated.TestCase
 
-* :func:`check_provisioner` checks *your* provisioner against the provisioner protocol (claims
-  once, finishes and reports with its lease token, renews its lease while it works, gives up on
-  a build whose lease it lost, honours stop and delete)::
-
-      from workspace_lifecycle.testing import check_provisioner
-
-      async def test_my_provisioner(tmp_path):
-          async with wl.open_store(f"sqlite:///{tmp_path}/kit.db") as store:
-              await check_provisioner(
-                  lambda store, *, worker, lease_seconds: MyProvisioner(
-                      store, worker=worker, lease_seconds=lease_seconds
-                  ),
-                  store,
-              )
-
-The store factory must return a *fresh, empty* store on every call (one per example), e.g.
+The store factory of :func:`make_lifecycle_machine` must return a *fresh, empty* store on every call (one per example), e.g.
 ``lambda: wl.open_store(f"sqlite:///{tmp}/{uuid.uuid4().hex}.db")``.
 """
 

@@ -350,6 +350,16 @@ class Lease:
     token: str
     expires_at: float
 
+    @classmethod
+    def read(
+        cls, build_id: str, workspace_id: str, worker: str | None, token: object, expires_at: object
+    ) -> Lease:
+        """A lease from a build row's columns (one with an expiry); corrupt ones raise
+        :class:`~workspace_lifecycle.errors.CorruptStateError` naming the row."""
+        checked_token, checked_expiry = parse_lease(token, expires_at, key=build_id)
+        assert checked_token is not None and checked_expiry is not None, "a row with an expiry"
+        return cls(build_id, workspace_id, worker, checked_token, checked_expiry)
+
 
 @attrs.frozen
 class Agent:
