@@ -43,6 +43,7 @@ from .values import (
 
 __all__ = [
     "Write",
+    "applied",
     "check_lease_seconds",
     "claim_build",
     "create_workspace",
@@ -76,6 +77,24 @@ class Write:
     workspace: Workspace | None = None
     chat: Chat | None = None
     agent: Agent | None = None
+
+
+def applied(facts: WorkspaceFacts, write: Write, head: int) -> WorkspaceFacts:
+    """The facts ``facts`` become once ``write`` (decided on them) committed with its last event
+    at ``head``: what every store persists, applied to the values instead of the rows.
+
+    A queued build becomes the latest; an update of the latest build replaces it; the
+    workspace and the agent are replaced when the write carries them.
+    """
+    latest, build = facts.latest_build, write.build
+    if build is not None and (write.queued or (latest is not None and latest.build_id == build.build_id)):
+        latest = build
+    return WorkspaceFacts(
+        write.workspace or facts.workspace,
+        latest,
+        write.agent if write.agent is not None else facts.agent,
+        head if write.events else facts.seq,
+    )
 
 
 def _event(

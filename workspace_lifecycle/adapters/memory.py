@@ -1,50 +1,36 @@
 """The in-memory store: one process, nothing kept. For tests and for users who keep nothing.
 
-Each method runs without an await between its read and its write, so on one event loop it is a
-transaction; that is what makes its compare-and-set exact. Works on asyncio and trio.
+:class:`MemoryDriver` runs each plan without an await between its read and its write, so on
+one event loop it is a transaction: that is what makes its compare-and-set exact (its guard
+never finds the rows changed). Works on asyncio and trio.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import TypeVar
 
 import attrs
 
 from .. import writes
 from ..errors import CursorExpiredError, NotFoundError, StoreClosedError
-from ..values import (
-    Agent,
-    AgentLifecycle,
-    Build,
-    Chat,
-    Deadline,
-    JobStatus,
-    Lease,
-    Policy,
-    StoreEvent,
-    Transition,
-    Workspace,
-    WorkspaceFacts,
-)
-from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Doorbell, Outcome, Store
+from ..values import Agent, Build, Chat, JobStatus, Lease, StoreEvent, Workspace, WorkspaceFacts
+from .base import ArmedDeadlines, ChatRow, Doorbell
+from .driver import Driver, Plan, Read, ReadKind, Retry, Rows
+from .store import DriverStore
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryDriver", "MemoryStore"]
+
+T = TypeVar("T")
 
 
-class MemoryStore(Store):
-    """Chats, workspaces, builds, agents and the event log in dictionaries.
-
-    >>> store = MemoryStore()
-    >>> store.url
-    'memory://'
-    """
+class MemoryDriver(Driver):
+    """Chats, workspaces, builds, agents and the event log in dictionaries."""
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self.url = "memory://"
-        self._clock = clock
+        self.clock = clock
         self._closed = False
         self._chats: dict[str, Chat] = {}
         self._workspaces: dict[str, Workspace] = {}
@@ -65,10 +51,49 @@ class MemoryStore(Store):
         if self._closed:
             raise StoreClosedError("the memory store is closed")
 
-    # --- helpers ---------------------------------------------------------------------------
+    # --- writes ----------------------------------------------------------------------------------
 
-    def _persist(self, write: writes.Write) -> None:
-        """Apply one decided write: its rows, then its events numbered in order."""
+    async def transact(self, plan: Plan[T]) -> T | Retry:
+        self._check()
+        decided = plan.decide(self._read(plan.read))
+        if decided.write is None:
+            return decided.answer(0)
+        return decided.answer(self._persist(decided.write))
+
+    def _read(self, read: Read) -> Rows:
+        kind = read.kind
+        if kind is ReadKind.WORKSPACE:
+            facts = self._facts_or_none(read.key)
+            chat = self._chats.get(facts.workspace.chat_id) if facts is not None and read.related else None
+            return Rows.of_facts(facts, chat)
+        if kind is ReadKind.BUILD:
+            build = self._builds.get(read.key)
+            if build is None:
+                return Rows()
+            ws = self._workspaces[build.workspace_id]
+            return Rows(self._chats.get(ws.chat_id), None, build, ws)
+        if kind is ReadKind.PENDING:
+            build = self._oldest_pending()
+            return (
+                Rows() if build is None else Rows(build=build, workspace=self._workspaces[build.workspace_id])
+            )
+        chat = self._chats.get(read.key)
+        bound = chat.workspace_id if chat is not None and read.related else None
+        return Rows(chat, None if bound is None else self._facts_or_none(bound))
+
+    def _oldest_pending(self) -> Build | None:
+        """Oldest pending first, without scanning every build ever made (a claim per build
+        would otherwise cost O(builds), quadratic over a run). Entries that left ``pending``
+        are dropped as they come up."""
+        while self._pending:
+            build = self._builds[next(iter(self._pending))]
+            if build.status is JobStatus.PENDING:
+                return build
+            del self._pending[build.build_id]
+        return None
+
+    def _persist(self, write: writes.Write) -> int:
+        """Apply one decided write: its rows, then its events numbered in order; the head."""
         if write.workspace is not None:
             self._workspaces[write.workspace.workspace_id] = write.workspace
         if write.chat is not None:
@@ -79,6 +104,8 @@ class MemoryStore(Store):
             if write.queued:
                 self._latest[build.workspace_id] = build.build_id
                 self._pending[build.build_id] = None
+            elif build.status is not JobStatus.PENDING:
+                self._pending.pop(build.build_id, None)
             if build.lease_expires_at is not None:
                 self._leased[build.build_id] = None
             else:
@@ -89,11 +116,12 @@ class MemoryStore(Store):
         for offset, event in enumerate(write.events, 1):
             self._events.append(_numbered(event, head + offset))
         self._doorbell.saw(head + len(write.events))
+        return self._doorbell.head
 
-    def _facts(self, workspace_id: str) -> WorkspaceFacts:
+    def _facts_or_none(self, workspace_id: str) -> WorkspaceFacts | None:
         ws = self._workspaces.get(workspace_id)
         if ws is None:
-            raise NotFoundError(f"no workspace {workspace_id!r}")
+            return None
         build_id = self._latest.get(workspace_id)
         return WorkspaceFacts(
             workspace=ws,
@@ -102,26 +130,7 @@ class MemoryStore(Store):
             seq=self._doorbell.head,
         )
 
-    # --- chats and workspaces --------------------------------------------------------------
-
-    async def register_chat(
-        self,
-        chat_id: str,
-        owner: str,
-        *,
-        policy: Policy | None = None,
-        default_policy: Policy | None = None,
-    ) -> Chat:
-        self._check()
-        existing = self._chats.get(chat_id)
-        chat = writes.register_chat(
-            existing, chat_id, owner, policy=policy, default=default_policy or Policy()
-        )
-        if chat is None:
-            assert existing is not None
-            return existing
-        self._chats[chat_id] = chat
-        return chat
+    # --- reads -----------------------------------------------------------------------------------
 
     async def get_chat(self, chat_id: str) -> Chat | None:
         self._check()
@@ -129,7 +138,10 @@ class MemoryStore(Store):
 
     async def workspace_facts(self, workspace_id: str) -> WorkspaceFacts:
         self._check()
-        return self._facts(workspace_id)
+        facts = self._facts_or_none(workspace_id)
+        if facts is None:
+            raise NotFoundError(f"no workspace {workspace_id!r}")
+        return facts
 
     async def get_build(self, build_id: str) -> Build:
         self._check()
@@ -137,84 +149,6 @@ class MemoryStore(Store):
         if build is None:
             raise NotFoundError(f"no build {build_id!r}")
         return build
-
-    async def create_workspace(
-        self,
-        chat_id: str,
-        name: str,
-        *,
-        expected_workspace_id: str | None,
-        parameters: Mapping[str, str] | None = None,
-    ) -> Outcome:
-        self._check()
-        chat = self._chats.get(chat_id)
-        if chat is None:
-            raise NotFoundError(f"no chat {chat_id!r}")
-        write = writes.create_workspace(
-            chat,
-            expected_workspace_id=expected_workspace_id,
-            workspace_id=str(uuid.uuid4()),
-            build_id=str(uuid.uuid4()),
-            name=name,
-            at=self._clock(),
-            parameters=parameters,
-            replaced=self._facts(expected_workspace_id) if expected_workspace_id else None,
-        )
-        if write is None:
-            assert chat.workspace_id is not None
-            return Outcome(fired=False, build=None, facts=self._facts(chat.workspace_id))
-        self._persist(write)
-        assert write.workspace is not None
-        return Outcome(fired=True, build=write.build, facts=self._facts(write.workspace.workspace_id))
-
-    async def request_build(
-        self,
-        workspace_id: str,
-        transition: Transition,
-        *,
-        expected_build_number: int,
-        parameters: Mapping[str, str] | None = None,
-    ) -> Outcome:
-        self._check()
-        facts = self._facts(workspace_id)
-        chat = self._chats.get(facts.workspace.chat_id)
-        write = writes.request_build(
-            facts,
-            chat=chat,
-            transition=transition,
-            expected_build_number=expected_build_number,
-            build_id=str(uuid.uuid4()),
-            at=self._clock(),
-            parameters=parameters,
-        )
-        if write is None:
-            return Outcome(fired=False, build=None, facts=facts)
-        self._persist(write)
-        return Outcome(fired=True, build=write.build, facts=self._facts(workspace_id))
-
-    async def touch(self, workspace_id: str) -> Deadline | None:
-        self._check()
-        facts = self._facts(workspace_id)
-        chat = self._chats.get(facts.workspace.chat_id)
-        write = writes.touch(facts, chat.policy if chat else Policy(), at=self._clock())
-        if write is not None:
-            self._persist(write)
-        return self._workspaces[workspace_id].deadline
-
-    async def fire_deadline(self, workspace_id: str, expected: Deadline) -> Outcome:
-        self._check()
-        facts = self._facts(workspace_id)
-        write = writes.fire_deadline(
-            facts,
-            chat=self._chats.get(facts.workspace.chat_id),
-            expected=expected,
-            build_id=str(uuid.uuid4()),
-            at=self._clock(),
-        )
-        if write is None:
-            return Outcome(fired=False, build=None, facts=facts)
-        self._persist(write)
-        return Outcome(fired=write.build is not None, build=write.build, facts=self._facts(workspace_id))
 
     async def armed_deadlines(self) -> ArmedDeadlines:
         self._check()
@@ -226,48 +160,9 @@ class MemoryStore(Store):
     async def list_chats(self) -> Sequence[ChatRow]:
         self._check()
         return [
-            ChatRow(chat, self._facts(chat.workspace_id) if chat.workspace_id else None)
+            ChatRow(chat, self._facts_or_none(chat.workspace_id) if chat.workspace_id else None)
             for chat in self._chats.values()
         ]
-
-    # --- the provisioner side ---------------------------------------------------------------
-
-    async def claim_build(self, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Build | None:
-        self._check()
-        writes.check_lease_seconds(lease_seconds)
-        # Oldest pending first, without scanning every build ever made (a claim per build would
-        # otherwise cost O(builds), quadratic over a run). Entries finished while pending are
-        # dropped here as they come up.
-        while self._pending:
-            build_id = next(iter(self._pending))
-            del self._pending[build_id]
-            build = self._builds[build_id]
-            if build.status is JobStatus.PENDING:
-                write = writes.claim_build(
-                    build,
-                    self._workspaces[build.workspace_id],
-                    worker=worker,
-                    at=self._clock(),
-                    token=uuid.uuid4().hex,
-                    lease_seconds=lease_seconds,
-                )
-                self._persist(write)
-                return write.build
-        return None
-
-    async def renew_lease(
-        self, build_id: str, token: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
-    ) -> float:
-        self._check()
-        build = self._builds.get(build_id)
-        if build is None:
-            raise NotFoundError(f"no build {build_id!r}")
-        write = writes.renew_lease(
-            build, self._workspaces[build.workspace_id], token, at=self._clock(), lease_seconds=lease_seconds
-        )
-        self._persist(write)
-        assert write.build is not None and write.build.lease_expires_at is not None
-        return write.build.lease_expires_at
 
     async def next_lease_expiry(self, *, skip: Collection[str] = ()) -> Lease | None:
         self._check()
@@ -283,72 +178,7 @@ class MemoryStore(Store):
                 )
         return first
 
-    async def expire_lease(self, build_id: str, token: str) -> Build | None:
-        self._check()
-        build = self._builds.get(build_id)
-        if build is None:
-            return None
-        ws = self._workspaces[build.workspace_id]
-        chat = self._chats.get(ws.chat_id)
-        write = writes.expire_lease(build, ws, token, at=self._clock(), policy=chat.policy if chat else None)
-        if write is None:
-            return None
-        self._persist(write)
-        return write.build
-
-    async def finish_build(
-        self,
-        build_id: str,
-        status: JobStatus | str,
-        error: str | None = None,
-        *,
-        has_agent: bool = True,
-        details: Mapping[str, Any] | None = None,
-        lease: str | None = None,
-    ) -> Build:
-        self._check()
-        status = writes.parse_status(status)
-        build = self._builds.get(build_id)
-        if build is None:
-            raise NotFoundError(f"no build {build_id!r}")
-        ws = self._workspaces[build.workspace_id]
-        chat = self._chats.get(ws.chat_id)
-        write = writes.finish_build(
-            build,
-            ws,
-            status,
-            error,
-            has_agent=has_agent,
-            at=self._clock(),
-            details=details,
-            policy=chat.policy if chat else None,
-            lease=lease,
-        )
-        self._persist(write)
-        assert write.build is not None
-        return write.build
-
-    async def report_agent(
-        self, workspace_id: str, lifecycle: AgentLifecycle | str, *, lease: str | None = None
-    ) -> None:
-        self._check()
-        lifecycle = writes.parse_lifecycle(lifecycle)
-        ws = self._workspaces.get(workspace_id)
-        if ws is None:
-            raise NotFoundError(f"workspace {workspace_id!r} has no agent")
-        latest = self._latest.get(workspace_id)
-        self._persist(
-            writes.report_agent(
-                self._agents.get(workspace_id),
-                ws,
-                lifecycle,
-                at=self._clock(),
-                latest=self._builds[latest] if latest else None,
-                lease=lease,
-            )
-        )
-
-    # --- the event log ----------------------------------------------------------------------
+    # --- the event log ---------------------------------------------------------------------------
 
     async def head(self) -> int:
         self._check()
@@ -379,6 +209,18 @@ class MemoryStore(Store):
             self._pruned_through = self._events[dropped - 1].seq
             self._events = self._events[dropped:]
         return dropped
+
+
+class MemoryStore(DriverStore):
+    """The store over a :class:`MemoryDriver`.
+
+    >>> store = MemoryStore()
+    >>> store.url
+    'memory://'
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(MemoryDriver(clock=clock))
 
 
 _EVENT_FIELDS = tuple(field.name for field in attrs.fields(StoreEvent))

@@ -1,0 +1,225 @@
+"""The driver protocol: what a storage backend implements so that :class:`DriverStore` can be
+written once over it.
+
+Theory of operation
+-------------------
+A store write is always the same three steps inside one transaction: read the rows the
+decision needs, decide with :mod:`workspace_lifecycle.writes` (pure), persist the decided
+:class:`~workspace_lifecycle.writes.Write`. :class:`~workspace_lifecycle.adapters.store.DriverStore`
+holds the middle step for every write, once; a :class:`Driver` holds the other two and nothing
+else. It is handed a :class:`Plan`: which rows to read (a :class:`Read`) and the decision to
+call on them. It reads them in one snapshot, calls the decision, persists the write under a
+guard that makes the read and the write one atomic step (a lock held since the read, or a
+compare-and-set of the versions read), and returns the decision's answer. When the guard finds
+that another writer changed the rows since the read, it writes nothing and returns
+:data:`RETRY`; the store then reads and decides again. A driver decides nothing: it knows no
+rule of :mod:`~workspace_lifecycle.writes`, only rows, SQL (or dictionaries) and its I/O.
+
+Besides :meth:`Driver.transact`, a driver answers the store's plain reads, the event log, the
+wake-ups (:meth:`Driver.wait_for_change`) and the interest in topics. Wrappers (the fault
+injector, the provisioner kit's recorder, the bench's counter) wrap a driver's
+:meth:`~Driver.transact` and reads once, whatever the write.
+
+The driver test suite is :func:`workspace_lifecycle.testing.check_store`: a driver of one's
+own passes it when ``DriverStore(MyDriver())`` does.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable, Collection, Sequence
+from typing import Final, Generic, TypeVar
+
+import attrs
+
+from ..values import Build, Chat, Lease, StoreEvent, Workspace, WorkspaceFacts
+from ..writes import Write
+from .base import ArmedDeadlines, ChatRow, Topic
+
+__all__ = ["RETRY", "Decision", "Driver", "Plan", "Read", "ReadKind", "Retry", "Rows"]
+
+T = TypeVar("T")
+
+
+class ReadKind(enum.Enum):
+    """Which rows a write reads before it decides."""
+
+    #: The chat ``key`` and, when it is bound to one, its workspace's facts.
+    CHAT = "chat"
+    #: The workspace ``key``'s facts (workspace, latest build, agent, head) and its chat.
+    WORKSPACE = "workspace"
+    #: The build ``key``, its workspace and its workspace's chat.
+    BUILD = "build"
+    #: The oldest pending build (claim order) and its workspace; ``key`` is unused.
+    PENDING = "pending"
+
+
+@attrs.frozen
+class Read:
+    """The rows a :class:`Plan` decides on.
+
+    >>> Read.workspace("w1")
+    Read(kind=<ReadKind.WORKSPACE: 'workspace'>, key='w1', related=True)
+    """
+
+    kind: ReadKind
+    key: str = ""
+    #: Whether the decision needs the related rows too: for a WORKSPACE read its chat's row
+    #: (a driver that guards by versions then guards the chat's as well), for a CHAT read the
+    #: facts of the workspace it is bound to.
+    related: bool = True
+
+    @classmethod
+    def of_chat(cls, chat_id: str, *, related: bool = True) -> Read:
+        return cls(ReadKind.CHAT, chat_id, related)
+
+    @classmethod
+    def workspace(cls, workspace_id: str, *, related: bool = True) -> Read:
+        return cls(ReadKind.WORKSPACE, workspace_id, related)
+
+    @classmethod
+    def build(cls, build_id: str) -> Read:
+        return cls(ReadKind.BUILD, build_id)
+
+    @classmethod
+    def pending(cls) -> Read:
+        return cls(ReadKind.PENDING)
+
+
+@attrs.frozen
+class Rows:
+    """What a driver read for a :class:`Read`, in one snapshot; absent rows are ``None``.
+
+    * CHAT: ``chat``, and (when ``related``) ``facts`` of the workspace it is bound to.
+    * WORKSPACE: ``facts`` (``workspace`` is ``facts.workspace``) and ``chat`` (``None`` when
+      the read did not ask for it, or the chat is gone).
+    * BUILD: ``build``, ``workspace`` and ``chat``; ``facts`` when the driver has them at no
+      cost (a row cache), else ``None``.
+    * PENDING: ``build`` and ``workspace``, or neither when nothing is pending.
+    """
+
+    chat: Chat | None = None
+    facts: WorkspaceFacts | None = None
+    build: Build | None = None
+    workspace: Workspace | None = None
+
+    @classmethod
+    def of_facts(cls, facts: WorkspaceFacts | None, chat: Chat | None = None) -> Rows:
+        return cls(chat, facts, None, None if facts is None else facts.workspace)
+
+
+@attrs.frozen
+class Decision(Generic[T]):
+    """A write decided on :class:`Rows`: the ``write`` to persist (``None``: nothing to write)
+    and the caller's answer, given the log's head after the write (for a write that appends
+    events, its last event's ``seq``; 0 when nothing was written)."""
+
+    write: Write | None
+    answer: Callable[[int], T]
+
+
+@attrs.frozen
+class Plan(Generic[T]):
+    """One store write as a driver runs it: read ``read``, call ``decide`` on the rows (pure;
+    it may raise, and then nothing is written), persist the decision's write under a guard.
+
+    ``op`` names the store method (``"request_build"``) and ``lease`` the fencing token the
+    caller passed, for wrappers that count, record or inject faults by write.
+    """
+
+    op: str
+    read: Read
+    decide: Callable[[Rows], Decision[T]]
+    lease: str | None = None
+
+
+class Retry:
+    """The marker :meth:`Driver.transact` returns when its guard found the rows changed."""
+
+    _instance: Retry | None = None
+
+    def __new__(cls) -> Retry:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "RETRY"
+
+
+#: Returned by :meth:`Driver.transact` when another writer changed the rows it read: nothing
+#: was written; read and decide again.
+RETRY: Final = Retry()
+
+
+class Driver(abc.ABC):
+    """A storage backend: rows, SQL (or dictionaries) and I/O, no rule.
+
+    Every method may raise :class:`~workspace_lifecycle.errors.StoreError` (mapped from the
+    backend's own errors at this boundary); methods called after :meth:`aclose` raise
+    :class:`~workspace_lifecycle.errors.StoreClosedError`.
+    """
+
+    #: The URL the driver was opened from (with any password removed).
+    url: str = ""
+    #: The store's wall clock: the time stamped on events and compared with deadlines and
+    #: leases. Read inside :meth:`transact` (by the plan's decision).
+    clock: Callable[[], float]
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect and migrate."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release connections. Idempotent."""
+
+    @abc.abstractmethod
+    async def transact(self, plan: Plan[T]) -> T | Retry:
+        """Run ``plan``: read ``plan.read`` in one snapshot, call ``plan.decide`` on the rows,
+        persist its write (if any) atomically with the read, and return the decision's answer;
+        or write nothing and return :data:`RETRY` when the guard found the rows changed."""
+
+    # --- plain reads ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_chat(self, chat_id: str) -> Chat | None: ...
+
+    @abc.abstractmethod
+    async def workspace_facts(self, workspace_id: str) -> WorkspaceFacts:
+        """The facts in one read; ``NotFoundError`` when there is no such workspace."""
+
+    @abc.abstractmethod
+    async def get_build(self, build_id: str) -> Build:
+        """One build; ``NotFoundError`` when there is none."""
+
+    @abc.abstractmethod
+    async def armed_deadlines(self) -> ArmedDeadlines:
+        """Every armed deadline with the log's head, in one read."""
+
+    @abc.abstractmethod
+    async def list_chats(self) -> Sequence[ChatRow]:
+        """Every chat with its workspace's facts."""
+
+    @abc.abstractmethod
+    async def next_lease_expiry(self, *, skip: Collection[str] = ()) -> Lease | None: ...
+
+    # --- the event log -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def head(self) -> int: ...
+
+    @abc.abstractmethod
+    async def read_events(self, after: int, limit: int = 1000) -> Sequence[StoreEvent]: ...
+
+    @abc.abstractmethod
+    async def wait_for_change(self, after: int) -> None: ...
+
+    @abc.abstractmethod
+    async def prune_events(self, older_than: float) -> int: ...
+
+    def take_interest(self, topic: Topic) -> None:  # noqa: B027 - optional hook
+        """See :meth:`~workspace_lifecycle.adapters.base.Store.take_interest`."""
+
+    def drop_interest(self, topic: Topic) -> None:  # noqa: B027 - optional hook
+        """See :meth:`~workspace_lifecycle.adapters.base.Store.drop_interest`."""
