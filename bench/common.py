@@ -23,13 +23,18 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import AgentLifecycle, JobStatus, Transition
-from workspace_lifecycle.adapters.base import ChatRow, Outcome, Store
+from workspace_lifecycle.adapters.base import Store
+from workspace_lifecycle.adapters.driver import Driver, Plan, Retry, WrappedDriver
+from workspace_lifecycle.adapters.store import DriverStore, as_driver_store
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PG_URL = os.environ.get("WORKSPACE_LIFECYCLE_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -326,14 +331,15 @@ def children(*argvs: Sequence[str]) -> Iterator[list[Child]]:
 # --- a store that counts its calls -----------------------------------------------------------
 
 
-class CountingStore(Store):
-    """Delegates to ``inner`` and counts each call by method name (one call = one transaction
-    or one read; ``wait_for_change`` is counted apart since it is a sleep, not a query)."""
+class CountingStore(DriverStore):
+    """The store ``inner`` with each driver call counted by method name: one write (one try of
+    a transaction, by the store method it serves) or one read; ``wait_for_change`` is counted
+    apart since it is a sleep, not a query. Closing it closes ``inner``."""
 
     def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.url = inner.url
+        self.inner = as_driver_store(inner)
         self.calls: Counter[str] = Counter()
+        super().__init__(_CountingDriver(self.inner.driver, self.calls))
 
     @property
     def queries(self) -> int:
@@ -342,101 +348,19 @@ class CountingStore(Store):
     async def aclose(self) -> None:
         await self.inner.aclose()
 
-    async def register_chat(self, chat_id: str, owner: str, **kw: Any) -> wl.Chat:
-        self.calls["register_chat"] += 1
-        return await self.inner.register_chat(chat_id, owner, **kw)
 
-    async def touch(self, workspace_id: str) -> wl.Deadline | None:
-        self.calls["touch"] += 1
-        return await self.inner.touch(workspace_id)
+class _CountingDriver(WrappedDriver):
+    def __init__(self, inner: Driver, calls: Counter[str]) -> None:
+        super().__init__(inner)
+        self.calls = calls
 
-    async def fire_deadline(self, workspace_id: str, expected: wl.Deadline) -> Outcome:
-        self.calls["fire_deadline"] += 1
-        return await self.inner.fire_deadline(workspace_id, expected)
+    async def around_write(self, plan: Plan[T], call: Callable[[], Awaitable[T | Retry]]) -> T | Retry:
+        self.calls[plan.op] += 1
+        return await call()
 
-    async def armed_deadlines(self) -> wl.ArmedDeadlines:
-        self.calls["armed_deadlines"] += 1
-        return await self.inner.armed_deadlines()
-
-    async def get_chat(self, chat_id: str) -> wl.Chat | None:
-        self.calls["get_chat"] += 1
-        return await self.inner.get_chat(chat_id)
-
-    async def workspace_facts(self, workspace_id: str) -> wl.WorkspaceFacts:
-        self.calls["workspace_facts"] += 1
-        return await self.inner.workspace_facts(workspace_id)
-
-    async def get_build(self, build_id: str) -> wl.Build:
-        self.calls["get_build"] += 1
-        return await self.inner.get_build(build_id)
-
-    async def create_workspace(
-        self, chat_id: str, name: str, *, expected_workspace_id: str | None, **kw: Any
-    ) -> Outcome:
-        self.calls["create_workspace"] += 1
-        return await self.inner.create_workspace(
-            chat_id, name, expected_workspace_id=expected_workspace_id, **kw
-        )
-
-    async def request_build(
-        self, workspace_id: str, transition: Transition, *, expected_build_number: int, **kw: Any
-    ) -> Outcome:
-        self.calls["request_build"] += 1
-        return await self.inner.request_build(
-            workspace_id, transition, expected_build_number=expected_build_number, **kw
-        )
-
-    async def list_chats(self) -> Sequence[ChatRow]:
-        self.calls["list_chats"] += 1
-        return await self.inner.list_chats()
-
-    async def claim_build(self, worker: str, **kw: Any) -> wl.Build | None:
-        self.calls["claim_build"] += 1
-        return await self.inner.claim_build(worker, **kw)
-
-    async def renew_lease(self, build_id: str, token: str, **kw: Any) -> float:
-        self.calls["renew_lease"] += 1
-        return await self.inner.renew_lease(build_id, token, **kw)
-
-    async def next_lease_expiry(self, **kw: Any) -> wl.Lease | None:
-        self.calls["next_lease_expiry"] += 1
-        return await self.inner.next_lease_expiry(**kw)
-
-    async def expire_lease(self, build_id: str, token: str) -> wl.Build | None:
-        self.calls["expire_lease"] += 1
-        return await self.inner.expire_lease(build_id, token)
-
-    async def finish_build(
-        self,
-        build_id: str,
-        status: JobStatus | str,
-        error: str | None = None,
-        *,
-        has_agent: bool = True,
-        **kw: Any,
-    ) -> wl.Build:
-        self.calls["finish_build"] += 1
-        return await self.inner.finish_build(build_id, status, error, has_agent=has_agent, **kw)
-
-    async def report_agent(self, workspace_id: str, lifecycle: AgentLifecycle, **kw: Any) -> None:
-        self.calls["report_agent"] += 1
-        await self.inner.report_agent(workspace_id, lifecycle, **kw)
-
-    async def head(self) -> int:
-        self.calls["head"] += 1
-        return await self.inner.head()
-
-    async def read_events(self, after: int, limit: int = 1000) -> Sequence[wl.StoreEvent]:
-        self.calls["read_events"] += 1
-        return await self.inner.read_events(after, limit)
-
-    async def wait_for_change(self, after: int) -> None:
-        self.calls["wait_for_change"] += 1
-        await self.inner.wait_for_change(after)
-
-    async def prune_events(self, older_than: float) -> int:
-        self.calls["prune_events"] += 1
-        return await self.inner.prune_events(older_than)
+    async def around_read(self, name: str, call: Callable[[], Awaitable[R]]) -> R:
+        self.calls[name] += 1
+        return await call()
 
 
 # --- the baseline: a waiter written the way Coder's start_workspace waits today -------------

@@ -10,7 +10,7 @@ of the kit's own runs on the unwrapped store throughout.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -18,7 +18,8 @@ import anyio
 import attrs
 
 from . import writes
-from .adapters.base import DEFAULT_LEASE_SECONDS, Store
+from .adapters.base import Store
+from .adapters.driver import Plan, ReadKind, Retry
 from .errors import LeaseLostError, StoreUnavailableError
 from .faults import FaultyStore
 from .machine import derive_state
@@ -87,72 +88,34 @@ class _Observed(FaultyStore):
         while not found(self.log):
             await self.noted.wait()
 
-    async def claim_build(self, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Build | None:
-        build = await super().claim_build(worker, lease_seconds=lease_seconds)
-        if build is not None:
-            self.claims[build.build_id] = build
-            self._note("claim_build", build.build_id, build.workspace_id, build.lease_token, "ok")
-        return build
-
-    async def renew_lease(
-        self, build_id: str, token: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
-    ) -> float:
-        if build_id in self.cut_off:
-            self._note("renew_lease", build_id, None, token, "cut off")
+    async def _write(self, plan: Plan[T], call: Callable[[], Awaitable[T | Retry]]) -> T | Retry:
+        """Every provisioner write, recorded by what it names (the build or workspace it reads,
+        the lease it passes); a cut-off renewal fails and a held finish waits first."""
+        op, key = plan.op, plan.read.key
+        build_id = key if plan.read.kind is ReadKind.BUILD else None
+        ws = key if plan.read.kind is ReadKind.WORKSPACE else None
+        if op == "renew_lease" and key in self.cut_off:
+            self._note(op, build_id, ws, plan.lease, "cut off")
             raise StoreUnavailableError("provisioner kit: this build's renewals are cut off (a partition)")
-        until: float = await self._observed(
-            "renew_lease",
-            build_id,
-            None,
-            token,
-            super().renew_lease(build_id, token, lease_seconds=lease_seconds),
-        )
-        return until
-
-    async def finish_build(
-        self,
-        build_id: str,
-        status: JobStatus | str,
-        error: str | None = None,
-        *,
-        has_agent: bool = True,
-        details: Mapping[str, Any] | None = None,
-        lease: str | None = None,
-    ) -> Build:
-        held = self.hold_finish.get(build_id)
-        if held is not None:
-            self.finishes_held.setdefault(build_id, anyio.Event()).set()
+        if op == "finish_build" and (held := self.hold_finish.get(key)) is not None:
+            self.finishes_held.setdefault(key, anyio.Event()).set()
             await held.wait()
-        done: Build = await self._observed(
-            "finish_build",
-            build_id,
-            None,
-            lease,
-            super().finish_build(build_id, status, error, has_agent=has_agent, details=details, lease=lease),
-        )
-        return done
-
-    async def report_agent(
-        self, workspace_id: str, lifecycle: AgentLifecycle | str, *, lease: str | None = None
-    ) -> None:
-        await self._observed(
-            "report_agent",
-            None,
-            workspace_id,
-            lease,
-            super().report_agent(workspace_id, lifecycle, lease=lease),
-        )
-
-    async def _observed(
-        self, method: str, build_id: str | None, ws: str | None, lease: str | None, call: Any
-    ) -> Any:
         try:
-            result = await call
+            result = await super()._write(plan, call)
         except Exception as exc:
-            self._note(method, build_id, ws, lease, type(exc).__name__)
+            if op in _RECORDED:
+                self._note(op, build_id, ws, plan.lease, type(exc).__name__)
             raise
-        self._note(method, build_id, ws, lease, "ok")
+        if op == "claim_build" and isinstance(result, Build):
+            self.claims[result.build_id] = result
+            self._note(op, result.build_id, result.workspace_id, result.lease_token, "ok")
+        elif op in _RECORDED and not isinstance(result, Retry):
+            self._note(op, build_id, ws, plan.lease, "ok")
         return result
+
+
+#: The provisioner's writes the kit records whatever their outcome (a claim: when it got one).
+_RECORDED = frozenset({"renew_lease", "finish_build", "report_agent"})
 
 
 async def check_provisioner(

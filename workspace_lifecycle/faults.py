@@ -1,7 +1,9 @@
 """A fault-injecting :class:`~workspace_lifecycle.adapters.base.Store` wrapper, for tests.
 
-:class:`FaultyStore` wraps any store and, with seeded randomness, makes it misbehave the way
-real storage does:
+:class:`FaultyStore` wraps any store built on a driver (every store of this library, and a
+user's :class:`~workspace_lifecycle.adapters.store.DriverStore`) and, with seeded randomness,
+makes it misbehave the way real storage does. It wraps the driver's transaction and reads once
+(:class:`~workspace_lifecycle.adapters.driver.WrappedDriver`), not each write by hand:
 
 * ``fail_before``: a write raises :class:`~workspace_lifecycle.errors.StoreError` *before*
   reaching the store (nothing was written);
@@ -40,25 +42,16 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import TypeVar
 
 import anyio
 
-from .adapters.base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Outcome, Store, Topic
+from .adapters.base import Store
+from .adapters.driver import Plan, Retry, WrappedDriver
+from .adapters.store import DriverStore, as_driver_store
 from .errors import TransientStoreError
-from .values import (
-    AgentLifecycle,
-    Build,
-    Chat,
-    Deadline,
-    JobStatus,
-    Lease,
-    Policy,
-    StoreEvent,
-    Transition,
-    WorkspaceFacts,
-)
+from .values import StoreEvent
 
 __all__ = ["InjectedFault", "FaultyStore", "REQUEST_WRITES", "ALL_WRITES"]
 
@@ -95,7 +88,7 @@ def _probability(name: str, value: float) -> float:
     return value
 
 
-class FaultyStore(Store):
+class FaultyStore(DriverStore):
     """Wraps ``inner``; injects faults with probabilities in [0, 1], seeded by ``seed``.
 
     >>> FaultyStore(None, drop=1.5)  # type: ignore[arg-type]
@@ -138,7 +131,7 @@ class FaultyStore(Store):
         if max_consecutive is not None and max_consecutive < 1:
             raise ValueError("max_consecutive must be at least 1 (or None for no bound)")
         self.inner = inner
-        self.url = inner.url
+        super().__init__(_FaultyDriver(self, as_driver_store(inner)))
         self.max_delay = max_delay
         self.writes = frozenset(writes)
         self.max_consecutive = max_consecutive
@@ -162,7 +155,9 @@ class FaultyStore(Store):
             self.injected["delay"] += 1
             await anyio.sleep(self._random.uniform(0.0, self.max_delay))
 
-    async def _write(self, method: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _write(self, plan: Plan[T], call: Callable[[], Awaitable[T | Retry]]) -> T | Retry:
+        """One try of the write ``plan`` (``call`` runs it), with the faults drawn for it."""
+        method = plan.op
         self.calls[method] += 1
         if method not in self.writes or not self.enabled:
             return await call()
@@ -174,6 +169,8 @@ class FaultyStore(Store):
             self.injected["fail_before"] += 1
             raise InjectedFault(method, committed=False)
         result = await call()
+        if isinstance(result, Retry):
+            return result  # nothing was written: the store reads and decides again
         if draw < self.fail_before + self.fail_after:
             self._streak[method] += 1
             self.injected["fail_after"] += 1
@@ -182,136 +179,14 @@ class FaultyStore(Store):
         await self._maybe_delay()
         return result
 
-    # --- writes -----------------------------------------------------------------------------
-
-    async def register_chat(
-        self,
-        chat_id: str,
-        owner: str,
-        *,
-        policy: Policy | None = None,
-        default_policy: Policy | None = None,
-    ) -> Chat:
-        return await self._write(
-            "register_chat",
-            lambda: self.inner.register_chat(chat_id, owner, policy=policy, default_policy=default_policy),
-        )
-
-    async def touch(self, workspace_id: str) -> Deadline | None:
-        return await self._write("touch", lambda: self.inner.touch(workspace_id))
-
-    async def fire_deadline(self, workspace_id: str, expected: Deadline) -> Outcome:
-        return await self._write("fire_deadline", lambda: self.inner.fire_deadline(workspace_id, expected))
-
-    async def create_workspace(
-        self,
-        chat_id: str,
-        name: str,
-        *,
-        expected_workspace_id: str | None,
-        parameters: Mapping[str, str] | None = None,
-    ) -> Outcome:
-        return await self._write(
-            "create_workspace",
-            lambda: self.inner.create_workspace(
-                chat_id, name, expected_workspace_id=expected_workspace_id, parameters=parameters
-            ),
-        )
-
-    async def request_build(
-        self,
-        workspace_id: str,
-        transition: Transition,
-        *,
-        expected_build_number: int,
-        parameters: Mapping[str, str] | None = None,
-    ) -> Outcome:
-        return await self._write(
-            "request_build",
-            lambda: self.inner.request_build(
-                workspace_id, transition, expected_build_number=expected_build_number, parameters=parameters
-            ),
-        )
-
-    async def claim_build(self, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Build | None:
-        return await self._write(
-            "claim_build", lambda: self.inner.claim_build(worker, lease_seconds=lease_seconds)
-        )
-
-    async def renew_lease(
-        self, build_id: str, token: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
-    ) -> float:
-        return await self._write(
-            "renew_lease", lambda: self.inner.renew_lease(build_id, token, lease_seconds=lease_seconds)
-        )
-
-    async def expire_lease(self, build_id: str, token: str) -> Build | None:
-        return await self._write("expire_lease", lambda: self.inner.expire_lease(build_id, token))
-
-    async def finish_build(
-        self,
-        build_id: str,
-        status: JobStatus | str,
-        error: str | None = None,
-        *,
-        has_agent: bool = True,
-        details: Mapping[str, Any] | None = None,
-        lease: str | None = None,
-    ) -> Build:
-        return await self._write(
-            "finish_build",
-            lambda: self.inner.finish_build(
-                build_id, status, error, has_agent=has_agent, details=details, lease=lease
-            ),
-        )
-
-    async def report_agent(
-        self, workspace_id: str, lifecycle: AgentLifecycle | str, *, lease: str | None = None
-    ) -> None:
-        await self._write(
-            "report_agent", lambda: self.inner.report_agent(workspace_id, lifecycle, lease=lease)
-        )
-
-    async def prune_events(self, older_than: float) -> int:
-        return await self.inner.prune_events(older_than)
-
-    # --- reads ------------------------------------------------------------------------------
-
-    async def get_build(self, build_id: str) -> Build:
-        return await self.inner.get_build(build_id)
-
-    async def get_chat(self, chat_id: str) -> Chat | None:
-        return await self.inner.get_chat(chat_id)
-
-    async def workspace_facts(self, workspace_id: str) -> WorkspaceFacts:
-        return await self.inner.workspace_facts(workspace_id)
-
-    async def list_chats(self) -> Sequence[ChatRow]:
-        return await self.inner.list_chats()
-
-    async def armed_deadlines(self) -> ArmedDeadlines:
-        return await self.inner.armed_deadlines()
-
-    async def next_lease_expiry(self, *, skip: Collection[str] = ()) -> Lease | None:
-        return await self.inner.next_lease_expiry(skip=skip)
-
-    async def head(self) -> int:
-        return await self.inner.head()
-
-    def take_interest(self, topic: Topic) -> None:
-        self.inner.take_interest(topic)
-
-    def drop_interest(self, topic: Topic) -> None:
-        self.inner.drop_interest(topic)
-
-    async def wait_for_change(self, after: int) -> None:
+    async def _wait_for_change(self, call: Callable[[], Awaitable[None]]) -> None:
         if self._roll(self.lose_wakeups):
             self.injected["lost_wakeup"] += 1
             await anyio.sleep_forever()
-        await self.inner.wait_for_change(after)
+        await call()
 
-    async def read_events(self, after: int, limit: int = 1000) -> Sequence[StoreEvent]:
-        events = list(await self.inner.read_events(after, limit))
+    def _events(self, events: list[StoreEvent]) -> list[StoreEvent]:
+        """A batch of events as the faulty log delivers it."""
         if not self.enabled or not events:
             return events
         out: list[StoreEvent] = []
@@ -332,3 +207,21 @@ class FaultyStore(Store):
             # the events before it arrive in any order (and earlier ones may arrive again).
             out.append(last)
         return out
+
+
+class _FaultyDriver(WrappedDriver):
+    """The driver of a :class:`FaultyStore`: its transaction and log reads go through the
+    store's fault machinery."""
+
+    def __init__(self, faults: FaultyStore, inner: DriverStore) -> None:
+        super().__init__(inner.driver)
+        self.faults = faults
+
+    async def around_write(self, plan: Plan[T], call: Callable[[], Awaitable[T | Retry]]) -> T | Retry:
+        return await self.faults._write(plan, call)
+
+    async def wait_for_change(self, after: int) -> None:
+        await self.faults._wait_for_change(lambda: self.inner.wait_for_change(after))
+
+    async def read_events(self, after: int, limit: int = 1000) -> Sequence[StoreEvent]:
+        return self.faults._events(list(await self.inner.read_events(after, limit)))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Final, Generic, TypeVar
 
 import attrs
@@ -37,9 +37,10 @@ from ..values import Build, Chat, Lease, StoreEvent, Workspace, WorkspaceFacts
 from ..writes import Write
 from .base import ArmedDeadlines, ChatRow, Topic
 
-__all__ = ["RETRY", "Decision", "Driver", "Plan", "Read", "ReadKind", "Retry", "Rows"]
+__all__ = ["RETRY", "Decision", "Driver", "Plan", "Read", "ReadKind", "Retry", "Rows", "WrappedDriver"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ReadKind(enum.Enum):
@@ -223,3 +224,67 @@ class Driver(abc.ABC):
 
     def drop_interest(self, topic: Topic) -> None:  # noqa: B027 - optional hook
         """See :meth:`~workspace_lifecycle.adapters.base.Store.drop_interest`."""
+
+
+class WrappedDriver(Driver):
+    """A driver that passes every call to ``inner``: the one place a wrapper (faults, a
+    recorder, a counter) hooks in, by overriding :meth:`around_write` (every write, whatever
+    it is: ``plan.op`` names it) and :meth:`around_read` (every plain read, by name).
+
+    :meth:`aclose` does nothing: the wrapped driver belongs to whoever opened it.
+    """
+
+    def __init__(self, inner: Driver) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.clock = inner.clock
+
+    async def around_write(self, plan: Plan[T], call: Callable[[], Awaitable[T | Retry]]) -> T | Retry:
+        """Runs every :meth:`transact` (``call`` runs it on the inner driver)."""
+        return await call()
+
+    async def around_read(self, name: str, call: Callable[[], Awaitable[R]]) -> R:
+        """Runs every plain read and log read (``name`` is the method's)."""
+        return await call()
+
+    async def aclose(self) -> None:
+        """Does nothing: the wrapped driver belongs to whoever opened it."""
+
+    async def transact(self, plan: Plan[T]) -> T | Retry:
+        return await self.around_write(plan, lambda: self.inner.transact(plan))
+
+    async def get_chat(self, chat_id: str) -> Chat | None:
+        return await self.around_read("get_chat", lambda: self.inner.get_chat(chat_id))
+
+    async def workspace_facts(self, workspace_id: str) -> WorkspaceFacts:
+        return await self.around_read("workspace_facts", lambda: self.inner.workspace_facts(workspace_id))
+
+    async def get_build(self, build_id: str) -> Build:
+        return await self.around_read("get_build", lambda: self.inner.get_build(build_id))
+
+    async def armed_deadlines(self) -> ArmedDeadlines:
+        return await self.around_read("armed_deadlines", self.inner.armed_deadlines)
+
+    async def list_chats(self) -> Sequence[ChatRow]:
+        return await self.around_read("list_chats", self.inner.list_chats)
+
+    async def next_lease_expiry(self, *, skip: Collection[str] = ()) -> Lease | None:
+        return await self.around_read("next_lease_expiry", lambda: self.inner.next_lease_expiry(skip=skip))
+
+    async def head(self) -> int:
+        return await self.around_read("head", self.inner.head)
+
+    async def read_events(self, after: int, limit: int = 1000) -> Sequence[StoreEvent]:
+        return await self.around_read("read_events", lambda: self.inner.read_events(after, limit))
+
+    async def wait_for_change(self, after: int) -> None:
+        await self.around_read("wait_for_change", lambda: self.inner.wait_for_change(after))
+
+    async def prune_events(self, older_than: float) -> int:
+        return await self.around_read("prune_events", lambda: self.inner.prune_events(older_than))
+
+    def take_interest(self, topic: Topic) -> None:
+        self.inner.take_interest(topic)
+
+    def drop_interest(self, topic: Topic) -> None:
+        self.inner.drop_interest(topic)

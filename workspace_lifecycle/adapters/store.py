@@ -34,7 +34,7 @@ from ..values import (
 from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Outcome, Store, Topic
 from .driver import RETRY, Decision, Driver, Plan, Read, Rows
 
-__all__ = ["MAX_DECISIONS", "DriverStore"]
+__all__ = ["MAX_DECISIONS", "DriverStore", "as_driver_store"]
 
 T = TypeVar("T")
 
@@ -345,3 +345,14 @@ class DriverStore(Store):
 
     def drop_interest(self, topic: Topic) -> None:
         self.driver.drop_interest(topic)
+
+
+def as_driver_store(store: Store) -> DriverStore:
+    """``store`` as the :class:`DriverStore` a wrapper wraps the driver of, or a clear
+    ``TypeError`` (every store of this library is one)."""
+    if not isinstance(store, DriverStore):
+        raise TypeError(
+            f"{type(store).__name__} is not built on a driver: wrappers wrap a DriverStore's driver"
+            " (every store of this library is one; docs/stores.md shows a driver of your own)"
+        )
+    return store
