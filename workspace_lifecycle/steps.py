@@ -54,6 +54,8 @@ __all__ = [
     "Track",
     "WaitAgent",
     "WaitBuild",
+    "agent_status",
+    "deferred_behind",
     "first_step",
     "request_transition",
     "status",
@@ -458,6 +460,19 @@ class Flow:
         return self.workspace
 
 
+def deferred_behind(request: Request, facts: WorkspaceFacts) -> Build | None:
+    """The build in flight that ``request`` with ``wait=False`` is deferred behind (the
+    :class:`Defer` step: answered now, fired in the background once that build ends), or ``None``.
+
+    A caller that leaves right after the answer (the CLI) waits for that build first, or the
+    background half is cancelled with its runtime. The flow decides, as for a real request.
+    """
+    flow = Flow(request, wait=False)
+    flow.tracking(facts.workspace)
+    step = flow.next(Tracker.from_facts(facts))
+    return facts.latest_build if isinstance(step, Defer) else None
+
+
 def _superseded(tracker: Tracker, number: int) -> dict[str, Any]:
     """``superseded_by`` when a newer build than ``number`` exists: the answer for ``number``
     stays true (it succeeded, or failed) and says what the workspace is doing now."""
@@ -511,6 +526,25 @@ def status(tracker: Tracker | None, *, wait_expired: bool = False) -> ToolResult
         for key, value in (tracker.details or {}).items():
             data.setdefault(key, value)
     return ToolResult.ok(data)
+
+
+def agent_status(tracker: Tracker) -> str | None:
+    """The latest build's agent in a word, for a person: its lifecycle state, ``no_agent`` for
+    a start build that succeeded without one, else ``None`` (no build, a deleted workspace, or
+    no agent reported for the latest build).
+
+    >>> agent_status(Tracker("w1", "c1", state=WorkspaceState.RUNNING, build_number=1, has_agent=False))
+    'no_agent'
+    >>> print(agent_status(Tracker("w1", "c1", state=WorkspaceState.STOPPED, build_number=2)))
+    None
+    """
+    if tracker.build_number == 0 or tracker.deleted:
+        return None
+    if tracker.agent is not None:
+        return tracker.agent.value
+    if tracker.state in _LIVE and not tracker.has_agent:
+        return "no_agent"
+    return None
 
 
 def _reason(tracker: Tracker) -> str:
