@@ -17,6 +17,7 @@ from typing import Protocol
 import anyio
 
 from .adapters.base import Store
+from .backoff import Backoff
 from .errors import CorruptStateError, CursorExpiredError, StoreClosedError, StoreError
 from .values import StoreEvent
 
@@ -27,6 +28,9 @@ log = logging.getLogger("workspace_lifecycle.runtime")
 #: How long a request waits for the pump to reach a sequence number it knows was committed
 #: before it kicks the pump to read again (a lost wake-up; never happens in the normal path).
 KICK_AFTER = 5.0
+
+#: The pauses before reading again after a transient store error.
+_BACKOFF = Backoff(first=0.05, factor=2, cap=2.0)
 
 
 class PumpSink(Protocol):
@@ -73,7 +77,7 @@ class EventPump:
             raise
 
     async def _forever(self) -> None:
-        delay = 0.05
+        delay = _BACKOFF.first
         while True:
             try:
                 events = await self.store.read_events(self.cursor)
@@ -91,7 +95,7 @@ class EventPump:
                     self.sink.dispatch(event)
                     self.cursor = event.seq
                 self._advance()
-                delay = 0.05
+                delay = _BACKOFF.first
             except CursorExpiredError:
                 await self._resync_all(await self.store.head())
             except CorruptStateError as exc:
@@ -109,7 +113,7 @@ class EventPump:
                 # the store's own reconnect and resync bring the log back.
                 log.warning("event pump: %s; retrying in %.2fs", exc, delay)
                 await anyio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = _BACKOFF.after(delay)
 
     async def _resync_all(self, resume: int) -> None:
         """Re-derive every tracked workspace from the rows, then read on after ``resume`` (the

@@ -17,14 +17,19 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 
+from . import writes
 from ._flight import SingleFlight
 from .adapters.base import Outcome, Store
+from .backoff import Backoff
 from .errors import TransientStoreError
 from .values import Transition
 
 __all__ = ["RetryingWriter"]
 
 log = logging.getLogger("workspace_lifecycle.runtime")
+
+#: The pauses before re-reading after a failed write: short, a request is waiting on it.
+_BACKOFF = Backoff(first=0.01, factor=4, cap=0.5)
 
 
 class RetryingWriter:
@@ -52,17 +57,17 @@ class RetryingWriter:
         race and answers about the build that exists), or ``None`` to retry the same write,
         which the compare-and-set makes safe.
         """
-        delay = 0.01
+        delays = _BACKOFF.delays()
         for attempt in range(self.retries + 1):
             try:
                 return await write()
             except TransientStoreError as exc:
                 if attempt == self.retries:
                     raise
+                delay = next(delays)
                 log.warning("store write failed (%s); re-reading and retrying in %.2fs", exc, delay)
                 self.retried += 1
                 await anyio.sleep(delay)
-                delay = min(delay * 4, 0.5)
                 try:
                     moved = await reread()
                 except TransientStoreError:
@@ -85,8 +90,7 @@ class RetryingWriter:
 
         async def reread() -> Outcome | None:
             facts = await self.store.workspace_facts(workspace_id)
-            latest = facts.latest_build
-            if facts.workspace.deleted or (latest is not None and latest.number != expected):
+            if writes.build_moved_on(facts, expected):
                 return Outcome(fired=False, build=None, facts=facts)
             return None
 
@@ -103,15 +107,12 @@ class RetryingWriter:
             return await self.store.create_workspace(chat_id, name, expected_workspace_id=expected, **extra)
 
         async def reread() -> Outcome | None:
-            chat = await self.store.get_chat(chat_id)
-            if chat is None or chat.workspace_id is None or chat.workspace_id == expected:
+            now_bound = writes.rebound(await self.store.get_chat(chat_id), expected)
+            if now_bound is None:
                 return None
-            facts = await self.store.workspace_facts(chat.workspace_id)
-            first = facts.latest_build
-            if facts.workspace.name == name and first is not None and first.number == 1:
-                # The very workspace this call asked for (its write committed before the error,
-                # or an identical create won): answer as its creator, about its first build.
-                return Outcome(fired=True, build=first, facts=facts)
+            facts = await self.store.workspace_facts(now_bound)
+            if writes.create_landed(facts, name):
+                return Outcome(fired=True, build=facts.latest_build, facts=facts)
             return Outcome(fired=False, build=None, facts=facts)
 
         key = ("create", chat_id, name, expected, _frozen(parameters))

@@ -25,6 +25,8 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
+from . import checks
+
 __all__ = ["Clock", "VirtualClock", "WallClock", "as_clock"]
 
 
@@ -93,8 +95,7 @@ class VirtualClock:
     """
 
     def __init__(self, start: float = 1_800_000_000.0) -> None:
-        _check_time("start", start)
-        self._now = float(start)
+        self._now = checks.instant("start", start)
         self._sleepers: list[tuple[float, int, anyio.Event]] = []
         self._order = itertools.count()
 
@@ -103,10 +104,10 @@ class VirtualClock:
 
     def advance(self, seconds: float) -> None:
         """Move the clock ``seconds`` forward (not back) and wake the sleepers now due."""
-        _check_time("seconds", seconds)
-        if seconds < 0:
+        step = checks.instant("seconds", seconds)
+        if step < 0:
             raise ValueError(f"a clock only moves forward; advance({seconds!r})")
-        self._now += float(seconds)
+        self._now = checks.instant("the clock", self._now + step)
         while self._sleepers and self._sleepers[0][0] <= self._now:
             heapq.heappop(self._sleepers)[2].set()
 
@@ -133,8 +134,3 @@ class VirtualClock:
 
     def __repr__(self) -> str:
         return f"VirtualClock(now={self._now!r})"
-
-
-def _check_time(what: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite number of seconds, not {value!r}")

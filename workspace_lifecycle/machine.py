@@ -64,6 +64,7 @@ from statemachine.states import States
 
 from .errors import InvalidEventError
 from .values import (
+    DEADLINE_TRANSITION,
     AgentLifecycle,
     EventKind,
     JobStatus,
@@ -76,6 +77,8 @@ from .values import (
 )
 
 __all__ = [
+    "DEADLINE_REQUEST",
+    "REQUEST_TRANSITION",
     "TABLE",
     "Arc",
     "BuildSummary",
@@ -366,6 +369,14 @@ REQUEST_TRANSITION = {
     Request.START: Transition.START,
     Request.STOP: Transition.STOP,
     Request.DELETE: Transition.DELETE,
+}
+
+#: The request a deadline makes, by its reason: the request that fires the deadline's build
+#: (:data:`~workspace_lifecycle.values.DEADLINE_TRANSITION`), so the table decides whether it
+#: still may.
+DEADLINE_REQUEST = {
+    reason: next(r for r in (Request.STOP, Request.DELETE) if REQUEST_TRANSITION[r] is transition)
+    for reason, transition in DEADLINE_TRANSITION.items()
 }
 
 

@@ -52,12 +52,14 @@ import anyio
 import anyio.abc
 import attrs
 
-from . import writes
+from . import checks, writes
 from ._service import BackgroundService
 from .adapters.base import DEFAULT_LEASE_SECONDS, Store
+from .backoff import Backoff
 from .errors import CallerError, StoreClosedError, StoreError
 from .provisioner import Held, claims, holding, retrying
 from .reaper import LeaseReaper
+from .reconcile import Afterwards, Ended, Found, reconcile
 from .values import AgentLifecycle, Build, JobStatus, Transition
 
 __all__ = ["ProcessProvisioner", "WorkspaceRefused"]
@@ -215,8 +217,6 @@ class ProcessProvisioner(BackgroundService):
             )
         if not command or not all(isinstance(arg, str) for arg in command):
             raise ValueError("command must be a non-empty list of strings")
-        if min(ready_timeout, stop_grace, probe_interval) <= 0 or spawn_grace < 0:
-            raise ValueError("ready_timeout, stop_grace and probe_interval must be positive")
         if parameter_prefix and not ENV_NAME.fullmatch(parameter_prefix):
             raise ValueError(f"parameter_prefix {parameter_prefix!r} does not start a valid environment name")
         if not hasattr(os, "pidfd_open"):
@@ -224,15 +224,18 @@ class ProcessProvisioner(BackgroundService):
         self.store = store
         self.root = Path(root)
         self.command = list(command)
-        self.ready_timeout = ready_timeout
-        self.stop_grace = stop_grace
-        self.spawn_grace = spawn_grace
-        self.probe_interval = probe_interval
+        self.ready_timeout = checks.seconds("ready_timeout", ready_timeout)
+        self.stop_grace = checks.seconds("stop_grace", stop_grace)
+        self.spawn_grace = checks.seconds("spawn_grace", spawn_grace, zero=True)
+        self.probe_interval = checks.seconds("probe_interval", probe_interval)
+        # Probes come closer at first and wider apart while nothing answers (up to a second,
+        # or the interval if that is longer).
+        self._probes = Backoff(first=self.probe_interval, factor=1.5, cap=max(1.0, self.probe_interval))
         self.env = dict(env or {})
         self.parameter_prefix = parameter_prefix
-        self.output_lines = output_lines
+        self.output_lines = checks.count("output_lines", output_lines)
         self.worker = worker or f"process:{socket.gethostname()}:{os.getpid()}"
-        self.retries = retries
+        self.retries = checks.count("retries", retries)
         self.lease_seconds = writes.check_lease_seconds(lease_seconds)
         self.reaper = LeaseReaper(store) if reap_leases else None
         #: Builds whose lease this provisioner lost (their work was stopped).
@@ -430,7 +433,8 @@ class ProcessProvisioner(BackgroundService):
     async def _probe(self, proc: _Proc, until: float) -> str:
         """``ready`` once a TCP connect to the port succeeds, ``exited`` once the process ended
         (woken by its end), ``timeout`` at ``until``."""
-        delay = self.probe_interval
+        delays = self._probes.delays()
+        delay = next(delays)
         while True:
             if proc.exited.is_set() or proc.ending:
                 return "exited"
@@ -447,7 +451,7 @@ class ProcessProvisioner(BackgroundService):
                 return "timeout"
             with anyio.move_on_after(min(delay, left)):
                 await proc.exited.wait()
-            delay = min(delay * 1.5, 1.0)
+            delay = next(delays)
 
     async def _stop(self, build: Build, held: Held) -> None:
         proc = self._procs.get(build.workspace_id)
@@ -545,7 +549,9 @@ class ProcessProvisioner(BackgroundService):
         """What a provisioner finds in its root becomes events: a process of this root that
         still runs is adopted (watched, and probed if its agent is not ready yet); one that
         ended while no provisioner watched is reported; one whose workspace the store says is
-        stopped or deleted is ended."""
+        stopped or deleted is ended. This gathers the facts (the record, whether its process
+        still runs, the store's rows) and executes what
+        :func:`~workspace_lifecycle.reconcile.reconcile` decides from them."""
         for path in sorted(self.root.iterdir()):
             state = self._load(path)
             if state is None:
@@ -559,65 +565,59 @@ class ProcessProvisioner(BackgroundService):
                 log.warning("process provisioner: %s: %s; left alone", path, exc)
                 continue
             pid, ticks = state["pid"], state["start_ticks"]
-            build = facts.latest_build
-            agent = facts.agent
-            ours = agent is not None and agent.build_number == state["build_number"]
-            current = (
-                build is not None
-                and build.number == state["build_number"]
-                and build.status is JobStatus.SUCCEEDED
-                and not facts.workspace.deleted
-            )
-            alive = _start_ticks(pid) == ticks
-            if alive:
-                try:
+            pidfd = -1
+            if _start_ticks(pid) == ticks:
+                with contextlib.suppress(OSError):
                     pidfd = os.pidfd_open(pid)
-                except OSError:
-                    alive = False
-            if not alive:
-                kept = _KEPT.pop(pid, None)
-                if kept is not None:
-                    kept.poll()  # this interpreter's child, ended: reap it
-                if (
-                    current
-                    and ours
-                    and agent is not None
-                    and (agent.lifecycle is AgentLifecycle.READY or agent.lifecycle.pending)
-                ):
-                    lifecycle = (
-                        AgentLifecycle.OFF
-                        if agent.lifecycle is AgentLifecycle.READY
-                        else AgentLifecycle.START_ERROR
-                    )
-                    log.warning(
-                        "process provisioner: workspace %s: pid %d ended while no provisioner watched; agent %s",
-                        workspace_id,
-                        pid,
-                        lifecycle.value,
-                    )
-                    try:
-                        await self._report_found(
-                            workspace_id, lifecycle, build.lease_token if build else None
-                        )
-                    except (StoreError, CallerError) as exc:
-                        log.warning("process provisioner: workspace %s: %s", workspace_id, exc)
-                self._mark_ended(path, None, "ended while no provisioner watched", state=state)
+            recorded = state.get("lease")
+            found = Found(
+                alive=pidfd >= 0,
+                build_number=state["build_number"],
+                lease=recorded if isinstance(recorded, str) else None,
+            )
+            decision = reconcile(facts, found)
+            if isinstance(decision, Ended):
+                await self._found_ended(path, state, decision)
                 continue
-            popen = _KEPT.pop(pid, None)
-            lease = state.get("lease") if isinstance(state.get("lease"), str) else None
-            if lease is None and build is not None and build.number == state["build_number"]:
-                lease = build.lease_token  # a state file written before leases
-            proc = _Proc(workspace_id, pid, pidfd, ticks, state["port"], state["build_number"], popen, lease)
+            proc = _Proc(
+                workspace_id,
+                pid,
+                pidfd,
+                ticks,
+                state["port"],
+                state["build_number"],
+                _KEPT.pop(pid, None),
+                decision.lease,
+            )
             proc.built = True
-            proc.ready = bool(ours and agent is not None and agent.lifecycle is AgentLifecycle.READY)
+            proc.ready = decision.ready
             proc.build_done.set()
             self._track(proc, tg)
             log.info("process provisioner: workspace %s: adopted pid %d", workspace_id, pid)
-            in_flight = build is not None and build.status.in_progress and build.number > proc.build_number
-            if facts.workspace.deleted or (not current and not in_flight):
+            if decision.afterwards is Afterwards.END:
                 tg.start_soon(self._end, proc)  # the store says nothing should run here
-            elif not proc.ready and ours:
+            elif decision.afterwards is Afterwards.PROBE:
                 tg.start_soon(self._resume_probe, proc)
+
+    async def _found_ended(self, path: Path, state: Mapping[str, Any], decision: Ended) -> None:
+        """A recorded process that ended while no provisioner watched: reap it if it was this
+        interpreter's child, report its agent if :func:`reconcile` says so, record its end."""
+        workspace_id, pid = path.name, state["pid"]
+        kept = _KEPT.pop(pid, None)
+        if kept is not None:
+            kept.poll()  # this interpreter's child, ended: reap it
+        if decision.report is not None:
+            log.warning(
+                "process provisioner: workspace %s: pid %d ended while no provisioner watched; agent %s",
+                workspace_id,
+                pid,
+                decision.report.value,
+            )
+            try:
+                await self._report_found(workspace_id, decision.report, decision.lease)
+            except (StoreError, CallerError) as exc:
+                log.warning("process provisioner: workspace %s: %s", workspace_id, exc)
+        self._mark_ended(path, None, "ended while no provisioner watched", state=state)
 
     async def _report_found(self, workspace_id: str, lifecycle: AgentLifecycle, lease: str | None) -> None:
         await self._retrying(lambda: self.store.report_agent(workspace_id, lifecycle, lease=lease))

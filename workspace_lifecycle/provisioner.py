@@ -25,9 +25,10 @@ from typing import Any
 import anyio
 import attrs
 
-from . import writes
+from . import checks, writes
 from ._service import BackgroundService
 from .adapters.base import DEFAULT_LEASE_SECONDS, Store, Topic
+from .backoff import Backoff
 from .clock import Clock, as_clock
 from .errors import (
     BuildConflictError,
@@ -40,7 +41,7 @@ from .errors import (
     TransientStoreError,
 )
 from .reaper import LeaseReaper
-from .values import AgentLifecycle, Build, JobStatus, Transition
+from .values import AgentLifecycle, Build, JobStatus, Lease, Transition
 
 __all__ = [
     "Held",
@@ -54,6 +55,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("workspace_lifecycle.provisioner")
+
+#: The first pause of :func:`retrying`; each next one doubles, up to its ``max_delay``.
+_FIRST_RETRY_DELAY = 0.05
+#: The longest pause a provisioner may be configured to wait between retries of a write.
+_MAX_RETRY_DELAY = 3600.0
 
 
 @attrs.frozen
@@ -207,9 +213,11 @@ async def holding(
     held = Held(build)
     ticks = as_clock(clock)
     interval = lease_seconds / 3
-    # Until when the lease surely holds, on our clock: from the claim, then from the moment
-    # each renewal that landed was sent. A worker cut off from the store past it stops.
-    valid_until = build.lease_expires_at if build.lease_expires_at is not None else ticks() + lease_seconds
+    # The lease as we surely hold it, on our clock: from the claim, then from the moment each
+    # renewal that landed was sent. A worker cut off from the store once it is due stops.
+    ours = build.lease or Lease(
+        build.build_id, build.workspace_id, build.worker, held.token, ticks() + lease_seconds
+    )
 
     async def finished_by_us() -> bool:
         """A renewal was refused: because the body's finish landed, or because the lease is
@@ -220,7 +228,7 @@ async def holding(
             except (StoreError, CallerError):
                 await ticks.sleep_until(ticks() + interval / 6)
                 continue
-            return stored.status.finished and stored.lease_token == held.token
+            return stored.finished_under(held.token)
         return False
 
     def lose(why: object) -> None:
@@ -228,10 +236,10 @@ async def holding(
         held.lost = True
 
     async def heartbeat(scope: anyio.CancelScope) -> None:
-        nonlocal valid_until
+        nonlocal ours
         pause = interval
         while True:
-            await ticks.sleep_until(min(ticks() + pause, valid_until))
+            await ticks.sleep_until(min(ticks() + pause, ours.expires_at))
             sent = ticks()
             try:
                 await store.renew_lease(build.build_id, held.token, lease_seconds=lease_seconds)
@@ -244,7 +252,7 @@ async def holding(
             except StoreClosedError:
                 return
             except (StoreError, CorruptStateError) as exc:
-                if ticks() >= valid_until:
+                if ours.due(ticks()):
                     lose(f"no renewal landed before it ran out: {exc}")
                     scope.cancel()
                     return
@@ -253,7 +261,7 @@ async def holding(
                 # lease runs out, so two failures in a row would lose it.
                 pause = interval / 2
                 continue
-            valid_until = sent + lease_seconds
+            ours = ours.renewed(sent + lease_seconds)
             pause = interval
             held.renewals += 1
 
@@ -278,7 +286,7 @@ async def retrying(
     closed store ends it). Retrying is safe: ``finish_build`` refuses a second finish
     (``BuildConflictError``) and an agent report repeats harmlessly.
     """
-    delay = 0.05
+    delays = Backoff(first=min(_FIRST_RETRY_DELAY, max_delay), cap=max_delay).delays()
     attempt = 0
     while True:
         try:
@@ -288,10 +296,10 @@ async def retrying(
             if attempt >= retries and not until_it_lands:
                 raise
             attempt += 1
+            delay = next(delays)
             if attempt == 1 or attempt % 10 == 0:
                 log.warning("provisioner: %s; retrying in %.2fs (attempt %d)", exc, delay, attempt)
             await anyio.sleep(delay)
-            delay = min(delay * 2, max_delay)
 
 
 FailSpec = Callable[[Build], bool | SimulatedFailure | None] | float | None
@@ -337,17 +345,15 @@ class SimulatedProvisioner(BackgroundService):
     ) -> None:
         if isinstance(fail, (int, float)) and not isinstance(fail, bool) and not 0.0 <= fail <= 1.0:
             raise ValueError(f"fail must be a predicate or a probability in [0, 1], not {fail!r}")
-        if build_seconds < 0 or agent_seconds < 0:
-            raise ValueError("build_seconds and agent_seconds must not be negative")
         self.store = store
         self.clock = as_clock(clock)
-        self.build_seconds = build_seconds
-        self.agent_seconds = agent_seconds
+        self.build_seconds = checks.seconds("build_seconds", build_seconds, zero=True)
+        self.agent_seconds = checks.seconds("agent_seconds", agent_seconds, zero=True)
         self.fail = fail
         self.agent = None if agent is None else AgentLifecycle(agent)
         self.worker = worker
-        self.retries = retries
-        self.max_retry_delay = max_retry_delay
+        self.retries = checks.count("retries", retries)
+        self.max_retry_delay = checks.seconds("max_retry_delay", max_retry_delay, most=_MAX_RETRY_DELAY)
         self.lease_seconds = writes.check_lease_seconds(lease_seconds)
         self.reaper = LeaseReaper(store, clock=self.clock) if reap_leases else None
         self._random = random.Random(seed)

@@ -40,8 +40,10 @@ from collections.abc import Callable
 
 import anyio
 
+from . import checks
 from ._service import BackgroundService
 from .adapters.base import Store
+from .backoff import Backoff
 from .clock import Clock, as_clock
 from .errors import CorruptStateError, StoreClosedError, StoreError
 from .values import Build, Lease
@@ -50,10 +52,8 @@ __all__ = ["LeaseReaper", "local_worker_name"]
 
 log = logging.getLogger("workspace_lifecycle.reaper")
 
-#: The first pause after a due lease the store would not expire (its clock is behind ours);
-#: it doubles up to :data:`_MAX_PAUSE`.
-_MIN_PAUSE = 0.01
-_MAX_PAUSE = 1.0
+#: The pauses after a due lease the store would not expire (its clock is behind ours).
+_BACKOFF = Backoff(first=0.01, factor=2, cap=1.0)
 
 
 def local_worker_name(prefix: str = "worker") -> str:
@@ -72,7 +72,7 @@ class LeaseReaper(BackgroundService):
     >>> LeaseReaper(None, retry_delay=0)  # type: ignore[arg-type]
     Traceback (most recent call last):
     ...
-    ValueError: retry_delay must be positive, not 0
+    ValueError: retry_delay must be a positive finite number of seconds, not 0
     """
 
     def __init__(
@@ -82,10 +82,8 @@ class LeaseReaper(BackgroundService):
         clock: Clock | Callable[[], float] | None = None,
         retry_delay: float = 1.0,
     ) -> None:
-        if not retry_delay > 0:
-            raise ValueError(f"retry_delay must be positive, not {retry_delay!r}")
         self.store = store
-        self.retry_delay = retry_delay
+        self.retry_delay = checks.seconds("retry_delay", retry_delay)
         self._clock = as_clock(clock)
         #: Builds this reaper failed.
         self.expired = 0
@@ -96,7 +94,7 @@ class LeaseReaper(BackgroundService):
 
     async def run(self) -> None:
         """Fail expired leases until cancelled (or the store closes)."""
-        pause = _MIN_PAUSE
+        pause = _BACKOFF.first
         refused: Lease | None = None  # a due lease the store would not expire, as read
         while True:
             lease = None
@@ -104,16 +102,16 @@ class LeaseReaper(BackgroundService):
                 cursor = await self.store.head()
                 lease = await self.store.next_lease_expiry(skip=self.unreadable)
                 now = self._clock()
-                if lease is None or lease.expires_at > now:
-                    refused, pause = None, _MIN_PAUSE
+                if lease is None or not lease.due(now):
+                    refused, pause = None, _BACKOFF.first
                     await self._sleep(lease.expires_at if lease is not None else float("inf"), cursor)
                 elif await self.expire(lease) is not None:
-                    refused, pause = None, _MIN_PAUSE  # the next lease may be due too: read again
+                    refused, pause = None, _BACKOFF.first  # the next lease may be due too: read again
                 elif lease != refused:
                     refused = lease  # renewed or finished meanwhile, probably: read again
                 else:  # refused twice as it stands: the store's clock is behind ours
                     await self._sleep(now + pause, cursor)
-                    pause = min(pause * 2, _MAX_PAUSE)
+                    pause = _BACKOFF.after(pause)
             except StoreClosedError:
                 return
             except CorruptStateError as exc:

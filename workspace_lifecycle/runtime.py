@@ -11,7 +11,6 @@ events. Nothing sleeps in a loop; timeouts and cancellation are anyio cancel sco
 from __future__ import annotations
 
 import logging
-import math
 import re
 import secrets
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
@@ -21,7 +20,7 @@ from typing import Any, Self
 
 import anyio
 
-from . import deadlines, steps
+from . import checks, deadlines, steps
 from ._deadlines import DeadlineScheduler
 from ._flight import SharedReads, SingleFlight
 from ._pump import EventPump
@@ -118,12 +117,11 @@ class Lifecycle(BackgroundService):
         policy: Policy | None = None,
         fire_deadlines: bool = True,
     ) -> None:
-        for what, value in (("build_timeout", build_timeout), ("agent_timeout", agent_timeout)):
-            _check_seconds(what, value)
+        build_timeout = checks.seconds("build_timeout", build_timeout)
+        agent_timeout = checks.seconds("agent_timeout", agent_timeout)
         if resync_interval is not None:
-            _check_seconds("resync_interval", resync_interval)
-        if not isinstance(write_retries, int) or isinstance(write_retries, bool) or write_retries < 0:
-            raise ValueError(f"write_retries must be a non-negative integer, not {write_retries!r}")
+            resync_interval = checks.seconds("resync_interval", resync_interval)
+        write_retries = checks.count("write_retries", write_retries)
         if policy is not None and not isinstance(policy, Policy):
             raise ValueError(f"policy must be a workspace_lifecycle.Policy, not {policy!r}")
         self.store = store
@@ -565,16 +563,6 @@ class _Sinks:
 
     def fail(self) -> None:
         self.registry.fail()
-
-
-def _check_seconds(what: str, value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{what} must be a positive finite number of seconds, not {value!r}")
 
 
 def _check_id(what: str, value: object) -> None:

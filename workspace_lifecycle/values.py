@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from .checks import positive_seconds
 from .errors import BuildConflictError, CorruptStateError
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "AgentLifecycle",
     "Build",
     "Chat",
+    "DEADLINE_TRANSITION",
     "Deadline",
     "EventKind",
     "JobStatus",
@@ -150,19 +152,8 @@ class Reason(enum.Enum):
     RETENTION = "retention"
 
 
-def _seconds_or_none(instance: object, field: attrs.Attribute[float | None], value: object) -> None:
-    """A duration in seconds, or ``None`` (never); anything else is a ``ValueError``."""
-    if value is None:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(
-            f"{field.name} must be a positive finite number of seconds or None (never), not {value!r}"
-        )
+#: A duration of a policy: positive seconds, or ``None`` for never.
+_seconds_or_none = positive_seconds(none="never")
 
 
 @attrs.frozen
@@ -186,17 +177,25 @@ class Policy:
         return self.idle_stop_after is None and self.delete_after_stopped is None
 
 
+#: The build each deadline's reason fires: idle stops, retention deletes. The one table of it:
+#: a reason missing here arms no deadline.
+DEADLINE_TRANSITION: Mapping[Reason, Transition] = {
+    Reason.IDLE: Transition.STOP,
+    Reason.RETENTION: Transition.DELETE,
+}
+
+
 @attrs.frozen
 class Deadline:
     """A workspace's next automatic action: at wall-clock time ``at``, for ``reason``."""
 
     at: float
-    reason: Reason = attrs.field(validator=attrs.validators.in_((Reason.IDLE, Reason.RETENTION)))
+    reason: Reason = attrs.field(validator=attrs.validators.in_(tuple(DEADLINE_TRANSITION)))
 
     @property
     def transition(self) -> Transition:
-        """The build the deadline fires: idle stops, retention deletes."""
-        return Transition.STOP if self.reason is Reason.IDLE else Transition.DELETE
+        """The build the deadline fires (:data:`DEADLINE_TRANSITION`)."""
+        return DEADLINE_TRANSITION[self.reason]
 
     def due(self, now: float) -> bool:
         """Has the deadline passed at ``now``? (At the deadline itself it has.)"""
@@ -220,7 +219,7 @@ def parse_deadline(at: object, reason: object, *, key: object) -> Deadline | Non
     if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
         raise CorruptStateError("workspaces", key, "deadline_at", at)
     kind = parse_enum(Reason, reason, table="workspaces", key=key, column="deadline_reason")
-    if kind is Reason.REQUEST:
+    if kind not in DEADLINE_TRANSITION:
         raise CorruptStateError("workspaces", key, "deadline_reason", reason)
     return Deadline(float(at), kind)
 
@@ -283,6 +282,24 @@ class Build:
     def in_flight(self) -> bool:
         """Claimed and not finished: a worker holds it (``running`` or ``canceling``)."""
         return self.status in (JobStatus.RUNNING, JobStatus.CANCELING)
+
+    @property
+    def lease(self) -> Lease | None:
+        """The claim's lease as a value, while it has one (a token and an expiry)."""
+        if self.lease_token is None or self.lease_expires_at is None:
+            return None
+        return Lease(self.build_id, self.workspace_id, self.worker, self.lease_token, self.lease_expires_at)
+
+    def finished_under(self, token: str) -> bool:
+        """Did the holder of lease ``token`` finish this build? (Its lease then ends quietly:
+        a refused renewal is no lost lease.) A build finished by anyone else, a reaper or a
+        finish without the lease, dropped the token.
+
+        >>> b = Build("b1", "w1", 1, Transition.START, JobStatus.SUCCEEDED, lease_token="t")
+        >>> b.finished_under("t"), b.finished_under("u")
+        (True, False)
+        """
+        return self.status.finished and self.lease_token == token
 
     @property
     def starts_agent(self) -> bool:
@@ -359,6 +376,20 @@ class Lease:
         checked_token, checked_expiry = parse_lease(token, expires_at, key=build_id)
         assert checked_token is not None and checked_expiry is not None, "a row with an expiry"
         return cls(build_id, workspace_id, worker, checked_token, checked_expiry)
+
+    def due(self, now: float) -> bool:
+        """Has the lease run out at ``now``? (At its expiry itself it has: the one comparison
+        of a lease's end, for the store's expiry, a fencing check and a worker's own view.)
+
+        >>> lease = Lease("b1", "w1", "worker", "t", expires_at=100.0)
+        >>> lease.due(99.9), lease.due(100.0)
+        (False, True)
+        """
+        return self.expires_at <= now
+
+    def renewed(self, expires_at: float) -> Lease:
+        """The same lease, running out at ``expires_at`` instead."""
+        return attrs.evolve(self, expires_at=expires_at)
 
 
 @attrs.frozen

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 import attrs
 
-from . import deadlines
+from . import checks, deadlines
 from .errors import BuildConflictError, LeaseLostError, NotFoundError, OwnershipError
-from .machine import Decision, Request, Tracker, derive_state
+from .machine import DEADLINE_REQUEST, Decision, Tracker, derive_state
 from .values import (
     Agent,
     AgentLifecycle,
@@ -44,14 +44,17 @@ from .values import (
 __all__ = [
     "Write",
     "applied",
+    "build_moved_on",
     "check_lease_seconds",
     "claim_build",
+    "create_landed",
     "create_workspace",
     "expire_lease",
     "finish_build",
     "fire_deadline",
     "parse_lifecycle",
     "parse_status",
+    "rebound",
     "register_chat",
     "renew_lease",
     "report_agent",
@@ -245,6 +248,44 @@ def request_build(
     return Write(events=tuple(events), build=build, queued=True, workspace=workspace)
 
 
+# --- after a write that may or may not have committed ---------------------------------------
+#
+# A write that failed on a transient error may have committed (an error after COMMIT). Every
+# write is a compare-and-set, so its writer re-reads the rows and decides with these: the rows
+# moved on (this write landed, or another caller's did: either way the compare-and-set would
+# now fail), or they did not (the same write again is safe).
+
+
+def build_moved_on(facts: WorkspaceFacts, expected_build_number: int) -> bool:
+    """After a ``request_build`` expecting build ``expected_build_number`` failed: did the rows
+    move on (the workspace was deleted, or its latest build is another)?
+
+    >>> ws = Workspace("w1", "c1", "alice", "dev")
+    >>> b2 = Build("b2", "w1", 2, Transition.STOP, JobStatus.PENDING)
+    >>> build_moved_on(WorkspaceFacts(ws, b2, None, seq=5), 1), build_moved_on(WorkspaceFacts(ws, b2, None, seq=5), 2)
+    (True, False)
+    """
+    latest = facts.latest_build
+    return facts.workspace.deleted or (latest is not None and latest.number != expected_build_number)
+
+
+def rebound(chat: Chat | None, expected_workspace_id: str | None) -> str | None:
+    """After a ``create_workspace`` expecting the chat bound to ``expected_workspace_id``
+    failed: the workspace the chat is bound to now if the rows moved on, else ``None`` (the
+    same write again is safe)."""
+    if chat is None or chat.workspace_id is None or chat.workspace_id == expected_workspace_id:
+        return None
+    return chat.workspace_id
+
+
+def create_landed(facts: WorkspaceFacts, name: str) -> bool:
+    """Is the workspace the chat was :func:`rebound` to the very one a ``create_workspace`` of
+    ``name`` asked for (its write committed before the error, or an identical create won)?
+    Then the caller answers as its creator, about its first build."""
+    first = facts.latest_build
+    return facts.workspace.name == name and first is not None and first.number == 1
+
+
 def fire_deadline(
     facts: WorkspaceFacts, *, chat: Chat | None, expected: Deadline, build_id: str, at: float
 ) -> Write | None:
@@ -258,7 +299,7 @@ def fire_deadline(
     ws = facts.workspace
     if ws.deleted or ws.deadline != expected or not expected.due(at):
         return None
-    request = Request.STOP if expected.transition is Transition.STOP else Request.DELETE
+    request = DEADLINE_REQUEST[expected.reason]
     latest = facts.latest_build
     number = latest.number if latest else 0
     if Tracker.from_facts(facts).decide(request) is Decision.FIRE:
@@ -292,14 +333,8 @@ def touch(facts: WorkspaceFacts, policy: Policy, *, at: float) -> Write | None:
 
 
 def check_lease_seconds(lease_seconds: object) -> float:
-    """A lease's duration: a finite number of seconds above 0 (``ValueError`` otherwise)."""
-    if (
-        isinstance(lease_seconds, bool)
-        or not isinstance(lease_seconds, (int, float))
-        or not 0 < lease_seconds < float("inf")
-    ):
-        raise ValueError(f"lease_seconds must be a finite number of seconds above 0, not {lease_seconds!r}")
-    return float(lease_seconds)
+    """A lease's duration: a positive finite number of seconds (``ValueError`` otherwise)."""
+    return checks.seconds("lease_seconds", lease_seconds)
 
 
 def claim_build(
@@ -329,7 +364,8 @@ def _check_lease(build: Build, token: str, *, at: float) -> None:
         raise LeaseLostError(
             f"build {build.build_id} is not held under this lease (it expired, or the token is another's)"
         )
-    if build.in_flight and (build.lease_expires_at is None or at >= build.lease_expires_at):
+    lease = build.lease
+    if build.in_flight and (lease is None or lease.due(at)):
         raise LeaseLostError(f"the lease on build {build.build_id} expired; its worker must stop")
 
 
@@ -356,7 +392,8 @@ def expire_lease(
     a renewal, another expiry or a finish got there first."""
     if build is None or not build.in_flight or build.lease_token != token:
         return None
-    if build.lease_expires_at is None or at < build.lease_expires_at:
+    lease = build.lease
+    if lease is None or not lease.due(at):
         return None
     reason = (
         f"provisioner worker {build.worker or 'unknown'} lost its lease on the build:"

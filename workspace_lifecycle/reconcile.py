@@ -1,0 +1,118 @@
+"""What a restarted provisioner does with a workspace process it finds: adopt it, end it, or
+report that it ended. Pure.
+
+Theory of operation
+-------------------
+A provisioner that runs workspaces as processes keeps, in each workspace's directory, the
+process it started there: its pid, the build that started it and that build's lease token. A
+provisioner started on the same root (after a crash, a deploy) finds those records, asks the
+system whether each process still runs, and reads the workspace's rows from the store. This
+module decides from those facts alone, so the rule is in one place and tested over every
+combination; the provisioner gathers the facts and executes the answer.
+
+* A process that **ended** while no provisioner watched is recorded as ended. If it was the
+  workspace's current process (its start build is the latest, succeeded, the workspace is not
+  deleted) and its agent was ``ready`` or still on its way, the agent is reported: ``off`` for a
+  ready one, ``start_error`` for one that never got there.
+* A process that **still runs** is adopted (watched until it ends). It is ended at once when the
+  store says nothing should run there: the workspace is deleted, or its latest build is neither
+  the one that started it (succeeded) nor a newer one still in flight (a stop or start the
+  provisioner will claim). Otherwise, if its agent is not ready yet, the probe resumes.
+
+Reports carry the lease token of the build that started the process, recorded with it; a record
+written before leases existed falls back to the token of that build as stored.
+
+Rules for this module: no I/O, no awaits, no clocks, no anyio.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from .values import AgentLifecycle, JobStatus, WorkspaceFacts
+
+__all__ = ["Adopt", "Afterwards", "Ended", "Found", "reconcile"]
+
+
+@attrs.frozen
+class Found:
+    """What the provisioner found of one workspace's process on this host."""
+
+    #: The process recorded for the workspace still runs (the same process, not a reused pid).
+    alive: bool
+    #: The number of the build that started it, as recorded.
+    build_number: int
+    #: The lease token of that build, as recorded (``None`` in a record older than leases).
+    lease: str | None = None
+
+
+class Afterwards(enum.Enum):
+    """What to do with an adopted process once it is watched."""
+
+    WATCH = "watch"  # nothing more: its end is what to report
+    PROBE = "probe"  # its agent is not ready yet: probe it until it is
+    END = "end"  # the store says nothing should run here: end it
+
+
+@attrs.frozen
+class Adopt:
+    """Watch the running process; report its agent with ``lease``; then ``afterwards``."""
+
+    lease: str | None
+    #: Its agent is known ready (a later end is reported ``off``, not ``start_error``).
+    ready: bool
+    afterwards: Afterwards
+
+
+@attrs.frozen
+class Ended:
+    """Record the process as ended; if ``report`` is set, report the agent so, with ``lease``."""
+
+    report: AgentLifecycle | None = None
+    lease: str | None = None
+
+
+def reconcile(facts: WorkspaceFacts, found: Found) -> Adopt | Ended:
+    """The decision for a process ``found`` on the host, given its workspace's stored ``facts``.
+
+    >>> from workspace_lifecycle.values import Agent, Build, Transition, Workspace
+    >>> ws = Workspace("w1", "c1", "alice", "dev")
+    >>> b1 = Build("b1", "w1", 1, Transition.START, JobStatus.SUCCEEDED, lease_token="t1")
+    >>> ready = Agent("w1", 1, AgentLifecycle.READY)
+    >>> reconcile(WorkspaceFacts(ws, b1, ready, seq=4), Found(alive=False, build_number=1))
+    Ended(report=<AgentLifecycle.OFF: 'off'>, lease='t1')
+    >>> reconcile(WorkspaceFacts(ws, b1, ready, seq=4), Found(alive=True, build_number=1, lease="t1"))
+    Adopt(lease='t1', ready=True, afterwards=<Afterwards.WATCH: 'watch'>)
+    """
+    build = facts.latest_build
+    agent = facts.agent
+    # The agent in the store is this process's (made by the build that started it).
+    ours = agent is not None and agent.build_number == found.build_number
+    # This process is the workspace's current one: its start build is the latest and succeeded.
+    current = (
+        build is not None
+        and build.number == found.build_number
+        and build.status is JobStatus.SUCCEEDED
+        and not facts.workspace.deleted
+    )
+    if not found.alive:
+        if current and ours and agent is not None:
+            if agent.lifecycle is AgentLifecycle.READY:
+                return Ended(AgentLifecycle.OFF, build.lease_token if build else None)
+            if agent.lifecycle.pending:
+                return Ended(AgentLifecycle.START_ERROR, build.lease_token if build else None)
+        return Ended()
+    lease = found.lease
+    if lease is None and build is not None and build.number == found.build_number:
+        lease = build.lease_token  # a record written before leases
+    ready = ours and agent is not None and agent.lifecycle is AgentLifecycle.READY
+    newer_in_flight = build is not None and build.status.in_progress and build.number > found.build_number
+    if facts.workspace.deleted or (not current and not newer_in_flight):
+        afterwards = Afterwards.END
+    elif not ready and ours:
+        afterwards = Afterwards.PROBE
+    else:
+        afterwards = Afterwards.WATCH
+    return Adopt(lease, ready, afterwards)
