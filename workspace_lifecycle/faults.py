@@ -47,6 +47,7 @@ from typing import TypeVar
 
 import anyio
 
+from . import checks
 from .adapters.base import Store
 from .adapters.driver import Plan, Retry, WrappedDriver
 from .adapters.store import DriverStore, as_driver_store
@@ -123,8 +124,7 @@ class FaultyStore(DriverStore):
         self.lose_wakeups = _probability("lose_wakeups", lose_wakeups)
         if fail_before + fail_after > 1.0:
             raise ValueError("fail_before + fail_after must not exceed 1")
-        if max_delay < 0:
-            raise ValueError("max_delay must not be negative")
+        max_delay = checks.seconds("max_delay", max_delay, zero=True)
         unknown = set(writes) - ALL_WRITES
         if unknown:
             raise ValueError(f"unknown write methods {sorted(unknown)}; known: {sorted(ALL_WRITES)}")

@@ -18,6 +18,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
 
+from .. import checks
 from ..adapters.base import Store
 from ..diagram import GraphvizMissingError, PydotMissingError
 from ..errors import WorkspaceLifecycleError
@@ -68,21 +69,24 @@ def command(
     return sub
 
 
-def seconds(text: str) -> float:
+def _duration_type(text: str, *, zero: bool) -> float:
+    """An option's number of seconds, checked by the core's one rule for durations."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds >= 0")
-    return value
+    try:
+        return checks.seconds(repr(text), value, zero=zero)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def seconds(text: str) -> float:
+    return _duration_type(text, zero=True)
 
 
 def positive_seconds(text: str) -> float:
-    value = seconds(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
-    return value
+    return _duration_type(text, zero=False)
 
 
 def ident(text: str) -> str:
