@@ -33,6 +33,7 @@ BENCHMARKS = {
     "deadlines": "bench.deadlines",
     "leases": "bench.leases",
     "replicas": "bench.replicas",
+    "peers": "bench.peers",
 }
 
 
