@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         for regression in found.regressions:
             print(f"WORSE: {regression.describe()}")
         print(
-            f"{found.compared} figures compared, {len(found.regressions)} worse than"
+            f"{found.compared} figure(s) compared, {len(found.regressions)} worse than"
             f" {compare.TOLERANCE:g}x of the committed ones"
         )
         if found.regressions:

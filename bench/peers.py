@@ -70,7 +70,7 @@ ROUND_TRIPS_GOAL = 6.0  # ≤ store round trips per cycle, caller and worker tog
 @dataclass(frozen=True)
 class Plan:
     rounds: int
-    warmup: float  # seconds of 1-caller cycles before each system's turn
+    warmup: float  # seconds of 1 caller, then of CALLERS callers, before each system's turn
     one: float  # seconds with 1 caller
     many: float  # seconds with CALLERS callers
 
@@ -155,7 +155,8 @@ def counting(store: wl.Store) -> tuple[wl.Store, str, Callable[[], int | None]]:
     transactions, counted by wrapping its two methods on this one object (no library change);
     else a driver store's driver calls (:class:`bench.common.CountingStore`); else none."""
     if isinstance(getattr(store, "round_trips", None), int):
-        return store, "PostgresStore.round_trips", lambda: int(store.round_trips)  # type: ignore[attr-defined]
+        what = "PostgresStore.round_trips (a guarded write's read and statement count one; the listener's reads none)"
+        return store, what, lambda: int(store.round_trips)  # type: ignore[attr-defined]
     read, write = getattr(store, "_read", None), getattr(store, "_write", None)
     if callable(read) and callable(write):
         seen = [0]
@@ -524,6 +525,7 @@ async def drive(peer: Peer, callers: int, seconds: float) -> Phase:
 
 async def measure(peer: Peer, plan: Plan) -> dict[str, Any]:
     await drive(peer, 1, plan.warmup)
+    await drive(peer, CALLERS, plan.warmup)
     one = await drive(peer, 1, plan.one)
     many = await drive(peer, CALLERS, plan.many)
     return {
@@ -727,8 +729,8 @@ async def run_async(ctx: Context) -> Result:
     plan = QUICK if ctx.quick else FULL
     result.note(
         f"{plan.rounds} interleaved round(s), the order rotated each round; per system and round"
-        f" {plan.warmup:g} s warm-up, {plan.one:g} s with 1 caller, {plan.many:g} s with {CALLERS}"
-        " callers; figures are the median of the rounds; each worker is one process started once"
+        f" a warm-up ({plan.warmup:g} s with 1 caller, {plan.warmup:g} s with {CALLERS}), then {plan.one:g} s"
+        f" with 1 caller and {plan.many:g} s with {CALLERS} callers; figures are the median of the rounds; each worker is one process started once"
     )
     async with contextlib.AsyncExitStack() as schemas:
         peers: list[Any] = []
