@@ -534,6 +534,8 @@ async def measure(peer: Peer, plan: Plan) -> dict[str, Any]:
         "rate_1": one.rate,
         "rate_16": many.rate,
         "p50_16_ms": common.pct(many.latencies_ms, 0.5),
+        "max_ms": max(one.latencies_ms + many.latencies_ms),
+        "over_1s": sum(v > 1000 for v in one.latencies_ms + many.latencies_ms),
         "cycles_1": one.cycles,
         "cycles_16": many.cycles,
         "round_trips_caller": one.round_trips[0],
@@ -776,6 +778,12 @@ async def run_async(ctx: Context) -> Result:
                         flush=True,
                     )
                 rounds.append(figures)
+                for key, f in figures.items():
+                    if f["over_1s"]:
+                        result.note(
+                            f"round {r + 1}: {LABELS[key]}: {f['over_1s']} cycle(s) over 1 s, the slowest"
+                            f" {f['max_ms'] / 1000:.2f} s (it counts in that round's figures)"
+                        )
     keys = [k for k in LABELS if any(k in f for f in rounds)]
     med: dict[str, dict[str, Any]] = {}
     for key in keys:
