@@ -1,4 +1,11 @@
-"""``python -m bench [NAME ...] [--quick] [--out DIR] [--pg-url URL | --no-postgres]``."""
+"""``python -m bench [NAME ...] [--quick] [--out DIR] [--pg-url URL | --no-postgres]``.
+
+``python -m bench --compare [NAME ...] [--out DIR] [--against FILE]``: the regression guard
+(:mod:`bench.compare`). It runs the named benchmarks (by default every benchmark whose committed
+results hold a guarded figure: a goal, or a row that says which way is better), prints every
+figure worse than 0.9x of the one committed in ``bench/results.json`` (git's HEAD), and exits
+non-zero if there is one. It writes results only to ``--out``, if given.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import common, report
+from . import common, compare, report
 from .common import Context, Result
 
 #: benchmark name -> module (each has ``run(ctx) -> Result``).
@@ -26,6 +33,7 @@ BENCHMARKS = {
     "deadlines": "bench.deadlines",
     "leases": "bench.leases",
     "replicas": "bench.replicas",
+    "peers": "bench.peers",
 }
 
 
@@ -60,7 +68,21 @@ def main(argv: list[str] | None = None) -> int:
         "names", nargs="*", choices=[[], *BENCHMARKS], metavar="NAME", help=", ".join(BENCHMARKS)
     )
     parser.add_argument("--quick", action="store_true", help="the tiny smoke mode (seconds, not minutes)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="default: bench/")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: bench/ (with --compare: write nothing unless given)"
+    )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="the regression guard: compare each guarded figure with the committed bench/results.json;"
+        " exit 1 if one is worse than 0.9x",
+    )
+    parser.add_argument(
+        "--against",
+        default=None,
+        metavar="FILE",
+        help="with --compare: the results to compare with (default: bench/results.json at git's HEAD)",
+    )
     parser.add_argument("--pg-url", default=common.DEFAULT_PG_URL)
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL parts")
     parser.add_argument(
@@ -72,7 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         " one the store does not know is dropped with a note",
     )
     args = parser.parse_args(argv)
-    names = args.names or list(BENCHMARKS)
+    committed: dict[str, Any] = {}
+    if args.compare:
+        committed, source = compare.load_committed(args.against)
+        names = args.names or compare.guarded_names(committed, list(BENCHMARKS))
+        print(f"comparing {', '.join(names)} against {source}", flush=True)
+    else:
+        names = args.names or list(BENCHMARKS)
+    out: Path | None = args.out
+    if out is None and not args.compare:
+        out = Path(__file__).resolve().parent
     for option in args.store_option:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=[^&=]*", option):
             parser.error(f"--store-option takes KEY=VALUE, not {option!r}")
@@ -84,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     failed = 0
+    results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="wl-bench-") as tmp:
         ctx = Context(quick=args.quick, pg_url=pg_url, tmp=Path(tmp), store_options=tuple(args.store_option))
         for name in names:
@@ -93,7 +125,22 @@ def main(argv: list[str] | None = None) -> int:
                 failed += 1
                 print(f"== {name} failed: {exc!r}", file=sys.stderr, flush=True)
                 continue
-            write(args.out, [result], pg_url, command.strip())  # each result as soon as it is in
+            results.append(result)
+            if out is not None:
+                write(out, [result], pg_url, command.strip())  # each result as soon as it is in
+    if args.compare:
+        new = {"benchmarks": {r.name: r.to_json() for r in results}}
+        found = compare.compare(committed, new, names=[r.name for r in results])
+        for why in found.skipped:
+            print(f"not compared: {why}")
+        for regression in found.regressions:
+            print(f"WORSE: {regression.describe()}")
+        print(
+            f"{found.compared} figure(s) compared, {len(found.regressions)} worse than"
+            f" {compare.TOLERANCE:g}x of the committed ones"
+        )
+        if found.regressions:
+            return 1
     return 1 if failed else 0
 
 

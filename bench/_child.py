@@ -12,6 +12,8 @@ Each child prints ``ready`` when set up, then JSON lines; it exits when its stdi
 * ``sketch memory:// --n N [--tuned-gc]``: the lower-bound sketch of :mod:`bench.sketch`.
 * ``replica URL --config JSON`` and ``builder URL --config JSON``: a replica and a provisioner
   of :mod:`bench.replicas`; each waits for a ``go`` line and prints one JSON object.
+* ``peer URL --config JSON``: a worker of :mod:`bench.peers` (ours, procrastinate's, the
+  hand-written loop's); prints ``ready``, then answers each ``stats`` line with one JSON line.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ async def _timed_start(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench._child")
     parser.add_argument(
-        "role", choices=["provision", "idle", "contend", "scale", "sketch", "replica", "builder"]
+        "role", choices=["provision", "idle", "contend", "scale", "sketch", "replica", "builder", "peer"]
     )
     parser.add_argument("url")
     parser.add_argument("--delay", type=float, nargs=2, default=(0.01, 0.01))
@@ -119,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=250)
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--tuned-gc", action="store_true", help="set the GC as bench.scale.tune_gc")
-    parser.add_argument("--config", default="{}", help="JSON: the replica's or builder's configuration")
+    parser.add_argument(
+        "--config", default="{}", help="JSON: the replica's, builder's or peer's configuration"
+    )
     args = parser.parse_args(argv)
     if args.role == "provision":
         anyio.run(provision, args.url, tuple(args.delay), args.agent_delay)
@@ -132,6 +136,10 @@ def main(argv: list[str] | None = None) -> None:
 
         child = replicas.replica_child if args.role == "replica" else replicas.builder_child
         anyio.run(child, args.url, json.loads(args.config))
+    elif args.role == "peer":
+        from . import peers
+
+        anyio.run(peers.child, args.url, json.loads(args.config), backend="asyncio")
     elif args.role == "sketch":
         from . import scale
 

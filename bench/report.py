@@ -13,7 +13,18 @@ from typing import Any
 
 from .common import fmt, fmt_ratio
 
-ORDER = ["wakeup", "dbwork", "engine", "throughput", "scale", "contention", "deadlines", "leases", "replicas"]
+ORDER = [
+    "wakeup",
+    "dbwork",
+    "engine",
+    "throughput",
+    "scale",
+    "contention",
+    "deadlines",
+    "leases",
+    "replicas",
+    "peers",
+]
 
 
 def merge(out: Path, machine: dict[str, Any], command: str, results: list[dict[str, Any]]) -> dict[str, Any]:

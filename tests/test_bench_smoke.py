@@ -35,6 +35,11 @@ EXPECTED = {
         "lease renewal, SQLite",
         "reaper at rest, 50 builds renewing, SQLite",
     ],
+    "peers": [
+        "ours, SQLite: cycle p50, 1 caller",
+        "ours, SQLite: cycles/s, 16 callers",
+        "ours, SQLite: store transactions (reads and writes) per cycle",
+    ],
 }
 #: benchmarks that measure only PostgreSQL, and what their quick mode must report at least.
 POSTGRES_ONLY = {
@@ -88,7 +93,7 @@ def test_postgres_only_benchmark_without_postgres_says_so(name: str, tmp_path: P
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("name", ["wakeup", "dbwork", "throughput", "contention", "leases"])
+@pytest.mark.parametrize("name", ["wakeup", "dbwork", "throughput", "contention", "leases", "peers"])
 def test_quick_mode_postgres_parts(name: str, tmp_path: Path, pg_url: str) -> None:
     result = cli.run_one(name, common.Context(quick=True, pg_url=pg_url, tmp=tmp_path, local=False))
     _check_result(result, [])
