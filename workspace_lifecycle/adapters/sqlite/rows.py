@@ -79,7 +79,8 @@ def facts_query(where: str, *, with_chat: bool = False) -> str:
         f"SELECT {prefixed('w', WORKSPACE_COLUMNS)}, a.build_number, a.lifecycle,"
         f" {prefixed('b', BUILD_COLUMNS)}, ({_HEAD}){chat_columns}"
         " FROM workspaces w LEFT JOIN agents a ON a.workspace_id = w.workspace_id"
-        " LEFT JOIN builds b ON b.build_id = (SELECT build_id FROM builds"
+        # The latest build's rowid from the covering (workspace_id, number) index, then its row.
+        " LEFT JOIN builds b ON b.rowid = (SELECT rowid FROM builds"
         f" WHERE workspace_id = w.workspace_id ORDER BY number DESC LIMIT 1){chat_join} WHERE {where}"
     )
 
