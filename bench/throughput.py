@@ -21,6 +21,8 @@ from typing import Any
 import anyio
 
 import workspace_lifecycle as wl
+from workspace_lifecycle.adapters.driver import Plan
+from workspace_lifecycle.adapters.store import DriverStore
 
 from . import common, postgres_throughput
 from .common import Context, Result, Row
@@ -101,8 +103,10 @@ async def sqlite_write_work_rate(
 ) -> float:
     """The store's own work for ``report_agent`` (its read, the decision, the agent row, the
     event, each in a savepoint) run back to back on one thread, ``batch`` writes per COMMIT, with
-    no hop and no event loop: the ceiling of group commit at that batch size."""
-    from workspace_lifecycle.adapters.sqlite import _report_agent, _Tx
+    no hop and no event loop: the ceiling of group commit at that batch size. The work is the
+    driver's transaction body for the very plans the store makes (caught on their way to it)."""
+    from workspace_lifecycle.adapters.sqlite.driver import transaction_body
+    from workspace_lifecycle.adapters.sqlite.persist import Tx
 
     async with wl.open_store(
         f"sqlite:///{path}", synchronous=synchronous, busy_timeout=busy_timeout
@@ -112,7 +116,7 @@ async def sqlite_write_work_rate(
         build = await store.claim_build("bench")
         assert build is not None
         await store.finish_build(build.build_id, wl.JobStatus.SUCCEEDED, has_agent=True)
-    lifecycles = [wl.AgentLifecycle.STARTING, wl.AgentLifecycle.READY]
+    bodies = [transaction_body(await _plan_of_report_agent(ws, lifecycle)) for lifecycle in _LIFECYCLES]
 
     def loop() -> float:
         conn = sqlite3.connect(path, isolation_level=None)
@@ -125,7 +129,7 @@ async def sqlite_write_work_rate(
                 conn.execute("BEGIN IMMEDIATE")
                 for _ in range(batch):
                     conn.execute("SAVEPOINT w")
-                    _report_agent(_Tx(conn), ws, lifecycles[count % 2], time.time)
+                    bodies[count % 2](Tx(conn))
                     conn.execute("RELEASE w")
                     count += 1
                 conn.execute("COMMIT")
@@ -136,13 +140,34 @@ async def sqlite_write_work_rate(
     return await anyio.to_thread.run_sync(loop)
 
 
+_LIFECYCLES = (wl.AgentLifecycle.STARTING, wl.AgentLifecycle.READY)
+
+
+class _PlanCatcher:
+    """Stands for a driver just long enough to catch the plan a store write hands it."""
+
+    def __init__(self) -> None:
+        self.url = "catch://"
+        self.clock = time.time
+        self.plans: list[Plan[Any]] = []
+
+    async def transact(self, plan: Plan[Any]) -> None:
+        self.plans.append(plan)
+
+
+async def _plan_of_report_agent(workspace_id: str, lifecycle: wl.AgentLifecycle) -> Plan[Any]:
+    catcher = _PlanCatcher()
+    await DriverStore(catcher).report_agent(workspace_id, lifecycle)  # type: ignore[arg-type]
+    return catcher.plans[0]
+
+
 async def run_async(ctx: Context) -> Result:
     result = Result("throughput", ctx.quick)
     seconds = 0.1 if ctx.quick else 3.0
     if ctx.local:
         url = f"sqlite:///{ctx.tmp / f'tput-{time.monotonic_ns()}.db'}"
         async with wl.open_store(url) as s:
-            synchronous = str(getattr(s, "_synchronous", "NORMAL"))
+            synchronous = str(getattr(getattr(s, "driver", s), "_synchronous", "NORMAL"))
             busy = float(getattr(s, "busy_timeout", 5.0))
         bare_path = ctx.tmp / f"bare-{time.monotonic_ns()}.db"
 

@@ -34,8 +34,8 @@ async def writer_held(store: SQLiteStore) -> AsyncIterator[None]:
     """Keep the writer's thread busy: writes submitted meanwhile queue, and once it is free they
     are all found queued together, so they run as one batch."""
     gate = threading.Event()
-    assert store._connection is not None
-    busy = store._connection.submit(lambda conn: gate.wait(10))
+    assert store.driver._connection is not None
+    busy = store.driver._connection.submit(lambda conn: gate.wait(10))
     try:
         yield
     finally:
@@ -92,7 +92,7 @@ class TestBatch:
                     lambda: store.report_agent("nowhere", AgentLifecycle.READY),
                     lambda: store.request_build(ws, Transition.START, expected_build_number=2),
                     lambda: store.register_chat("taken", "alice"),
-                    lambda: store._write(half_done),
+                    lambda: store.driver._write(half_done),
                     lambda: store.request_build(ws, Transition.STOP, expected_build_number=2),  # refused
                     lambda: store.register_chat("b", "alice"),
                 ],
@@ -163,8 +163,8 @@ class TestBatch:
                     "INSERT INTO guard (chat_id) VALUES (new.chat_id); END;"
                 )
             other.close()
-            assert store._connection is not None
-            await store._connection.submit(lambda conn: conn.execute("PRAGMA foreign_keys = ON"))
+            assert store.driver._connection is not None
+            await store.driver._connection.submit(lambda conn: conn.execute("PRAGMA foreign_keys = ON"))
             commits = store.commits
 
             with pytest.raises(wl.StoreError, match="FOREIGN KEY") as alone:
@@ -224,7 +224,7 @@ class TestReads:
                 time.sleep(1.5)
 
             async with anyio.create_task_group() as tg:
-                tg.start_soon(store._write, long_write)
+                tg.start_soon(store.driver._write, long_write)
                 await anyio.to_thread.run_sync(started.wait, 5)
                 t0 = time.monotonic()
                 with anyio.fail_after(1):
