@@ -29,7 +29,7 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Final, Generic, TypeVar
+from typing import ClassVar, Final, Generic, TypeVar
 
 import attrs
 
@@ -37,7 +37,7 @@ from ..values import Build, Chat, Lease, StoreEvent, Workspace, WorkspaceFacts
 from ..writes import Write
 from .base import ArmedDeadlines, ChatRow, Topic
 
-__all__ = ["RETRY", "Decision", "Driver", "Plan", "Read", "ReadKind", "Retry", "Rows", "WrappedDriver"]
+__all__ = ["RETRY", "Driver", "Plan", "Read", "ReadKind", "Retry", "Rows", "WrappedDriver"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -88,9 +88,10 @@ class Read:
         return cls(ReadKind.PENDING)
 
 
-@attrs.frozen
+@attrs.define(slots=True, eq=False)
 class Rows:
     """What a driver read for a :class:`Read`, in one snapshot; absent rows are ``None``.
+    (One per transaction and never kept: a plain slotted class costs a quarter of a frozen one.)
 
     * CHAT: ``chat``, and (when ``related``) ``facts`` of the workspace it is bound to.
     * WORKSPACE: ``facts`` (``workspace`` is ``facts.workspace``) and ``chat`` (``None`` when
@@ -110,29 +111,44 @@ class Rows:
         return cls(chat, facts, None, None if facts is None else facts.workspace)
 
 
-@attrs.frozen
-class Decision(Generic[T]):
-    """A write decided on :class:`Rows`: the ``write`` to persist (``None``: nothing to write)
-    and the caller's answer, given the log's head after the write (for a write that appends
-    events, its last event's ``seq``; 0 when nothing was written)."""
+class Plan(abc.ABC, Generic[T]):
+    """One store write as a driver runs it: read :attr:`read`, call :meth:`decide` on the rows
+    (pure; it may raise, and then nothing is written), persist the write it returns (``None``:
+    nothing to write) atomically with the read, and return :meth:`answer` of the log's head
+    after the write (its last event's ``seq``; 0 when nothing was written)::
 
-    write: Write | None
-    answer: Callable[[int], T]
+        write = plan.decide(rows)
+        head = 0 if write is None else persist(write)
+        return plan.answer(head)
 
-
-@attrs.frozen
-class Plan(Generic[T]):
-    """One store write as a driver runs it: read ``read``, call ``decide`` on the rows (pure;
-    it may raise, and then nothing is written), persist the decision's write under a guard.
-
-    ``op`` names the store method (``"request_build"``) and ``lease`` the fencing token the
-    caller passed, for wrappers that count, record or inject faults by write.
+    A plan is one small object per call, made by :class:`~.store.DriverStore`; it keeps what its
+    answer needs between :meth:`decide` and :meth:`answer`, and a driver may call :meth:`decide`
+    again (after :data:`RETRY`). :attr:`op` names the store method (``"request_build"``) and
+    :attr:`lease` the fencing token the caller passed, for wrappers that count, record or
+    inject faults by write.
     """
 
-    op: str
-    read: Read
-    decide: Callable[[Rows], Decision[T]]
-    lease: str | None = None
+    __slots__ = ("lease", "read")
+
+    #: The store method this plan serves.
+    op: ClassVar[str] = ""
+
+    def __init__(self, read: Read, lease: str | None = None) -> None:
+        self.read = read
+        self.lease = lease
+
+    @abc.abstractmethod
+    def decide(self, rows: Rows) -> Write | None:
+        """The write to persist on ``rows`` (``None``: nothing), decided by
+        :mod:`workspace_lifecycle.writes`. Pure."""
+
+    @abc.abstractmethod
+    def answer(self, head: int) -> T:
+        """The caller's answer once the decided write committed with its last event at
+        ``head`` (0 when nothing was written)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.read!r}>"
 
 
 class Retry:
@@ -178,7 +194,7 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def transact(self, plan: Plan[T]) -> T | Retry:
         """Run ``plan``: read ``plan.read`` in one snapshot, call ``plan.decide`` on the rows,
-        persist its write (if any) atomically with the read, and return the decision's answer;
+        persist its write (if any) atomically with the read, and return ``plan.answer(head)``;
         or write nothing and return :data:`RETRY` when the guard found the rows changed."""
 
     # --- plain reads ---------------------------------------------------------------------------

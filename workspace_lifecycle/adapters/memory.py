@@ -55,10 +55,8 @@ class MemoryDriver(Driver):
 
     async def transact(self, plan: Plan[T]) -> T | Retry:
         self._check()
-        decided = plan.decide(self._read(plan.read))
-        if decided.write is None:
-            return decided.answer(0)
-        return decided.answer(self._persist(decided.write))
+        write = plan.decide(self._read(plan.read))
+        return plan.answer(0 if write is None else self._persist(write))
 
     def _read(self, read: Read) -> Rows:
         kind = read.kind

@@ -2,7 +2,8 @@
 
 Every write of :class:`~workspace_lifecycle.adapters.base.Store` is here, once, as a
 :class:`~.driver.Plan`: the rows it reads, the pure decision of
-:mod:`workspace_lifecycle.writes` it calls on them, and the answer it gives. The driver runs
+:mod:`workspace_lifecycle.writes` it calls on them, and the answer it gives. A plan is one
+slotted object per call (no closures: a write in flight keeps as few objects alive as it can). The driver runs
 the plan inside its transaction; this class handles, in one place, the two outcomes that are
 not an answer: a decision to write nothing (answered from the rows read) and a guard that found
 the rows changed (read and decide again, up to :data:`MAX_DECISIONS` times).
@@ -14,7 +15,7 @@ nothing in a driver unless it reads rows no :class:`~.driver.ReadKind` names yet
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .. import writes
@@ -32,7 +33,7 @@ from ..values import (
     WorkspaceFacts,
 )
 from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Outcome, Store, Topic
-from .driver import RETRY, Decision, Driver, Plan, Read, Rows
+from .driver import RETRY, Driver, Plan, Read, Rows
 
 __all__ = ["MAX_DECISIONS", "DriverStore", "as_driver_store"]
 
@@ -52,20 +53,302 @@ def _facts(rows: Rows, missing: str) -> WorkspaceFacts:
     return rows.facts
 
 
-def _not_fired(facts: WorkspaceFacts) -> Decision[Outcome]:
-    return Decision(None, lambda _: Outcome(fired=False, build=None, facts=facts))
+class _Request(Plan[Outcome]):
+    """A plan answered with an :class:`Outcome`: the build it appended (if any), with the facts
+    as the write left them (or as read, when it wrote nothing)."""
 
+    __slots__ = ("_facts", "_write")
 
-def _fired(facts: WorkspaceFacts, write: writes.Write | None) -> Decision[Outcome]:
-    """A request's answer: the build it appended, with the facts as the write left them."""
-    if write is None:
-        return _not_fired(facts)
-    return Decision(
-        write,
-        lambda head: Outcome(
+    def _decided(self, facts: WorkspaceFacts, write: writes.Write | None) -> writes.Write | None:
+        self._facts, self._write = facts, write
+        return write
+
+    def answer(self, head: int) -> Outcome:
+        write, facts = self._write, self._facts
+        if write is None:
+            return Outcome(fired=False, build=None, facts=facts)
+        return Outcome(
             fired=write.build is not None, build=write.build, facts=writes.applied(facts, write, head)
-        ),
-    )
+        )
+
+
+class _RegisterChat(Plan[Chat]):
+    op = "register_chat"
+    __slots__ = ("_chat", "chat_id", "default", "owner", "policy")
+
+    def __init__(self, chat_id: str, owner: str, policy: Policy | None, default: Policy) -> None:
+        super().__init__(Read.of_chat(chat_id, related=False))
+        self.chat_id, self.owner, self.policy, self.default = chat_id, owner, policy, default
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        existing = rows.chat
+        chat = writes.register_chat(
+            existing, self.chat_id, self.owner, policy=self.policy, default=self.default
+        )
+        if chat is None:
+            assert existing is not None
+            self._chat = existing
+            return None
+        self._chat = chat
+        return writes.Write(events=(), chat=chat)
+
+    def answer(self, head: int) -> Chat:
+        return self._chat
+
+
+class _CreateWorkspace(_Request):
+    op = "create_workspace"
+    __slots__ = ("chat_id", "clock", "expected", "name", "parameters")
+
+    def __init__(
+        self,
+        chat_id: str,
+        name: str,
+        expected: str | None,
+        parameters: Mapping[str, str] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(Read.of_chat(chat_id))
+        self.chat_id, self.name, self.expected, self.parameters, self.clock = (
+            chat_id,
+            name,
+            expected,
+            parameters,
+            clock,
+        )
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        chat = rows.chat
+        if chat is None:
+            raise NotFoundError(f"no chat {self.chat_id!r}")
+        bound = rows.facts  # the workspace the chat is bound to now, if any
+        write = writes.create_workspace(
+            chat,
+            expected_workspace_id=self.expected,
+            workspace_id=_new_id(),
+            build_id=_new_id(),
+            name=self.name,
+            at=self.clock(),
+            parameters=self.parameters,
+            replaced=bound if self.expected is not None else None,
+        )
+        if write is None:
+            if bound is None:
+                raise NotFoundError(f"chat {self.chat_id!r} has no workspace")
+            return self._decided(bound, None)
+        assert write.workspace is not None
+        return self._decided(WorkspaceFacts(write.workspace, None, None, 0), write)
+
+
+class _RequestBuild(_Request):
+    op = "request_build"
+    __slots__ = ("clock", "expected", "parameters", "transition")
+
+    def __init__(
+        self,
+        workspace_id: str,
+        transition: Transition,
+        expected: int,
+        parameters: Mapping[str, str] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(Read.workspace(workspace_id))
+        self.transition, self.expected, self.parameters, self.clock = transition, expected, parameters, clock
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        facts = _facts(rows, f"no workspace {self.read.key!r}")
+        write = writes.request_build(
+            facts,
+            chat=rows.chat,
+            transition=self.transition,
+            expected_build_number=self.expected,
+            build_id=_new_id(),
+            at=self.clock(),
+            parameters=self.parameters,
+        )
+        return self._decided(facts, write)
+
+
+class _FireDeadline(_Request):
+    op = "fire_deadline"
+    __slots__ = ("clock", "expected")
+
+    def __init__(self, workspace_id: str, expected: Deadline, clock: Callable[[], float]) -> None:
+        super().__init__(Read.workspace(workspace_id))
+        self.expected, self.clock = expected, clock
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        facts = _facts(rows, f"no workspace {self.read.key!r}")
+        write = writes.fire_deadline(
+            facts, chat=rows.chat, expected=self.expected, build_id=_new_id(), at=self.clock()
+        )
+        return self._decided(facts, write)
+
+
+class _Touch(Plan[Deadline | None]):
+    op = "touch"
+    __slots__ = ("_armed", "clock")
+
+    def __init__(self, workspace_id: str, clock: Callable[[], float]) -> None:
+        super().__init__(Read.workspace(workspace_id))
+        self.clock = clock
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        facts = _facts(rows, f"no workspace {self.read.key!r}")
+        write = writes.touch(facts, rows.chat.policy if rows.chat is not None else Policy(), at=self.clock())
+        self._armed = (
+            facts.workspace.deadline if write is None or write.workspace is None else write.workspace.deadline
+        )
+        return write
+
+    def answer(self, head: int) -> Deadline | None:
+        return self._armed
+
+
+class _Claim(Plan[Build | None]):
+    op = "claim_build"
+    __slots__ = ("_build", "clock", "lease_seconds", "worker")
+
+    def __init__(self, worker: str, lease_seconds: float, clock: Callable[[], float]) -> None:
+        super().__init__(_PENDING)
+        self.worker, self.lease_seconds, self.clock = worker, lease_seconds, clock
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        if rows.build is None or rows.workspace is None:
+            self._build = None
+            return None
+        write = writes.claim_build(
+            rows.build,
+            rows.workspace,
+            worker=self.worker,
+            at=self.clock(),
+            token=uuid.uuid4().hex,
+            lease_seconds=self.lease_seconds,
+        )
+        self._build = write.build
+        return write
+
+    def answer(self, head: int) -> Build | None:
+        return self._build
+
+
+class _Renew(Plan[float]):
+    op = "renew_lease"
+    __slots__ = ("_until", "clock", "lease_seconds")
+
+    def __init__(self, build_id: str, token: str, lease_seconds: float, clock: Callable[[], float]) -> None:
+        super().__init__(Read.build(build_id), token)
+        self.lease_seconds, self.clock = lease_seconds, clock
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        if rows.build is None or rows.workspace is None:
+            raise NotFoundError(f"no build {self.read.key!r}")
+        assert self.lease is not None
+        write = writes.renew_lease(
+            rows.build, rows.workspace, self.lease, at=self.clock(), lease_seconds=self.lease_seconds
+        )
+        assert write.build is not None and write.build.lease_expires_at is not None
+        self._until = write.build.lease_expires_at
+        return write
+
+    def answer(self, head: int) -> float:
+        return self._until
+
+
+class _Expire(Plan[Build | None]):
+    op = "expire_lease"
+    __slots__ = ("_build", "clock")
+
+    def __init__(self, build_id: str, token: str, clock: Callable[[], float]) -> None:
+        super().__init__(Read.build(build_id), token)
+        self.clock = clock
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        self._build = None
+        if rows.build is None or rows.workspace is None:
+            return None
+        assert self.lease is not None
+        policy = rows.chat.policy if rows.chat is not None else None
+        write = writes.expire_lease(rows.build, rows.workspace, self.lease, at=self.clock(), policy=policy)
+        if write is not None:
+            self._build = write.build
+        return write
+
+    def answer(self, head: int) -> Build | None:
+        return self._build
+
+
+class _Finish(Plan[Build]):
+    op = "finish_build"
+    __slots__ = ("_done", "clock", "details", "error", "has_agent", "status")
+
+    def __init__(
+        self,
+        build_id: str,
+        status: JobStatus,
+        error: str | None,
+        has_agent: bool,
+        details: Mapping[str, Any] | None,
+        lease: str | None,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(Read.build(build_id), lease)
+        self.status, self.error, self.has_agent, self.details, self.clock = (
+            status,
+            error,
+            has_agent,
+            details,
+            clock,
+        )
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        if rows.build is None or rows.workspace is None:
+            raise NotFoundError(f"no build {self.read.key!r}")
+        write = writes.finish_build(
+            rows.build,
+            rows.workspace,
+            self.status,
+            self.error,
+            has_agent=self.has_agent,
+            at=self.clock(),
+            details=self.details,
+            policy=rows.chat.policy if rows.chat is not None else None,
+            lease=self.lease,
+        )
+        assert write.build is not None
+        self._done = write.build
+        return write
+
+    def answer(self, head: int) -> Build:
+        return self._done
+
+
+class _ReportAgent(Plan[None]):
+    op = "report_agent"
+    __slots__ = ("clock", "lifecycle")
+
+    def __init__(
+        self, workspace_id: str, lifecycle: AgentLifecycle, lease: str | None, clock: Callable[[], float]
+    ) -> None:
+        super().__init__(Read.workspace(workspace_id, related=False), lease)
+        self.lifecycle, self.clock = lifecycle, clock
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        facts = _facts(rows, f"workspace {self.read.key!r} has no agent")
+        return writes.report_agent(
+            facts.agent,
+            facts.workspace,
+            self.lifecycle,
+            at=self.clock(),
+            latest=facts.latest_build,
+            lease=self.lease,
+        )
+
+    def answer(self, head: int) -> None:
+        return None
+
+
+_PENDING = Read.pending()
 
 
 class DriverStore(Store):
@@ -89,16 +372,18 @@ class DriverStore(Store):
 
     async def _transact(self, plan: Plan[T]) -> T:
         """Run ``plan`` until it is answered (a lost guard reads and decides again)."""
-        transact = self.driver.transact
-        for _ in range(MAX_DECISIONS):
-            result = await transact(plan)
+        result = await self.driver.transact(plan)
+        if result is not RETRY:
+            return result  # type: ignore[return-value]
+        for _ in range(MAX_DECISIONS - 1):
+            result = await self.driver.transact(plan)
             if result is not RETRY:
                 return result  # type: ignore[return-value]
         raise StoreBusyError(
             f"a write ({plan.op}) found its rows changed by other writers {MAX_DECISIONS} times in a row"
         )
 
-    # --- chats and workspaces ------------------------------------------------------------------
+    # --- the writes: one plan each -------------------------------------------------------------
 
     async def register_chat(
         self,
@@ -108,17 +393,7 @@ class DriverStore(Store):
         policy: Policy | None = None,
         default_policy: Policy | None = None,
     ) -> Chat:
-        def decide(rows: Rows) -> Decision[Chat]:
-            existing = rows.chat
-            chat = writes.register_chat(
-                existing, chat_id, owner, policy=policy, default=default_policy or Policy()
-            )
-            if chat is None:
-                assert existing is not None
-                return Decision(None, lambda _: existing)
-            return Decision(writes.Write(events=(), chat=chat), lambda _: chat)
-
-        return await self._transact(Plan("register_chat", Read.of_chat(chat_id, related=False), decide))
+        return await self._transact(_RegisterChat(chat_id, owner, policy, default_policy or Policy()))
 
     async def create_workspace(
         self,
@@ -128,32 +403,9 @@ class DriverStore(Store):
         expected_workspace_id: str | None,
         parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
-        clock = self.driver.clock
-
-        def decide(rows: Rows) -> Decision[Outcome]:
-            chat = rows.chat
-            if chat is None:
-                raise NotFoundError(f"no chat {chat_id!r}")
-            bound = rows.facts  # the workspace the chat is bound to now, if any
-            write = writes.create_workspace(
-                chat,
-                expected_workspace_id=expected_workspace_id,
-                workspace_id=_new_id(),
-                build_id=_new_id(),
-                name=name,
-                at=clock(),
-                parameters=parameters,
-                replaced=bound if expected_workspace_id is not None else None,
-            )
-            if write is None:
-                if bound is None:
-                    raise NotFoundError(f"chat {chat_id!r} has no workspace")
-                return _not_fired(bound)
-            assert write.workspace is not None
-            created = WorkspaceFacts(write.workspace, None, None, 0)
-            return _fired(created, write)
-
-        return await self._transact(Plan("create_workspace", Read.of_chat(chat_id), decide))
+        return await self._transact(
+            _CreateWorkspace(chat_id, name, expected_workspace_id, parameters, self.driver.clock)
+        )
 
     async def request_build(
         self,
@@ -163,100 +415,27 @@ class DriverStore(Store):
         expected_build_number: int,
         parameters: Mapping[str, str] | None = None,
     ) -> Outcome:
-        clock = self.driver.clock
-
-        def decide(rows: Rows) -> Decision[Outcome]:
-            facts = _facts(rows, f"no workspace {workspace_id!r}")
-            write = writes.request_build(
-                facts,
-                chat=rows.chat,
-                transition=transition,
-                expected_build_number=expected_build_number,
-                build_id=_new_id(),
-                at=clock(),
-                parameters=parameters,
-            )
-            return _fired(facts, write)
-
-        return await self._transact(Plan("request_build", Read.workspace(workspace_id), decide))
+        return await self._transact(
+            _RequestBuild(workspace_id, transition, expected_build_number, parameters, self.driver.clock)
+        )
 
     async def touch(self, workspace_id: str) -> Deadline | None:
-        clock = self.driver.clock
-
-        def decide(rows: Rows) -> Decision[Deadline | None]:
-            facts = _facts(rows, f"no workspace {workspace_id!r}")
-            policy = rows.chat.policy if rows.chat is not None else Policy()
-            write = writes.touch(facts, policy, at=clock())
-            armed = (
-                facts.workspace.deadline
-                if write is None or write.workspace is None
-                else write.workspace.deadline
-            )
-            return Decision(write, lambda _: armed)
-
-        return await self._transact(Plan("touch", Read.workspace(workspace_id), decide))
+        return await self._transact(_Touch(workspace_id, self.driver.clock))
 
     async def fire_deadline(self, workspace_id: str, expected: Deadline) -> Outcome:
-        clock = self.driver.clock
-
-        def decide(rows: Rows) -> Decision[Outcome]:
-            facts = _facts(rows, f"no workspace {workspace_id!r}")
-            write = writes.fire_deadline(
-                facts, chat=rows.chat, expected=expected, build_id=_new_id(), at=clock()
-            )
-            return _fired(facts, write)
-
-        return await self._transact(Plan("fire_deadline", Read.workspace(workspace_id), decide))
-
-    # --- the provisioner side ------------------------------------------------------------------
+        return await self._transact(_FireDeadline(workspace_id, expected, self.driver.clock))
 
     async def claim_build(self, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Build | None:
-        writes.check_lease_seconds(lease_seconds)
-        clock = self.driver.clock
-
-        def decide(rows: Rows) -> Decision[Build | None]:
-            if rows.build is None or rows.workspace is None:
-                return Decision(None, lambda _: None)
-            write = writes.claim_build(
-                rows.build,
-                rows.workspace,
-                worker=worker,
-                at=clock(),
-                token=uuid.uuid4().hex,
-                lease_seconds=lease_seconds,
-            )
-            return Decision(write, lambda _: write.build)
-
-        return await self._transact(Plan("claim_build", Read.pending(), decide))
+        lease_seconds = writes.check_lease_seconds(lease_seconds)
+        return await self._transact(_Claim(worker, lease_seconds, self.driver.clock))
 
     async def renew_lease(
         self, build_id: str, token: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
     ) -> float:
-        clock = self.driver.clock
-
-        def decide(rows: Rows) -> Decision[float]:
-            if rows.build is None or rows.workspace is None:
-                raise NotFoundError(f"no build {build_id!r}")
-            write = writes.renew_lease(
-                rows.build, rows.workspace, token, at=clock(), lease_seconds=lease_seconds
-            )
-            assert write.build is not None and write.build.lease_expires_at is not None
-            until = write.build.lease_expires_at
-            return Decision(write, lambda _: until)
-
-        return await self._transact(Plan("renew_lease", Read.build(build_id), decide, lease=token))
+        return await self._transact(_Renew(build_id, token, lease_seconds, self.driver.clock))
 
     async def expire_lease(self, build_id: str, token: str) -> Build | None:
-        clock = self.driver.clock
-
-        def decide(rows: Rows) -> Decision[Build | None]:
-            if rows.build is None or rows.workspace is None:
-                return Decision(None, lambda _: None)
-            policy = rows.chat.policy if rows.chat is not None else None
-            write = writes.expire_lease(rows.build, rows.workspace, token, at=clock(), policy=policy)
-            return Decision(write, lambda _: None if write is None else write.build)
-
-        return await self._transact(Plan("expire_lease", Read.build(build_id), decide, lease=token))
+        return await self._transact(_Expire(build_id, token, self.driver.clock))
 
     async def finish_build(
         self,
@@ -269,44 +448,15 @@ class DriverStore(Store):
         lease: str | None = None,
     ) -> Build:
         status = writes.parse_status(status)
-        clock = self.driver.clock
-
-        def decide(rows: Rows) -> Decision[Build]:
-            if rows.build is None or rows.workspace is None:
-                raise NotFoundError(f"no build {build_id!r}")
-            write = writes.finish_build(
-                rows.build,
-                rows.workspace,
-                status,
-                error,
-                has_agent=has_agent,
-                at=clock(),
-                details=details,
-                policy=rows.chat.policy if rows.chat is not None else None,
-                lease=lease,
-            )
-            done = write.build
-            assert done is not None
-            return Decision(write, lambda _: done)
-
-        return await self._transact(Plan("finish_build", Read.build(build_id), decide, lease=lease))
+        return await self._transact(
+            _Finish(build_id, status, error, has_agent, details, lease, self.driver.clock)
+        )
 
     async def report_agent(
         self, workspace_id: str, lifecycle: AgentLifecycle | str, *, lease: str | None = None
     ) -> None:
         lifecycle = writes.parse_lifecycle(lifecycle)
-        clock = self.driver.clock
-
-        def decide(rows: Rows) -> Decision[None]:
-            facts = _facts(rows, f"workspace {workspace_id!r} has no agent")
-            write = writes.report_agent(
-                facts.agent, facts.workspace, lifecycle, at=clock(), latest=facts.latest_build, lease=lease
-            )
-            return Decision(write, lambda _: None)
-
-        await self._transact(
-            Plan("report_agent", Read.workspace(workspace_id, related=False), decide, lease=lease)
-        )
+        await self._transact(_ReportAgent(workspace_id, lifecycle, lease, self.driver.clock))
 
     # --- reads, the event log and interest: the driver's own -----------------------------------
 

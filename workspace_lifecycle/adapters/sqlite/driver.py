@@ -66,13 +66,12 @@ class _Body(Generic[T]):
 
     def __call__(self, tx: Tx) -> T:
         plan = self.plan
-        decision = plan.decide(reads.plan_rows(tx.conn, plan.read))
-        write = decision.write
+        write = plan.decide(reads.plan_rows(tx.conn, plan.read))
         if write is None:
-            return decision.answer(0)
+            return plan.answer(0)
         tx.persist(write)
         head = tx.appended_head
-        return decision.answer(rows.head(tx.conn) if head is None else head)
+        return plan.answer(rows.head(tx.conn) if head is None else head)
 
 
 class SQLiteDriver(Driver):
