@@ -133,7 +133,7 @@ async def test_a_guard_that_waited_decides_again_on_the_new_rows(pg_schema_url: 
             await anyio.sleep(0.3)
             released.set()
 
-        a._before_commit = hold
+        a.driver.committer._before_commit = hold
         outcome: list[wl.Outcome] = []
 
         async def stop() -> None:
@@ -142,7 +142,7 @@ async def test_a_guard_that_waited_decides_again_on_the_new_rows(pg_schema_url: 
         async with anyio.create_task_group() as tg:
             tg.start_soon(a.report_agent, ws, AgentLifecycle.READY)  # changes the rows (agent)
             await entered.wait()
-            a._before_commit = None
+            a.driver.committer._before_commit = None
             tg.start_soon(stop)  # reads version v now, decides "fire", then waits for the lock
         assert released.is_set()
         assert outcome[0].fired  # the agent report does not forbid a stop: no spurious refusal
@@ -172,7 +172,7 @@ async def test_an_expiry_decided_before_a_renewal_committed_does_not_pass(pg_sch
             entered.set()
             await release.wait()
 
-        worker._before_commit = hold
+        worker.driver.committer._before_commit = hold
         expired: list[wl.Build | None] = []
 
         async def expire() -> None:
@@ -183,7 +183,7 @@ async def test_an_expiry_decided_before_a_renewal_committed_does_not_pass(pg_sch
                 functools.partial(worker.renew_lease, build.build_id, build.lease_token, lease_seconds=30)
             )
             await entered.wait()  # the renewal's statement ran; its commit waits
-            worker._before_commit = None
+            worker.driver.committer._before_commit = None
             clock.advance(1)  # the lease as committed so far is due now
             tg.start_soon(expire)  # reads the old lease, decides "expire", waits for the row
             await anyio.sleep(0.3)
@@ -207,7 +207,7 @@ async def test_a_guard_that_waited_for_a_winner_refuses(pg_schema_url: str) -> N
             entered.set()
             await anyio.sleep(0.3)
 
-        a._before_commit = hold
+        a.driver.committer._before_commit = hold
         outcomes: dict[str, wl.Outcome] = {}
 
         async def request(name: str, store: wl.Store) -> None:
@@ -216,7 +216,7 @@ async def test_a_guard_that_waited_for_a_winner_refuses(pg_schema_url: str) -> N
         async with anyio.create_task_group() as tg:
             tg.start_soon(request, "first", a)
             await entered.wait()
-            a._before_commit = None
+            a.driver.committer._before_commit = None
             tg.start_soon(request, "second", b)
         assert outcomes["first"].fired and not outcomes["second"].fired
         winner = outcomes["first"].build
@@ -231,7 +231,7 @@ async def queue_behind_a_batch(
     flight" until all of them are decided and queued; then one of them leads the rest.
     Returns each result or error."""
     results: list[object] = [None] * len(calls)
-    store._leading = _BATCHES_IN_FLIGHT
+    store.driver.committer._leading = _BATCHES_IN_FLIGHT
 
     async def run(i: int) -> None:
         try:
@@ -243,10 +243,10 @@ async def queue_behind_a_batch(
         for i in range(len(calls)):
             tg.start_soon(run, i)
         with anyio.fail_after(5):
-            while len(store._queue) < len(calls):  # noqa: ASYNC110 - the queue has no event
+            while len(store.driver.committer._queue) < len(calls):  # noqa: ASYNC110 - the queue has no event
                 await anyio.sleep(0.001)
-        store._leading = 0
-        done, store._led = store._led, anyio.Event()
+        store.driver.committer._leading = 0
+        done, store.driver.committer._led = store.driver.committer._led, anyio.Event()
         done.set()
     return results
 

@@ -89,7 +89,7 @@ async def test_log_is_commit_ordered_under_interleaved_transactions(pg_schema_ur
         async def slow_commit() -> None:  # a long transaction: holds its seq before committing
             await anyio.sleep(rng.choice([0.0, 0.0, 0.002, 0.03]))
 
-        a._before_commit = slow_commit
+        a.driver.committer._before_commit = slow_commit
         seen: list[int] = []
         stop = anyio.Event()
         async with anyio.create_task_group() as readers:
@@ -116,7 +116,7 @@ async def test_short_transaction_waits_for_long_one(pg_schema_url: str) -> None:
             entered.set()
             await anyio.sleep(0.3)
 
-        a._before_commit = hold
+        a.driver.committer._before_commit = hold
         done: dict[str, tuple[float, int]] = {}
 
         async def create(store: wl.Store, chat: str) -> None:

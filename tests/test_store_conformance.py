@@ -369,11 +369,11 @@ class TestPostgresChatBinding:
                 outcomes["start"] = await a.request_build(old, Transition.START, expected_build_number=2)
 
             holder, calls = (b, (create, start)) if first == "create" else (a, (start, create))
-            holder._before_commit = hold  # type: ignore[attr-defined]
+            holder.driver.committer._before_commit = hold  # type: ignore[attr-defined]
             async with anyio.create_task_group() as tg:
                 tg.start_soon(calls[0])
                 await entered.wait()
-                holder._before_commit = None  # type: ignore[attr-defined]
+                holder.driver.committer._before_commit = None  # type: ignore[attr-defined]
                 tg.start_soon(calls[1])
             # Whichever committed first wins; the other refuses: a start after the re-bind would
             # run a workspace no chat reaches, and so would a re-bind after the start.

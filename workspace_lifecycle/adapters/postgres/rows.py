@@ -1,0 +1,328 @@
+"""The rows: the reads of the store in SQL, each a function of a connection, and the parsing of
+what they return (a bad stored value is a :class:`~workspace_lifecycle.errors.CorruptStateError`
+naming the row). The writes are the compiler's (:mod:`.compiler`)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from ...errors import CorruptStateError, CursorExpiredError
+from ...values import (
+    Agent,
+    AgentLifecycle,
+    Build,
+    Chat,
+    JobStatus,
+    Lease,
+    Reason,
+    StoreEvent,
+    Transition,
+    Workspace,
+    WorkspaceFacts,
+    parse_deadline,
+    parse_enum,
+    parse_lease,
+    parse_policy,
+)
+from ..base import ArmedDeadlines, ChatRow
+from ..driver import Rows
+from .guards import Known, Seen
+
+Conn = psycopg.AsyncConnection[TupleRow]
+
+#: The finished statuses as an SQL list: a finished build holds no lease, whatever its row says
+#: (one finished by code from before leases keeps the expiry migration 5 gave it).
+_FINISHED = "(" + ", ".join(f"'{status.value}'" for status in JobStatus if status.finished) + ")"
+
+HEAD = "coalesce(greatest((SELECT max(seq) FROM events), (SELECT pruned_through FROM log_state)), 0)"
+
+#: A workspace row as :func:`parse_workspace` reads it.
+_WS_COLUMNS = "w.workspace_id, w.chat_id, w.owner, w.name, w.deleted, w.deadline_at, w.deadline_reason"
+#: A chat row as :func:`parse_chat` reads it.
+_CHAT_COLUMNS = "c.chat_id, c.owner, c.workspace_id, c.idle_stop_after, c.delete_after_stopped"
+_CHAT_WIDTH = 5
+
+_FACTS_COLUMNS = f"""
+    {_WS_COLUMNS},
+    b.build_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,
+    b.parameters, b.details, b.reason, b.lease_token, b.lease_expires_at,
+    a.build_number, a.lifecycle
+"""
+_FACTS_JOINS = """
+    LEFT JOIN builds b ON b.workspace_id = w.workspace_id AND b.number = w.latest_build
+    LEFT JOIN agents a ON a.workspace_id = w.workspace_id
+"""
+_FACTS_SQL = f"SELECT {_FACTS_COLUMNS}, {HEAD} FROM workspaces w {_FACTS_JOINS} WHERE w.workspace_id = %s"
+
+#: What a request reads: the workspace's facts (then its version) and its chat's row (then its version).
+_REQUEST_SQL = (
+    f"SELECT {_FACTS_COLUMNS}, {HEAD}, w.version, {_CHAT_COLUMNS}, c.version"
+    f" FROM workspaces w {_FACTS_JOINS} JOIN chats c ON c.chat_id = w.chat_id WHERE w.workspace_id = %s"
+)
+#: A workspace row as :func:`parse_workspace` reads it, then its version.
+_WORKSPACE_COLUMNS = f"{_WS_COLUMNS}, w.version"
+#: Columns of a workspace row as :func:`parse_workspace` reads it (its version follows them).
+_WORKSPACE_WIDTH = 7
+#: Columns of a build as :func:`parse_build` reads it.
+_BUILD_WIDTH = 13
+#: Columns of ``_FACTS_COLUMNS`` and the head (``_REQUEST_SQL``'s versions and chat follow).
+_FACTS_WIDTH = _WORKSPACE_WIDTH + (_BUILD_WIDTH - 1) + 2 + 1
+
+_BUILD_COLUMNS = (
+    "b.build_id, b.workspace_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,"
+    " b.parameters, b.details, b.reason, b.lease_token, b.lease_expires_at"
+)
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def parse_build(row: Sequence[Any]) -> Build:
+    """A build from ``build_id, workspace_id, number, transition, status, error, has_agent, worker,
+    parameters, details, reason, lease_token, lease_expires_at``."""
+    build_id = row[0]
+    token, expires_at = parse_lease(row[11], row[12], key=build_id)
+    parameters, details = row[8], row[9]
+    if not isinstance(parameters, dict):
+        raise CorruptStateError("builds", build_id, "parameters", parameters)
+    if details is not None and not isinstance(details, dict):
+        raise CorruptStateError("builds", build_id, "details", details)
+    return Build(
+        build_id=build_id,
+        workspace_id=row[1],
+        number=row[2],
+        transition=parse_enum(Transition, row[3], table="builds", key=build_id, column="transition"),
+        status=parse_enum(JobStatus, row[4], table="builds", key=build_id, column="status"),
+        error=row[5],
+        has_agent=row[6],
+        worker=row[7],
+        parameters=parameters,
+        details=details,
+        reason=parse_enum(Reason, row[10], table="builds", key=build_id, column="reason"),
+        lease_token=token,
+        lease_expires_at=expires_at,
+    )
+
+
+def parse_facts(row: Sequence[Any]) -> WorkspaceFacts:
+    """Facts from a row of ``_FACTS_COLUMNS`` followed by the head."""
+    ws = parse_workspace(row)
+    b = _WORKSPACE_WIDTH
+    build = None
+    if row[b] is not None:
+        build = parse_build((row[b], ws.workspace_id, *row[b + 1 : b + _BUILD_WIDTH - 1]))
+    a = b + _BUILD_WIDTH - 1
+    agent = None
+    if row[a] is not None:
+        lifecycle = parse_enum(
+            AgentLifecycle, row[a + 1], table="agents", key=ws.workspace_id, column="lifecycle"
+        )
+        agent = Agent(ws.workspace_id, row[a], lifecycle)
+    return WorkspaceFacts(workspace=ws, latest_build=build, agent=agent, seq=int(row[a + 2]))
+
+
+def parse_workspace(row: Sequence[Any]) -> Workspace:
+    """A workspace from ``_WS_COLUMNS``."""
+    deadline = parse_deadline(row[5], row[6], key=row[0])
+    return Workspace(row[0], row[1], row[2], row[3], deleted=row[4], deadline=deadline)
+
+
+def parse_chat(row: Sequence[Any]) -> Chat:
+    """A chat from ``_CHAT_COLUMNS``."""
+    return Chat(row[0], row[1], row[2], policy=parse_policy(row[3], row[4], key=row[0]))
+
+
+# --- what a write reads ----------------------------------------------------------------------
+
+
+async def read_known(conn: Conn, workspace_id: str) -> Known | None:
+    """The workspace's facts and its chat's row, in one snapshot, with their versions."""
+    cur = await conn.execute(_REQUEST_SQL, (workspace_id,))
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    f = _FACTS_WIDTH
+    chat = parse_chat(row[f + 1 : f + 1 + _CHAT_WIDTH])
+    return Known(int(row[f]), parse_facts(row), chat, int(row[f + 1 + _CHAT_WIDTH]))
+
+
+async def read_build(conn: Conn, build_id: str) -> tuple[Rows, Seen | None]:
+    """A build with its workspace and chat rows (the chat's policy arms the next deadline when
+    it finishes) and the guard of a write decided on them; no rows if there is no such build."""
+    cur = await conn.execute(
+        f"SELECT {_BUILD_COLUMNS}, {_WORKSPACE_COLUMNS}, {_CHAT_COLUMNS}, c.version"
+        " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id"
+        " JOIN chats c ON c.chat_id = w.chat_id WHERE b.build_id = %s",
+        (build_id,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return Rows(), None
+    b, w = _BUILD_WIDTH, _BUILD_WIDTH + _WORKSPACE_WIDTH
+    ws = parse_workspace(row[b:w])
+    chat = parse_chat(row[w + 1 : w + 1 + _CHAT_WIDTH])
+    seen = Seen(ws.workspace_id, int(row[w]), chat.chat_id, int(row[w + 1 + _CHAT_WIDTH]))
+    return Rows(chat, None, parse_build(row[:b]), ws), seen
+
+
+async def read_pending(conn: Conn) -> tuple[Rows, Seen | None]:
+    """The oldest pending build and its workspace, guarded by the workspace's version; a worker
+    that loses it to another reads the next one."""
+    cur = await conn.execute(
+        f"SELECT {_BUILD_COLUMNS}, {_WORKSPACE_COLUMNS}"
+        " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id"
+        " WHERE b.status = 'pending' ORDER BY b.id LIMIT 1"
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return Rows(), None
+    b, w = _BUILD_WIDTH, _BUILD_WIDTH + _WORKSPACE_WIDTH
+    ws = parse_workspace(row[b:w])
+    return Rows(build=parse_build(row[:b]), workspace=ws), Seen(ws.workspace_id, int(row[w]))
+
+
+async def lock_chat(conn: Conn, chat_id: str, *, related: bool) -> Rows | None:
+    """Inside a transaction: lock the chat's row and (``related``) the workspace it is bound to,
+    the workspace first (every guarded write takes them in that order, so the two never wait on
+    each other in a circle); its rows, with the workspace's facts. ``None`` when the chat was
+    bound to another workspace between the two locks (nothing is decided on half-locked rows)."""
+    bound = None
+    if related:
+        cur = await conn.execute(
+            "WITH b AS (SELECT workspace_id FROM chats WHERE chat_id = %s),"
+            " l AS (SELECT 1 FROM workspaces WHERE workspace_id = (SELECT workspace_id FROM b) FOR UPDATE)"
+            " SELECT (SELECT workspace_id FROM b), (SELECT count(*) FROM l)",
+            (chat_id,),
+        )
+        row = await cur.fetchone()
+        bound = None if row is None or row[0] is None else str(row[0])
+    cur = await conn.execute(
+        f"SELECT {_CHAT_COLUMNS} FROM chats c WHERE c.chat_id = %s FOR UPDATE", (chat_id,)
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return Rows()
+    chat = parse_chat(row)
+    if not related:
+        return Rows(chat)
+    if chat.workspace_id != bound:
+        return None
+    return Rows(chat, None if bound is None else await read_facts(conn, bound))
+
+
+# --- plain reads -----------------------------------------------------------------------------
+
+
+async def read_head(conn: Conn) -> int:
+    cur = await conn.execute(f"SELECT {HEAD}")
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def read_facts(conn: Conn, workspace_id: str) -> WorkspaceFacts | None:
+    cur = await conn.execute(_FACTS_SQL, (workspace_id,))
+    row = await cur.fetchone()
+    return None if row is None else parse_facts(row)
+
+
+async def read_chat(conn: Conn, chat_id: str) -> Chat | None:
+    cur = await conn.execute(f"SELECT {_CHAT_COLUMNS} FROM chats c WHERE c.chat_id = %s", (chat_id,))
+    row = await cur.fetchone()
+    return None if row is None else parse_chat(row)
+
+
+async def read_one_build(conn: Conn, build_id: str) -> Build | None:
+    cur = await conn.execute(f"SELECT {_BUILD_COLUMNS} FROM builds b WHERE b.build_id = %s", (build_id,))
+    row = await cur.fetchone()
+    return None if row is None else parse_build(row)
+
+
+async def read_armed_deadlines(conn: Conn) -> ArmedDeadlines:
+    # One statement: one snapshot for the deadlines and the head.
+    cur = await conn.execute(
+        f"SELECT {HEAD}, coalesce(array_agg(workspace_id), '{{}}'),"
+        " coalesce(array_agg(deadline_at), '{}'), coalesce(array_agg(deadline_reason), '{}')"
+        " FROM workspaces WHERE deadline_at IS NOT NULL"
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return ArmedDeadlines.read(
+        int(row[0]),
+        [
+            (w, functools.partial(parse_deadline, at, r, key=w))
+            for w, at, r in zip(row[1], row[2], row[3], strict=True)
+        ],
+    )
+
+
+async def read_chat_rows(conn: Conn) -> list[ChatRow]:
+    cur = await conn.execute(
+        f"SELECT {_CHAT_COLUMNS}, {_FACTS_COLUMNS}, {HEAD}"
+        f" FROM chats c LEFT JOIN workspaces w ON w.workspace_id = c.workspace_id {_FACTS_JOINS}"
+        " ORDER BY c.chat_id"
+    )
+    rows: list[ChatRow] = []
+    for row in await cur.fetchall():
+        chat = parse_chat(row)
+        rows.append(ChatRow.read(chat, functools.partial(parse_facts, row[_CHAT_WIDTH:])))
+    return rows
+
+
+async def read_next_lease(conn: Conn, skip: Collection[str]) -> Lease | None:
+    cur = await conn.execute(
+        "SELECT build_id, workspace_id, worker, lease_token, lease_expires_at FROM builds"
+        f" WHERE lease_expires_at IS NOT NULL AND status NOT IN {_FINISHED}"
+        " AND build_id <> ALL(%s::text[])"
+        " ORDER BY lease_expires_at LIMIT 1",
+        (list(skip),),
+    )
+    row = await cur.fetchone()
+    return None if row is None else Lease.read(*row)
+
+
+async def read_events(conn: Conn, after: int, limit: int) -> list[StoreEvent]:
+    # One statement, one snapshot: the pruning mark and the events agree.
+    cur = await conn.execute(
+        "SELECT l.pruned_through, e.seq, e.kind, e.workspace_id, e.chat_id, e.build_number,"
+        " e.payload, e.at FROM log_state l LEFT JOIN LATERAL ("
+        "   SELECT * FROM events WHERE seq > %s ORDER BY seq LIMIT %s) e ON true",
+        (after, limit),
+    )
+    rows = await cur.fetchall()
+    pruned = int(rows[0][0]) if rows else 0
+    if after < pruned:
+        raise CursorExpiredError(after, pruned + 1)
+    return [
+        StoreEvent.from_row(
+            seq=int(r[1]),
+            kind=r[2],
+            workspace_id=r[3],
+            chat_id=r[4],
+            build_number=r[5],
+            payload=r[6],
+            at=r[7],
+        )
+        for r in rows
+        if r[1] is not None
+    ]
+
+
+async def prune_events(conn: Conn, older_than: float) -> int:
+    # Only a prefix of the log is dropped: everything up to the first event that is not older
+    # than ``older_than``.
+    cur = await conn.execute(
+        "WITH cut AS (SELECT coalesce("
+        "   (SELECT min(seq) FROM events WHERE at >= %s) - 1,"
+        "   (SELECT max(seq) FROM events)) AS s),"
+        " del AS (DELETE FROM events WHERE seq <= (SELECT s FROM cut) RETURNING seq),"
+        " mark AS (UPDATE log_state SET pruned_through ="
+        "   greatest(pruned_through, (SELECT max(seq) FROM del)) RETURNING 1)"
+        " SELECT count(*) FROM del",
+        (older_than,),
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
