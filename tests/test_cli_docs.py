@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 PAGE = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
 QUICK_TRY = PAGE.split("\n## Reference", 1)[0]
 #: The commands that run until Ctrl-C; the page says so before each.

@@ -33,7 +33,7 @@ import workspace_lifecycle as wl
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 PAGE = (ROOT / "docs" / "mcp.md").read_text(encoding="utf-8")
 PLACEHOLDER = "/abs/path.db"
 ROW = re.compile(r"^\| `(\w+)` \| `(\{.*?\})` \| (.+) \|$", re.M)
