@@ -5,7 +5,9 @@
 * Doctests in docstrings (``>>>`` runs) render as Python console blocks in the API reference,
   instead of as prose whose brackets Markdown would read as links.
 * Images next to a file that a page includes from outside ``docs/`` (``bench/wakeup.png`` beside
-  ``bench/RESULTS.md``) are added to the site, so the included page's links resolve.
+  ``bench/RESULTS.md``) are added to the site, so the included page's links resolve; so is the
+  committed ``diagrams/workspace.svg`` that the state-machine page shows (one copy, where the
+  repository keeps it and its freshness test checks it).
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ from mkdocs.structure.files import File, Files
 MARKER = "<!-- cli-help -->"
 ROOT = Path(__file__).resolve().parent.parent
 #: Files outside docs/ that included pages link to, by the name the link uses.
-EXTRA_FILES = {"wakeup.png": ROOT / "bench" / "wakeup.png", "replicas.png": ROOT / "bench" / "replicas.png"}
+EXTRA_FILES = {
+    "wakeup.png": ROOT / "bench" / "wakeup.png",
+    "replicas.png": ROOT / "bench" / "replicas.png",
+    "workspace.svg": ROOT / "diagrams" / "workspace.svg",
+}
 
 
 def _help(parser: argparse.ArgumentParser) -> str:
