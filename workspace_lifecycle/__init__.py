@@ -64,7 +64,7 @@ from .values import Workspace as Workspace
 from .values import WorkspaceFacts as WorkspaceFacts
 from .values import WorkspaceState as WorkspaceState
 
-__version__ = "0.2.0"  # the one source of the version: pyproject.toml reads it
+__version__ = "0.3.0.dev0"  # the one source of the version: pyproject.toml reads it
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
