@@ -26,7 +26,7 @@ from workspaces import stopped
 import workspace_lifecycle as wl
 from workspace_lifecycle import EventKind, JobStatus, Transition
 
-WORKER = Path(__file__).with_name("crash_worker.py")
+WORKER = Path(__file__).parents[1] / "helpers" / "crash_worker.py"
 OWNER = "alice"
 
 

@@ -23,7 +23,7 @@ from workspace_lifecycle.testing import check_provisioner
 
 pytestmark = pytest.mark.anyio
 
-SCRIPT = str(Path(__file__).with_name("process_workspace.py"))
+SCRIPT = str(Path(__file__).parents[1] / "helpers" / "process_workspace.py")
 OWNER = "alice"
 
 
