@@ -184,7 +184,7 @@ def test_url_options_and_bad_schema() -> None:
 
 
 def test_pgbouncer_options_are_validated() -> None:
-    """pool_mode and listen_url (see tests/test_pgbouncer.py for them at work): a listen_url is a
+    """pool_mode and listen_url (see tests/stores/test_pgbouncer.py for them at work): a listen_url is a
     PostgreSQL URL of libpq parameters or ``none``; transaction pooling needs one; passwords
     never reach the shown URL."""
     listen = "postgresql%3A%2F%2Fu%3Apw%40direct%3A5432%2Fdb%3Fsslmode%3Drequire"
