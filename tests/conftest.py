@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -94,9 +95,21 @@ def _server_lock(mode: int) -> Iterator[None]:
 
 @pytest.fixture
 def pg_exclusive(pg_url: str) -> Iterator[str]:
-    """The server to oneself (to restart it): waits until no other test is using it."""
+    """The server to oneself (to restart it): waits until no other test is using it, and hands
+    it back only once it answers again (whatever the test did to it)."""
+    import psycopg
+
     with _server_lock(fcntl.LOCK_EX):
         yield pg_url
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with psycopg.connect(pg_url, connect_timeout=2):
+                    break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
 
 @pytest.fixture(autouse=True)

@@ -440,7 +440,7 @@ def _restart_server(pg_url: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.anyio
-async def test_server_restart_while_runtimes_wait(pg_url: str, pg_schema_url: str, pg_exclusive: str) -> None:
+async def test_server_restart_while_runtimes_wait(pg_exclusive: str, pg_url: str, pg_schema_url: str) -> None:
     """PostgreSQL restarts while two replicas wait for a start build: both get the answer after
     it comes back, with one start build and no event lost."""
     if not await anyio.Path("/etc/postgresql").is_dir():
