@@ -3,13 +3,23 @@
 Each store runs on the backends it supports: the memory store on asyncio and trio, SQLite and
 PostgreSQL on asyncio. PostgreSQL tests read ``WORKSPACE_LIFECYCLE_PG_URL`` (default: the local
 server); when it is unreachable they skip, except under ``CI=true``, where that is a failure.
+
+The suite runs in parallel (pytest-xdist, ``-n`` in pyproject's ``addopts``): every test keeps to
+its own temporary directory, PostgreSQL schema and ports. The one test that restarts the
+PostgreSQL server takes ``pg_exclusive``; every other test that reaches the server holds a shared
+lock on the same file meanwhile (``pg_shared``), so no test meets the restart halfway.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
+import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -61,6 +71,59 @@ def pg_url() -> str:
     return PG_URL
 
 
+@contextmanager
+def _server_lock(mode: int) -> Iterator[None]:
+    """``flock`` on a file named after the server (shared by every worker and every run on this
+    machine): ``LOCK_SH`` to use the server, ``LOCK_EX`` to restart it. A turnstile taken first
+    keeps new users out while a restart waits for the current ones (flock alone lets a stream of
+    shared holders starve it)."""
+    digest = hashlib.sha256(PG_URL.encode()).hexdigest()[:12]
+    base = os.path.join(tempfile.gettempdir(), f"workspace-lifecycle-pg-{digest}")
+    with open(f"{base}.turnstile", "a") as turnstile, open(f"{base}.lock", "a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, mode)
+        finally:
+            if mode == fcntl.LOCK_SH:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def pg_exclusive(pg_url: str) -> Iterator[str]:
+    """The server to oneself (to restart it): waits until no other test is using it, and hands
+    it back only once it answers again (whatever the test did to it)."""
+    import psycopg
+
+    with _server_lock(fcntl.LOCK_EX):
+        yield pg_url
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with psycopg.connect(pg_url, connect_timeout=2):
+                    break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+
+@pytest.fixture(autouse=True)
+def pg_shared(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that reaches PostgreSQL (``postgres`` mark or a ``pg_url`` fixture) holds the
+    server's shared lock from its first fixture to its last teardown."""
+    uses_server = "pg_url" in request.fixturenames or request.node.get_closest_marker("postgres")
+    if not uses_server or "pg_exclusive" in request.fixturenames:
+        yield
+        return
+    with _server_lock(fcntl.LOCK_SH):
+        yield
+
+
 @pytest.fixture
 def pg_schema_url(pg_url: str) -> Iterator[str]:
     """A URL of the test database with a fresh schema of its own, dropped afterwards."""
@@ -101,3 +164,37 @@ def store_url(store_backend: tuple[str, str], tmp_path: Path, request: pytest.Fi
 async def store(store_url: str) -> AsyncIterator[wl.Store]:
     async with wl.open_store(store_url) as s:
         yield s
+
+
+#: Tests that take seconds each (real processes, real sleeps, many Hypothesis histories), marked
+#: ``slow`` here in one place besides the ``@pytest.mark.slow`` in their files: measured with
+#: ``--durations`` (3 s and more on 2 cores). ``-m "not slow"`` leaves them out while working.
+SLOW = (
+    "tests/stores/test_bench_smoke.py::test_quick_mode",
+    "tests/stores/test_postgres_replicas.py",
+    "tests/stores/test_deadline_processes.py",
+    "tests/stores/test_postgres_races.py::test_many_writers_on_many_workspaces_keep_the_log_whole",
+    "tests/stores/test_postgres_resilience.py::test_cancelled_opens_and_closes_leak_no_connections",
+    "tests/stores/test_store_kit.py::test_the_postgres_store_passes_on_a_fresh_schema",
+    "tests/runtime/test_reliability_histories.py::test_",
+    "tests/runtime/test_history_invariants.py::test_histories_keep_unbound_workspaces_down_and_answers_true",
+    "tests/docs/test_cli_readme.py::test_two_terminals_as_written",
+    "tests/docs/test_docs_examples.py::test_example_runs",
+    "tests/provisioners/test_provisioner_kit.py::test_the_simulated_provisioner_passes",
+    "tests/provisioners/test_process_provisioner.py::test_it_passes_the_provisioner_kit",
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the ``SLOW`` tests, then run slow tests first: spread over the xdist workers from the
+    start they overlap, where at the end one of them would keep the run waiting alone. The test
+    that restarts PostgreSQL keeps its place (first, it would hold up every other server test)."""
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+    items.sort(
+        key=lambda item: (
+            not (item.get_closest_marker("slow") and "pg_exclusive" not in getattr(item, "fixturenames", ()))
+        )
+    )

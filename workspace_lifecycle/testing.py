@@ -14,6 +14,8 @@ Install the ``test`` extra (it brings Hypothesis). Four tools:
 * :func:`check_provisioner` checks *your* provisioner against the provisioner protocol (claims
   once, finishes and reports with its lease token, renews its lease while it works, gives up on
   a build whose lease it lost, honours stop and delete); its docstring shows a pytest test.
+* :func:`check_store` checks *your* store against the rules every store keeps (compare-and-sets
+  that fire once, the event log, waking, leases, deadlines); raises :class:`StoreCheckError`.
 
 Hypothesis' stateful tests are synchronous; the machine runs the store, the runtime and the
 provisioner on an event loop of their own behind an ``anyio.from_thread`` blocking portal, so
@@ -58,6 +60,7 @@ from ._provisioner_kit import (
     ProvisionerReport,
     check_provisioner,
 )
+from ._store_kit import ClockedStoreFactory, StoreCheckError, StoreReport, check_store
 from .adapters.base import Store, Topic
 from .machine import Tracker, derive_state
 from .runtime import Lifecycle
@@ -78,6 +81,10 @@ __all__ = [
     "ProvisionerCheckError",
     "ProvisionerReport",
     "check_provisioner",
+    "ClockedStoreFactory",
+    "StoreCheckError",
+    "StoreReport",
+    "check_store",
     "Create",
     "Finish",
     "HistoryOp",

@@ -1,4 +1,4 @@
-"""ProcessProvisioner with real processes (no mock of subprocess): tests/process_workspace.py
+"""ProcessProvisioner with real processes (no mock of subprocess): tests/helpers/process_workspace.py
 is the workspace command. Every test is bounded (``fail_after``) and checks, when it ends, that
 every process a provisioner spawned or adopted is gone."""
 
@@ -23,7 +23,7 @@ from workspace_lifecycle.testing import check_provisioner
 
 pytestmark = pytest.mark.anyio
 
-SCRIPT = str(Path(__file__).with_name("process_workspace.py"))
+SCRIPT = str(Path(__file__).parents[1] / "helpers" / "process_workspace.py")
 OWNER = "alice"
 
 

@@ -1,4 +1,4 @@
-"""Helpers for tests that run replicas as separate processes (tests/replica.py)."""
+"""Helpers for tests that run replicas as separate processes (tests/helpers/replica.py)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 FRAGMENT = re.compile(r"<!-- docs-test: fragment \(.+\) -->")
 BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)

@@ -16,6 +16,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from stacks import simulated_lifecycle
 
 import workspace_lifecycle as wl
 from workspace_lifecycle.telemetry import transition_logger
@@ -28,12 +29,7 @@ FIELDS = ("chat", "workspace", "build", "from", "to", "event", "reason", "latenc
 
 @pytest.fixture
 async def lc() -> AsyncIterator[wl.Lifecycle]:
-    async with (
-        wl.open_store("memory://") as store,
-        wl.SimulatedProvisioner(store, build_seconds=0.01, agent_seconds=0.01),
-        wl.Lifecycle(store) as lifecycle,
-    ):
-        await lifecycle.register_chat("chat-1", owner="alice")
+    async with simulated_lifecycle(chat="chat-1", owner="alice") as lifecycle:
         yield lifecycle
 
 

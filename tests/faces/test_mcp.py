@@ -21,6 +21,7 @@ import pytest
 from mcp.client import Client
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from stacks import simulated_lifecycle
 
 import workspace_lifecycle as wl
 from workspace_lifecycle.answers import CHAT_NOT_FOUND, NO_WORKSPACE, WORKSPACE_DELETED
@@ -76,12 +77,8 @@ def test_tools_are_tool_definitions_verbatim() -> None:
 
 @pytest.fixture
 async def lc() -> AsyncIterator[wl.Lifecycle]:
-    async with (
-        wl.open_store("memory://") as store,
-        wl.SimulatedProvisioner(store, build_seconds=0.02, agent_seconds=0.02),
-        wl.Lifecycle(store) as lifecycle,
-    ):
-        await lifecycle.register_chat("chat-1", owner="alice")  # the host's chat, as serve() does
+    # The host's chat registered first, as serve() does.
+    async with simulated_lifecycle(seconds=0.02, chat="chat-1", owner="alice") as lifecycle:
         yield lifecycle
 
 

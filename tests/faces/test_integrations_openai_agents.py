@@ -15,6 +15,7 @@ from agents.items import ToolCallOutputItem
 from agents.testing import ScriptedModel, assistant_message, function_call
 from agents.tool_context import ToolContext
 from jsonschema import Draft202012Validator
+from stacks import simulated_lifecycle
 
 import workspace_lifecycle as wl
 from workspace_lifecycle.integrations.openai_agents import workspace_tools
@@ -36,12 +37,8 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 async def lc() -> AsyncIterator[wl.Lifecycle]:
-    async with (
-        wl.open_store("memory://") as store,
-        wl.SimulatedProvisioner(store, build_seconds=0.01, agent_seconds=0.01),
-        wl.Lifecycle(store) as lc,
-    ):
-        yield lc
+    async with simulated_lifecycle() as lifecycle:
+        yield lifecycle
 
 
 def scripted(calls: list[tuple[str, dict[str, Any]]]) -> ScriptedModel:

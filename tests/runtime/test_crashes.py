@@ -1,6 +1,6 @@
 """Crashes: SIGKILL of a runtime and of a provisioner mid-build, on SQLite and PostgreSQL; the
 lease of a killed provisioner runs out and its build is failed once (leases on every store, in
-process: tests/test_leases.py).
+process: tests/stores/test_leases.py).
 
 After recovery nothing is lost (the waiting caller, in a new process, is answered) and nothing
 is duplicated (exactly one start build per start decision).
@@ -26,7 +26,7 @@ from workspaces import stopped
 import workspace_lifecycle as wl
 from workspace_lifecycle import EventKind, JobStatus, Transition
 
-WORKER = Path(__file__).with_name("crash_worker.py")
+WORKER = Path(__file__).parents[1] / "helpers" / "crash_worker.py"
 OWNER = "alice"
 
 
@@ -150,7 +150,7 @@ def running(number: int) -> Callable[[wl.WorkspaceFacts], bool]:
 def test_runtime_killed_mid_build(pg_schema_url: str) -> None:
     """A runtime dies while its caller waits (its build running in a provisioner process); a new
     process's caller gets the same build. SQLite's twin is
-    tests/test_sqlite_processes.py::test_sigkill_mid_wait_then_a_new_runtime_waits_for_the_same_build."""
+    tests/stores/test_sqlite_processes.py::test_sigkill_mid_wait_then_a_new_runtime_waits_for_the_same_build."""
     crash_url = pg_schema_url
     ws, head = setup(crash_url)
     with processes() as spawn:

@@ -1,4 +1,4 @@
-"""The workspace command of tests/test_process_provisioner.py: a tiny HTTP server, or a process
+"""The workspace command of tests/provisioners/test_process_provisioner.py: a tiny HTTP server, or a process
 that misbehaves on purpose.
 
     python process_workspace.py serve PORT [DELAY]   wait DELAY s, then answer HTTP on 127.0.0.1:PORT

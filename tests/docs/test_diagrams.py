@@ -17,7 +17,7 @@ from workspace_lifecycle.diagram import render
 from workspace_lifecycle.machine import WorkspaceMachine
 from workspace_lifecycle.values import WorkspaceState
 
-DIAGRAMS = Path(__file__).resolve().parent.parent / "diagrams"
+DIAGRAMS = Path(__file__).resolve().parents[2] / "diagrams"
 REGENERATE = "stale; regenerate with: workspace-lifecycle diagram --format {fmt} -o {path}"
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from workspace_lifecycle import cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECTION = (
     (ROOT / "README.md").read_text(encoding="utf-8").split("## Command line\n", 1)[1].split("\n## ", 1)[0]
 )

@@ -184,7 +184,7 @@ def test_url_options_and_bad_schema() -> None:
 
 
 def test_pgbouncer_options_are_validated() -> None:
-    """pool_mode and listen_url (see tests/test_pgbouncer.py for them at work): a listen_url is a
+    """pool_mode and listen_url (see tests/stores/test_pgbouncer.py for them at work): a listen_url is a
     PostgreSQL URL of libpq parameters or ``none``; transaction pooling needs one; passwords
     never reach the shown URL."""
     listen = "postgresql%3A%2F%2Fu%3Apw%40direct%3A5432%2Fdb%3Fsslmode%3Drequire"
@@ -440,7 +440,7 @@ def _restart_server(pg_url: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.anyio
-async def test_server_restart_while_runtimes_wait(pg_url: str, pg_schema_url: str) -> None:
+async def test_server_restart_while_runtimes_wait(pg_exclusive: str, pg_url: str, pg_schema_url: str) -> None:
     """PostgreSQL restarts while two replicas wait for a start build: both get the answer after
     it comes back, with one start build and no event lost."""
     if not await anyio.Path("/etc/postgresql").is_dir():

@@ -10,23 +10,18 @@ waiter ran" is exactly what happens, every time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import attrs
 import pytest
 from anyio.abc import TaskGroup
-from test_runtime_answers import Call
+from chat_harness import CHAT, OWNER, Call, H, harness, spawn
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import AgentLifecycle, JobStatus, Transition, WorkspaceState
 
 pytestmark = pytest.mark.anyio
-
-OWNER = "alice"
-CHAT = "c1"
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -34,71 +29,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@attrs.define
-class H:
-    store: wl.Store
-    lc: wl.Lifecycle
-
-    async def claim(self) -> wl.Build:
-        with anyio.fail_after(5):
-            while True:
-                cursor = await self.store.head()
-                build = await self.store.claim_build("test-worker")
-                if build is not None:
-                    return build
-                await self.store.wait_for_change(cursor)
-
-    async def complete(self, status: JobStatus = JobStatus.SUCCEEDED, *, agent: bool = False) -> wl.Build:
-        build = await self.claim()
-        return await self.store.finish_build(build.build_id, status, has_agent=agent)
-
-    async def workspace_id(self) -> str:
-        row = await self.store.get_chat(CHAT)
-        assert row is not None and row.workspace_id is not None
-        return row.workspace_id
-
-    async def latest(self) -> wl.Build:
-        facts = await self.store.workspace_facts(await self.workspace_id())
-        assert facts.latest_build is not None
-        return facts.latest_build
-
-    async def queue(self, transition: Transition) -> wl.Build:
-        """Another caller (another replica) queues ``transition`` after the latest build."""
-        latest = await self.latest()
-        outcome = await self.store.request_build(
-            await self.workspace_id(), transition, expected_build_number=latest.number
-        )
-        assert outcome.fired and outcome.build is not None
-        return outcome.build
-
-    async def running(self) -> None:
-        assert not (await self.lc.create_workspace(CHAT, owner=OWNER, name="dev", wait=False)).is_error
-        await self.complete()
-
-    async def stopped(self) -> None:
-        await self.running()
-        assert not (await self.lc.stop_workspace(CHAT, owner=OWNER, wait=False)).is_error
-        await self.complete()
-        assert await self.lc.state(CHAT) is WorkspaceState.STOPPED
-
-
-@asynccontextmanager
-async def harness() -> AsyncIterator[H]:
-    with anyio.fail_after(10):
-        async with wl.open_store("memory://") as store, wl.Lifecycle(store) as lc:
-            await lc.register_chat(CHAT, owner=OWNER)
-            yield H(store, lc)
-
-
 async def waiting(tg: TaskGroup, fn: Callable[[], Awaitable[wl.ToolResult]]) -> Call:
     """Run ``fn`` in the background; return once it sleeps (on its build or its agent)."""
-    call = Call()
-
-    async def run() -> None:
-        call.result_ = await fn()
-        call.done.set()
-
-    tg.start_soon(run)
+    call = spawn(tg, fn)
     await anyio.wait_all_tasks_blocked()
     assert not call.done.is_set()
     return call

@@ -19,6 +19,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.test import TestModel
+from stacks import simulated_lifecycle
 
 import workspace_lifecycle as wl
 from workspace_lifecycle.integrations.pydantic_ai import workspace_toolset
@@ -28,12 +29,8 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 async def lc() -> AsyncIterator[wl.Lifecycle]:
-    async with (
-        wl.open_store("memory://") as store,
-        wl.SimulatedProvisioner(store, build_seconds=0.01, agent_seconds=0.01),
-        wl.Lifecycle(store) as lc,
-    ):
-        yield lc
+    async with simulated_lifecycle() as lifecycle:
+        yield lifecycle
 
 
 def scripted(calls: list[tuple[str, dict[str, Any]]]) -> FunctionModel:

@@ -7,7 +7,7 @@
   outcome is ``failed``/``canceled`` (or for a timeout), and says ``agent_status: "no_agent"``
   only for a build whose stored ``has_agent`` is false.
 
-They take plain store reads and the raw event log, so ``tests/test_reliability_histories.py``
+They take plain store reads and the raw event log, so ``tests/runtime/test_reliability_histories.py``
 can call them too: in ``_play``, after ``_check_answer(c.verb, r)``, call
 ``check_answer_against_log(r, _builds(log))`` and after each round
 ``await check_unbound_workspaces(raw, chats)``. Here they run on histories of their own: two

@@ -39,7 +39,8 @@ from bench import pgbouncer
 from bench.pgbouncer import Bouncer
 from workspace_lifecycle.adapters.postgres import PostgresStore
 
-pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
+# One PgBouncer for the module: its tests run on one xdist worker (`--dist loadgroup`).
+pytestmark = [pytest.mark.postgres, pytest.mark.anyio, pytest.mark.xdist_group("pgbouncer")]
 
 __all__ = [  # the conformance suite, collected again here against PgBouncer
     "TestChats",

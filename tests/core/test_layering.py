@@ -1,0 +1,161 @@
+"""The layers hold: the pure core imports no runtime, adapter, event loop, clock, driver or network,
+and no storage adapter imports the runtime or a face (issue 24, item 6).
+
+The imports are read from the source with :mod:`ast` (every ``import``, at any depth, including
+the ones under ``if TYPE_CHECKING:``: a type that names the runtime ties the core to it too), so
+nothing is imported to check it. A failure lists each offending import as ``file:line``.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import workspace_lifecycle
+
+PACKAGE = Path(workspace_lifecycle.__file__).parent
+NAME = workspace_lifecycle.__name__
+
+#: The pure core (README, "Layout"): decisions over values, no I/O, no awaits, no clocks. The
+#: compiled transition table lives in ``machine.py`` (``machine.TABLE``).
+CORE = ("machine", "steps", "writes", "deadlines", "answers", "values", "errors")
+#: Pure modules that join the core as they are written (README on main: ``checks.py``, the
+#: configuration numbers; ``backoff.py``, the retry pauses; ``reconcile.py``, what a restarted
+#: provisioner does; issue 24 item 4): checked once they exist.
+CORE_LATER = ("checks", "backoff", "reconcile")
+
+#: What the core may not import from outside the package: event loops and concurrency, clocks,
+#: storage drivers and the network.
+CORE_FORBIDDEN_EXTERNAL = (
+    "anyio",
+    "asyncio",
+    "trio",
+    "sniffio",
+    "time",
+    "sqlite3",
+    "psycopg",
+    "psycopg_pool",
+    "socket",
+    "ssl",
+    "select",
+    "selectors",
+    "http",
+    "urllib",
+    "subprocess",
+)
+
+#: The runtime and the faces above it: what a storage adapter may not import.
+RUNTIME = (
+    "runtime",
+    "_pump",
+    "_registry",
+    "_retry",
+    "_deadlines",
+    "_flight",
+    "_service",
+    "provisioner",
+    "process_provisioner",
+    "reaper",
+    "tools",
+    "mcp_server",
+    "cli",
+    "integrations",
+    "telemetry",
+    "testing",
+    "_provisioner_kit",
+    "faults",
+)
+
+
+def imports(path: Path) -> Iterator[tuple[int, str]]:
+    """Every module the package's file ``path`` imports, with its line (see ``imports_in``)."""
+    package = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]
+    yield from imports_in(path.read_text(encoding="utf-8"), package)
+
+
+def imports_in(source: str, package: tuple[str, ...]) -> Iterator[tuple[int, str]]:
+    """Every module ``source`` (a file of ``package``) imports, absolute, with its line: in an
+    adapter, ``from ..values import y`` is ``workspace_lifecycle.values`` and also
+    ``workspace_lifecycle.values.y`` (``y`` may be a module, as in ``from .. import tools``)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[: len(package) - node.level + 1]) if node.level else []
+            prefix = ".".join([*base, *([node.module] if node.module else [])])
+            yield node.lineno, prefix
+            for alias in node.names:
+                yield node.lineno, f"{prefix}.{alias.name}"
+
+
+def matches(module: str, names: tuple[str, ...]) -> bool:
+    """``module`` is one of ``names`` or inside one of them (``psycopg.rows`` is ``psycopg``)."""
+    return any(module == name or module.startswith(name + ".") for name in names)
+
+
+def offending(path: Path, forbidden: tuple[str, ...]) -> list[str]:
+    where = path.relative_to(PACKAGE.parent)
+    return sorted(
+        {f"{where}:{line}: imports {module}" for line, module in imports(path) if matches(module, forbidden)}
+    )
+
+
+def ours(*names: str) -> tuple[str, ...]:
+    return tuple(f"{NAME}.{name}" for name in names)
+
+
+def core_files() -> list[Path]:
+    later = [PACKAGE / f"{name}.py" for name in CORE_LATER]
+    return [PACKAGE / f"{name}.py" for name in CORE] + [path for path in later if path.is_file()]
+
+
+class TestCore:
+    @pytest.mark.parametrize("path", core_files(), ids=lambda p: p.name)
+    def test_the_core_imports_only_the_core_and_no_io(self, path: Path) -> None:
+        """A core module imports other core modules of the package and no loop, clock, driver or
+        network: whatever it needs from outside is data handed to it."""
+        internal = [
+            f"{path.relative_to(PACKAGE.parent)}:{line}: imports {module}"
+            for line, module in imports(path)
+            if matches(module, (NAME,)) and module != NAME and not matches(module, ours(*CORE, *CORE_LATER))
+        ]
+        problems = sorted(set(internal)) + offending(path, CORE_FORBIDDEN_EXTERNAL)
+        assert not problems, "the pure core reaches outside itself:\n" + "\n".join(problems)
+
+    def test_every_core_module_exists(self) -> None:
+        """A renamed core module fails here rather than silently leaving the check."""
+        assert [name for name in CORE if not (PACKAGE / f"{name}.py").is_file()] == []
+
+
+class TestAdapters:
+    @pytest.mark.parametrize(
+        "path", sorted((PACKAGE / "adapters").rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE))
+    )
+    def test_an_adapter_imports_no_runtime_and_no_face(self, path: Path) -> None:
+        """Adapters persist the core's decisions under the store interface; the runtime, the
+        provisioners and the faces sit above them."""
+        problems = offending(path, ours(*RUNTIME))
+        assert not problems, "a storage adapter imports the layer above it:\n" + "\n".join(problems)
+
+
+class TestTheCheckItself:
+    """The checker sees what it must: relative imports, imports inside functions, type-only ones."""
+
+    def test_it_resolves_every_kind_of_import(self) -> None:
+        source = (
+            "from typing import TYPE_CHECKING\n"
+            "import anyio\n"
+            "from ..runtime import Lifecycle\n"
+            "def f():\n"
+            "    from .. import tools\n"
+            "if TYPE_CHECKING:\n"
+            "    from workspace_lifecycle._pump import Pump\n"
+        )
+        found = {module for _, module in imports_in(source, (NAME, "adapters"))}
+        assert {"anyio", f"{NAME}.runtime", f"{NAME}.tools", f"{NAME}._pump"} <= found
+        assert matches(f"{NAME}.cli.demo", ours("cli"))
+        assert not matches(f"{NAME}.clock", ours("cli"))

@@ -1,0 +1,20 @@
+"""The store conformance kit: :func:`check_store` (exported by :mod:`workspace_lifecycle.testing`).
+
+Every store (ours and yours) must behave the same for the runtime to rely on it; the checks are
+the rules the runtime relies on, split by concern: :mod:`.writes` (chats, creates, requests, the
+provisioner side), :mod:`.log` (the event log, waking, pruning, a closed store) and
+:mod:`.leases` (leases and deadlines, on the kit's virtual clock).
+"""
+
+from __future__ import annotations
+
+from . import leases as leases
+from . import log as log
+from . import writes as writes
+from ._kit import CHECKS as CHECKS
+from ._kit import ClockedStoreFactory as ClockedStoreFactory
+from ._kit import StoreCheckError as StoreCheckError
+from ._kit import StoreReport as StoreReport
+from ._kit import check_store as check_store
+
+__all__ = ["CHECKS", "StoreCheckError", "ClockedStoreFactory", "StoreReport", "check_store"]
