@@ -6,7 +6,7 @@ Run from the repository root (PostgreSQL parts need the server named by
     python -m bench                  # every benchmark (~10 minutes); writes bench/results.json,
                                      # bench/RESULTS.md and bench/wakeup.png
     python -m bench wakeup scale     # some of them (their entries are updated, others kept)
-    python -m bench --quick          # the tiny smoke mode (what tests/test_bench_smoke.py runs)
+    python -m bench --quick          # the tiny smoke mode (what tests/stores/test_bench_smoke.py runs)
     python -m bench --out DIR        # write the results elsewhere
     python -m bench --compare        # the regression guard: every guarded figure against the
                                      # committed results.json; exit 1 if one is worse than 0.9x

@@ -1,5 +1,5 @@
 """A PgBouncer process in transaction pooling mode in front of a PostgreSQL URL, for the tests
-(``tests/test_pgbouncer.py``) and the wake-up benchmark behind it (``bench/pgbouncer_wakeup.py``).
+(``tests/stores/test_pgbouncer.py``) and the wake-up benchmark behind it (``bench/pgbouncer_wakeup.py``).
 
 It listens on a free port of 127.0.0.1, with a generated ini, its log and pidfile in a temporary
 directory; PgBouncer refuses to run as root, so as root it switches to the ``postgres`` account

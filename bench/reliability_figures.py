@@ -25,11 +25,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = [
-    "tests/test_faults.py",
-    "tests/test_reliability_histories.py",
-    "tests/test_crashes.py",
-    "tests/test_hostile_input.py",
-    "tests/test_cancellation.py",
+    "tests/runtime/test_faults.py",
+    "tests/runtime/test_reliability_histories.py",
+    "tests/runtime/test_crashes.py",
+    "tests/stores/test_hostile_input.py",
+    "tests/runtime/test_cancellation.py",
 ]
 
 

@@ -11,7 +11,7 @@ reader sees on three pages:
   first, every public name has its entry, and no "Bases:" line;
 * every page: no Sphinx role (``:class:`...```) shown raw.
 
-The HTML checks need nothing but the build; ``tests/test_docs_site.py`` runs them in the suite.
+The HTML checks need nothing but the build; ``tests/docs/test_docs_site.py`` runs them in the suite.
 With Chromium installed (Debian: ``apt-get install -y chromium``) the script also loads the three
 pages in headless Chromium, offline (``--disable-background-networking``), checks the DOM after
 the pages' scripts ran (``--dump-dom``) the same way, and saves a screenshot of each into DIR

@@ -182,6 +182,8 @@ SLOW = (
     "tests/docs/test_docs_examples.py::test_example_runs",
     "tests/provisioners/test_provisioner_kit.py::test_the_simulated_provisioner_passes",
     "tests/provisioners/test_process_provisioner.py::test_it_passes_the_provisioner_kit",
+    "tests/docs/test_mcp_docs.py",
+    "tests/docs/test_cli_docs.py",
 )
 
 

@@ -1,6 +1,6 @@
 """The statement compiler: a decided :class:`~workspace_lifecycle.writes.Write` in, one SQL
 statement and its parameters out. Pure (no connection, no server): what it emits is tested
-as text in ``tests/test_postgres_compiler.py``.
+as text in ``tests/stores/test_postgres_compiler.py``.
 
 One statement persists a write generically: a CTE of the guard, the row changes, the log
 append and the NOTIFY. It returns one row (the new head) or, when the guard fails, none and
