@@ -9,7 +9,15 @@ from .adapters.base import ArmedDeadlines as ArmedDeadlines
 from .adapters.base import ChatRow as ChatRow
 from .adapters.base import Outcome as Outcome
 from .adapters.base import Store as Store
+from .adapters.driver import RETRY as RETRY
+from .adapters.driver import Driver as Driver
+from .adapters.driver import Plan as Plan
+from .adapters.driver import Read as Read
+from .adapters.driver import ReadKind as ReadKind
+from .adapters.driver import Rows as Rows
+from .adapters.driver import WrappedDriver as WrappedDriver
 from .adapters.memory import MemoryStore as MemoryStore
+from .adapters.store import DriverStore as DriverStore
 from .clock import Clock as Clock
 from .clock import VirtualClock as VirtualClock
 from .clock import WallClock as WallClock
@@ -68,6 +76,14 @@ __version__ = "0.3.0.dev0"  # the one source of the version: pyproject.toml read
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
+    "RETRY",
+    "Driver",
+    "DriverStore",
+    "Plan",
+    "Read",
+    "ReadKind",
+    "Rows",
+    "WrappedDriver",
     "Agent",
     "ArmedDeadlines",
     "AgentLifecycle",
