@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -60,24 +61,51 @@ def exit_text(status: int | None) -> str:
     return f"exited with status {status}"
 
 
+#: The log writer (run by path: it imports only the standard library).
+LOG_WRITER = str(Path(__file__).with_name("_log_writer.py"))
+#: Log writers this interpreter started and has not reaped yet.
+_WRITERS: list[subprocess.Popen[bytes]] = []
+
+
 def spawn(
-    path: Path, argv: list[str], env: dict[str, str], header: str
+    path: Path, argv: list[str], env: dict[str, str], header: str, *, log_max_bytes: int
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``argv`` in ``path`` (no shell), its output appended to the workspace's log; return
-    the process and where its output begins in the log."""
+    """Start ``argv`` in ``path`` (no shell), in a session of its own, its output piped to a log
+    writer (``_log_writer.py``: the log stays under ``log_max_bytes``; it exits once every
+    process that holds the pipe has ended); return the process and where its output begins in
+    the log."""
+    _WRITERS[:] = [w for w in _WRITERS if w.poll() is None]  # reap the writers that ended
     with open(path / LOG_FILE, "ab") as out:
         out.write(f"{NOTE_PREFIX} {header}\n".encode())
         out.flush()
         offset = out.tell()
-        popen = subprocess.Popen(
-            argv,
+    popen = subprocess.Popen(
+        argv,
+        cwd=path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own session and process group: a stop ends its children too
+    )
+    assert popen.stdout is not None
+    try:
+        writer = subprocess.Popen(
+            [sys.executable, "-I", "-S", LOG_WRITER, str(path / LOG_FILE), str(log_max_bytes)],
             cwd=path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: a stop ends its children too
+            stdin=popen.stdout,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # not the host's Ctrl-C; it ends at the end of its input
         )
+    except BaseException:
+        popen.kill()
+        popen.wait()
+        raise
+    finally:
+        popen.stdout.close()  # the writer holds the pipe; the process sees EPIPE only if it ends
+        popen.stdout = None
+    _WRITERS.append(writer)
     return popen, offset
 
 

@@ -6,7 +6,8 @@
 * a **start** build gives the workspace a free TCP port on 127.0.0.1 and spawns its command
   (an argv list, never a shell string: ``{port}`` in any argument is replaced by the port, and
   ``$PORT`` is in its environment) in the workspace's directory, with its output appended to
-  ``workspace.log`` there. The build succeeds once the process is spawned and has lived through
+  ``workspace.log`` there (bounded: ``log_max_bytes``, then rotated to ``workspace.log.1``).
+  The build succeeds once the process is spawned and has lived through
   ``spawn_grace`` seconds (or answered the probe sooner); a process that exits within them fails
   the build, with its exit status and its last lines of output as the reason. The agent is
   reported ``ready`` when the probe passes (a TCP connect to the port), ``start_timeout`` when it
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import re
@@ -96,7 +98,9 @@ class ProcessProvisioner(BackgroundService):
     id; created if missing). ``command`` is the argv template; ``env`` adds environment
     variables to the provisioner's own; build parameters are added as
     ``parameter_prefix + name`` (``WL_PARAM_region``), and a name that is not a valid
-    environment variable name fails the build.
+    environment variable name fails the build. The process's output goes to ``workspace.log``
+    through a log writer that keeps it under ``log_max_bytes`` (8 MiB): past it the log becomes
+    ``workspace.log.1`` and a new one begins, so the two keep the latest output.
 
     >>> ProcessProvisioner(None, root=".", command="python -m http.server")  # type: ignore[arg-type]
     Traceback (most recent call last):
@@ -117,6 +121,7 @@ class ProcessProvisioner(BackgroundService):
         env: Mapping[str, str] | None = None,
         parameter_prefix: str = "WL_PARAM_",
         output_lines: int = 10,
+        log_max_bytes: int = 8 * 2**20,
         worker: str | None = None,
         retries: int = 8,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
@@ -149,6 +154,9 @@ class ProcessProvisioner(BackgroundService):
         self.env = dict(env or {})
         self.parameter_prefix = parameter_prefix
         self.output_lines = checks.count("output_lines", output_lines)
+        self.log_max_bytes = checks.count("log_max_bytes", log_max_bytes, most=2**40)
+        if self.log_max_bytes < 4096:
+            raise ValueError(f"log_max_bytes must be at least 4096, not {self.log_max_bytes}")
         self.worker = worker or f"process:{socket.gethostname()}:{os.getpid()}"
         self.retries = checks.count("retries", retries)
         self.lease_seconds = writes.check_lease_seconds(lease_seconds)
@@ -321,7 +329,9 @@ class ProcessProvisioner(BackgroundService):
         argv = [arg.replace("{port}", str(port)) for arg in self.command]
         header = f"build {build.number}: {argv} on port {port}"
         try:
-            popen, offset = await anyio.to_thread.run_sync(spawn, path, argv, env, header)
+            popen, offset = await anyio.to_thread.run_sync(
+                functools.partial(spawn, path, argv, env, header, log_max_bytes=self.log_max_bytes)
+            )
         except OSError as exc:
             await self._finish(held, JobStatus.FAILED, f"the workspace command cannot start: {exc}")
             return None
