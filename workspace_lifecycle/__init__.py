@@ -42,6 +42,7 @@ from .machine import Tracker as Tracker
 from .machine import WorkspaceMachine as WorkspaceMachine
 from .machine import derive_state as derive_state
 from .process_provisioner import ProcessProvisioner as ProcessProvisioner
+from .process_provisioner import UnusableRoot as UnusableRoot
 from .process_provisioner import WorkspaceRefused as WorkspaceRefused
 from .provisioner import Held as Held
 from .provisioner import SimulatedFailure as SimulatedFailure
@@ -127,6 +128,7 @@ __all__ = [
     "TransientStoreError",
     "Transition",
     "UnsupportedBackendError",
+    "UnusableRoot",
     "VirtualClock",
     "WallClock",
     "Workspace",

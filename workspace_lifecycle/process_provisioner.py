@@ -6,7 +6,8 @@
 * a **start** build gives the workspace a free TCP port on 127.0.0.1 and spawns its command
   (an argv list, never a shell string: ``{port}`` in any argument is replaced by the port, and
   ``$PORT`` is in its environment) in the workspace's directory, with its output appended to
-  ``workspace.log`` there. The build succeeds once the process is spawned and has lived through
+  ``workspace.log`` there (bounded: ``log_max_bytes``, then rotated to ``workspace.log.1``).
+  The build succeeds once the process is spawned and has lived through
   ``spawn_grace`` seconds (or answered the probe sooner); a process that exits within them fails
   the build, with its exit status and its last lines of output as the reason. The agent is
   reported ``ready`` when the probe passes (a TCP connect to the port), ``start_timeout`` when it
@@ -35,14 +36,13 @@ Linux only (``os.pidfd_open``). One provisioner per root, on one host.
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
+import functools
 import logging
 import os
 import re
-import shutil
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -50,10 +50,21 @@ from typing import Any, Self
 
 import anyio
 import anyio.abc
-import attrs
 
 from . import checks, writes
+from ._processes import KEPT, Proc, exit_text, free_port, reap, spawn, start_ticks
 from ._service import BackgroundService
+from ._workspace_files import (
+    LOG_FILE,
+    MAX_REASON,
+    STATE_FILE,
+    load_state,
+    mark_ended,
+    note,
+    remove_dir,
+    tail,
+    write_state,
+)
 from .adapters.base import DEFAULT_LEASE_SECONDS, Store
 from .backoff import Backoff
 from .errors import CallerError, StoreClosedError, StoreError
@@ -62,20 +73,12 @@ from .reaper import LeaseReaper
 from .reconcile import Afterwards, Ended, Found, reconcile
 from .values import AgentLifecycle, Build, JobStatus, Transition
 
-__all__ = ["ProcessProvisioner", "WorkspaceRefused"]
+__all__ = ["LOG_FILE", "STATE_FILE", "ProcessProvisioner", "UnusableRoot", "WorkspaceRefused"]
 
 log = logging.getLogger("workspace_lifecycle.process_provisioner")
 
-LOG_FILE = "workspace.log"
-STATE_FILE = "workspace.json"
 #: What a valid environment variable name looks like (POSIX portable names).
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_MAX_REASON = 2000
-
-#: Processes a provisioner of this interpreter left running when it stopped, so that a later
-#: provisioner here reaps them (they are still this interpreter's children) and no ``Popen`` is
-#: dropped while its child runs.
-_KEPT: dict[int, subprocess.Popen[bytes]] = {}
 
 
 class WorkspaceRefused(ValueError):
@@ -83,99 +86,9 @@ class WorkspaceRefused(ValueError):
     parameters cannot be environment variables. The build fails with this sentence."""
 
 
-def _start_ticks(pid: int) -> int | None:
-    """The process's start time (clock ticks after boot, ``/proc/PID/stat`` field 22), or
-    ``None`` if no such process runs: with the pid it names one process, even if pids wrap."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":  # a zombie has ended: only its parent's wait is left
-        return None
-    return int(fields[19])
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _exit_text(status: int | None) -> str:
-    """``exited with status 1``, ``was killed by signal 9 (SIGKILL)``."""
-    if status is None:
-        return "ended (its exit status is unknown: it was started by an earlier provisioner)"
-    if status < 0:
-        try:
-            name = f" ({signal.Signals(-status).name})"
-        except ValueError:
-            name = ""
-        return f"was killed by signal {-status}{name}"
-    return f"exited with status {status}"
-
-
-def _spawn(
-    path: Path, argv: list[str], env: dict[str, str], header: str
-) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``argv`` in ``path`` (no shell), its output appended to the workspace's log; return
-    the process and where its output begins in the log."""
-    with open(path / LOG_FILE, "ab") as out:
-        out.write(f"--- workspace-lifecycle: {header}\n".encode())
-        out.flush()
-        offset = out.tell()
-        popen = subprocess.Popen(
-            argv,
-            cwd=path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: a stop ends its children too
-        )
-    return popen, offset
-
-
-def _note(path: Path, text: str) -> None:
-    """A line of the provisioner's own in the workspace's log."""
-    with contextlib.suppress(OSError), open(path / LOG_FILE, "ab") as out:
-        out.write(f"--- workspace-lifecycle: {text}\n".encode())
-
-
-def _reap(proc: _Proc) -> int | None:
-    """The exit status of an ended process (its pidfd is readable): this interpreter's child is
-    reaped; another's (adopted after a restart) has a status only its parent could read."""
-    if proc.popen is not None:
-        return proc.popen.poll()
-    with contextlib.suppress(ChildProcessError):
-        pid, code = os.waitpid(proc.pid, os.WNOHANG)
-        if pid:
-            return os.waitstatus_to_exitcode(code)
-    return None
-
-
-@attrs.define(eq=False)
-class _Proc:
-    """One workspace process, from its spawn (or adoption) to its end."""
-
-    workspace_id: str
-    pid: int
-    pidfd: int
-    start_ticks: int
-    port: int
-    build_number: int
-    popen: subprocess.Popen[bytes] | None  # None: adopted from another (dead) provisioner process
-    lease: str | None  # the fencing token of the build that started it (its agent reports carry it)
-    log_offset: int = 0
-    status: int | None = None  # the exit status, once ended (None if it is not ours to read)
-    ready: bool = False  # the agent was reported ready
-    ending: bool = False  # a stop or delete build ends it: its end is no agent report
-    built: bool = False  # its start build succeeded: its end is the agent's to report
-    started: float = 0.0  # when it was spawned (anyio's clock; 0 if adopted)
-    exited: anyio.Event = attrs.field(factory=anyio.Event)
-    build_done: anyio.Event = attrs.field(factory=anyio.Event)
-    reports: anyio.Lock = attrs.field(factory=anyio.Lock)  # one agent report at a time, in order
+class UnusableRoot(OSError):
+    """The provisioner's root cannot be used (it cannot be created, is not a directory, or is
+    not writable): raised at open, with the path and the reason, before anything is claimed."""
 
 
 class ProcessProvisioner(BackgroundService):
@@ -185,7 +98,9 @@ class ProcessProvisioner(BackgroundService):
     id; created if missing). ``command`` is the argv template; ``env`` adds environment
     variables to the provisioner's own; build parameters are added as
     ``parameter_prefix + name`` (``WL_PARAM_region``), and a name that is not a valid
-    environment variable name fails the build.
+    environment variable name fails the build. The process's output goes to ``workspace.log``
+    through a log writer that keeps it under ``log_max_bytes`` (8 MiB): past it the log becomes
+    ``workspace.log.1`` and a new one begins, so the two keep the latest output.
 
     >>> ProcessProvisioner(None, root=".", command="python -m http.server")  # type: ignore[arg-type]
     Traceback (most recent call last):
@@ -206,6 +121,7 @@ class ProcessProvisioner(BackgroundService):
         env: Mapping[str, str] | None = None,
         parameter_prefix: str = "WL_PARAM_",
         output_lines: int = 10,
+        log_max_bytes: int = 8 * 2**20,
         worker: str | None = None,
         retries: int = 8,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
@@ -221,6 +137,10 @@ class ProcessProvisioner(BackgroundService):
             raise ValueError(f"parameter_prefix {parameter_prefix!r} does not start a valid environment name")
         if not hasattr(os, "pidfd_open"):
             raise RuntimeError("ProcessProvisioner needs Linux (os.pidfd_open) to watch its processes")
+        if not isinstance(root, (str, os.PathLike)) or not os.fspath(root):
+            raise ValueError(
+                f"root must name a directory (it holds one directory per workspace), not {root!r}"
+            )
         self.store = store
         self.root = Path(root)
         self.command = list(command)
@@ -234,13 +154,16 @@ class ProcessProvisioner(BackgroundService):
         self.env = dict(env or {})
         self.parameter_prefix = parameter_prefix
         self.output_lines = checks.count("output_lines", output_lines)
+        self.log_max_bytes = checks.count("log_max_bytes", log_max_bytes, most=2**40)
+        if self.log_max_bytes < 4096:
+            raise ValueError(f"log_max_bytes must be at least 4096, not {self.log_max_bytes}")
         self.worker = worker or f"process:{socket.gethostname()}:{os.getpid()}"
         self.retries = checks.count("retries", retries)
         self.lease_seconds = writes.check_lease_seconds(lease_seconds)
         self.reaper = LeaseReaper(store) if reap_leases else None
         #: Builds whose lease this provisioner lost (their work was stopped).
         self.leases_lost = 0
-        self._procs: dict[str, _Proc] = {}
+        self._procs: dict[str, Proc] = {}
         self._recovered: anyio.Event | None = None  # set once _recover is done (see __aenter__)
         self.builds_done = 0
         #: Every pid this provisioner spawned or adopted (tests check that each one has ended).
@@ -292,7 +215,9 @@ class ProcessProvisioner(BackgroundService):
     # --- the loop ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        """Start, and return once what the root holds is adopted or reported."""
+        """Start, and return once what the root holds is adopted or reported; an unusable root
+        raises :class:`UnusableRoot` first (nothing is started)."""
+        await anyio.to_thread.run_sync(self._open_root)
         self._recovered = recovered = anyio.Event()
         await super().__aenter__()
         await recovered.wait()
@@ -301,7 +226,6 @@ class ProcessProvisioner(BackgroundService):
     async def run(self) -> None:
         """Adopt what the root holds, then claim and do builds until cancelled (or the store
         closes). Processes keep running when the provisioner stops: the next one adopts them."""
-        self.root.mkdir(parents=True, exist_ok=True)
         try:
             async with anyio.create_task_group() as tg:
                 try:
@@ -319,7 +243,7 @@ class ProcessProvisioner(BackgroundService):
         finally:
             for proc in self._procs.values():  # left running: a provisioner started later adopts them
                 if proc.popen is not None and not proc.exited.is_set():
-                    _KEPT[proc.pid] = proc.popen
+                    KEPT[proc.pid] = proc.popen
                 if proc.pidfd >= 0:
                     with contextlib.suppress(OSError):
                         os.close(proc.pidfd)
@@ -330,20 +254,50 @@ class ProcessProvisioner(BackgroundService):
         that follow a start build run on after it."""
         try:
             async with holding(self.store, build, lease_seconds=self.lease_seconds) as held:
+                started = None
                 try:
-                    started = None
                     if build.transition is Transition.START:
                         started = await self._start(build, held, tg)
                     else:
                         await self._stop(build, held)
-                except WorkspaceRefused as exc:
-                    await self._finish(held, JobStatus.FAILED, str(exc))
+                except (StoreError, CallerError):
+                    raise
+                except Exception as exc:  # one workspace's trouble is its build's, never ours
+                    await self._failed(build, held, exc)
             if held.lost:
                 await self._lost(build)
             elif started is not None:
                 await self._follow(*started)
         except (StoreError, CallerError) as exc:
             log.warning("process provisioner: build %s: %s", build.build_id, exc)
+        except Exception:
+            log.exception("process provisioner: build %s: after its finish", build.build_id)
+
+    async def _failed(self, build: Build, held: Held, exc: Exception) -> None:
+        """Fail ``build`` with ``exc`` in its answer (and in the workspace's log, if it has one)."""
+        if isinstance(exc, WorkspaceRefused):
+            reason = str(exc)
+        else:
+            log.warning("process provisioner: build %s failed: %r", build.build_id, exc)
+            reason = f"the workspace {build.transition.value} failed: {exc}"
+        path = self._dir_or_none(build.workspace_id)
+        if path is not None:
+            await anyio.to_thread.run_sync(note, path, f"build {build.number} failed: {reason}")
+        await self._finish(held, JobStatus.FAILED, reason[:MAX_REASON])
+
+    def _open_root(self) -> None:
+        """Create the root if missing and check that workspaces can be made in it."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not self.root.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+            if not os.access(self.root, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "not writable by this user")
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise UnusableRoot(
+                exc.errno, f"the provisioner's root {str(self.root)!r} cannot be used: {reason}"
+            ) from exc
 
     async def _lost(self, build: Build) -> None:
         """The lease on ``build`` is gone: its work was stopped; end the process spawned for it."""
@@ -361,11 +315,11 @@ class ProcessProvisioner(BackgroundService):
         with anyio.CancelScope(shield=True):
             await self._end(proc)
 
-    async def _start(self, build: Build, held: Held, tg: anyio.abc.TaskGroup) -> tuple[_Proc, str] | None:
+    async def _start(self, build: Build, held: Held, tg: anyio.abc.TaskGroup) -> tuple[Proc, str] | None:
         """Spawn the workspace's process and finish the build; the process whose agent is now
         to be followed and what its probe found so far, or ``None``."""
         path = self.workspace_dir(build.workspace_id)
-        port = _free_port()
+        port = free_port()
         env = self.environment(port, build.parameters)
         old = self._procs.get(build.workspace_id)
         if old is not None:  # a start after a start: the new build replaces the old process
@@ -375,15 +329,17 @@ class ProcessProvisioner(BackgroundService):
         argv = [arg.replace("{port}", str(port)) for arg in self.command]
         header = f"build {build.number}: {argv} on port {port}"
         try:
-            popen, offset = await anyio.to_thread.run_sync(_spawn, path, argv, env, header)
+            popen, offset = await anyio.to_thread.run_sync(
+                functools.partial(spawn, path, argv, env, header, log_max_bytes=self.log_max_bytes)
+            )
         except OSError as exc:
             await self._finish(held, JobStatus.FAILED, f"the workspace command cannot start: {exc}")
             return None
-        proc = _Proc(
+        proc = Proc(
             build.workspace_id,
             popen.pid,
             os.pidfd_open(popen.pid),
-            _start_ticks(popen.pid) or 0,
+            start_ticks(popen.pid) or 0,
             port,
             build.number,
             popen,
@@ -395,12 +351,12 @@ class ProcessProvisioner(BackgroundService):
         proc.started = anyio.current_time()
         outcome = await self._probe(proc, proc.started + min(self.spawn_grace, self.ready_timeout))
         if outcome == "exited":
-            reason = f"the workspace process {_exit_text(proc.status)} before it was ready"
-            tail = self._tail(path, proc.log_offset)
+            reason = f"the workspace process {exit_text(proc.status)} before it was ready"
+            last = tail(path, proc.log_offset, self.output_lines)
             details: dict[str, Any] = {"exit_status": proc.status}
             try:
                 await self._finish(
-                    held, JobStatus.FAILED, f"{reason}; last output:\n{tail}" if tail else reason, details
+                    held, JobStatus.FAILED, f"{reason}; last output:\n{last}" if last else reason, details
                 )
             finally:
                 proc.build_done.set()
@@ -419,7 +375,7 @@ class ProcessProvisioner(BackgroundService):
             return None
         return proc, outcome
 
-    async def _follow(self, proc: _Proc, outcome: str) -> None:
+    async def _follow(self, proc: Proc, outcome: str) -> None:
         """Report the agent of a process whose start build succeeded: ``ready`` once the probe
         passes, ``start_timeout`` first if ``ready_timeout`` passes before."""
         if outcome != "ready":
@@ -430,7 +386,7 @@ class ProcessProvisioner(BackgroundService):
         if outcome == "ready":
             await self._report(proc, AgentLifecycle.READY)
 
-    async def _probe(self, proc: _Proc, until: float) -> str:
+    async def _probe(self, proc: Proc, until: float) -> str:
         """``ready`` once a TCP connect to the port succeeds, ``exited`` once the process ended
         (woken by its end), ``timeout`` at ``until``."""
         delays = self._probes.delays()
@@ -459,14 +415,13 @@ class ProcessProvisioner(BackgroundService):
             await self._end(proc)
         if build.transition is Transition.DELETE:
             path = self.workspace_dir(build.workspace_id)
-            if path.exists():
-                await anyio.to_thread.run_sync(shutil.rmtree, path)
+            await anyio.to_thread.run_sync(remove_dir, path)
         await self._finish(held, JobStatus.SUCCEEDED, None, has_agent=False)
 
-    async def _end(self, proc: _Proc) -> None:
+    async def _end(self, proc: Proc) -> None:
         """SIGTERM to the process group, SIGKILL after ``stop_grace``; return once it ended."""
         proc.ending = True
-        self._signal(proc, signal.SIGTERM)
+        proc.signal(signal.SIGTERM)
         with anyio.move_on_after(self.stop_grace):
             await proc.exited.wait()
         if not proc.exited.is_set():
@@ -476,29 +431,21 @@ class ProcessProvisioner(BackgroundService):
                 proc.pid,
                 self.stop_grace,
             )
-        self._signal(proc, signal.SIGKILL)  # also any child it left in its group
+        proc.signal(signal.SIGKILL)  # also any child it left in its group
         await proc.exited.wait()
-
-    def _signal(self, proc: _Proc, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if proc.exited.is_set():
-                os.killpg(proc.pid, sig)  # what is left of its group
-            else:
-                signal.pidfd_send_signal(proc.pidfd, sig)  # the process itself, never a reused pid
-                os.killpg(proc.pid, sig)
 
     # --- watching processes -----------------------------------------------------------------
 
-    def _track(self, proc: _Proc, tg: anyio.abc.TaskGroup) -> None:
+    def _track(self, proc: Proc, tg: anyio.abc.TaskGroup) -> None:
         self._procs[proc.workspace_id] = proc
         self.pids.append(proc.pid)
         tg.start_soon(self._watch, proc)
 
-    async def _watch(self, proc: _Proc) -> None:
+    async def _watch(self, proc: Proc) -> None:
         """Wait for the process to end (its pidfd turns readable: an event, not a poll), then
         report the agent if nobody asked for that end."""
         await anyio.wait_readable(proc.pidfd)
-        proc.status = _reap(proc)
+        proc.status = reap(proc)
         os.close(proc.pidfd)
         proc.pidfd = -1
         proc.exited.set()
@@ -506,10 +453,18 @@ class ProcessProvisioner(BackgroundService):
             del self._procs[proc.workspace_id]
         with contextlib.suppress(OSError):
             os.killpg(proc.pid, signal.SIGKILL)  # the group ends with its leader
+        try:
+            await self._after_exit(proc)
+        except Exception:  # a workspace's files or its report: never the provisioner's end
+            log.exception(
+                "process provisioner: workspace %s: after pid %d ended", proc.workspace_id, proc.pid
+            )
+
+    async def _after_exit(self, proc: Proc) -> None:
         path = self._dir_or_none(proc.workspace_id)
-        text = _exit_text(proc.status)
+        text = exit_text(proc.status)
         if path is not None:
-            _note(path, f"pid {proc.pid} {text}")
+            note(path, f"pid {proc.pid} {text}")
         if proc.ending:
             self._mark_ended(path, proc, text)
             return
@@ -526,7 +481,7 @@ class ProcessProvisioner(BackgroundService):
             await self._report(proc, lifecycle, after_exit=True)
         self._mark_ended(path, proc, text)
 
-    async def _report(self, proc: _Proc, lifecycle: AgentLifecycle, *, after_exit: bool = False) -> None:
+    async def _report(self, proc: Proc, lifecycle: AgentLifecycle, *, after_exit: bool = False) -> None:
         """Report the agent of ``proc``'s build, in order, and never ``ready`` for a process
         that has ended or ``off`` for one a build ends."""
         async with proc.reports:
@@ -552,58 +507,59 @@ class ProcessProvisioner(BackgroundService):
         stopped or deleted is ended. This gathers the facts (the record, whether its process
         still runs, the store's rows) and executes what
         :func:`~workspace_lifecycle.reconcile.reconcile` decides from them."""
-        for path in sorted(self.root.iterdir()):
-            state = self._load(path)
-            if state is None:
-                continue
-            workspace_id = path.name
+        for path in sorted(await anyio.to_thread.run_sync(lambda: list(self.root.iterdir()))):
             try:
-                facts = await self.store.workspace_facts(workspace_id)
+                await self._recover_one(path, tg)
             except StoreClosedError:
                 raise
-            except (StoreError, CallerError) as exc:
-                log.warning("process provisioner: %s: %s; left alone", path, exc)
-                continue
-            pid, ticks = state["pid"], state["start_ticks"]
-            pidfd = -1
-            if _start_ticks(pid) == ticks:
-                with contextlib.suppress(OSError):
-                    pidfd = os.pidfd_open(pid)
-            recorded = state.get("lease")
-            found = Found(
-                alive=pidfd >= 0,
-                build_number=state["build_number"],
-                lease=recorded if isinstance(recorded, str) else None,
-            )
-            decision = reconcile(facts, found)
-            if isinstance(decision, Ended):
-                await self._found_ended(path, state, decision)
-                continue
-            proc = _Proc(
-                workspace_id,
-                pid,
-                pidfd,
-                ticks,
-                state["port"],
-                state["build_number"],
-                _KEPT.pop(pid, None),
-                decision.lease,
-            )
-            proc.built = True
-            proc.ready = decision.ready
-            proc.build_done.set()
-            self._track(proc, tg)
-            log.info("process provisioner: workspace %s: adopted pid %d", workspace_id, pid)
-            if decision.afterwards is Afterwards.END:
-                tg.start_soon(self._end, proc)  # the store says nothing should run here
-            elif decision.afterwards is Afterwards.PROBE:
-                tg.start_soon(self._resume_probe, proc)
+            except Exception as exc:  # one workspace's record or rows: never the provisioner's end
+                log.warning("process provisioner: %s: %r; left alone", path, exc)
+
+    async def _recover_one(self, path: Path, tg: anyio.abc.TaskGroup) -> None:
+        if (state := load_state(path)) is None:
+            return
+        workspace_id = path.name
+        facts = await self.store.workspace_facts(workspace_id)
+        pid, ticks = state["pid"], state["start_ticks"]
+        pidfd = -1
+        if start_ticks(pid) == ticks:
+            with contextlib.suppress(OSError):
+                pidfd = os.pidfd_open(pid)
+        recorded = state.get("lease")
+        found = Found(
+            alive=pidfd >= 0,
+            build_number=state["build_number"],
+            lease=recorded if isinstance(recorded, str) else None,
+        )
+        decision = reconcile(facts, found)
+        if isinstance(decision, Ended):
+            await self._found_ended(path, state, decision)
+            return
+        proc = Proc(
+            workspace_id,
+            pid,
+            pidfd,
+            ticks,
+            state["port"],
+            state["build_number"],
+            KEPT.pop(pid, None),
+            decision.lease,
+        )
+        proc.built = True
+        proc.ready = decision.ready
+        proc.build_done.set()
+        self._track(proc, tg)
+        log.info("process provisioner: workspace %s: adopted pid %d", workspace_id, pid)
+        if decision.afterwards is Afterwards.END:
+            tg.start_soon(self._end, proc)  # the store says nothing should run here
+        elif decision.afterwards is Afterwards.PROBE:
+            tg.start_soon(self._resume_probe, proc)
 
     async def _found_ended(self, path: Path, state: Mapping[str, Any], decision: Ended) -> None:
         """A recorded process that ended while no provisioner watched: reap it if it was this
         interpreter's child, report its agent if :func:`reconcile` says so, record its end."""
         workspace_id, pid = path.name, state["pid"]
-        kept = _KEPT.pop(pid, None)
+        kept = KEPT.pop(pid, None)
         if kept is not None:
             kept.poll()  # this interpreter's child, ended: reap it
         if decision.report is not None:
@@ -617,12 +573,12 @@ class ProcessProvisioner(BackgroundService):
                 await self._report_found(workspace_id, decision.report, decision.lease)
             except (StoreError, CallerError) as exc:
                 log.warning("process provisioner: workspace %s: %s", workspace_id, exc)
-        self._mark_ended(path, None, "ended while no provisioner watched", state=state)
+        mark_ended(path, state, "ended while no provisioner watched")
 
     async def _report_found(self, workspace_id: str, lifecycle: AgentLifecycle, lease: str | None) -> None:
         await self._retrying(lambda: self.store.report_agent(workspace_id, lifecycle, lease=lease))
 
-    async def _resume_probe(self, proc: _Proc) -> None:
+    async def _resume_probe(self, proc: Proc) -> None:
         if await self._probe(proc, float("inf")) == "ready":
             await self._report(proc, AgentLifecycle.READY)
 
@@ -631,11 +587,11 @@ class ProcessProvisioner(BackgroundService):
     def _dir_or_none(self, workspace_id: str) -> Path | None:
         try:
             path = self.workspace_dir(workspace_id)
-        except WorkspaceRefused:
+            return path if path.is_dir() else None
+        except (WorkspaceRefused, OSError):
             return None
-        return path if path.is_dir() else None
 
-    def _save(self, path: Path, proc: _Proc, *, argv: Sequence[str]) -> None:
+    def _save(self, path: Path, proc: Proc, *, argv: Sequence[str]) -> None:
         state = {
             "pid": proc.pid,
             "start_ticks": proc.start_ticks,
@@ -646,55 +602,14 @@ class ProcessProvisioner(BackgroundService):
             "started_at": time.time(),
             "ended": None,
         }
-        self._write_state(path, state)
+        write_state(path, state)
 
-    def _write_state(self, path: Path, state: Mapping[str, Any]) -> None:
-        tmp = path / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(state, indent=1) + "\n")
-        os.replace(tmp, path / STATE_FILE)
-
-    def _load(self, path: Path) -> dict[str, Any] | None:
-        """The state of a workspace directory whose process has not been seen to end."""
-        if not path.is_dir() or path.is_symlink():
-            return None
-        try:
-            state = json.loads((path / STATE_FILE).read_text())
-            if state.get("ended") is not None:
-                return None
-            for key in ("pid", "start_ticks", "port", "build_number"):
-                if not isinstance(state.get(key), int) or isinstance(state[key], bool):
-                    raise ValueError(f"no {key}")
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("process provisioner: %s/%s is unreadable (%s); left alone", path, STATE_FILE, exc)
-            return None
-        loaded: dict[str, Any] = state
-        return loaded
-
-    def _mark_ended(
-        self, path: Path | None, proc: _Proc | None, text: str, *, state: Mapping[str, Any] | None = None
-    ) -> None:
+    def _mark_ended(self, path: Path | None, proc: Proc, text: str) -> None:
         if path is None:
             return
-        if state is None:
-            state = self._load(path)
-            if state is None or proc is None or state["pid"] != proc.pid:
-                return
-        with contextlib.suppress(OSError):
-            self._write_state(path, {**state, "ended": {"at": time.time(), "how": text}})
-
-    def _tail(self, path: Path, offset: int) -> str:
-        """The last ``output_lines`` lines the process wrote (bounded)."""
-        try:
-            with open(path / LOG_FILE, "rb") as f:
-                f.seek(offset)
-                data = f.read()[-64 * 1024 :]
-        except OSError:
-            return ""
-        text = data.decode("utf-8", "replace").replace("\x00", "")
-        lines = [line for line in text.splitlines() if not line.startswith("--- workspace-lifecycle:")]
-        return "\n".join(lines[-self.output_lines :])[-_MAX_REASON:]
+        state = load_state(path)
+        if state is not None and state["pid"] == proc.pid:
+            mark_ended(path, state, text)
 
     # --- store writes -----------------------------------------------------------------------
 

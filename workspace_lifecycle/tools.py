@@ -33,7 +33,7 @@ from .answers import NO_WORKSPACE
 from .machine import Request
 from .runtime import Lifecycle
 from .steps import MAX_STATUS_WAIT_MS, Answer, first_step
-from .values import MAX_PARAMETER_NAME, MAX_PARAMETER_VALUE, MAX_PARAMETERS, ToolResult
+from .values import MAX_PARAMETER_NAME, MAX_PARAMETER_VALUE, MAX_PARAMETERS, ToolResult, check_parameters
 
 __all__ = [
     "STATUS_TOOL",
@@ -220,9 +220,14 @@ def _short(text: str) -> str:
     return repr(text if len(text) <= 40 else text[:40] + "…")
 
 
-def _parse(raw: str | Mapping[Any, Any] | None) -> object:
-    """The arguments as a Python value, or the reason they are not JSON (a ``str`` in a tuple)."""
-    if raw is None or raw == "":
+def parse_arguments(raw: object) -> object:
+    """The arguments as a Python value, or the reason they are not JSON (a ``str`` in a tuple):
+    the one parser of every face (dispatch, MCP, the integrations' raw argument text).
+
+    >>> parse_arguments("[" * 100000)
+    ('not JSON (nested too deeply)',)
+    """
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
         return {}
     if not isinstance(raw, str):
         return raw
@@ -276,9 +281,28 @@ def _check(name: str, parsed: object, chat_id_argument: bool) -> dict[str, Any] 
         return _explain(error)
     assert isinstance(parsed, dict)
     for key, value in parsed.items():
-        if isinstance(value, str) and not _encodable(value):
-            return f"{key} is not valid Unicode text"
+        if (problem := _text_problem(value)) is not None:
+            return f"{key} {problem}"
+    if "parameters" in parsed:
+        try:
+            check_parameters(parsed["parameters"])
+        except ValueError as exc:  # the runtime's own check of parameters, answered here
+            return str(exc)
     return parsed
+
+
+def _text_problem(value: object) -> str | None:
+    """What makes a string in ``value`` (a key or a value, at any depth the schema allowed)
+    unusable: a NUL, or a lone surrogate no store can keep."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "must not contain NUL characters"
+        return None if _encodable(value) else "is not valid Unicode text (a lone surrogate)"
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if (problem := _text_problem(key) or _text_problem(item)) is not None:
+                return problem
+    return None
 
 
 def _encodable(text: str) -> bool:
@@ -320,13 +344,14 @@ async def prepare_tool_call(
     if isinstance(allowed_chats, str):
         raise TypeError("allowed_chats must be a collection of chat ids or a predicate, not a str")
     known = _validators(served)
-    if name not in known:
-        return ToolResult.error(f"unknown tool {_short(name)}; known tools: {', '.join(known)}")
+    if not isinstance(name, str) or name not in known:
+        shown = _short(name) if isinstance(name, str) else f"(a {type(name).__name__}, not a name)"
+        return ToolResult.error(f"unknown tool {shown}; known tools: {', '.join(known)}")
     if not _usable_id(owner):
         return ToolResult.error(f"{name}: the host gave no usable owner")
     if chat_id is not None and not _usable_id(chat_id):
         return ToolResult.error(f"{name}: the host gave no usable chat_id")
-    parsed = _parse(arguments)
+    parsed = parse_arguments(arguments)
     named: object = None
     if not served and isinstance(parsed, Mapping) and "chat_id" in parsed:
         # Not in the bound tools' schema; a model that names a chat anyway names either its

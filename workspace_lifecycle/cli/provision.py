@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..adapters.base import DEFAULT_LEASE_SECONDS, Store
-from ..process_provisioner import ProcessProvisioner
+from ..process_provisioner import ProcessProvisioner, UnusableRoot
 from ..provisioner import SimulatedProvisioner
 from ..runtime import Lifecycle
 from ..values import AgentLifecycle
@@ -140,6 +140,8 @@ def handle(args: argparse.Namespace) -> int:
                 "'provision --process -- python -m http.server {port} --bind 127.0.0.1'",
                 2,
             )
+        if not args.root:
+            raise CliError("--root must name a directory (it holds one directory per workspace), not ''", 2)
         args.root = str(Path(args.root).resolve())
         return interruptible(_process, database(args.db, create=True), args)
     if args.workspace_command:
@@ -160,7 +162,10 @@ async def _process(store: Store, args: argparse.Namespace) -> int:
         f"process provisioner on {store.url}: workspaces in {args.root}, command "
         f"{args.workspace_command}; Ctrl-C to stop (the workspace processes keep running)"
     )
-    return await _serve(store, provisioner, banner)
+    try:
+        return await _serve(store, provisioner, banner)
+    except UnusableRoot as exc:
+        raise CliError(str(exc)) from None
 
 
 async def _simulate(store: Store, args: argparse.Namespace) -> int:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from ..runtime import Lifecycle
-from ..tools import dispatch_tool
+from ..tools import dispatch_tool, parse_arguments
 from ..values import ToolResult
 
 __all__ = ["call_bound"]
@@ -29,17 +28,15 @@ async def call_bound(
     ``drop_nulls`` removes arguments sent as ``null`` (strict schemas make the model send every
     optional argument, as ``null`` when it means "not given").
     """
-    if isinstance(arguments, str):
-        try:
-            parsed: Any = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError:
-            parsed = None  # dispatch_tool answers it with its own sentence
-    else:
-        parsed = {} if arguments is None else arguments
+    parsed = parse_arguments(arguments)  # the one parser: a reason in a tuple, never a raise
     if isinstance(parsed, Mapping):
         if "chat_id" in parsed:
             return ToolResult.error(f"invalid arguments for {name}: unknown argument 'chat_id'")
         if drop_nulls:
             parsed = {k: v for k, v in parsed.items() if v is not None}
-        arguments = json.dumps(dict(parsed))
-    return await dispatch_tool(lifecycle, name, arguments, chat_id=chat_id, owner=owner)
+    elif not isinstance(parsed, tuple):
+        parsed = arguments  # not an object: dispatch_tool's check answers it
+    else:
+        return ToolResult.error(f"invalid arguments for {name}: {parsed[0]}")
+    given: Any = parsed
+    return await dispatch_tool(lifecycle, name, given, chat_id=chat_id, owner=owner)

@@ -18,7 +18,6 @@ tool's returned string back to the model either way).
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,7 +25,7 @@ from agents import FunctionTool, Tool
 from agents.tool_context import ToolContext
 
 from ..runtime import Lifecycle
-from ..tools import tool_definitions
+from ..tools import parse_arguments, tool_definitions
 from ._binding import call_bound
 
 __all__ = ["strict_schema", "workspace_tools"]
@@ -75,16 +74,13 @@ def _pairs_schema(prop: dict[str, Any]) -> dict[str, Any]:
 def _from_pairs(arguments: str, maps: frozenset[str]) -> str | dict[str, Any]:
     """Turn the pair lists of ``maps`` back into objects; anything odd is left for the schema
     check of :func:`~workspace_lifecycle.dispatch_tool` to answer."""
-    try:
-        parsed = json.loads(arguments) if arguments.strip() else {}
-    except json.JSONDecodeError:
-        return arguments
+    parsed = parse_arguments(arguments)  # the one parser: never raises on a model's text
     if not isinstance(parsed, dict):
         return arguments
     for key in maps:
         pairs = parsed.get(key)
         if isinstance(pairs, list) and all(
-            isinstance(p, dict) and set(p) == {"name", "value"} for p in pairs
+            isinstance(p, dict) and set(p) == {"name", "value"} and isinstance(p["name"], str) for p in pairs
         ):
             parsed[key] = {p["name"]: p["value"] for p in pairs}
     return parsed

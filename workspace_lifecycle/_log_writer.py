@@ -1,0 +1,46 @@
+"""The log writer of a process workspace: it reads the workspace process's output from its
+standard input and appends it to the workspace's log, which it keeps under a size.
+
+    python _log_writer.py LOG MAX_BYTES
+
+When the log passes ``MAX_BYTES`` it becomes ``LOG.1`` (replacing the older one) and a new log
+begins, so the two hold the most recent output and at most ``2 * MAX_BYTES`` plus one read
+(64 KiB) together, however fast the process writes: a process that writes faster than this
+copies waits on its pipe. Memory is one read. It runs in the workspace's process group (it ends
+with the workspace, and a stop or delete ends it) and exits at the end of its input.
+
+Run by path with ``python -I -S`` (it imports only the standard library), so it starts fast
+and never imports the package.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+CHUNK = 64 * 1024
+
+
+def _open(log: str) -> int:
+    return os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+
+def main(argv: list[str]) -> int:
+    log, limit = argv[0], int(argv[1])
+    fd = _open(log)
+    while True:
+        try:
+            data = os.read(0, CHUNK)
+        except InterruptedError:
+            continue
+        if not data:
+            return 0
+        os.write(fd, data)
+        if os.fstat(fd).st_size > limit:  # keep the tail: the current log becomes LOG.1
+            os.replace(log, log + ".1")
+            os.close(fd)
+            fd = _open(log)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
