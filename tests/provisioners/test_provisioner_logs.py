@@ -16,7 +16,7 @@ import workspace_lifecycle as wl
 
 pytestmark = pytest.mark.anyio
 
-HOSTILE = str(Path(__file__).with_name("hostile_workspace.py"))
+HOSTILE = str(Path(__file__).parent.parent / "helpers" / "hostile_workspace.py")
 OWNER = "alice"
 LIMIT = 256 * 1024
 #: One read of the log writer: the most a log can pass its limit by before it rotates.
