@@ -171,19 +171,15 @@ def _options(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
 
 @pytest.fixture
 async def wl_provisioner(
-    wl_store: Store, wl_clock: VirtualClock, request: pytest.FixtureRequest
+    wl_store: Store, request: pytest.FixtureRequest
 ) -> AsyncIterator[SimulatedProvisioner]:
-    """A running :class:`SimulatedProvisioner` on ``wl_store`` and ``wl_clock``."""
-    async with SimulatedProvisioner(
-        wl_store, **{"clock": wl_clock, **_options(request, "wl_provisioner")}
-    ) as p:
+    """A running :class:`SimulatedProvisioner` on ``wl_store`` (and so on its clock, ``wl_clock``)."""
+    async with SimulatedProvisioner(wl_store, **_options(request, "wl_provisioner")) as p:
         yield p
 
 
 @pytest.fixture
-async def wl_lifecycle(
-    wl_store: Store, wl_clock: VirtualClock, request: pytest.FixtureRequest
-) -> AsyncIterator[Lifecycle]:
-    """A running :class:`Lifecycle` on ``wl_store`` and ``wl_clock``."""
-    async with Lifecycle(wl_store, **{"clock": wl_clock, **_options(request, "wl_lifecycle")}) as lc:
+async def wl_lifecycle(wl_store: Store, request: pytest.FixtureRequest) -> AsyncIterator[Lifecycle]:
+    """A running :class:`Lifecycle` on ``wl_store`` (and so on its clock, ``wl_clock``)."""
+    async with Lifecycle(wl_store, **_options(request, "wl_lifecycle")) as lc:
         yield lc

@@ -28,7 +28,7 @@ from ._registry import Entry, Registry
 from ._retry import RetryingWriter
 from ._service import BackgroundService
 from .adapters.base import Store
-from .clock import Clock, as_clock
+from .clock import Clock, resolve_clock
 from .errors import CorruptStateError, NotFoundError, StoreError
 from .machine import Request, derive_state
 from .steps import (
@@ -100,9 +100,10 @@ class Lifecycle(BackgroundService):
     registered here gets unless :meth:`register_chat` gives it its own: stop the workspace
     after so long idle, delete it after so long stopped. The deadlines are rows in the store;
     with ``fire_deadlines`` (the default) this runtime sleeps until the earliest one and fires
-    it (exactly one replica wins each). ``clock`` (a :class:`~workspace_lifecycle.clock.Clock`,
-    e.g. a :class:`~workspace_lifecycle.clock.VirtualClock` also given to the store) is what
-    it waits on.
+    it (exactly one replica wins each). It waits on the store's clock (a
+    :class:`~workspace_lifecycle.clock.VirtualClock` given to ``open_store(url, clock=...)``
+    steps a test through hours); ``clock``, if given, must be that one
+    (:func:`~workspace_lifecycle.clock.resolve_clock`).
     """
 
     def __init__(
@@ -125,7 +126,7 @@ class Lifecycle(BackgroundService):
         if policy is not None and not isinstance(policy, Policy):
             raise ValueError(f"policy must be a workspace_lifecycle.Policy, not {policy!r}")
         self.store = store
-        self.clock = as_clock(clock)
+        self.clock = resolve_clock(clock, store, who="Lifecycle")
         self.policy = policy or Policy()
         self.fire_deadlines = bool(fire_deadlines)
         self.build_timeout = float(build_timeout)
