@@ -64,13 +64,14 @@ __all__ = ["Lifecycle", "workspace_name"]
 
 log = logging.getLogger("workspace_lifecycle.runtime")
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9]+(?:-[a-zA-Z0-9]+)*$")
-
 
 def workspace_name(name: str | None) -> str:
-    """Coder's rule: a valid name is kept, anything else becomes ``<base>-<4 hex>``."""
+    """The name a new workspace gets, as Coder's chat tool names it (``create_workspace`` in
+    coderd's chattool): a valid name (:func:`~workspace_lifecycle.checks.workspace_name_valid`)
+    is kept, anything else becomes ``<base>-<4 hex>``. The answer's ``workspace_name`` says the
+    name it got. The command line refuses an invalid ``--name`` instead (a person typed it)."""
     name = (name or "").strip()
-    if name and len(name) <= 32 and _NAME_RE.match(name):
+    if name and checks.workspace_name_valid(name):
         return name
     base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:27].strip("-") or "workspace"
     return f"{base}-{secrets.token_hex(2)}"
@@ -287,6 +288,9 @@ class Lifecycle(BackgroundService):
 
         With ``owner``, another owner's chat reads as an unknown one (``no_workspace``).
         """
+        _check_id("chat_id", chat_id)
+        if owner is not None:
+            _check_id("owner", owner)
         chat = await self.store.get_chat(chat_id)
         if chat is None or chat.workspace_id is None or (owner is not None and chat.owner != owner):
             return WorkspaceState.NO_WORKSPACE
@@ -301,6 +305,10 @@ class Lifecycle(BackgroundService):
         is watched exactly as an unknown one (nothing, ever). Watching every chat keeps one
         machine per workspace that changes while you watch.
         """
+        if chat_id is not None:
+            _check_id("chat_id", chat_id)
+        if owner is not None:
+            _check_id("owner", owner)
         return self._registry.watch(chat_id, owner=owner)
 
     # --- the tools ---------------------------------------------------------------------------
@@ -567,7 +575,4 @@ class _Sinks:
 
 
 def _check_id(what: str, value: object) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty string, not {value!r}")
-    if "\x00" in value:
-        raise ValueError(f"{what} must not contain NUL bytes")
+    checks.identifier(what, value)  # the one rule and sentence for ids, on every face
