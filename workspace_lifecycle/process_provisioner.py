@@ -56,7 +56,6 @@ from . import checks, writes
 from ._service import BackgroundService
 from .adapters.base import DEFAULT_LEASE_SECONDS, Store
 from .backoff import Backoff
-from .clock import store_clock
 from .errors import CallerError, StoreClosedError, StoreError
 from .provisioner import Held, claims, holding, retrying
 from .reaper import LeaseReaper
@@ -238,8 +237,7 @@ class ProcessProvisioner(BackgroundService):
         self.worker = worker or f"process:{socket.gethostname()}:{os.getpid()}"
         self.retries = checks.count("retries", retries)
         self.lease_seconds = writes.check_lease_seconds(lease_seconds)
-        self.clock = store_clock(store)  # the leases' clock: the store's (a virtual one in tests)
-        self.reaper = LeaseReaper(store, clock=self.clock) if reap_leases else None
+        self.reaper = LeaseReaper(store) if reap_leases else None
         #: Builds whose lease this provisioner lost (their work was stopped).
         self.leases_lost = 0
         self._procs: dict[str, _Proc] = {}
@@ -331,7 +329,7 @@ class ProcessProvisioner(BackgroundService):
         """One task per build, from claim to finish, under the build's lease; the agent reports
         that follow a start build run on after it."""
         try:
-            async with holding(self.store, build, lease_seconds=self.lease_seconds, clock=self.clock) as held:
+            async with holding(self.store, build, lease_seconds=self.lease_seconds) as held:
                 try:
                     started = None
                     if build.transition is Transition.START:
