@@ -1,4 +1,5 @@
-"""Configuration numbers, checked in one place: durations in seconds, counts. Pure.
+"""Configuration numbers and names, checked in one place: durations in seconds, counts, ids
+(chat ids, owners) and workspace names. Pure.
 
 Every constructor that takes a duration (a timeout, a grace, an interval, a lease, a policy's
 idle time) checks it here, so each refuses the same things with the same sentence naming the
@@ -23,12 +24,19 @@ Use :func:`seconds` in an ``__init__`` and :func:`positive_seconds` /
     ...
     ValueError: lease_seconds must be a positive finite number of seconds (at most 3153600000), not 1000...000 (401 digits)
 
+Ids are data that every face prints and every store keeps: :func:`identifier` refuses, in
+one sentence, whatever could not be shown on one line or kept by every store (a control
+character, a lone surrogate, NUL) and anything over :data:`MAX_IDENTIFIER` characters.
+:func:`workspace_name` is Coder's rule for workspace names.
+
 Rules for this module: no I/O, no awaits, no clocks, no anyio.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -36,18 +44,35 @@ import attrs
 
 __all__ = [
     "MAX_COUNT",
+    "MAX_IDENTIFIER",
     "MAX_SECONDS",
+    "MAX_WORKSPACE_NAME",
+    "WORKSPACE_NAME_RULE",
     "count",
+    "identifier",
     "instant",
     "non_negative_seconds",
     "positive_seconds",
     "seconds",
+    "workspace_name",
+    "workspace_name_valid",
 ]
 
 #: The longest duration any parameter takes: a hundred years of seconds.
 MAX_SECONDS = 100 * 365 * 24 * 3600
 #: The largest count (retries, lines) any parameter takes.
 MAX_COUNT = 1_000_000
+#: The longest chat id or owner, in characters: room for a UUID, an email address or a path-like
+#: id with a prefix, and short enough to print in a table's column.
+MAX_IDENTIFIER = 128
+#: The longest workspace name (Coder's).
+MAX_WORKSPACE_NAME = 32
+#: Coder's rule for a workspace name (``codersdk.NameValid``), as said to whoever broke it.
+WORKSPACE_NAME_RULE = f"1 to {MAX_WORKSPACE_NAME} letters, digits and single hyphens between them (Coder's rule), such as 'dev-2'"
+_WORKSPACE_NAME_RE = re.compile(r"[a-zA-Z0-9]+(?:-[a-zA-Z0-9]+)*")
+#: Unicode categories an id may not hold: controls (newline, tab, ESC, NUL, DEL, C1), lone
+#: surrogates (not text: no store can encode them), and the line and paragraph separators.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 
 def _shown(value: object) -> str:
@@ -152,6 +177,67 @@ def count(name: str, value: object, *, most: int = MAX_COUNT) -> int:
         else ""
     )
     raise ValueError(f"{name} must be a non-negative integer{bound}, not {_shown(value)}")
+
+
+def identifier(kind: str, value: object, *, most: int = MAX_IDENTIFIER) -> str:
+    """``value`` as an id (a chat id, an owner), or ``ValueError`` in the one sentence every face
+    says: valid UTF-8 text of 1 to ``most`` characters without control characters.
+
+    >>> identifier("chat_id", "chat-1")
+    'chat-1'
+    >>> identifier("owner", "alice\\nbob")
+    Traceback (most recent call last):
+    ...
+    ValueError: owner must be valid UTF-8 text of 1 to 128 characters without control characters (such as a newline), not 'alice\\nbob'
+    >>> identifier("chat_id", "x" * 100_000)
+    Traceback (most recent call last):
+    ...
+    ValueError: chat_id must be valid UTF-8 text of 1 to 128 characters without control characters (such as a newline), not 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...' (100000 characters)
+    """
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= most
+        and not any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in value)
+    ):
+        return value
+    raise ValueError(
+        f"{kind} must be valid UTF-8 text of 1 to {most} characters without control characters"
+        f" (such as a newline), not {_shown_text(value)}"
+    )
+
+
+def _shown_text(value: object) -> str:
+    """``repr(value)`` (control characters escaped), a long string cut to its start."""
+    if isinstance(value, str) and len(value) > 40:
+        return f"{value[:40]!r}... ({len(value)} characters)".replace("'...", "...'", 1)
+    return _shown(value)
+
+
+def workspace_name_valid(value: object) -> bool:
+    """Whether ``value`` follows Coder's rule for workspace names.
+
+    >>> workspace_name_valid("dev-2"), workspace_name_valid("bad name!!"), workspace_name_valid("a" * 33)
+    (True, False, False)
+    """
+    return (
+        isinstance(value, str)
+        and len(value) <= MAX_WORKSPACE_NAME
+        and _WORKSPACE_NAME_RE.fullmatch(value) is not None
+    )
+
+
+def workspace_name(kind: str, value: object) -> str:
+    """``value`` as a workspace name, or ``ValueError`` saying Coder's rule.
+
+    >>> workspace_name("name", "bad name!!")
+    Traceback (most recent call last):
+    ...
+    ValueError: name must be 1 to 32 letters, digits and single hyphens between them (Coder's rule), such as 'dev-2', not 'bad name!!'
+    """
+    if workspace_name_valid(value):
+        assert isinstance(value, str)
+        return value
+    raise ValueError(f"{kind} must be {WORKSPACE_NAME_RULE}, not {_shown_text(value)}")
 
 
 def _validator(

@@ -4,9 +4,13 @@ A clock reads wall-clock time (seconds since the epoch, as the stores stamp thei
 deadlines) and sleeps until a wall-clock time. :class:`WallClock` is the real one, and the
 default everywhere. :class:`VirtualClock` stands still until a test calls
 :meth:`~VirtualClock.advance`, which wakes every sleeper whose time has come, as Temporal's
-time-skipping test environment does. Give the *same* clock to the store (its events' and
-deadlines' times), the :class:`~workspace_lifecycle.runtime.Lifecycle` (when deadlines fire)
-and the provisioner (how long a simulated build takes).
+time-skipping test environment does. Give a clock to the store only
+(``open_store(url, clock=clock)``): the :class:`~workspace_lifecycle.runtime.Lifecycle`
+(when deadlines fire), the provisioners (how long a simulated build takes, when a lease is
+renewed) and the :class:`~workspace_lifecycle.reaper.LeaseReaper` read it from the store
+(:func:`store_clock`). A clock given to one of them that is not the store's is refused at
+construction (:func:`resolve_clock`): on another clock, deadlines and leases would silently
+fire never, or early.
 
 A wall clock that jumps moves deadlines with it: forward, they fire early by the jump; backward,
 late by it (a sleep already begun runs its length in real seconds, then the clock is read
@@ -27,7 +31,7 @@ import anyio
 
 from . import checks
 
-__all__ = ["Clock", "VirtualClock", "WallClock", "as_clock"]
+__all__ = ["Clock", "VirtualClock", "WallClock", "as_clock", "resolve_clock", "store_clock"]
 
 
 @runtime_checkable
@@ -78,6 +82,66 @@ def as_clock(clock: Clock | Callable[[], float] | None) -> Clock:
     if callable(clock):
         return _CallableClock(clock)
     raise ValueError(f"clock must be a Clock or a function returning seconds, not {clock!r}")
+
+
+def _store_read(store: object) -> Callable[[], float] | None:
+    """The function ``store`` reads its time with (a driver store's ``driver.clock``), or
+    ``None`` for a store that names none (one not built on a driver)."""
+    read = getattr(getattr(store, "driver", None), "clock", None)
+    return read if callable(read) else None
+
+
+def _wall(read: object) -> bool:
+    return read is time.time or isinstance(read, WallClock)
+
+
+def store_clock(store: object) -> Clock:
+    """The clock ``store`` stamps its events, deadlines and leases with, as a :class:`Clock`
+    (the wall clock for a store that names none).
+
+    >>> clock = VirtualClock()
+    >>> from workspace_lifecycle.adapters.memory import MemoryStore
+    >>> store_clock(MemoryStore(clock=clock)) is clock
+    True
+    >>> store_clock(MemoryStore())
+    WallClock()
+    """
+    read = _store_read(store)
+    return WallClock() if read is None or _wall(read) else as_clock(read)
+
+
+def resolve_clock(clock: Clock | Callable[[], float] | None, store: object, *, who: str) -> Clock:
+    """The clock ``who`` (a class name) runs on over ``store``: the store's own when ``clock``
+    is ``None``; ``clock`` if it is the store's (or both are the wall clock); else
+    ``ValueError``. A clock the store does not read would let deadlines and leases silently
+    never fire (or fire early), so it is refused here, once, in one sentence.
+
+    >>> resolve_clock(VirtualClock(), object(), who="Lifecycle")  # a store that names no clock
+    VirtualClock(now=1800000000.0)
+    >>> from workspace_lifecycle.adapters.memory import MemoryStore
+    >>> resolve_clock(VirtualClock(), MemoryStore(), who="Lifecycle")
+    Traceback (most recent call last):
+    ...
+    ValueError: Lifecycle's clock VirtualClock(now=1800000000.0) is not its store's (the wall clock): give the clock to the store, open_store(url, clock=...), and leave it out here (Lifecycle reads it from the store)
+    """
+    read = _store_read(store)
+    if clock is None:
+        return store_clock(store)
+    given = as_clock(clock)
+    if read is None or _same(clock, read):
+        return given
+    theirs = "the wall clock" if _wall(read) else repr(read)
+    raise ValueError(
+        f"{who}'s clock {clock!r} is not its store's ({theirs}): give the clock to the store,"
+        f" open_store(url, clock=...), and leave it out here ({who} reads it from the store)"
+    )
+
+
+def _same(clock: object, read: Callable[[], float]) -> bool:
+    if clock is read or (_wall(clock) and _wall(read)):
+        return True
+    inner = clock._read if isinstance(clock, _CallableClock) else None
+    return inner is not None and (inner is read or (_wall(inner) and _wall(read)))
 
 
 class VirtualClock:

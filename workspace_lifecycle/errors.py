@@ -29,6 +29,7 @@ __all__ = [
     "LeaseLostError",
     "NotFoundError",
     "OwnershipError",
+    "SchemaMissingError",
     "StoreBusyError",
     "StoreClosedError",
     "StoreError",
@@ -104,6 +105,11 @@ class StoreClosedError(StoreError, RuntimeError):
 
 class UnsupportedBackendError(StoreError, RuntimeError):
     """The store cannot run on the current async backend (SQLite and PostgreSQL need asyncio)."""
+
+
+class SchemaMissingError(StoreError, LookupError):
+    """A store opened without migrating (read-only: ``migrate=False``) found no schema of this
+    library where its URL points: an empty database, or a mistyped ``?schema=``."""
 
 
 class CursorExpiredError(StoreError, LookupError):

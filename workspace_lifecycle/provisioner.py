@@ -29,7 +29,7 @@ from . import checks, writes
 from ._service import BackgroundService
 from .adapters.base import DEFAULT_LEASE_SECONDS, Store, Topic
 from .backoff import Backoff
-from .clock import Clock, as_clock
+from .clock import Clock, resolve_clock
 from .errors import (
     BuildConflictError,
     CallerError,
@@ -195,8 +195,8 @@ async def holding(
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     clock: Clock | Callable[[], float] | None = None,
 ) -> AsyncIterator[Held]:
-    """Work on ``build`` under its lease: renew it every third of ``lease_seconds`` (on
-    ``clock``) while the body runs, including while the body's own store writes wait, and
+    """Work on ``build`` under its lease: renew it every third of ``lease_seconds`` (on the
+    store's clock; ``clock``, if given, must be that one) while the body runs, including while the body's own store writes wait, and
     cancel the body if the lease is lost (then ``held.lost`` is true after the block). A
     renewal that fails on a store error is tried again after half the interval (two may fail
     in a row and the lease is still renewed before it runs out); a worker cut off from the
@@ -211,7 +211,7 @@ async def holding(
             return  # another worker may be retrying this build: touch nothing of it
     """
     held = Held(build)
-    ticks = as_clock(clock)
+    ticks = resolve_clock(clock, store, who="holding")
     interval = lease_seconds / 3
     # The lease as we surely hold it, on our clock: from the claim, then from the moment each
     # renewal that landed was sent. A worker cut off from the store once it is due stops.
@@ -313,10 +313,9 @@ class SimulatedProvisioner(BackgroundService):
     :func:`quota_failure`);
     ``agent`` is the agent's final lifecycle state (``"ready"``, ``"start_error"``, ...) or
     ``None`` for workspaces without an agent. ``seed`` makes probabilistic failures repeatable.
-    ``clock`` (a :class:`~workspace_lifecycle.clock.Clock`) is what the simulated durations
-    and the lease renewals are measured on: with a
-    :class:`~workspace_lifecycle.clock.VirtualClock` a build of an hour finishes when the test
-    advances the clock by an hour. Each build is claimed under a lease of ``lease_seconds``,
+    The simulated durations and the lease renewals are measured on the store's clock (``clock``,
+    if given, must be that one): with a :class:`~workspace_lifecycle.clock.VirtualClock`
+    given to the store, a build of an hour finishes when the test advances the clock by an hour. Each build is claimed under a lease of ``lease_seconds``,
     renewed while it runs (:func:`holding`); with ``reap_leases`` a
     :class:`~workspace_lifecycle.reaper.LeaseReaper` on the same clock runs beside the claim
     loop and fails the builds of workers whose lease ran out.
@@ -346,7 +345,7 @@ class SimulatedProvisioner(BackgroundService):
         if isinstance(fail, (int, float)) and not isinstance(fail, bool) and not 0.0 <= fail <= 1.0:
             raise ValueError(f"fail must be a predicate or a probability in [0, 1], not {fail!r}")
         self.store = store
-        self.clock = as_clock(clock)
+        self.clock = resolve_clock(clock, store, who="SimulatedProvisioner")
         self.build_seconds = checks.seconds("build_seconds", build_seconds, zero=True)
         self.agent_seconds = checks.seconds("agent_seconds", agent_seconds, zero=True)
         self.fail = fail

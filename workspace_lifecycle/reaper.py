@@ -44,7 +44,7 @@ from . import checks
 from ._service import BackgroundService
 from .adapters.base import Store
 from .backoff import Backoff
-from .clock import Clock, as_clock
+from .clock import Clock, resolve_clock
 from .errors import CorruptStateError, StoreClosedError, StoreError
 from .values import Build, Lease
 
@@ -64,9 +64,9 @@ def local_worker_name(prefix: str = "worker") -> str:
 class LeaseReaper(BackgroundService):
     """Fails every build whose lease ran out, once, woken by the next expiry.
 
-    ``clock`` (a :class:`~workspace_lifecycle.clock.Clock`; the wall clock by default) must
-    read the store's time: a :class:`~workspace_lifecycle.clock.VirtualClock` shared with the
-    store steps a test through leases of minutes in milliseconds. ``retry_delay``: the pause
+    It runs on the store's clock (``clock``, if given, must be that one): a
+    :class:`~workspace_lifecycle.clock.VirtualClock` given to the store steps a test through
+    leases of minutes in milliseconds. ``retry_delay``: the pause
     after a store error.
 
     >>> LeaseReaper(None, retry_delay=0)  # type: ignore[arg-type]
@@ -84,7 +84,7 @@ class LeaseReaper(BackgroundService):
     ) -> None:
         self.store = store
         self.retry_delay = checks.seconds("retry_delay", retry_delay)
-        self._clock = as_clock(clock)
+        self._clock = resolve_clock(clock, store, who="LeaseReaper")
         #: Builds this reaper failed.
         self.expired = 0
         #: Times it woke up (a due lease, a new event, a retry): what an idle reaper costs.

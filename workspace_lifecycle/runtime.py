@@ -28,7 +28,7 @@ from ._registry import Entry, Registry
 from ._retry import RetryingWriter
 from ._service import BackgroundService
 from .adapters.base import Store
-from .clock import Clock, as_clock
+from .clock import Clock, resolve_clock
 from .errors import CorruptStateError, NotFoundError, StoreError
 from .machine import Request, derive_state
 from .steps import (
@@ -64,13 +64,14 @@ __all__ = ["Lifecycle", "workspace_name"]
 
 log = logging.getLogger("workspace_lifecycle.runtime")
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9]+(?:-[a-zA-Z0-9]+)*$")
-
 
 def workspace_name(name: str | None) -> str:
-    """Coder's rule: a valid name is kept, anything else becomes ``<base>-<4 hex>``."""
+    """The name a new workspace gets, as Coder's chat tool names it (``create_workspace`` in
+    coderd's chattool): a valid name (:func:`~workspace_lifecycle.checks.workspace_name_valid`)
+    is kept, anything else becomes ``<base>-<4 hex>``. The answer's ``workspace_name`` says the
+    name it got. The command line refuses an invalid ``--name`` instead (a person typed it)."""
     name = (name or "").strip()
-    if name and len(name) <= 32 and _NAME_RE.match(name):
+    if name and checks.workspace_name_valid(name):
         return name
     base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:27].strip("-") or "workspace"
     return f"{base}-{secrets.token_hex(2)}"
@@ -100,9 +101,10 @@ class Lifecycle(BackgroundService):
     registered here gets unless :meth:`register_chat` gives it its own: stop the workspace
     after so long idle, delete it after so long stopped. The deadlines are rows in the store;
     with ``fire_deadlines`` (the default) this runtime sleeps until the earliest one and fires
-    it (exactly one replica wins each). ``clock`` (a :class:`~workspace_lifecycle.clock.Clock`,
-    e.g. a :class:`~workspace_lifecycle.clock.VirtualClock` also given to the store) is what
-    it waits on.
+    it (exactly one replica wins each). It waits on the store's clock (a
+    :class:`~workspace_lifecycle.clock.VirtualClock` given to ``open_store(url, clock=...)``
+    steps a test through hours); ``clock``, if given, must be that one
+    (:func:`~workspace_lifecycle.clock.resolve_clock`).
     """
 
     def __init__(
@@ -125,7 +127,7 @@ class Lifecycle(BackgroundService):
         if policy is not None and not isinstance(policy, Policy):
             raise ValueError(f"policy must be a workspace_lifecycle.Policy, not {policy!r}")
         self.store = store
-        self.clock = as_clock(clock)
+        self.clock = resolve_clock(clock, store, who="Lifecycle")
         self.policy = policy or Policy()
         self.fire_deadlines = bool(fire_deadlines)
         self.build_timeout = float(build_timeout)
@@ -286,6 +288,9 @@ class Lifecycle(BackgroundService):
 
         With ``owner``, another owner's chat reads as an unknown one (``no_workspace``).
         """
+        _check_id("chat_id", chat_id)
+        if owner is not None:
+            _check_id("owner", owner)
         chat = await self.store.get_chat(chat_id)
         if chat is None or chat.workspace_id is None or (owner is not None and chat.owner != owner):
             return WorkspaceState.NO_WORKSPACE
@@ -300,6 +305,10 @@ class Lifecycle(BackgroundService):
         is watched exactly as an unknown one (nothing, ever). Watching every chat keeps one
         machine per workspace that changes while you watch.
         """
+        if chat_id is not None:
+            _check_id("chat_id", chat_id)
+        if owner is not None:
+            _check_id("owner", owner)
         return self._registry.watch(chat_id, owner=owner)
 
     # --- the tools ---------------------------------------------------------------------------
@@ -566,7 +575,4 @@ class _Sinks:
 
 
 def _check_id(what: str, value: object) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty string, not {value!r}")
-    if "\x00" in value:
-        raise ValueError(f"{what} must not contain NUL bytes")
+    checks.identifier(what, value)  # the one rule and sentence for ids, on every face

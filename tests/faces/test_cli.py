@@ -286,24 +286,25 @@ def _seeded_store(state: str) -> wl.MemoryStore:
     on the store in this event loop; the command under test runs its own.
     """
     store = wl.MemoryStore()
-
-    async def seed() -> None:
-        await store.register_chat("c0", "bob")
-        await store.register_chat("c1", "alice", policy=wl.Policy(idle_stop_after=3600))
-        await store.create_workspace("c1", "dev", expected_workspace_id=None)
-        build = await store.claim_build("seed")
-        assert build is not None
-        await store.finish_build(build.build_id, wl.JobStatus.SUCCEEDED)
-        await store.report_agent(build.workspace_id, wl.AgentLifecycle.READY)
-        if state in ("stopped", "stopping"):
-            await store.request_build(build.workspace_id, wl.Transition.STOP, expected_build_number=1)
-            stop = await store.claim_build("seed")
-            assert stop is not None
-            if state == "stopped":
-                await store.finish_build(stop.build_id, wl.JobStatus.SUCCEEDED)
-
-    anyio.run(seed)
+    anyio.run(seed_chats, store, state)
     return store
+
+
+async def seed_chats(store: wl.Store, state: str) -> None:
+    """What :func:`_seeded_store` writes, on any open store."""
+    await store.register_chat("c0", "bob")
+    await store.register_chat("c1", "alice", policy=wl.Policy(idle_stop_after=3600))
+    await store.create_workspace("c1", "dev", expected_workspace_id=None)
+    build = await store.claim_build("seed")
+    assert build is not None
+    await store.finish_build(build.build_id, wl.JobStatus.SUCCEEDED)
+    await store.report_agent(build.workspace_id, wl.AgentLifecycle.READY)
+    if state in ("stopped", "stopping"):
+        await store.request_build(build.workspace_id, wl.Transition.STOP, expected_build_number=1)
+        stop = await store.claim_build("seed")
+        assert stop is not None
+        if state == "stopped":
+            await store.finish_build(stop.build_id, wl.JobStatus.SUCCEEDED)
 
 
 class TestOnAStore:

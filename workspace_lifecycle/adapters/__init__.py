@@ -21,8 +21,15 @@ ACCEPTED = (
 )
 
 
+#: What the ``postgres`` extra installs (a missing one is named with the extra to install).
+_POSTGRES_MODULES = ("psycopg", "psycopg_pool", "psycopg_binary")
+
+
 def open_store(url: str, **options: object) -> Store:
     """The store for ``url``; use it as ``async with open_store(url) as store``.
+
+    A ``postgresql://`` URL without the ``postgres`` extra installed raises
+    ``ModuleNotFoundError`` naming it: ``pip install 'workspace-lifecycle[postgres]'``.
 
     >>> open_store("memory://").url
     'memory://'
@@ -50,7 +57,16 @@ def open_store(url: str, **options: object) -> Store:
 
         return SQLiteStore.from_url(url, **options)
     if scheme.partition("+")[0] in ("postgresql", "postgres"):  # +psycopg, +psycopg2: from_url checks
-        from .postgres import PostgresStore
+        try:
+            from .postgres import PostgresStore
+        except ModuleNotFoundError as exc:
+            if exc.name is None or exc.name.partition(".")[0] not in _POSTGRES_MODULES:
+                raise
+            raise ModuleNotFoundError(
+                f"the PostgreSQL store needs {exc.name}, which is not installed:"
+                " pip install 'workspace-lifecycle[postgres]'",
+                name=exc.name,
+            ) from exc
 
         return PostgresStore.from_url(url, **options)
     raise ValueError(f"unsupported store URL {url!r}; accepted forms: {ACCEPTED}")

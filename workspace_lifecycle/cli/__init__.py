@@ -1,8 +1,9 @@
 """The ``workspace-lifecycle`` command line (also ``python -m workspace_lifecycle``).
 
 Commands: ``demo`` (a scripted chat, printing each state change live), ``diagram``, ``status``,
-``watch``, the requests ``create``, ``start``, ``stop`` and ``delete``, ``provision --simulate``
-and ``mcp``. Every command that uses a store takes ``--db URL`` (default: the environment variable
+``list`` (one owner's chats), ``watch``, the requests ``create``, ``start``, ``stop`` and
+``delete``, ``touch`` (push the idle deadline), ``provision --simulate``, ``mcp`` and
+``completion bash|zsh``. Every command that uses a store takes ``--db URL`` (default: the environment variable
 ``WORKSPACE_LIFECYCLE_DB``, else the SQLite file ``./workspace-lifecycle.db``), so two terminals on
 one file work together: ``provision --simulate`` in one, ``create`` and ``start`` in the other.
 
@@ -15,7 +16,8 @@ stderr and a non-zero exit status, never a traceback: 2 for a usage error, 1 for
 
 Layout: one module per command, its sub-parser (``add_parser``) beside its handler
 (``handle``): :mod:`.demo`, :mod:`.diagram`, :mod:`.status`, :mod:`.watch`, :mod:`.requests`
-(``create``, ``start``, ``stop``, ``delete``), :mod:`.provision`, :mod:`.mcp`; what several
+(``create``, ``start``, ``stop``, ``delete``), :mod:`.listing` (``list``), :mod:`.touch`,
+:mod:`.provision`, :mod:`.mcp`, :mod:`.completion`; what several
 of them use (option types, opening a store, errors and exit statuses, output) is in
 :mod:`._shared`. The commands decide nothing about workspaces: the requests are the tools' own
 calls (:func:`~workspace_lifecycle.tools.run_tool_call`), and what they print is read off the
@@ -31,7 +33,7 @@ from typing import NoReturn
 
 from .. import __version__
 from ..adapters import open_store as open_store
-from . import demo, diagram, mcp, provision, requests, status, watch
+from . import completion, demo, diagram, listing, mcp, provision, requests, status, touch, watch
 from ._shared import DB_ENV as DB_ENV
 from ._shared import PROG as PROG
 from ._shared import CliError as CliError
@@ -45,7 +47,7 @@ __all__ = ["build_parser", "main"]
 _is_tty = is_tty
 
 #: The command modules, in the order ``--help`` lists their commands.
-_COMMANDS = (demo, diagram, status, watch, requests, provision, mcp)
+_COMMANDS = (demo, diagram, status, listing, watch, requests, touch, provision, mcp, completion)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
+    if argv is None:
+        completion.autocomplete(parser)  # the shell asking for completions: answered, then exit
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed

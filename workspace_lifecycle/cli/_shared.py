@@ -21,7 +21,7 @@ from anyio.abc import TaskStatus
 from .. import checks
 from ..adapters.base import Store
 from ..diagram import GraphvizMissingError, PydotMissingError
-from ..errors import WorkspaceLifecycleError
+from ..errors import SchemaMissingError, WorkspaceLifecycleError
 from ..runtime import Lifecycle
 from ..values import Policy, StateChange
 
@@ -89,14 +89,27 @@ def positive_seconds(text: str) -> float:
     return _duration_type(text, zero=False)
 
 
-def ident(text: str) -> str:
-    if not text or "\x00" in text:
-        raise argparse.ArgumentTypeError("must be a non-empty string without NUL bytes")
+def _checked(check: Callable[[str, object], str], kind: str, text: str) -> str:
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # bytes the locale could not decode arrive as lone surrogates
-        raise argparse.ArgumentTypeError("must be valid UTF-8 text") from None
-    return text
+        return check(kind, text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def chat_id(text: str) -> str:
+    """A chat id argument, by the core's one rule for ids (bytes the locale could not decode
+    arrive as lone surrogates, and are refused as not UTF-8)."""
+    return _checked(checks.identifier, "chat_id", text)
+
+
+def owner(text: str) -> str:
+    return _checked(checks.identifier, "owner", text)
+
+
+def workspace_name(text: str) -> str:
+    """A ``--name``: kept as typed, or refused with Coder's rule (never renamed behind the
+    user's back, as the tool renames a model's invalid name)."""
+    return _checked(checks.workspace_name, "--name", text)
 
 
 def add_db(sub: argparse.ArgumentParser) -> None:
@@ -213,10 +226,13 @@ def interruptible(fn: Callable[..., Awaitable[int]], *args: Any) -> int:
 # --- stores -----------------------------------------------------------------------------------
 
 
-def store_for(url: str) -> Store:
-    """The store at ``url``, not yet open; a bad URL or a missing extra is one sentence."""
-    open_store: Callable[[str], Store] = patchable("open_store")
+def store_for(url: str, *, create: bool = True) -> Store:
+    """The store at ``url``, not yet open; a bad URL or a missing extra is one sentence. Without
+    ``create``, a PostgreSQL store is opened without migrating: it creates no schema."""
+    open_store: Callable[..., Store] = patchable("open_store")
     try:
+        if not create and url.lower().startswith("postgres"):
+            return open_store(url, migrate=False)
         return open_store(url)
     except ValueError as exc:
         raise CliError(str(exc), 2) from None
@@ -240,6 +256,8 @@ async def opened(store: Store) -> AsyncIterator[Store]:
         await store.open()
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    except SchemaMissingError as exc:  # a read-only command on an empty database or schema
+        raise CliError(f"{exc}; {_CREATES_IT}") from None
     try:
         yield store
     finally:
@@ -255,13 +273,18 @@ def sqlite_path(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+#: What the refusal of a missing database or schema adds.
+_CREATES_IT = f"'{PROG} create CHAT --owner OWNER' creates it (or pass --db URL, or set {DB_ENV})"
+
+
 def database(url: str, *, create: bool) -> Store:
     """The store at ``url``, after the checks a SQLite path needs, each one sentence.
 
-    Only a command that writes on its own (``create``) may create a missing file; a command that
-    reads or acts on an existing chat refuses it instead of leaving an empty file behind a typo.
+    Only a command that writes on its own (``create``) may create a missing file or PostgreSQL
+    schema; a command that reads or acts on an existing chat refuses it instead of leaving an
+    empty file (or seven empty tables) behind a typo.
     """
-    store = store_for(url)  # a bad URL first (exit 2)
+    store = store_for(url, create=create)  # a bad URL first (exit 2)
     path = sqlite_path(url)
     if path is None:
         return store
@@ -269,10 +292,7 @@ def database(url: str, *, create: bool) -> Store:
         raise CliError(f"the SQLite path {path} is a directory, not a database file")
     if not path.exists():
         if not create:
-            raise CliError(
-                f"no database at {path}; '{PROG} create CHAT --owner OWNER' creates it "
-                f"(or pass --db URL, or set {DB_ENV})"
-            )
+            raise CliError(f"no database at {path}; {_CREATES_IT}")
         if not path.parent.is_dir():
             raise CliError(f"cannot create the database {path}: directory {path.parent} does not exist")
     return store

@@ -11,10 +11,11 @@ from ._shared import (
     Commands,
     add_db,
     add_policy_options,
+    chat_id,
     command,
     database,
-    ident,
     interruptible,
+    owner,
     policy,
 )
 
@@ -32,8 +33,8 @@ def add_parser(commands: Commands) -> None:
         handle,
     )
     add_db(mcp)
-    mcp.add_argument("--owner", type=ident, required=True, help="the owner the tools act for (required)")
-    mcp.add_argument("--chat", type=ident, metavar="CHAT", help="the one chat the tools act on")
+    mcp.add_argument("--owner", type=owner, required=True, help="the owner the tools act for (required)")
+    mcp.add_argument("--chat", type=chat_id, metavar="CHAT", help="the one chat the tools act on")
     add_policy_options(mcp, "for the chats the server registers; it also fires every chat's deadlines")
 
 

@@ -30,13 +30,14 @@ from ._shared import (
     Commands,
     add_db,
     add_policy_options,
+    chat_id,
     command,
     database,
     follow,
-    ident,
     opened,
     out,
     out_json,
+    owner,
     patchable,
     policy,
     positive_seconds,
@@ -44,6 +45,7 @@ from ._shared import (
     seconds,
     settle,
     watch_line,
+    workspace_name,
 )
 
 #: Seconds a request waits with its build still pending before it says no provisioner claimed it.
@@ -88,11 +90,15 @@ def add_parser(commands: Commands) -> None:
     for request, summary, description in _REQUESTS:
         sub = command(commands, request.value, summary, description + _REQUEST_HELP, handle)
         sub.set_defaults(request=request)
-        sub.add_argument("chat", type=ident, metavar="CHAT", help="the chat id")
-        sub.add_argument("--owner", type=ident, required=True, help="the chat's owner (required)")
+        sub.add_argument("chat", type=chat_id, metavar="CHAT", help="the chat id")
+        sub.add_argument("--owner", type=owner, required=True, help="the chat's owner (required)")
         if request is Request.CREATE:
             sub.add_argument(
-                "--name", metavar="NAME", help="the workspace name (invalid or missing: generated)"
+                "--name",
+                type=workspace_name,
+                metavar="NAME",
+                help="the workspace name: 1 to 32 letters, digits and single hyphens (Coder's rule;"
+                " anything else is refused); missing: generated",
             )
             add_policy_options(sub, "the chat's policy (stored with it; replaces the one it has)")
         add_db(sub)

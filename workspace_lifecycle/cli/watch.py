@@ -12,10 +12,10 @@ from ..values import StateChange
 from ._shared import (
     Commands,
     add_db,
+    chat_id,
     command,
     database,
     follow,
-    ident,
     interruptible,
     opened,
     out,
@@ -35,7 +35,7 @@ def add_parser(commands: Commands) -> None:
         handle,
     )
     add_db(watch)
-    watch.add_argument("--chat", type=ident, metavar="CHAT", help="only this chat")
+    watch.add_argument("--chat", type=chat_id, metavar="CHAT", help="only this chat")
     watch.add_argument("--json", action="store_true", help="one JSON object per state change, one per line")
 
 

@@ -96,6 +96,11 @@ class PostgresStore(DriverStore):
     * ``pool_timeout``: seconds a call may wait for a connection, e.g. while the server
       restarts, before it fails with :class:`~workspace_lifecycle.errors.StoreUnavailableError`
       (default 30);
+    * ``migrate`` (keyword only): create the schema, or apply its missing migrations, on open
+      (default on); off, a schema that is missing raises
+      :class:`~workspace_lifecycle.errors.SchemaMissingError` and one at another version
+      :class:`~workspace_lifecycle.errors.StoreError`, and nothing is created (the command
+      line's read-only commands open so);
     * ``batch_writes`` (keyword only): group-commit concurrent writes of this process (default
       on); ``notify_after_commit`` (keyword only): NOTIFY from a batched notifier after the
       commits instead of inside each write (default off);
@@ -145,6 +150,7 @@ class PostgresStore(DriverStore):
         shards: int = 0,
         pool_mode: str | None = None,
         listen_url: str | None = None,
+        migrate: bool = True,
     ) -> None:
         options = Options(
             conninfo,
@@ -160,6 +166,7 @@ class PostgresStore(DriverStore):
             shards=shards,
             pool_mode=pool_mode,
             listen_url=listen_url,
+            migrate=migrate,
         )
         super().__init__(PostgresDriver(options, clock=clock))
 

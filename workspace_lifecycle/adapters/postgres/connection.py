@@ -39,7 +39,7 @@ from ...errors import (
     TransientStoreError,
     WorkspaceLifecycleError,
 )
-from .schema import migrate
+from .schema import prepare
 from .url import NO_LISTEN, Options, cause
 
 __all__ = ["DRIVER_ERRORS", "Attempt", "Conn", "Connection", "connection_lost", "idle_and_alive"]
@@ -308,7 +308,7 @@ class Connection:
             with self.boundary():
                 if self.options.pool_mode != "transaction":
                     await self.configure(conn)
-                await migrate(conn, self.options.schema)
+                await prepare(conn, self.options.schema, migrating=self.options.migrate, url=self.options.url)
                 cur = await conn.execute("SELECT current_database()")
                 row = await cur.fetchone()
                 self._database = None if row is None else str(row[0])

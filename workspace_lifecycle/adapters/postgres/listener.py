@@ -38,7 +38,7 @@ from ..base import Doorbell, Topic
 from .channels import Channels
 from .connection import DRIVER_ERRORS, Conn, Connection
 from .rows import read_head
-from .schema import migrate
+from .schema import prepare
 
 __all__ = ["Listener", "Notifier"]
 
@@ -171,8 +171,9 @@ class Listener:
         try:
             with connection.boundary():
                 await connection.configure(conn)
-                if migrate_first:
-                    await migrate(conn, self._options.schema)
+                if migrate_first:  # or check, for a store opened without migrating
+                    options = self._options
+                    await prepare(conn, options.schema, migrating=options.migrate, url=options.url)
                 self.listening = set()
                 await self._follow_interest(conn)
                 head = await read_head(conn)

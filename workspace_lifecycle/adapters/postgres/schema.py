@@ -13,9 +13,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from ...errors import StoreError
+from ...errors import SchemaMissingError, StoreError
 
-__all__ = ["LOG_LOCK", "MIGRATIONS", "SCHEMA_VERSION", "lock_key", "migrate"]
+__all__ = ["LOG_LOCK", "MIGRATIONS", "SCHEMA_VERSION", "check_schema", "lock_key", "migrate", "prepare"]
 
 log = logging.getLogger("workspace_lifecycle.postgres")
 
@@ -148,3 +148,34 @@ async def migrate(conn: Conn, schema: str) -> None:
             await conn.execute(MIGRATIONS[version - 1])
             await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
             log.info("migrated schema %s to version %d", schema, version)
+
+
+async def check_schema(conn: Conn, schema: str, url: str) -> None:
+    """Without changing anything: refuse a ``schema`` that is missing (a read-only open of an
+    empty database, or a mistyped ``?schema=``) or not at this library's version."""
+    cur = await conn.execute("SELECT to_regclass(%s)", (f'"{schema}".schema_migrations',))
+    row = await cur.fetchone()
+    if row is None or row[0] is None:
+        raise SchemaMissingError(f"no workspace-lifecycle schema at {url}")
+    cur = await conn.execute(
+        sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_migrations").format(sql.Identifier(schema))
+    )
+    found = await cur.fetchone()
+    current = int(found[0]) if found else 0
+    if current != SCHEMA_VERSION:
+        raise StoreError(
+            f"the workspace-lifecycle schema at {url} is at version {current}, not this library's"
+            f" {SCHEMA_VERSION}; open it once with a command that writes (or migrate=True) to "
+            "upgrade it"
+            if current < SCHEMA_VERSION
+            else f"the PostgreSQL schema {schema!r} is at version {current}, newer than "
+            f"this workspace-lifecycle understands ({SCHEMA_VERSION}); upgrade the library"
+        )
+
+
+async def prepare(conn: Conn, schema: str, *, migrating: bool, url: str) -> None:
+    """On open: :func:`migrate` the schema, or (``migrating`` false) :func:`check_schema` it."""
+    if migrating:
+        await migrate(conn, schema)
+    else:
+        await check_schema(conn, schema, url)

@@ -200,6 +200,7 @@ class Options:
         shards: int = 0,
         pool_mode: str | None = None,
         listen_url: str | None = None,
+        migrate: bool = True,
     ) -> None:
         if not isinstance(schema, str) or not _SCHEMA_RE.match(schema):
             raise ValueError(
@@ -230,6 +231,8 @@ class Options:
         self.listens = listen_url != NO_LISTEN
         self.listen_elsewhere = listen_url not in (None, NO_LISTEN)  # a listen_url of its own
         self.schema = schema
+        #: Create or upgrade the schema on open; else refuse one that is missing or not current.
+        self.migrate = bool(migrate)
         self.statement_timeout = statement_timeout or None
         self.poll_interval = poll_interval
         self.conninfo = conninfo
