@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import anyio
 import pytest
 
 import workspace_lifecycle as wl
@@ -177,3 +178,34 @@ async def test_a_writer_between_the_read_and_the_write_makes_it_retry(
         assert facts.latest_build is not None and facts.latest_build.number == number + 1
         claimed = await b.claim_build("w")
         assert claimed is not None and await b.claim_build("w") is None  # one start build only
+
+
+@pytest.mark.anyio
+async def test_a_batch_of_writes_is_one_round_trip(pg_schema_url: str) -> None:
+    """Writes of one process decided meanwhile are group-committed in one pipeline: one round
+    trip for all of them (one implicit transaction, committed at its one Sync)."""
+    async with opened(pg_schema_url) as store:
+        workspaces = [(await stopped_workspace(store, f"c{i}"))[0] for i in range(3)]
+        for ws in workspaces:
+            await store.workspace_facts(ws)  # known rows: no write below reads
+        committer = store.driver.committer
+        batches, before = store.batches, store.wire_round_trips
+        committer._leading = 1  # a batch "in flight": the writes queue behind it
+
+        async def report(ws: str) -> None:
+            await store.report_agent(ws, AgentLifecycle.STARTING)
+
+        async with anyio.create_task_group() as tg:
+            for ws in workspaces:
+                tg.start_soon(report, ws)
+            with anyio.fail_after(5):
+                while len(committer._queue) < len(workspaces):  # noqa: ASYNC110 - the queue has no event
+                    await anyio.sleep(0.001)
+            committer._leading = 0
+            done, committer._led = committer._led, anyio.Event()
+            done.set()
+        assert store.batches == batches + 1
+        assert store.wire_round_trips - before == 1
+        for ws in workspaces:
+            facts = await store.workspace_facts(ws)
+            assert facts.agent is not None and facts.agent.lifecycle is AgentLifecycle.STARTING

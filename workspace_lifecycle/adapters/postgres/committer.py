@@ -14,8 +14,8 @@ writes of one process, and remembers the rows this process last read or wrote.
   retry decides on without reading (:meth:`Committer.take_fresh`). When it passed, the read
   is left unparsed (an index lookup on the server, a few hundred bytes on the wire).
 * **Group commit.** Concurrent guarded writes of one process are pipelined on one connection
-  in one transaction (:meth:`Committer.commit`): one round trip, one commit, one hold of the
-  log's lock for all of them.
+  in one implicit transaction (:meth:`Committer.commit`): one round trip, one commit, one hold
+  of the log's lock for all of them.
 """
 
 from __future__ import annotations
@@ -258,7 +258,10 @@ class Committer:
             return
         statements = [self.statement(item.write, item.seen, skip_locked=True) for item in batch]
         try:
-            async with conn.pipeline(), conn.transaction():
+            # In autocommit, a pipeline's statements up to its one Sync are one implicit
+            # transaction (all or nothing, committed at the Sync): one round trip. (An explicit
+            # transaction() would sync at its COMMIT, and the pipeline's exit sync again.)
+            async with conn.pipeline():
                 cursors = [await conn.execute(query, params) for query, params in statements]
             rows = [await cur.fetchone() for cur in cursors]
         except Exception as exc:
