@@ -183,7 +183,7 @@ async def test_a_writer_between_the_read_and_the_write_makes_it_retry(
 @pytest.mark.anyio
 async def test_a_batch_of_writes_is_one_round_trip(pg_schema_url: str) -> None:
     """Writes of one process decided meanwhile are group-committed in one pipeline: one round
-    trip for all of them (one implicit transaction, committed at its one Sync)."""
+    trip for all of them (BEGIN, the writes and COMMIT queued before its one Sync)."""
     async with opened(pg_schema_url) as store:
         workspaces = [(await stopped_workspace(store, f"c{i}"))[0] for i in range(3)]
         for ws in workspaces:

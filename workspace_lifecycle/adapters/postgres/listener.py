@@ -126,7 +126,8 @@ class Listener:
         self.stray_notifications = 0
         #: Every notification read, before any was found stray or stale.
         self.notifications_received = 0
-        #: Wake-ups caused by the watcher (confirmed notifications, polls, reconnects), for tests.
+        #: Wake-ups caused by the watcher (notifications that hinted at news, polls, reconnects),
+        #: for tests.
         self.listener_wakeups = 0
         self.listener_connects = 0
         #: Reads of the head by the fallback poll (only while someone waits), for tests.
@@ -251,7 +252,7 @@ class Listener:
         With shards, a new interest interrupts the wait: its channel is LISTENed to, and the
         head read at once (what committed before the LISTEN took effect is in it)."""
         hinted = 0
-        rang = -1  # the doorbell's head when a hint rang it early (-1: it did not)
+        rang = 0  # the head a hint claimed when it rang the doorbell early (0: none did)
         deadline = time.monotonic() + self._options.poll_interval
         with self._connection.boundary():
             listened = await self._follow_interest(conn)
@@ -273,9 +274,10 @@ class Listener:
                 self.notifications_received += len(payloads)
                 if payloads:
                     hinted = max(hinted, *map(self._hinted_head, payloads))
-                    if hinted > self._doorbell.head and rang < 0:
-                        rang = self._doorbell.head
+                    if hinted > self._doorbell.head and not rang:
+                        rang = hinted
                         self._doorbell.ring()  # now, not after the head read below
+                        self.listener_wakeups += 1
                 elif self._interest_changed:
                     listened = await self._follow_interest(conn)
                 else:
@@ -283,8 +285,9 @@ class Listener:
             with anyio.fail_after(self._options.listen_timeout):
                 head = await read_head(conn)
         self._read_at = time.monotonic()
-        if self._doorbell.saw(head) or head > rang >= 0:
-            self.listener_wakeups += 1
+        # The early ring was counted when it rang (a lie too: the stray count says so); this
+        # read's ring counts when it found more than the hint (commits that landed meanwhile).
+        self.listener_wakeups += self._doorbell.saw(head) and head > rang
         if hinted > head:  # a NOTIFY is delivered after its commit is visible: this one lied
             self.stray_notifications += 1
 
