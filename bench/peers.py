@@ -159,6 +159,11 @@ def counting(store: wl.Store) -> tuple[wl.Store, str, Callable[[], int | None]]:
     ``PostgresStore.round_trips`` where the store has it; else the SQLite store's read and write
     transactions, counted by wrapping its two methods on this one object (no library change);
     else a driver store's driver calls (:class:`bench.common.CountingStore`); else none."""
+    if isinstance(getattr(store, "wire_round_trips", None), int):
+        what = (
+            "PostgresStore.wire_round_trips (round trips on the wire of the pool; the listener's reads none)"
+        )
+        return store, what, lambda: int(store.wire_round_trips)  # type: ignore[attr-defined]
     if isinstance(getattr(store, "round_trips", None), int):
         what = "PostgresStore.round_trips (a guarded write's read and statement count one; the listener's reads none)"
         return store, what, lambda: int(store.round_trips)  # type: ignore[attr-defined]
@@ -429,7 +434,15 @@ async def _ours_worker(url: str) -> None:
             wl.SimulatedProvisioner(store, build_seconds=0, agent_seconds=0, agent=None, worker="peers"),
             anyio.create_task_group() as tg,
         ):
-            tg.start_soon(_serve_stdin, tg.cancel_scope, lambda: {"count": count(), "source": source})
+            tg.start_soon(
+                _serve_stdin,
+                tg.cancel_scope,
+                lambda: {
+                    "count": count(),
+                    "source": source,
+                    "by_kind": getattr(raw, "round_trips_by_kind", None),
+                },
+            )
             await anyio.sleep(0.05)
             _print("ready")
 

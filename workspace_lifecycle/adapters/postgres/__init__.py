@@ -188,9 +188,30 @@ class PostgresStore(DriverStore):
 
     @property
     def round_trips(self) -> int:
-        """Statements or transactions this store ran on its pool, each attempt counted (for
-        benchmarks; a guarded write's read and its statement count one, the listener's reads none)."""
+        """Bodies this store ran on its pool, each attempt counted: a guarded write's read and
+        its statement count one, a transaction one, the listener's reads none (the count of
+        earlier versions; :attr:`wire_round_trips` counts the wire)."""
         return self.driver.connection.round_trips
+
+    @property
+    def wire_round_trips(self) -> int:
+        """Round trips on the wire of this store's pool: each statement outside a pipeline,
+        ``BEGIN`` and ``COMMIT`` one each, a pipeline one; the listener's reads none (see
+        :attr:`listener_round_trips`)."""
+        return self.driver.connection.wire_round_trips
+
+    @property
+    def round_trips_by_kind(self) -> dict[str, tuple[int, int]]:
+        """By kind of call (a store method's name): its calls and their wire round trips."""
+        connection = self.driver.connection
+        return {
+            kind: (calls, connection.wire_by_kind[kind]) for kind, calls in connection.calls_by_kind.items()
+        }
+
+    @property
+    def listener_round_trips(self) -> int:
+        """Round trips of the listener connection (its head reads, LISTENs), not in the pool's."""
+        return self.driver.listener.round_trips
 
     @property
     def notifications_received(self) -> int:

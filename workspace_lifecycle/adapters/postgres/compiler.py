@@ -48,6 +48,11 @@ Params = dict[str, Any]
 #: The gate of every row change: the guard passed.
 _GATE = "EXISTS (SELECT FROM ok)"
 
+#: The statement's text by the write's shape (which rows it changes, how many events and
+#: channels, the guard's kind): built once per shape, so a write only fills its parameters
+#: (and psycopg's own caches, keyed by the text, then hit too).
+_TEXTS: dict[tuple[object, ...], str] = {}
+
 
 def compile_write(
     write: Write,
@@ -69,6 +74,19 @@ def compile_write(
     True
     """
     params: Params = {"l1": log_lock[0], "l2": log_lock[1]}
+    key = (
+        None if seen is None else seen.chat_id is None,
+        skip_locked,
+        new_chat,
+        write.workspace is not None,
+        write.queued,
+        write.build is not None,
+        write.chat is not None,
+        write.agent is not None,
+        len(write.events),
+        len(channels),
+    )
+    text = _TEXTS.get(key)
     ctes = _guard(seen, " SKIP LOCKED" if skip_locked else "", params)
     changes = [_workspace_change(write, seen, params)]
     chat = len(changes)
@@ -77,6 +95,18 @@ def compile_write(
         _build_change(write, params),
         _agent_change(write.agent, params),
     ]
+    for i, event in enumerate(write.events):
+        _event_params(i, event, params)
+    params.update({f"chan{i}": channel for i, channel in enumerate(channels)})
+    if text is None:
+        text = _TEXTS[key] = _text(write, ctes, changes, chat, len(channels), new_chat)
+    return text, params
+
+
+def _text(
+    write: Write, ctes: list[str], changes: list[str | None], chat: int, channels: int, new_chat: bool
+) -> str:
+    """The statement's text, from its guard's CTEs and its row changes."""
     ctes += [f"p{i} AS ({change})" for i, change in enumerate(changes) if change is not None]
     # Reading the changes runs them before the log lock (an unread one would run last).
     done = " UNION ALL ".join(f"SELECT 1 FROM p{i}" for i, c in enumerate(changes) if c is not None)
@@ -84,20 +114,18 @@ def compile_write(
     # A new chat that another writer inserted first: no row (the caller's transaction rolls back).
     inserted = f" WHERE EXISTS (SELECT FROM p{chat})" if new_chat and write.chat is not None else ""
     if not write.events:  # a lease renewal, a chat's policy: rows only, no log lock, no NOTIFY; head 0
-        return f"WITH {', '.join(ctes)} SELECT 0 FROM ok, done{inserted}", params
+        return f"WITH {', '.join(ctes)} SELECT 0 FROM ok, done{inserted}"
     ctes.append(
         f"lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%(l1)s, %(l2)s) FROM ok, done{inserted})"
     )
     ctes.append(
         "ins AS (INSERT INTO events (kind, workspace_id, chat_id, build_number, payload, at)"
-        f" SELECT v.* FROM lock, (VALUES {_event_rows(write.events, params)}) AS v RETURNING seq)"
+        f" SELECT v.* FROM lock, (VALUES {_event_rows(len(write.events))}) AS v RETURNING seq)"
     )
-    notify = "".join(f", pg_notify(%(chan{i})s, m::text)" for i in range(len(channels)))
-    params.update({f"chan{i}": channel for i, channel in enumerate(channels)})
-    query = (
+    notify = "".join(f", pg_notify(%(chan{i})s, m::text)" for i in range(channels))
+    return (
         f"WITH {', '.join(ctes)} SELECT m{notify} FROM (SELECT max(seq) AS m FROM ins) s WHERE m IS NOT NULL"
     )
-    return query, params
 
 
 def _guard(seen: Seen | None, skip: str, params: Params) -> list[str]:
@@ -238,22 +266,19 @@ def _agent_change(agent: Agent | None, params: Params) -> str | None:
     )
 
 
-def _event_rows(events: Sequence[StoreEvent], params: Params) -> str:
-    """The ``VALUES`` rows of ``events`` (their parameters added to ``params``)."""
-    rows = []
-    for i, event in enumerate(events):
-        rows.append(
-            f"(%(e{i}k)s, %(e{i}w)s, %(e{i}c)s, %(e{i}n)s::integer, %(e{i}p)s::jsonb,"
-            f" %(e{i}at)s::double precision)"
-        )
-        params.update(
-            {
-                f"e{i}k": event.kind.value,
-                f"e{i}w": event.workspace_id,
-                f"e{i}c": event.chat_id,
-                f"e{i}n": event.build_number,
-                f"e{i}p": Jsonb(event.payload()),
-                f"e{i}at": event.at,
-            }
-        )
-    return ", ".join(rows)
+def _event_rows(count: int) -> str:
+    """The ``VALUES`` rows of ``count`` events (their parameters: :func:`_event_params`)."""
+    return ", ".join(
+        f"(%(e{i}k)s, %(e{i}w)s, %(e{i}c)s, %(e{i}n)s::integer, %(e{i}p)s::jsonb, %(e{i}at)s::double precision)"
+        for i in range(count)
+    )
+
+
+def _event_params(i: int, event: StoreEvent, params: Params) -> None:
+    """The parameters of the ``i``-th event's ``VALUES`` row."""
+    params[f"e{i}k"] = event.kind.value
+    params[f"e{i}w"] = event.workspace_id
+    params[f"e{i}c"] = event.chat_id
+    params[f"e{i}n"] = event.build_number
+    params[f"e{i}p"] = Jsonb(event.payload())
+    params[f"e{i}at"] = event.at

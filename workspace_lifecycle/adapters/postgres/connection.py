@@ -21,7 +21,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
-from collections.abc import Awaitable, Callable, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import anyio
@@ -42,7 +43,16 @@ from ...errors import (
 from .schema import prepare
 from .url import NO_LISTEN, Options, cause
 
-__all__ = ["DRIVER_ERRORS", "Attempt", "Conn", "Connection", "connection_lost", "idle_and_alive"]
+__all__ = [
+    "DRIVER_ERRORS",
+    "Attempt",
+    "Conn",
+    "Connection",
+    "CountedConnection",
+    "connection_lost",
+    "idle_and_alive",
+    "wire_round_trips",
+]
 
 log = logging.getLogger("workspace_lifecycle.postgres")
 
@@ -53,6 +63,44 @@ Conn = psycopg.AsyncConnection[TupleRow]
 DRIVER_ERRORS = (psycopg.Error, PoolClosed, PoolTimeout, UnicodeEncodeError, ConnectionError)
 #: Words of a connection refusal that a retry may get past (the server is starting, full, ...).
 _TRANSIENT_REFUSALS = ("starting up", "shutting down", "recovery mode", "too many clients", "slots")
+
+
+class CountedConnection(psycopg.AsyncConnection[TupleRow]):
+    """A psycopg connection that counts its round trips on the wire (for benchmarks and the
+    tests that pin them): a statement outside a pipeline is one, ``BEGIN`` and ``COMMIT`` one
+    each, a pipeline one for everything queued in it (and one more for each commit inside it,
+    which syncs). Counting is an integer add per statement; nothing else changes."""
+
+    wire = 0  # round trips so far (an instance attribute from the first one)
+
+    async def execute(
+        self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool = False
+    ) -> Any:
+        if self._pipeline is None:
+            self.wire += 1
+        return await super().execute(query, params, prepare=prepare, binary=binary)
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, savepoint_name: str | None = None, force_rollback: bool = False
+    ) -> AsyncIterator[Any]:
+        # BEGIN and COMMIT (or ROLLBACK): queued in a pipeline, whose commit syncs once.
+        self.wire += 2 if self._pipeline is None else 1
+        async with super().transaction(savepoint_name, force_rollback) as tx:
+            yield tx
+
+    @contextlib.asynccontextmanager
+    async def pipeline(self) -> AsyncIterator[Any]:
+        outermost = self._pipeline is None
+        async with super().pipeline() as pipeline:
+            yield pipeline
+        if outermost:
+            self.wire += 1
+
+
+def wire_round_trips(conn: Conn) -> int:
+    """The round trips ``conn`` made so far (0 for a connection that does not count them)."""
+    return conn.wire if isinstance(conn, CountedConnection) else 0
 
 
 @attrs.define
@@ -152,8 +200,14 @@ class Connection:
         self.options = options
         self.pool: AsyncConnectionPool[Conn] | None = None
         self.closed = False
-        #: Statements or transactions run on the pool, each attempt counted (for benchmarks).
+        #: Bodies run on the pool, each attempt counted (a guarded write's read and statement
+        #: count one): what ``round_trips`` counted before wire round trips were (for benchmarks).
         self.round_trips = 0
+        #: Round trips on the wire of the pool's connections (see :class:`CountedConnection`),
+        #: in total and by the kind of call (a store method's name), and the calls of each kind.
+        self.wire_round_trips = 0
+        self.wire_by_kind: Counter[str] = Counter()
+        self.calls_by_kind: Counter[str] = Counter()
         self._database: str | None = None  # the store's database, once read (by migrate_alone)
 
     def check(self) -> AsyncConnectionPool[Conn]:
@@ -187,20 +241,24 @@ class Connection:
 
     # --- running bodies ----------------------------------------------------------------------
 
-    async def run(self, body: Callable[[Conn], Awaitable[T]], *, write: bool = False) -> T:
+    async def run(self, body: Callable[[Conn], Awaitable[T]], *, write: bool = False, kind: str = "") -> T:
         """Run ``body`` on a pooled connection, inside a transaction if ``write``.
 
         The body runs shielded from cancellation: a cancelled caller lets its transaction
         finish (bounded by ``statement_timeout``) instead of leaving a half-used connection.
         A connection that died before the commit was sent is replaced and the body retried.
         """
-        return await self.try_(lambda conn, attempt: body(conn), transaction=write)
+        return await self.try_(lambda conn, attempt: body(conn), transaction=write, kind=kind)
 
-    async def try_(self, body: Callable[[Conn, Attempt], Awaitable[T]], *, transaction: bool = False) -> T:
+    async def try_(
+        self, body: Callable[[Conn, Attempt], Awaitable[T]], *, transaction: bool = False, kind: str = ""
+    ) -> T:
         """:meth:`run` for a body that says itself when its commit begins: an autocommit body
-        sets ``attempt.committing`` before the statement that commits."""
+        sets ``attempt.committing`` before the statement that commits. ``kind`` names the call
+        whose round trips it counts."""
         pool = self.check()
         tries = 0
+        self.calls_by_kind[kind] += 1
         while True:
             tries += 1
             attempt = Attempt()
@@ -209,6 +267,7 @@ class Connection:
                 with self.boundary(attempt):
                     conn = await pool.getconn()
                     attempt.connected = True
+                    wire = wire_round_trips(conn)
                     with anyio.CancelScope(shield=True):
                         try:
                             if not transaction:
@@ -218,6 +277,9 @@ class Connection:
                                 attempt.committing = True
                             return result
                         finally:
+                            wire = wire_round_trips(conn) - wire
+                            self.wire_round_trips += wire
+                            self.wire_by_kind[kind] += wire
                             await pool.putconn(conn)
             except StoreUnavailableError as exc:
                 if not attempt.retry or self.closed or tries >= 3:
@@ -250,6 +312,7 @@ class Connection:
             configure=None if options.pool_mode == "transaction" else self.configure,
             timeout=options.pool_timeout,
             name=f"workspace-lifecycle:{options.schema}",
+            connection_class=CountedConnection,
         )
         with self.boundary(connecting=True):
             await self.pool.open(wait=True, timeout=options.pool_timeout)

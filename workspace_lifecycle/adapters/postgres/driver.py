@@ -11,7 +11,13 @@ Two ways to run a plan, by what it reads:
   the rows this process last read or wrote instead of reading them (only a decision to write:
   the guard proves them current; a decision to write nothing, or an error, is made again on
   rows read now). It is not tried on a connection that may be dead: the read is also the
-  probe that lets a write be retried on a fresh connection.
+  probe that lets a write be retried on a fresh connection. The known rows come from this
+  process's writes and reads (a claim reads the claimed build's whole workspace, a plain read
+  of a workspace's facts its chat and versions too), so a worker's renewals and finish and a
+  caller's request after reading the facts are one round trip each. A write decided on known
+  rows whose guard fails reads the rows as they are now in the same round trip
+  (:mod:`.committer`), and its retry decides on them: a lost guard costs one round trip more,
+  not two.
 * **Locked, in a transaction** (CHAT reads: registering a chat, creating a workspace): the
   workspace the chat is bound to and then the chat row are locked ``FOR UPDATE``, read,
   decided on, and persisted unguarded under those locks. A new chat row that another replica
@@ -35,7 +41,7 @@ from ..base import ArmedDeadlines, ChatRow, Doorbell, Topic
 from ..driver import RETRY, Driver, Plan, Read, ReadKind, Retry, Rows
 from . import rows as sql
 from .channels import Channels
-from .committer import Committer
+from .committer import CACHE_KNOWN_ROWS, Committer
 from .connection import Attempt, Conn, Connection, idle_and_alive
 from .guards import Known, Seen
 from .listener import Listener, Notifier
@@ -155,18 +161,24 @@ class PostgresDriver(Driver):
     async def transact(self, plan: Plan[T]) -> T | Retry:
         if plan.read.kind is ReadKind.CHAT:
             return await self._transact_locked(plan)
-        return await self.connection.try_(functools.partial(self._guarded, plan))
+        return await self.connection.try_(functools.partial(self._guarded, plan), kind=plan.op)
 
     async def _guarded(self, plan: Plan[T], conn: Conn, attempt: Attempt) -> T | Retry:
         """One try of a guarded plan (see the module docstring) on ``conn``."""
-        write, seen, known = self._on_known(plan, conn) or await self._on_read(plan, conn)
+        # Only a decision on known rows (which may be old) pipelines the re-read of a lost
+        # guard: rows read in this try, or just re-read, are rarely changed one round trip later.
+        reread = False
+        decided = self._on_fresh(plan, conn)
+        if decided is None and (decided := self._on_known(plan, conn)) is not None:
+            reread = True
+        write, seen, known = decided or await self._on_read(plan, conn)
         if write is None:
             return plan.answer(0)
         assert seen is not None, "a decision on no rows writes nothing"
         attempt.committing = True  # from here a lost connection leaves the outcome unknown
         committer = self.committer
         try:
-            head = await committer.commit(conn, write, seen)
+            head = await committer.commit(conn, write, seen, reread=reread)
         except BaseException:
             committer.forget(seen)
             raise
@@ -177,6 +189,26 @@ class PostgresDriver(Driver):
             committer.claimed_build(write.build)
         self._wrote(head)
         return plan.answer(head)
+
+    def _on_fresh(self, plan: Plan[T], conn: Conn) -> _Decided | None:
+        """``plan`` decided on the rows its last try's lost guard re-read, if there are any:
+        rows as current as a read's, so the decision stands whatever it is (see the module
+        docstring)."""
+        read = plan.read
+        committer = self.committer
+        if not committer.fresh or read.kind is ReadKind.PENDING:
+            return None
+        known = committer.take_fresh(committer.workspace_of(read.kind is ReadKind.BUILD, read.key))
+        if known is None or not idle_and_alive(conn):
+            return None
+        if read.kind is ReadKind.BUILD:
+            latest = known.facts.latest_build
+            if latest is None or latest.build_id != read.key:
+                return None  # no longer the workspace's latest build: read it
+        write = plan.decide(_rows_of(read, known))
+        if write is None:
+            self._read_head(known.facts.seq)
+        return write, known.seen(chat=read.related), known
 
     def _on_known(self, plan: Plan[T], conn: Conn) -> _Decided | None:
         """``plan`` decided on the rows this process knows, if it knows them and the decision
@@ -204,7 +236,10 @@ class PostgresDriver(Driver):
         known: Known | None = None
         seen: Seen | None = None
         if read.kind is ReadKind.PENDING:
-            rows, seen = await sql.read_pending(conn)
+            rows, pending = await sql.read_pending(conn)
+            seen = None if pending is None else pending.seen(chat=False)
+            if pending is not None and CACHE_KNOWN_ROWS:
+                self.committer.learned(pending)  # what the claim's remember() builds on
         elif read.kind is ReadKind.BUILD and (known := await self._read_claimed(conn, read.key)):
             rows = _rows_of(read, known)
         elif read.kind is ReadKind.BUILD:
@@ -248,7 +283,7 @@ class PostgresDriver(Driver):
             return head
 
         try:
-            done = await self.connection.run(body, write=True)
+            done = await self.connection.run(body, write=True, kind=plan.op)
         except _Conflict:
             return RETRY
         if isinstance(done, Retry):
@@ -277,40 +312,50 @@ class PostgresDriver(Driver):
     # --- plain reads -------------------------------------------------------------------------
 
     async def get_chat(self, chat_id: str) -> Chat | None:
-        return await self.connection.run(lambda conn: sql.read_chat(conn, chat_id))
+        return await self.connection.run(lambda conn: sql.read_chat(conn, chat_id), kind="get_chat")
 
     async def workspace_facts(self, workspace_id: str) -> WorkspaceFacts:
-        facts = await self.connection.run(lambda conn: sql.read_facts(conn, workspace_id))
+        """The facts, read with their chat and versions: the known rows of this process's next
+        write on the workspace (one round trip then, not two)."""
+        facts, known = await self.connection.run(
+            lambda conn: sql.read_facts_known(conn, workspace_id), kind="workspace_facts"
+        )
         if facts is None:
             raise NotFoundError(f"no workspace {workspace_id!r}")
+        if known is not None:
+            self.committer.learned(known)
         self._read_head(facts.seq)
         return facts
 
     async def get_build(self, build_id: str) -> Build:
-        build = await self.connection.run(lambda conn: sql.read_one_build(conn, build_id))
+        build = await self.connection.run(lambda conn: sql.read_one_build(conn, build_id), kind="get_build")
         if build is None:
             raise NotFoundError(f"no build {build_id!r}")
         return build
 
     async def armed_deadlines(self) -> ArmedDeadlines:
-        return await self.connection.run(sql.read_armed_deadlines)
+        return await self.connection.run(sql.read_armed_deadlines, kind="armed_deadlines")
 
     async def list_chats(self) -> Sequence[ChatRow]:
-        return await self.connection.run(sql.read_chat_rows)
+        return await self.connection.run(sql.read_chat_rows, kind="list_chats")
 
     async def next_lease_expiry(self, *, skip: Collection[str] = ()) -> Lease | None:
         passed = list(skip)
-        return await self.connection.run(lambda conn: sql.read_next_lease(conn, passed))
+        return await self.connection.run(
+            lambda conn: sql.read_next_lease(conn, passed), kind="next_lease_expiry"
+        )
 
     # --- the event log -----------------------------------------------------------------------
 
     async def head(self) -> int:
-        head = await self.connection.run(sql.read_head)
+        head = await self.connection.run(sql.read_head, kind="head")
         self.doorbell.saw(head)
         return head
 
     async def read_events(self, after: int, limit: int = 1000) -> Sequence[StoreEvent]:
-        events = await self.connection.run(lambda conn: sql.read_events(conn, after, limit))
+        events = await self.connection.run(
+            lambda conn: sql.read_events(conn, after, limit), kind="read_events"
+        )
         if events:
             self.doorbell.saw(events[-1].seq)
         return events
@@ -321,7 +366,9 @@ class PostgresDriver(Driver):
         self.connection.check()
 
     async def prune_events(self, older_than: float) -> int:
-        return await self.connection.run(lambda conn: sql.prune_events(conn, older_than), write=True)
+        return await self.connection.run(
+            lambda conn: sql.prune_events(conn, older_than), write=True, kind="prune_events"
+        )
 
     def take_interest(self, topic: Topic) -> None:
         self.listener.take_interest(topic)

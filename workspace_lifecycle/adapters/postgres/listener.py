@@ -8,7 +8,10 @@ fallback), the interest that decides which channels to LISTEN to, and the batche
   the notifications; local writes ring the store's doorbell at once. A notification is only a
   hint, never the head: its payload must look like one we send and name a head newer than the
   known one, and then the head is read from the log before anyone is woken (anything else is
-  ignored and counted in :attr:`Listener.stray_notifications`). The listener reads the head
+  ignored and counted in :attr:`Listener.stray_notifications`). The sleepers are woken as soon
+  as a hint arrives (their own reads of the log confirm it: a lie costs them one read), and the
+  listener's head read then keeps the doorbell's head true for later sleepers: the wake-up
+  does not wait for that round trip. The listener reads the head
   itself every ``poll_interval`` within a timeout, which also proves that its backend still
   answers (TCP keepalives catch a dead peer); one that does not is replaced. The fallback poll
   does not depend on that connection: while someone waits and the listener has not read the
@@ -30,13 +33,12 @@ import re
 import time
 
 import anyio
-import psycopg
 from psycopg import sql
 
 from ...errors import StoreError
 from ..base import Doorbell, Topic
 from .channels import Channels
-from .connection import DRIVER_ERRORS, Conn, Connection
+from .connection import DRIVER_ERRORS, Conn, Connection, CountedConnection, wire_round_trips
 from .rows import read_head
 from .schema import prepare
 
@@ -124,13 +126,20 @@ class Listener:
         self.stray_notifications = 0
         #: Every notification read, before any was found stray or stale.
         self.notifications_received = 0
-        #: Wake-ups caused by the watcher (confirmed notifications, polls, reconnects), for tests.
+        #: Wake-ups caused by the watcher (notifications that hinted at news, polls, reconnects),
+        #: for tests.
         self.listener_wakeups = 0
         self.listener_connects = 0
         #: Reads of the head by the fallback poll (only while someone waits), for tests.
         self.polls = 0
+        self._gone_trips = 0  # round trips of LISTEN connections since replaced
         #: The server process of the LISTEN connection (``pg_stat_activity.pid``).
         self.listener_pid: int | None = None
+
+    @property
+    def round_trips(self) -> int:
+        """Round trips on the wire of the LISTEN connections (head reads, LISTEN/UNLISTEN)."""
+        return self._gone_trips + (0 if self._conn is None else wire_round_trips(self._conn))
 
     # --- interest ----------------------------------------------------------------------------
 
@@ -167,7 +176,7 @@ class Listener:
         """A new LISTEN connection (migrating first when opening), its head read after LISTEN."""
         connection = self._connection
         with connection.boundary(connecting=True):
-            conn = await psycopg.AsyncConnection.connect(self._options.listen_conninfo, autocommit=True)
+            conn = await CountedConnection.connect(self._options.listen_conninfo, autocommit=True)
         try:
             with connection.boundary():
                 await connection.configure(conn)
@@ -230,6 +239,7 @@ class Listener:
             except (StoreError, TimeoutError) as exc:  # TimeoutError: the head read hung
                 log.warning("PostgreSQL listener: %s; reconnecting in %.2fs", exc or "no answer", delay)
                 if self._conn is not None:
+                    self._gone_trips += wire_round_trips(self._conn)
                     await self._conn.close()
                     self._conn = None
                 await anyio.sleep(delay)
@@ -243,6 +253,7 @@ class Listener:
         With shards, a new interest interrupts the wait: its channel is LISTENed to, and the
         head read at once (what committed before the LISTEN took effect is in it)."""
         hinted = 0
+        rang = 0  # the head a hint claimed when it rang the doorbell early (0: none did)
         deadline = time.monotonic() + self._options.poll_interval
         with self._connection.boundary():
             listened = await self._follow_interest(conn)
@@ -264,6 +275,10 @@ class Listener:
                 self.notifications_received += len(payloads)
                 if payloads:
                     hinted = max(hinted, *map(self._hinted_head, payloads))
+                    if hinted > self._doorbell.head and not rang:
+                        rang = hinted
+                        self._doorbell.ring()  # now, not after the head read below
+                        self.listener_wakeups += 1
                 elif self._interest_changed:
                     listened = await self._follow_interest(conn)
                 else:
@@ -271,8 +286,9 @@ class Listener:
             with anyio.fail_after(self._options.listen_timeout):
                 head = await read_head(conn)
         self._read_at = time.monotonic()
-        if self._doorbell.saw(head):
-            self.listener_wakeups += 1
+        # The early ring was counted when it rang (a lie too: the stray count says so); this
+        # read's ring counts when it found more than the hint (commits that landed meanwhile).
+        self.listener_wakeups += self._doorbell.saw(head) and head > rang
         if hinted > head:  # a NOTIFY is delivered after its commit is visible: this one lied
             self.stray_notifications += 1
 

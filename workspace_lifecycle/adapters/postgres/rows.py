@@ -77,6 +77,15 @@ _BUILD_COLUMNS = (
     "b.build_id, b.workspace_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,"
     " b.parameters, b.details, b.reason, b.lease_token, b.lease_expires_at"
 )
+#: The same row, also when the chat row is missing (a plain read of the facts: they are known
+#: rows only with their chat).
+_FACTS_KNOWN_SQL = _REQUEST_SQL.replace(" JOIN chats c ", " LEFT JOIN chats c ")
+#: The oldest pending build with its workspace's facts and chat, as :data:`_REQUEST_SQL`.
+_PENDING_SQL = (
+    f"SELECT {_BUILD_COLUMNS.replace('b.', 'p.')}, {_FACTS_COLUMNS}, {HEAD}, w.version, {_CHAT_COLUMNS},"
+    f" c.version FROM builds p JOIN workspaces w ON w.workspace_id = p.workspace_id {_FACTS_JOINS}"
+    " JOIN chats c ON c.chat_id = w.chat_id WHERE p.status = 'pending' ORDER BY p.id LIMIT 1"
+)
 
 # --- parsing ---------------------------------------------------------------------------------
 
@@ -143,11 +152,36 @@ async def read_known(conn: Conn, workspace_id: str) -> Known | None:
     """The workspace's facts and its chat's row, in one snapshot, with their versions."""
     cur = await conn.execute(_REQUEST_SQL, (workspace_id,))
     row = await cur.fetchone()
-    if row is None:
-        return None
+    return None if row is None else parse_known(row)
+
+
+def parse_known(row: Sequence[Any], facts: WorkspaceFacts | None = None) -> Known:
+    """Known rows from a row of :data:`_REQUEST_SQL` (``facts``: already parsed from it)."""
     f = _FACTS_WIDTH
     chat = parse_chat(row[f + 1 : f + 1 + _CHAT_WIDTH])
-    return Known(int(row[f]), parse_facts(row), chat, int(row[f + 1 + _CHAT_WIDTH]))
+    return Known(int(row[f]), facts or parse_facts(row), chat, int(row[f + 1 + _CHAT_WIDTH]))
+
+
+async def read_facts_known(conn: Conn, workspace_id: str) -> tuple[WorkspaceFacts | None, Known | None]:
+    """A plain read of the facts, with the known rows they make (``None`` without a chat row)."""
+    cur = await conn.execute(_FACTS_KNOWN_SQL, (workspace_id,))
+    row = await cur.fetchone()
+    if row is None:
+        return None, None
+    facts = parse_facts(row)
+    return facts, None if row[_FACTS_WIDTH + 1] is None else parse_known(row, facts)
+
+
+async def send_read_known(conn: Conn, workspace_id: str) -> psycopg.AsyncCursor[TupleRow]:
+    """Queue :func:`read_known`'s statement (in a pipeline, after a guarded write: its own
+    snapshot under READ COMMITTED, so it sees the write's rows or the other writer's); the
+    caller parses the row only if it needs it (:func:`parse_known_row`)."""
+    return await conn.execute(_REQUEST_SQL, (workspace_id,))
+
+
+async def parse_known_row(cur: psycopg.AsyncCursor[TupleRow]) -> Known | None:
+    row = await cur.fetchone()
+    return None if row is None else parse_known(row)
 
 
 async def read_build(conn: Conn, build_id: str) -> tuple[Rows, Seen | None]:
@@ -169,20 +203,18 @@ async def read_build(conn: Conn, build_id: str) -> tuple[Rows, Seen | None]:
     return Rows(chat, None, parse_build(row[:b]), ws), seen
 
 
-async def read_pending(conn: Conn) -> tuple[Rows, Seen | None]:
-    """The oldest pending build and its workspace, guarded by the workspace's version; a worker
-    that loses it to another reads the next one."""
-    cur = await conn.execute(
-        f"SELECT {_BUILD_COLUMNS}, {_WORKSPACE_COLUMNS}"
-        " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id"
-        " WHERE b.status = 'pending' ORDER BY b.id LIMIT 1"
-    )
+async def read_pending(conn: Conn) -> tuple[Rows, Known | None]:
+    """The oldest pending build and its workspace, with the workspace's known rows (its facts,
+    chat and versions: the claim is guarded by the workspace's version, and the worker's next
+    writes on it, its renewals and its finish, decide on them unread); a worker that loses it
+    to another reads the next one."""
+    cur = await conn.execute(_PENDING_SQL)
     row = await cur.fetchone()
     if row is None:
         return Rows(), None
-    b, w = _BUILD_WIDTH, _BUILD_WIDTH + _WORKSPACE_WIDTH
-    ws = parse_workspace(row[b:w])
-    return Rows(build=parse_build(row[:b]), workspace=ws), Seen(ws.workspace_id, int(row[w]))
+    b = _BUILD_WIDTH
+    known = parse_known(row[b:])
+    return Rows(build=parse_build(row[:b]), workspace=known.facts.workspace), known
 
 
 async def lock_chat(conn: Conn, chat_id: str, *, related: bool) -> Rows | None:
