@@ -62,7 +62,6 @@ __all__ = [
 ]
 
 _LIVE = (WorkspaceState.RUNNING, WorkspaceState.AGENT_READY)
-_TIMED_OUT = "timed out waiting for workspace build"
 #: How often one request may follow its chat to a new workspace before it gives up.
 MAX_MOVES = 3
 
@@ -335,7 +334,9 @@ class Flow:
                 return self._join(self.number, self.build_id, own=self.own)
             return self._answer_build(tracker)
         if waiting is not None and self.timed_out:  # another kind of build never ended
-            return Answer(answers.build_failed("waiting for in-progress build", _TIMED_OUT, tracker.build_id))
+            return Answer(
+                answers.timed_out(self.verb, own=False, build_id=tracker.build_id, status=tracker.status)
+            )
         return self._decide(tracker)
 
     def _decide(self, tracker: Tracker) -> Step:
@@ -392,8 +393,9 @@ class Flow:
         build = tracker.build(number)
         build_id = self.build_id or (build.build_id if build else None)
         prefix = self._prefix()
-        if self.timed_out:
-            return Answer(answers.build_failed(prefix, _TIMED_OUT, build_id))
+        if self.timed_out and build is not None and not build.finished:
+            # The wait ran out, the build did not: say so, with what it is doing now.
+            return Answer(answers.timed_out(self.verb, own=self.own, build_id=build_id, status=build.status))
         extra = _superseded(tracker, number)
         build = self._known(tracker, number)
         if build is None or not build.finished:
