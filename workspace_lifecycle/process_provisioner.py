@@ -534,9 +534,13 @@ class ProcessProvisioner(BackgroundService):
                 return
             if lifecycle is AgentLifecycle.READY:
                 proc.ready = True
+            # A ready workspace is reached where its probe reached it: {port} on 127.0.0.1.
+            reached = {"http": f"http://127.0.0.1:{proc.port}"} if lifecycle is AgentLifecycle.READY else None
             try:
                 await self._retrying(
-                    lambda: self.store.report_agent(proc.workspace_id, lifecycle, lease=proc.lease)
+                    lambda: self.store.report_agent(
+                        proc.workspace_id, lifecycle, lease=proc.lease, endpoints=reached
+                    )
                 )
             except (StoreError, CallerError) as exc:
                 log.warning(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -51,6 +52,7 @@ __all__ = [
     "holding",
     "quota_failure",
     "retrying",
+    "simulated_endpoints",
     "validation_failure",
 ]
 
@@ -60,6 +62,16 @@ log = logging.getLogger("workspace_lifecycle.provisioner")
 _FIRST_RETRY_DELAY = 0.05
 #: The longest pause a provisioner may be configured to wait between retries of a write.
 _MAX_RETRY_DELAY = 3600.0
+
+
+def simulated_endpoints(workspace_id: str) -> dict[str, str]:
+    """The endpoints a simulated ready agent reports: well-formed, reaching nothing (``.invalid``
+    is reserved for names that never resolve).
+
+    >>> simulated_endpoints("w1")
+    {'http': 'http://simulated.invalid/workspaces/w1'}
+    """
+    return {"http": f"http://simulated.invalid/workspaces/{urllib.parse.quote(workspace_id, safe='')}"}
 
 
 @attrs.frozen
@@ -399,8 +411,11 @@ class SimulatedProvisioner(BackgroundService):
             if has_agent and self.agent is not None:
                 await self._sleep(self.agent_seconds)
                 agent = self.agent
+                reached = simulated_endpoints(build.workspace_id) if agent is AgentLifecycle.READY else None
                 await self._retrying(
-                    lambda: self.store.report_agent(build.workspace_id, agent, lease=held.token)
+                    lambda: self.store.report_agent(
+                        build.workspace_id, agent, lease=held.token, endpoints=reached
+                    )
                 )
         except (StoreError, CallerError) as exc:
             log.warning("provisioner: build %s: %s", build.build_id, exc)

@@ -57,6 +57,7 @@ __all__ = [
     "agent_status",
     "deferred_behind",
     "first_step",
+    "reached",
     "request_transition",
     "status",
 ]
@@ -439,6 +440,8 @@ class Flow:
             agent = answers.agent_fields(
                 has_agent=build.has_agent, lifecycle=build.agent, timed_out=self.timed_out
             )
+        if number == tracker.build_number:
+            agent |= reached(tracker)
         if self.request is Request.CREATE and not (self.own and self.number is not None):
             return answers.create_existing(ws, tracker.state, build_id=self.build_id, agent=agent | extra)
         return answers.done(self.verb, ws, build_id=self.build_id, agent=agent, extra=extra)
@@ -527,7 +530,19 @@ def status(tracker: Tracker | None, *, wait_expired: bool = False) -> ToolResult
     if tracker.state is WorkspaceState.FAILED:
         for key, value in (tracker.details or {}).items():
             data.setdefault(key, value)
-    return ToolResult.ok(data)
+    return ToolResult.ok(data | reached(tracker))
+
+
+def reached(tracker: Tracker) -> dict[str, Any]:
+    """``{"endpoints": {...}}``: where the workspace's agent is reached, while it runs and its
+    provisioner said; else nothing (a stopped workspace is reached nowhere).
+
+    >>> reached(Tracker("w1", "c1", state=WorkspaceState.AGENT_READY, endpoints={"http": "http://h:1"}))
+    {'endpoints': {'http': 'http://h:1'}}
+    """
+    if tracker.state not in _LIVE or not tracker.endpoints or tracker.deleted:
+        return {}
+    return {"endpoints": dict(tracker.endpoints)}
 
 
 def agent_status(tracker: Tracker) -> str | None:

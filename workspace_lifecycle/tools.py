@@ -73,7 +73,8 @@ _DEFINITIONS: list[dict[str, Any]] = [
         "description": (
             "Create the chat's workspace and wait for its build and agent. Idempotent: if the "
             "chat already has a workspace that is building or running, that workspace is "
-            "returned; a stopped one is reported so you can use start_workspace."
+            "returned; a stopped one is reported so you can use start_workspace. Once it runs, "
+            "endpoints names where to reach it (names to URLs, e.g. http)."
         ),
         "input_schema": {
             "type": "object",
@@ -93,7 +94,8 @@ _DEFINITIONS: list[dict[str, Any]] = [
         "description": (
             "Start the chat's workspace if it is currently stopped. This tool is idempotent — "
             "if the workspace is already running, it returns immediately; if a build is in "
-            "progress it waits for it. Use create_workspace first if no workspace exists yet."
+            "progress it waits for it. Use create_workspace first if no workspace exists yet. "
+            "Once it runs, endpoints names where to reach it (names to URLs, e.g. http)."
         ),
         "input_schema": {
             "type": "object",
@@ -125,7 +127,8 @@ STATUS_TOOL: dict[str, Any] = {
     "name": "workspace_status",
     "description": (
         "Report the chat's workspace status: the state (no_workspace, stopped, building, running, "
-        "agent_ready, failed), the reason it is in it, and the latest build. With wait_ms, wait up "
+        "agent_ready, failed), the reason it is in it, the latest build, and while it runs the "
+        "endpoints where it is reached (names to URLs). With wait_ms, wait up "
         "to that long for the workspace to settle (no build in flight, agent not starting); "
         "wait_expired says the wait ran out. Read-only: it never starts or stops anything."
     ),

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import attrs
 
 from . import checks, deadlines
+from .endpoints import check_endpoints
 from .errors import BuildConflictError, LeaseLostError, NotFoundError, OwnershipError
 from .machine import DEADLINE_REQUEST, Decision, Tracker, derive_state
 from .values import (
@@ -245,7 +246,13 @@ def request_build(
     if facts.workspace.deadline is not None:
         workspace, disarmed = _rearm(facts.workspace, None, at=at, build_number=build.number)
         events.append(disarmed)
-    return Write(events=tuple(events), build=build, queued=True, workspace=workspace)
+    agent = facts.agent
+    if transition is not Transition.START and agent is not None and agent.endpoints:
+        # A workspace on its way down is reached nowhere: its endpoints go with this build.
+        agent = attrs.evolve(agent, endpoints={})
+    else:
+        agent = None
+    return Write(events=tuple(events), build=build, queued=True, workspace=workspace, agent=agent)
 
 
 # --- after a write that may or may not have committed ---------------------------------------
@@ -471,8 +478,12 @@ def report_agent(
     at: float,
     latest: Build | None = None,
     lease: str | None = None,
+    endpoints: Mapping[str, str] | None = None,
 ) -> Write:
     """The agent of ``ws`` reports ``lifecycle``; a workspace without one raises NotFoundError.
+
+    ``endpoints`` (names to URLs, checked by :func:`~workspace_lifecycle.endpoints.check_endpoints`)
+    replace the agent's; without them it keeps those it has.
 
     With ``lease`` (the fencing token of the build that made the agent), the report holds only
     while that build is the workspace's ``latest`` and made this agent: a worker whose build was
@@ -488,7 +499,8 @@ def report_agent(
                 " agent (a newer build replaced it, or the lease expired)"
             )
         _check_lease(latest, lease, at=at)
-    reported = Agent(agent.workspace_id, agent.build_number, parse_lifecycle(lifecycle))
+    reached = agent.endpoints if endpoints is None else check_endpoints(endpoints)
+    reported = Agent(agent.workspace_id, agent.build_number, parse_lifecycle(lifecycle), reached)
     return Write(
         events=(
             _event(
@@ -498,6 +510,7 @@ def report_agent(
                 at=at,
                 build_number=agent.build_number,
                 agent=reported.lifecycle,
+                endpoints=dict(reached) if reached else None,
             ),
         ),
         agent=reported,

@@ -332,11 +332,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def report_agent(
-        self, workspace_id: str, lifecycle: AgentLifecycle | str, *, lease: str | None = None
+        self,
+        workspace_id: str,
+        lifecycle: AgentLifecycle | str,
+        *,
+        lease: str | None = None,
+        endpoints: Mapping[str, str] | None = None,
     ) -> None:
         """Record the agent's lifecycle state (the enum or its string value, ``"ready"``) for the
         agent of the latest build that has one. With ``lease`` (the token of the build that
-        made the agent) the report holds only while that build is the workspace's latest."""
+        made the agent) the report holds only while that build is the workspace's latest.
+
+        ``endpoints`` say where the agent can be reached (``{"http": "http://127.0.0.1:41237"}``,
+        checked by :func:`~workspace_lifecycle.endpoints.check_endpoints`: ``ValueError`` for a
+        bad one); they replace the agent's, are answered wherever the agent is, and are cleared
+        when a stop or delete build is queued. Without them the agent keeps its own."""
 
     # --- the event log ------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .. import writes
+from ..endpoints import check_endpoints
 from ..errors import NotFoundError, StoreBusyError
 from ..values import (
     AgentLifecycle,
@@ -325,13 +326,18 @@ class _Finish(Plan[Build]):
 
 class _ReportAgent(Plan[None]):
     op = "report_agent"
-    __slots__ = ("clock", "lifecycle")
+    __slots__ = ("clock", "endpoints", "lifecycle")
 
     def __init__(
-        self, workspace_id: str, lifecycle: AgentLifecycle, lease: str | None, clock: Callable[[], float]
+        self,
+        workspace_id: str,
+        lifecycle: AgentLifecycle,
+        lease: str | None,
+        endpoints: Mapping[str, str] | None,
+        clock: Callable[[], float],
     ) -> None:
         super().__init__(Read.workspace(workspace_id, related=False), lease)
-        self.lifecycle, self.clock = lifecycle, clock
+        self.lifecycle, self.endpoints, self.clock = lifecycle, endpoints, clock
 
     def decide(self, rows: Rows) -> writes.Write | None:
         facts = _facts(rows, f"workspace {self.read.key!r} has no agent")
@@ -342,6 +348,7 @@ class _ReportAgent(Plan[None]):
             at=self.clock(),
             latest=facts.latest_build,
             lease=self.lease,
+            endpoints=self.endpoints,
         )
 
     def answer(self, head: int) -> None:
@@ -453,10 +460,16 @@ class DriverStore(Store):
         )
 
     async def report_agent(
-        self, workspace_id: str, lifecycle: AgentLifecycle | str, *, lease: str | None = None
+        self,
+        workspace_id: str,
+        lifecycle: AgentLifecycle | str,
+        *,
+        lease: str | None = None,
+        endpoints: Mapping[str, str] | None = None,
     ) -> None:
         lifecycle = writes.parse_lifecycle(lifecycle)
-        await self._transact(_ReportAgent(workspace_id, lifecycle, lease, self.driver.clock))
+        checked = None if endpoints is None else check_endpoints(endpoints)
+        await self._transact(_ReportAgent(workspace_id, lifecycle, lease, checked, self.driver.clock))
 
     # --- reads, the event log and interest: the driver's own -----------------------------------
 

@@ -310,7 +310,8 @@ def change_line(change: StateChange) -> str:
 
 
 def watch_line(change: StateChange) -> str:
-    return f"{clock(change.at)}  {change.chat_id}  {change_line(change).rstrip()}"
+    reached = "".join(f"  {name}={url}" for name, url in change.endpoints.items())
+    return f"{clock(change.at)}  {change.chat_id}  {change_line(change).rstrip()}{reached}"
 
 
 async def follow(

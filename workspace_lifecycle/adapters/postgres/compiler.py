@@ -229,12 +229,17 @@ def _agent_change(agent: Agent | None, params: Params) -> str | None:
     """The agent, upserted."""
     if agent is None:
         return None
-    params.update(a_ws=agent.workspace_id, a_n=agent.build_number, a_lifecycle=agent.lifecycle.value)
+    params.update(
+        a_ws=agent.workspace_id,
+        a_n=agent.build_number,
+        a_lifecycle=agent.lifecycle.value,
+        a_endpoints=Jsonb(dict(agent.endpoints)) if agent.endpoints else None,
+    )
     return (
-        "INSERT INTO agents (workspace_id, build_number, lifecycle)"
-        f" SELECT %(a_ws)s::text, %(a_n)s::integer, %(a_lifecycle)s::text WHERE {_GATE}"
-        " ON CONFLICT (workspace_id) DO UPDATE"
-        " SET build_number = excluded.build_number, lifecycle = excluded.lifecycle RETURNING 1"
+        "INSERT INTO agents (workspace_id, build_number, lifecycle, endpoints)"
+        f" SELECT %(a_ws)s::text, %(a_n)s::integer, %(a_lifecycle)s::text, %(a_endpoints)s::jsonb"
+        f" WHERE {_GATE} ON CONFLICT (workspace_id) DO UPDATE SET build_number = excluded.build_number,"
+        " lifecycle = excluded.lifecycle, endpoints = excluded.endpoints RETURNING 1"
     )
 
 

@@ -51,7 +51,7 @@ _FACTS_COLUMNS = f"""
     {_WS_COLUMNS},
     b.build_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,
     b.parameters, b.details, b.reason, b.lease_token, b.lease_expires_at,
-    a.build_number, a.lifecycle
+    a.build_number, a.lifecycle, a.endpoints
 """
 _FACTS_JOINS = """
     LEFT JOIN builds b ON b.workspace_id = w.workspace_id AND b.number = w.latest_build
@@ -71,7 +71,7 @@ _WORKSPACE_WIDTH = 7
 #: Columns of a build as :func:`parse_build` reads it.
 _BUILD_WIDTH = 13
 #: Columns of ``_FACTS_COLUMNS`` and the head (``_REQUEST_SQL``'s versions and chat follow).
-_FACTS_WIDTH = _WORKSPACE_WIDTH + (_BUILD_WIDTH - 1) + 2 + 1
+_FACTS_WIDTH = _WORKSPACE_WIDTH + (_BUILD_WIDTH - 1) + 3 + 1
 
 _BUILD_COLUMNS = (
     "b.build_id, b.workspace_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,"
@@ -121,8 +121,11 @@ def parse_facts(row: Sequence[Any]) -> WorkspaceFacts:
         lifecycle = parse_enum(
             AgentLifecycle, row[a + 1], table="agents", key=ws.workspace_id, column="lifecycle"
         )
-        agent = Agent(ws.workspace_id, row[a], lifecycle)
-    return WorkspaceFacts(workspace=ws, latest_build=build, agent=agent, seq=int(row[a + 2]))
+        reached = row[a + 2]
+        if reached is not None and not isinstance(reached, dict):
+            raise CorruptStateError("agents", ws.workspace_id, "endpoints", reached)
+        agent = Agent(ws.workspace_id, row[a], lifecycle, reached or {})
+    return WorkspaceFacts(workspace=ws, latest_build=build, agent=agent, seq=int(row[a + 3]))
 
 
 def parse_workspace(row: Sequence[Any]) -> Workspace:
