@@ -53,6 +53,7 @@ import anyio.abc
 import attrs
 
 from . import checks, writes
+from ._log_shipper import LogShipper
 from ._service import BackgroundService
 from .adapters.base import DEFAULT_LEASE_SECONDS, Store
 from .backoff import Backoff
@@ -391,6 +392,8 @@ class ProcessProvisioner(BackgroundService):
             log_offset=offset,
         )
         self._track(proc, tg)
+        shipper = LogShipper(self.store, build.build_id, held.token, path / LOG_FILE, offset)
+        tg.start_soon(shipper.run, proc.exited)  # its output to the build's log, bounded
         self._save(path, proc, argv=argv)
         proc.started = anyio.current_time()
         outcome = await self._probe(proc, proc.started + min(self.spawn_grace, self.ready_timeout))
@@ -398,6 +401,7 @@ class ProcessProvisioner(BackgroundService):
             reason = f"the workspace process {_exit_text(proc.status)} before it was ready"
             tail = self._tail(path, proc.log_offset)
             details: dict[str, Any] = {"exit_status": proc.status}
+            await shipper.ship(final=True)  # before the failure: its answer points at the lines
             try:
                 await self._finish(
                     held, JobStatus.FAILED, f"{reason}; last output:\n{tail}" if tail else reason, details
@@ -692,8 +696,8 @@ class ProcessProvisioner(BackgroundService):
         """The last ``output_lines`` lines the process wrote (bounded)."""
         try:
             with open(path / LOG_FILE, "rb") as f:
-                f.seek(offset)
-                data = f.read()[-64 * 1024 :]
+                f.seek(max(offset, f.seek(0, os.SEEK_END) - 64 * 1024))  # the tail only, however long
+                data = f.read(64 * 1024)
         except OSError:
             return ""
         text = data.decode("utf-8", "replace").replace("\x00", "")

@@ -30,12 +30,14 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from . import steps
 from .answers import NO_WORKSPACE
+from .buildlogs import MAX_PAGE_LINES
 from .machine import Request
 from .runtime import Lifecycle
 from .steps import MAX_STATUS_WAIT_MS, Answer, first_step
 from .values import MAX_PARAMETER_NAME, MAX_PARAMETER_VALUE, MAX_PARAMETERS, ToolResult
 
 __all__ = [
+    "LOGS_TOOL",
     "STATUS_TOOL",
     "TOOL_NAMES",
     "AllowedChats",
@@ -146,6 +148,40 @@ STATUS_TOOL: dict[str, Any] = {
     },
 }
 
+#: The read-only logs tool (served with the status tool; not one of the four model tools).
+LOGS_TOOL: dict[str, Any] = {
+    "name": "workspace_logs",
+    "description": (
+        "Read what the chat's workspace build printed: the build's status, its error and up to "
+        "limit lines of its log, the last ones, or with after those numbered after that line "
+        "(page on next_after). Use it when a build failed to learn why. The latest build unless "
+        "build names one (its number, or the build_id of an answer). Read-only."
+    ),
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "build": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 200,
+                "description": 'The build: the build_id of an answer, or its number ("3"); default: the latest.',
+            },
+            "limit": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_PAGE_LINES,
+                "description": f"Lines to answer at most (1 to {MAX_PAGE_LINES}; default 100).",
+            },
+            "after": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Answer the lines numbered after this one (default: the last lines).",
+            },
+        },
+        "additionalProperties": False,
+    },
+}
+
 TOOL_NAMES = tuple(d["name"] for d in _DEFINITIONS)
 
 #: No NUL byte (no store can keep one in an id).
@@ -171,12 +207,12 @@ def tool_definitions(*, chat_id_argument: bool = False, status: bool = False) ->
 
     ``chat_id_argument`` adds an optional ``chat_id`` input, for hosts that serve many chats
     (and pass ``allowed_chats`` to :func:`dispatch_tool`); ``status`` appends the read-only
-    ``workspace_status`` tool.
+    tools, ``workspace_status`` and ``workspace_logs``.
 
     >>> [d["name"] for d in tool_definitions()]
     ['create_workspace', 'start_workspace', 'stop_workspace', 'delete_workspace']
     """
-    defs = copy.deepcopy(_DEFINITIONS + ([STATUS_TOOL] if status else []))
+    defs = copy.deepcopy(_DEFINITIONS + ([STATUS_TOOL, LOGS_TOOL] if status else []))
     if chat_id_argument:
         for d in defs:
             d["input_schema"]["properties"]["chat_id"] = copy.deepcopy(_CHAT_ID)
@@ -197,6 +233,8 @@ def unknown_chat(name: str) -> ToolResult:
     request module's own first step for an unknown chat, so the two cannot drift."""
     if name == STATUS_TOOL["name"]:
         return steps.status(None)  # read-only: a named state, never an error
+    if name == LOGS_TOOL["name"]:
+        return ToolResult.error(NO_WORKSPACE)  # as Lifecycle.logs answers an unknown chat
     verb = name.removesuffix("_workspace")
     if verb not in {r.value for r in Request}:
         return ToolResult.error(NO_WORKSPACE)
@@ -355,6 +393,10 @@ async def run_tool_call(lifecycle: Lifecycle, call: ToolCall, *, owner: str) -> 
     chat, args = call.chat_id, call.arguments
     if call.name == STATUS_TOOL["name"]:
         return await lifecycle.status(chat, owner=owner, wait_ms=args.get("wait_ms", 0))
+    if call.name == LOGS_TOOL["name"]:
+        return await lifecycle.logs(
+            chat, owner=owner, build=args.get("build"), limit=args.get("limit", 100), after=args.get("after")
+        )
     wait = args.get("wait", True)
     parameters = args.get("parameters")
     if call.name == "create_workspace":

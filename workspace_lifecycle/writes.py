@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 
 import attrs
 
-from . import checks, deadlines
+from . import buildlogs, checks, deadlines
+from .buildlogs import BuildLog
 from .endpoints import check_endpoints
 from .errors import BuildConflictError, LeaseLostError, NotFoundError, OwnershipError
 from .machine import DEADLINE_REQUEST, Decision, Tracker, derive_state
@@ -44,6 +45,7 @@ from .values import (
 
 __all__ = [
     "Write",
+    "append_log",
     "applied",
     "build_moved_on",
     "check_lease_seconds",
@@ -72,7 +74,8 @@ class Write:
     the chat row as it is after the write (bound to a new workspace, or with a new policy);
     a workspace's ``deadline`` is part of its row; ``build`` is inserted when
     ``queued`` (it becomes its workspace's latest build and waits to be claimed) and updated
-    otherwise; ``agent`` is upserted (the agent a start build produced, or its new lifecycle).
+    otherwise; ``agent`` is upserted (the agent a start build produced, or its new lifecycle);
+    ``log`` is a build's log, upserted.
     """
 
     events: tuple[StoreEvent, ...]
@@ -81,6 +84,8 @@ class Write:
     workspace: Workspace | None = None
     chat: Chat | None = None
     agent: Agent | None = None
+    #: A build's log as it is after the write (upserted whole; it changes no state).
+    log: BuildLog | None = None
 
 
 def applied(facts: WorkspaceFacts, write: Write, head: int) -> WorkspaceFacts:
@@ -392,7 +397,13 @@ def renew_lease(build: Build | None, ws: Workspace, token: str, *, at: float, le
 
 
 def expire_lease(
-    build: Build | None, ws: Workspace, token: str, *, at: float, policy: Policy | None = None
+    build: Build | None,
+    ws: Workspace,
+    token: str,
+    *,
+    at: float,
+    policy: Policy | None = None,
+    log: BuildLog | None = None,
 ) -> Write | None:
     """The lease ``token`` on ``build`` ran out: fail the build, once. ``None`` (nothing to
     write) unless the build is still in flight under that very lease and it is due at ``at``:
@@ -406,7 +417,7 @@ def expire_lease(
         f"provisioner worker {build.worker or 'unknown'} lost its lease on the build:"
         " it sent no heartbeat before the lease ran out"
     )
-    write = finish_build(build, ws, JobStatus.FAILED, reason, has_agent=False, at=at, policy=policy)
+    write = finish_build(build, ws, JobStatus.FAILED, reason, has_agent=False, at=at, policy=policy, log=log)
     assert write.build is not None
     return attrs.evolve(write, build=attrs.evolve(write.build, lease_token=None))
 
@@ -422,11 +433,15 @@ def finish_build(
     details: Mapping[str, Any] | None = None,
     policy: Policy | None = None,
     lease: str | None = None,
+    log: BuildLog | None = None,
 ) -> Write:
     """``build`` finished with ``status``: the build row, the agent a succeeded start build
     produced (in ``created``), the deleted mark a succeeded delete build sets, the deadline the
     chat's ``policy`` arms (:func:`~workspace_lifecycle.deadlines.after_finish`), and their
     events.
+
+    A build that did not succeed and has a ``log`` says so in its details (``logs``: how many
+    lines and how to read them), so every answer about it points the model at them.
 
     Raises ``ValueError`` for a status that is not final or bad ``details``,
     :class:`NotFoundError` for no build,
@@ -439,6 +454,9 @@ def finish_build(
     if lease is not None:
         _check_lease(build, lease, at=at)
     done = build.finished_as(parse_status(status), error, has_agent=has_agent, details=details)
+    hint = buildlogs.failure_hint(log) if done.status is not JobStatus.SUCCEEDED else {}
+    if hint:
+        done = attrs.evolve(done, details={**hint, **(done.details or {})})
     if lease is None and done.lease_token is not None:
         # Finished by another party, not under its lease: its worker lost the lease (it can
         # no longer finish, report or renew with it, and holding() stops its work).
@@ -515,6 +533,29 @@ def report_agent(
         ),
         agent=reported,
     )
+
+
+def append_log(
+    build: Build | None,
+    log: BuildLog | None,
+    lines: list[str],
+    *,
+    at: float,
+    lease: str | None = None,
+    dropped: int = 0,
+) -> Write:
+    """Append ``lines`` to ``build``'s ``log`` (:func:`~workspace_lifecycle.buildlogs.appended`
+    bounds it); ``dropped`` counts lines the writer dropped itself. With ``lease``, only its
+    holder may append (:class:`LeaseLostError` otherwise, as for any write of the build's worker):
+    a build it finished under the lease still takes the output of the process it started.
+    It appends no event: a log changes no state.
+    """
+    if build is None:
+        raise NotFoundError("no such build")
+    if lease is not None:
+        _check_lease(build, lease, at=at)
+    lost = checks.count("dropped", dropped, most=2**53)
+    return Write(events=(), log=buildlogs.appended(log, build.build_id, lines, dropped=lost))
 
 
 def parse_status(value: JobStatus | str) -> JobStatus:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .. import writes
+from ..buildlogs import check_lines
 from ..endpoints import check_endpoints
 from ..errors import NotFoundError, StoreBusyError
 from ..values import (
@@ -34,7 +35,7 @@ from ..values import (
     WorkspaceFacts,
 )
 from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Outcome, Store, Topic
-from .driver import RETRY, Driver, Plan, Read, Rows
+from .driver import RETRY, Driver, LogRead, Plan, Read, Rows
 
 __all__ = ["MAX_DECISIONS", "DriverStore", "as_driver_store"]
 
@@ -261,7 +262,7 @@ class _Expire(Plan[Build | None]):
     __slots__ = ("_build", "clock")
 
     def __init__(self, build_id: str, token: str, clock: Callable[[], float]) -> None:
-        super().__init__(Read.build(build_id), token)
+        super().__init__(Read.log(build_id), token)  # the failure it decides points at the logs
         self.clock = clock
 
     def decide(self, rows: Rows) -> writes.Write | None:
@@ -270,7 +271,9 @@ class _Expire(Plan[Build | None]):
             return None
         assert self.lease is not None
         policy = rows.chat.policy if rows.chat is not None else None
-        write = writes.expire_lease(rows.build, rows.workspace, self.lease, at=self.clock(), policy=policy)
+        write = writes.expire_lease(
+            rows.build, rows.workspace, self.lease, at=self.clock(), policy=policy, log=rows.log
+        )
         if write is not None:
             self._build = write.build
         return write
@@ -293,7 +296,9 @@ class _Finish(Plan[Build]):
         lease: str | None,
         clock: Callable[[], float],
     ) -> None:
-        super().__init__(Read.build(build_id), lease)
+        # A build that did not succeed reads its log too: its answer says that logs exist.
+        read = Read.build(build_id) if status is JobStatus.SUCCEEDED else Read.log(build_id)
+        super().__init__(read, lease)
         self.status, self.error, self.has_agent, self.details, self.clock = (
             status,
             error,
@@ -315,6 +320,7 @@ class _Finish(Plan[Build]):
             details=self.details,
             policy=rows.chat.policy if rows.chat is not None else None,
             lease=self.lease,
+            log=rows.log,
         )
         assert write.build is not None
         self._done = write.build
@@ -349,6 +355,27 @@ class _ReportAgent(Plan[None]):
             latest=facts.latest_build,
             lease=self.lease,
             endpoints=self.endpoints,
+        )
+
+    def answer(self, head: int) -> None:
+        return None
+
+
+class _AppendLog(Plan[None]):
+    op = "append_log"
+    __slots__ = ("clock", "dropped", "lines")
+
+    def __init__(
+        self, build_id: str, lines: list[str], lease: str | None, dropped: int, clock: Callable[[], float]
+    ) -> None:
+        super().__init__(Read.log(build_id), lease)
+        self.lines, self.dropped, self.clock = lines, dropped, clock
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        if rows.build is None:
+            raise NotFoundError(f"no build {self.read.key!r}")
+        return writes.append_log(
+            rows.build, rows.log, self.lines, at=self.clock(), lease=self.lease, dropped=self.dropped
         )
 
     def answer(self, head: int) -> None:
@@ -471,7 +498,17 @@ class DriverStore(Store):
         checked = None if endpoints is None else check_endpoints(endpoints)
         await self._transact(_ReportAgent(workspace_id, lifecycle, lease, checked, self.driver.clock))
 
+    async def append_log(
+        self, build_id: str, lines: Sequence[str], *, lease: str | None = None, dropped: int = 0
+    ) -> None:
+        checked = check_lines(lines)
+        if checked or dropped:
+            await self._transact(_AppendLog(build_id, checked, lease, dropped, self.driver.clock))
+
     # --- reads, the event log and interest: the driver's own -----------------------------------
+
+    async def read_log(self, workspace_id: str, number: int | None = None) -> LogRead | None:
+        return await self.driver.read_log(workspace_id, number)
 
     async def get_chat(self, chat_id: str) -> Chat | None:
         return await self.driver.get_chat(chat_id)

@@ -1,20 +1,20 @@
 """The ``workspace-lifecycle`` command line (also ``python -m workspace_lifecycle``).
 
 Commands: ``demo`` (a scripted chat, printing each state change live), ``diagram``, ``status``,
-``watch``, the requests ``create``, ``start``, ``stop`` and ``delete``, ``provision --simulate``
+``watch``, ``logs``, the requests ``create``, ``start``, ``stop`` and ``delete``, ``provision --simulate``
 and ``mcp``. Every command that uses a store takes ``--db URL`` (default: the environment variable
 ``WORKSPACE_LIFECYCLE_DB``, else the SQLite file ``./workspace-lifecycle.db``), so two terminals on
 one file work together: ``provision --simulate`` in one, ``create`` and ``start`` in the other.
 
 A missing SQLite file is created only by the commands that write on their own (``create``,
-``demo``, ``provision``, ``mcp``); the others (``status``, ``watch``, ``start``, ``stop``,
+``demo``, ``provision``, ``mcp``); the others (``status``, ``watch``, ``logs``, ``start``, ``stop``,
 ``delete``) refuse it, since no chat can be there yet.
 
 A user's mistake (a bad URL, an unreadable database, an unknown command) is one sentence on
 stderr and a non-zero exit status, never a traceback: 2 for a usage error, 1 for anything else.
 
 Layout: one module per command, its sub-parser (``add_parser``) beside its handler
-(``handle``): :mod:`.demo`, :mod:`.diagram`, :mod:`.status`, :mod:`.watch`, :mod:`.requests`
+(``handle``): :mod:`.demo`, :mod:`.diagram`, :mod:`.status`, :mod:`.watch`, :mod:`.logs`, :mod:`.requests`
 (``create``, ``start``, ``stop``, ``delete``), :mod:`.provision`, :mod:`.mcp`; what several
 of them use (option types, opening a store, errors and exit statuses, output) is in
 :mod:`._shared`. The commands decide nothing about workspaces: the requests are the tools' own
@@ -31,7 +31,7 @@ from typing import NoReturn
 
 from .. import __version__
 from ..adapters import open_store as open_store
-from . import demo, diagram, mcp, provision, requests, status, watch
+from . import demo, diagram, logs, mcp, provision, requests, status, watch
 from ._shared import DB_ENV as DB_ENV
 from ._shared import PROG as PROG
 from ._shared import CliError as CliError
@@ -45,7 +45,7 @@ __all__ = ["build_parser", "main"]
 _is_tty = is_tty
 
 #: The command modules, in the order ``--help`` lists their commands.
-_COMMANDS = (demo, diagram, status, watch, requests, provision, mcp)
+_COMMANDS = (demo, diagram, status, watch, logs, requests, provision, mcp)
 
 
 class _Parser(argparse.ArgumentParser):

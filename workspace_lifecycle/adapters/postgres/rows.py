@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
+from ...buildlogs import BuildLog
 from ...errors import CorruptStateError, CursorExpiredError
 from ...values import (
     Agent,
@@ -30,7 +31,7 @@ from ...values import (
     parse_policy,
 )
 from ..base import ArmedDeadlines, ChatRow
-from ..driver import Rows
+from ..driver import LogRead, Rows
 from .guards import Known, Seen
 
 Conn = psycopg.AsyncConnection[TupleRow]
@@ -170,6 +171,37 @@ async def read_build(conn: Conn, build_id: str) -> tuple[Rows, Seen | None]:
     chat = parse_chat(row[w + 1 : w + 1 + _CHAT_WIDTH])
     seen = Seen(ws.workspace_id, int(row[w]), chat.chat_id, int(row[w + 1 + _CHAT_WIDTH]))
     return Rows(chat, None, parse_build(row[:b]), ws), seen
+
+
+async def read_log_row(conn: Conn, build_id: str) -> BuildLog | None:
+    """The log of build ``build_id``, ``None`` before its first line."""
+    cur = await conn.execute("SELECT lines, bytes, dropped FROM build_logs WHERE build_id = %s", (build_id,))
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    lines = row[0]
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise CorruptStateError("build_logs", build_id, "lines", lines)
+    return BuildLog(build_id, tuple(lines), int(row[1]), int(row[2]))
+
+
+async def read_log(conn: Conn, workspace_id: str, number: int | None) -> LogRead | None:
+    """Build ``number`` of the workspace (``None``: the latest) and its log, in one snapshot."""
+    where = (
+        "b.number = (SELECT latest_build FROM workspaces WHERE workspace_id = %s)"
+        if number is None
+        else "b.number = %s"
+    )
+    async with conn.transaction():
+        cur = await conn.execute(
+            f"SELECT {_BUILD_COLUMNS} FROM builds b WHERE b.workspace_id = %s AND {where}",
+            (workspace_id, workspace_id if number is None else number),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        build = parse_build(row)
+        return build, await read_log_row(conn, build.build_id)
 
 
 async def read_pending(conn: Conn) -> tuple[Rows, Seen | None]:

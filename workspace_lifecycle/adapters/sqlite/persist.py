@@ -46,6 +46,13 @@ _UPSERT_AGENT = (
 )
 
 
+_UPSERT_LOG = (
+    "INSERT INTO build_logs (build_id, lines, bytes, dropped) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (build_id) DO UPDATE SET lines = excluded.lines, bytes = excluded.bytes, "
+    "dropped = excluded.dropped"
+)
+
+
 class Tx:
     """One write's part of a transaction: its connection, and :meth:`persist` for what
     ``writes`` decided."""
@@ -94,6 +101,9 @@ class Tx:
             conn.execute(
                 _UPSERT_AGENT, (agent.workspace_id, agent.build_number, agent.lifecycle.value, reached)
             )
+        if write.log is not None:
+            log = write.log
+            conn.execute(_UPSERT_LOG, (log.build_id, json.dumps(list(log.lines)), log.bytes, log.dropped))
 
 
 def _workspace_values(ws: Workspace) -> tuple[object, ...]:
