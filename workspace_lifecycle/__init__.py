@@ -10,9 +10,11 @@ from .adapters.base import ChatRow as ChatRow
 from .adapters.base import Outcome as Outcome
 from .adapters.base import Store as Store
 from .adapters.memory import MemoryStore as MemoryStore
+from .buildlogs import BuildLog as BuildLog
 from .clock import Clock as Clock
 from .clock import VirtualClock as VirtualClock
 from .clock import WallClock as WallClock
+from .deadlines import STANDALONE_POLICY as STANDALONE_POLICY
 from .errors import BuildConflictError as BuildConflictError
 from .errors import CallerError as CallerError
 from .errors import CorruptStateError as CorruptStateError
@@ -68,11 +70,13 @@ __version__ = "0.2.0"  # the one source of the version: pyproject.toml reads it
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
+    "STANDALONE_POLICY",
     "Agent",
     "ArmedDeadlines",
     "AgentLifecycle",
     "Build",
     "BuildConflictError",
+    "BuildLog",
     "CallerError",
     "Chat",
     "ChatRow",

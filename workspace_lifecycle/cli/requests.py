@@ -18,6 +18,7 @@ from anyio.abc import TaskStatus
 
 from ..adapters.base import Store
 from ..answers import DONE_KEY
+from ..deadlines import STANDALONE_POLICY
 from ..errors import WorkspaceLifecycleError
 from ..machine import Request
 from ..runtime import Lifecycle
@@ -147,7 +148,13 @@ async def _request(store: Store, args: argparse.Namespace) -> int:
     # A one-shot command fires no deadlines (the long-running processes do: mcp, provision).
     async with (
         opened(store),
-        Lifecycle(store, build_timeout=args.timeout, agent_timeout=args.timeout, fire_deadlines=False) as lc,
+        Lifecycle(
+            store,
+            build_timeout=args.timeout,
+            agent_timeout=args.timeout,
+            fire_deadlines=False,
+            policy=STANDALONE_POLICY,  # a new chat's, unless the options say otherwise
+        ) as lc,
     ):
         progress = _Progress(lc, args.chat, args.owner, args.pending_hint_after, args.db)
         async with anyio.create_task_group() as tg:
