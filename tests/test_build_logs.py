@@ -206,3 +206,31 @@ class TestCli:
         assert json.loads(capsys.readouterr().out)["lines"] == ["two"]
         assert cli.main(["logs", "nobody", "--db", url]) == 1
         assert "chat has no workspace" in capsys.readouterr().err
+
+    def test_follow(self, tmp_path: Path) -> None:
+        """logs --follow prints lines as they are appended (from another process), until Ctrl-C."""
+        from test_cli import _ctrl_c, _interruptible
+
+        url = f"sqlite:///{tmp_path / 'follow.db'}"
+
+        async def claim() -> wl.Build:
+            async with wl.open_store(url) as store:
+                build = await _claimed(store)
+                await store.append_log(build.build_id, ["first"], lease=build.lease_token)
+                return build
+
+        build = anyio.run(claim)
+
+        async def append(line: str) -> None:
+            async with wl.open_store(url) as store:
+                await store.append_log(build.build_id, [line], lease=build.lease_token)
+
+        proc = _interruptible("logs", "c1", "--db", url, "--follow")
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "first\n"
+            anyio.run(append, "second")
+            assert proc.stdout.readline() == "second\n"
+        finally:
+            err = _ctrl_c(proc)
+        assert "build #1 (start) running" in err
