@@ -142,7 +142,7 @@ class TestProvisioners:
                     await ready.wait()
                 tg.cancel_scope.cancel()
             assert check_endpoints(r.data["endpoints"]) == r.data["endpoints"]
-            assert r.data["endpoints"]["http"].startswith("http://simulated.invalid/")
+            assert r.data["endpoints"] == {"http": "http://workspace.simulated.invalid"}
             assert seen[-1].endpoints == r.data["endpoints"]
 
     async def test_process_workspace_reached_through_the_tool_answer(

@@ -32,7 +32,9 @@ async def lc() -> AsyncIterator[wl.Lifecycle]:
 
 def _check(answers: list[dict[str, Any]]) -> None:
     created, status, logs = answers
-    assert created["created"] is True and created["endpoints"]["http"].startswith("http://simulated.invalid/")
+    assert created["created"] is True and created["endpoints"] == {
+        "http": "http://workspace.simulated.invalid"
+    }
     assert status["endpoints"] == created["endpoints"]
     assert logs["build_status"] == "succeeded" and logs["lines"] == []
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -64,14 +63,15 @@ _FIRST_RETRY_DELAY = 0.05
 _MAX_RETRY_DELAY = 3600.0
 
 
-def simulated_endpoints(workspace_id: str) -> dict[str, str]:
+def simulated_endpoints() -> dict[str, str]:
     """The endpoints a simulated ready agent reports: well-formed, reaching nothing (``.invalid``
-    is reserved for names that never resolve).
+    is reserved for names that never resolve), and the same for every workspace (so that two
+    chats' answers differ only where their workspaces do).
 
-    >>> simulated_endpoints("w1")
-    {'http': 'http://simulated.invalid/workspaces/w1'}
+    >>> simulated_endpoints()
+    {'http': 'http://workspace.simulated.invalid'}
     """
-    return {"http": f"http://simulated.invalid/workspaces/{urllib.parse.quote(workspace_id, safe='')}"}
+    return {"http": "http://workspace.simulated.invalid"}
 
 
 @attrs.frozen
@@ -411,7 +411,7 @@ class SimulatedProvisioner(BackgroundService):
             if has_agent and self.agent is not None:
                 await self._sleep(self.agent_seconds)
                 agent = self.agent
-                reached = simulated_endpoints(build.workspace_id) if agent is AgentLifecycle.READY else None
+                reached = simulated_endpoints() if agent is AgentLifecycle.READY else None
                 await self._retrying(
                     lambda: self.store.report_agent(
                         build.workspace_id, agent, lease=held.token, endpoints=reached
