@@ -18,9 +18,11 @@ from .adapters.driver import Rows as Rows
 from .adapters.driver import WrappedDriver as WrappedDriver
 from .adapters.memory import MemoryStore as MemoryStore
 from .adapters.store import DriverStore as DriverStore
+from .buildlogs import BuildLog as BuildLog
 from .clock import Clock as Clock
 from .clock import VirtualClock as VirtualClock
 from .clock import WallClock as WallClock
+from .deadlines import STANDALONE_POLICY as STANDALONE_POLICY
 from .errors import BuildConflictError as BuildConflictError
 from .errors import CallerError as CallerError
 from .errors import CorruptStateError as CorruptStateError
@@ -85,11 +87,13 @@ __all__ = [
     "ReadKind",
     "Rows",
     "WrappedDriver",
+    "STANDALONE_POLICY",
     "Agent",
     "ArmedDeadlines",
     "AgentLifecycle",
     "Build",
     "BuildConflictError",
+    "BuildLog",
     "CallerError",
     "Chat",
     "ChatRow",

@@ -92,7 +92,7 @@ class _Observed(FaultyStore):
         """Every provisioner write, recorded by what it names (the build or workspace it reads,
         the lease it passes); a cut-off renewal fails and a held finish waits first."""
         op, key = plan.op, plan.read.key
-        build_id = key if plan.read.kind is ReadKind.BUILD else None
+        build_id = key if plan.read.kind in (ReadKind.BUILD, ReadKind.LOG) else None
         ws = key if plan.read.kind is ReadKind.WORKSPACE else None
         if op == "renew_lease" and key in self.cut_off:
             self._note(op, build_id, ws, plan.lease, "cut off")

@@ -22,6 +22,7 @@ __all__ = [
     "create_existing",
     "done",
     "not_waiting",
+    "timed_out",
 ]
 
 NO_WORKSPACE = "chat has no workspace; use create_workspace first"
@@ -106,6 +107,37 @@ def build_failed(
     data.update(extra or {})
     for key, value in (details or {}).items():
         data.setdefault(key, value)
+    return ToolResult.ok(data)
+
+
+#: What a build still in progress is doing, by its stored job status, for a wait that ran out.
+_STILL = {
+    JobStatus.PENDING: "no provisioner has claimed it",
+    JobStatus.RUNNING: "the provisioner is still working on it",
+    JobStatus.CANCELING: "the provisioner is canceling it",
+}
+
+
+def timed_out(
+    request: str, *, own: bool, build_id: str | None, status: JobStatus | None, seconds: float | None = None
+) -> ToolResult:
+    """A wait for a build ran out while the build is still in progress: say what is true, that
+    it timed out and what the build is doing now (its stored status), never that it failed.
+    ``is_error`` stays false, as for every answer about a build.
+
+    >>> timed_out("start", own=True, build_id="b1", status=JobStatus.PENDING).data["message"]
+    'timed out waiting for the workspace start build; it is still pending: no provisioner has claimed it. It may still finish: ask workspace_status later'
+    """
+    status = status if status is not None and status.in_progress else JobStatus.PENDING
+    what = f"the workspace {request} build" if own else "the in-progress workspace build"
+    after = "" if seconds is None else f" after {seconds:g} s"
+    message = (
+        f"timed out{after} waiting for {what}; it is still {status.value}: {_STILL[status]}."
+        " It may still finish: ask workspace_status later"
+    )
+    data: dict[str, Any] = {"timed_out": True, "build_status": status.value, "message": message}
+    if build_id is not None:
+        data["build_id"] = build_id
     return ToolResult.ok(data)
 
 

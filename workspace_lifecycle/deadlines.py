@@ -36,7 +36,20 @@ from __future__ import annotations
 
 from .values import Build, Deadline, JobStatus, Policy, Reason, Transition, WorkspaceState
 
+#: The policy a new chat gets from the processes this package runs on its own (the command
+#: line's ``create``, the MCP server): stop after 30 minutes without activity, never delete.
+#:
+#: Why: such a chat is somebody trying the library or a desktop client's chat, and nobody is
+#: there to stop what it started. 30 minutes outlasts a pause between turns (a start costs one
+#: build), and lies between the platforms users compare us with (Daytona stops a sandbox after
+#: 15 idle minutes, Coder bumps a workspace's deadline by an hour of activity). Deleting loses
+#: the workspace's files, so it is never a default: ``--delete-after-stopped`` asks for it.
+#: A bare :class:`~workspace_lifecycle.Lifecycle` keeps ``Policy()`` (nothing automatic): the
+#: program that embeds it knows its own costs and users, and says what it wants.
+STANDALONE_POLICY = Policy(idle_stop_after=1800)
+
 __all__ = [
+    "STANDALONE_POLICY",
     "TOUCH_SLACK",
     "after_finish",
     "pushed_by_activity",

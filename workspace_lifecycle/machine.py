@@ -30,9 +30,8 @@ reordered delivery an older event of the latest build (its ``build_finished`` af
 report) still carries news. A build that finishes before its ``build_queued`` arrived implies
 the queueing; an agent report for a build not yet known waits until that build is. Agent
 reports carry their own sequence number, so a late snapshot of the agent never overwrites a
-newer report. What remains must be accepted by
-the table; an event the table does not allow raises :class:`InvalidEventError` (the machine is
-strict, as ``StateMachine`` is, unlike the lenient ``StateChart``).
+newer report. What remains must be accepted by the table; an event the table does not allow
+raises :class:`InvalidEventError` (the machine is strict, as ``StateMachine`` is).
 
 A :class:`Tracker` is data (one workspace's state and what is known of its latest build).
 :class:`WorkspaceMachine` is the one declaration of the table (the diagram, validation and the
@@ -444,6 +443,7 @@ class Tracker:
     has_agent: bool | None = None
     agent: AgentLifecycle | None = None
     agent_seq: int = 0
+    endpoints: Mapping[str, str] = attrs.field(factory=dict)  # where the latest agent is reached
     deleted: bool = False
     #: The build before the latest one, as it was when the latest was queued: a request that
     #: waited for it still answers for it after another caller's build superseded it.
@@ -479,6 +479,7 @@ class Tracker:
             has_agent=build.has_agent if build else None,
             agent=agent.lifecycle if agent else None,
             agent_seq=facts.seq if agent else 0,
+            endpoints=dict(agent.endpoints) if agent else {},
             deleted=facts.workspace.deleted,
         )
 
@@ -533,14 +534,12 @@ class Tracker:
             seq=ev.seq,
             at=ev.at,
             reason=self.reason,
+            endpoints=self.endpoints,
         )
 
     def _late_news(self, ev: StoreEvent) -> None:
-        """How the previous build ended, delivered after the next build's news (reordered).
-
-        Stale for the machine, but a request that waited for that build answers from it: a
-        build superseded after it ended must still be answered as it ended.
-        """
+        """How the previous build ended, delivered after the next build's news (reordered): stale
+        for the machine, but a request that waited for it answers as it ended, superseded or not."""
         prev = self.previous
         if (
             prev is None
@@ -587,9 +586,9 @@ class Tracker:
             self.error = None
             self.details = None
             self.reason = ev.reason
-            self.has_agent = None
-            self.agent = None
+            self.has_agent = self.agent = None
             self.agent_seq = 0
+            self.endpoints = {}
             self._applied.clear()
             self._send("build_queued", ev)
         elif self.status is not None and self.status.finished:
@@ -625,8 +624,7 @@ class Tracker:
                 f"event {ev.seq}: agent report for build {ev.build_number} before that build was known"
             )
         if ev.seq > self.agent_seq:
-            self.agent = ev.agent
-            self.agent_seq = ev.seq
+            self.agent, self.agent_seq, self.endpoints = ev.agent, ev.seq, ev.endpoints or {}
         self._send("agent_ready" if self.agent is AgentLifecycle.READY else "agent_not_ready", ev)
 
     def _send(self, event: str, ev: StoreEvent) -> None:

@@ -33,6 +33,7 @@ from mcp.server.stdio import stdio_server
 
 from . import __version__
 from .adapters import open_store
+from .deadlines import STANDALONE_POLICY
 from .errors import WorkspaceLifecycleError
 from .runtime import Lifecycle
 from .tools import AllowedChats, ToolCall, prepare_tool_call, run_tool_call, tool_definitions
@@ -187,10 +188,11 @@ async def serve(db_url: str, owner: str, chat: str | None, *, policy: Policy | N
     :class:`~workspace_lifecycle.OwnershipError` is raised (a configuration mistake, reported
     before any client connects). Without ``chat`` it serves every chat ``owner`` has in the
     store, as the chat runtime registered them; it registers none itself. ``policy`` is the
-    policy of the chat it registers (an existing chat's is replaced); the server's runtime fires
-    every chat's deadlines while it runs.
+    policy of the chat it registers (an existing chat's is replaced); without it a new chat gets
+    :data:`~workspace_lifecycle.STANDALONE_POLICY` (30 idle minutes, no delete). The server's
+    runtime fires every chat's deadlines while it runs.
     """
-    async with open_store(db_url) as store, Lifecycle(store) as lifecycle:
+    async with open_store(db_url) as store, Lifecycle(store, policy=STANDALONE_POLICY) as lifecycle:
         if chat is not None:
             await lifecycle.register_chat(chat, owner=owner, policy=policy)
             server = create_server(lifecycle, owner=owner, chat=chat)

@@ -52,6 +52,7 @@ import anyio
 import anyio.abc
 
 from . import checks, writes
+from ._log_shipper import LogShipper
 from ._processes import KEPT, Proc, exit_text, free_port, reap, spawn, start_ticks
 from ._service import BackgroundService
 from ._workspace_files import (
@@ -347,6 +348,8 @@ class ProcessProvisioner(BackgroundService):
             log_offset=offset,
         )
         self._track(proc, tg)
+        shipper = LogShipper(self.store, build.build_id, held.token, path / LOG_FILE, offset)
+        tg.start_soon(shipper.run, proc.exited)  # its output to the build's log, bounded
         self._save(path, proc, argv=argv)
         proc.started = anyio.current_time()
         outcome = await self._probe(proc, proc.started + min(self.spawn_grace, self.ready_timeout))
@@ -354,6 +357,7 @@ class ProcessProvisioner(BackgroundService):
             reason = f"the workspace process {exit_text(proc.status)} before it was ready"
             last = tail(path, proc.log_offset, self.output_lines)
             details: dict[str, Any] = {"exit_status": proc.status}
+            await shipper.ship(final=True)  # before the failure: its answer points at the lines
             try:
                 await self._finish(
                     held, JobStatus.FAILED, f"{reason}; last output:\n{last}" if last else reason, details
@@ -489,9 +493,13 @@ class ProcessProvisioner(BackgroundService):
                 return
             if lifecycle is AgentLifecycle.READY:
                 proc.ready = True
+            # A ready workspace is reached where its probe reached it: {port} on 127.0.0.1.
+            reached = {"http": f"http://127.0.0.1:{proc.port}"} if lifecycle is AgentLifecycle.READY else None
             try:
                 await self._retrying(
-                    lambda: self.store.report_agent(proc.workspace_id, lifecycle, lease=proc.lease)
+                    lambda: self.store.report_agent(
+                        proc.workspace_id, lifecycle, lease=proc.lease, endpoints=reached
+                    )
                 )
             except (StoreError, CallerError) as exc:
                 log.warning(

@@ -51,6 +51,7 @@ __all__ = [
     "holding",
     "quota_failure",
     "retrying",
+    "simulated_endpoints",
     "validation_failure",
 ]
 
@@ -60,6 +61,17 @@ log = logging.getLogger("workspace_lifecycle.provisioner")
 _FIRST_RETRY_DELAY = 0.05
 #: The longest pause a provisioner may be configured to wait between retries of a write.
 _MAX_RETRY_DELAY = 3600.0
+
+
+def simulated_endpoints() -> dict[str, str]:
+    """The endpoints a simulated ready agent reports: well-formed, reaching nothing (``.invalid``
+    is reserved for names that never resolve), and the same for every workspace (so that two
+    chats' answers differ only where their workspaces do).
+
+    >>> simulated_endpoints()
+    {'http': 'http://workspace.simulated.invalid'}
+    """
+    return {"http": "http://workspace.simulated.invalid"}
 
 
 @attrs.frozen
@@ -398,8 +410,11 @@ class SimulatedProvisioner(BackgroundService):
             if has_agent and self.agent is not None:
                 await self._sleep(self.agent_seconds)
                 agent = self.agent
+                reached = simulated_endpoints() if agent is AgentLifecycle.READY else None
                 await self._retrying(
-                    lambda: self.store.report_agent(build.workspace_id, agent, lease=held.token)
+                    lambda: self.store.report_agent(
+                        build.workspace_id, agent, lease=held.token, endpoints=reached
+                    )
                 )
         except (StoreError, CallerError) as exc:
             log.warning("provisioner: build %s: %s", build.build_id, exc)

@@ -23,6 +23,7 @@ import anyio
 from . import checks, deadlines, steps
 from ._deadlines import DeadlineScheduler
 from ._flight import SharedReads, SingleFlight
+from ._logread import read_logs
 from ._pump import EventPump
 from ._registry import Entry, Registry
 from ._retry import RetryingWriter
@@ -375,6 +376,22 @@ class Lifecycle(BackgroundService):
             result = steps.status(entry.current(), wait_expired=expired)
         await self._activity(chat)
         return result
+
+    async def logs(
+        self,
+        chat_id: str,
+        *,
+        owner: str,
+        build: int | str | None = None,
+        limit: int = 100,
+        after: int | None = None,
+    ) -> ToolResult:
+        """The ``workspace_logs`` tool: the chat's latest build (or ``build``, its number or id)
+        with its status, its error and up to ``limit`` of its log lines, the last ones or those
+        numbered after ``after`` (see :func:`~workspace_lifecycle.buildlogs.page`). Read-only."""
+        _check_id("chat_id", chat_id)
+        _check_id("owner", owner)
+        return await read_logs(self.store, chat_id, owner, build, limit, after)
 
     async def _run(
         self,

@@ -57,12 +57,12 @@ __all__ = [
     "agent_status",
     "deferred_behind",
     "first_step",
+    "reached",
     "request_transition",
     "status",
 ]
 
 _LIVE = (WorkspaceState.RUNNING, WorkspaceState.AGENT_READY)
-_TIMED_OUT = "timed out waiting for workspace build"
 #: How often one request may follow its chat to a new workspace before it gives up.
 MAX_MOVES = 3
 
@@ -335,7 +335,9 @@ class Flow:
                 return self._join(self.number, self.build_id, own=self.own)
             return self._answer_build(tracker)
         if waiting is not None and self.timed_out:  # another kind of build never ended
-            return Answer(answers.build_failed("waiting for in-progress build", _TIMED_OUT, tracker.build_id))
+            return Answer(
+                answers.timed_out(self.verb, own=False, build_id=tracker.build_id, status=tracker.status)
+            )
         return self._decide(tracker)
 
     def _decide(self, tracker: Tracker) -> Step:
@@ -392,8 +394,9 @@ class Flow:
         build = tracker.build(number)
         build_id = self.build_id or (build.build_id if build else None)
         prefix = self._prefix()
-        if self.timed_out:
-            return Answer(answers.build_failed(prefix, _TIMED_OUT, build_id))
+        if self.timed_out and build is not None and not build.finished:
+            # The wait ran out, the build did not: say so, with what it is doing now.
+            return Answer(answers.timed_out(self.verb, own=self.own, build_id=build_id, status=build.status))
         extra = _superseded(tracker, number)
         build = self._known(tracker, number)
         if build is None or not build.finished:
@@ -437,6 +440,8 @@ class Flow:
             agent = answers.agent_fields(
                 has_agent=build.has_agent, lifecycle=build.agent, timed_out=self.timed_out
             )
+        if number == tracker.build_number:
+            agent |= reached(tracker)
         if self.request is Request.CREATE and not (self.own and self.number is not None):
             return answers.create_existing(ws, tracker.state, build_id=self.build_id, agent=agent | extra)
         return answers.done(self.verb, ws, build_id=self.build_id, agent=agent, extra=extra)
@@ -525,7 +530,19 @@ def status(tracker: Tracker | None, *, wait_expired: bool = False) -> ToolResult
     if tracker.state is WorkspaceState.FAILED:
         for key, value in (tracker.details or {}).items():
             data.setdefault(key, value)
-    return ToolResult.ok(data)
+    return ToolResult.ok(data | reached(tracker))
+
+
+def reached(tracker: Tracker) -> dict[str, Any]:
+    """``{"endpoints": {...}}``: where the workspace's agent is reached, while it runs and its
+    provisioner said; else nothing (a stopped workspace is reached nowhere).
+
+    >>> reached(Tracker("w1", "c1", state=WorkspaceState.AGENT_READY, endpoints={"http": "http://h:1"}))
+    {'endpoints': {'http': 'http://h:1'}}
+    """
+    if tracker.state not in _LIVE or not tracker.endpoints or tracker.deleted:
+        return {}
+    return {"endpoints": dict(tracker.endpoints)}
 
 
 def agent_status(tracker: Tracker) -> str | None:

@@ -30,12 +30,14 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from . import steps
 from .answers import NO_WORKSPACE
+from .buildlogs import MAX_PAGE_LINES
 from .machine import Request
 from .runtime import Lifecycle
 from .steps import MAX_STATUS_WAIT_MS, Answer, first_step
 from .values import MAX_PARAMETER_NAME, MAX_PARAMETER_VALUE, MAX_PARAMETERS, ToolResult, check_parameters
 
 __all__ = [
+    "LOGS_TOOL",
     "STATUS_TOOL",
     "TOOL_NAMES",
     "AllowedChats",
@@ -73,7 +75,8 @@ _DEFINITIONS: list[dict[str, Any]] = [
         "description": (
             "Create the chat's workspace and wait for its build and agent. Idempotent: if the "
             "chat already has a workspace that is building or running, that workspace is "
-            "returned; a stopped one is reported so you can use start_workspace."
+            "returned; a stopped one is reported so you can use start_workspace. Once it runs, "
+            "endpoints names where to reach it (names to URLs, e.g. http)."
         ),
         "input_schema": {
             "type": "object",
@@ -93,7 +96,8 @@ _DEFINITIONS: list[dict[str, Any]] = [
         "description": (
             "Start the chat's workspace if it is currently stopped. This tool is idempotent — "
             "if the workspace is already running, it returns immediately; if a build is in "
-            "progress it waits for it. Use create_workspace first if no workspace exists yet."
+            "progress it waits for it. Use create_workspace first if no workspace exists yet. "
+            "Once it runs, endpoints names where to reach it (names to URLs, e.g. http)."
         ),
         "input_schema": {
             "type": "object",
@@ -125,7 +129,8 @@ STATUS_TOOL: dict[str, Any] = {
     "name": "workspace_status",
     "description": (
         "Report the chat's workspace status: the state (no_workspace, stopped, building, running, "
-        "agent_ready, failed), the reason it is in it, and the latest build. With wait_ms, wait up "
+        "agent_ready, failed), the reason it is in it, the latest build, and while it runs the "
+        "endpoints where it is reached (names to URLs). With wait_ms, wait up "
         "to that long for the workspace to settle (no build in flight, agent not starting); "
         "wait_expired says the wait ran out. Read-only: it never starts or stops anything."
     ),
@@ -138,6 +143,40 @@ STATUS_TOOL: dict[str, Any] = {
                 "maximum": MAX_STATUS_WAIT_MS,
                 "description": f"Milliseconds to wait for a settled state (0 to {MAX_STATUS_WAIT_MS}; default 0).",
             }
+        },
+        "additionalProperties": False,
+    },
+}
+
+#: The read-only logs tool (served with the status tool; not one of the four model tools).
+LOGS_TOOL: dict[str, Any] = {
+    "name": "workspace_logs",
+    "description": (
+        "Read what the chat's workspace build printed: the build's status, its error and up to "
+        "limit lines of its log, the last ones, or with after those numbered after that line "
+        "(page on next_after). Use it when a build failed to learn why. The latest build unless "
+        "build names one (its number, or the build_id of an answer). Read-only."
+    ),
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "build": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 200,
+                "description": 'The build: the build_id of an answer, or its number ("3"); default: the latest.',
+            },
+            "limit": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_PAGE_LINES,
+                "description": f"Lines to answer at most (1 to {MAX_PAGE_LINES}; default 100).",
+            },
+            "after": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Answer the lines numbered after this one (default: the last lines).",
+            },
         },
         "additionalProperties": False,
     },
@@ -168,12 +207,12 @@ def tool_definitions(*, chat_id_argument: bool = False, status: bool = False) ->
 
     ``chat_id_argument`` adds an optional ``chat_id`` input, for hosts that serve many chats
     (and pass ``allowed_chats`` to :func:`dispatch_tool`); ``status`` appends the read-only
-    ``workspace_status`` tool.
+    tools, ``workspace_status`` and ``workspace_logs``.
 
     >>> [d["name"] for d in tool_definitions()]
     ['create_workspace', 'start_workspace', 'stop_workspace', 'delete_workspace']
     """
-    defs = copy.deepcopy(_DEFINITIONS + ([STATUS_TOOL] if status else []))
+    defs = copy.deepcopy(_DEFINITIONS + ([STATUS_TOOL, LOGS_TOOL] if status else []))
     if chat_id_argument:
         for d in defs:
             d["input_schema"]["properties"]["chat_id"] = copy.deepcopy(_CHAT_ID)
@@ -194,6 +233,8 @@ def unknown_chat(name: str) -> ToolResult:
     request module's own first step for an unknown chat, so the two cannot drift."""
     if name == STATUS_TOOL["name"]:
         return steps.status(None)  # read-only: a named state, never an error
+    if name == LOGS_TOOL["name"]:
+        return ToolResult.error(NO_WORKSPACE)  # as Lifecycle.logs answers an unknown chat
     verb = name.removesuffix("_workspace")
     if verb not in {r.value for r in Request}:
         return ToolResult.error(NO_WORKSPACE)
@@ -377,6 +418,10 @@ async def run_tool_call(lifecycle: Lifecycle, call: ToolCall, *, owner: str) -> 
     chat, args = call.chat_id, call.arguments
     if call.name == STATUS_TOOL["name"]:
         return await lifecycle.status(chat, owner=owner, wait_ms=args.get("wait_ms", 0))
+    if call.name == LOGS_TOOL["name"]:
+        return await lifecycle.logs(
+            chat, owner=owner, build=args.get("build"), limit=args.get("limit", 100), after=args.get("after")
+        )
     wait = args.get("wait", True)
     parameters = args.get("parameters")
     if call.name == "create_workspace":

@@ -399,6 +399,8 @@ class Agent:
     workspace_id: str
     build_number: int
     lifecycle: AgentLifecycle = attrs.field(validator=attrs.validators.instance_of(AgentLifecycle))
+    #: Where it can be reached (names to URLs, :func:`~workspace_lifecycle.endpoints.check_endpoints`).
+    endpoints: Mapping[str, str] = attrs.field(factory=dict, hash=False)
 
 
 @attrs.frozen
@@ -440,6 +442,8 @@ class StoreEvent:
     reason: Reason | None = attrs.field(default=None, validator=_opt(Reason))
     #: ``deadline_set``: the wall-clock time of the armed deadline, ``None`` once disarmed.
     deadline: float | None = None
+    #: ``agent_updated``: where the agent can be reached (``None``: the report named none).
+    endpoints: Mapping[str, str] | None = attrs.field(default=None, eq=False, hash=False)
 
     @classmethod
     def about(
@@ -472,7 +476,7 @@ class StoreEvent:
     def payload(self) -> dict[str, Any]:
         """The optional fields as a JSON-able dict (how adapters store them)."""
         out: dict[str, Any] = {}
-        for name in ("build_id", "error", "has_agent", "details", "deadline"):
+        for name in ("build_id", "error", "has_agent", "details", "deadline", "endpoints"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -522,6 +526,9 @@ class StoreEvent:
             details=_details_or_none(data.get("details"), table=table, key=seq),
             reason=enum_or_none(Reason, "reason"),
             deadline=_number_or_none(data.get("deadline"), table=table, key=seq),
+            endpoints=_details_or_none(
+                data.get("endpoints"), table=table, key=seq, column="payload.endpoints"
+            ),
             at=at,
         )
 
@@ -541,11 +548,13 @@ def _number_or_none(value: object, *, table: str, key: object) -> float | None:
     return float(value)
 
 
-def _details_or_none(value: object, *, table: str, key: object) -> dict[str, Any] | None:
+def _details_or_none(
+    value: object, *, table: str, key: object, column: str = "payload.details"
+) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise CorruptStateError(table, key, "payload.details", value)
+        raise CorruptStateError(table, key, column, value)
     return value
 
 
@@ -656,6 +665,8 @@ class StateChange:
     at: float
     #: Why the build this change belongs to was fired (``None`` when no build is known).
     reason: Reason | None = None
+    #: Where the workspace is reached once the change is made (empty: nowhere, or not said).
+    endpoints: Mapping[str, str] = attrs.field(factory=dict, eq=False, hash=False)
 
 
 @attrs.frozen

@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 
 import attrs
 
-from . import checks, deadlines
+from . import buildlogs, checks, deadlines
+from .buildlogs import BuildLog
+from .endpoints import check_endpoints
 from .errors import BuildConflictError, LeaseLostError, NotFoundError, OwnershipError
 from .machine import DEADLINE_REQUEST, Decision, Tracker, derive_state
 from .values import (
@@ -43,6 +45,7 @@ from .values import (
 
 __all__ = [
     "Write",
+    "append_log",
     "applied",
     "build_moved_on",
     "check_lease_seconds",
@@ -71,7 +74,8 @@ class Write:
     the chat row as it is after the write (bound to a new workspace, or with a new policy);
     a workspace's ``deadline`` is part of its row; ``build`` is inserted when
     ``queued`` (it becomes its workspace's latest build and waits to be claimed) and updated
-    otherwise; ``agent`` is upserted (the agent a start build produced, or its new lifecycle).
+    otherwise; ``agent`` is upserted (the agent a start build produced, or its new lifecycle);
+    ``log`` is a build's log, upserted.
     """
 
     events: tuple[StoreEvent, ...]
@@ -80,6 +84,8 @@ class Write:
     workspace: Workspace | None = None
     chat: Chat | None = None
     agent: Agent | None = None
+    #: A build's log as it is after the write (upserted whole; it changes no state).
+    log: BuildLog | None = None
 
 
 def applied(facts: WorkspaceFacts, write: Write, head: int) -> WorkspaceFacts:
@@ -245,7 +251,13 @@ def request_build(
     if facts.workspace.deadline is not None:
         workspace, disarmed = _rearm(facts.workspace, None, at=at, build_number=build.number)
         events.append(disarmed)
-    return Write(events=tuple(events), build=build, queued=True, workspace=workspace)
+    agent = facts.agent
+    if transition is not Transition.START and agent is not None and agent.endpoints:
+        # A workspace on its way down is reached nowhere: its endpoints go with this build.
+        agent = attrs.evolve(agent, endpoints={})
+    else:
+        agent = None
+    return Write(events=tuple(events), build=build, queued=True, workspace=workspace, agent=agent)
 
 
 # --- after a write that may or may not have committed ---------------------------------------
@@ -385,7 +397,13 @@ def renew_lease(build: Build | None, ws: Workspace, token: str, *, at: float, le
 
 
 def expire_lease(
-    build: Build | None, ws: Workspace, token: str, *, at: float, policy: Policy | None = None
+    build: Build | None,
+    ws: Workspace,
+    token: str,
+    *,
+    at: float,
+    policy: Policy | None = None,
+    log: BuildLog | None = None,
 ) -> Write | None:
     """The lease ``token`` on ``build`` ran out: fail the build, once. ``None`` (nothing to
     write) unless the build is still in flight under that very lease and it is due at ``at``:
@@ -399,7 +417,7 @@ def expire_lease(
         f"provisioner worker {build.worker or 'unknown'} lost its lease on the build:"
         " it sent no heartbeat before the lease ran out"
     )
-    write = finish_build(build, ws, JobStatus.FAILED, reason, has_agent=False, at=at, policy=policy)
+    write = finish_build(build, ws, JobStatus.FAILED, reason, has_agent=False, at=at, policy=policy, log=log)
     assert write.build is not None
     return attrs.evolve(write, build=attrs.evolve(write.build, lease_token=None))
 
@@ -415,11 +433,15 @@ def finish_build(
     details: Mapping[str, Any] | None = None,
     policy: Policy | None = None,
     lease: str | None = None,
+    log: BuildLog | None = None,
 ) -> Write:
     """``build`` finished with ``status``: the build row, the agent a succeeded start build
     produced (in ``created``), the deleted mark a succeeded delete build sets, the deadline the
     chat's ``policy`` arms (:func:`~workspace_lifecycle.deadlines.after_finish`), and their
     events.
+
+    A build that did not succeed and has a ``log`` says so in its details (``logs``: how many
+    lines and how to read them), so every answer about it points the model at them.
 
     Raises ``ValueError`` for a status that is not final or bad ``details``,
     :class:`NotFoundError` for no build,
@@ -432,6 +454,9 @@ def finish_build(
     if lease is not None:
         _check_lease(build, lease, at=at)
     done = build.finished_as(parse_status(status), error, has_agent=has_agent, details=details)
+    hint = buildlogs.failure_hint(log) if done.status is not JobStatus.SUCCEEDED else {}
+    if hint:
+        done = attrs.evolve(done, details={**hint, **(done.details or {})})
     if lease is None and done.lease_token is not None:
         # Finished by another party, not under its lease: its worker lost the lease (it can
         # no longer finish, report or renew with it, and holding() stops its work).
@@ -471,8 +496,12 @@ def report_agent(
     at: float,
     latest: Build | None = None,
     lease: str | None = None,
+    endpoints: Mapping[str, str] | None = None,
 ) -> Write:
     """The agent of ``ws`` reports ``lifecycle``; a workspace without one raises NotFoundError.
+
+    ``endpoints`` (names to URLs, checked by :func:`~workspace_lifecycle.endpoints.check_endpoints`)
+    replace the agent's; without them it keeps those it has.
 
     With ``lease`` (the fencing token of the build that made the agent), the report holds only
     while that build is the workspace's ``latest`` and made this agent: a worker whose build was
@@ -488,7 +517,8 @@ def report_agent(
                 " agent (a newer build replaced it, or the lease expired)"
             )
         _check_lease(latest, lease, at=at)
-    reported = Agent(agent.workspace_id, agent.build_number, parse_lifecycle(lifecycle))
+    reached = agent.endpoints if endpoints is None else check_endpoints(endpoints)
+    reported = Agent(agent.workspace_id, agent.build_number, parse_lifecycle(lifecycle), reached)
     return Write(
         events=(
             _event(
@@ -498,10 +528,34 @@ def report_agent(
                 at=at,
                 build_number=agent.build_number,
                 agent=reported.lifecycle,
+                endpoints=dict(reached) if reached else None,
             ),
         ),
         agent=reported,
     )
+
+
+def append_log(
+    build: Build | None,
+    log: BuildLog | None,
+    lines: list[str],
+    *,
+    at: float,
+    lease: str | None = None,
+    dropped: int = 0,
+) -> Write:
+    """Append ``lines`` to ``build``'s ``log`` (:func:`~workspace_lifecycle.buildlogs.appended`
+    bounds it); ``dropped`` counts lines the writer dropped itself. With ``lease``, only its
+    holder may append (:class:`LeaseLostError` otherwise, as for any write of the build's worker):
+    a build it finished under the lease still takes the output of the process it started.
+    It appends no event: a log changes no state.
+    """
+    if build is None:
+        raise NotFoundError("no such build")
+    if lease is not None:
+        _check_lease(build, lease, at=at)
+    lost = checks.count("dropped", dropped, most=2**53)
+    return Write(events=(), log=buildlogs.appended(log, build.build_id, lines, dropped=lost))
 
 
 def parse_status(value: JobStatus | str) -> JobStatus:

@@ -105,7 +105,7 @@ class TestProgress:
         """With no provisioner, a waiting request says so once the build has been pending a while;
         on a pipe, progress is plain lines (no live line)."""
         argv = ["create", "c1", "--owner", "alice", "--db", "memory://", "--timeout", "0.8"]
-        assert cli.main([*argv, "--pending-hint-after", "0.2"]) == 1
+        assert cli.main([*argv, "--pending-hint-after", "0.2"]) == 3
         err = capsys.readouterr().err
         assert "\x1b" not in err and "\r" not in err
         lines = err.strip().splitlines()
@@ -119,7 +119,7 @@ class TestProgress:
         self, shared: wl.MemoryStore, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
         monkeypatch.setenv(cli.PENDING_HINT_ENV, "0.1")
-        assert cli.main(["create", "c1", "--owner", "alice", "--db", "memory://", "--timeout", "0.5"]) == 1
+        assert cli.main(["create", "c1", "--owner", "alice", "--db", "memory://", "--timeout", "0.5"]) == 3
         assert "no provisioner has claimed build #1" in capsys.readouterr().err
 
     @needs_sqlite
@@ -145,7 +145,7 @@ class TestProgress:
     ) -> None:
         """On a terminal, a live line shows the state and the time waited, and is cleared at the end."""
         monkeypatch.setattr(cli, "_is_tty", lambda stream: True)
-        assert cli.main(["create", "c1", "--owner", "alice", "--db", "memory://", "--timeout", "0.4"]) == 1
+        assert cli.main(["create", "c1", "--owner", "alice", "--db", "memory://", "--timeout", "0.4"]) == 3
         err = capsys.readouterr().err
         assert "\r\x1b[Kc1: building  0.3 s" in err
         assert err.endswith("\r\x1b[K")

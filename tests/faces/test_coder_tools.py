@@ -15,6 +15,7 @@ import pytest
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import JobStatus, Transition
+from workspace_lifecycle.provisioner import simulated_endpoints
 
 pytestmark = pytest.mark.anyio
 
@@ -83,6 +84,7 @@ class TestParameters:
             "started": True,
             "workspace_name": "dev",
             "no_build": True,
+            "endpoints": simulated_endpoints(),
             "parameters_applied": False,
         }
         assert len(store.claimed) == builds

@@ -241,7 +241,10 @@ class TestBuildFailures:
             latest = await h.latest()
             assert latest.transition is Transition.START and latest.status is JobStatus.PENDING
             assert r.data == {
-                "error": "workspace start build failed: timed out waiting for workspace build",
+                "timed_out": True,
+                "build_status": "pending",
+                "message": "timed out waiting for the workspace start build; it is still pending:"
+                " no provisioner has claimed it. It may still finish: ask workspace_status later",
                 "build_id": latest.build_id,
             }
 

@@ -436,28 +436,30 @@ class TestMigration:
 
     @staticmethod
     def _sqlite_downgrade(path: Path) -> None:
-        from workspace_lifecycle.adapters.sqlite import SCHEMA_VERSION
-
+        """Back to the schema before leases (user_version 4): the later migrations undone too."""
         with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute("DROP TABLE build_logs")
+            conn.execute("ALTER TABLE agents DROP COLUMN endpoints")
             conn.execute("DROP INDEX builds_by_lease")
             conn.execute("ALTER TABLE builds DROP COLUMN lease_token")
             conn.execute("ALTER TABLE builds DROP COLUMN lease_expires_at")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+            conn.execute("PRAGMA user_version = 4")
 
     @pytest.mark.postgres
     async def test_postgres(self, pg_schema_url: str) -> None:
         import psycopg
-
-        from workspace_lifecycle.adapters.postgres import SCHEMA_VERSION
 
         build = await self._in_flight(pg_schema_url)
         base, _, query = pg_schema_url.partition("?")
         schema = query.removeprefix("schema=")
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute("SELECT set_config('search_path', %s, false)", (f'"{schema}"',))
+            # Back to the schema before leases (version 4): the later migrations undone too.
+            conn.execute("DROP TABLE build_logs")
+            conn.execute("ALTER TABLE agents DROP COLUMN endpoints")
             conn.execute("DROP INDEX builds_lease")
             conn.execute("ALTER TABLE builds DROP COLUMN lease_token, DROP COLUMN lease_expires_at")
-            conn.execute("DELETE FROM schema_migrations WHERE version = %s", (SCHEMA_VERSION,))
+            conn.execute("DELETE FROM schema_migrations WHERE version > 4")
         await self._expired_by_a_reaper_later(pg_schema_url, build)
         build = await self._in_flight(pg_schema_url, "c3")  # another, finished as the old code does
         with psycopg.connect(base, autocommit=True) as conn:

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import anyio
 import attrs
 
+from ..buildlogs import BuildLog
 from ..errors import CorruptStateError
 from ..values import (
     AgentLifecycle,
@@ -332,11 +333,37 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def report_agent(
-        self, workspace_id: str, lifecycle: AgentLifecycle | str, *, lease: str | None = None
+        self,
+        workspace_id: str,
+        lifecycle: AgentLifecycle | str,
+        *,
+        lease: str | None = None,
+        endpoints: Mapping[str, str] | None = None,
     ) -> None:
         """Record the agent's lifecycle state (the enum or its string value, ``"ready"``) for the
         agent of the latest build that has one. With ``lease`` (the token of the build that
-        made the agent) the report holds only while that build is the workspace's latest."""
+        made the agent) the report holds only while that build is the workspace's latest.
+
+        ``endpoints`` say where the agent can be reached (``{"http": "http://127.0.0.1:41237"}``,
+        checked by :func:`~workspace_lifecycle.endpoints.check_endpoints`: ``ValueError`` for a
+        bad one); they replace the agent's, are answered wherever the agent is, and are cleared
+        when a stop or delete build is queued. Without them the agent keeps its own."""
+
+    @abc.abstractmethod
+    async def append_log(
+        self, build_id: str, lines: Sequence[str], *, lease: str | None = None, dropped: int = 0
+    ) -> None:
+        """Append ``lines`` (strings) to the build's log, bounded per build in lines and bytes
+        (:mod:`~workspace_lifecycle.buildlogs`: the oldest dropped first and counted, control
+        characters escaped); ``dropped`` counts lines the caller dropped itself. ``lease``
+        fences it like every write of the build's worker."""
+
+    @abc.abstractmethod
+    async def read_log(
+        self, workspace_id: str, number: int | None = None
+    ) -> tuple[Build, BuildLog | None] | None:
+        """Build ``number`` of the workspace (``None``: the latest) with its log (``None``
+        before its first line); ``None`` when there is no such build."""
 
     # --- the event log ------------------------------------------------------------------------
 

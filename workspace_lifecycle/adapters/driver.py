@@ -33,14 +33,18 @@ from typing import ClassVar, Final, Generic, TypeVar
 
 import attrs
 
+from ..buildlogs import BuildLog
 from ..values import Build, Chat, Lease, StoreEvent, Workspace, WorkspaceFacts
 from ..writes import Write
 from .base import ArmedDeadlines, ChatRow, Topic
 
-__all__ = ["RETRY", "Driver", "Plan", "Read", "ReadKind", "Retry", "Rows", "WrappedDriver"]
+__all__ = ["RETRY", "Driver", "LogRead", "Plan", "Read", "ReadKind", "Retry", "Rows", "WrappedDriver"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+#: A build and its log (``None`` before its first line), as :meth:`Driver.read_log` reads them.
+LogRead = tuple[Build, BuildLog | None]
 
 
 class ReadKind(enum.Enum):
@@ -54,6 +58,8 @@ class ReadKind(enum.Enum):
     BUILD = "build"
     #: The oldest pending build (claim order) and its workspace; ``key`` is unused.
     PENDING = "pending"
+    #: As BUILD, and the build's log (``Rows.log``; ``None`` before its first line).
+    LOG = "log"
 
 
 @attrs.frozen
@@ -87,6 +93,10 @@ class Read:
     def pending(cls) -> Read:
         return cls(ReadKind.PENDING)
 
+    @classmethod
+    def log(cls, build_id: str) -> Read:
+        return cls(ReadKind.LOG, build_id)
+
 
 @attrs.define(slots=True, eq=False)
 class Rows:
@@ -99,12 +109,14 @@ class Rows:
     * BUILD: ``build``, ``workspace`` and ``chat``; ``facts`` when the driver has them at no
       cost (a row cache), else ``None``.
     * PENDING: ``build`` and ``workspace``, or neither when nothing is pending.
+    * LOG: as BUILD, and ``log`` (``None`` until the build's first line).
     """
 
     chat: Chat | None = None
     facts: WorkspaceFacts | None = None
     build: Build | None = None
     workspace: Workspace | None = None
+    log: BuildLog | None = None
 
     @classmethod
     def of_facts(cls, facts: WorkspaceFacts | None, chat: Chat | None = None) -> Rows:
@@ -221,6 +233,11 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def next_lease_expiry(self, *, skip: Collection[str] = ()) -> Lease | None: ...
 
+    @abc.abstractmethod
+    async def read_log(self, workspace_id: str, number: int | None = None) -> LogRead | None:
+        """Build ``number`` of the workspace (``None``: its latest) and that build's log (``None``
+        before its first line), in one read; ``None`` when there is no such build."""
+
     # --- the event log -------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -286,6 +303,9 @@ class WrappedDriver(Driver):
 
     async def next_lease_expiry(self, *, skip: Collection[str] = ()) -> Lease | None:
         return await self.around_read("next_lease_expiry", lambda: self.inner.next_lease_expiry(skip=skip))
+
+    async def read_log(self, workspace_id: str, number: int | None = None) -> LogRead | None:
+        return await self.around_read("read_log", lambda: self.inner.read_log(workspace_id, number))
 
     async def head(self) -> int:
         return await self.around_read("head", self.inner.head)

@@ -14,10 +14,11 @@ from typing import TypeVar
 import attrs
 
 from .. import writes
+from ..buildlogs import BuildLog
 from ..errors import CursorExpiredError, NotFoundError, StoreClosedError
 from ..values import Agent, Build, Chat, JobStatus, Lease, StoreEvent, Workspace, WorkspaceFacts
 from .base import ArmedDeadlines, ChatRow, Doorbell
-from .driver import Driver, Plan, Read, ReadKind, Retry, Rows
+from .driver import Driver, LogRead, Plan, Read, ReadKind, Retry, Rows
 from .store import DriverStore
 
 __all__ = ["MemoryDriver", "MemoryStore"]
@@ -39,6 +40,8 @@ class MemoryDriver(Driver):
         self._latest: dict[str, str] = {}  # workspace id -> latest build id
         self._agents: dict[str, Agent] = {}  # workspace id -> agent
         self._leased: dict[str, None] = {}  # ids of builds in flight under a lease
+        self._logs: dict[str, BuildLog] = {}  # build id -> its log
+        self._numbers: dict[tuple[str, int], str] = {}  # (workspace id, build number) -> build id
         self._events: list[StoreEvent] = []
         self._pruned_through = 0  # every event with seq <= this was pruned
         self._doorbell = Doorbell()
@@ -64,12 +67,13 @@ class MemoryDriver(Driver):
             facts = self._facts_or_none(read.key)
             chat = self._chats.get(facts.workspace.chat_id) if facts is not None and read.related else None
             return Rows.of_facts(facts, chat)
-        if kind is ReadKind.BUILD:
+        if kind is ReadKind.BUILD or kind is ReadKind.LOG:
             build = self._builds.get(read.key)
             if build is None:
                 return Rows()
             ws = self._workspaces[build.workspace_id]
-            return Rows(self._chats.get(ws.chat_id), None, build, ws)
+            log = self._logs.get(build.build_id) if kind is ReadKind.LOG else None
+            return Rows(self._chats.get(ws.chat_id), None, build, ws, log)
         if kind is ReadKind.PENDING:
             build = self._oldest_pending()
             return (
@@ -101,6 +105,7 @@ class MemoryDriver(Driver):
             self._builds[build.build_id] = build
             if write.queued:
                 self._latest[build.workspace_id] = build.build_id
+                self._numbers[build.workspace_id, build.number] = build.build_id
                 self._pending[build.build_id] = None
             elif build.status is not JobStatus.PENDING:
                 self._pending.pop(build.build_id, None)
@@ -110,6 +115,8 @@ class MemoryDriver(Driver):
                 self._leased.pop(build.build_id, None)
         if write.agent is not None:
             self._agents[write.agent.workspace_id] = write.agent
+        if write.log is not None:
+            self._logs[write.log.build_id] = write.log
         head = self._doorbell.head
         for offset, event in enumerate(write.events, 1):
             self._events.append(_numbered(event, head + offset))
@@ -175,6 +182,15 @@ class MemoryDriver(Driver):
                     build_id, build.workspace_id, build.worker, build.lease_token, build.lease_expires_at
                 )
         return first
+
+    async def read_log(self, workspace_id: str, number: int | None = None) -> LogRead | None:
+        self._check()
+        build_id = (
+            self._latest.get(workspace_id) if number is None else self._numbers.get((workspace_id, number))
+        )
+        if build_id is None:
+            return None
+        return self._builds[build_id], self._logs.get(build_id)
 
     # --- the event log ---------------------------------------------------------------------------
 

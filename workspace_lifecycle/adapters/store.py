@@ -19,6 +19,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .. import writes
+from ..buildlogs import check_lines
+from ..endpoints import check_endpoints
 from ..errors import NotFoundError, StoreBusyError
 from ..values import (
     AgentLifecycle,
@@ -33,7 +35,7 @@ from ..values import (
     WorkspaceFacts,
 )
 from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Outcome, Store, Topic
-from .driver import RETRY, Driver, Plan, Read, Rows
+from .driver import RETRY, Driver, LogRead, Plan, Read, Rows
 
 __all__ = ["MAX_DECISIONS", "DriverStore", "as_driver_store"]
 
@@ -260,7 +262,7 @@ class _Expire(Plan[Build | None]):
     __slots__ = ("_build", "clock")
 
     def __init__(self, build_id: str, token: str, clock: Callable[[], float]) -> None:
-        super().__init__(Read.build(build_id), token)
+        super().__init__(Read.log(build_id), token)  # the failure it decides points at the logs
         self.clock = clock
 
     def decide(self, rows: Rows) -> writes.Write | None:
@@ -269,7 +271,9 @@ class _Expire(Plan[Build | None]):
             return None
         assert self.lease is not None
         policy = rows.chat.policy if rows.chat is not None else None
-        write = writes.expire_lease(rows.build, rows.workspace, self.lease, at=self.clock(), policy=policy)
+        write = writes.expire_lease(
+            rows.build, rows.workspace, self.lease, at=self.clock(), policy=policy, log=rows.log
+        )
         if write is not None:
             self._build = write.build
         return write
@@ -292,7 +296,9 @@ class _Finish(Plan[Build]):
         lease: str | None,
         clock: Callable[[], float],
     ) -> None:
-        super().__init__(Read.build(build_id), lease)
+        # A build that did not succeed reads its log too: its answer says that logs exist.
+        read = Read.build(build_id) if status is JobStatus.SUCCEEDED else Read.log(build_id)
+        super().__init__(read, lease)
         self.status, self.error, self.has_agent, self.details, self.clock = (
             status,
             error,
@@ -314,6 +320,7 @@ class _Finish(Plan[Build]):
             details=self.details,
             policy=rows.chat.policy if rows.chat is not None else None,
             lease=self.lease,
+            log=rows.log,
         )
         assert write.build is not None
         self._done = write.build
@@ -325,13 +332,18 @@ class _Finish(Plan[Build]):
 
 class _ReportAgent(Plan[None]):
     op = "report_agent"
-    __slots__ = ("clock", "lifecycle")
+    __slots__ = ("clock", "endpoints", "lifecycle")
 
     def __init__(
-        self, workspace_id: str, lifecycle: AgentLifecycle, lease: str | None, clock: Callable[[], float]
+        self,
+        workspace_id: str,
+        lifecycle: AgentLifecycle,
+        lease: str | None,
+        endpoints: Mapping[str, str] | None,
+        clock: Callable[[], float],
     ) -> None:
         super().__init__(Read.workspace(workspace_id, related=False), lease)
-        self.lifecycle, self.clock = lifecycle, clock
+        self.lifecycle, self.endpoints, self.clock = lifecycle, endpoints, clock
 
     def decide(self, rows: Rows) -> writes.Write | None:
         facts = _facts(rows, f"workspace {self.read.key!r} has no agent")
@@ -342,6 +354,28 @@ class _ReportAgent(Plan[None]):
             at=self.clock(),
             latest=facts.latest_build,
             lease=self.lease,
+            endpoints=self.endpoints,
+        )
+
+    def answer(self, head: int) -> None:
+        return None
+
+
+class _AppendLog(Plan[None]):
+    op = "append_log"
+    __slots__ = ("clock", "dropped", "lines")
+
+    def __init__(
+        self, build_id: str, lines: list[str], lease: str | None, dropped: int, clock: Callable[[], float]
+    ) -> None:
+        super().__init__(Read.log(build_id), lease)
+        self.lines, self.dropped, self.clock = lines, dropped, clock
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        if rows.build is None:
+            raise NotFoundError(f"no build {self.read.key!r}")
+        return writes.append_log(
+            rows.build, rows.log, self.lines, at=self.clock(), lease=self.lease, dropped=self.dropped
         )
 
     def answer(self, head: int) -> None:
@@ -453,12 +487,28 @@ class DriverStore(Store):
         )
 
     async def report_agent(
-        self, workspace_id: str, lifecycle: AgentLifecycle | str, *, lease: str | None = None
+        self,
+        workspace_id: str,
+        lifecycle: AgentLifecycle | str,
+        *,
+        lease: str | None = None,
+        endpoints: Mapping[str, str] | None = None,
     ) -> None:
         lifecycle = writes.parse_lifecycle(lifecycle)
-        await self._transact(_ReportAgent(workspace_id, lifecycle, lease, self.driver.clock))
+        checked = None if endpoints is None else check_endpoints(endpoints)
+        await self._transact(_ReportAgent(workspace_id, lifecycle, lease, checked, self.driver.clock))
+
+    async def append_log(
+        self, build_id: str, lines: Sequence[str], *, lease: str | None = None, dropped: int = 0
+    ) -> None:
+        checked = check_lines(lines)
+        if checked or dropped:
+            await self._transact(_AppendLog(build_id, checked, lease, dropped, self.driver.clock))
 
     # --- reads, the event log and interest: the driver's own -----------------------------------
+
+    async def read_log(self, workspace_id: str, number: int | None = None) -> LogRead | None:
+        return await self.driver.read_log(workspace_id, number)
 
     async def get_chat(self, chat_id: str) -> Chat | None:
         return await self.driver.get_chat(chat_id)

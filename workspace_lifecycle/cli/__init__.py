@@ -1,21 +1,21 @@
 """The ``workspace-lifecycle`` command line (also ``python -m workspace_lifecycle``).
 
 Commands: ``demo`` (a scripted chat, printing each state change live), ``diagram``, ``status``,
-``list`` (one owner's chats), ``watch``, the requests ``create``, ``start``, ``stop`` and
-``delete``, ``touch`` (push the idle deadline), ``provision --simulate``, ``mcp`` and
+``list`` (one owner's chats), ``watch``, ``logs``, the requests ``create``, ``start``, ``stop``
+and ``delete``, ``touch`` (push the idle deadline), ``provision --simulate``, ``mcp`` and
 ``completion bash|zsh``. Every command that uses a store takes ``--db URL`` (default: the environment variable
 ``WORKSPACE_LIFECYCLE_DB``, else the SQLite file ``./workspace-lifecycle.db``), so two terminals on
 one file work together: ``provision --simulate`` in one, ``create`` and ``start`` in the other.
 
 A missing SQLite file is created only by the commands that write on their own (``create``,
-``demo``, ``provision``, ``mcp``); the others (``status``, ``watch``, ``start``, ``stop``,
+``demo``, ``provision``, ``mcp``); the others (``status``, ``watch``, ``logs``, ``start``, ``stop``,
 ``delete``) refuse it, since no chat can be there yet.
 
 A user's mistake (a bad URL, an unreadable database, an unknown command) is one sentence on
 stderr and a non-zero exit status, never a traceback: 2 for a usage error, 1 for anything else.
 
 Layout: one module per command, its sub-parser (``add_parser``) beside its handler
-(``handle``): :mod:`.demo`, :mod:`.diagram`, :mod:`.status`, :mod:`.watch`, :mod:`.requests`
+(``handle``): :mod:`.demo`, :mod:`.diagram`, :mod:`.status`, :mod:`.watch`, :mod:`.logs`, :mod:`.requests`
 (``create``, ``start``, ``stop``, ``delete``), :mod:`.listing` (``list``), :mod:`.touch`,
 :mod:`.provision`, :mod:`.mcp`, :mod:`.completion`; what several
 of them use (option types, opening a store, errors and exit statuses, output) is in
@@ -33,7 +33,7 @@ from typing import NoReturn
 
 from .. import __version__
 from ..adapters import open_store as open_store
-from . import completion, demo, diagram, listing, mcp, provision, requests, status, touch, watch
+from . import completion, demo, diagram, listing, logs, mcp, provision, requests, status, touch, watch
 from ._shared import DB_ENV as DB_ENV
 from ._shared import PROG as PROG
 from ._shared import CliError as CliError
@@ -47,7 +47,7 @@ __all__ = ["build_parser", "main"]
 _is_tty = is_tty
 
 #: The command modules, in the order ``--help`` lists their commands.
-_COMMANDS = (demo, diagram, status, listing, watch, requests, touch, provision, mcp, completion)
+_COMMANDS = (demo, diagram, status, listing, watch, logs, requests, touch, provision, mcp, completion)
 
 
 class _Parser(argparse.ArgumentParser):

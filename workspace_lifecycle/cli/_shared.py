@@ -20,6 +20,7 @@ from anyio.abc import TaskStatus
 
 from .. import checks
 from ..adapters.base import Store
+from ..deadlines import STANDALONE_POLICY
 from ..diagram import GraphvizMissingError, PydotMissingError
 from ..errors import SchemaMissingError, WorkspaceLifecycleError
 from ..runtime import Lifecycle
@@ -135,28 +136,47 @@ def add_build_times(sub: argparse.ArgumentParser, *, build: float, agent: float,
     )
 
 
+def _seconds_or_never(text: str) -> float | str:
+    return NEVER if text == NEVER else positive_seconds(text)
+
+
+#: What an option of the policy takes for "never".
+NEVER = "never"
+
+
 def add_policy_options(sub: argparse.ArgumentParser, what: str) -> None:
     group = sub.add_argument_group(f"between turns: {what}")
+    idle = STANDALONE_POLICY.idle_stop_after
     group.add_argument(
         "--idle-stop-after",
-        type=positive_seconds,
+        type=_seconds_or_never,
         metavar="S",
-        help="stop the workspace after S seconds without activity (default: never)",
+        help=f"stop the workspace after S seconds without activity (a new chat: {idle:g}; 'never')",
     )
     group.add_argument(
         "--delete-after-stopped",
-        type=positive_seconds,
+        type=_seconds_or_never,
         metavar="S",
         help="delete the workspace after S seconds stopped (default: never)",
     )
 
 
 def policy(args: argparse.Namespace) -> Policy | None:
-    """The policy the between-turns options give, or ``None`` when neither was given."""
+    """The policy the between-turns options give (an option not given keeps
+    :data:`~workspace_lifecycle.deadlines.STANDALONE_POLICY`'s), or ``None`` when neither was
+    given (a new chat then gets that default, an existing one keeps its own)."""
     idle, retain = args.idle_stop_after, args.delete_after_stopped
     if idle is None and retain is None:
         return None
-    return Policy(idle_stop_after=idle, delete_after_stopped=retain)
+    default = STANDALONE_POLICY
+    return Policy(
+        idle_stop_after=default.idle_stop_after if idle is None else None if idle == NEVER else idle,
+        delete_after_stopped=default.delete_after_stopped
+        if retain is None
+        else None
+        if retain == NEVER
+        else retain,
+    )
 
 
 # --- errors and exit statuses -----------------------------------------------------------------
@@ -330,7 +350,8 @@ def change_line(change: StateChange) -> str:
 
 
 def watch_line(change: StateChange) -> str:
-    return f"{clock(change.at)}  {change.chat_id}  {change_line(change).rstrip()}"
+    reached = "".join(f"  {name}={url}" for name, url in change.endpoints.items())
+    return f"{clock(change.at)}  {change.chat_id}  {change_line(change).rstrip()}{reached}"
 
 
 async def follow(

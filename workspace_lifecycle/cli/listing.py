@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ..adapters.base import ChatRow, Store
@@ -47,7 +48,7 @@ async def _list(store: Store, who: str, as_json: bool) -> int:
         out(f"no chats of {who!r} in {store.url}")
     else:
         now = time.time()
-        _table([_HEADINGS, *(_row_cells(row, now) for row in rows)])
+        _table([_HEADINGS, *(_row_cells(row, now) for row in rows)], {})
     return 0
 
 
@@ -70,10 +71,9 @@ def _row_json(row: ChatRow) -> dict[str, Any]:
 
 
 def endpoints_of(facts: WorkspaceFacts | None) -> dict[str, str]:
-    """The endpoints the workspace's agent reported (``{}`` when none did, or when this store
-    keeps none yet: reporting endpoints is version 0.3's, and not every store has it)."""
+    """The endpoints the workspace's agent reported (``{}`` when none did)."""
     agent = facts.agent if facts is not None else None
     endpoints = getattr(agent, "endpoints", None)
-    if not isinstance(endpoints, dict):
+    if not isinstance(endpoints, Mapping):
         return {}
     return {str(name): str(url) for name, url in endpoints.items()}

@@ -18,6 +18,7 @@ from anyio.abc import TaskStatus
 
 from ..adapters.base import Store
 from ..answers import DONE_KEY
+from ..deadlines import STANDALONE_POLICY
 from ..errors import WorkspaceLifecycleError
 from ..machine import Request
 from ..runtime import Lifecycle
@@ -58,8 +59,13 @@ _REQUEST_HELP = (
     "no provisioner has claimed it. The answer goes to stdout (--json: as one JSON object); an "
     "error answer, such as an unknown chat, is its sentence on stderr. Something must run the "
     "builds: 'provision --simulate' in another terminal, on the same --db. The exit status is "
-    "1 when the answer is an error or reports a failed build."
+    "1 when the answer is an error or reports a failed build, 3 when the wait ran out (--timeout) "
+    "with the build still pending or running: it may still finish."
 )
+
+#: The exit status of a request whose wait ran out with its build still in progress: not a
+#: failure (the build may still finish), not a success either.
+TIMED_OUT = 3
 
 _REQUESTS = [
     (
@@ -148,7 +154,13 @@ async def _request(store: Store, args: argparse.Namespace) -> int:
     # A one-shot command fires no deadlines (the long-running processes do: mcp, provision).
     async with (
         opened(store),
-        Lifecycle(store, build_timeout=args.timeout, agent_timeout=args.timeout, fire_deadlines=False) as lc,
+        Lifecycle(
+            store,
+            build_timeout=args.timeout,
+            agent_timeout=args.timeout,
+            fire_deadlines=False,
+            policy=STANDALONE_POLICY,  # a new chat's, unless the options say otherwise
+        ) as lc,
     ):
         progress = _Progress(lc, args.chat, args.owner, args.pending_hint_after, args.db)
         async with anyio.create_task_group() as tg:
@@ -167,6 +179,8 @@ async def _request(store: Store, args: argparse.Namespace) -> int:
             return 1
         if args.no_wait and await _wait_for_deferred(lc, args):
             return 0
+    if result.data.get("timed_out") is True:
+        return TIMED_OUT
     return 1 if "error" in result.data else 0
 
 
@@ -203,6 +217,8 @@ def _summary(chat: str, result: ToolResult) -> str:
     done = [key for key in DONE_KEY.values() if data.pop(key, None) is True]
     if "error" in data:
         head = f"{chat}: {data.pop('error')}"
+    elif data.pop("timed_out", None) is True:
+        head = f"{chat}: {data.pop('message')}"
     else:
         head = f"{chat}: {done[0] if done else data.pop('status', 'answered')}"
     fields = "  ".join(f"{key}={_field(value)}" for key, value in sorted(data.items()))

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..adapters.base import ChatRow, Store
 from ..machine import Tracker, derive_state
-from ..steps import agent_status
+from ..steps import agent_status, reached
 from ..values import Reason, WorkspaceFacts
 from ._shared import Commands, add_db, clock, command, database, opened, out, out_json, run
 
@@ -21,7 +21,8 @@ def add_parser(commands: Commands) -> None:
         "status",
         "list chats with their workspace state, latest build and agent",
         "A table of every chat in the database: owner, workspace state (derived from the stored "
-        "rows), the latest build (number, transition, job status) and the agent's lifecycle. "
+        "rows), the latest build (number, transition, job status) and the agent's lifecycle, with "
+        "where a running workspace is reached on a line of its own (--json: 'endpoints'). "
         "Refuses a missing SQLite file (it does not create one).",
         handle,
     )
@@ -43,14 +44,19 @@ async def _list(store: Store, as_json: bool) -> int:
         out(f"no chats in {store.url}")
     else:
         now = time.time()
-        _table([_HEADINGS, *(_row_cells(row, now) for row in rows)])
+        # Where a workspace is reached goes on a line of its own under its row (URLs are long).
+        reached = {row.chat.chat_id: _endpoints(row.facts) for row in rows}
+        _table([_HEADINGS, *(_row_cells(row, now) for row in rows)], reached)
     return 0
 
 
-def _table(lines: list[tuple[str, ...]]) -> None:
+def _table(lines: list[tuple[str, ...]], reached: dict[str, dict[str, str]]) -> None:
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    for line in lines:
+    for i, line in enumerate(lines):
         out("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+        endpoints = reached.get(line[0]) if i else None
+        if endpoints:
+            out("  endpoints: " + "  ".join(f"{name}={url}" for name, url in endpoints.items()))
 
 
 def _row_cells(row: ChatRow, now: float) -> tuple[str, ...]:
@@ -80,6 +86,7 @@ def _row_json(row: ChatRow) -> dict[str, Any]:
             "status": build.status.value,
         },
         "agent": _agent(row.facts),
+        "endpoints": _endpoints(row.facts),
         "deadline": None
         if deadline is None
         else {"at": deadline.at, "reason": deadline.reason.value, "transition": deadline.transition.value},
@@ -106,6 +113,14 @@ def _build_cell(facts: WorkspaceFacts | None) -> str:
 def _agent(facts: WorkspaceFacts | None) -> str | None:
     """The latest build's agent in a word, as the core says it (``None``: nothing to say)."""
     return agent_status(Tracker.from_facts(facts)) if facts is not None else None
+
+
+def _endpoints(facts: WorkspaceFacts | None) -> dict[str, str]:
+    """Where the workspace is reached now, as every answer says it (empty: nowhere)."""
+    if facts is None:
+        return {}
+    found: dict[str, str] = reached(Tracker.from_facts(facts)).get("endpoints", {})
+    return found
 
 
 def _deadline_cell(facts: WorkspaceFacts | None, now: float) -> str:

@@ -54,7 +54,7 @@ def _change_json(change: StateChange) -> dict[str, Any]:
         "event": change.event.value if change.event is not None else "resync",
         "reason": change.reason.value if change.reason is not None else None,
         "seq": change.seq,
-    }
+    } | ({"endpoints": dict(change.endpoints)} if change.endpoints else {})
 
 
 async def _watch(store: Store, chat: str | None, as_json: bool) -> int:

@@ -37,6 +37,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from ...buildlogs import BuildLog
 from ...values import Agent, Chat, StoreEvent
 from ...writes import Write
 from .guards import Seen
@@ -94,6 +95,7 @@ def compile_write(
         _chat_change(write.chat, new_chat, params),
         _build_change(write, params),
         _agent_change(write.agent, params),
+        _log_change(write.log, params),
     ]
     for i, event in enumerate(write.events):
         _event_params(i, event, params)
@@ -257,12 +259,30 @@ def _agent_change(agent: Agent | None, params: Params) -> str | None:
     """The agent, upserted."""
     if agent is None:
         return None
-    params.update(a_ws=agent.workspace_id, a_n=agent.build_number, a_lifecycle=agent.lifecycle.value)
+    params.update(
+        a_ws=agent.workspace_id,
+        a_n=agent.build_number,
+        a_lifecycle=agent.lifecycle.value,
+        a_endpoints=Jsonb(dict(agent.endpoints)) if agent.endpoints else None,
+    )
     return (
-        "INSERT INTO agents (workspace_id, build_number, lifecycle)"
-        f" SELECT %(a_ws)s::text, %(a_n)s::integer, %(a_lifecycle)s::text WHERE {_GATE}"
-        " ON CONFLICT (workspace_id) DO UPDATE"
-        " SET build_number = excluded.build_number, lifecycle = excluded.lifecycle RETURNING 1"
+        "INSERT INTO agents (workspace_id, build_number, lifecycle, endpoints)"
+        f" SELECT %(a_ws)s::text, %(a_n)s::integer, %(a_lifecycle)s::text, %(a_endpoints)s::jsonb"
+        f" WHERE {_GATE} ON CONFLICT (workspace_id) DO UPDATE SET build_number = excluded.build_number,"
+        " lifecycle = excluded.lifecycle, endpoints = excluded.endpoints RETURNING 1"
+    )
+
+
+def _log_change(log: BuildLog | None, params: Params) -> str | None:
+    """A build's log, upserted whole."""
+    if log is None:
+        return None
+    params.update(l_id=log.build_id, l_lines=Jsonb(list(log.lines)), l_bytes=log.bytes, l_dropped=log.dropped)
+    return (
+        "INSERT INTO build_logs (build_id, lines, bytes, dropped)"
+        " SELECT %(l_id)s::text, %(l_lines)s::jsonb, %(l_bytes)s::integer, %(l_dropped)s::bigint"
+        f" WHERE {_GATE} ON CONFLICT (build_id) DO UPDATE SET lines = excluded.lines,"
+        " bytes = excluded.bytes, dropped = excluded.dropped RETURNING 1"
     )
 
 

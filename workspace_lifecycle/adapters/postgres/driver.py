@@ -38,7 +38,7 @@ from ...errors import NotFoundError, StoreClosedError, UnsupportedBackendError
 from ...values import Build, Chat, Lease, StoreEvent, WorkspaceFacts
 from ...writes import Write
 from ..base import ArmedDeadlines, ChatRow, Doorbell, Topic
-from ..driver import RETRY, Driver, Plan, Read, ReadKind, Retry, Rows
+from ..driver import RETRY, Driver, LogRead, Plan, Read, ReadKind, Retry, Rows
 from . import rows as sql
 from .channels import Channels
 from .committer import CACHE_KNOWN_ROWS, Committer
@@ -244,6 +244,9 @@ class PostgresDriver(Driver):
             rows = _rows_of(read, known)
         elif read.kind is ReadKind.BUILD:
             rows, seen = await sql.read_build(conn, read.key)
+        elif read.kind is ReadKind.LOG:  # a build's log: not among the known rows
+            rows, seen = await sql.read_build(conn, read.key)
+            rows.log = await sql.read_log_row(conn, read.key)
         else:
             known = await sql.read_known(conn, read.key)
             rows = Rows() if known is None else _rows_of(read, known)
@@ -344,6 +347,9 @@ class PostgresDriver(Driver):
         return await self.connection.run(
             lambda conn: sql.read_next_lease(conn, passed), kind="next_lease_expiry"
         )
+
+    async def read_log(self, workspace_id: str, number: int | None = None) -> LogRead | None:
+        return await self.connection.run(lambda conn: sql.read_log(conn, workspace_id, number))
 
     # --- the event log -----------------------------------------------------------------------
 

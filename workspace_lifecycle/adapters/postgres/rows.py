@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
+from ...buildlogs import BuildLog
 from ...errors import CorruptStateError, CursorExpiredError
 from ...values import (
     Agent,
@@ -30,7 +31,7 @@ from ...values import (
     parse_policy,
 )
 from ..base import ArmedDeadlines, ChatRow
-from ..driver import Rows
+from ..driver import LogRead, Rows
 from .guards import Known, Seen
 
 Conn = psycopg.AsyncConnection[TupleRow]
@@ -51,7 +52,7 @@ _FACTS_COLUMNS = f"""
     {_WS_COLUMNS},
     b.build_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,
     b.parameters, b.details, b.reason, b.lease_token, b.lease_expires_at,
-    a.build_number, a.lifecycle
+    a.build_number, a.lifecycle, a.endpoints
 """
 _FACTS_JOINS = """
     LEFT JOIN builds b ON b.workspace_id = w.workspace_id AND b.number = w.latest_build
@@ -71,7 +72,7 @@ _WORKSPACE_WIDTH = 7
 #: Columns of a build as :func:`parse_build` reads it.
 _BUILD_WIDTH = 13
 #: Columns of ``_FACTS_COLUMNS`` and the head (``_REQUEST_SQL``'s versions and chat follow).
-_FACTS_WIDTH = _WORKSPACE_WIDTH + (_BUILD_WIDTH - 1) + 2 + 1
+_FACTS_WIDTH = _WORKSPACE_WIDTH + (_BUILD_WIDTH - 1) + 3 + 1
 
 _BUILD_COLUMNS = (
     "b.build_id, b.workspace_id, b.number, b.transition, b.status, b.error, b.has_agent, b.worker,"
@@ -130,8 +131,11 @@ def parse_facts(row: Sequence[Any]) -> WorkspaceFacts:
         lifecycle = parse_enum(
             AgentLifecycle, row[a + 1], table="agents", key=ws.workspace_id, column="lifecycle"
         )
-        agent = Agent(ws.workspace_id, row[a], lifecycle)
-    return WorkspaceFacts(workspace=ws, latest_build=build, agent=agent, seq=int(row[a + 2]))
+        reached = row[a + 2]
+        if reached is not None and not isinstance(reached, dict):
+            raise CorruptStateError("agents", ws.workspace_id, "endpoints", reached)
+        agent = Agent(ws.workspace_id, row[a], lifecycle, reached or {})
+    return WorkspaceFacts(workspace=ws, latest_build=build, agent=agent, seq=int(row[a + 3]))
 
 
 def parse_workspace(row: Sequence[Any]) -> Workspace:
@@ -201,6 +205,37 @@ async def read_build(conn: Conn, build_id: str) -> tuple[Rows, Seen | None]:
     chat = parse_chat(row[w + 1 : w + 1 + _CHAT_WIDTH])
     seen = Seen(ws.workspace_id, int(row[w]), chat.chat_id, int(row[w + 1 + _CHAT_WIDTH]))
     return Rows(chat, None, parse_build(row[:b]), ws), seen
+
+
+async def read_log_row(conn: Conn, build_id: str) -> BuildLog | None:
+    """The log of build ``build_id``, ``None`` before its first line."""
+    cur = await conn.execute("SELECT lines, bytes, dropped FROM build_logs WHERE build_id = %s", (build_id,))
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    lines = row[0]
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise CorruptStateError("build_logs", build_id, "lines", lines)
+    return BuildLog(build_id, tuple(lines), int(row[1]), int(row[2]))
+
+
+async def read_log(conn: Conn, workspace_id: str, number: int | None) -> LogRead | None:
+    """Build ``number`` of the workspace (``None``: the latest) and its log, in one snapshot."""
+    where = (
+        "b.number = (SELECT latest_build FROM workspaces WHERE workspace_id = %s)"
+        if number is None
+        else "b.number = %s"
+    )
+    async with conn.transaction():
+        cur = await conn.execute(
+            f"SELECT {_BUILD_COLUMNS} FROM builds b WHERE b.workspace_id = %s AND {where}",
+            (workspace_id, workspace_id if number is None else number),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        build = parse_build(row)
+        return build, await read_log_row(conn, build.build_id)
 
 
 async def read_pending(conn: Conn) -> tuple[Rows, Known | None]:

@@ -105,6 +105,17 @@ MIGRATIONS: tuple[str, ...] = (
         lease_expires_at = extract(epoch FROM clock_timestamp()) + 900
         WHERE status IN ('running', 'canceling');
     """,
+    # 6: a usable workspace: where its agent is reached (names to URLs), and each build's log
+    # (the lines kept, their size in bytes, and how many were dropped, oldest first).
+    """
+    ALTER TABLE agents ADD COLUMN endpoints jsonb;
+    CREATE TABLE build_logs (
+        build_id text PRIMARY KEY REFERENCES builds,
+        lines jsonb NOT NULL,
+        bytes integer NOT NULL,
+        dropped bigint NOT NULL
+    );
+    """,
 )
 
 #: The schema version this code writes and understands.

@@ -36,7 +36,7 @@ import anyio
 from ...errors import StoreClosedError, UnsupportedBackendError
 from ...values import Build, Chat, Lease, StoreEvent, WorkspaceFacts
 from ..base import ArmedDeadlines, ChatRow, Doorbell
-from ..driver import Driver, Plan, Retry
+from ..driver import Driver, LogRead, Plan, Retry
 from . import reads, rows, schema
 from .persist import Tx
 from .url import check_options
@@ -278,6 +278,9 @@ class SQLiteDriver(Driver):
         return await self._read(lambda conn: reads.next_lease(conn, passed))
 
     # --- the event log -----------------------------------------------------------------------------
+
+    async def read_log(self, workspace_id: str, number: int | None = None) -> LogRead | None:
+        return await self._read(lambda conn: reads.read_log(conn, workspace_id, number))
 
     async def head(self) -> int:
         return await self._read(rows.head, then=self._doorbell.saw)

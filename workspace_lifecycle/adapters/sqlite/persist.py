@@ -40,9 +40,16 @@ _INSERT_BUILD = (
 )
 _LATEST_BUILD = "UPDATE workspaces SET latest_build_id = ? WHERE workspace_id = ?"
 _UPSERT_AGENT = (
-    "INSERT INTO agents (workspace_id, build_number, lifecycle) VALUES (?, ?, ?) "
+    "INSERT INTO agents (workspace_id, build_number, lifecycle, endpoints) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (workspace_id) DO UPDATE SET build_number = excluded.build_number, "
-    "lifecycle = excluded.lifecycle"
+    "lifecycle = excluded.lifecycle, endpoints = excluded.endpoints"
+)
+
+
+_UPSERT_LOG = (
+    "INSERT INTO build_logs (build_id, lines, bytes, dropped) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (build_id) DO UPDATE SET lines = excluded.lines, bytes = excluded.bytes, "
+    "dropped = excluded.dropped"
 )
 
 
@@ -90,7 +97,13 @@ class Tx:
                 conn.execute(_LATEST_BUILD, (build.build_id, build.workspace_id))
         if write.agent is not None:
             agent = write.agent
-            conn.execute(_UPSERT_AGENT, (agent.workspace_id, agent.build_number, agent.lifecycle.value))
+            reached = json.dumps(dict(agent.endpoints)) if agent.endpoints else None
+            conn.execute(
+                _UPSERT_AGENT, (agent.workspace_id, agent.build_number, agent.lifecycle.value, reached)
+            )
+        if write.log is not None:
+            log = write.log
+            conn.execute(_UPSERT_LOG, (log.build_id, json.dumps(list(log.lines)), log.bytes, log.dropped))
 
 
 def _workspace_values(ws: Workspace) -> tuple[object, ...]:

@@ -9,14 +9,25 @@ import json
 import sqlite3
 from collections.abc import Collection
 
-from ...errors import CursorExpiredError
+from ...buildlogs import BuildLog
+from ...errors import CorruptStateError, CursorExpiredError
 from ...values import JobStatus, Lease, StoreEvent, parse_deadline
 from ..base import ArmedDeadlines, ChatRow
-from ..driver import Read, ReadKind, Rows
+from ..driver import LogRead, Read, ReadKind, Rows
 from . import rows
 from .rows import BUILD_COLUMNS, CHAT_COLUMNS, FACTS_WIDTH, WORKSPACE_COLUMNS
 
-__all__ = ["MAX_INT", "armed_deadlines", "events_after", "list_chats", "next_lease", "plan_rows", "prune"]
+__all__ = [
+    "MAX_INT",
+    "armed_deadlines",
+    "events_after",
+    "list_chats",
+    "log_of",
+    "next_lease",
+    "plan_rows",
+    "prune",
+    "read_log",
+]
 
 #: SQLite's integers are signed 64-bit: a sequence number beyond this is beyond every head.
 MAX_INT = 2**63 - 1
@@ -53,13 +64,14 @@ def plan_rows(conn: sqlite3.Connection, read: Read) -> Rows:
             return Rows()
         chat = None if row[FACTS_WIDTH] is None else rows.chat_row(row[FACTS_WIDTH:])
         return Rows.of_facts(rows.facts_row(row), chat)
-    if kind is ReadKind.BUILD:
+    if kind is ReadKind.BUILD or kind is ReadKind.LOG:
         row = conn.execute(_BUILD, (read.key,)).fetchone()
         if row is None:
             return Rows()
         ws = None if row[13] is None else rows.workspace_row(row[13:20])
         chat = None if row[20] is None else rows.chat_row(row[20:])
-        return Rows(chat, None, rows.build(row), ws)
+        log = log_of(conn, read.key) if kind is ReadKind.LOG else None
+        return Rows(chat, None, rows.build(row), ws, log)
     if kind is ReadKind.PENDING:
         row = conn.execute(_PENDING).fetchone()
         if row is None:
@@ -72,6 +84,40 @@ def plan_rows(conn: sqlite3.Connection, read: Read) -> Rows:
         return Rows(chat)
     row = conn.execute(_WORKSPACE, (chat.workspace_id,)).fetchone()
     return Rows(chat, None if row is None else rows.facts_row(row))
+
+
+def log_of(conn: sqlite3.Connection, build_id: str) -> BuildLog | None:
+    """The log of build ``build_id``, ``None`` before its first line."""
+    row = conn.execute(
+        "SELECT lines, bytes, dropped FROM build_logs WHERE build_id = ?", (build_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    try:
+        lines = json.loads(row[0])
+    except ValueError:
+        raise CorruptStateError("build_logs", build_id, "lines", row[0]) from None
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise CorruptStateError("build_logs", build_id, "lines", row[0])
+    return BuildLog(build_id, tuple(lines), int(row[1]), int(row[2]))
+
+
+def read_log(conn: sqlite3.Connection, workspace_id: str, number: int | None) -> LogRead | None:
+    """Build ``number`` of the workspace (``None``: the latest) and its log."""
+    if number is None:
+        found = conn.execute(
+            f"SELECT {BUILD_COLUMNS} FROM builds WHERE workspace_id = ? ORDER BY number DESC LIMIT 1",
+            (workspace_id,),
+        ).fetchone()
+    else:
+        found = conn.execute(
+            f"SELECT {BUILD_COLUMNS} FROM builds WHERE workspace_id = ? AND number = ?",
+            (workspace_id, number),
+        ).fetchone()
+    if found is None:
+        return None
+    build = rows.build(found)
+    return build, log_of(conn, build.build_id)
 
 
 def armed_deadlines(conn: sqlite3.Connection) -> ArmedDeadlines:

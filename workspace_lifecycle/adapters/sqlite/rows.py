@@ -76,7 +76,7 @@ def facts_query(where: str, *, with_chat: bool = False) -> str:
         else ("", "")
     )
     return (
-        f"SELECT {prefixed('w', WORKSPACE_COLUMNS)}, a.build_number, a.lifecycle,"
+        f"SELECT {prefixed('w', WORKSPACE_COLUMNS)}, a.build_number, a.lifecycle, a.endpoints,"
         f" {prefixed('b', BUILD_COLUMNS)}, ({_HEAD}){chat_columns}"
         " FROM workspaces w LEFT JOIN agents a ON a.workspace_id = w.workspace_id"
         # The latest build's rowid from the covering (workspace_id, number) index, then its row.
@@ -86,7 +86,7 @@ def facts_query(where: str, *, with_chat: bool = False) -> str:
 
 
 #: The columns of a :func:`facts_query` row before its chat's.
-FACTS_WIDTH = 7 + 2 + 13 + 1
+FACTS_WIDTH = 7 + 3 + 13 + 1
 
 _FACTS = facts_query("w.workspace_id = ?")
 
@@ -144,16 +144,16 @@ def _build(row: tuple[Any, ...]) -> Build:
     )
 
 
-def _json_object(text: str | None, build_id: str, column: str) -> dict[str, Any] | None:
-    """A JSON object column of ``builds``; anything else names the row."""
+def _json_object(text: str | None, key: str, column: str, *, table: str = "builds") -> dict[str, Any] | None:
+    """A JSON object column (of ``builds`` unless ``table`` says); anything else names the row."""
     if text is None:
         return None
     try:
         value = json.loads(text)
     except ValueError:
-        raise CorruptStateError("builds", build_id, column, text) from None
+        raise CorruptStateError(table, key, column, text) from None
     if not isinstance(value, dict):
-        raise CorruptStateError("builds", build_id, column, text)
+        raise CorruptStateError(table, key, column, text)
     return value
 
 
@@ -170,9 +170,10 @@ def _workspace_row(row: tuple[Any, ...]) -> Workspace:
 
 
 @functools.lru_cache(maxsize=_PARSED)
-def agent_row(workspace_id: str, build_number: int, lifecycle: str) -> Agent:
+def agent_row(workspace_id: str, build_number: int, lifecycle: str, endpoints: str | None = None) -> Agent:
     state = parse_enum(AgentLifecycle, lifecycle, table="agents", key=workspace_id, column="lifecycle")
-    return Agent(workspace_id, build_number, state)
+    reached = _json_object(endpoints, workspace_id, "endpoints", table="agents") or {}
+    return Agent(workspace_id, build_number, state, reached)
 
 
 def facts(conn: sqlite3.Connection, workspace_id: str, at: int | None = None) -> WorkspaceFacts:
@@ -188,7 +189,7 @@ def facts_row(row: tuple[Any, ...], at: int | None = None) -> WorkspaceFacts:
     """The facts in a row of :func:`facts_query` (with ``at`` as their head when given)."""
     return WorkspaceFacts(
         _workspace_row(row[:7]),
-        None if row[9] is None else _build(row[9:22]),
-        None if row[8] is None else agent_row(row[0], row[7], row[8]),
-        at if at is not None else 0 if row[22] is None else row[22],
+        None if row[10] is None else _build(row[10:23]),
+        None if row[8] is None else agent_row(row[0], row[7], row[8], row[9]),
+        at if at is not None else 0 if row[23] is None else row[23],
     )

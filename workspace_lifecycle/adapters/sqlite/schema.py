@@ -11,7 +11,7 @@ from .rows import head
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_path", "setup"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE chats (
@@ -108,6 +108,11 @@ ALTER TABLE log_state DROP COLUMN head
     " UPDATE builds SET lease_token = lower(hex(randomblob(16))),"
     " lease_expires_at = (julianday('now') - 2440587.5) * 86400.0 + 900"
     " WHERE status IN ('running', 'canceling')",
+    # A usable workspace: where its agent is reached (a JSON object of names to URLs), and each
+    # build's log (a JSON array of the lines kept, their size and how many were dropped).
+    5: "ALTER TABLE agents ADD COLUMN endpoints TEXT;"
+    " CREATE TABLE build_logs (build_id TEXT PRIMARY KEY, lines TEXT NOT NULL,"
+    " bytes INTEGER NOT NULL, dropped INTEGER NOT NULL)",
 }
 
 
