@@ -25,12 +25,13 @@ head counter to read and rewrite (its ``lastrowid`` is the number it took); the 
 SQLite's ``sqlite_sequence`` entry. Schema 3 migrates older files, keeping their events and
 numbering.
 
-Where a write's time goes (``report_agent``, one writer, cProfile of both threads on the shared
-2-core machine, ~160-185 µs a write): the thread hop about half (waking the loop through its
-self-pipe, then waking the thread for the next write); the statements about 65 µs (five:
-BEGIN IMMEDIATE, one joined read, the agent upsert, the event INSERT, COMMIT; the COMMIT of a
-dirty page is most of it); the decision and its values ~35 µs. Group commit spreads BEGIN,
-COMMIT and the hop over a batch; the statements are prepared once per connection (``sqlite3``'s
+Where a write's time goes (``report_agent``, one writer): on the thread path, measured before
+the inline path existed (~160-185 µs a write on the shared 2-core machine), the thread hop
+was about half (waking the loop through its self-pipe, then waking the thread for the next
+write); the statements about 65 µs (five: BEGIN IMMEDIATE, one joined read, the agent upsert,
+the event INSERT, COMMIT; the COMMIT of its few dirty pages is most of it); the decision and
+its values ~35 µs. The inline path removes the hop; group commit spreads BEGIN and COMMIT
+over a tick's writes; the statements are prepared once per connection (``sqlite3``'s
 statement cache).
 """
 
