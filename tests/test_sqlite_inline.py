@@ -183,3 +183,17 @@ class TestInlineOff:
             assert thread_commits(store) == store.commits >= 1
             assert store.wakeups == "poll"  # inotify confirms on the loop's connection
 
+
+
+
+class TestClosing:
+    async def test_a_read_whose_turn_comes_after_closing_fails_closed(self, tmp_path: Path) -> None:
+        """A read asked for just before the loop's connection closed raises StoreClosedError
+        when its turn comes (it does not wait for a thread that is gone)."""
+        async with SQLiteStore(tmp_path / "x.db") as store:
+            inline = store.driver._inline
+            assert inline is not None
+            pending = inline.read_soon(lambda conn: conn.execute("SELECT 1").fetchone())
+            inline.close()
+            with anyio.fail_after(5), pytest.raises(wl.StoreClosedError):
+                await pending

@@ -157,6 +157,9 @@ class Inline:
     ) -> None:
         if future.done():
             return
+        if self.conn is None:  # closed since the read was asked for
+            future.set_exception(StoreClosedError("the SQLite store is closed"))
+            return
         try:
             value = self.read(fn)
         except BaseException as exc:
