@@ -184,8 +184,6 @@ class TestInlineOff:
             assert store.wakeups == "poll"  # inotify confirms on the loop's connection
 
 
-
-
 class TestClosing:
     async def test_a_read_whose_turn_comes_after_closing_fails_closed(self, tmp_path: Path) -> None:
         """A read asked for just before the loop's connection closed raises StoreClosedError
