@@ -165,6 +165,8 @@ class TestBatch:
             other.close()
             assert store.driver._connection is not None
             await store.driver._connection.submit(lambda conn: conn.execute("PRAGMA foreign_keys = ON"))
+            assert store.driver._inline is not None and store.driver._inline.conn is not None
+            store.driver._inline.conn.execute("PRAGMA foreign_keys = ON")  # the loop's connection too
             commits = store.commits
 
             with pytest.raises(wl.StoreError, match="FOREIGN KEY") as alone:
@@ -224,7 +226,13 @@ class TestReads:
                 time.sleep(1.5)
 
             async with anyio.create_task_group() as tg:
-                tg.start_soon(store.driver._write, long_write)
+                thread = store.driver._connection
+                assert thread is not None  # the long write runs on the writer's thread, not inline
+
+                async def on_the_thread() -> None:
+                    await thread.submit(long_write, write=True)
+
+                tg.start_soon(on_the_thread)
                 await anyio.to_thread.run_sync(started.wait, 5)
                 t0 = time.monotonic()
                 with anyio.fail_after(1):

@@ -124,7 +124,7 @@ class TestErrorMapping:
             jobs.append(fn)
             return submit(self, fn, **kw)
 
-        async with wl.open_store(url(tmp_path / "x.db")) as store:
+        async with wl.open_store(url(tmp_path / "x.db"), inline=False) as store:  # the thread's path
             ws = await stopped(store)
             monkeypatch.setattr(sqlite_adapter._Connection, "submit", counting)
             outcome = await store.request_build(ws, wl.Transition.START, expected_build_number=2)
@@ -201,7 +201,7 @@ class TestWatcher:
         on other processes' commits were never noticed) is logged once; the watcher reconnects
         and a later commit from another connection still wakes a waiter."""
         path = tmp_path / "x.db"
-        async with SQLiteStore(path) as here, SQLiteStore(path) as there:
+        async with SQLiteStore(path, wakeups="poll") as here, SQLiteStore(path) as there:
             breaker = Breakable(monkeypatch)
             await commit_wakes_a_waiter(here, there, "c0")  # the watcher runs, through the breaker
             assert breaker.connects == 1
@@ -223,7 +223,7 @@ class TestWatcher:
         """While the watcher cannot reconnect, waiters get StoreUnavailableError (not a silent
         hang through commits nobody reports); once it can, they sleep and wake as before."""
         path = tmp_path / "x.db"
-        async with SQLiteStore(path) as here, SQLiteStore(path) as there:
+        async with SQLiteStore(path, wakeups="poll") as here, SQLiteStore(path) as there:
             breaker = Breakable(monkeypatch)
             await commit_wakes_a_waiter(here, there, "c0")
             breaker.down = True
@@ -249,7 +249,7 @@ class TestWatcher:
         """The pump of a Lifecycle keeps up with another process's build through a watcher
         outage (it retries on the store error) and after it."""
         path = tmp_path / "x.db"
-        async with SQLiteStore(path) as here, SQLiteStore(path) as there:
+        async with SQLiteStore(path, wakeups="poll") as here, SQLiteStore(path) as there:
             ws = await stopped(here, "c", "alice")
             breaker = Breakable(monkeypatch)
             answers: list[wl.ToolResult] = []

@@ -35,7 +35,7 @@ async def test_read_only_file_is_refused(tmp_path: Path) -> None:
 async def test_watcher_cost_does_not_grow_with_waiters(tmp_path: Path) -> None:
     """One watcher per store: 100 waiters cost the same data_version checks as one, and none
     are made while nobody waits."""
-    async with SQLiteStore(tmp_path / "x.db", poll_interval=0.01) as store:
+    async with SQLiteStore(tmp_path / "x.db", poll_interval=0.01, wakeups="poll") as store:
         head = await store.head()
 
         async def polls_while_waiting(waiters: int) -> int:
@@ -62,7 +62,7 @@ async def test_watcher_polls_fast_right_after_a_change(tmp_path: Path) -> None:
     """After another connection commits, the watcher checks every poll_min for a while, so the
     next events of a burst arrive quickly; it then backs off to poll_interval."""
     path = tmp_path / "x.db"
-    async with SQLiteStore(path, poll_interval=0.05) as store, SQLiteStore(path) as other:
+    async with SQLiteStore(path, poll_interval=0.05, wakeups="poll") as store, SQLiteStore(path) as other:
         await other.register_chat("c1", "alice")
         head = await store.head()
         woke = anyio.Event()

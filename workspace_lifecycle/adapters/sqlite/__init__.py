@@ -1,4 +1,5 @@
-"""The SQLite store: the durable embedded default (stdlib ``sqlite3`` on threads; asyncio only).
+"""The SQLite store: the durable embedded default (stdlib ``sqlite3``, on the event loop when a
+call cannot block and on threads when it can; asyncio only).
 
 :class:`SQLiteStore` is :class:`~..store.DriverStore` over a :class:`SQLiteDriver`: every write
 is decided once, in :mod:`workspace_lifecycle.writes`, and this package only reads rows and
@@ -11,8 +12,11 @@ persists what was decided. It is split by concern:
   plain reads;
 * :mod:`.persist`: a decided :class:`~workspace_lifecycle.writes.Write` as SQL;
 * :mod:`.errors`: ``sqlite3``'s errors mapped to the library's, in one place;
-* :mod:`.writer`: the connections' threads, one hop per write, group commit;
-* :mod:`.watcher`: other processes' commits noticed through ``PRAGMA data_version``;
+* :mod:`.inline`: writes and reads on the event loop when they cannot block, the writes of
+  one tick in one transaction;
+* :mod:`.writer`: the connections' threads, for what may block: one hop per write, group commit;
+* :mod:`.wakeups`: other processes' commits noticed through inotify on the ``-wal`` file;
+* :mod:`.watcher`: ... or through polling ``PRAGMA data_version`` where inotify cannot work;
 * :mod:`.driver`: :class:`SQLiteDriver`, composing them.
 
 The log's sequence number is the event's ``INTEGER PRIMARY KEY AUTOINCREMENT`` rowid (never
@@ -21,12 +25,13 @@ head counter to read and rewrite (its ``lastrowid`` is the number it took); the 
 SQLite's ``sqlite_sequence`` entry. Schema 3 migrates older files, keeping their events and
 numbering.
 
-Where a write's time goes (``report_agent``, one writer, cProfile of both threads on the shared
-2-core machine, ~160-185 µs a write): the thread hop about half (waking the loop through its
-self-pipe, then waking the thread for the next write); the statements about 65 µs (five:
-BEGIN IMMEDIATE, one joined read, the agent upsert, the event INSERT, COMMIT; the COMMIT of a
-dirty page is most of it); the decision and its values ~35 µs. Group commit spreads BEGIN,
-COMMIT and the hop over a batch; the statements are prepared once per connection (``sqlite3``'s
+Where a write's time goes (``report_agent``, one writer): on the thread path, measured before
+the inline path existed (~160-185 µs a write on the shared 2-core machine), the thread hop
+was about half (waking the loop through its self-pipe, then waking the thread for the next
+write); the statements about 65 µs (five: BEGIN IMMEDIATE, one joined read, the agent upsert,
+the event INSERT, COMMIT; the COMMIT of its few dirty pages is most of it); the decision and
+its values ~35 µs. The inline path removes the hop; group commit spreads BEGIN and COMMIT
+over a tick's writes; the statements are prepared once per connection (``sqlite3``'s
 statement cache).
 """
 
@@ -57,8 +62,15 @@ class SQLiteStore(DriverStore):
     ``busy_timeout`` (seconds) bounds how long a write waits for another writer's lock before
     :class:`~workspace_lifecycle.errors.StoreBusyError`; ``poll_interval`` (seconds) is the
     longest pause between the watcher's checks for other processes' commits while somebody
-    waits (it checks every millisecond for a quarter second after a change); ``retention``
-    (seconds, optional) prunes older events as writes happen.
+    waits (it checks every millisecond for a quarter second after a change), when it polls;
+    ``retention`` (seconds, optional) prunes older events as writes happen.
+
+    ``wakeups`` chooses how other processes' commits are noticed: ``"auto"`` (inotify on the
+    ``-wal`` file where it works: Linux, a local filesystem; else polling), ``"inotify"`` (fail
+    the open if it cannot) or ``"poll"``; ``store.wakeups`` says which was chosen. ``inline``
+    (default True) runs writes and reads on the event loop when they cannot block; False
+    sends every call to the connections' threads (a filesystem slow enough that even an
+    uncontended commit should not run on the loop).
 
     The driver's settings and counters read through (``path``, ``commits``, ...); anything
     else of the driver is ``store.driver``.
@@ -79,6 +91,8 @@ class SQLiteStore(DriverStore):
         retention: float | None = None,
         synchronous: str = "NORMAL",
         clock: Callable[[], float] = time.time,
+        wakeups: str = "auto",
+        inline: bool = True,
     ) -> None:
         super().__init__(
             SQLiteDriver(
@@ -88,6 +102,8 @@ class SQLiteStore(DriverStore):
                 retention=retention,
                 synchronous=synchronous,
                 clock=clock,
+                wakeups=wakeups,
+                inline=inline,
             )
         )
 
@@ -126,5 +142,12 @@ class SQLiteStore(DriverStore):
 
     @property
     def watcher_polls(self) -> int:
-        """``data_version`` checks made by the cross-process watcher's thread."""
+        """``data_version`` checks made by the cross-process watcher (the poll thread's, or
+        inotify's confirmations)."""
         return self.driver.watcher.polls
+
+    @property
+    def wakeups(self) -> str:
+        """How other processes' commits are noticed: ``"inotify"`` or ``"poll"`` (chosen at
+        open; a watched file replaced while open switches to ``"poll"``)."""
+        return self.driver.wakeups

@@ -1,21 +1,23 @@
 """:class:`SQLiteDriver`: the SQLite store's rows and I/O under
 :class:`~workspace_lifecycle.adapters.store.DriverStore`, composed of its parts.
 
-* Writes go to one connection on a thread of its own (:class:`~.writer.Connection`, group
-  commit): :meth:`SQLiteDriver.transact` sends a plan there whole, in one hop, where it runs
-  inside ``BEGIN IMMEDIATE``: read the plan's rows (:func:`~.reads.plan_rows`), decide (the
-  plan's pure decision), persist (:class:`~.persist.Tx`). The write lock is held from the read
-  to the COMMIT, so the guard always holds: this driver never returns
-  :data:`~..driver.RETRY`.
-* Reads run on a second connection and thread: under WAL a reader never waits for a writer, so
-  a read never queues behind a long batch either. It sees everything committed before it was
-  submitted (every write its caller awaited), not a write still queued or running (one whose
-  caller was cancelled, say). Whatever a read or the watcher learns of a commit reaches the loop
-  after that commit's own results (a lock held from COMMIT to their hand-over), so a writer
-  still runs before the waiters its commit wakes.
+* Writes run on the event loop when they cannot block (:class:`~.inline.Inline`: the loop's own
+  connection, ``busy_timeout`` 0, the writes of one tick in one transaction) and otherwise on
+  one connection on a thread of its own (:class:`~.writer.Connection`, group commit, the real
+  ``busy_timeout``). Either way a plan runs whole inside ``BEGIN IMMEDIATE``: read its rows
+  (:func:`~.reads.plan_rows`), decide (the plan's pure decision), persist
+  (:class:`~.persist.Tx`). The write lock is held from the read to the COMMIT, so the guard
+  always holds: this driver never returns :data:`~..driver.RETRY`.
+* Reads run on the loop's connection too, and on a second connection and thread when that
+  could wait: under WAL a reader never waits for a writer, so a read never queues behind a
+  long batch either. It sees everything committed before it was submitted (every write its
+  caller awaited). Whatever a read or the watcher learns of a commit reaches the loop after
+  that commit's own results (a lock held from COMMIT to their hand-over), so a writer still
+  runs before the waiters its commit wakes.
 * Wake-ups go through the driver's :class:`~..base.Doorbell`, rung with the log's **head**:
-  writes through this store ring it at once; other processes' commits through the
-  :class:`~.watcher.Watcher`.
+  writes through this store ring it at once; other processes' commits through inotify
+  (:class:`~.wakeups.FileWatch`) or, where that cannot work, the polling
+  :class:`~.watcher.Watcher` (``wakeups``, chosen at open).
 * Closing is shielded from cancellation and joins the threads (they are daemon threads, so a
   store left open never holds the interpreter at exit); an ``open`` cancelled midway closes what
   it started.
@@ -24,6 +26,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import threading
@@ -33,19 +36,23 @@ from typing import Generic, TypeVar
 
 import anyio
 
-from ...errors import StoreClosedError, UnsupportedBackendError
+from ...errors import StoreClosedError, StoreUnavailableError, UnsupportedBackendError
 from ...values import Build, Chat, Lease, StoreEvent, WorkspaceFacts
 from ..base import ArmedDeadlines, ChatRow, Doorbell
 from ..driver import Driver, LogRead, Plan, Retry
 from . import reads, rows, schema
+from .inline import MISS, Inline, in_read_transaction
 from .persist import Tx
 from .url import check_options
+from .wakeups import FileWatch, choose
 from .watcher import Watcher
 from .writer import Connection, nothing
 
 __all__ = ["SQLiteDriver", "transaction_body"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("workspace_lifecycle.sqlite")
 
 
 def transaction_body(plan: Plan[T]) -> Callable[[Tx], T]:
@@ -86,12 +93,15 @@ class SQLiteDriver(Driver):
         retention: float | None = None,
         synchronous: str = "NORMAL",
         clock: Callable[[], float] = time.time,
+        wakeups: str = "auto",
+        inline: bool = True,
     ) -> None:
         self._synchronous = check_options(
             busy_timeout=busy_timeout,
             poll_interval=poll_interval,
             retention=retention,
             synchronous=synchronous,
+            wakeups=wakeups,
         )
         self.path = os.fspath(path)
         self.url = f"sqlite:///{self.path}"
@@ -102,19 +112,28 @@ class SQLiteDriver(Driver):
         self.transactions = 0  # writes committed through this driver (see also ``commits``)
         self._connection: Connection | None = None  # the writer's thread
         self._reader: Connection | None = None  # the readers' thread
+        self._inline: Inline | None = None  # the loop's own connection
+        self._inline_wanted = inline
+        self._wakeups_wanted = wakeups
+        #: How other processes' commits are noticed, chosen at open: "inotify" or "poll".
+        self.wakeups = "poll"
+        self.wakeups_reason = "not open"
         self._order = threading.Lock()  # see Connection: what saw a commit follows its results
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._doorbell = Doorbell()
-        self.watcher = Watcher(
+        self.watcher: Watcher | FileWatch = self._poller()
+        self._last_prune = 0.0
+
+    def _poller(self) -> Watcher:
+        return Watcher(
             self._connect,
             path=self.path,
-            busy_timeout=busy_timeout,
-            poll_interval=poll_interval,
+            busy_timeout=self.busy_timeout,
+            poll_interval=self.poll_interval,
             doorbell=self._doorbell,
             order=self._order,
         )
-        self._last_prune = 0.0
 
     # --- opening and closing -----------------------------------------------------------------------
 
@@ -163,6 +182,17 @@ class SQLiteDriver(Driver):
                 order=self._order,
             )
             await self._reader.submit(nothing)  # connects now: a file it cannot open fails the open
+            if self._inline_wanted:
+                self._inline = Inline(
+                    self._connect_inline(),
+                    path=self.path,
+                    busy_timeout=self.busy_timeout,
+                    thread=self._connection,
+                    reader=self._reader,
+                    committed=self._committed,
+                    order=self._order,
+                )
+            self._choose_wakeups()
         except BaseException:
             # Cancelled or failed midway: the thread and its connection go with it.
             self._closed = True
@@ -170,6 +200,54 @@ class SQLiteDriver(Driver):
                 await self._shutdown()
             raise
         self._doorbell.saw(head)
+
+    def _connect_inline(self) -> sqlite3.Connection:
+        """The loop's connection: it never waits for a lock (``SQLITE_BUSY`` at once: the work
+        goes to the thread, which waits); ``synchronous`` is per connection."""
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+        try:
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _choose_wakeups(self) -> None:
+        mode, why = choose(self.path, self._wakeups_wanted)
+        if mode == "inotify" and self._inline is None:
+            mode, why = "poll", "inotify needs the inline connection (inline=False)"
+        if mode == "poll" and self._wakeups_wanted == "inotify":
+            raise StoreUnavailableError(f"cannot watch {self.path!r} with inotify: {why}")
+        if mode == "inotify":
+            assert self._inline is not None
+            inline = self._inline
+            try:
+                self.watcher = FileWatch(
+                    self.path,
+                    version=inline.version,
+                    head=self._inline_head,
+                    doorbell=self._doorbell,
+                    lost=self._watch_lost,
+                )
+            except OSError as exc:  # the inotify limits reached, a file that cannot be watched
+                if self._wakeups_wanted == "inotify":
+                    raise StoreUnavailableError(f"cannot watch {self.path!r} with inotify: {exc}") from None
+                mode, why = "poll", f"inotify failed: {exc}"
+        self.wakeups, self.wakeups_reason = mode, why
+        log.debug("SQLite store %r: wake-ups by %s (%s)", self.path, mode, why)
+
+    def _inline_head(self) -> int | None:
+        assert self._inline is not None
+        found = self._inline.read(rows.head)
+        return None if found is MISS else found  # type: ignore[return-value]
+
+    def _watch_lost(self, why: str) -> None:
+        """The files can no longer be watched: poll from now on (at once if somebody waits)."""
+        self.watcher = self._poller()
+        self.wakeups, self.wakeups_reason = "poll", why
+        if self._doorbell.sleepers and self._loop is not None:
+            self.watcher.want(self._loop)
+        self._doorbell.ring()  # the sleepers look at the head again
 
     async def aclose(self) -> None:
         # Shielded: a close cancelled halfway (``async with`` left by a timeout) would leave the
@@ -187,7 +265,10 @@ class SQLiteDriver(Driver):
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        """Stop the watcher, then the connections' threads (after what is queued); join them."""
+        """Commit what this tick queued, stop the watcher, then the connections' threads (after
+        what is queued); join them; close the loop's connection."""
+        if self._inline is not None:
+            self._inline.flush()
         await self.watcher.stop()
         reader, self._reader = self._reader, None
         if reader is not None:
@@ -195,6 +276,9 @@ class SQLiteDriver(Driver):
         conn, self._connection = self._connection, None
         if conn is not None:
             await conn.stop()
+        inline, self._inline = self._inline, None
+        if inline is not None:
+            inline.close()
 
     # --- running transactions ----------------------------------------------------------------------
 
@@ -205,16 +289,21 @@ class SQLiteDriver(Driver):
 
     async def transact(self, plan: Plan[T]) -> T | Retry:
         # What _write does, inlined: this is every store write's path (one coroutine less).
-        result: T = await self._check().submit(transaction_body(plan), write=True)
+        thread = self._check()
+        inline = self._inline
+        body = _Body(plan)
+        result: T = await (thread.submit(body, write=True) if inline is None else inline.write(body))
         if self.retention is not None:
             await self._prune_if_due()
         return result
 
     async def _write(self, body: Callable[[Tx], T]) -> T:
-        """Run ``body`` inside ``BEGIN IMMEDIATE ... COMMIT`` on the writer's thread, in one hop
-        (possibly committed together with other writes queued meanwhile: group commit); its
-        events share the commit."""
-        result: T = await self._check().submit(body, write=True)
+        """Run ``body`` inside ``BEGIN IMMEDIATE ... COMMIT``, inline or on the writer's thread
+        (possibly committed together with other writes: group commit); its events share the
+        commit."""
+        thread = self._check()
+        inline = self._inline
+        result: T = await (thread.submit(body, write=True) if inline is None else inline.write(body))
         if self.retention is not None:
             await self._prune_if_due()
         return result
@@ -229,7 +318,8 @@ class SQLiteDriver(Driver):
     @property
     def commits(self) -> int:
         """Write transactions committed so far: with group commit, fewer than the writes."""
-        return 0 if self._connection is None else self._connection.commits
+        thread = 0 if self._connection is None else self._connection.commits
+        return thread + (0 if self._inline is None else self._inline.commits)
 
     def _committed(self, count: int, head: int | None) -> None:
         """On the loop, once per committed batch of ``count`` writes (their callers may have
@@ -241,20 +331,17 @@ class SQLiteDriver(Driver):
     async def _read(
         self, fn: Callable[[sqlite3.Connection], T], then: Callable[[T], object] | None = None
     ) -> T:
-        """Run ``fn`` in one read transaction (a consistent snapshot under WAL) on the readers'
-        thread, which never waits for the writer's."""
+        """Run ``fn`` in one read transaction (a consistent snapshot under WAL): on the loop's
+        connection in a callback of the next tick, or on the readers' thread (which never waits
+        for the writer's) when that could wait. Either way the answer comes back through a
+        future, after the results of any commit the read saw (see :mod:`.inline`)."""
         self._check()
+        inline = self._inline
+        if inline is not None:
+            return await inline.read_soon(fn, then)
         reader = self._reader
         assert reader is not None
-
-        def tx(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN")
-            try:
-                return fn(conn)
-            finally:
-                conn.execute("COMMIT")
-
-        return await reader.submit(tx, then=then)
+        return await reader.submit(in_read_transaction(fn), then=then)
 
     # --- plain reads -------------------------------------------------------------------------------
 

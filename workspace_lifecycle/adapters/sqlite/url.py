@@ -6,14 +6,17 @@ import math
 from typing import Any
 from urllib.parse import parse_qs
 
-__all__ = ["ACCEPTED", "MAX_BUSY_TIMEOUT", "check_options", "from_url"]
+__all__ = ["ACCEPTED", "MAX_BUSY_TIMEOUT", "WAKEUPS", "check_options", "from_url"]
 
 ACCEPTED = "sqlite:///relative/path.db or sqlite:////absolute/path.db"
 
 #: ``PRAGMA busy_timeout`` takes milliseconds in a C int.
 MAX_BUSY_TIMEOUT = (2**31 - 1) // 1000
 
-_OPTIONS = ("busy_timeout", "poll_interval", "retention", "synchronous")
+_OPTIONS = ("busy_timeout", "poll_interval", "retention", "synchronous", "wakeups")
+_TEXT_OPTIONS = ("synchronous", "wakeups")
+#: How other processes' commits are noticed (see :mod:`.wakeups`).
+WAKEUPS = ("auto", "inotify", "poll")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
@@ -43,14 +46,19 @@ def from_url(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if key not in _OPTIONS:
             raise ValueError(f"unknown SQLite URL option {key!r} in {url!r}")
         try:
-            options.setdefault(key, value if key == "synchronous" else float(value))
+            options.setdefault(key, value if key in _TEXT_OPTIONS else float(value))
         except ValueError:
             raise ValueError(f"SQLite URL option {key}={value!r} is not a number") from None
     return path, options
 
 
 def check_options(
-    *, busy_timeout: float, poll_interval: float, retention: float | None, synchronous: str
+    *,
+    busy_timeout: float,
+    poll_interval: float,
+    retention: float | None,
+    synchronous: str,
+    wakeups: str = "auto",
 ) -> str:
     """Refuse a bad option in one sentence naming it; the ``synchronous`` level, upper case."""
     _finite_positive("busy_timeout", busy_timeout, MAX_BUSY_TIMEOUT)
@@ -59,6 +67,8 @@ def check_options(
         _finite_positive("retention", retention)
     if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
         raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+    if wakeups not in WAKEUPS:
+        raise ValueError(f"wakeups must be auto, inotify or poll, not {wakeups!r}")
     return synchronous.upper()
 
 

@@ -40,7 +40,7 @@ from ...errors import StoreBusyError
 from .errors import fresh, map_exceptions, translated
 from .persist import Tx
 
-__all__ = ["Connection", "nothing", "resolve_threadsafe"]
+__all__ = ["Connection", "Job", "nothing", "resolve_threadsafe", "run_bodies", "settle"]
 
 T = TypeVar("T")
 
@@ -114,6 +114,9 @@ class Connection:
         self._order = order if order is not None else threading.Lock()
         self._holding = False
         self.commits = 0  # transactions of writes committed (a batch is one)
+        # Jobs submitted and not yet settled (on the loop): while the writer's thread has any,
+        # the inline path sends its writes here too, behind them (see :mod:`.inline`).
+        self.in_flight = 0
         self._jobs: queue.SimpleQueue[Job[Any] | None] = queue.SimpleQueue()
         self._stopped: asyncio.Future[None] | None = None
         self._conn: sqlite3.Connection | None = None
@@ -130,8 +133,13 @@ class Connection:
         """Queue ``fn``; the future resolves on the running loop. ``then(result)`` runs on that
         loop first, even if the caller stopped waiting (only for jobs that are not writes)."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._jobs.put(Job(fn, future, write=write, then=then))
+        self.put(Job(fn, future, write=write, then=then))
         return future
+
+    def put(self, job: Job[Any]) -> None:
+        """Queue ``job`` (made on the loop its future belongs to)."""
+        self.in_flight += 1
+        self._jobs.put(job)
 
     async def stop(self) -> None:
         """Run what is queued, close the connection, end the thread; call it shielded."""
@@ -188,7 +196,7 @@ class Connection:
         except BaseException as exc:  # delivered to the caller, raised there
             value, error = None, exc
         with self._order:
-            deliver([(job, value, error)])
+            deliver([(job, value, error)], owner=self)
 
     def _run_batch(self, batch: list[Job[Any]]) -> list[Job[Any]]:
         """Run ``batch`` in one transaction and deliver every result; return the writes that
@@ -205,10 +213,13 @@ class Connection:
                 return []
             if not batch:
                 return []
-            unrun, head = self._run_bodies(conn, batch, done)
+            unrun, head, committed = run_bodies(
+                conn, batch, done, self._path, self._busy_timeout, before_commit=self._hold
+            )
+            self.commits += committed
             return unrun
         finally:
-            deliver(done, self._committed, head)
+            deliver(done, self._committed, head, owner=self)
             if self._holding:
                 self._holding = False
                 self._order.release()
@@ -238,65 +249,79 @@ class Connection:
         waited = now - job.queued
         return self._busy_ms if waited < QUEUE_SLACK else max(0, self._busy_ms - int(waited * 1000))
 
-    def _run_bodies(
-        self, conn: sqlite3.Connection, batch: list[Job[Any]], done: list[Done]
-    ) -> tuple[list[Job[Any]], int | None]:
-        """Inside the open transaction: each body (in its savepoint when the batch holds more
-        than one), then COMMIT. Nothing is delivered as committed unless COMMIT succeeded.
-        Returns the writes that never ran and the log's head after the batch's events."""
-        several = len(batch) > 1
-        ran: list[tuple[Job[Any], Any, int | None]] = []  # bodies that returned, in order
-        i = 0
-        try:
-            while i < len(batch):
-                job = batch[i]
-                i += 1
-                tx = Tx(conn)
-                try:
+    def _hold(self) -> None:
+        self._order.acquire()
+        self._holding = True
+
+
+def run_bodies(
+    conn: sqlite3.Connection,
+    batch: list[Job[Any]],
+    done: list[Done],
+    path: str,
+    busy_timeout: float,
+    *,
+    before_commit: Callable[[], object] | None = None,
+) -> tuple[list[Job[Any]], int | None, bool]:
+    """Inside the open transaction: each body (in its savepoint when the batch holds more than
+    one), then COMMIT. Nothing is delivered as committed unless COMMIT succeeded. Returns the
+    writes that never ran, the log's head after the batch's events and whether it committed.
+    Shared by the writer's thread and the inline path (:mod:`.inline`): no await in here."""
+    several = len(batch) > 1
+    ran: list[tuple[Job[Any], Any, int | None]] = []  # bodies that returned, in order
+    committed = False
+    i = 0
+    try:
+        while i < len(batch):
+            job = batch[i]
+            i += 1
+            tx = Tx(conn)
+            try:
+                if several:
+                    conn.execute("SAVEPOINT w")
+                value = job.fn(tx)
+                if several:
+                    conn.execute("RELEASE w")
+            except BaseException as exc:  # this write fails alone
+                done.append((job, None, translated(exc, path, busy_timeout)))
+                if not conn.in_transaction:
+                    # The error ended the whole transaction (SQLite rolled it back): the
+                    # writes before this one are lost too; the ones after it run next.
+                    raise
+                with map_exceptions(path, busy_timeout):
                     if several:
-                        conn.execute("SAVEPOINT w")
-                    value = job.fn(tx)
-                    if several:
+                        conn.execute("ROLLBACK TO w")
                         conn.execute("RELEASE w")
-                except BaseException as exc:  # this write fails alone
-                    done.append((job, None, translated(exc, self._path, self._busy_timeout)))
-                    if not conn.in_transaction:
-                        # The error ended the whole transaction (SQLite rolled it back): the
-                        # writes before this one are lost too; the ones after it run next.
-                        raise
-                    with map_exceptions(self._path, self._busy_timeout):
-                        if several:
-                            conn.execute("ROLLBACK TO w")
-                            conn.execute("RELEASE w")
-                        else:
-                            conn.execute("ROLLBACK")
-                    continue
-                ran.append((job, value, tx.appended_head))
-            if conn.in_transaction:
-                self._order.acquire()
-                self._holding = True
-                with map_exceptions(self._path, self._busy_timeout):
-                    conn.execute("COMMIT")
-                self.commits += 1
-        except BaseException as exc:  # the transaction is lost: every write that ran fails with it
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            failure = translated(exc, self._path, self._busy_timeout)
-            done += [(job, None, fresh(failure)) for job, _, _ in ran]
-            return batch[i:], None
-        head: int | None = None
-        for job, value, appended in ran:
-            done.append((job, value, None))
-            if appended is not None:
-                head = appended  # sequence numbers grow in commit order
-        return [], head
+                    else:
+                        conn.execute("ROLLBACK")
+                continue
+            ran.append((job, value, tx.appended_head))
+        if conn.in_transaction:
+            if before_commit is not None:
+                before_commit()
+            with map_exceptions(path, busy_timeout):
+                conn.execute("COMMIT")
+            committed = True
+    except BaseException as exc:  # the transaction is lost: every write that ran fails with it
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        failure = translated(exc, path, busy_timeout)
+        done += [(job, None, fresh(failure)) for job, _, _ in ran]
+        return batch[i:], None, False
+    head: int | None = None
+    for job, value, appended in ran:
+        done.append((job, value, None))
+        if appended is not None:
+            head = appended  # sequence numbers grow in commit order
+    return [], head, committed
 
 
 def deliver(
     done: list[Done],
     committed: Callable[[int, int | None], object] | None = None,
     head: int | None = None,
+    owner: Connection | None = None,
 ) -> None:
     """Hand results back, one ``call_soon_threadsafe`` per loop (a batch has one in practice)."""
     if not done:
@@ -306,12 +331,19 @@ def deliver(
         loops.setdefault(item[0].future.get_loop(), []).append(item)
     for loop, items in loops.items():
         with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(settle, items, committed, head)
+            loop.call_soon_threadsafe(settle, items, committed, head, owner)
 
 
-def settle(done: list[Done], committed: Callable[[int, int | None], object] | None, head: int | None) -> None:
+def settle(
+    done: list[Done],
+    committed: Callable[[int, int | None], object] | None,
+    head: int | None,
+    owner: Connection | None = None,
+) -> None:
     # The callers are resumed before the doorbell rings, as if each had rung it itself on
     # return: the writers' tasks run before the sleepers they wake (the order aiosqlite gave).
+    if owner is not None:
+        owner.in_flight -= len(done)
     count = 0
     for job, value, error in done:
         if not job.future.done():  # else the caller was cancelled
