@@ -41,6 +41,25 @@ async def _started(store: wl.Store) -> str:
     return outcome.facts.workspace_id
 
 
+async def _run_one_build(*, work: float, steps: list[float]) -> tuple[int, JobStatus | None]:
+    """One build of ``work`` seconds, the clock advanced by ``steps``: the renewals its worker
+    sent (counted at the store, and by the keeper: both must agree) and how the build ended."""
+    clock = wl.VirtualClock(start=T0)
+    async with wl.open_store("memory://", clock=clock) as raw:
+        counted = CountingStore(raw)
+        prov = wl.SimulatedProvisioner(counted, build_seconds=work, lease_seconds=LEASE, clock=clock)
+        async with prov:
+            ws = await _started(raw)
+            await _settle()
+            for step in steps:
+                clock.advance(step)
+                await _settle()
+            assert prov.leases_lost == 0
+        assert counted.calls["renew_lease"] == prov.leases.renewals
+        build = (await raw.workspace_facts(ws)).latest_build
+        return prov.leases.renewals, None if build is None else build.status
+
+
 class TestPureTimes:
     def test_renewal_is_due_a_third_into_the_lease_and_never_after_it(self) -> None:
         """A third of the lease after it was taken (or last renewed); never past its end."""
@@ -66,36 +85,12 @@ class TestPureTimes:
 
 class TestKeeper:
     async def test_a_build_done_before_a_third_of_its_lease_is_never_renewed(self) -> None:
-        clock = wl.VirtualClock(start=T0)
-        async with wl.open_store("memory://", clock=clock) as raw:
-            counted = CountingStore(raw)
-            prov = wl.SimulatedProvisioner(counted, build_seconds=5, lease_seconds=LEASE, clock=clock)
-            async with prov:
-                await _started(raw)
-                await _settle()
-                clock.advance(5)  # the build's work: a sixth of its lease
-                await _settle()
-                assert prov.builds_done == 1
-                clock.advance(3 * LEASE)
-                await _settle()
-            assert counted.calls["renew_lease"] == 0
-            assert prov.leases.renewals == 0
+        renewals, done = await _run_one_build(work=5, steps=[5, 3 * LEASE])  # a sixth of its lease
+        assert renewals == 0 and done == JobStatus.SUCCEEDED
 
     async def test_a_build_that_outlives_a_third_of_its_lease_is_renewed(self) -> None:
-        clock = wl.VirtualClock(start=T0)
-        async with wl.open_store("memory://", clock=clock) as raw:
-            counted = CountingStore(raw)
-            prov = wl.SimulatedProvisioner(counted, build_seconds=50, lease_seconds=LEASE, clock=clock)
-            async with prov:
-                ws = await _started(raw)
-                await _settle()
-                for _ in range(10):  # 50 s of work in 5 s steps: past its first lease
-                    clock.advance(5)
-                    await _settle()
-                assert prov.builds_done == 1 and prov.leases_lost == 0
-            assert counted.calls["renew_lease"] >= 4  # at 10, 20, 30, 40 s
-            facts = await raw.workspace_facts(ws)
-            assert facts.latest_build is not None and facts.latest_build.status is JobStatus.SUCCEEDED
+        renewals, done = await _run_one_build(work=50, steps=[5] * 10)  # past its first lease
+        assert renewals >= 4 and done == JobStatus.SUCCEEDED  # at 10, 20, 30, 40 s
 
     async def test_one_heartbeat_serves_every_build_held(self) -> None:
         """Many builds held at once: renewals, no task per build."""
