@@ -24,8 +24,9 @@ NAME = workspace_lifecycle.__name__
 CORE = ("machine", "steps", "writes", "deadlines", "answers", "values", "errors")
 #: Pure modules that join the core as they are written (README on main: ``checks.py``, the
 #: configuration numbers; ``backoff.py``, the retry pauses; ``reconcile.py``, what a restarted
-#: provisioner does; issue 24 item 4): checked once they exist.
-CORE_LATER = ("checks", "backoff", "reconcile")
+#: provisioner does; issue 24 item 4; ``leases.py``, when a held lease is renewed, issue 25): checked
+#: once they exist.
+CORE_LATER = ("checks", "backoff", "reconcile", "leases")
 
 #: What the core may not import from outside the package: event loops and concurrency, clocks,
 #: storage drivers and the network.
