@@ -29,6 +29,9 @@ log = logging.getLogger("workspace_lifecycle.runtime")
 #: before it kicks the pump to read again (a lost wake-up; never happens in the normal path).
 KICK_AFTER = 5.0
 
+#: Events read at once; a batch shorter than this reached the log's end.
+_BATCH = 1000
+
 #: The pauses before reading again after a transient store error.
 _BACKOFF = Backoff(first=0.05, factor=2, cap=2.0)
 
@@ -78,9 +81,11 @@ class EventPump:
 
     async def _forever(self) -> None:
         delay = _BACKOFF.first
+        read = True  # whether to read before sleeping (not after a batch that ended the log)
         while True:
             try:
-                events = await self.store.read_events(self.cursor)
+                events = await self.store.read_events(self.cursor, _BATCH) if read else ()
+                read = True
                 if not events:
                     # Requests waiting on a seq the log does not show yet: if no wake-up comes
                     # within kick_after, read again anyway (a wake-up is a hint, never a promise).
@@ -96,6 +101,9 @@ class EventPump:
                     self.cursor = event.seq
                 self._advance()
                 delay = _BACKOFF.first
+                # A short batch was the log's end when it was read: one read per wake-up. What
+                # committed since rang the doorbell, so wait_for_change returns at once for it.
+                read = len(events) >= _BATCH
             except CursorExpiredError:
                 await self._resync_all(await self.store.head())
             except CorruptStateError as exc:

@@ -25,7 +25,8 @@ from typing import Any
 import anyio
 import attrs
 
-from . import checks, writes
+from . import checks, leases, writes
+from ._lease_keeper import LeaseKeeper
 from ._service import BackgroundService
 from .adapters.base import DEFAULT_LEASE_SECONDS, Store, Topic
 from .backoff import Backoff
@@ -33,15 +34,14 @@ from .clock import Clock, resolve_clock
 from .errors import (
     BuildConflictError,
     CallerError,
-    CorruptStateError,
+    CursorExpiredError,
     LeaseLostError,
-    NotFoundError,
     StoreClosedError,
     StoreError,
     TransientStoreError,
 )
 from .reaper import LeaseReaper
-from .values import AgentLifecycle, Build, JobStatus, Lease, Transition
+from .values import AgentLifecycle, Build, JobStatus, StoreEvent, Transition
 
 __all__ = [
     "Held",
@@ -121,30 +121,56 @@ def validation_failure(
 
 
 async def claims(
-    store: Store, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    store: Store,
+    worker: str,
+    *,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    heard: Callable[[Sequence[StoreEvent]], None] | None = None,
 ) -> AsyncIterator[Build]:
     """Every build ``worker`` claims from ``store``, as it claims it, each under a lease of
     ``lease_seconds`` (the build's ``lease_token``): the loop of a provisioner.
 
-    It sleeps in the store's ``wait_for_change`` while nothing is pending (an idle provisioner
-    costs nothing), retries transient store errors after a short pause, and ends when the
-    store closes. Its interest is builds queued in any workspace (``Topic.BUILDS``).
+    It claims what is pending when it starts, then sleeps in the store's ``wait_for_change``
+    and, on each wake-up, reads the log once and claims again only for the ``build_queued``
+    events it shows (:func:`~workspace_lifecycle.leases.claims_owed`): no read of the head
+    around a claim, and no claim for a wake-up that queued nothing (its own claim, finish or
+    agent report, another workspace's news). ``heard``, if given, is handed every batch read
+    (the provisioner's lease reaper follows the log through it instead of reading it again).
+    An idle provisioner costs nothing; transient store errors are retried after a short pause;
+    it ends when the store closes. Its interest is builds queued in any workspace
+    (``Topic.BUILDS``).
     """
     with store.interest(Topic.BUILDS):
+        cursor: int | None = None  # the log read up to here (None: read the head first)
+        owed: int | None = None  # claims the log's news call for (None: until one finds nothing)
         while True:
             try:
-                cursor = await store.head()
-                build = await store.claim_build(worker, lease_seconds=lease_seconds)
-                if build is None:
+                if cursor is None:
+                    cursor, owed = await store.head(), None
+                build = events = None
+                if owed is None or owed > 0:
+                    build = await store.claim_build(worker, lease_seconds=lease_seconds)
+                    owed = 0 if build is None else None if owed is None else owed - 1
+                else:
                     await store.wait_for_change(cursor)
-                    continue
+                    events = await store.read_events(cursor)
             except StoreClosedError:
                 return
+            except CursorExpiredError:
+                cursor = None  # the log was pruned past us: claim whatever is pending now
+                continue
             except TransientStoreError as exc:
                 log.warning("provisioner %s: %s; retrying", worker, exc)
+                cursor = None
                 await anyio.sleep(0.1)
                 continue
-            yield build
+            if build is not None:
+                yield build
+            if events:
+                cursor = events[-1].seq
+                owed = leases.claims_owed(events)
+                if heard is not None:
+                    heard(events)
 
 
 @attrs.define(eq=False)
@@ -222,66 +248,14 @@ async def holding(
         if held.lost:
             return  # another worker may be retrying this build: touch nothing of it
     """
-    held = Held(build)
-    ticks = resolve_clock(clock, store, who="holding")
-    interval = lease_seconds / 3
-    # The lease as we surely hold it, on our clock: from the claim, then from the moment each
-    # renewal that landed was sent. A worker cut off from the store once it is due stops.
-    ours = build.lease or Lease(
-        build.build_id, build.workspace_id, build.worker, held.token, ticks() + lease_seconds
-    )
-
-    async def finished_by_us() -> bool:
-        """A renewal was refused: because the body's finish landed, or because the lease is
-        lost? Asked a few times over a short while if the store is briefly unavailable."""
-        for _ in range(3):
-            try:
-                stored = await store.get_build(build.build_id)
-            except (StoreError, CallerError):
-                await ticks.sleep_until(ticks() + interval / 6)
-                continue
-            return stored.finished_under(held.token)
-        return False
-
-    def lose(why: object) -> None:
-        log.warning("provisioner: build %s: lease lost (%s); stopping its work", build.build_id, why)
-        held.lost = True
-
-    async def heartbeat(scope: anyio.CancelScope) -> None:
-        nonlocal ours
-        pause = interval
-        while True:
-            await ticks.sleep_until(min(ticks() + pause, ours.expires_at))
-            sent = ticks()
-            try:
-                await store.renew_lease(build.build_id, held.token, lease_seconds=lease_seconds)
-            except (LeaseLostError, NotFoundError) as exc:
-                if await finished_by_us():
-                    return
-                lose(exc)
-                scope.cancel()
-                return
-            except StoreClosedError:
-                return
-            except (StoreError, CorruptStateError) as exc:
-                if ours.due(ticks()):
-                    lose(f"no renewal landed before it ran out: {exc}")
-                    scope.cancel()
-                    return
-                log.warning("provisioner: build %s: lease not renewed: %s", build.build_id, exc)
-                # Retried sooner: a third renewal a whole interval later would come as the
-                # lease runs out, so two failures in a row would lose it.
-                pause = interval / 2
-                continue
-            ours = ours.renewed(sent + lease_seconds)
-            pause = interval
-            held.renewals += 1
-
+    # One build's own keeper: the heartbeat that a provisioner's LeaseKeeper runs for all.
+    keeper = LeaseKeeper(store, lease_seconds=lease_seconds, clock=resolve_clock(clock, store, who="holding"))
     failure: Exception | None = None
     async with anyio.create_task_group() as tg:
-        tg.start_soon(heartbeat, tg.cancel_scope)
+        tg.start_soon(keeper.run)
         try:
-            yield held
+            async with keeper.hold(build) as held:
+                yield held
         except Exception as exc:  # re-raised below as itself, not inside an exception group
             failure = exc
         finally:
@@ -366,7 +340,9 @@ class SimulatedProvisioner(BackgroundService):
         self.retries = checks.count("retries", retries)
         self.max_retry_delay = checks.seconds("max_retry_delay", max_retry_delay, most=_MAX_RETRY_DELAY)
         self.lease_seconds = writes.check_lease_seconds(lease_seconds)
-        self.reaper = LeaseReaper(store, clock=self.clock) if reap_leases else None
+        self.reaper = LeaseReaper(store, clock=self.clock, follow_log=False) if reap_leases else None
+        # One heartbeat for every build held (not a task group per build).
+        self.leases = LeaseKeeper(store, lease_seconds=self.lease_seconds, clock=self.clock)
         self._random = random.Random(seed)
         self.builds_done = 0
         #: Builds whose lease this provisioner lost (their work was stopped).
@@ -385,16 +361,19 @@ class SimulatedProvisioner(BackgroundService):
     async def run(self) -> None:
         """Claim and complete builds until cancelled (or the store closes)."""
         async with anyio.create_task_group() as tg:
+            heard = None
             if self.reaper is not None:
                 tg.start_soon(self.reaper.run)
-            async for build in claims(self.store, self.worker, lease_seconds=self.lease_seconds):
+                heard = self.reaper.heard  # it follows the log the claim loop reads
+            tg.start_soon(self.leases.run)
+            async for build in claims(self.store, self.worker, lease_seconds=self.lease_seconds, heard=heard):
                 tg.start_soon(self._complete, build)
-            tg.cancel_scope.cancel()  # the store closed: the reaper too
+            tg.cancel_scope.cancel()  # the store closed: the reaper and the heartbeat too
 
     async def _complete(self, build: Build) -> None:
         try:
             has_agent = False
-            async with holding(self.store, build, lease_seconds=self.lease_seconds, clock=self.clock) as held:
+            async with self.leases.hold(build) as held:
                 await self._sleep(self.build_seconds)
                 failure = self._fails(build)
                 if failure is not None:

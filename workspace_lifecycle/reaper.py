@@ -14,9 +14,10 @@ once the lease ran out, with a sentence naming the worker. The workspace then re
   of reapers may race; one fails the build, the others find nothing to do.
 * **Woken by the next expiry, not a scan.** A reaper reads the lease that runs out first
   (:meth:`~workspace_lifecycle.adapters.base.Store.next_lease_expiry`, one indexed read) and
-  sleeps on its clock until then, or until the store's log moves (a new claim may run out
-  sooner). Renewals append no event: a reaper that wakes for a lease renewed meanwhile reads
-  the new expiry and sleeps again.
+  sleeps on its clock until then, or until the log shows a claim (a new lease may run out
+  sooner; it reads the log once per wake-up, or hears it from its provisioner's claim loop).
+  Renewals append no event: a reaper that wakes for a lease renewed meanwhile reads the new
+  expiry and sleeps again.
 * **Fencing.** The worker that lost its lease cannot finish, report on or renew that build:
   the store refuses with :class:`~workspace_lifecycle.errors.LeaseLostError` and changes nothing.
 
@@ -36,17 +37,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 
-from . import checks
+from . import checks, leases
 from ._service import BackgroundService
 from .adapters.base import Store
 from .backoff import Backoff
 from .clock import Clock, resolve_clock
-from .errors import CorruptStateError, StoreClosedError, StoreError
-from .values import Build, Lease
+from .errors import CorruptStateError, CursorExpiredError, StoreClosedError, StoreError
+from .values import Build, Lease, StoreEvent
 
 __all__ = ["LeaseReaper", "local_worker_name"]
 
@@ -81,10 +82,15 @@ class LeaseReaper(BackgroundService):
         *,
         clock: Clock | Callable[[], float] | None = None,
         retry_delay: float = 1.0,
+        follow_log: bool = True,
     ) -> None:
         self.store = store
         self.retry_delay = checks.seconds("retry_delay", retry_delay)
         self._clock = resolve_clock(clock, store, who="LeaseReaper")
+        #: Whether it reads the log itself; if not, whoever reads it hands it on (:meth:`heard`).
+        self.follow_log = follow_log
+        self._cursor: int | None = None  # the log read up to here (follow_log)
+        self._news: anyio.Event | None = None  # set when the log may hold a lease that runs out sooner
         #: Builds this reaper failed.
         self.expired = 0
         #: Times it woke up (a due lease, a new event, a retry): what an idle reaper costs.
@@ -99,19 +105,23 @@ class LeaseReaper(BackgroundService):
         while True:
             lease = None
             try:
-                cursor = await self.store.head()
+                if self.follow_log and self._cursor is None:
+                    self._cursor = await self.store.head()
+                self._news = anyio.Event()  # what comes from now on may hold a sooner lease
                 lease = await self.store.next_lease_expiry(skip=self.unreadable)
                 now = self._clock()
                 if lease is None or not lease.due(now):
                     refused, pause = None, _BACKOFF.first
-                    await self._sleep(lease.expires_at if lease is not None else float("inf"), cursor)
+                    await self._sleep(lease.expires_at if lease is not None else float("inf"))
                 elif await self.expire(lease) is not None:
                     refused, pause = None, _BACKOFF.first  # the next lease may be due too: read again
                 elif lease != refused:
                     refused = lease  # renewed or finished meanwhile, probably: read again
                 else:  # refused twice as it stands: the store's clock is behind ours
-                    await self._sleep(now + pause, cursor)
+                    await self._sleep(now + pause)
                     pause = _BACKOFF.after(pause)
+            except CursorExpiredError:
+                self._cursor = None  # the log was pruned past us: read the lease afresh
             except StoreClosedError:
                 return
             except CorruptStateError as exc:
@@ -138,8 +148,17 @@ class LeaseReaper(BackgroundService):
             log.warning("lease reaper: failed build %s: %s", build.build_id, build.error)
         return build
 
-    async def _sleep(self, until: float, cursor: int) -> None:
-        """Until ``until`` on the clock, or until the log moves past ``cursor``."""
+    def heard(self, events: Sequence[StoreEvent]) -> None:
+        """News from the log, read by someone else (a provisioner's claim loop): a claim may
+        hold a lease that runs out sooner than the one this reaper sleeps on."""
+        if self._news is not None and leases.sooner_lease(events):
+            self._news.set()
+
+    async def _sleep(self, until: float) -> None:
+        """Until ``until`` on the clock, or until the log shows a claim (a lease that may run
+        out sooner): woken by the store's changes and a read of the log when it follows it
+        itself, by :meth:`heard` otherwise. The log is read once per wake-up, and the next
+        lease only when it may have changed."""
         failed: list[Exception] = []
         async with anyio.create_task_group() as tg:
 
@@ -147,15 +166,29 @@ class LeaseReaper(BackgroundService):
                 await self._clock.sleep_until(until)
                 tg.cancel_scope.cancel()
 
-            async def on_change() -> None:
+            async def on_news() -> None:
                 try:
-                    await self.store.wait_for_change(cursor)
+                    if self.follow_log:
+                        await self._follow()
+                    else:
+                        assert self._news is not None
+                        await self._news.wait()
                 except Exception as exc:  # raised below, not as an exception group
                     failed.append(exc)
                 tg.cancel_scope.cancel()
 
             tg.start_soon(on_clock)
-            tg.start_soon(on_change)
+            tg.start_soon(on_news)
         self.wakeups += 1
         if failed:
             raise failed[0]
+
+    async def _follow(self) -> None:
+        """Read the log until it shows a claim (or the news came by :meth:`heard`)."""
+        while self._news is not None and not self._news.is_set():
+            assert self._cursor is not None
+            await self.store.wait_for_change(self._cursor)
+            events = await self.store.read_events(self._cursor)
+            if events:
+                self._cursor = events[-1].seq
+                self.heard(events)

@@ -1,0 +1,180 @@
+"""One heartbeat for every build a provisioner holds: :class:`LeaseKeeper`.
+
+:func:`~workspace_lifecycle.provisioner.holding` runs a heartbeat task (a task group and a cancel
+scope) per build; for a provisioner that holds thousands of short builds that doubled the work
+of a whole run. The keeper holds them all: a held build is an entry in a heap ordered by when
+its renewal is due (:func:`~workspace_lifecycle.leases.renewal_due`, pure) and a cancel scope
+around its work. One task sleeps on the clock until the earliest renewal due, renews what is
+still held then, and cancels the work of a build whose lease was lost. A build whose work ends
+before a third of its lease is never renewed; nothing else is spent on it but a heap entry.
+
+The leases are as real as :func:`holding`'s: the build is claimed under a lease, a renewal
+refused by the store (the lease expired, or the build was finished without us) cancels the
+work and marks the hold lost, and a worker cut off from the store until its lease ran out (by
+its clock) stops without waiting to hear it from the store.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from . import leases
+from . import provisioner as _provisioner  # Held; provisioner imports this module in turn
+from .adapters.base import Store
+from .clock import Clock
+from .errors import (
+    CallerError,
+    CorruptStateError,
+    LeaseLostError,
+    NotFoundError,
+    StoreClosedError,
+    StoreError,
+)
+from .values import Build, Lease
+
+__all__ = ["LeaseKeeper"]
+
+log = logging.getLogger("workspace_lifecycle.provisioner")
+
+
+class _Hold:
+    """A build held: its lease as we surely hold it, its work's cancel scope, its next renewal."""
+
+    __slots__ = ("due", "held", "ours", "scope")
+
+    def __init__(self, held: _provisioner.Held, ours: Lease, due: float) -> None:
+        self.held = held
+        self.ours = ours
+        self.due = due
+        self.scope = anyio.CancelScope()
+
+
+class LeaseKeeper:
+    """Renews the leases of every build held with :meth:`hold`, from one task (:meth:`run`)."""
+
+    def __init__(self, store: Store, *, lease_seconds: float, clock: Clock) -> None:
+        self.store = store
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self._held: dict[str, _Hold] = {}
+        self._heap: list[tuple[float, int, _Hold]] = []
+        self._order = itertools.count()
+        self._nap: anyio.CancelScope | None = None  # the keeper's sleep, and until when
+        self._nap_until = math.inf
+        #: Renewals that landed, over every build.
+        self.renewals = 0
+
+    @property
+    def held(self) -> int:
+        """How many builds are held now."""
+        return len(self._held)
+
+    @asynccontextmanager
+    async def hold(self, build: Build) -> AsyncIterator[_provisioner.Held]:
+        """Work on ``build`` under its lease while the block runs (see :func:`holding`): its
+        work is cancelled if the lease is lost (then ``held.lost`` after the block)."""
+        held = _provisioner.Held(build)
+        lease = build.lease or Lease(
+            build.build_id, build.workspace_id, build.worker, held.token, self.clock() + self.lease_seconds
+        )
+        since = lease.expires_at - self.lease_seconds
+        hold = _Hold(held, lease, leases.renewal_due(since, self.lease_seconds, lease.expires_at))
+        self._held[build.build_id] = hold
+        self._schedule(hold)
+        try:
+            with hold.scope:
+                yield held
+        finally:
+            if self._held.get(build.build_id) is hold:
+                del self._held[build.build_id]
+
+    def _schedule(self, hold: _Hold) -> None:
+        heapq.heappush(self._heap, (hold.due, next(self._order), hold))
+        if hold.due < self._nap_until and self._nap is not None:
+            self._nap.cancel()  # the keeper sleeps past this one: wake it to sleep less
+
+    async def run(self) -> None:
+        """Renew what comes due, until cancelled."""
+        async with anyio.create_task_group() as tg:
+            while True:
+                due = self._pop_due(self.clock())
+                for hold in due:
+                    tg.start_soon(self._renew, hold)
+                if due:
+                    await anyio.lowlevel.checkpoint()
+                    continue
+                self._nap_until = self._heap[0][0] if self._heap else math.inf
+                with anyio.CancelScope() as self._nap:
+                    await self.clock.sleep_until(self._nap_until)
+                self._nap, self._nap_until = None, math.inf
+
+    def _pop_due(self, now: float) -> list[_Hold]:
+        """The holds whose renewal is due, dropping entries of builds no longer held."""
+        heap, due = self._heap, []
+        while heap:
+            when, _, hold = heap[0]
+            if self._held.get(hold.held.build.build_id) is not hold or when != hold.due:
+                heapq.heappop(heap)  # released, or rescheduled since
+            elif when <= now:
+                heapq.heappop(heap)
+                due.append(hold)
+            else:
+                break
+        return due
+
+    async def _renew(self, hold: _Hold) -> None:
+        build, held = hold.held.build, hold.held
+        sent = self.clock()
+        try:
+            await self.store.renew_lease(build.build_id, held.token, lease_seconds=self.lease_seconds)
+        except (LeaseLostError, NotFoundError) as exc:
+            if not await self._finished_by_us(hold):
+                self._lose(hold, exc)
+            return
+        except StoreClosedError:
+            return
+        except (StoreError, CorruptStateError) as exc:
+            now = self.clock()
+            if hold.ours.due(now):
+                self._lose(hold, f"no renewal landed before it ran out: {exc}")
+                return
+            log.warning("provisioner: build %s: lease not renewed: %s", build.build_id, exc)
+            hold.due = leases.retry_due(now, self.lease_seconds, hold.ours.expires_at)
+            self._reschedule(hold)
+            return
+        hold.ours = hold.ours.renewed(sent + self.lease_seconds)
+        held.renewals += 1
+        self.renewals += 1
+        hold.due = leases.renewal_due(sent, self.lease_seconds, hold.ours.expires_at)
+        self._reschedule(hold)
+
+    def _reschedule(self, hold: _Hold) -> None:
+        if self._held.get(hold.held.build.build_id) is hold:
+            self._schedule(hold)
+
+    async def _finished_by_us(self, hold: _Hold) -> bool:
+        """A renewal was refused: because the work's finish landed, or because the lease is
+        lost? Asked a few times over a short while if the store is briefly unavailable."""
+        pause = self.lease_seconds * leases.RENEW_EVERY / 6
+        for _ in range(3):
+            try:
+                stored = await self.store.get_build(hold.held.build.build_id)
+            except (StoreError, CallerError):
+                await self.clock.sleep_until(self.clock() + pause)
+                continue
+            return stored.finished_under(hold.held.token)
+        return False
+
+    def _lose(self, hold: _Hold, why: object) -> None:
+        log.warning(
+            "provisioner: build %s: lease lost (%s); stopping its work", hold.held.build.build_id, why
+        )
+        hold.held.lost = True
+        hold.scope.cancel()
