@@ -17,6 +17,7 @@ and never imports the package.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -41,9 +42,20 @@ def main(argv: list[str]) -> int:
             return 0
         os.write(fd, data)
         if os.fstat(fd).st_size > limit:  # keep the tail: the current log becomes LOG.1
-            os.replace(log, log + ".1")
-            os.close(fd)
-            fd = _open(log)
+            fd = _rotate(log, fd)
+
+
+def _rotate(log: str, fd: int) -> int:
+    """LOG becomes LOG.1 and a new LOG begins, with no moment without a LOG (a reader of it by
+    name never finds it missing): the new one is made aside, and each rename is atomic."""
+    new = os.open(log + ".new", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(log + ".1.tmp")
+    os.link(log, log + ".1.tmp")
+    os.replace(log + ".1.tmp", log + ".1")
+    os.replace(log + ".new", log)
+    os.close(fd)
+    return new
 
 
 if __name__ == "__main__":
