@@ -26,6 +26,8 @@ from pathlib import Path
 
 import anyio
 
+from ._cgroups import Cgroups
+
 __all__ = ["MARKER", "Marks", "end_marked"]
 
 #: The environment variable that marks a workspace's processes.
@@ -40,6 +42,23 @@ class Marks:
     def __init__(self, root: Path) -> None:
         #: Names the root (its resolved path, hashed): two roots never share a marker.
         self.root_id = hashlib.sha256(os.fsencode(root.resolve())).hexdigest()[:16]
+        #: A cgroup per build too, where the machine allows it (see :meth:`contain`).
+        self.cgroups: Cgroups | None = None
+
+    def contain(self) -> None:
+        """Use cgroups (v2) as well, if one can be made here. Blocking."""
+        self.cgroups = Cgroups.find(self.root_id)
+
+    def enter(self, workspace_id: str, build: int, pids: list[int]) -> None:
+        """Put a build's held processes in its cgroup (if cgroups are used). Blocking."""
+        if self.cgroups is not None:
+            self.cgroups.enter(workspace_id, build, pids)
+
+    def forget(self, workspace_id: str | None, build: int | None = None) -> None:
+        """Remove the empty cgroups of a workspace (of its ``build``; all, and the root's
+        own if it is empty, for ``None``). Blocking."""
+        if self.cgroups is not None:
+            self.cgroups.remove(workspace_id, build)
 
     def marker(self, workspace_id: str, build_number: int) -> str:
         """The marker of the processes of ``workspace_id``'s build ``build_number``."""
@@ -56,6 +75,9 @@ class Marks:
                     named = self._named(int(entry.name), workspace_id, build)
                     if named is not None:
                         out[int(entry.name)] = named
+        if self.cgroups is not None:  # and those in its cgroups, whatever their environment
+            out.update(self.cgroups.found(workspace_id, build))
+        out.pop(me, None)
         return out
 
     def signal(
@@ -64,6 +86,8 @@ class Marks:
         """Send ``sig`` to every process :meth:`found` names (each by a pidfd, its marker read
         again through it: never a reused pid); the pids found. Blocking."""
         pids = sorted(self.found(workspace_id, build))
+        if self.cgroups is not None:
+            self.cgroups.signal(sig, workspace_id, build)
         for pid in pids:
             with contextlib.suppress(OSError):
                 fd = os.pidfd_open(pid)
@@ -111,6 +135,7 @@ async def end_marked(
     if also is not None:
         also(signal.SIGTERM)
     if not term:
+        await anyio.to_thread.run_sync(marks.forget, workspace_id, build)
         return []
     left = term
     deadline = anyio.current_time() + grace
@@ -126,4 +151,6 @@ async def end_marked(
         left = sorted(await anyio.to_thread.run_sync(marks.found, workspace_id, build))
         if anyio.current_time() >= deadline:
             break
+    if not left:
+        await anyio.to_thread.run_sync(marks.forget, workspace_id, build)
     return left

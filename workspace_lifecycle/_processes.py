@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -77,13 +78,20 @@ _WRITERS: list[subprocess.Popen[bytes]] = []
 
 
 def spawn(
-    path: Path, argv: list[str], env: dict[str, str], header: str, *, log_max_bytes: int
+    path: Path,
+    argv: list[str],
+    env: dict[str, str],
+    header: str,
+    *,
+    log_max_bytes: int,
+    contain: Callable[[list[int]], None] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int, int]:
     """Start ``argv`` in ``path`` (no shell parses it), held (see the module), in a session of
     its own, its output piped to a log writer (``_log_writer.py``: the log stays under
     ``log_max_bytes``; it exits once every process that holds the pipe has ended; it has the
     same environment, so the same marker); return the process, where its output begins in the
-    log, and the go descriptor to :func:`release` it with."""
+    log, and the go descriptor to :func:`release` it with. ``contain`` is given the pids of
+    both (held: nothing runs yet) to put them in the build's cgroup."""
     _WRITERS[:] = [w for w in _WRITERS if w.poll() is None]  # reap the writers that ended
     _check_command(path, argv, env)
     with open(path / LOG_FILE, "ab") as out:
@@ -126,6 +134,8 @@ def spawn(
         popen.stdout.close()  # the writer holds the pipe; the process sees EPIPE only if it ends
         popen.stdout = None
     _WRITERS.append(writer)
+    if contain is not None:
+        contain([popen.pid, writer.pid])
     return popen, offset, go
 
 

@@ -256,6 +256,7 @@ class ProcessProvisioner(BackgroundService, Recovery):
                     with contextlib.suppress(OSError):
                         os.close(proc.pidfd)
             self._procs.clear()
+            self.marks.forget(None)  # the empty cgroups (those of running processes stay)
 
     async def _serve(self, build: Build, tg: anyio.abc.TaskGroup) -> None:
         """One task per build, from claim to finish, under the build's lease; the agent reports
@@ -301,6 +302,7 @@ class ProcessProvisioner(BackgroundService, Recovery):
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory")
             if not os.access(self.root, os.W_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, "not writable by this user")
+            self.marks.contain()  # a cgroup per build too, where the machine allows it
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise UnusableRoot(
@@ -339,7 +341,15 @@ class ProcessProvisioner(BackgroundService, Recovery):
         header = f"build {build.number}: {argv} on port {port}"
         try:
             popen, offset, go = await anyio.to_thread.run_sync(
-                functools.partial(spawn, path, argv, env, header, log_max_bytes=self.log_max_bytes)
+                functools.partial(
+                    spawn,
+                    path,
+                    argv,
+                    env,
+                    header,
+                    log_max_bytes=self.log_max_bytes,
+                    contain=functools.partial(self.marks.enter, build.workspace_id, build.number),
+                )
             )
         except OSError as exc:
             await self._finish(held, JobStatus.FAILED, f"the workspace command cannot start: {exc}")
