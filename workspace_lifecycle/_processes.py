@@ -1,18 +1,25 @@
 """Spawning and watching the processes of a process workspace (Linux: ``/proc``, pidfds).
 
 A workspace process is started in its directory, in a session (and process group) of its own,
-with its output appended to the workspace's log. It is named by its pid *and* its start time
+with its output appended to the workspace's log. It starts held: a launcher (``/bin/sh``)
+waits for a go line on its standard input, which the provisioner writes only once the process
+is recorded (``workspace.json``), so no process runs that a restarted provisioner cannot find;
+if the provisioner dies first, the launcher reads the end of its input and exits without
+running anything. It is named by its pid *and* its start time
 (``/proc/PID/stat`` field 22), so a reused pid is never taken for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -20,7 +27,7 @@ import attrs
 
 from ._workspace_files import LOG_FILE, NOTE_PREFIX
 
-__all__ = ["KEPT", "Proc", "exit_text", "free_port", "reap", "spawn", "start_ticks"]
+__all__ = ["KEPT", "Proc", "exit_text", "free_port", "reap", "release", "spawn", "start_ticks"]
 
 #: Processes a provisioner of this interpreter left running when it stopped, so that a later
 #: provisioner here reaps them (they are still this interpreter's children) and no ``Popen`` is
@@ -63,42 +70,63 @@ def exit_text(status: int | None) -> str:
 
 #: The log writer (run by path: it imports only the standard library).
 LOG_WRITER = str(Path(__file__).with_name("_log_writer.py"))
+#: The launcher: it waits for the go line, then runs the command (no shell parses it: the
+#: command is ``"$@"``) with nothing on its input; without the line it exits 70 (EX_SOFTWARE).
+LAUNCHER = 'read -r go && [ "$go" = go ] && exec "$@" </dev/null; exit 70'
 #: Log writers this interpreter started and has not reaped yet.
 _WRITERS: list[subprocess.Popen[bytes]] = []
 
 
 def spawn(
-    path: Path, argv: list[str], env: dict[str, str], header: str, *, log_max_bytes: int
-) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``argv`` in ``path`` (no shell), in a session of its own, its output piped to a log
-    writer (``_log_writer.py``: the log stays under ``log_max_bytes``; it exits once every
-    process that holds the pipe has ended); return the process and where its output begins in
-    the log."""
+    path: Path,
+    argv: list[str],
+    env: dict[str, str],
+    header: str,
+    *,
+    log_max_bytes: int,
+    contain: Callable[[list[int]], None] | None = None,
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Start ``argv`` in ``path`` (no shell parses it), held (see the module), in a session of
+    its own, its output piped to a log writer (``_log_writer.py``: the log stays under
+    ``log_max_bytes``; it exits once every process that holds the pipe has ended; it has the
+    same environment, so the same marker); return the process, where its output begins in the
+    log, and the go descriptor to :func:`release` it with. ``contain`` is given the pids of
+    both (held: nothing runs yet) to put them in the build's cgroup."""
     _WRITERS[:] = [w for w in _WRITERS if w.poll() is None]  # reap the writers that ended
+    _check_command(path, argv, env)
     with open(path / LOG_FILE, "ab") as out:
         out.write(f"{NOTE_PREFIX} {header}\n".encode())
         out.flush()
         offset = out.tell()
-    popen = subprocess.Popen(
-        argv,
-        cwd=path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own session and process group: a stop ends its children too
-    )
+    hold, go = os.pipe()  # not inherited: only this launcher reads it, only we write it
+    try:
+        popen = subprocess.Popen(
+            ["/bin/sh", "-c", LAUNCHER, "wl-launcher", *argv],
+            cwd=path,
+            env=env,
+            stdin=hold,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own session and process group: a stop ends its children too
+        )
+    except BaseException:
+        os.close(go)
+        raise
+    finally:
+        os.close(hold)
     assert popen.stdout is not None
     try:
         writer = subprocess.Popen(
             [sys.executable, "-I", "-S", LOG_WRITER, str(path / LOG_FILE), str(log_max_bytes)],
             cwd=path,
+            env=env,
             stdin=popen.stdout,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # not the host's Ctrl-C; it ends at the end of its input
         )
     except BaseException:
+        os.close(go)
         popen.kill()
         popen.wait()
         raise
@@ -106,7 +134,31 @@ def spawn(
         popen.stdout.close()  # the writer holds the pipe; the process sees EPIPE only if it ends
         popen.stdout = None
     _WRITERS.append(writer)
-    return popen, offset
+    if contain is not None:
+        contain([popen.pid, writer.pid])
+    return popen, offset, go
+
+
+def release(go: int) -> None:
+    """Let a held process run (its record is written), and close ``go``."""
+    try:
+        os.write(go, b"go\n")
+    finally:
+        os.close(go)
+
+
+def _check_command(path: Path, argv: list[str], env: dict[str, str]) -> None:
+    """Raise what running ``argv`` would (``FileNotFoundError``, ``PermissionError``), before
+    the launcher runs it: a command that cannot start fails its build with that error."""
+    name = argv[0]
+    found: str | None = str(path / name)
+    if "/" in name:
+        if not os.path.isfile(path / name) or not os.access(path / name, os.X_OK):
+            found = None
+    else:
+        found = shutil.which(name, path=os.pathsep.join(os.get_exec_path(env)))
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory (or not executable)", name)
 
 
 def reap(proc: Proc) -> int | None:

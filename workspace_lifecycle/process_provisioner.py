@@ -52,8 +52,10 @@ import anyio
 import anyio.abc
 
 from . import checks, writes
+from ._containment import MARKER, Marks, end_marked
 from ._log_shipper import LogShipper
-from ._processes import KEPT, Proc, exit_text, free_port, reap, spawn, start_ticks
+from ._processes import KEPT, Proc, exit_text, free_port, reap, release, spawn, start_ticks
+from ._recovery import Recovery
 from ._service import BackgroundService
 from ._workspace_files import (
     LOG_FILE,
@@ -71,7 +73,6 @@ from .backoff import Backoff
 from .errors import CallerError, StoreClosedError, StoreError
 from .provisioner import Held, claims, holding, retrying
 from .reaper import LeaseReaper
-from .reconcile import Afterwards, Ended, Found, reconcile
 from .values import AgentLifecycle, Build, JobStatus, Transition
 
 __all__ = ["LOG_FILE", "STATE_FILE", "ProcessProvisioner", "UnusableRoot", "WorkspaceRefused"]
@@ -87,12 +88,17 @@ class WorkspaceRefused(ValueError):
     parameters cannot be environment variables. The build fails with this sentence."""
 
 
+class Outlived(OSError):
+    """Processes of a workspace outlived its stop or delete (SIGKILL did not end them: another
+    user's, or stuck in the kernel): the build fails with this sentence, naming them."""
+
+
 class UnusableRoot(OSError):
     """The provisioner's root cannot be used (it cannot be created, is not a directory, or is
     not writable): raised at open, with the path and the reason, before anything is claimed."""
 
 
-class ProcessProvisioner(BackgroundService):
+class ProcessProvisioner(BackgroundService, Recovery):
     """Runs each workspace as a real process: see the module's description.
 
     ``root`` is the directory that holds one directory per workspace (named by its workspace
@@ -144,6 +150,8 @@ class ProcessProvisioner(BackgroundService):
             )
         self.store = store
         self.root = Path(root)
+        #: The markers of this root's processes (see ``_containment``).
+        self.marks = Marks(self.root)
         self.command = list(command)
         self.ready_timeout = checks.seconds("ready_timeout", ready_timeout)
         self.stop_grace = checks.seconds("stop_grace", stop_grace)
@@ -249,6 +257,7 @@ class ProcessProvisioner(BackgroundService):
                     with contextlib.suppress(OSError):
                         os.close(proc.pidfd)
             self._procs.clear()
+            self.marks.forget(None)  # the empty cgroups (those of running processes stay)
 
     async def _serve(self, build: Build, tg: anyio.abc.TaskGroup) -> None:
         """One task per build, from claim to finish, under the build's lease; the agent reports
@@ -294,6 +303,7 @@ class ProcessProvisioner(BackgroundService):
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory")
             if not os.access(self.root, os.W_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, "not writable by this user")
+            self.marks.contain()  # a cgroup per build too, where the machine allows it
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise UnusableRoot(
@@ -322,6 +332,7 @@ class ProcessProvisioner(BackgroundService):
         path = self.workspace_dir(build.workspace_id)
         port = free_port()
         env = self.environment(port, build.parameters)
+        env[MARKER] = self.marks.marker(build.workspace_id, build.number)  # last: nothing overrides it
         old = self._procs.get(build.workspace_id)
         if old is not None:  # a start after a start: the new build replaces the old process
             await self._end(old)
@@ -330,27 +341,46 @@ class ProcessProvisioner(BackgroundService):
         argv = [arg.replace("{port}", str(port)) for arg in self.command]
         header = f"build {build.number}: {argv} on port {port}"
         try:
-            popen, offset = await anyio.to_thread.run_sync(
-                functools.partial(spawn, path, argv, env, header, log_max_bytes=self.log_max_bytes)
+            popen, offset, go = await anyio.to_thread.run_sync(
+                functools.partial(
+                    spawn,
+                    path,
+                    argv,
+                    env,
+                    header,
+                    log_max_bytes=self.log_max_bytes,
+                    contain=functools.partial(self.marks.enter, build.workspace_id, build.number),
+                )
             )
         except OSError as exc:
             await self._finish(held, JobStatus.FAILED, f"the workspace command cannot start: {exc}")
             return None
-        proc = Proc(
-            build.workspace_id,
-            popen.pid,
-            os.pidfd_open(popen.pid),
-            start_ticks(popen.pid) or 0,
-            port,
-            build.number,
-            popen,
-            held.token,
-            log_offset=offset,
-        )
-        self._track(proc, tg)
+        proc = None
+        try:  # it is recorded before it runs: a provisioner that dies first leaves nothing running
+            proc = Proc(
+                build.workspace_id,
+                popen.pid,
+                os.pidfd_open(popen.pid),
+                start_ticks(popen.pid) or 0,
+                port,
+                build.number,
+                popen,
+                held.token,
+                log_offset=offset,
+            )
+            self._track(proc, tg)
+            self._save(path, proc, argv=argv)
+        except BaseException:
+            os.close(go)  # the launcher reads the end of its input and exits: nothing ran
+            if proc is not None:
+                proc.ending = True
+                proc.build_done.set()
+            else:
+                KEPT[popen.pid] = popen
+            raise
+        release(go)
         shipper = LogShipper(self.store, build.build_id, held.token, path / LOG_FILE, offset)
         tg.start_soon(shipper.run, proc.exited)  # its output to the build's log, bounded
-        self._save(path, proc, argv=argv)
         proc.started = anyio.current_time()
         outcome = await self._probe(proc, proc.started + min(self.spawn_grace, self.ready_timeout))
         if outcome == "exited":
@@ -414,18 +444,30 @@ class ProcessProvisioner(BackgroundService):
             delay = next(delays)
 
     async def _stop(self, build: Build, held: Held) -> None:
+        """End every process of the workspace (its current one and anything left of older
+        builds); a delete then removes its directory. Processes that outlive that fail it."""
         proc = self._procs.get(build.workspace_id)
-        if proc is not None:
-            await self._end(proc)
+        left = await self._end(proc) if proc is not None else []
+        left += await end_marked(self.marks, build.workspace_id, None, self.stop_grace)
+        if left:
+            raise Outlived(
+                errno.EBUSY,
+                f"{len(set(left))} of its processes outlived SIGKILL (pids {sorted(set(left))}); "
+                "they still run",
+            )
         if build.transition is Transition.DELETE:
             path = self.workspace_dir(build.workspace_id)
             await anyio.to_thread.run_sync(remove_dir, path)
         await self._finish(held, JobStatus.SUCCEEDED, None, has_agent=False)
 
-    async def _end(self, proc: Proc) -> None:
-        """SIGTERM to the process group, SIGKILL after ``stop_grace``; return once it ended."""
+    async def _end(self, proc: Proc) -> list[int]:
+        """SIGTERM to the process, its group and every process of its build however it
+        detached (its marker), SIGKILL after ``stop_grace``; return once the process ended,
+        with the pids of its build that outlived SIGKILL too (none, nearly always)."""
         proc.ending = True
-        proc.signal(signal.SIGTERM)
+        left = await end_marked(
+            self.marks, proc.workspace_id, proc.build_number, self.stop_grace, also=proc.signal
+        )
         with anyio.move_on_after(self.stop_grace):
             await proc.exited.wait()
         if not proc.exited.is_set():
@@ -437,6 +479,7 @@ class ProcessProvisioner(BackgroundService):
             )
         proc.signal(signal.SIGKILL)  # also any child it left in its group
         await proc.exited.wait()
+        return left
 
     # --- watching processes -----------------------------------------------------------------
 
@@ -459,6 +502,8 @@ class ProcessProvisioner(BackgroundService):
             os.killpg(proc.pid, signal.SIGKILL)  # the group ends with its leader
         try:
             await self._after_exit(proc)
+            if not proc.ending:  # it ended on its own: what it started (a daemon) ends with it
+                await end_marked(self.marks, proc.workspace_id, proc.build_number, self.stop_grace)
         except Exception:  # a workspace's files or its report: never the provisioner's end
             log.exception(
                 "process provisioner: workspace %s: after pid %d ended", proc.workspace_id, proc.pid
@@ -506,82 +551,7 @@ class ProcessProvisioner(BackgroundService):
                     "process provisioner: workspace %s: agent %s: %s", proc.workspace_id, lifecycle.value, exc
                 )
 
-    # --- restart ------------------------------------------------------------------------------
-
-    async def _recover(self, tg: anyio.abc.TaskGroup) -> None:
-        """What a provisioner finds in its root becomes events: a process of this root that
-        still runs is adopted (watched, and probed if its agent is not ready yet); one that
-        ended while no provisioner watched is reported; one whose workspace the store says is
-        stopped or deleted is ended. This gathers the facts (the record, whether its process
-        still runs, the store's rows) and executes what
-        :func:`~workspace_lifecycle.reconcile.reconcile` decides from them."""
-        for path in sorted(await anyio.to_thread.run_sync(lambda: list(self.root.iterdir()))):
-            try:
-                await self._recover_one(path, tg)
-            except StoreClosedError:
-                raise
-            except Exception as exc:  # one workspace's record or rows: never the provisioner's end
-                log.warning("process provisioner: %s: %r; left alone", path, exc)
-
-    async def _recover_one(self, path: Path, tg: anyio.abc.TaskGroup) -> None:
-        if (state := load_state(path)) is None:
-            return
-        workspace_id = path.name
-        facts = await self.store.workspace_facts(workspace_id)
-        pid, ticks = state["pid"], state["start_ticks"]
-        pidfd = -1
-        if start_ticks(pid) == ticks:
-            with contextlib.suppress(OSError):
-                pidfd = os.pidfd_open(pid)
-        recorded = state.get("lease")
-        found = Found(
-            alive=pidfd >= 0,
-            build_number=state["build_number"],
-            lease=recorded if isinstance(recorded, str) else None,
-        )
-        decision = reconcile(facts, found)
-        if isinstance(decision, Ended):
-            await self._found_ended(path, state, decision)
-            return
-        proc = Proc(
-            workspace_id,
-            pid,
-            pidfd,
-            ticks,
-            state["port"],
-            state["build_number"],
-            KEPT.pop(pid, None),
-            decision.lease,
-        )
-        proc.built = True
-        proc.ready = decision.ready
-        proc.build_done.set()
-        self._track(proc, tg)
-        log.info("process provisioner: workspace %s: adopted pid %d", workspace_id, pid)
-        if decision.afterwards is Afterwards.END:
-            tg.start_soon(self._end, proc)  # the store says nothing should run here
-        elif decision.afterwards is Afterwards.PROBE:
-            tg.start_soon(self._resume_probe, proc)
-
-    async def _found_ended(self, path: Path, state: Mapping[str, Any], decision: Ended) -> None:
-        """A recorded process that ended while no provisioner watched: reap it if it was this
-        interpreter's child, report its agent if :func:`reconcile` says so, record its end."""
-        workspace_id, pid = path.name, state["pid"]
-        kept = KEPT.pop(pid, None)
-        if kept is not None:
-            kept.poll()  # this interpreter's child, ended: reap it
-        if decision.report is not None:
-            log.warning(
-                "process provisioner: workspace %s: pid %d ended while no provisioner watched; agent %s",
-                workspace_id,
-                pid,
-                decision.report.value,
-            )
-            try:
-                await self._report_found(workspace_id, decision.report, decision.lease)
-            except (StoreError, CallerError) as exc:
-                log.warning("process provisioner: workspace %s: %s", workspace_id, exc)
-        mark_ended(path, state, "ended while no provisioner watched")
+    # --- restart (the rest is in _recovery.Recovery) ------------------------------------------
 
     async def _report_found(self, workspace_id: str, lifecycle: AgentLifecycle, lease: str | None) -> None:
         await self._retrying(lambda: self.store.report_agent(workspace_id, lifecycle, lease=lease))

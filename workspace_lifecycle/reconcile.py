@@ -18,6 +18,11 @@ combination; the provisioner gathers the facts and executes the answer.
   store says nothing should run there: the workspace is deleted, or its latest build is neither
   the one that started it (succeeded) nor a newer one still in flight (a stop or start the
   provisioner will claim). Otherwise, if its agent is not ready yet, the probe resumes.
+* **Leftovers**: processes that carry the workspace's marker (see ``_containment``) but are not
+  the running recorded process or its build's (a daemon of a process that died, of an older
+  build, of a workspace whose end was already recorded) are ended, whatever the store says:
+  a workspace's processes never outlive the process that started them. A process whose end
+  was already recorded (``recorded=False``) is never reported again.
 
 Reports carry the lease token of the build that started the process, recorded with it; a record
 written before leases existed falls back to the token of that build as stored.
@@ -46,6 +51,12 @@ class Found:
     build_number: int
     #: The lease token of that build, as recorded (``None`` in a record older than leases).
     lease: str | None = None
+    #: Processes of the workspace run that are not the recorded process's own: descendants of
+    #: a process that ended, or of an older build's.
+    leftovers: bool = False
+    #: The process's end is not recorded yet (False: it was seen to end, or never recorded):
+    #: only such an end is reported.
+    recorded: bool = True
 
 
 class Afterwards(enum.Enum):
@@ -64,28 +75,39 @@ class Adopt:
     #: Its agent is known ready (a later end is reported ``off``, not ``start_error``).
     ready: bool
     afterwards: Afterwards
+    #: End the processes of the workspace's older builds (its leftovers).
+    end_leftovers: bool = False
 
 
 @attrs.frozen
 class Ended:
-    """Record the process as ended; if ``report`` is set, report the agent so, with ``lease``."""
+    """Record the process as ended; if ``report`` is set, report the agent so, with ``lease``;
+    if ``end_leftovers``, end every process left of the workspace."""
 
     report: AgentLifecycle | None = None
     lease: str | None = None
+    end_leftovers: bool = False
 
 
-def reconcile(facts: WorkspaceFacts, found: Found) -> Adopt | Ended:
-    """The decision for a process ``found`` on the host, given its workspace's stored ``facts``.
+def reconcile(facts: WorkspaceFacts | None, found: Found) -> Adopt | Ended:
+    """The decision for a process ``found`` on the host, given its workspace's stored ``facts``
+    (``None``: the store does not know the workspace, so nothing of it may run).
 
     >>> from workspace_lifecycle.values import Agent, Build, Transition, Workspace
     >>> ws = Workspace("w1", "c1", "alice", "dev")
     >>> b1 = Build("b1", "w1", 1, Transition.START, JobStatus.SUCCEEDED, lease_token="t1")
     >>> ready = Agent("w1", 1, AgentLifecycle.READY)
     >>> reconcile(WorkspaceFacts(ws, b1, ready, seq=4), Found(alive=False, build_number=1))
-    Ended(report=<AgentLifecycle.OFF: 'off'>, lease='t1')
+    Ended(report=<AgentLifecycle.OFF: 'off'>, lease='t1', end_leftovers=False)
     >>> reconcile(WorkspaceFacts(ws, b1, ready, seq=4), Found(alive=True, build_number=1, lease="t1"))
-    Adopt(lease='t1', ready=True, afterwards=<Afterwards.WATCH: 'watch'>)
+    Adopt(lease='t1', ready=True, afterwards=<Afterwards.WATCH: 'watch'>, end_leftovers=False)
+    >>> reconcile(WorkspaceFacts(ws, b1, ready, seq=4), Found(alive=False, build_number=1, leftovers=True))
+    Ended(report=<AgentLifecycle.OFF: 'off'>, lease='t1', end_leftovers=True)
     """
+    if facts is None:
+        if found.alive:
+            return Adopt(found.lease, False, Afterwards.END, end_leftovers=found.leftovers)
+        return Ended(end_leftovers=found.leftovers)
     build = facts.latest_build
     agent = facts.agent
     # The agent in the store is this process's (made by the build that started it).
@@ -98,12 +120,14 @@ def reconcile(facts: WorkspaceFacts, found: Found) -> Adopt | Ended:
         and not facts.workspace.deleted
     )
     if not found.alive:
-        if current and ours and agent is not None:
+        # Its leftovers end with it: a dead process's daemons are a dead workspace's.
+        end = found.leftovers
+        if found.recorded and current and ours and agent is not None:
             if agent.lifecycle is AgentLifecycle.READY:
-                return Ended(AgentLifecycle.OFF, build.lease_token if build else None)
+                return Ended(AgentLifecycle.OFF, build.lease_token if build else None, end)
             if agent.lifecycle.pending:
-                return Ended(AgentLifecycle.START_ERROR, build.lease_token if build else None)
-        return Ended()
+                return Ended(AgentLifecycle.START_ERROR, build.lease_token if build else None, end)
+        return Ended(end_leftovers=end)
     lease = found.lease
     if lease is None and build is not None and build.number == found.build_number:
         lease = build.lease_token  # a record written before leases
@@ -115,4 +139,5 @@ def reconcile(facts: WorkspaceFacts, found: Found) -> Adopt | Ended:
         afterwards = Afterwards.PROBE
     else:
         afterwards = Afterwards.WATCH
-    return Adopt(lease, ready, afterwards)
+    # Older builds' processes never share the workspace with the running one.
+    return Adopt(lease, ready, afterwards, end_leftovers=found.leftovers)

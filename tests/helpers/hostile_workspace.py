@@ -3,6 +3,8 @@
 python hostile_workspace.py daemon PORT          serve, after leaving a daemon (double fork +
                                                  setsid) that writes files in the workspace
                                                  and its pid in ./daemon.pid
+python hostile_workspace.py unmarked PORT        serve, after leaving a daemon that execs with an
+                                                 empty environment (its pid in ./daemon.pid)
 python hostile_workspace.py readonly PORT        serve, after making ./ro/ with files in it
                                                  read-only (chmod 555)
 python hostile_workspace.py printer PORT         serve, while a thread prints as fast as it can
@@ -57,12 +59,25 @@ def daemonise() -> None:
             time.sleep(0.001)
 
 
+def daemonise_unmarked() -> None:
+    """A double-forked daemon that replaces its environment with an empty one: no marker."""
+    if os.fork():
+        return
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    code = "import os, time\nopen('daemon.pid', 'w').write(str(os.getpid()))\nwhile True: time.sleep(1)"
+    os.execve(sys.executable, [sys.executable, "-c", code], {})
+
+
 def main(argv: list[str]) -> int:
     mode, port = argv[0], int(argv[1])
     if mode == "daemon":
         daemonise()
         while not os.path.exists("daemon.pid"):
             time.sleep(0.01)
+    elif mode == "unmarked":
+        daemonise_unmarked()
     elif mode == "readonly":
         os.makedirs("ro/deeper", exist_ok=True)
         for name in ("ro/a", "ro/deeper/b"):
