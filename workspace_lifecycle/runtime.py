@@ -1,53 +1,42 @@
-"""The runtime: :class:`Lifecycle`, the interpreter of the requests' steps.
+"""The runtime: :class:`Lifecycle`, the public API over the interpreter of the requests' steps.
 
-A request is decided step by step by :class:`~workspace_lifecycle.steps.Flow` (pure); this
-module only executes the steps: it reads the chat, holds the workspace's tracker in the
-:class:`~workspace_lifecycle._registry.Registry`, runs the store's compare-and-set writes
-(retrying transient failures after re-reading the rows), and sleeps until a step's condition
-holds, woken by the :class:`~workspace_lifecycle._pump.EventPump` that applies the store's
-events. Nothing sleeps in a loop; timeouts and cancellation are anyio cancel scopes.
+A request is decided step by step by :class:`~workspace_lifecycle.steps.Flow` (pure); the
+:class:`~workspace_lifecycle._interpreter.Interpreter` only executes the steps: it reads the
+chat, holds the workspace's tracker in the :class:`~workspace_lifecycle._registry.Registry`,
+runs the store's compare-and-set writes (retrying transient failures after re-reading the
+rows), and sleeps until a step's condition holds, woken by the
+:class:`~workspace_lifecycle._pump.EventPump` that applies the store's events. This module holds
+what a caller sees: the checks of its arguments, activity (touches), the between-turns
+scheduler and the runtime's own life. Nothing sleeps in a loop; timeouts and cancellation are
+anyio cancel scopes.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import secrets
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
-from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
 
-from . import checks, deadlines, steps
+from . import checks, steps
+from ._activity import Activity
 from ._deadlines import DeadlineScheduler
-from ._flight import SharedReads, SingleFlight
+from ._interpreter import Interpreter, workspace_name
 from ._logread import read_logs
 from ._pump import EventPump
-from ._registry import Entry, Registry
+from ._registry import Registry
 from ._retry import RetryingWriter
 from ._service import BackgroundService
 from .adapters.base import Store
 from .clock import Clock, resolve_clock
-from .errors import CorruptStateError, NotFoundError, StoreError
+from .errors import NotFoundError
 from .machine import Request, derive_state
 from .steps import (
     MAX_STATUS_WAIT_MS,
-    Answer,
-    CatchUp,
-    Create,
-    Defer,
-    Fire,
     Flow,
-    ReadBuild,
-    Restart,
     Settled,
-    Step,
-    Track,
-    WaitAgent,
-    WaitBuild,
-    first_step,
 )
 from .telemetry import RequestSpan
 from .values import (
@@ -64,18 +53,6 @@ from .values import (
 __all__ = ["Lifecycle", "workspace_name"]
 
 log = logging.getLogger("workspace_lifecycle.runtime")
-
-
-def workspace_name(name: str | None) -> str:
-    """The name a new workspace gets, as Coder's chat tool names it (``create_workspace`` in
-    coderd's chattool): a valid name (:func:`~workspace_lifecycle.checks.workspace_name_valid`)
-    is kept, anything else becomes ``<base>-<4 hex>``. The answer's ``workspace_name`` says the
-    name it got. The command line refuses an invalid ``--name`` instead (a person typed it)."""
-    name = (name or "").strip()
-    if name and checks.workspace_name_valid(name):
-        return name
-    base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:27].strip("-") or "workspace"
-    return f"{base}-{secrets.token_hex(2)}"
 
 
 class Lifecycle(BackgroundService):
@@ -149,11 +126,18 @@ class Lifecycle(BackgroundService):
             _Sinks(self._registry, self._deadlines if fire_deadlines else None),
             kick_after=resync_interval,
         )
-        self._touches = SingleFlight[Deadline | None]()  # one touch write per workspace at a time
+        self._activity = Activity(store, self._deadlines, self.clock)
         self._writer = RetryingWriter(store, retries=write_retries)
-        self._reads = SharedReads(store)  # concurrent requests share their first reads
-        self._deferred = 0  # wait=False requests finishing in the background
-        self._drained = anyio.Event()
+        self._steps = Interpreter(
+            store,
+            self._registry,
+            self._pump,
+            self._writer,
+            spawn=self._spawn,
+            raise_if_failed=self._raise_if_failed,
+            build_timeout=self.build_timeout,
+            agent_timeout=self.agent_timeout,
+        )
 
     # --- lifecycle of the runtime ------------------------------------------------------------
 
@@ -202,9 +186,7 @@ class Lifecycle(BackgroundService):
         A short-lived process (a CLI) calls this before leaving the ``async with``, which would
         otherwise cancel those requests.
         """
-        while self._deferred:
-            self._raise_if_failed()
-            await self._drained.wait()
+        await self._steps.drain()
 
     @property
     def tracked(self) -> int:
@@ -271,7 +253,7 @@ class Lifecycle(BackgroundService):
         chat = await self.store.get_chat(chat_id)
         if chat is None or chat.owner != owner:
             raise NotFoundError(f"no chat {chat_id!r} for this owner")
-        return await self._touch(chat)
+        return await self._activity.touch(chat)
 
     async def ensure_running(
         self, chat_id: str, *, owner: str, wait: bool = True, parameters: Mapping[str, str] | None = None
@@ -372,9 +354,9 @@ class Lifecycle(BackgroundService):
             return steps.status(None)
         async with self._registry.track(chat.workspace_id) as entry:
             await self._pump.caught_up(await self.store.head())
-            expired = wait_ms > 0 and not await self._wait(entry, Settled(), wait_ms / 1000)
+            expired = wait_ms > 0 and not await self._steps.wait(entry, Settled(), wait_ms / 1000)
             result = steps.status(entry.current(), wait_expired=expired)
-        await self._activity(chat)
+        await self._activity.after_request(chat)
         return result
 
     async def logs(
@@ -409,165 +391,11 @@ class Lifecycle(BackgroundService):
             raise ValueError(f"wait must be a bool, not {type(wait).__name__}")
         flow = Flow(request, wait=wait, parameters=check_parameters(parameters))
         with RequestSpan(request.value, chat_id) as span:
-            result, chat = await self._serve(flow, chat_id, owner, name, span)
+            result, chat = await self._steps.serve(flow, chat_id, owner, name, span)
             span.result(result)
         if chat is not None and chat.owner == owner and request in (Request.START, Request.CREATE):
-            await self._activity(chat)  # a stop or a delete leaves nothing running to keep alive
+            await self._activity.after_request(chat)  # a stop or a delete leaves nothing to keep alive
         return result
-
-    # --- activity ------------------------------------------------------------------------------
-
-    async def _activity(self, chat: Chat) -> None:
-        """A tool request on ``chat``: it counts as activity; a failed touch fails no answer."""
-        if chat.policy.idle_stop_after is None or chat.workspace_id is None:
-            return
-        try:
-            await self._touch(chat)
-        except (StoreError, CorruptStateError, NotFoundError) as exc:
-            log.warning("touch of %s after a request failed: %s", chat.chat_id, exc)
-
-    async def _touch(self, chat: Chat) -> Deadline | None:
-        workspace_id = chat.workspace_id
-        if workspace_id is None or chat.policy.idle_stop_after is None:
-            return None
-        known = self._deadlines.known(workspace_id)
-        if not deadlines.touch_due(known, chat.policy, self.clock()):
-            return known
-        # Concurrent touches of one workspace share one write (and its answer).
-        return await self._touches.run(workspace_id, lambda: self._write_touch(workspace_id), _same)
-
-    async def _write_touch(self, workspace_id: str) -> Deadline | None:
-        held = self._deadlines.news_of(workspace_id)
-        armed = await self.store.touch(workspace_id)
-        self._deadlines.note(workspace_id, armed, held=held)
-        return armed
-
-    # --- interpreting steps ----------------------------------------------------------------------
-
-    async def _serve(
-        self, flow: Flow, chat_id: str, owner: str, name: str | None, span: RequestSpan
-    ) -> tuple[ToolResult, Chat | None]:
-        """Run ``flow`` from the chat's row to its answer; return it with the row last read."""
-        self._raise_if_failed()
-        chat = await self._reads.get_chat(chat_id)
-        step: Step = first_step(flow.request, chat, owner, flow.parameters)
-        while True:
-            if isinstance(step, Answer):
-                return step.result, chat
-            if isinstance(step, Restart):
-                flow.restarted()
-                chat = await self._reads.get_chat(chat_id)
-                step = first_step(flow.request, chat, owner, flow.parameters)
-            elif isinstance(step, Create):
-                step = await self._create(flow, chat_id, step, name, span)
-            elif isinstance(step, Track):
-                async with self._registry.track(step.workspace_id) as entry:
-                    await self._pump.caught_up(await self._reads.head())
-                    step = await self._drive(flow, entry, chat_id, span)
-            else:  # pragma: no cover - the flow asks for these only while a workspace is held
-                raise AssertionError(f"step {step!r} outside a tracked workspace")
-
-    async def _drive(
-        self, flow: Flow, entry: Entry, chat_id: str, span: RequestSpan, step: Step | None = None
-    ) -> Step:
-        """Execute ``flow``'s steps on the held workspace; return the first step that leaves it."""
-        if entry.workspace is None:  # followed from its first event, never read: read it once
-            entry.workspace = (await self.store.workspace_facts(entry.workspace_id)).workspace
-        flow.tracking(entry.workspace)
-        while True:
-            if step is None:
-                tracker = entry.current()
-                step = flow.next(tracker)
-                span.decision(type(step).__name__.lower(), tracker.state.value)
-            if isinstance(step, Answer | Create | Track | Restart):
-                return step
-            if isinstance(step, Fire):
-                outcome = await self._writer.request_build(
-                    entry.workspace_id, step.transition, step.expected_build_number, step.parameters
-                )
-                if outcome.fired and outcome.build is not None:
-                    span.fired(outcome.build.build_id)
-                step = flow.fired(step, fired=outcome.fired, build=outcome.build, facts=outcome.facts)
-            elif isinstance(step, ReadBuild):
-                flow.read(await self.store.get_build(step.build_id))
-                step = None
-            elif isinstance(step, CatchUp):
-                await self._pump.caught_up(step.seq)
-                step = None
-            elif isinstance(step, WaitBuild | WaitAgent):
-                timeout = self.build_timeout if isinstance(step, WaitBuild) else self.agent_timeout
-                flow.waited(timed_out=not await self._wait(entry, step, timeout))
-                step = None
-            elif isinstance(step, Defer):
-                self._deferred += 1  # counted before it starts, so drain() waits for it
-                self._spawn(self._continue_later, flow.request, chat_id, entry.workspace_id, step.number)
-                return Answer(step.result)
-            else:  # pragma: no cover
-                raise AssertionError(f"unknown step {step!r}")
-
-    async def _wait(self, entry: Entry, condition: WaitBuild | WaitAgent | Settled, seconds: float) -> bool:
-        """Sleep until ``condition`` holds; False after ``seconds``."""
-        with anyio.move_on_after(seconds):
-            await self._registry.wait(entry, condition)
-            return True
-        return False
-
-    async def _create(
-        self, flow: Flow, chat_id: str, step: Create, name: str | None, span: RequestSpan
-    ) -> Step:
-        """Execute a :class:`Create`; continue in the workspace the chat is bound to now."""
-        registry = self._registry
-        async with AsyncExitStack() as held:
-            # Follow the chat while the create runs; once its workspace is held, stop following.
-            async with registry.following(chat_id):
-                outcome = await self._writer.create_workspace(
-                    chat_id, workspace_name(name), step.expected_workspace_id, step.parameters
-                )
-                await self._pump.caught_up(outcome.facts.seq)
-                ws = outcome.facts.workspace
-                if outcome.fired and outcome.build is not None:
-                    span.fired(outcome.build.build_id)
-                    if not flow.wait:
-                        flow.tracking(ws)
-                        answer = flow.created(fired=True, build=outcome.build)
-                        assert answer is not None
-                        return answer
-                entry = await held.enter_async_context(registry.track(ws.workspace_id))
-            entry.workspace = entry.workspace or ws
-            flow.tracking(entry.workspace)
-            first = flow.created(fired=outcome.fired, build=outcome.build)
-            return await self._drive(flow, entry, chat_id, span, first)
-
-    async def _continue_later(self, request: Request, chat_id: str, workspace_id: str, number: int) -> None:
-        """``wait=False`` during another kind of build: finish the request in the background."""
-        try:
-            async with self._registry.track(workspace_id) as entry:
-                if not await self._wait(entry, WaitBuild(number), self.build_timeout):
-                    log.warning(
-                        "deferred %s of %s: build %d did not finish within %ss; giving up",
-                        request.value,
-                        chat_id,
-                        number,
-                        self.build_timeout,
-                    )
-                    return
-                # Decide again for this workspace, not whatever the chat is bound to by now: a
-                # deferred stop must not stop the new workspace created after a delete.
-                await self._pump.caught_up(await self.store.head())
-                await self._drive(
-                    Flow(request, wait=False, deferred=True), entry, chat_id, RequestSpan.none()
-                )
-        except (StoreError, CorruptStateError) as exc:
-            log.warning("deferred %s of %s failed: %s", request.value, chat_id, exc)
-        finally:
-            self._deferred -= 1
-            if not self._deferred:
-                self._drained.set()
-                self._drained = anyio.Event()
-
-
-def _same(armed: Deadline | None) -> Deadline | None:
-    return armed
 
 
 class _Sinks:

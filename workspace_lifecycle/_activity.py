@@ -1,0 +1,62 @@
+"""Activity in a chat: what pushes its workspace's idle deadline (a request, a message).
+
+:func:`~workspace_lifecycle.deadlines.touch_due` (pure) says whether a touch is worth a write;
+this module makes it, once for concurrent touches of one workspace, and tells the deadline
+scheduler what the store armed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import deadlines
+from ._deadlines import DeadlineScheduler
+from ._flight import SingleFlight
+from .adapters.base import Store
+from .clock import Clock
+from .errors import CorruptStateError, NotFoundError, StoreError
+from .values import Chat, Deadline
+
+__all__ = ["Activity"]
+
+log = logging.getLogger("workspace_lifecycle.runtime")
+
+
+class Activity:
+    """Touches of a :class:`~workspace_lifecycle.runtime.Lifecycle`'s chats."""
+
+    def __init__(self, store: Store, scheduler: DeadlineScheduler, clock: Clock) -> None:
+        self.store = store
+        self._scheduler = scheduler
+        self._clock = clock
+        self._touches = SingleFlight[Deadline | None]()  # one touch write per workspace at a time
+
+    async def after_request(self, chat: Chat) -> None:
+        """A tool request on ``chat``: it counts as activity; a failed touch fails no answer."""
+        if chat.policy.idle_stop_after is None or chat.workspace_id is None:
+            return
+        try:
+            await self.touch(chat)
+        except (StoreError, CorruptStateError, NotFoundError) as exc:
+            log.warning("touch of %s after a request failed: %s", chat.chat_id, exc)
+
+    async def touch(self, chat: Chat) -> Deadline | None:
+        """Push ``chat``'s idle deadline if that moves it enough; the deadline armed after."""
+        workspace_id = chat.workspace_id
+        if workspace_id is None or chat.policy.idle_stop_after is None:
+            return None
+        known = self._scheduler.known(workspace_id)
+        if not deadlines.touch_due(known, chat.policy, self._clock()):
+            return known
+        # Concurrent touches of one workspace share one write (and its answer).
+        return await self._touches.run(workspace_id, lambda: self._write(workspace_id), _same)
+
+    async def _write(self, workspace_id: str) -> Deadline | None:
+        held = self._scheduler.news_of(workspace_id)
+        armed = await self.store.touch(workspace_id)
+        self._scheduler.note(workspace_id, armed, held=held)
+        return armed
+
+
+def _same(armed: Deadline | None) -> Deadline | None:
+    return armed

@@ -1,0 +1,220 @@
+"""The interpreter of a request's steps: it executes what :class:`~workspace_lifecycle.steps.Flow`
+decides and decides nothing.
+
+Each step the flow returns is one thing to do: fire a build (the store's compare-and-set,
+retried by :class:`~workspace_lifecycle._retry.RetryingWriter`), read a build, catch up with
+the log, wait for a build or the agent (asleep on the
+:class:`~workspace_lifecycle._registry.Registry`, woken by the
+:class:`~workspace_lifecycle._pump.EventPump`'s events, bounded by a cancel scope), create a
+workspace, follow the chat to another one, defer the rest of a ``wait=False`` request behind
+another build, or answer. The runtime returns to the pure core once per step, never to choose
+an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+
+import anyio
+
+from . import checks
+from ._flight import SharedReads
+from ._pump import EventPump
+from ._registry import Entry, Registry
+from ._retry import RetryingWriter
+from .adapters.base import Store
+from .errors import CorruptStateError, StoreError
+from .machine import Request
+from .steps import (
+    Answer,
+    CatchUp,
+    Create,
+    Defer,
+    Fire,
+    Flow,
+    ReadBuild,
+    Restart,
+    Settled,
+    Step,
+    Track,
+    WaitAgent,
+    WaitBuild,
+    first_step,
+)
+from .telemetry import RequestSpan
+from .values import Chat, ToolResult
+
+__all__ = ["Interpreter", "workspace_name"]
+
+log = logging.getLogger("workspace_lifecycle.runtime")
+
+
+def workspace_name(name: str | None) -> str:
+    """The name a new workspace gets, as Coder's chat tool names it (``create_workspace`` in
+    coderd's chattool): a valid name (:func:`~workspace_lifecycle.checks.workspace_name_valid`)
+    is kept, anything else becomes ``<base>-<4 hex>``. The answer's ``workspace_name`` says the
+    name it got. The command line refuses an invalid ``--name`` instead (a person typed it)."""
+    name = (name or "").strip()
+    if name and checks.workspace_name_valid(name):
+        return name
+    base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:27].strip("-") or "workspace"
+    return f"{base}-{secrets.token_hex(2)}"
+
+
+class Interpreter:
+    """Executes requests' steps for a :class:`~workspace_lifecycle.runtime.Lifecycle`, on its
+    store, registry, pump and writer; ``spawn`` starts a task in the runtime's task group
+    (a deferred request), ``raise_if_failed`` raises if the runtime can no longer serve."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        pump: EventPump,
+        writer: RetryingWriter,
+        *,
+        spawn: Callable[..., None],  # spawn(async_fn, *args) in the runtime's task group
+        raise_if_failed: Callable[[], None],
+        build_timeout: float,
+        agent_timeout: float,
+    ) -> None:
+        self.store = store
+        self._registry = registry
+        self._pump = pump
+        self._writer = writer
+        self._spawn = spawn
+        self._raise_if_failed = raise_if_failed
+        self.build_timeout = build_timeout
+        self.agent_timeout = agent_timeout
+        self._reads = SharedReads(store)  # concurrent requests share their first reads
+        self._deferred = 0  # wait=False requests finishing in the background
+        self._drained = anyio.Event()
+
+    async def drain(self) -> None:
+        """Until every deferred request has fired its own build or given up."""
+        while self._deferred:
+            self._raise_if_failed()
+            await self._drained.wait()
+
+    async def serve(
+        self, flow: Flow, chat_id: str, owner: str, name: str | None, span: RequestSpan
+    ) -> tuple[ToolResult, Chat | None]:
+        """Run ``flow`` from the chat's row to its answer; return it with the row last read."""
+        self._raise_if_failed()
+        chat = await self._reads.get_chat(chat_id)
+        step: Step = first_step(flow.request, chat, owner, flow.parameters)
+        while True:
+            if isinstance(step, Answer):
+                return step.result, chat
+            if isinstance(step, Restart):
+                flow.restarted()
+                chat = await self._reads.get_chat(chat_id)
+                step = first_step(flow.request, chat, owner, flow.parameters)
+            elif isinstance(step, Create):
+                step = await self._create(flow, chat_id, step, name, span)
+            elif isinstance(step, Track):
+                async with self._registry.track(step.workspace_id) as entry:
+                    await self._pump.caught_up(await self._reads.head())
+                    step = await self.drive(flow, entry, chat_id, span)
+            else:  # pragma: no cover - the flow asks for these only while a workspace is held
+                raise AssertionError(f"step {step!r} outside a tracked workspace")
+
+    async def drive(
+        self, flow: Flow, entry: Entry, chat_id: str, span: RequestSpan, step: Step | None = None
+    ) -> Step:
+        """Execute ``flow``'s steps on the held workspace; return the first step that leaves it."""
+        if entry.workspace is None:  # followed from its first event, never read: read it once
+            entry.workspace = (await self.store.workspace_facts(entry.workspace_id)).workspace
+        flow.tracking(entry.workspace)
+        while True:
+            if step is None:
+                tracker = entry.current()
+                step = flow.next(tracker)
+                span.decision(type(step).__name__.lower(), tracker.state.value)
+            if isinstance(step, Answer | Create | Track | Restart):
+                return step
+            if isinstance(step, Fire):
+                outcome = await self._writer.request_build(
+                    entry.workspace_id, step.transition, step.expected_build_number, step.parameters
+                )
+                if outcome.fired and outcome.build is not None:
+                    span.fired(outcome.build.build_id)
+                step = flow.fired(step, fired=outcome.fired, build=outcome.build, facts=outcome.facts)
+            elif isinstance(step, ReadBuild):
+                flow.read(await self.store.get_build(step.build_id))
+                step = None
+            elif isinstance(step, CatchUp):
+                await self._pump.caught_up(step.seq)
+                step = None
+            elif isinstance(step, WaitBuild | WaitAgent):
+                timeout = self.build_timeout if isinstance(step, WaitBuild) else self.agent_timeout
+                flow.waited(timed_out=not await self.wait(entry, step, timeout))
+                step = None
+            elif isinstance(step, Defer):
+                self._deferred += 1  # counted before it starts, so drain() waits for it
+                self._spawn(self._continue_later, flow.request, chat_id, entry.workspace_id, step.number)
+                return Answer(step.result)
+            else:  # pragma: no cover
+                raise AssertionError(f"unknown step {step!r}")
+
+    async def wait(self, entry: Entry, condition: WaitBuild | WaitAgent | Settled, seconds: float) -> bool:
+        """Sleep until ``condition`` holds; False after ``seconds``."""
+        with anyio.move_on_after(seconds):
+            await self._registry.wait(entry, condition)
+            return True
+        return False
+
+    async def _create(
+        self, flow: Flow, chat_id: str, step: Create, name: str | None, span: RequestSpan
+    ) -> Step:
+        """Execute a :class:`Create`; continue in the workspace the chat is bound to now."""
+        registry = self._registry
+        async with AsyncExitStack() as held:
+            # Follow the chat while the create runs; once its workspace is held, stop following.
+            async with registry.following(chat_id):
+                outcome = await self._writer.create_workspace(
+                    chat_id, workspace_name(name), step.expected_workspace_id, step.parameters
+                )
+                await self._pump.caught_up(outcome.facts.seq)
+                ws = outcome.facts.workspace
+                if outcome.fired and outcome.build is not None:
+                    span.fired(outcome.build.build_id)
+                    if not flow.wait:
+                        flow.tracking(ws)
+                        answer = flow.created(fired=True, build=outcome.build)
+                        assert answer is not None
+                        return answer
+                entry = await held.enter_async_context(registry.track(ws.workspace_id))
+            entry.workspace = entry.workspace or ws
+            flow.tracking(entry.workspace)
+            first = flow.created(fired=outcome.fired, build=outcome.build)
+            return await self.drive(flow, entry, chat_id, span, first)
+
+    async def _continue_later(self, request: Request, chat_id: str, workspace_id: str, number: int) -> None:
+        """``wait=False`` during another kind of build: finish the request in the background."""
+        try:
+            async with self._registry.track(workspace_id) as entry:
+                if not await self.wait(entry, WaitBuild(number), self.build_timeout):
+                    log.warning(
+                        "deferred %s of %s: build %d did not finish within %ss; giving up",
+                        request.value,
+                        chat_id,
+                        number,
+                        self.build_timeout,
+                    )
+                    return
+                # Decide again for this workspace, not whatever the chat is bound to by now: a
+                # deferred stop must not stop the new workspace created after a delete.
+                await self._pump.caught_up(await self.store.head())
+                await self.drive(Flow(request, wait=False, deferred=True), entry, chat_id, RequestSpan.none())
+        except (StoreError, CorruptStateError) as exc:
+            log.warning("deferred %s of %s failed: %s", request.value, chat_id, exc)
+        finally:
+            self._deferred -= 1
+            if not self._deferred:
+                self._drained.set()
+                self._drained = anyio.Event()
