@@ -145,6 +145,11 @@ class FaultyStore(DriverStore):
     async def aclose(self) -> None:
         """Does nothing: the wrapped store belongs to whoever opened it."""
 
+    async def _transact(self, plan: Plan[T]) -> T:
+        """Counts the call once (:attr:`calls`), however often its guard sends it back."""
+        self.calls[plan.op] += 1
+        return await super()._transact(plan)
+
     # --- fault machinery --------------------------------------------------------------------
 
     def _roll(self, p: float) -> bool:
@@ -158,7 +163,6 @@ class FaultyStore(DriverStore):
     async def _write(self, plan: Plan[T], call: Callable[[], Awaitable[T | Retry]]) -> T | Retry:
         """One try of the write ``plan`` (``call`` runs it), with the faults drawn for it."""
         method = plan.op
-        self.calls[method] += 1
         if method not in self.writes or not self.enabled:
             return await call()
         await self._maybe_delay()
