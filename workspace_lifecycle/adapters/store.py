@@ -406,10 +406,7 @@ class DriverStore(Store):
 
     async def _transact(self, plan: Plan[T]) -> T:
         """Run ``plan`` until it is answered (a lost guard reads and decides again)."""
-        result = await self.driver.transact(plan)
-        if result is not RETRY:
-            return result  # type: ignore[return-value]
-        for _ in range(MAX_DECISIONS - 1):
+        for _ in range(MAX_DECISIONS):
             result = await self.driver.transact(plan)
             if result is not RETRY:
                 return result  # type: ignore[return-value]
