@@ -572,6 +572,8 @@ _E = TypeVar("_E", JobStatus, AgentLifecycle)
 
 
 def _parse(kind: type[_E], value: object, what: str) -> _E:
+    if type(value) is kind:
+        return value
     try:
         return kind(value)
     except (ValueError, TypeError):

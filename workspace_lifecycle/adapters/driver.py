@@ -67,7 +67,7 @@ class Read:
     """The rows a :class:`Plan` decides on.
 
     >>> Read.workspace("w1")
-    Read(kind=<ReadKind.WORKSPACE: 'workspace'>, key='w1', related=True)
+    Read(kind=<ReadKind.WORKSPACE: 'workspace'>, key='w1', related=True, latest=True)
     """
 
     kind: ReadKind
@@ -76,14 +76,19 @@ class Read:
     #: (a driver that guards by versions then guards the chat's as well), for a CHAT read the
     #: facts of the workspace it is bound to.
     related: bool = True
+    #: For a WORKSPACE read: whether the decision needs the workspace's latest build and the
+    #: log's head. When it does not (an agent's report without a lease), a driver may skip them:
+    #: ``Rows.facts`` then holds ``latest_build=None`` and ``seq=0``, which the plan never reads.
+    #: A driver that reads them anyway stays correct; one that skips them saves a join per write.
+    latest: bool = True
 
     @classmethod
     def of_chat(cls, chat_id: str, *, related: bool = True) -> Read:
         return cls(ReadKind.CHAT, chat_id, related)
 
     @classmethod
-    def workspace(cls, workspace_id: str, *, related: bool = True) -> Read:
-        return cls(ReadKind.WORKSPACE, workspace_id, related)
+    def workspace(cls, workspace_id: str, *, related: bool = True, latest: bool = True) -> Read:
+        return cls(ReadKind.WORKSPACE, workspace_id, related, latest)
 
     @classmethod
     def build(cls, build_id: str) -> Read:

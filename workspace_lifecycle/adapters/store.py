@@ -342,7 +342,8 @@ class _ReportAgent(Plan[None]):
         endpoints: Mapping[str, str] | None,
         clock: Callable[[], float],
     ) -> None:
-        super().__init__(Read.workspace(workspace_id, related=False), lease)
+        # Without a lease the report decides on the workspace and its agent alone.
+        super().__init__(Read.workspace(workspace_id, related=False, latest=lease is not None), lease)
         self.lifecycle, self.endpoints, self.clock = lifecycle, endpoints, clock
 
     def decide(self, rows: Rows) -> writes.Write | None:

@@ -42,6 +42,11 @@ _B = rows.prefixed("b", BUILD_COLUMNS)
 
 _WORKSPACE = rows.facts_query("w.workspace_id = ?")
 _WORKSPACE_AND_CHAT = rows.facts_query("w.workspace_id = ?", with_chat=True)
+#: A workspace and its agent, no build (``Read.latest`` false): the agent report's read.
+_WORKSPACE_AGENT = (
+    f"SELECT {_W}, a.build_number, a.lifecycle, a.endpoints FROM workspaces w"
+    " LEFT JOIN agents a ON a.workspace_id = w.workspace_id WHERE w.workspace_id = ?"
+)
 _BUILD = (
     f"SELECT {_B}, {_W}, {_C} FROM builds b LEFT JOIN workspaces w ON w.workspace_id = b.workspace_id"
     " LEFT JOIN chats c ON c.chat_id = w.chat_id WHERE b.build_id = ?"
@@ -57,6 +62,9 @@ def plan_rows(conn: sqlite3.Connection, read: Read) -> Rows:
     kind = read.kind
     if kind is ReadKind.WORKSPACE:
         if not read.related:
+            if not read.latest:
+                row = conn.execute(_WORKSPACE_AGENT, (read.key,)).fetchone()
+                return Rows() if row is None else Rows.of_facts(rows.workspace_agent_row(row))
             row = conn.execute(_WORKSPACE, (read.key,)).fetchone()
             return Rows() if row is None else Rows.of_facts(rows.facts_row(row))
         row = conn.execute(_WORKSPACE_AND_CHAT, (read.key,)).fetchone()

@@ -42,6 +42,7 @@ __all__ = [
     "facts_row",
     "head",
     "prefixed",
+    "workspace_agent_row",
     "workspace_row",
 ]
 
@@ -192,4 +193,14 @@ def facts_row(row: tuple[Any, ...], at: int | None = None) -> WorkspaceFacts:
         None if row[10] is None else _build(row[10:23]),
         None if row[8] is None else agent_row(row[0], row[7], row[8], row[9]),
         at if at is not None else 0 if row[23] is None else row[23],
+    )
+
+
+def workspace_agent_row(row: tuple[Any, ...]) -> WorkspaceFacts:
+    """The facts of a workspace read with its agent and no build (see ``Read.latest``)."""
+    return WorkspaceFacts(
+        _workspace_row(row[:7]),
+        None,
+        None if row[8] is None else agent_row(row[0], row[7], row[8], row[9]),
+        0,
     )
