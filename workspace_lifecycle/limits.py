@@ -104,15 +104,24 @@ class OwnerRow:
     limits: Limits
 
 
+def _stored(limits: Limits | None) -> Limits | None:
+    """Limits with every field unset are no limits stored: the default applies either way."""
+    return None if limits == Limits() else limits
+
+
 @attrs.frozen
 class Usage:
     """What an owner has, read in one snapshot with the limits stored for the owner
-    (``None``: none stored, the runtime's default applies)."""
+    (``None``: none stored, or all unset: the runtime's default applies).
+
+    >>> Usage("al", limits=Limits()).limits is None
+    True
+    """
 
     owner: str
     running: int = 0
     workspaces: int = 0
-    limits: Limits | None = None
+    limits: Limits | None = attrs.field(default=None, converter=_stored)
 
     def as_dict(self, default: Limits | None = None) -> dict[str, Any]:
         """The usage and the limits in force (see :func:`in_force`), as the tools answer it."""
