@@ -31,6 +31,7 @@ from .errors import InvalidEventError as InvalidEventError
 from .errors import LeaseLostError as LeaseLostError
 from .errors import NotFoundError as NotFoundError
 from .errors import OwnershipError as OwnershipError
+from .errors import QuotaExceededError as QuotaExceededError
 from .errors import StoreBusyError as StoreBusyError
 from .errors import StoreClosedError as StoreClosedError
 from .errors import StoreError as StoreError
@@ -38,6 +39,8 @@ from .errors import StoreUnavailableError as StoreUnavailableError
 from .errors import TransientStoreError as TransientStoreError
 from .errors import UnsupportedBackendError as UnsupportedBackendError
 from .errors import WorkspaceLifecycleError as WorkspaceLifecycleError
+from .limits import Limits as Limits
+from .limits import Usage as Usage
 from .machine import Decision as Decision
 from .machine import Request as Request
 from .machine import Tracker as Tracker
@@ -110,12 +113,14 @@ __all__ = [
     "LeaseLostError",
     "LeaseReaper",
     "Lifecycle",
+    "Limits",
     "MemoryStore",
     "NotFoundError",
     "Outcome",
     "OwnershipError",
     "Policy",
     "ProcessProvisioner",
+    "QuotaExceededError",
     "Reason",
     "Request",
     "SimulatedFailure",
@@ -133,6 +138,7 @@ __all__ = [
     "Transition",
     "UnsupportedBackendError",
     "UnusableRoot",
+    "Usage",
     "VirtualClock",
     "WallClock",
     "Workspace",

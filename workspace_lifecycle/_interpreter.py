@@ -27,7 +27,7 @@ from ._pump import EventPump
 from ._registry import Entry, Registry
 from ._retry import RetryingWriter
 from .adapters.base import Store
-from .errors import CorruptStateError, StoreError
+from .errors import CorruptStateError, QuotaExceededError, StoreError
 from .machine import Request
 from .steps import (
     Answer,
@@ -138,9 +138,12 @@ class Interpreter:
             if isinstance(step, Answer | Create | Track | Restart):
                 return step
             if isinstance(step, Fire):
-                outcome = await self._writer.request_build(
-                    entry.workspace_id, step.transition, step.expected_build_number, step.parameters
-                )
+                try:
+                    outcome = await self._writer.request_build(
+                        entry.workspace_id, step.transition, step.expected_build_number, step.parameters
+                    )
+                except QuotaExceededError as exc:  # decided in the store's transaction
+                    return flow.refused(limit=exc.limit, used=exc.used, allowed=exc.allowed)
                 if outcome.fired and outcome.build is not None:
                     span.fired(outcome.build.build_id)
                 step = flow.fired(step, fired=outcome.fired, build=outcome.build, facts=outcome.facts)
@@ -176,9 +179,12 @@ class Interpreter:
         async with AsyncExitStack() as held:
             # Follow the chat while the create runs; once its workspace is held, stop following.
             async with registry.following(chat_id):
-                outcome = await self._writer.create_workspace(
-                    chat_id, workspace_name(name), step.expected_workspace_id, step.parameters
-                )
+                try:
+                    outcome = await self._writer.create_workspace(
+                        chat_id, workspace_name(name), step.expected_workspace_id, step.parameters
+                    )
+                except QuotaExceededError as exc:  # decided in the store's transaction
+                    return flow.refused(limit=exc.limit, used=exc.used, allowed=exc.allowed)
                 await self._pump.caught_up(outcome.facts.seq)
                 ws = outcome.facts.workspace
                 if outcome.fired and outcome.build is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import anyio
 
@@ -22,6 +23,7 @@ from ._flight import SingleFlight
 from .adapters.base import Outcome, Store
 from .backoff import Backoff
 from .errors import TransientStoreError
+from .limits import Limits
 from .values import Transition
 
 __all__ = ["RetryingWriter"]
@@ -35,9 +37,10 @@ _BACKOFF = Backoff(first=0.01, factor=4, cap=0.5)
 class RetryingWriter:
     """``request_build`` and ``create_workspace`` with up to ``retries`` re-read-and-retries."""
 
-    def __init__(self, store: Store, *, retries: int) -> None:
+    def __init__(self, store: Store, *, retries: int, limits: Limits | None = None) -> None:
         self.store = store
         self.retries = retries
+        self.limits = limits  # the runtime's default limits, checked by the store
         self.retried = 0
         self._flights = SingleFlight[Outcome]()
 
@@ -83,7 +86,9 @@ class RetryingWriter:
 
         async def write() -> Outcome:
             # Only when given: a store written before parameters existed keeps working without.
-            extra = {"parameters": parameters} if parameters else {}
+            extra: dict[str, Any] = {"parameters": parameters} if parameters else {}
+            if self.limits is not None and transition is Transition.START:
+                extra["limits"] = self.limits
             return await self.store.request_build(
                 workspace_id, transition, expected_build_number=expected, **extra
             )
@@ -103,7 +108,9 @@ class RetryingWriter:
         """Bind the chat to a new workspace if it is still bound to ``expected``."""
 
         async def write() -> Outcome:
-            extra = {"parameters": parameters} if parameters else {}
+            extra: dict[str, Any] = {"parameters": parameters} if parameters else {}
+            if self.limits is not None:
+                extra["limits"] = self.limits
             return await self.store.create_workspace(chat_id, name, expected_workspace_id=expected, **extra)
 
         async def reread() -> Outcome | None:

@@ -22,8 +22,12 @@ __all__ = [
     "create_existing",
     "done",
     "not_waiting",
+    "quota_exceeded",
     "timed_out",
 ]
+
+#: The ``error_code`` of an answer refused for an owner's limits, as Coder's quota failures.
+INSUFFICIENT_QUOTA = "INSUFFICIENT_QUOTA"
 
 NO_WORKSPACE = "chat has no workspace; use create_workspace first"
 WORKSPACE_DELETED = "workspace was deleted; use create_workspace to make a new one"
@@ -177,4 +181,41 @@ def create_existing(
     else:
         data["message"] = "workspace is already running and recently connected"
     data.update(agent)
+    return ToolResult.ok(data)
+
+
+def quota_exceeded(request: str, *, limit: str, used: int, allowed: int) -> ToolResult:
+    """A create or start refused because the owner is at a limit, in the shape of Coder's quota
+    failure: ``error``, ``error_code: "INSUFFICIENT_QUOTA"``, ``title``, ``message``,
+    ``next_steps`` and ``quota`` (the ``limit`` hit, what is ``used``, what is ``allowed``).
+    ``is_error`` stays false, as Coder answers a quota failure (and every failed build): the
+    model is meant to read it and act (``next_steps``). No build was fired (``no_build``).
+
+    >>> r = quota_exceeded("start", limit="running", used=2, allowed=2)
+    >>> r.is_error, r.data["error_code"], r.data["quota"]
+    (False, 'INSUFFICIENT_QUOTA', {'limit': 'running', 'used': 2, 'allowed': 2})
+    """
+    if limit == "running":
+        what = "running workspaces"
+        steps = [
+            "Stop another of your running workspaces (stop_workspace in its chat), then retry.",
+            "Or ask an administrator to raise your limit of running workspaces.",
+        ]
+    else:
+        what = "workspaces"
+        steps = [
+            "Delete another of your workspaces (delete_workspace in its chat), then retry.",
+            "Or ask an administrator to raise your limit of workspaces.",
+        ]
+    message = f"You have {used} {what} of the {allowed} allowed; this {request} would need one more."
+    data: dict[str, Any] = {
+        "error": f"workspace {request} refused: insufficient quota ({used} {what} of {allowed} allowed)",
+        "error_code": INSUFFICIENT_QUOTA,
+        "title": "Workspace quota exceeded",
+        "message": message,
+        "next_steps": steps,
+        "quota": {"limit": limit, "used": used, "allowed": allowed},
+        "request": request,
+        "no_build": True,
+    }
     return ToolResult.ok(data)

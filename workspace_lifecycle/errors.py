@@ -29,6 +29,7 @@ __all__ = [
     "LeaseLostError",
     "NotFoundError",
     "OwnershipError",
+    "QuotaExceededError",
     "SchemaMissingError",
     "StoreBusyError",
     "StoreClosedError",
@@ -74,6 +75,25 @@ class LeaseLostError(BuildConflictError):
     nothing. The worker must stop working on that build: whatever it does now, another worker
     may be doing too. A :class:`BuildConflictError`, so a provisioner that already stops on
     those stops on this."""
+
+
+class QuotaExceededError(CallerError):
+    """A create or start would take an owner over one of its limits
+    (:class:`~workspace_lifecycle.limits.Limits`): ``limit`` names it (``"running"`` or
+    ``"workspaces"``), ``used`` is what the owner has, ``allowed`` what it may have. The store
+    changed nothing. The tools answer it as Coder answers a quota failure
+    (``"error_code": "INSUFFICIENT_QUOTA"``); the same call passes once a slot is free."""
+
+    def __init__(self, owner: str, limit: str, used: int, allowed: int) -> None:
+        self.owner = owner
+        self.limit = limit
+        self.used = used
+        self.allowed = allowed
+        what = "running workspaces" if limit == "running" else "workspaces"
+        super().__init__(f"owner {owner!r} has {used} {what} of the {allowed} allowed")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.owner, self.limit, self.used, self.allowed))
 
 
 # --- the store could not do it ---------------------------------------------------------------

@@ -32,6 +32,7 @@ from ._service import BackgroundService
 from .adapters.base import Store
 from .clock import Clock, resolve_clock
 from .errors import NotFoundError
+from .limits import Limits, Usage
 from .machine import Request, derive_state
 from .steps import (
     MAX_STATUS_WAIT_MS,
@@ -83,6 +84,12 @@ class Lifecycle(BackgroundService):
     :class:`~workspace_lifecycle.clock.VirtualClock` given to ``open_store(url, clock=...)``
     steps a test through hours); ``clock``, if given, must be that one
     (:func:`~workspace_lifecycle.clock.resolve_clock`).
+
+    Limits: ``limits`` (:class:`~workspace_lifecycle.limits.Limits`) are every owner's unless
+    :meth:`set_limits` stored the owner's own: how many workspaces it may have running and in
+    all. They are checked by the store inside the write that would take the slot, so replicas
+    never pass the last one together; a create or start over a limit is answered as Coder's
+    quota failure (``"error_code": "INSUFFICIENT_QUOTA"``) and fires nothing.
     """
 
     def __init__(
@@ -96,6 +103,7 @@ class Lifecycle(BackgroundService):
         clock: Clock | Callable[[], float] | None = None,
         policy: Policy | None = None,
         fire_deadlines: bool = True,
+        limits: Limits | None = None,
     ) -> None:
         build_timeout = checks.seconds("build_timeout", build_timeout)
         agent_timeout = checks.seconds("agent_timeout", agent_timeout)
@@ -104,6 +112,9 @@ class Lifecycle(BackgroundService):
         write_retries = checks.count("write_retries", write_retries)
         if policy is not None and not isinstance(policy, Policy):
             raise ValueError(f"policy must be a workspace_lifecycle.Policy, not {policy!r}")
+        if limits is not None and not isinstance(limits, Limits):
+            raise ValueError(f"limits must be a workspace_lifecycle.Limits, not {limits!r}")
+        self.limits = limits
         self.store = store
         self.clock = resolve_clock(clock, store, who="Lifecycle")
         self.policy = policy or Policy()
@@ -127,7 +138,7 @@ class Lifecycle(BackgroundService):
             kick_after=resync_interval,
         )
         self._activity = Activity(store, self._deadlines, self.clock)
-        self._writer = RetryingWriter(store, retries=write_retries)
+        self._writer = RetryingWriter(store, retries=write_retries, limits=limits)
         self._steps = Interpreter(
             store,
             self._registry,
@@ -237,6 +248,22 @@ class Lifecycle(BackgroundService):
         if policy is not None and not isinstance(policy, Policy):
             raise ValueError(f"policy must be a workspace_lifecycle.Policy, not {policy!r}")
         return await self.store.register_chat(chat_id, owner, policy=policy, default_policy=self.policy)
+
+    async def set_limits(self, owner: str, limits: Limits) -> None:
+        """Store ``owner``'s own limits (replacing any stored before), over this runtime's default
+        field by field (an unset field, ``None``, keeps the default). They are in force from the
+        next create or start, on every replica; an owner already over them keeps what it has
+        (nothing is stopped) and is refused more."""
+        _check_id("owner", owner)
+        if not isinstance(limits, Limits):
+            raise ValueError(f"limits must be a workspace_lifecycle.Limits, not {limits!r}")
+        await self.store.set_limits(owner, limits)
+
+    async def usage(self, owner: str) -> Usage:
+        """``owner``'s usage (running workspaces, workspaces) with its stored limits, in one read;
+        ``usage.as_dict(lc.limits)`` adds the limits in force."""
+        _check_id("owner", owner)
+        return await self.store.usage(owner)
 
     async def touch(self, chat_id: str, *, owner: str) -> Deadline | None:
         """Activity in the chat: push its workspace's idle deadline to now + ``idle_stop_after``

@@ -304,6 +304,11 @@ class Flow:
             build.details,
         )
 
+    def refused(self, *, limit: str, used: int, allowed: int) -> Step:
+        """The :class:`Create` or start :class:`Fire` was refused for the owner's limits: the
+        request is over, answered as Coder's quota failure; no build was fired."""
+        return self._out(Answer(answers.quota_exceeded(self.verb, limit=limit, used=used, allowed=allowed)))
+
     def waited(self, *, timed_out: bool) -> None:
         """The last :class:`WaitBuild` / :class:`WaitAgent` ended (``timed_out`` or not)."""
         self.timed_out = timed_out

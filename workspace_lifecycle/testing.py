@@ -62,6 +62,7 @@ from ._provisioner_kit import (
 )
 from ._store_kit import ClockedStoreFactory, StoreCheckError, StoreReport, check_store
 from .adapters.base import Store, Topic
+from .limits import Limits, Usage
 from .machine import Tracker, derive_state
 from .runtime import Lifecycle
 from .values import (
@@ -330,6 +331,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.applied: dict[str, list[StoreEvent]] = {}
         self.in_flight: dict[str, set[int]] = {}
         self.deferred: dict[str, Transition] = {}  # workspace -> request waiting for a build
+        self.limits: Limits | None = None  # the owner's stored limits (none: unlimited)
+        self.usage: Usage = self.call(self.store.usage, self.owner)  # as last checked
 
     def teardown(self) -> None:
         self._stack.close()
@@ -421,6 +424,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         r = self.call(self.lc.create_workspace, chat, owner=self.owner, name="dev", wait=wait)
         fresh = self._read()
         new_ws = self._workspace(chat)
+        if self._refused(r):
+            assert new_ws == ws and not self._queued(fresh, new_ws), fresh
+            return
         if ws is None or deleted or state is WorkspaceState.FAILED:
             # As Coder's: a missing, deleted or failed workspace is replaced by a new one.
             assert new_ws != ws and new_ws is not None
@@ -455,6 +461,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         r = self.call(method, chat, owner=self.owner, wait=not self.simulated)
         fresh = self._read(head)
         builds = self._queued(fresh, ws)
+        if self._refused(r):
+            assert transition is Transition.START and not builds, (r.data, builds)
+            return
         if ws is None:
             assert r.is_error and r.text == answers.NO_WORKSPACE and not builds
             return
@@ -537,6 +546,9 @@ class LifecycleMachine(RuleBasedStateMachine):
 
         results = self.call(many)
         builds = self._queued(self._read(head), ws)
+        if any(self._refused(r) for r in results):  # no slot: every caller is refused, none fires
+            assert not builds and all(self._refused(r) for r in results), (builds, results)
+            return
         assert len(builds) == 1 and builds[0].transition is Transition.START, builds
         assert {r.data.get("build_id") for r in results} == {builds[0].build_id}
 
@@ -591,6 +603,10 @@ class LifecycleMachine(RuleBasedStateMachine):
         _, state, deleted = self._state(chat)
         if deleted or state not in _FIRES_FROM[deferred]:
             return
+        if deferred is Transition.START and self._at_running_limit():
+            self.call(self.lc.drain)  # the deferred start is refused for quota: nothing fires
+            assert not self._queued(self._read(head), ws)
+            return
 
         async def fired() -> None:
             # The deferred request decides on the pump's news; wait for its build to appear.
@@ -638,7 +654,50 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert tracker.apply(event) is None
         assert tracker.snapshot() == before
 
+    @rule(
+        running=st.one_of(st.none(), st.integers(0, 3)),
+        workspaces=st.one_of(st.none(), st.integers(0, len(DEFAULT_CHATS) + 1)),
+    )
+    def set_limits(self, running: int | None, workspaces: int | None) -> None:
+        """Store the owner's limits (replacing the last); what it has stays, and is read now."""
+        self.limits = Limits(running=running, workspaces=workspaces)
+        self.call(self.lc.set_limits, self.owner, self.limits)
+        self.usage = self.call(self.store.usage, self.owner)
+        assert (self.usage.limits or Limits()) == self.limits, self.usage
+
+    def _refused(self, r: ToolResult) -> bool:
+        """Was ``r`` refused for quota? Then the owner was at the limit it names."""
+        if r.data.get("error_code") != answers.INSUFFICIENT_QUOTA:
+            return False
+        quota = r.data["quota"]
+        assert self.limits is not None, f"refused for quota with no limits set: {r.data}"
+        assert quota["allowed"] == getattr(self.limits, quota["limit"]), (quota, self.limits)
+        assert quota["used"] >= quota["allowed"], quota
+        assert not r.is_error and r.data["next_steps"], r.data
+        return True
+
+    def _at_running_limit(self) -> bool:
+        most = None if self.limits is None else self.limits.running
+        return most is not None and self.call(self.store.usage, self.owner).running >= most
+
     # --- invariants ----------------------------------------------------------------------------
+
+    @invariant()
+    def no_owner_above_its_limits(self) -> None:
+        """No count rises above the owner's limit: above it only if a lowered limit found it
+        there, and then it never grows."""
+        usage = self.call(self.store.usage, self.owner)
+        if self.limits is not None:
+            for name in ("running", "workspaces"):
+                most, now, before = (
+                    getattr(self.limits, name),
+                    getattr(usage, name),
+                    getattr(self.usage, name),
+                )
+                assert most is None or now <= max(most, before), (
+                    f"owner {self.owner} has {now} {name} over its limit of {most} (had {before})"
+                )
+        self.usage = usage
 
     @invariant()
     def derived_equals_applied(self) -> None:

@@ -23,7 +23,8 @@ import attrs
 from . import buildlogs, checks, deadlines
 from .buildlogs import BuildLog
 from .endpoints import check_endpoints
-from .errors import BuildConflictError, LeaseLostError, NotFoundError, OwnershipError
+from .errors import BuildConflictError, LeaseLostError, NotFoundError, OwnershipError, QuotaExceededError
+from .limits import Limits, OwnerRow, Usage, counts_as_running, over_limit
 from .machine import DEADLINE_REQUEST, Decision, Tracker, derive_state
 from .values import (
     Agent,
@@ -57,11 +58,13 @@ __all__ = [
     "fire_deadline",
     "parse_lifecycle",
     "parse_status",
+    "check_quota",
     "rebound",
     "register_chat",
     "renew_lease",
     "report_agent",
     "request_build",
+    "set_limits",
     "touch",
 ]
 
@@ -75,7 +78,7 @@ class Write:
     a workspace's ``deadline`` is part of its row; ``build`` is inserted when
     ``queued`` (it becomes its workspace's latest build and waits to be claimed) and updated
     otherwise; ``agent`` is upserted (the agent a start build produced, or its new lifecycle);
-    ``log`` is a build's log, upserted.
+    ``log`` is a build's log, upserted; ``owner`` is an owner's row (its limits), upserted.
     """
 
     events: tuple[StoreEvent, ...]
@@ -86,6 +89,8 @@ class Write:
     agent: Agent | None = None
     #: A build's log as it is after the write (upserted whole; it changes no state).
     log: BuildLog | None = None
+    #: An owner's row as it is after the write (upserted whole; it changes no state).
+    owner: OwnerRow | None = None
 
 
 def applied(facts: WorkspaceFacts, write: Write, head: int) -> WorkspaceFacts:
@@ -157,11 +162,17 @@ def create_workspace(
     at: float,
     parameters: Mapping[str, str] | None = None,
     replaced: WorkspaceFacts | None = None,
+    usage: Usage | None = None,
+    limits: Limits | None = None,
 ) -> Write | None:
     """Bind ``chat`` to a new workspace with its first (start) build, or ``None`` if the
     compare-and-set fails: the chat is no longer bound to ``expected_workspace_id``, or the
     workspace it would replace (``replaced``, read in the same transaction) runs or is being
     started: it would run bound to no chat, out of every tool's reach.
+
+    With the owner's ``usage`` (read in the same transaction), a workspace more and a running
+    one more must fit its limits (its stored ones over ``limits``, the runtime's default), or
+    :class:`~workspace_lifecycle.errors.QuotaExceededError` is raised and nothing is written.
 
     >>> chat = Chat("c1", "alice")
     >>> w = create_workspace(chat, expected_workspace_id=None, workspace_id="w1", build_id="b1", name="dev", at=0)
@@ -175,6 +186,7 @@ def create_workspace(
         return None
     if expected_workspace_id is not None and (replaced is None or not _replaceable(replaced)):
         return None
+    check_quota(usage, limits, adds_running=True, adds_workspace=True)
     ws = Workspace(workspace_id, chat.chat_id, chat.owner, name)
     build = Build(
         build_id,
@@ -217,6 +229,8 @@ def request_build(
     at: float,
     parameters: Mapping[str, str] | None = None,
     reason: Reason = Reason.REQUEST,
+    usage: Usage | None = None,
+    limits: Limits | None = None,
 ) -> Write | None:
     """Append build ``expected_build_number + 1``, or ``None`` if the compare-and-set fails.
 
@@ -227,6 +241,9 @@ def request_build(
     but never started again, or it would run bound to no chat, out of every tool's reach.
 
     A deadline armed on the workspace is disarmed: the build's end arms the next one.
+
+    A start with the owner's ``usage`` (read in the same transaction) must fit its limits
+    (see :func:`check_quota`) unless the workspace already counts as running.
     """
     latest = facts.latest_build
     number = latest.number if latest else 0
@@ -237,6 +254,8 @@ def request_build(
         or (transition is Transition.START and (chat is None or chat.workspace_id != facts.workspace_id))
     ):
         return None
+    if transition is Transition.START:
+        check_quota(usage, limits, adds_running=not counts_as_running(latest), adds_workspace=False)
     build = Build(
         build_id,
         facts.workspace_id,
@@ -258,6 +277,38 @@ def request_build(
     else:
         agent = None
     return Write(events=tuple(events), build=build, queued=True, workspace=workspace, agent=agent)
+
+
+def check_quota(
+    usage: Usage | None, limits: Limits | None, *, adds_running: bool, adds_workspace: bool
+) -> None:
+    """Raise :class:`~workspace_lifecycle.errors.QuotaExceededError` when a write that adds a
+    workspace (``adds_workspace``) or a running one (``adds_running``) would take the owner of
+    ``usage`` over its limits (see :mod:`workspace_lifecycle.limits`); ``usage`` ``None``: the
+    write was decided without the owner's rows (no check).
+
+    >>> check_quota(Usage("al", running=1), Limits(running=1), adds_running=True, adds_workspace=False)
+    Traceback (most recent call last):
+    ...
+    workspace_lifecycle.errors.QuotaExceededError: owner 'al' has 1 running workspaces of the 1 allowed
+    """
+    if usage is None:
+        return
+    quota = over_limit(usage, limits, adds_running=adds_running, adds_workspace=adds_workspace)
+    if quota is not None:
+        raise QuotaExceededError(quota.owner, quota.limit, quota.used, quota.allowed)
+
+
+def set_limits(owner: str, limits: Limits) -> Write:
+    """Store ``limits`` for ``owner`` (replacing any stored before); no event: limits change no
+    workspace's state, and are read where they are checked.
+
+    >>> set_limits("alice", Limits(running=4)).owner
+    OwnerRow(owner='alice', limits=Limits(running=4, workspaces=None))
+    """
+    if not isinstance(limits, Limits):
+        raise ValueError(f"limits must be a workspace_lifecycle.Limits, not {limits!r}")
+    return Write(events=(), owner=OwnerRow(owner, limits))
 
 
 # --- after a write that may or may not have committed ---------------------------------------

@@ -9,6 +9,7 @@ provisioner side), :mod:`.log` (the event log, waking, pruning, a closed store) 
 from __future__ import annotations
 
 from . import leases as leases
+from . import limits as limits
 from . import log as log
 from . import writes as writes
 from ._kit import CHECKS as CHECKS

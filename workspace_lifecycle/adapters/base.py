@@ -28,6 +28,7 @@ import attrs
 
 from ..buildlogs import BuildLog
 from ..errors import CorruptStateError
+from ..limits import Limits, Usage
 from ..values import (
     AgentLifecycle,
     Build,
@@ -233,8 +234,13 @@ class Store(abc.ABC):
         *,
         expected_workspace_id: str | None,
         parameters: Mapping[str, str] | None = None,
+        limits: Limits | None = None,
     ) -> Outcome:
         """Create a workspace with its first (start) build and bind the chat to it.
+
+        The owner's limits (those stored for it over ``limits``, the caller's default) are
+        checked on its usage inside the same transaction: over one, nothing is written and
+        :class:`~workspace_lifecycle.errors.QuotaExceededError` is raised.
 
         ``parameters`` (template parameters, checked by
         :func:`~workspace_lifecycle.values.check_parameters`) are kept with the build and handed
@@ -252,11 +258,22 @@ class Store(abc.ABC):
         *,
         expected_build_number: int,
         parameters: Mapping[str, str] | None = None,
+        limits: Limits | None = None,
     ) -> Outcome:
         """Append build ``expected_build_number + 1`` if the compare-and-set of
         :func:`~workspace_lifecycle.writes.request_build` holds (that build is still the latest
         and finished, the workspace is not deleted, and a start's chat is still bound to it);
-        otherwise append nothing."""
+        otherwise append nothing. A start checks the owner's limits as
+        :meth:`create_workspace` does."""
+
+    @abc.abstractmethod
+    async def set_limits(self, owner: str, limits: Limits) -> None:
+        """Store ``limits`` for ``owner`` (replacing any stored before): from the next create or
+        start they are in force for the owner, over every runtime's default."""
+
+    @abc.abstractmethod
+    async def usage(self, owner: str) -> Usage:
+        """The owner's usage (running workspaces, workspaces) and stored limits, in one read."""
 
     @abc.abstractmethod
     async def touch(self, workspace_id: str) -> Deadline | None:

@@ -34,6 +34,7 @@ from typing import ClassVar, Final, Generic, TypeVar
 import attrs
 
 from ..buildlogs import BuildLog
+from ..limits import Usage
 from ..values import Build, Chat, Lease, StoreEvent, Workspace, WorkspaceFacts
 from ..writes import Write
 from .base import ArmedDeadlines, ChatRow, Topic
@@ -60,6 +61,8 @@ class ReadKind(enum.Enum):
     PENDING = "pending"
     #: As BUILD, and the build's log (``Rows.log``; ``None`` before its first line).
     LOG = "log"
+    #: The owner ``key``'s usage and stored limits (``Rows.usage``), and nothing else.
+    OWNER = "owner"
 
 
 @attrs.frozen
@@ -67,7 +70,7 @@ class Read:
     """The rows a :class:`Plan` decides on.
 
     >>> Read.workspace("w1")
-    Read(kind=<ReadKind.WORKSPACE: 'workspace'>, key='w1', related=True, latest=True)
+    Read(kind=<ReadKind.WORKSPACE: 'workspace'>, key='w1', related=True, latest=True, usage=False)
     """
 
     kind: ReadKind
@@ -81,14 +84,27 @@ class Read:
     #: ``Rows.facts`` then holds ``latest_build=None`` and ``seq=0``, which the plan never reads.
     #: A driver that reads them anyway stays correct; one that skips them saves a join per write.
     latest: bool = True
+    #: Whether the decision needs its owner's usage too (``Rows.usage``: the workspaces of the
+    #: chat's owner, or of the workspace's, counted in the same snapshot, with its stored
+    #: limits): a write that may take one more slot. The read must then also serialise every
+    #: other such write of the owner until it commits (a lock of the owner's row, or a
+    #: compare-and-set of its version, bumped by each such write), so that no two can both
+    #: pass the last slot.
+    usage: bool = False
 
     @classmethod
-    def of_chat(cls, chat_id: str, *, related: bool = True) -> Read:
-        return cls(ReadKind.CHAT, chat_id, related)
+    def of_chat(cls, chat_id: str, *, related: bool = True, usage: bool = False) -> Read:
+        return cls(ReadKind.CHAT, chat_id, related, usage=usage)
 
     @classmethod
-    def workspace(cls, workspace_id: str, *, related: bool = True, latest: bool = True) -> Read:
-        return cls(ReadKind.WORKSPACE, workspace_id, related, latest)
+    def workspace(
+        cls, workspace_id: str, *, related: bool = True, latest: bool = True, usage: bool = False
+    ) -> Read:
+        return cls(ReadKind.WORKSPACE, workspace_id, related, latest, usage)
+
+    @classmethod
+    def owner(cls, owner: str) -> Read:
+        return cls(ReadKind.OWNER, owner, False, usage=True)
 
     @classmethod
     def build(cls, build_id: str) -> Read:
@@ -115,6 +131,10 @@ class Rows:
       cost (a row cache), else ``None``.
     * PENDING: ``build`` and ``workspace``, or neither when nothing is pending.
     * LOG: as BUILD, and ``log`` (``None`` until the build's first line).
+    * OWNER: ``usage`` only.
+
+    ``usage`` is read whenever the read asks for it (``Read.usage``): the owner's counts and
+    stored limits; ``None`` when there is no owner to count (no such chat or workspace).
     """
 
     chat: Chat | None = None
@@ -122,6 +142,7 @@ class Rows:
     build: Build | None = None
     workspace: Workspace | None = None
     log: BuildLog | None = None
+    usage: Usage | None = None
 
     @classmethod
     def of_facts(cls, facts: WorkspaceFacts | None, chat: Chat | None = None) -> Rows:
@@ -243,6 +264,11 @@ class Driver(abc.ABC):
         """Build ``number`` of the workspace (``None``: its latest) and that build's log (``None``
         before its first line), in one read; ``None`` when there is no such build."""
 
+    @abc.abstractmethod
+    async def read_usage(self, owner: str) -> Usage:
+        """The owner's usage and stored limits in one read (see :mod:`workspace_lifecycle.limits`
+        for what counts); zeros and no limits for an owner with nothing stored."""
+
     # --- the event log -------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -311,6 +337,9 @@ class WrappedDriver(Driver):
 
     async def read_log(self, workspace_id: str, number: int | None = None) -> LogRead | None:
         return await self.around_read("read_log", lambda: self.inner.read_log(workspace_id, number))
+
+    async def read_usage(self, owner: str) -> Usage:
+        return await self.around_read("read_usage", lambda: self.inner.read_usage(owner))
 
     async def head(self) -> int:
         return await self.around_read("head", self.inner.head)

@@ -16,6 +16,7 @@ import attrs
 from .. import writes
 from ..buildlogs import BuildLog
 from ..errors import CursorExpiredError, NotFoundError, StoreClosedError
+from ..limits import Limits, Usage, counts_as_running
 from ..values import Agent, Build, Chat, JobStatus, Lease, StoreEvent, Workspace, WorkspaceFacts
 from .base import ArmedDeadlines, ChatRow, Doorbell
 from .driver import Driver, LogRead, Plan, Read, ReadKind, Retry, Rows
@@ -42,6 +43,8 @@ class MemoryDriver(Driver):
         self._leased: dict[str, None] = {}  # ids of builds in flight under a lease
         self._logs: dict[str, BuildLog] = {}  # build id -> its log
         self._numbers: dict[tuple[str, int], str] = {}  # (workspace id, build number) -> build id
+        self._limits: dict[str, Limits] = {}  # owner -> the limits stored for it
+        self._by_owner: dict[str, dict[str, None]] = {}  # owner -> ids of its workspaces
         self._events: list[StoreEvent] = []
         self._pruned_through = 0  # every event with seq <= this was pruned
         self._doorbell = Doorbell()
@@ -62,7 +65,33 @@ class MemoryDriver(Driver):
         return plan.answer(0 if write is None else self._persist(write))
 
     def _read(self, read: Read) -> Rows:
+        rows = self._read_rows(read)
+        if read.usage:  # no await between this read and the write: the owner is serialised
+            owner = read.key if read.kind is ReadKind.OWNER else self._owner_of(rows)
+            rows.usage = None if owner is None else self._usage(owner)
+        return rows
+
+    @staticmethod
+    def _owner_of(rows: Rows) -> str | None:
+        if rows.chat is not None:
+            return rows.chat.owner
+        return None if rows.workspace is None else rows.workspace.owner
+
+    def _usage(self, owner: str) -> Usage:
+        """The owner's counts, over its workspaces only (an index, not every workspace)."""
+        running = workspaces = 0
+        for workspace_id in self._by_owner.get(owner, ()):
+            if self._workspaces[workspace_id].deleted:
+                continue
+            workspaces += 1
+            latest = self._latest.get(workspace_id)
+            running += counts_as_running(None if latest is None else self._builds[latest])
+        return Usage(owner, running, workspaces, self._limits.get(owner))
+
+    def _read_rows(self, read: Read) -> Rows:
         kind = read.kind
+        if kind is ReadKind.OWNER:
+            return Rows()
         if kind is ReadKind.WORKSPACE:
             facts = self._facts_or_none(read.key)
             chat = self._chats.get(facts.workspace.chat_id) if facts is not None and read.related else None
@@ -97,7 +126,11 @@ class MemoryDriver(Driver):
     def _persist(self, write: writes.Write) -> int:
         """Apply one decided write: its rows, then its events numbered in order; the head."""
         if write.workspace is not None:
-            self._workspaces[write.workspace.workspace_id] = write.workspace
+            ws = write.workspace
+            self._workspaces[ws.workspace_id] = ws
+            self._by_owner.setdefault(ws.owner, {})[ws.workspace_id] = None
+        if write.owner is not None:
+            self._limits[write.owner.owner] = write.owner.limits
         if write.chat is not None:
             self._chats[write.chat.chat_id] = write.chat
         build = write.build
@@ -191,6 +224,10 @@ class MemoryDriver(Driver):
         if build_id is None:
             return None
         return self._builds[build_id], self._logs.get(build_id)
+
+    async def read_usage(self, owner: str) -> Usage:
+        self._check()
+        return self._usage(owner)
 
     # --- the event log ---------------------------------------------------------------------------
 

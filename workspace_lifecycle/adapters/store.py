@@ -22,6 +22,7 @@ from .. import writes
 from ..buildlogs import check_lines
 from ..endpoints import check_endpoints
 from ..errors import NotFoundError, StoreBusyError
+from ..limits import Limits, Usage
 from ..values import (
     AgentLifecycle,
     Build,
@@ -100,7 +101,7 @@ class _RegisterChat(Plan[Chat]):
 
 class _CreateWorkspace(_Request):
     op = "create_workspace"
-    __slots__ = ("chat_id", "clock", "expected", "name", "parameters")
+    __slots__ = ("chat_id", "clock", "expected", "limits", "name", "parameters")
 
     def __init__(
         self,
@@ -108,14 +109,16 @@ class _CreateWorkspace(_Request):
         name: str,
         expected: str | None,
         parameters: Mapping[str, str] | None,
+        limits: Limits | None,
         clock: Callable[[], float],
     ) -> None:
-        super().__init__(Read.of_chat(chat_id))
-        self.chat_id, self.name, self.expected, self.parameters, self.clock = (
+        super().__init__(Read.of_chat(chat_id, usage=True))  # one workspace more: the owner's limits
+        self.chat_id, self.name, self.expected, self.parameters, self.limits, self.clock = (
             chat_id,
             name,
             expected,
             parameters,
+            limits,
             clock,
         )
 
@@ -133,6 +136,8 @@ class _CreateWorkspace(_Request):
             at=self.clock(),
             parameters=self.parameters,
             replaced=bound if self.expected is not None else None,
+            usage=rows.usage,
+            limits=self.limits,
         )
         if write is None:
             if bound is None:
@@ -144,7 +149,7 @@ class _CreateWorkspace(_Request):
 
 class _RequestBuild(_Request):
     op = "request_build"
-    __slots__ = ("clock", "expected", "parameters", "transition")
+    __slots__ = ("clock", "expected", "limits", "parameters", "transition")
 
     def __init__(
         self,
@@ -152,10 +157,13 @@ class _RequestBuild(_Request):
         transition: Transition,
         expected: int,
         parameters: Mapping[str, str] | None,
+        limits: Limits | None,
         clock: Callable[[], float],
     ) -> None:
-        super().__init__(Read.workspace(workspace_id))
+        # Only a start may take a slot more: only a start reads (and serialises on) the owner.
+        super().__init__(Read.workspace(workspace_id, usage=transition is Transition.START))
         self.transition, self.expected, self.parameters, self.clock = transition, expected, parameters, clock
+        self.limits = limits
 
     def decide(self, rows: Rows) -> writes.Write | None:
         facts = _facts(rows, f"no workspace {self.read.key!r}")
@@ -167,6 +175,8 @@ class _RequestBuild(_Request):
             build_id=_new_id(),
             at=self.clock(),
             parameters=self.parameters,
+            usage=rows.usage,
+            limits=self.limits,
         )
         return self._decided(facts, write)
 
@@ -383,6 +393,21 @@ class _AppendLog(Plan[None]):
         return None
 
 
+class _SetLimits(Plan[None]):
+    op = "set_limits"
+    __slots__ = ("limits",)
+
+    def __init__(self, owner: str, limits: Limits) -> None:
+        super().__init__(Read.owner(owner))
+        self.limits = limits
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        return writes.set_limits(self.read.key, self.limits)
+
+    def answer(self, head: int) -> None:
+        return None
+
+
 _PENDING = Read.pending()
 
 
@@ -434,9 +459,10 @@ class DriverStore(Store):
         *,
         expected_workspace_id: str | None,
         parameters: Mapping[str, str] | None = None,
+        limits: Limits | None = None,
     ) -> Outcome:
         return await self._transact(
-            _CreateWorkspace(chat_id, name, expected_workspace_id, parameters, self.driver.clock)
+            _CreateWorkspace(chat_id, name, expected_workspace_id, parameters, limits, self.driver.clock)
         )
 
     async def request_build(
@@ -446,10 +472,21 @@ class DriverStore(Store):
         *,
         expected_build_number: int,
         parameters: Mapping[str, str] | None = None,
+        limits: Limits | None = None,
     ) -> Outcome:
         return await self._transact(
-            _RequestBuild(workspace_id, transition, expected_build_number, parameters, self.driver.clock)
+            _RequestBuild(
+                workspace_id, transition, expected_build_number, parameters, limits, self.driver.clock
+            )
         )
+
+    async def set_limits(self, owner: str, limits: Limits) -> None:
+        if not isinstance(limits, Limits):
+            raise ValueError(f"limits must be a workspace_lifecycle.Limits, not {limits!r}")
+        await self._transact(_SetLimits(owner, limits))
+
+    async def usage(self, owner: str) -> Usage:
+        return await self.driver.read_usage(owner)
 
     async def touch(self, workspace_id: str) -> Deadline | None:
         return await self._transact(_Touch(workspace_id, self.driver.clock))

@@ -211,10 +211,15 @@ async def _deferred_behind(store: Store, chat_id: str, request: Request) -> Buil
     return deferred_behind(request, await store.workspace_facts(chat.workspace_id))
 
 
+INSUFFICIENT_QUOTA = "INSUFFICIENT_QUOTA"
+
+
 def _summary(chat: str, result: ToolResult) -> str:
     """The answer in one line for a person: what happened (or went wrong), then its fields."""
     data = dict(result.data)
     done = [key for key in DONE_KEY.values() if data.pop(key, None) is True]
+    if data.get("error_code") == INSUFFICIENT_QUOTA:  # one sentence: what, and what to do
+        return f"{chat}: {data['error']}; {data['next_steps'][0]}"
     if "error" in data:
         head = f"{chat}: {data.pop('error')}"
     elif data.pop("timed_out", None) is True:

@@ -18,6 +18,13 @@ Two ways to run a plan, by what it reads:
   rows whose guard fails reads the rows as they are now in the same round trip
   (:mod:`.committer`), and its retry decides on them: a lost guard costs one round trip more,
   not two.
+* **By owner, in a transaction** (reads that ask for the owner's usage: a create, a start,
+  setting limits): the owner's row is locked first (made if missing, its version bumped), so
+  every write that may take one of the owner's slots runs alone for that owner, across
+  replicas; then the chat or workspace rows are locked as below, the owner's usage is counted
+  (READ COMMITTED: a statement after the lock sees every write that held it before), and the
+  decision is persisted under those locks. Writes that only lower a count (a stop, a failed
+  start) take no owner lock: read late, they can only make a check refuse, never pass.
 * **Locked, in a transaction** (CHAT reads: registering a chat, creating a workspace): the
   workspace the chat is bound to and then the chat row are locked ``FOR UPDATE``, read,
   decided on, and persisted unguarded under those locks. A new chat row that another replica
@@ -35,6 +42,7 @@ from typing import TypeVar
 import anyio
 
 from ...errors import NotFoundError, StoreClosedError, UnsupportedBackendError
+from ...limits import Usage
 from ...values import Build, Chat, Lease, StoreEvent, WorkspaceFacts
 from ...writes import Write
 from ..base import ArmedDeadlines, ChatRow, Doorbell, Topic
@@ -159,6 +167,8 @@ class PostgresDriver(Driver):
     # --- writes ------------------------------------------------------------------------------
 
     async def transact(self, plan: Plan[T]) -> T | Retry:
+        if plan.read.usage:
+            return await self._transact_owner(plan)
         if plan.read.kind is ReadKind.CHAT:
             return await self._transact_locked(plan)
         return await self.connection.try_(functools.partial(self._guarded, plan), kind=plan.op)
@@ -294,6 +304,47 @@ class PostgresDriver(Driver):
         self._wrote(done)
         return plan.answer(done)
 
+    async def _transact_owner(self, plan: Plan[T]) -> T | Retry:
+        """A plan that reads its owner's usage, under the owner's lock (see the module)."""
+        read = plan.read
+
+        async def body(conn: Conn) -> int | Retry:
+            owner = await sql.owner_of(conn, read)
+            if owner is not None:
+                await sql.lock_owner(conn, owner)
+            if read.kind is ReadKind.CHAT:
+                rows = await sql.lock_chat(conn, read.key, related=read.related)
+                if rows is None:
+                    return RETRY  # bound to another workspace between the locks
+            elif read.kind is ReadKind.WORKSPACE:
+                rows = await sql.lock_workspace(conn, read.key, related=read.related)
+            else:
+                rows = Rows()
+            if owner is not None:
+                rows.usage = await sql.read_usage(conn, owner)
+            write = plan.decide(rows)
+            if write is None:
+                if rows.facts is not None:
+                    self._read_head(rows.facts.seq)
+                return 0
+            if write.owner is not None:
+                await sql.write_owner(conn, write.owner)
+            if not write.events and write.workspace is None and write.chat is None and write.build is None:
+                return 0  # the owner's row was all it changed
+            head = await self.committer.execute(conn, write, None, new_chat=rows.chat is None)
+            if head is None:
+                raise _Conflict
+            return head
+
+        try:
+            done = await self.connection.run(body, write=True, kind=plan.op)
+        except _Conflict:
+            return RETRY
+        if isinstance(done, Retry):
+            return done
+        self._wrote(done)
+        return plan.answer(done)
+
     def _read_head(self, head: int) -> None:
         """A read returned the log's ``head`` with its rows. By shard, it may be ahead of every
         notification this replica will get (other shards' commits): a caller that then waits
@@ -350,6 +401,9 @@ class PostgresDriver(Driver):
 
     async def read_log(self, workspace_id: str, number: int | None = None) -> LogRead | None:
         return await self.connection.run(lambda conn: sql.read_log(conn, workspace_id, number))
+
+    async def read_usage(self, owner: str) -> Usage:
+        return await self.connection.run(lambda conn: sql.read_usage(conn, owner), kind="read_usage")
 
     # --- the event log -----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from psycopg.rows import TupleRow
 
 from ...buildlogs import BuildLog
 from ...errors import CorruptStateError, CursorExpiredError
+from ...limits import RUNNING_STATUSES, Limits, OwnerRow, Usage
 from ...values import (
     Agent,
     AgentLifecycle,
@@ -31,7 +32,7 @@ from ...values import (
     parse_policy,
 )
 from ..base import ArmedDeadlines, ChatRow
-from ..driver import LogRead, Rows
+from ..driver import LogRead, Read, ReadKind, Rows
 from .guards import Known, Seen
 
 Conn = psycopg.AsyncConnection[TupleRow]
@@ -279,6 +280,76 @@ async def lock_chat(conn: Conn, chat_id: str, *, related: bool) -> Rows | None:
     if chat.workspace_id != bound:
         return None
     return Rows(chat, None if bound is None else await read_facts(conn, bound))
+
+
+_RUNNING = "(" + ", ".join(f"'{status.value}'" for status in RUNNING_STATUSES) + ")"
+_USAGE_SQL = (
+    "SELECT count(*), count(*) FILTER (WHERE b.transition = 'start' AND b.status IN "
+    f"{_RUNNING}), (SELECT running FROM owners WHERE owner = %(o)s),"
+    " (SELECT workspaces FROM owners WHERE owner = %(o)s)"
+    " FROM workspaces w LEFT JOIN builds b ON b.workspace_id = w.workspace_id AND b.number = w.latest_build"
+    " WHERE w.owner = %(o)s AND NOT w.deleted"
+)
+
+
+async def owner_of(conn: Conn, read: Read) -> str | None:
+    """The owner of the chat or workspace ``read`` names (``None``: there is none). An owner
+    never changes, so it is read before any lock."""
+    if read.kind is ReadKind.OWNER:
+        return read.key
+    table, key = ("chats", "chat_id") if read.kind is ReadKind.CHAT else ("workspaces", "workspace_id")
+    cur = await conn.execute(f"SELECT owner FROM {table} WHERE {key} = %s", (read.key,))
+    row = await cur.fetchone()
+    return None if row is None else str(row[0])
+
+
+async def lock_owner(conn: Conn, owner: str) -> None:
+    """Inside a transaction: lock the owner's row (made if missing) and bump its version. Every
+    write that may take one of the owner's slots takes this lock first, so they run one at a
+    time and each counts (:func:`read_usage`) what the previous one committed."""
+    await conn.execute(
+        "INSERT INTO owners AS o (owner) VALUES (%s)"
+        " ON CONFLICT (owner) DO UPDATE SET version = o.version + 1",
+        (owner,),
+    )
+
+
+async def lock_workspace(conn: Conn, workspace_id: str, *, related: bool) -> Rows:
+    """Inside a transaction: lock the workspace's row (and, ``related``, share-lock its chat's,
+    in the order every guarded write takes them) and read its facts and chat."""
+    cur = await conn.execute(
+        "SELECT chat_id FROM workspaces WHERE workspace_id = %s FOR UPDATE", (workspace_id,)
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return Rows()
+    if related:
+        await conn.execute("SELECT 1 FROM chats WHERE chat_id = %s FOR SHARE", (row[0],))
+    facts, known = await read_facts_known(conn, workspace_id)
+    chat = None if known is None or not related else known.chat
+    return Rows.of_facts(facts, chat)
+
+
+async def read_usage(conn: Conn, owner: str) -> Usage:
+    """``owner``'s usage (see :mod:`workspace_lifecycle.limits`) and stored limits."""
+    cur = await conn.execute(_USAGE_SQL, {"o": owner})
+    row = await cur.fetchone()
+    assert row is not None
+    workspaces, running, most_running, most_workspaces = row
+    limits = (
+        None if most_running is None and most_workspaces is None else Limits(most_running, most_workspaces)
+    )
+    return Usage(owner, int(running), int(workspaces), limits)
+
+
+async def write_owner(conn: Conn, owner: OwnerRow) -> None:
+    """Upsert an owner's row (its limits), bumping its version."""
+    await conn.execute(
+        "INSERT INTO owners AS o (owner, running, workspaces) VALUES (%s, %s, %s)"
+        " ON CONFLICT (owner) DO UPDATE SET running = excluded.running,"
+        " workspaces = excluded.workspaces, version = o.version + 1",
+        (owner.owner, owner.limits.running, owner.limits.workspaces),
+    )
 
 
 # --- plain reads -----------------------------------------------------------------------------

@@ -116,6 +116,18 @@ MIGRATIONS: tuple[str, ...] = (
         dropped bigint NOT NULL
     );
     """,
+    # 7: per-owner limits (NULL: the runtime's default) and the owner row's version, bumped by
+    # every write that may take one of the owner's slots (a create, a start) under the row's
+    # lock: such writes of one owner run one at a time, each counting what the last committed.
+    """
+    CREATE TABLE owners (
+        owner text PRIMARY KEY,
+        running integer,
+        workspaces integer,
+        version bigint NOT NULL DEFAULT 0
+    );
+    CREATE INDEX workspaces_owner ON workspaces (owner) WHERE NOT deleted;
+    """,
 )
 
 #: The schema version this code writes and understands.

@@ -37,6 +37,7 @@ from typing import Generic, TypeVar
 import anyio
 
 from ...errors import StoreClosedError, StoreUnavailableError, UnsupportedBackendError
+from ...limits import Usage
 from ...values import Build, Chat, Lease, StoreEvent, WorkspaceFacts
 from ..base import ArmedDeadlines, ChatRow, Doorbell
 from ..driver import Driver, LogRead, Plan, Retry
@@ -368,6 +369,9 @@ class SQLiteDriver(Driver):
 
     async def read_log(self, workspace_id: str, number: int | None = None) -> LogRead | None:
         return await self._read(lambda conn: reads.read_log(conn, workspace_id, number))
+
+    async def read_usage(self, owner: str) -> Usage:
+        return await self._read(lambda conn: reads.usage(conn, owner))
 
     async def head(self) -> int:
         return await self._read(rows.head, then=self._doorbell.saw)

@@ -104,6 +104,15 @@ class Tx:
         if write.log is not None:
             log = write.log
             conn.execute(_UPSERT_LOG, (log.build_id, json.dumps(list(log.lines)), log.bytes, log.dropped))
+        if write.owner is not None:
+            row = write.owner
+            conn.execute(_UPSERT_OWNER, (row.owner, row.limits.running, row.limits.workspaces))
+
+
+_UPSERT_OWNER = (
+    "INSERT INTO owners (owner, running, workspaces) VALUES (?, ?, ?)"
+    " ON CONFLICT (owner) DO UPDATE SET running = excluded.running, workspaces = excluded.workspaces"
+)
 
 
 def _workspace_values(ws: Workspace) -> tuple[object, ...]:

@@ -11,6 +11,7 @@ from collections.abc import Collection
 
 from ...buildlogs import BuildLog
 from ...errors import CorruptStateError, CursorExpiredError
+from ...limits import RUNNING_STATUSES, Limits, Usage
 from ...values import JobStatus, Lease, StoreEvent, parse_deadline
 from ..base import ArmedDeadlines, ChatRow
 from ..driver import LogRead, Read, ReadKind, Rows
@@ -27,6 +28,7 @@ __all__ = [
     "plan_rows",
     "prune",
     "read_log",
+    "usage",
 ]
 
 #: SQLite's integers are signed 64-bit: a sequence number beyond this is beyond every head.
@@ -57,9 +59,45 @@ _PENDING = (
 )
 
 
+_RUNNING = "(" + ", ".join(f"'{status.value}'" for status in RUNNING_STATUSES) + ")"
+#: An owner's counts (see :mod:`workspace_lifecycle.limits`) and stored limits, in one statement.
+_USAGE = (
+    "SELECT count(w.workspace_id),"
+    f" coalesce(sum(b.transition = 'start' AND b.status IN {_RUNNING}), 0),"
+    " (SELECT running FROM owners WHERE owner = ?1), (SELECT workspaces FROM owners WHERE owner = ?1),"
+    " EXISTS (SELECT 1 FROM owners WHERE owner = ?1)"
+    " FROM workspaces w LEFT JOIN builds b ON b.build_id = w.latest_build_id"
+    " WHERE w.owner = ?1 AND NOT w.deleted"
+)
+
+
+def usage(conn: sqlite3.Connection, owner: str) -> Usage:
+    """``owner``'s usage and stored limits."""
+    workspaces, running, most_running, most_workspaces, stored = conn.execute(_USAGE, (owner,)).fetchone()
+    limits = Limits(most_running, most_workspaces) if stored else None
+    return Usage(owner, int(running), int(workspaces), limits)
+
+
 def plan_rows(conn: sqlite3.Connection, read: Read) -> Rows:
-    """The rows ``read`` names, absent ones ``None`` (see :class:`~..driver.Rows`)."""
+    """The rows ``read`` names, absent ones ``None`` (see :class:`~..driver.Rows`); with the
+    owner's usage when it asks for it (the write holds ``BEGIN IMMEDIATE``: no other write of
+    any owner runs until it commits)."""
+    found = _plan_rows(conn, read)
+    if read.usage:
+        if read.kind is ReadKind.OWNER:
+            owner: str | None = read.key
+        elif found.chat is not None:
+            owner = found.chat.owner
+        else:
+            owner = None if found.workspace is None else found.workspace.owner
+        found.usage = None if owner is None else usage(conn, owner)
+    return found
+
+
+def _plan_rows(conn: sqlite3.Connection, read: Read) -> Rows:
     kind = read.kind
+    if kind is ReadKind.OWNER:
+        return Rows()
     if kind is ReadKind.WORKSPACE:
         if not read.related:
             if not read.latest:

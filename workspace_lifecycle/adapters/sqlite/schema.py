@@ -11,7 +11,7 @@ from .rows import head
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_path", "setup"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA = """
 CREATE TABLE chats (
@@ -113,6 +113,10 @@ ALTER TABLE log_state DROP COLUMN head
     5: "ALTER TABLE agents ADD COLUMN endpoints TEXT;"
     " CREATE TABLE build_logs (build_id TEXT PRIMARY KEY, lines TEXT NOT NULL,"
     " bytes INTEGER NOT NULL, dropped INTEGER NOT NULL)",
+    # Per-owner limits (NULL: unlimited, or the runtime's default), and the owner's workspaces
+    # found by an index: a create or start counts them in its own transaction.
+    6: "CREATE TABLE owners (owner TEXT PRIMARY KEY, running INTEGER, workspaces INTEGER);"
+    " CREATE INDEX workspaces_by_owner ON workspaces (owner)",
 }
 
 
