@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .values import AgentLifecycle, JobStatus, ToolResult, Workspace, WorkspaceState
+from .deadlines import in_words
+from .values import AgentLifecycle, Deadline, JobStatus, ToolResult, Workspace, WorkspaceState
 
 __all__ = [
     "CHAT_NOT_FOUND",
@@ -23,6 +24,7 @@ __all__ = [
     "done",
     "not_waiting",
     "timed_out",
+    "with_deadline",
 ]
 
 NO_WORKSPACE = "chat has no workspace; use create_workspace first"
@@ -178,3 +180,17 @@ def create_existing(
         data["message"] = "workspace is already running and recently connected"
     data.update(agent)
     return ToolResult.ok(data)
+
+
+def with_deadline(result: ToolResult, deadline: Deadline | None, now: float) -> ToolResult:
+    """``result`` with the workspace's next automatic action in words (``next_deadline``), so a
+    model can keep the workspace with a touch; an error, or nothing armed, is left as it is.
+
+    >>> from workspace_lifecycle.values import Reason
+    >>> with_deadline(ToolResult.ok({"status": "running"}), Deadline(1120.0, Reason.IDLE), 1000.0).text
+    '{"next_deadline": "idle stop in 2 min", "status": "running"}'
+    """
+    words = in_words(deadline, now)
+    if result.is_error or words is None:
+        return result
+    return ToolResult.ok({**result.data, "next_deadline": words})

@@ -116,6 +116,13 @@ MIGRATIONS: tuple[str, ...] = (
         dropped bigint NOT NULL
     );
     """,
+    # 7: expiry warnings: a chat's warn_before, when an armed deadline's warning is due and
+    # whether it was given (the compare-and-set that warns once across replicas).
+    """
+    ALTER TABLE chats ADD COLUMN warn_before double precision;
+    ALTER TABLE workspaces ADD COLUMN deadline_warn_at double precision,
+        ADD COLUMN deadline_warned boolean NOT NULL DEFAULT false;
+    """,
 )
 
 #: The schema version this code writes and understands.

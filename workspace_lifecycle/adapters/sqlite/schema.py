@@ -11,7 +11,7 @@ from .rows import head
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_path", "setup"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA = """
 CREATE TABLE chats (
@@ -113,6 +113,11 @@ ALTER TABLE log_state DROP COLUMN head
     5: "ALTER TABLE agents ADD COLUMN endpoints TEXT;"
     " CREATE TABLE build_logs (build_id TEXT PRIMARY KEY, lines TEXT NOT NULL,"
     " bytes INTEGER NOT NULL, dropped INTEGER NOT NULL)",
+    # Expiry warnings: a chat's warn_before, when an armed deadline's warning is due and
+    # whether it was given (the compare-and-set that warns once across replicas).
+    6: "ALTER TABLE chats ADD COLUMN warn_before REAL;"
+    " ALTER TABLE workspaces ADD COLUMN deadline_warn_at REAL;"
+    " ALTER TABLE workspaces ADD COLUMN deadline_warned INTEGER NOT NULL DEFAULT 0",
 }
 
 
