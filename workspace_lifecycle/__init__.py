@@ -23,6 +23,7 @@ from .clock import Clock as Clock
 from .clock import VirtualClock as VirtualClock
 from .clock import WallClock as WallClock
 from .deadlines import STANDALONE_POLICY as STANDALONE_POLICY
+from .deadlines import in_words as deadline_in_words
 from .errors import BuildConflictError as BuildConflictError
 from .errors import CallerError as CallerError
 from .errors import CorruptStateError as CorruptStateError
@@ -148,6 +149,7 @@ __all__ = [
     "WorkspaceRefused",
     "WorkspaceState",
     "claims",
+    "deadline_in_words",
     "derive_state",
     "dispatch_tool",
     "holding",

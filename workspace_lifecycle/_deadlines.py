@@ -10,8 +10,15 @@ compare-and-set (:meth:`Store.fire_deadline`): with any number of replicas only 
 and a deadline extended meanwhile fires nothing. What the store answers (the deadline armed
 after the call) is what the scheduler knows next, so it never fires the same deadline twice.
 
-It decides nothing: when a deadline is due and what firing it writes are the pure core's
-(:class:`~workspace_lifecycle.values.Deadline`, :func:`~workspace_lifecycle.writes.fire_deadline`).
+A deadline with a warning (the chat's ``warn_before``) is looked at twice: at its warning's
+time, when the scheduler writes the ``deadline_approaching`` event with the store's
+compare-and-set (:meth:`Store.warn_deadline`: once across replicas, never for a deadline pushed
+meanwhile), and at the deadline itself. The warned deadline the store answers (or the log's
+event) is what it knows next, so it wakes for the deadline and never warns twice.
+
+It decides nothing: when a deadline or its warning is due and what each writes are the pure
+core's (:func:`~workspace_lifecycle.deadlines.due_action`,
+:func:`~workspace_lifecycle.writes.fire_deadline`, :func:`~workspace_lifecycle.writes.warn_deadline`).
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ import math
 
 import anyio
 
-from .adapters.base import Store
+from .adapters.base import Outcome, Store
 from .clock import Clock
+from .deadlines import Due, due_action, wake_at
 from .errors import CorruptStateError, NotFoundError, StoreClosedError, StoreError
 from .values import Deadline, EventKind, StoreEvent
 
@@ -44,7 +52,8 @@ class DeadlineScheduler:
         self.clock = clock
         self.fires = fires  # False: it only remembers what this process wrote (for touch)
         self.fired = 0  # builds this scheduler fired
-        self.lost = 0  # fire attempts another replica (or a newer deadline) won
+        self.warned = 0  # deadline_approaching events this scheduler wrote
+        self.lost = 0  # fire or warn attempts another replica (or a newer deadline) won
         self._armed: dict[str, Deadline] = {}
         self._seen: dict[str, int] = {}  # workspace id -> seq of the news we hold about it
         self._floor = 0  # everything up to this seq is in the loaded snapshot
@@ -65,7 +74,15 @@ class DeadlineScheduler:
         return self._armed.get(workspace_id)
 
     def next_due(self) -> float | None:
-        """When the scheduler wakes next (``None``: no deadline armed)."""
+        """When the earliest armed deadline comes due (``None``: none armed, or this scheduler
+        fires none). A warning before it is not a deadline: :meth:`next_wake` says when the
+        scheduler wakes next."""
+        if not self.fires or not self._armed:
+            return None
+        return min(deadline.at for deadline in self._armed.values())
+
+    def next_wake(self) -> float | None:
+        """When the scheduler wakes next: a deadline, a warning, or a retry (``None``: never)."""
         self._drop_stale()
         return self._heap[0][0] if self._heap else None
 
@@ -97,7 +114,7 @@ class DeadlineScheduler:
         """One event of the log, in order (from the event pump)."""
         if event.seq <= self._floor:
             return  # the loaded snapshot holds it already
-        if event.kind is EventKind.DEADLINE_SET:
+        if event.kind is EventKind.DEADLINE_SET or event.kind is EventKind.DEADLINE_APPROACHING:
             self._learn(event.workspace_id, event.armed, event.seq)
         elif event.kind is EventKind.WORKSPACE_DELETED:
             self._learn(event.workspace_id, None, event.seq)
@@ -125,7 +142,7 @@ class DeadlineScheduler:
         if self._armed.get(workspace_id) == deadline:
             return
         self._armed[workspace_id] = deadline
-        self._schedule(deadline.at, workspace_id, deadline)
+        self._schedule(wake_at(deadline), workspace_id, deadline)
 
     def _schedule(self, when: float, workspace_id: str, deadline: Deadline) -> None:
         if not self.fires:
@@ -164,13 +181,19 @@ class DeadlineScheduler:
                     break
                 _, workspace_id, deadline = heapq.heappop(self._heap)
                 try:
-                    await self._fire(workspace_id, deadline)
+                    await self._act(workspace_id, deadline, due_action(deadline, now))
                 except StoreClosedError:
                     return  # the store went away under the runtime: its pump says so to callers
 
-    async def _fire(self, workspace_id: str, deadline: Deadline) -> None:
+    async def _act(self, workspace_id: str, deadline: Deadline, action: Due | None) -> None:
+        if action is None:  # a retry looked before its time: look again when it is due
+            self._schedule(wake_at(deadline), workspace_id, deadline)
+            return
         try:
-            outcome = await self.store.fire_deadline(workspace_id, deadline)
+            if action is Due.FIRE:
+                outcome: Outcome = await self.store.fire_deadline(workspace_id, deadline)
+            else:
+                outcome = await self.store.warn_deadline(workspace_id, deadline)
         except (NotFoundError, CorruptStateError) as exc:
             log.error("deadline of workspace %s cannot fire: %s", workspace_id, exc)
             self._learn(workspace_id, None, self._seen.get(workspace_id, 0))
@@ -181,10 +204,12 @@ class DeadlineScheduler:
             log.warning("deadline of workspace %s: %s; retrying in %.0fs", workspace_id, exc, _RETRY)
             self._schedule(self.clock() + _RETRY, workspace_id, deadline)
             return
-        if outcome.fired:
+        if not outcome.fired:
+            self.lost += 1
+        elif action is Due.FIRE:
             self.fired += 1
         else:
-            self.lost += 1
+            self.warned += 1
         after = outcome.facts.workspace.deadline
         if after == deadline:
             # Not due by the store's clock yet (a clock behind ours): look again a little later.

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .values import AgentLifecycle, JobStatus, ToolResult, Workspace, WorkspaceState
+from .deadlines import in_words
+from .values import AgentLifecycle, Deadline, JobStatus, ToolResult, Workspace, WorkspaceState
 
 __all__ = [
     "CHAT_NOT_FOUND",
@@ -24,6 +25,7 @@ __all__ = [
     "not_waiting",
     "quota_exceeded",
     "timed_out",
+    "with_deadline",
 ]
 
 #: The ``error_code`` of an answer refused for an owner's limits, as Coder's quota failures.
@@ -219,3 +221,18 @@ def quota_exceeded(request: str, *, limit: str, used: int, allowed: int) -> Tool
         "no_build": True,
     }
     return ToolResult.ok(data)
+
+
+def with_deadline(result: ToolResult, deadline: Deadline | None, now: float) -> ToolResult:
+    """``result`` with the workspace's next automatic action in words (``next_deadline``), so a
+    model can keep the workspace with a touch; an error (a tool error, or an answer that carries
+    an ``error`` as Coder's failed builds and quota refusals do), or nothing armed, is left as it is.
+
+    >>> from workspace_lifecycle.values import Reason
+    >>> with_deadline(ToolResult.ok({"status": "running"}), Deadline(1120.0, Reason.IDLE), 1000.0).text
+    '{"next_deadline": "idle stop in 2 min", "status": "running"}'
+    """
+    words = in_words(deadline, now)
+    if result.is_error or "error" in result.data or words is None:
+        return result
+    return ToolResult.ok({**result.data, "next_deadline": words})

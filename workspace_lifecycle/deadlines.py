@@ -24,6 +24,18 @@ deadline is exactly the one the firing replica saw and is due at the time it fir
 number of replicas a passed deadline fires one build, and a deadline extended in the meantime
 fires nothing.
 
+Warnings
+--------
+A chat whose policy has ``warn_before`` gets a ``deadline_approaching`` event that many seconds
+before each idle stop and retention delete. The warning's time is part of the armed deadline
+(``Deadline.warn_at``, set with it by :func:`after_finish` and :func:`pushed_by_activity`), so
+the scheduler that wakes for the deadline wakes for its warning the same way
+(:func:`wake_at`, :func:`due_action`). Writing the warning is a compare-and-set on the stored
+deadline, which records that it warned (``Deadline.warned``): with any number of replicas one
+warning per armed deadline, and none once the deadline was pushed or disarmed (a touch after
+the warning arms a new deadline, whose own warning comes in its own time).
+:func:`in_words` tells the next deadline to a model in its tool answers.
+
 Deadlines are wall-clock times (seconds since the epoch), as the events' ``at``: a replica
 whose clock runs ahead fires early by that much, one whose clock runs behind fires late; the
 store's row is the same for all of them, and a process started after a deadline passed fires it
@@ -33,6 +45,8 @@ Rules for this module: no I/O, no awaits, no clocks, no anyio.
 """
 
 from __future__ import annotations
+
+import enum
 
 from .values import Build, Deadline, JobStatus, Policy, Reason, Transition, WorkspaceState
 
@@ -51,9 +65,14 @@ STANDALONE_POLICY = Policy(idle_stop_after=1800)
 __all__ = [
     "STANDALONE_POLICY",
     "TOUCH_SLACK",
+    "Due",
     "after_finish",
+    "armed",
+    "due_action",
+    "in_words",
     "pushed_by_activity",
     "touch_due",
+    "wake_at",
 ]
 
 #: A touch within this many seconds of the last one that moved the deadline writes nothing (at
@@ -67,15 +86,24 @@ def after_finish(build: Build, policy: Policy, at: float) -> Deadline | None:
     >>> from workspace_lifecycle.values import Build
     >>> b = Build("b1", "w1", 1, Transition.START, JobStatus.SUCCEEDED)
     >>> after_finish(b, Policy(idle_stop_after=60), at=1000.0)
-    Deadline(at=1060.0, reason=<Reason.IDLE: 'idle'>)
+    Deadline(at=1060.0, reason=<Reason.IDLE: 'idle'>, warn_at=None, warned=False)
+    >>> after_finish(b, Policy(idle_stop_after=60, warn_before=10), at=1000.0).warn_at
+    1050.0
     """
     if build.status is not JobStatus.SUCCEEDED:
         return None
     if build.transition is Transition.START and policy.idle_stop_after is not None:
-        return Deadline(at + policy.idle_stop_after, Reason.IDLE)
+        return armed(at + policy.idle_stop_after, Reason.IDLE, policy)
     if build.transition is Transition.STOP and policy.delete_after_stopped is not None:
-        return Deadline(at + policy.delete_after_stopped, Reason.RETENTION)
+        return armed(at + policy.delete_after_stopped, Reason.RETENTION, policy)
     return None
+
+
+def armed(at: float, reason: Reason, policy: Policy) -> Deadline:
+    """The deadline at ``at`` for ``reason``, with its warning ``policy.warn_before`` earlier
+    (none without ``warn_before``)."""
+    warn = policy.warn_before
+    return Deadline(at, reason, None if warn is None else at - warn)
 
 
 _RUNNING = frozenset({WorkspaceState.RUNNING, WorkspaceState.AGENT_READY})
@@ -86,7 +114,7 @@ def pushed_by_activity(state: WorkspaceState, policy: Policy, at: float) -> Dead
     workspace does not run, or the chat never stops for idleness)."""
     if state not in _RUNNING or policy.idle_stop_after is None:
         return None
-    return Deadline(at + policy.idle_stop_after, Reason.IDLE)
+    return armed(at + policy.idle_stop_after, Reason.IDLE, policy)
 
 
 def touch_due(known: Deadline | None, policy: Policy, now: float) -> bool:
@@ -111,3 +139,77 @@ def touch_due(known: Deadline | None, policy: Policy, now: float) -> bool:
         return True
     target = now + idle
     return not target - min(TOUCH_SLACK, idle / 10) <= known.at <= target
+
+
+class Due(enum.Enum):
+    """What an armed deadline asks for at a given time."""
+
+    WARN = "warn"  # write its deadline_approaching event
+    FIRE = "fire"  # fire it (its build)
+
+
+def _warning_pending(deadline: Deadline) -> bool:
+    return deadline.warn_at is not None and not deadline.warned and deadline.warn_at < deadline.at
+
+
+def wake_at(deadline: Deadline) -> float:
+    """When a scheduler should look at ``deadline`` next: its warning's time while that is
+    pending, else the deadline itself.
+
+    >>> d = Deadline(1060.0, Reason.IDLE, warn_at=1000.0)
+    >>> wake_at(d), wake_at(Deadline(1060.0, Reason.IDLE, warn_at=1000.0, warned=True))
+    (1000.0, 1060.0)
+    """
+    if _warning_pending(deadline):
+        assert deadline.warn_at is not None
+        return deadline.warn_at
+    return deadline.at
+
+
+def due_action(deadline: Deadline, now: float) -> Due | None:
+    """What ``deadline`` asks for at ``now``: fire once it passed (a warning not given by then is
+    skipped: it would come after the fact), warn once its warning time passed, else nothing.
+
+    >>> d = Deadline(1060.0, Reason.IDLE, warn_at=1000.0)
+    >>> due_action(d, 999.0), due_action(d, 1000.0), due_action(d, 1060.0)
+    (None, <Due.WARN: 'warn'>, <Due.FIRE: 'fire'>)
+    """
+    if deadline.due(now):
+        return Due.FIRE
+    if _warning_pending(deadline) and wake_at(deadline) <= now:
+        return Due.WARN
+    return None
+
+
+_ACTION = {Reason.IDLE: "idle stop", Reason.RETENTION: "retention delete"}
+
+
+def _span(seconds: float) -> str:
+    if seconds < 90:
+        whole = max(1, round(seconds))
+        return f"{whole} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    if seconds < 36 * 3600:
+        return f"{round(seconds / 3600)} h"
+    return f"{round(seconds / 86400)} days"
+
+
+def in_words(deadline: Deadline | None, now: float) -> str | None:
+    """The next automatic action in words, for a model deciding whether to keep the workspace
+    with a touch (``None``: nothing is armed).
+
+    >>> in_words(Deadline(1120.0, Reason.IDLE), now=1000.0)
+    'idle stop in 2 min'
+    >>> in_words(Deadline(1000.0 + 3 * 86400, Reason.RETENTION), now=1000.0)
+    'retention delete in 3 days'
+    >>> in_words(Deadline(990.0, Reason.IDLE), now=1000.0)
+    'idle stop due now'
+    """
+    if deadline is None:
+        return None
+    action = _ACTION[deadline.reason]
+    left = deadline.at - now
+    if left <= 0:
+        return f"{action} due now"
+    return f"{action} in {_span(left)}"

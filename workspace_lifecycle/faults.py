@@ -68,6 +68,7 @@ ALL_WRITES = REQUEST_WRITES | {
     "report_agent",
     "touch",
     "fire_deadline",
+    "warn_deadline",
     "renew_lease",
     "expire_lease",
 }

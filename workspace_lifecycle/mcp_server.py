@@ -15,12 +15,22 @@ call; :func:`serve` registers its bound chat once, at start-up.
 While a call runs, every state change of the chat's workspace is sent as an MCP progress
 notification, when the client asked for progress (a ``progressToken`` in the request).
 
+Between calls, a server bound to a chat sends each ``deadline_approaching`` event of its chat
+(the chat's ``Policy.warn_before``) as an MCP log message (``notifications/message``, level
+``warning``, logger ``workspace-lifecycle``) on the connection's own channel, once the client
+made its first request or sent ``notifications/initialized``: the model hears "idle stop in
+60 s" and can keep the workspace with any tool call. A 2026-07-28 connection has no channel
+outside a request for such messages (the SDK drops them); there the tool answers'
+``next_deadline`` tells the same.
+
 Needs the ``mcp`` extra: ``pip install 'workspace-lifecycle[mcp]'``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -33,11 +43,11 @@ from mcp.server.stdio import stdio_server
 
 from . import __version__
 from .adapters import open_store
-from .deadlines import STANDALONE_POLICY
+from .deadlines import STANDALONE_POLICY, in_words
 from .errors import WorkspaceLifecycleError
 from .runtime import Lifecycle
 from .tools import AllowedChats, ToolCall, prepare_tool_call, run_tool_call, tool_definitions
-from .values import Policy, StateChange, ToolResult
+from .values import Policy, StateChange, StoreEvent, ToolResult
 
 __all__ = ["create_server", "every_chat", "mcp_tools", "serve"]
 
@@ -120,6 +130,72 @@ class _ProgressReporter:
             await self._sent.wait()
 
 
+def warning_message(event: StoreEvent, now: float) -> dict[str, Any]:
+    """The data of the MCP log message that tells the client a deadline approaches."""
+    armed = event.armed
+    words = in_words(armed, now)
+    return {
+        "event": event.kind.value,
+        "chat_id": event.chat_id,
+        "next_deadline": words,
+        "deadline": event.deadline,
+        "message": f"{words}; any workspace tool call (workspace_status is enough) keeps the workspace",
+    }
+
+
+@contextlib.asynccontextmanager
+async def _quiet(server: Server[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """The lifespan of a server that sends no warnings (one serving many chats)."""
+    yield {}
+
+
+class _Warner:
+    """Sends the bound chat's expiry warnings to the client, on the connection's own channel."""
+
+    def __init__(self, lifecycle: Lifecycle, chat: str, owner: str) -> None:
+        self._lifecycle = lifecycle
+        self._chat = chat
+        self._owner = owner
+        self._session: ServerSession | None = None
+        self._connected = anyio.Event()
+
+    def connected(self, session: ServerSession) -> None:
+        """A request (or the client's ``initialized``) showed the connection's session."""
+        self._session = session
+        self._connected.set()
+
+    @contextlib.asynccontextmanager
+    async def running(self, server: Server[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        """The server's lifespan: forward warnings while it serves a connection."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._forward)
+            try:
+                yield {}
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _forward(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        warnings = self._lifecycle.warnings(self._chat, owner=self._owner)
+        task_status.started()
+        try:
+            async for event in warnings:
+                if self._session is None:
+                    continue  # no client has spoken yet: nobody to tell
+                note = types.LoggingMessageNotification(
+                    params=types.LoggingMessageNotificationParams(
+                        level="warning",
+                        logger=SERVER_NAME,
+                        data=warning_message(event, self._lifecycle.clock()),
+                    )
+                )
+                try:
+                    await self._session.send_notification(note)
+                except Exception:  # a gone client must not stop the server
+                    log.debug("deadline warning for %s not sent", self._chat, exc_info=True)
+        finally:
+            await warnings.aclose()
+
+
 async def _run(lifecycle: Lifecycle, call: ToolCall, owner: str) -> ToolResult:
     try:
         return await run_tool_call(lifecycle, call, owner=owner)
@@ -144,15 +220,25 @@ def create_server(
         raise ValueError("create_server needs a chat to bind to, or allowed_chats to serve many chats")
     many = allowed_chats is not None
     tools = mcp_tools(chat_id_argument=many)
+    warner = _Warner(lifecycle, chat, owner) if chat is not None and not many else None
+
+    def heard(ctx: ServerRequestContext[Any, Any]) -> None:
+        if warner is not None:
+            warner.connected(ctx.session)
 
     async def list_tools(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
+        heard(ctx)
         return types.ListToolsResult(tools=tools)
+
+    async def initialized(ctx: ServerRequestContext[Any, Any], params: types.NotificationParams) -> None:
+        heard(ctx)
 
     async def call_tool(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
+        heard(ctx)
         call = await prepare_tool_call(
             params.name, params.arguments, chat_id=chat, owner=owner, allowed_chats=allowed_chats
         )
@@ -171,13 +257,17 @@ def create_server(
             tg.cancel_scope.cancel()
         return _answer(result)
 
-    return Server(
+    server: Server[dict[str, Any]] = Server(
         SERVER_NAME,
         version=__version__,
         instructions=_INSTRUCTIONS_MANY if many else _INSTRUCTIONS,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
+        lifespan=warner.running if warner is not None else _quiet,
     )
+    if warner is not None:
+        server.add_notification_handler("notifications/initialized", types.NotificationParams, initialized)
+    return server
 
 
 async def serve(db_url: str, owner: str, chat: str | None, *, policy: Policy | None = None) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Self
 
 import anyio
 
-from . import checks, steps
+from . import answers, checks, steps
 from ._activity import Activity
 from ._deadlines import DeadlineScheduler
 from ._interpreter import Interpreter, workspace_name
@@ -29,6 +29,7 @@ from ._pump import EventPump
 from ._registry import Registry
 from ._retry import RetryingWriter
 from ._service import BackgroundService
+from ._warnings import WarningFeed
 from .adapters.base import Store
 from .clock import Clock, resolve_clock
 from .errors import NotFoundError
@@ -132,9 +133,10 @@ class Lifecycle(BackgroundService):
             resync_interval=resync_interval,
         )
         self._deadlines = DeadlineScheduler(store, self.clock, fires=self.fire_deadlines)
+        self._warnings = WarningFeed(store)
         self._pump = EventPump(
             store,
-            _Sinks(self._registry, self._deadlines if fire_deadlines else None),
+            _Sinks(self._registry, self._deadlines if fire_deadlines else None, self._warnings),
             kick_after=resync_interval,
         )
         self._activity = Activity(store, self._deadlines, self.clock)
@@ -223,6 +225,11 @@ class Lifecycle(BackgroundService):
     def deadlines_fired(self) -> int:
         """Builds this runtime fired because a deadline passed (other replicas' are not counted)."""
         return self._deadlines.fired
+
+    @property
+    def deadlines_warned(self) -> int:
+        """``deadline_approaching`` events this runtime wrote (other replicas' are not counted)."""
+        return self._deadlines.warned
 
     def next_deadline(self) -> float | None:
         """When the earliest armed deadline comes due (wall-clock seconds), or ``None``."""
@@ -321,6 +328,21 @@ class Lifecycle(BackgroundService):
             _check_id("owner", owner)
         return self._registry.watch(chat_id, owner=owner)
 
+    def warnings(
+        self, chat_id: str | None = None, *, owner: str | None = None
+    ) -> AsyncGenerator[StoreEvent, None]:
+        """Every ``deadline_approaching`` event of ``chat_id``'s workspace (or of every chat, if
+        ``None``) from now on, whichever replica wrote it (the chat's ``Policy.warn_before``).
+
+        With ``owner``, another owner's chat is followed exactly as an unknown one (nothing).
+        :func:`~workspace_lifecycle.deadlines.in_words` says the event's deadline in words.
+        """
+        if chat_id is not None:
+            _check_id("chat_id", chat_id)
+        if owner is not None:
+            _check_id("owner", owner)
+        return self._warnings.follow(chat_id, owner=owner)
+
     # --- the tools ---------------------------------------------------------------------------
 
     async def create_workspace(
@@ -384,7 +406,7 @@ class Lifecycle(BackgroundService):
             expired = wait_ms > 0 and not await self._steps.wait(entry, Settled(), wait_ms / 1000)
             result = steps.status(entry.current(), wait_expired=expired)
         await self._activity.after_request(chat)
-        return result
+        return await self._with_deadline(result, chat.workspace_id)
 
     async def logs(
         self,
@@ -420,20 +442,46 @@ class Lifecycle(BackgroundService):
         with RequestSpan(request.value, chat_id) as span:
             result, chat = await self._steps.serve(flow, chat_id, owner, name, span)
             span.result(result)
-        if chat is not None and chat.owner == owner and request in (Request.START, Request.CREATE):
+        if chat is None or chat.owner != owner:
+            return result
+        if request in (Request.START, Request.CREATE):
             await self._activity.after_request(chat)  # a stop or a delete leaves nothing to keep alive
-        return result
+        if result.is_error:
+            return result
+        workspace_id = chat.workspace_id
+        if workspace_id is None:  # a create bound the chat after it was read
+            bound = await self.store.get_chat(chat_id)
+            workspace_id = bound.workspace_id if bound is not None else None
+        return await self._with_deadline(result, workspace_id)
+
+    async def _with_deadline(self, result: ToolResult, workspace_id: str | None) -> ToolResult:
+        """The answer with the workspace's next deadline in words (a model keeps the workspace
+        with a touch); read from the store when this runtime does not follow the deadlines."""
+        if workspace_id is None or result.is_error:
+            return result
+        if self.fire_deadlines:
+            deadline = self._deadlines.known(workspace_id)
+        else:
+            try:
+                deadline = (await self.store.workspace_facts(workspace_id)).workspace.deadline
+            except NotFoundError:
+                return result
+        return answers.with_deadline(result, deadline, self.clock())
 
 
 class _Sinks:
     """What the pump delivers to: the tracked workspaces, and the deadline scheduler."""
 
-    def __init__(self, registry: Registry, scheduler: DeadlineScheduler | None) -> None:
+    def __init__(
+        self, registry: Registry, scheduler: DeadlineScheduler | None, warnings: WarningFeed
+    ) -> None:
         self.registry = registry
         self.scheduler = scheduler
+        self.warnings = warnings
 
     def dispatch(self, event: StoreEvent) -> None:
         self.registry.dispatch(event)
+        self.warnings.dispatch(event)
         if self.scheduler is not None:
             self.scheduler.dispatch(event)
 

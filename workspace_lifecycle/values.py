@@ -124,6 +124,8 @@ class EventKind(enum.Enum):
     AGENT_UPDATED = "agent_updated"
     WORKSPACE_DELETED = "workspace_deleted"
     DEADLINE_SET = "deadline_set"  # the workspace's next automatic action moved (or was disarmed)
+    #: The armed deadline comes within its chat's ``warn_before``: once per armed deadline.
+    DEADLINE_APPROACHING = "deadline_approaching"
 
 
 E = TypeVar("E", bound=enum.Enum)
@@ -160,16 +162,34 @@ _seconds_or_none = positive_seconds(none="never")
 class Policy:
     """What happens to a chat's workspace between turns (seconds; ``None`` means never).
 
+    ``warn_before``: a ``deadline_approaching`` event that many seconds before each idle stop
+    and retention delete (shorter than both, so a warning always comes after the deadline was
+    set); ``None``: no warning.
+
     >>> Policy(idle_stop_after=900)
-    Policy(idle_stop_after=900, delete_after_stopped=None)
+    Policy(idle_stop_after=900, delete_after_stopped=None, warn_before=None)
     >>> Policy(idle_stop_after=-1)
     Traceback (most recent call last):
     ...
     ValueError: idle_stop_after must be a positive finite number of seconds or None (never), not -1
+    >>> Policy(idle_stop_after=60, warn_before=60)
+    Traceback (most recent call last):
+    ...
+    ValueError: warn_before (60) must be shorter than idle_stop_after (60)
     """
 
     idle_stop_after: float | None = attrs.field(default=None, validator=_seconds_or_none)
     delete_after_stopped: float | None = attrs.field(default=None, validator=_seconds_or_none)
+    warn_before: float | None = attrs.field(default=None, validator=_seconds_or_none)
+
+    @warn_before.validator
+    def _shorter(self, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+        if value is None:
+            return
+        for name in ("idle_stop_after", "delete_after_stopped"):
+            duration = getattr(self, name)
+            if duration is not None and value >= duration:
+                raise ValueError(f"{attribute.name} ({value!r}) must be shorter than {name} ({duration!r})")
 
     @property
     def never(self) -> bool:
@@ -187,10 +207,17 @@ DEADLINE_TRANSITION: Mapping[Reason, Transition] = {
 
 @attrs.frozen
 class Deadline:
-    """A workspace's next automatic action: at wall-clock time ``at``, for ``reason``."""
+    """A workspace's next automatic action: at wall-clock time ``at``, for ``reason``.
+
+    ``warn_at``: when a ``deadline_approaching`` event is due (``None``: never), computed from
+    the chat's ``warn_before`` when the deadline was armed; ``warned``: that event was written
+    (a pushed deadline is a new value, not warned yet).
+    """
 
     at: float
     reason: Reason = attrs.field(validator=attrs.validators.in_(tuple(DEADLINE_TRANSITION)))
+    warn_at: float | None = None
+    warned: bool = False
 
     @property
     def transition(self) -> Transition:
@@ -202,26 +229,51 @@ class Deadline:
         return self.at <= now
 
 
-def parse_policy(idle_stop_after: object, delete_after_stopped: object, *, key: object) -> Policy:
-    """A chat's policy from its two stored columns; a bad value is a :class:`CorruptStateError`."""
+def parse_policy(
+    idle_stop_after: object, delete_after_stopped: object, warn_before: object = None, *, key: object
+) -> Policy:
+    """A chat's policy from its stored columns; a bad value is a :class:`CorruptStateError`."""
     try:
-        return Policy(idle_stop_after=idle_stop_after, delete_after_stopped=delete_after_stopped)  # type: ignore[arg-type]
+        return Policy(
+            idle_stop_after=idle_stop_after,  # type: ignore[arg-type]
+            delete_after_stopped=delete_after_stopped,  # type: ignore[arg-type]
+            warn_before=warn_before,  # type: ignore[arg-type]
+        )
     except ValueError:
         raise CorruptStateError(
-            "chats", key, "idle_stop_after/delete_after_stopped", (idle_stop_after, delete_after_stopped)
+            "chats",
+            key,
+            "idle_stop_after/delete_after_stopped/warn_before",
+            (idle_stop_after, delete_after_stopped, warn_before),
         ) from None
 
 
-def parse_deadline(at: object, reason: object, *, key: object) -> Deadline | None:
-    """A workspace's armed deadline from its two stored columns (both set, or neither)."""
+def _finite(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def parse_deadline(
+    at: object, reason: object, warn_at: object = None, warned: object = False, *, key: object
+) -> Deadline | None:
+    """A workspace's armed deadline from its stored columns (``at`` and ``reason`` both set, or
+    neither; ``warn_at`` and ``warned`` only with them)."""
     if at is None and reason is None:
         return None
-    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+    if not _finite(at):
         raise CorruptStateError("workspaces", key, "deadline_at", at)
     kind = parse_enum(Reason, reason, table="workspaces", key=key, column="deadline_reason")
     if kind not in DEADLINE_TRANSITION:
         raise CorruptStateError("workspaces", key, "deadline_reason", reason)
-    return Deadline(float(at), kind)
+    if warn_at is not None and not _finite(warn_at):
+        raise CorruptStateError("workspaces", key, "deadline_warn_at", warn_at)
+    if warned not in (True, False, 0, 1):  # SQLite stores booleans as integers
+        raise CorruptStateError("workspaces", key, "deadline_warned", warned)
+    return Deadline(
+        float(at),  # type: ignore[arg-type]
+        kind,
+        None if warn_at is None else float(warn_at),  # type: ignore[arg-type]
+        bool(warned),
+    )
 
 
 @attrs.frozen
@@ -441,7 +493,10 @@ class StoreEvent:
     #: Build events: why the build was fired. ``deadline_set``: why the deadline is armed.
     reason: Reason | None = attrs.field(default=None, validator=_opt(Reason))
     #: ``deadline_set``: the wall-clock time of the armed deadline, ``None`` once disarmed.
+    #: ``deadline_approaching``: the deadline it warns of.
     deadline: float | None = None
+    #: ``deadline_set`` and ``deadline_approaching``: when the deadline's warning is due.
+    warn_at: float | None = None
     #: ``agent_updated``: where the agent can be reached (``None``: the report named none).
     endpoints: Mapping[str, str] | None = attrs.field(default=None, eq=False, hash=False)
 
@@ -476,7 +531,7 @@ class StoreEvent:
     def payload(self) -> dict[str, Any]:
         """The optional fields as a JSON-able dict (how adapters store them)."""
         out: dict[str, Any] = {}
-        for name in ("build_id", "error", "has_agent", "details", "deadline", "endpoints"):
+        for name in ("build_id", "error", "has_agent", "details", "deadline", "warn_at", "endpoints"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -526,6 +581,7 @@ class StoreEvent:
             details=_details_or_none(data.get("details"), table=table, key=seq),
             reason=enum_or_none(Reason, "reason"),
             deadline=_number_or_none(data.get("deadline"), table=table, key=seq),
+            warn_at=_number_or_none(data.get("warn_at"), table=table, key=seq, column="payload.warn_at"),
             endpoints=_details_or_none(
                 data.get("endpoints"), table=table, key=seq, column="payload.endpoints"
             ),
@@ -534,18 +590,25 @@ class StoreEvent:
 
     @property
     def armed(self) -> Deadline | None:
-        """A ``deadline_set`` event's deadline (``None``: disarmed, or not such an event)."""
-        if self.kind is not EventKind.DEADLINE_SET or self.deadline is None or self.reason is None:
+        """The deadline a ``deadline_set`` event arms (``None``: disarmed), or the one a
+        ``deadline_approaching`` event leaves armed (warned); ``None`` for other events."""
+        if self.deadline is None or self.reason is None:
             return None
-        return Deadline(self.deadline, self.reason)
+        if self.kind is EventKind.DEADLINE_SET:
+            return Deadline(self.deadline, self.reason, self.warn_at)
+        if self.kind is EventKind.DEADLINE_APPROACHING:
+            return Deadline(self.deadline, self.reason, self.warn_at, warned=True)
+        return None
 
 
-def _number_or_none(value: object, *, table: str, key: object) -> float | None:
+def _number_or_none(
+    value: object, *, table: str, key: object, column: str = "payload.deadline"
+) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise CorruptStateError(table, key, "payload.deadline", value)
-    return float(value)
+    if not _finite(value):
+        raise CorruptStateError(table, key, column, value)
+    return float(value)  # type: ignore[arg-type]
 
 
 def _details_or_none(

@@ -66,6 +66,7 @@ __all__ = [
     "request_build",
     "set_limits",
     "touch",
+    "warn_deadline",
 ]
 
 
@@ -129,6 +130,7 @@ def _rearm(
         build_number=build_number,
         deadline=armed.at if armed else None,
         reason=armed.reason if armed else None,
+        warn_at=armed.warn_at if armed else None,
     )
 
 
@@ -141,7 +143,7 @@ def register_chat(
     unless ``policy`` is given. Another owner's chat raises :class:`OwnershipError`.
 
     >>> register_chat(None, "c1", "alice", policy=None, default=Policy(idle_stop_after=60)).policy
-    Policy(idle_stop_after=60, delete_after_stopped=None)
+    Policy(idle_stop_after=60, delete_after_stopped=None, warn_before=None)
     """
     if existing is None:
         return Chat(chat_id, owner, policy=policy if policy is not None else default)
@@ -379,6 +381,33 @@ def fire_deadline(
             return fired
     workspace, disarmed = _rearm(ws, None, at=at, build_number=number)
     return Write(events=(disarmed,), workspace=workspace)
+
+
+def warn_deadline(facts: WorkspaceFacts, *, expected: Deadline, at: float) -> Write | None:
+    """Warn, at wall-clock time ``at``, that the workspace's armed deadline ``expected`` comes
+    soon: a ``deadline_approaching`` event, and the deadline marked warned in the same row.
+
+    A compare-and-set: ``None`` (nothing written) unless the stored deadline is still exactly
+    ``expected`` (not pushed, not disarmed, not warned by another replica) and its warning is
+    due at ``at`` (:func:`~workspace_lifecycle.deadlines.due_action`): once per armed deadline,
+    never early, never once the deadline itself passed.
+    """
+    ws = facts.workspace
+    if ws.deleted or ws.deadline != expected or deadlines.due_action(expected, at) is not deadlines.Due.WARN:
+        return None
+    latest = facts.latest_build
+    warned = attrs.evolve(expected, warned=True)
+    event = _event(
+        EventKind.DEADLINE_APPROACHING,
+        ws,
+        None,
+        at=at,
+        build_number=latest.number if latest else 0,
+        deadline=expected.at,
+        reason=expected.reason,
+        warn_at=expected.warn_at,
+    )
+    return Write(events=(event,), workspace=attrs.evolve(ws, deadline=warned))
 
 
 def touch(facts: WorkspaceFacts, policy: Policy, *, at: float) -> Write | None:

@@ -11,6 +11,9 @@ acted on what they know, it checks against the whole event log:
 * every deadline fires at most once: a fired deadline is disarmed in the same write, and no
   second build is fired for it;
 * every passed deadline fires: once the runtimes settle, no armed deadline is due;
+* a warning (``deadline_approaching``) is written at most once per armed deadline, never before
+  its time nor after the deadline, and never for a deadline that was pushed or disarmed: it
+  names the deadline armed at that moment in the log;
 * the state derived from the rows equals the state reached by applying the log.
 """
 
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 from anyio.from_thread import start_blocking_portal
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -30,19 +34,34 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 import workspace_lifecycle as wl
 from workspace_lifecycle import AgentLifecycle, EventKind, JobStatus, Reason, WorkspaceState
 from workspace_lifecycle.adapters.sqlite import SQLiteStore
+from workspace_lifecycle.deadlines import due_action
 from workspace_lifecycle.testing import applied_states
 
 OWNER = "alice"
 CHATS = ("c1", "c2")
-IDLE, RETAIN = 60.0, 600.0
+IDLE, RETAIN, WARN = 60.0, 600.0, 10.0
 POLICIES = (
     wl.Policy(idle_stop_after=IDLE),
     wl.Policy(idle_stop_after=IDLE, delete_after_stopped=RETAIN),
     wl.Policy(delete_after_stopped=RETAIN),
     wl.Policy(),
+    wl.Policy(idle_stop_after=IDLE, delete_after_stopped=RETAIN, warn_before=WARN),
+    wl.Policy(idle_stop_after=IDLE, warn_before=WARN),
 )
-#: Clock steps around the deadlines: just before, at, just after, and far past them.
-STEPS = (0.5, 1.0, IDLE / 2, IDLE - 0.001, IDLE, IDLE + 0.001, RETAIN, 2 * RETAIN)
+#: Clock steps around the deadlines and their warnings: just before, at, just after, far past.
+STEPS = (
+    0.5,
+    1.0,
+    WARN,
+    IDLE / 2,
+    IDLE - WARN,
+    IDLE - WARN / 2,
+    IDLE - 0.001,
+    IDLE,
+    IDLE + 0.001,
+    RETAIN,
+    2 * RETAIN,
+)
 
 
 class BetweenTurns(RuleBasedStateMachine):
@@ -56,7 +75,7 @@ class BetweenTurns(RuleBasedStateMachine):
         self.replicas = [
             self._stack.enter_context(
                 self.portal.wrap_async_context_manager(
-                    wl.Lifecycle(self.store, clock=self.clock, policy=POLICIES[1], build_timeout=3600)
+                    wl.Lifecycle(self.store, clock=self.clock, policy=POLICIES[4], build_timeout=3600)
                 )
             )
             for _ in range(2)
@@ -131,7 +150,8 @@ class BetweenTurns(RuleBasedStateMachine):
                     for _ in range(20):
                         await anyio.lowlevel.checkpoint()
                     armed = await self.store.armed_deadlines()
-                    due = [d for d in armed.deadlines.values() if d.due(self.clock())]
+                    now = self.clock()
+                    due = [d for d in armed.deadlines.values() if due_action(d, now) is not None]
                     if not due:
                         return list(await self.store.read_events(0, 1_000_000))
                     await anyio.sleep(0.001)
@@ -161,6 +181,28 @@ class BetweenTurns(RuleBasedStateMachine):
                 f"workspace {workspace_id}: deadline {deadline} passed and did not fire"
             )
 
+    @invariant()
+    def warnings_once_and_never_for_a_pushed_deadline(self) -> None:
+        events = self._settle()
+        armed: dict[str, wl.Deadline | None] = {}
+        for event in events:
+            if event.kind is EventKind.DEADLINE_SET:
+                armed[event.workspace_id] = event.armed
+            elif event.kind is EventKind.BUILD_QUEUED:
+                armed[event.workspace_id] = None  # a build disarms (its end arms the next one)
+            elif event.kind is EventKind.DEADLINE_APPROACHING:
+                current = armed.get(event.workspace_id)
+                assert current is not None, f"event {event.seq}: a warning with no deadline armed"
+                assert not current.warned, f"event {event.seq}: a second warning for {current}"
+                warned = event.armed
+                assert warned is not None and warned == attrs.evolve(current, warned=True), (
+                    f"event {event.seq}: a warning for {warned}, not the armed {current} (pushed?)"
+                )
+                assert current.warn_at is not None and current.warn_at <= event.at < current.at, (
+                    f"event {event.seq}: warned at {event.at} for {current}"
+                )
+                armed[event.workspace_id] = warned
+
     def _deleted(self, workspace_id: str) -> bool:
         return bool(self.call(self.store.workspace_facts, workspace_id).workspace.deleted)
 
@@ -182,6 +224,9 @@ class BetweenTurns(RuleBasedStateMachine):
                     logged.pop(event.workspace_id, None)
                 else:
                     logged[event.workspace_id] = event.armed
+            elif event.kind is EventKind.DEADLINE_APPROACHING:
+                assert event.armed is not None
+                logged[event.workspace_id] = event.armed  # the same deadline, marked warned
         assert dict(self.call(self.store.armed_deadlines).deadlines) == logged
         for workspace_id in logged:
             state = wl.derive_state(self.call(self.store.workspace_facts, workspace_id))

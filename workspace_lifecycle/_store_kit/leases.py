@@ -212,3 +212,42 @@ async def a_deadline_fires_once_and_never_early(ctx: Ctx) -> None:
     require(fired.facts.workspace.deadline is None, "firing disarms the deadline")
     require(not (await store.fire_deadline(ws, deadline)).fired, "a deadline fires once")
     require((await store.armed_deadlines()).deadlines == {}, "nothing is armed after it fired")
+
+
+@check
+async def a_warning_is_written_once_and_never_for_a_pushed_deadline(ctx: Ctx) -> None:
+    """warn_deadline is a compare-and-set on the stored deadline: not before its warning time,
+    once (the stored deadline records that it warned, armed_deadlines lists it so), not for a
+    deadline pushed meanwhile, and never once the deadline itself passed."""
+    store = ctx.store
+    warn = 60.0
+    ws = await _running(ctx, Policy(idle_stop_after=IDLE, warn_before=warn))
+    deadline = (await store.workspace_facts(ws)).workspace.deadline
+    require(deadline == Deadline(ctx.clock() + IDLE, Reason.IDLE, ctx.clock() + IDLE - warn), f"{deadline}")
+    assert deadline is not None
+    ctx.clock.advance(IDLE - warn - 0.001)
+    require(not (await store.warn_deadline(ws, deadline)).fired, "no warning before its time")
+    ctx.clock.advance(0.001)
+    head = await store.head()
+    warned = await store.warn_deadline(ws, deadline)
+    marked = Deadline(deadline.at, Reason.IDLE, deadline.warn_at, warned=True)
+    require(warned.fired and warned.facts.workspace.deadline == marked, f"the warning is written: {warned}")
+    events = await store.read_events(head)
+    require(
+        [(e.kind, e.deadline, e.at, e.armed) for e in events]
+        == [(EventKind.DEADLINE_APPROACHING, deadline.at, ctx.clock(), marked)],
+        f"one deadline_approaching event: {events}",
+    )
+    require((await store.armed_deadlines()).deadlines == {ws: marked}, "the stored deadline says it warned")
+    require(not (await store.warn_deadline(ws, deadline)).fired, "a deadline warns once")
+    require(not (await store.warn_deadline(ws, marked)).fired, "a warned deadline warns no more")
+    ctx.clock.advance(10)
+    pushed = await store.touch(ws)
+    require(
+        pushed is not None and pushed.at > deadline.at and not pushed.warned, f"touch pushes it: {pushed}"
+    )
+    require(not (await store.warn_deadline(ws, deadline)).fired, "no warning for the pushed deadline")
+    assert pushed is not None
+    ctx.clock.advance(pushed.at - ctx.clock())
+    require(not (await store.warn_deadline(ws, pushed)).fired, "no warning once the deadline passed")
+    require((await store.fire_deadline(ws, pushed)).fired, "the deadline still fires")

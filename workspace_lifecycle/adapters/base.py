@@ -289,6 +289,14 @@ class Store(abc.ABC):
         same transaction."""
 
     @abc.abstractmethod
+    async def warn_deadline(self, workspace_id: str, expected: Deadline) -> Outcome:
+        """Write the ``deadline_approaching`` event of the workspace's deadline if it is still
+        exactly ``expected`` and its warning is due now (:func:`~workspace_lifecycle.writes.warn_deadline`
+        decides); the stored deadline is then marked warned. ``fired`` says whether this call
+        warned; ``facts`` (with the deadline armed after the call) are read in the same
+        transaction."""
+
+    @abc.abstractmethod
     async def armed_deadlines(self) -> ArmedDeadlines:
         """Every workspace's armed deadline, with the log's head in the same read."""
 

@@ -197,6 +197,25 @@ class _FireDeadline(_Request):
         return self._decided(facts, write)
 
 
+class _WarnDeadline(_Request):
+    """Answered with ``fired`` true when this call wrote the warning."""
+
+    op = "warn_deadline"
+    __slots__ = ("clock", "expected")
+
+    def __init__(self, workspace_id: str, expected: Deadline, clock: Callable[[], float]) -> None:
+        super().__init__(Read.workspace(workspace_id))
+        self.expected, self.clock = expected, clock
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        facts = _facts(rows, f"no workspace {self.read.key!r}")
+        return self._decided(facts, writes.warn_deadline(facts, expected=self.expected, at=self.clock()))
+
+    def answer(self, head: int) -> Outcome:
+        outcome = super().answer(head)
+        return Outcome(fired=self._write is not None, build=None, facts=outcome.facts)
+
+
 class _Touch(Plan[Deadline | None]):
     op = "touch"
     __slots__ = ("_armed", "clock")
@@ -553,6 +572,9 @@ class DriverStore(Store):
 
     async def get_build(self, build_id: str) -> Build:
         return await self.driver.get_build(build_id)
+
+    async def warn_deadline(self, workspace_id: str, expected: Deadline) -> Outcome:
+        return await self._transact(_WarnDeadline(workspace_id, expected, self.driver.clock))
 
     async def armed_deadlines(self) -> ArmedDeadlines:
         return await self.driver.armed_deadlines()

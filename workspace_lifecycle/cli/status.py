@@ -89,10 +89,17 @@ def _row_json(row: ChatRow) -> dict[str, Any]:
         "endpoints": _endpoints(row.facts),
         "deadline": None
         if deadline is None
-        else {"at": deadline.at, "reason": deadline.reason.value, "transition": deadline.transition.value},
+        else {
+            "at": deadline.at,
+            "reason": deadline.reason.value,
+            "transition": deadline.transition.value,
+            "warn_at": deadline.warn_at,
+            "warned": deadline.warned,
+        },
         "policy": {
             "idle_stop_after": row.chat.policy.idle_stop_after,
             "delete_after_stopped": row.chat.policy.delete_after_stopped,
+            "warn_before": row.chat.policy.warn_before,
         },
     }
 

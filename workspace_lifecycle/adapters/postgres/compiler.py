@@ -160,6 +160,8 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
             w_deleted=ws.deleted,
             w_deadline=ws.deadline.at if ws.deadline else None,
             w_reason=ws.deadline.reason.value if ws.deadline else None,
+            w_warn_at=ws.deadline.warn_at if ws.deadline else None,
+            w_warned=bool(ws.deadline and ws.deadline.warned),
         )
     if ws is not None and seen is None:
         # A new workspace (with its first build: one statement cannot update a row it inserts).
@@ -172,11 +174,13 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
         )
         return (
             "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, latest_build,"
-            " deadline_at, deadline_reason) VALUES (%(w_id)s, %(w_chat)s, %(w_owner)s, %(w_name)s,"
-            " %(w_deleted)s, %(w_latest)s, %(w_deadline)s, %(w_reason)s)"
+            " deadline_at, deadline_reason, deadline_warn_at, deadline_warned) VALUES (%(w_id)s,"
+            " %(w_chat)s, %(w_owner)s, %(w_name)s, %(w_deleted)s, %(w_latest)s, %(w_deadline)s,"
+            " %(w_reason)s, %(w_warn_at)s, %(w_warned)s)"
             " ON CONFLICT (workspace_id) DO UPDATE SET deleted = excluded.deleted,"
             " latest_build = greatest(workspaces.latest_build, excluded.latest_build),"
             " deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason,"
+            " deadline_warn_at = excluded.deadline_warn_at, deadline_warned = excluded.deadline_warned,"
             " version = workspaces.version + 1 RETURNING 1"
         )
     target = seen.workspace_id if seen is not None else (queued.workspace_id if queued else None)
@@ -185,7 +189,13 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
     sets = ["version = version + 1"]
     if ws is not None:
         assert ws.workspace_id == target, "a write changes the workspace it read"
-        sets += ["deleted = %(w_deleted)s", "deadline_at = %(w_deadline)s", "deadline_reason = %(w_reason)s"]
+        sets += [
+            "deleted = %(w_deleted)s",
+            "deadline_at = %(w_deadline)s",
+            "deadline_reason = %(w_reason)s",
+            "deadline_warn_at = %(w_warn_at)s",
+            "deadline_warned = %(w_warned)s",
+        ]
     if queued is not None:
         assert queued.workspace_id == target, "a write queues builds of the workspace it read"
         sets.append("latest_build = %(b_n)s")
@@ -204,17 +214,19 @@ def _chat_change(chat: Chat | None, new: bool, params: Params) -> str | None:
         c_id=chat.chat_id,
         c_idle=chat.policy.idle_stop_after,
         c_retain=chat.policy.delete_after_stopped,
+        c_warn=chat.policy.warn_before,
     )
     if new:
         params["c_owner"] = chat.owner
         return (
-            "INSERT INTO chats (chat_id, owner, workspace_id, idle_stop_after, delete_after_stopped)"
-            " SELECT %(c_id)s::text, %(c_owner)s::text, %(c_ws)s::text, %(c_idle)s::double precision,"
-            f" %(c_retain)s::double precision WHERE {_GATE} ON CONFLICT (chat_id) DO NOTHING RETURNING 1"
+            "INSERT INTO chats (chat_id, owner, workspace_id, idle_stop_after, delete_after_stopped,"
+            " warn_before) SELECT %(c_id)s::text, %(c_owner)s::text, %(c_ws)s::text,"
+            " %(c_idle)s::double precision, %(c_retain)s::double precision, %(c_warn)s::double precision"
+            f" WHERE {_GATE} ON CONFLICT (chat_id) DO NOTHING RETURNING 1"
         )
     return (
         "UPDATE chats SET workspace_id = %(c_ws)s, idle_stop_after = %(c_idle)s,"
-        " delete_after_stopped = %(c_retain)s, version = version + 1"
+        " delete_after_stopped = %(c_retain)s, warn_before = %(c_warn)s, version = version + 1"
         f" WHERE chat_id = %(c_id)s AND {_GATE} RETURNING 1"
     )
 

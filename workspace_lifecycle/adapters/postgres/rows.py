@@ -44,10 +44,13 @@ _FINISHED = "(" + ", ".join(f"'{status.value}'" for status in JobStatus if statu
 HEAD = "coalesce(greatest((SELECT max(seq) FROM events), (SELECT pruned_through FROM log_state)), 0)"
 
 #: A workspace row as :func:`parse_workspace` reads it.
-_WS_COLUMNS = "w.workspace_id, w.chat_id, w.owner, w.name, w.deleted, w.deadline_at, w.deadline_reason"
+_WS_COLUMNS = (
+    "w.workspace_id, w.chat_id, w.owner, w.name, w.deleted, w.deadline_at, w.deadline_reason,"
+    " w.deadline_warn_at, w.deadline_warned"
+)
 #: A chat row as :func:`parse_chat` reads it.
-_CHAT_COLUMNS = "c.chat_id, c.owner, c.workspace_id, c.idle_stop_after, c.delete_after_stopped"
-_CHAT_WIDTH = 5
+_CHAT_COLUMNS = "c.chat_id, c.owner, c.workspace_id, c.idle_stop_after, c.delete_after_stopped, c.warn_before"
+_CHAT_WIDTH = 6
 
 _FACTS_COLUMNS = f"""
     {_WS_COLUMNS},
@@ -69,7 +72,7 @@ _REQUEST_SQL = (
 #: A workspace row as :func:`parse_workspace` reads it, then its version.
 _WORKSPACE_COLUMNS = f"{_WS_COLUMNS}, w.version"
 #: Columns of a workspace row as :func:`parse_workspace` reads it (its version follows them).
-_WORKSPACE_WIDTH = 7
+_WORKSPACE_WIDTH = 9
 #: Columns of a build as :func:`parse_build` reads it.
 _BUILD_WIDTH = 13
 #: Columns of ``_FACTS_COLUMNS`` and the head (``_REQUEST_SQL``'s versions and chat follow).
@@ -141,13 +144,13 @@ def parse_facts(row: Sequence[Any]) -> WorkspaceFacts:
 
 def parse_workspace(row: Sequence[Any]) -> Workspace:
     """A workspace from ``_WS_COLUMNS``."""
-    deadline = parse_deadline(row[5], row[6], key=row[0])
+    deadline = parse_deadline(row[5], row[6], row[7], row[8], key=row[0])
     return Workspace(row[0], row[1], row[2], row[3], deleted=row[4], deadline=deadline)
 
 
 def parse_chat(row: Sequence[Any]) -> Chat:
     """A chat from ``_CHAT_COLUMNS``."""
-    return Chat(row[0], row[1], row[2], policy=parse_policy(row[3], row[4], key=row[0]))
+    return Chat(row[0], row[1], row[2], policy=parse_policy(row[3], row[4], row[5], key=row[0]))
 
 
 # --- what a write reads ----------------------------------------------------------------------
@@ -383,7 +386,8 @@ async def read_armed_deadlines(conn: Conn) -> ArmedDeadlines:
     # One statement: one snapshot for the deadlines and the head.
     cur = await conn.execute(
         f"SELECT {HEAD}, coalesce(array_agg(workspace_id), '{{}}'),"
-        " coalesce(array_agg(deadline_at), '{}'), coalesce(array_agg(deadline_reason), '{}')"
+        " coalesce(array_agg(deadline_at), '{}'), coalesce(array_agg(deadline_reason), '{}'),"
+        " coalesce(array_agg(deadline_warn_at), '{}'), coalesce(array_agg(deadline_warned), '{}')"
         " FROM workspaces WHERE deadline_at IS NOT NULL"
     )
     row = await cur.fetchone()
@@ -391,8 +395,8 @@ async def read_armed_deadlines(conn: Conn) -> ArmedDeadlines:
     return ArmedDeadlines.read(
         int(row[0]),
         [
-            (w, functools.partial(parse_deadline, at, r, key=w))
-            for w, at, r in zip(row[1], row[2], row[3], strict=True)
+            (w, functools.partial(parse_deadline, at, r, warn, warned, key=w))
+            for w, at, r, warn, warned in zip(row[1], row[2], row[3], row[4], row[5], strict=True)
         ],
     )
 

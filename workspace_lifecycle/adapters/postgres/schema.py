@@ -128,6 +128,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX workspaces_owner ON workspaces (owner) WHERE NOT deleted;
     """,
+    # 8: expiry warnings: a chat's warn_before, when an armed deadline's warning is due and
+    # whether it was given (the compare-and-set that warns once across replicas).
+    """
+    ALTER TABLE chats ADD COLUMN warn_before double precision;
+    ALTER TABLE workspaces ADD COLUMN deadline_warn_at double precision,
+        ADD COLUMN deadline_warned boolean NOT NULL DEFAULT false;
+    """,
 )
 
 #: The schema version this code writes and understands.

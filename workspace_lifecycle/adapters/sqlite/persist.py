@@ -18,16 +18,17 @@ INSERT_EVENT = (
 )
 _UPSERT_WORKSPACE = (
     "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, deadline_at, "
-    "deadline_reason) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "deadline_reason, deadline_warn_at, deadline_warned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (workspace_id) DO UPDATE SET chat_id = excluded.chat_id, "
     "owner = excluded.owner, name = excluded.name, deleted = excluded.deleted, "
-    "deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason"
+    "deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason, "
+    "deadline_warn_at = excluded.deadline_warn_at, deadline_warned = excluded.deadline_warned"
 )
 _UPSERT_CHAT = (
-    "INSERT INTO chats (chat_id, owner, workspace_id, idle_stop_after, delete_after_stopped) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (chat_id) DO UPDATE SET owner = excluded.owner, "
+    "INSERT INTO chats (chat_id, owner, workspace_id, idle_stop_after, delete_after_stopped, "
+    "warn_before) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (chat_id) DO UPDATE SET owner = excluded.owner, "
     "workspace_id = excluded.workspace_id, idle_stop_after = excluded.idle_stop_after, "
-    "delete_after_stopped = excluded.delete_after_stopped"
+    "delete_after_stopped = excluded.delete_after_stopped, warn_before = excluded.warn_before"
 )
 _UPDATE_BUILD = (
     "UPDATE builds SET status = ?, error = ?, has_agent = ?, worker = ?, details = ?,"
@@ -86,6 +87,7 @@ class Tx:
                     chat.workspace_id,
                     chat.policy.idle_stop_after,
                     chat.policy.delete_after_stopped,
+                    chat.policy.warn_before,
                 ),
             )
         build = write.build
@@ -125,6 +127,8 @@ def _workspace_values(ws: Workspace) -> tuple[object, ...]:
         ws.deleted,
         deadline.at if deadline else None,
         deadline.reason.value if deadline else None,
+        deadline.warn_at if deadline else None,
+        bool(deadline and deadline.warned),
     )
 
 

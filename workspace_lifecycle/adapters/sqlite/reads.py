@@ -16,7 +16,7 @@ from ...values import JobStatus, Lease, StoreEvent, parse_deadline
 from ..base import ArmedDeadlines, ChatRow
 from ..driver import LogRead, Read, ReadKind, Rows
 from . import rows
-from .rows import BUILD_COLUMNS, CHAT_COLUMNS, FACTS_WIDTH, WORKSPACE_COLUMNS
+from .rows import BUILD_COLUMNS, BUILD_WIDTH, CHAT_COLUMNS, FACTS_WIDTH, WORKSPACE_COLUMNS, WORKSPACE_WIDTH
 
 __all__ = [
     "MAX_INT",
@@ -114,8 +114,9 @@ def _plan_rows(conn: sqlite3.Connection, read: Read) -> Rows:
         row = conn.execute(_BUILD, (read.key,)).fetchone()
         if row is None:
             return Rows()
-        ws = None if row[13] is None else rows.workspace_row(row[13:20])
-        chat = None if row[20] is None else rows.chat_row(row[20:])
+        ws = None if row[BUILD_WIDTH] is None else rows.workspace_row(row[BUILD_WIDTH:])
+        at_chat = BUILD_WIDTH + WORKSPACE_WIDTH
+        chat = None if row[at_chat] is None else rows.chat_row(row[at_chat:])
         log = log_of(conn, read.key) if kind is ReadKind.LOG else None
         return Rows(chat, None, rows.build(row), ws, log)
     if kind is ReadKind.PENDING:
@@ -123,7 +124,8 @@ def _plan_rows(conn: sqlite3.Connection, read: Read) -> Rows:
         if row is None:
             return Rows()
         return Rows(
-            build=rows.build(row), workspace=None if row[13] is None else rows.workspace_row(row[13:])
+            build=rows.build(row),
+            workspace=None if row[BUILD_WIDTH] is None else rows.workspace_row(row[BUILD_WIDTH:]),
         )
     chat = rows.chat(conn, read.key)
     if chat is None or not read.related or chat.workspace_id is None:
@@ -168,10 +170,12 @@ def read_log(conn: sqlite3.Connection, workspace_id: str, number: int | None) ->
 
 def armed_deadlines(conn: sqlite3.Connection) -> ArmedDeadlines:
     found = conn.execute(
-        "SELECT workspace_id, deadline_at, deadline_reason FROM workspaces WHERE deadline_at IS NOT NULL"
+        "SELECT workspace_id, deadline_at, deadline_reason, deadline_warn_at, deadline_warned"
+        " FROM workspaces WHERE deadline_at IS NOT NULL"
     ).fetchall()
     return ArmedDeadlines.read(
-        rows.head(conn), [(r[0], functools.partial(parse_deadline, r[1], r[2], key=r[0])) for r in found]
+        rows.head(conn),
+        [(r[0], functools.partial(parse_deadline, r[1], r[2], r[3], r[4], key=r[0])) for r in found],
     )
 
 

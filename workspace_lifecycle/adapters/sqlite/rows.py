@@ -30,8 +30,11 @@ from ...values import (
 __all__ = [
     "BUILD_COLUMNS",
     "CHAT_COLUMNS",
+    "BUILD_WIDTH",
+    "CHAT_WIDTH",
     "FACTS_WIDTH",
     "WORKSPACE_COLUMNS",
+    "WORKSPACE_WIDTH",
     "agent_row",
     "build",
     "build_by_id",
@@ -50,8 +53,15 @@ BUILD_COLUMNS = (
     "build_id, workspace_id, number, transition, status, error, has_agent, worker, parameters,"
     " details, reason, lease_token, lease_expires_at"
 )
-CHAT_COLUMNS = "chat_id, owner, workspace_id, idle_stop_after, delete_after_stopped"
-WORKSPACE_COLUMNS = "workspace_id, chat_id, owner, name, deleted, deadline_at, deadline_reason"
+CHAT_COLUMNS = "chat_id, owner, workspace_id, idle_stop_after, delete_after_stopped, warn_before"
+WORKSPACE_COLUMNS = (
+    "workspace_id, chat_id, owner, name, deleted, deadline_at, deadline_reason, deadline_warn_at,"
+    " deadline_warned"
+)
+#: How many columns each list above has (rows that join them are cut at these widths).
+BUILD_WIDTH = 13
+CHAT_WIDTH = 6
+WORKSPACE_WIDTH = 9
 
 #: Rows parsed lately, by their raw values: a row read again unchanged (the latest build of a
 #: workspace whose agent reports, its workspace) is not parsed and validated again. A build
@@ -87,7 +97,7 @@ def facts_query(where: str, *, with_chat: bool = False) -> str:
 
 
 #: The columns of a :func:`facts_query` row before its chat's.
-FACTS_WIDTH = 7 + 3 + 13 + 1
+FACTS_WIDTH = WORKSPACE_WIDTH + 3 + BUILD_WIDTH + 1
 
 _FACTS = facts_query("w.workspace_id = ?")
 
@@ -104,12 +114,12 @@ def chat(conn: sqlite3.Connection, chat_id: str) -> Chat | None:
 
 
 def chat_row(row: Sequence[Any]) -> Chat:
-    return _chat_row(tuple(row[:5]))
+    return _chat_row(tuple(row[:CHAT_WIDTH]))
 
 
 @functools.lru_cache(maxsize=_PARSED)
 def _chat_row(row: tuple[Any, ...]) -> Chat:
-    return Chat(row[0], row[1], row[2], policy=parse_policy(row[3], row[4], key=row[0]))
+    return Chat(row[0], row[1], row[2], policy=parse_policy(row[3], row[4], row[5], key=row[0]))
 
 
 def build_by_id(conn: sqlite3.Connection, build_id: str) -> Build:
@@ -121,7 +131,7 @@ def build_by_id(conn: sqlite3.Connection, build_id: str) -> Build:
 
 def build(row: Sequence[Any]) -> Build:
     """A build from its :data:`BUILD_COLUMNS` (and any columns after them)."""
-    return _build(tuple(row[:13]))
+    return _build(tuple(row[:BUILD_WIDTH]))
 
 
 @functools.lru_cache(maxsize=_PARSED)
@@ -160,13 +170,13 @@ def _json_object(text: str | None, key: str, column: str, *, table: str = "build
 
 def workspace_row(row: Sequence[Any]) -> Workspace:
     """A workspace from its :data:`WORKSPACE_COLUMNS` (and any columns after them)."""
-    return _workspace_row(tuple(row[:7]))
+    return _workspace_row(tuple(row[:WORKSPACE_WIDTH]))
 
 
 @functools.lru_cache(maxsize=_PARSED)
 def _workspace_row(row: tuple[Any, ...]) -> Workspace:
     workspace_id = row[0]
-    deadline = parse_deadline(row[5], row[6], key=workspace_id)
+    deadline = parse_deadline(row[5], row[6], row[7], row[8], key=workspace_id)
     return Workspace(workspace_id, row[1], row[2], row[3], deleted=bool(row[4]), deadline=deadline)
 
 
@@ -188,19 +198,21 @@ def facts(conn: sqlite3.Connection, workspace_id: str, at: int | None = None) ->
 
 def facts_row(row: tuple[Any, ...], at: int | None = None) -> WorkspaceFacts:
     """The facts in a row of :func:`facts_query` (with ``at`` as their head when given)."""
+    W = WORKSPACE_WIDTH  # the workspace's columns come first, then the agent's three
     return WorkspaceFacts(
-        _workspace_row(row[:7]),
-        None if row[10] is None else _build(row[10:23]),
-        None if row[8] is None else agent_row(row[0], row[7], row[8], row[9]),
-        at if at is not None else 0 if row[23] is None else row[23],
+        _workspace_row(row[:W]),
+        None if row[W + 3] is None else _build(row[W + 3 : W + 3 + BUILD_WIDTH]),
+        None if row[W + 1] is None else agent_row(row[0], row[W], row[W + 1], row[W + 2]),
+        at if at is not None else 0 if row[FACTS_WIDTH - 1] is None else row[FACTS_WIDTH - 1],
     )
 
 
 def workspace_agent_row(row: tuple[Any, ...]) -> WorkspaceFacts:
     """The facts of a workspace read with its agent and no build (see ``Read.latest``)."""
+    W = WORKSPACE_WIDTH  # the workspace's columns, then the agent's three
     return WorkspaceFacts(
-        _workspace_row(row[:7]),
+        _workspace_row(row[:W]),
         None,
-        None if row[8] is None else agent_row(row[0], row[7], row[8], row[9]),
+        None if row[W + 1] is None else agent_row(row[0], row[W], row[W + 1], row[W + 2]),
         0,
     )

@@ -11,7 +11,7 @@ from .rows import head
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_path", "setup"]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _SCHEMA = """
 CREATE TABLE chats (
@@ -117,6 +117,11 @@ ALTER TABLE log_state DROP COLUMN head
     # found by an index: a create or start counts them in its own transaction.
     6: "CREATE TABLE owners (owner TEXT PRIMARY KEY, running INTEGER, workspaces INTEGER);"
     " CREATE INDEX workspaces_by_owner ON workspaces (owner)",
+    # Expiry warnings: a chat's warn_before, when an armed deadline's warning is due and
+    # whether it was given (the compare-and-set that warns once across replicas).
+    7: "ALTER TABLE chats ADD COLUMN warn_before REAL;"
+    " ALTER TABLE workspaces ADD COLUMN deadline_warn_at REAL;"
+    " ALTER TABLE workspaces ADD COLUMN deadline_warned INTEGER NOT NULL DEFAULT 0",
 }
 
 
