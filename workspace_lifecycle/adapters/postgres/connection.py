@@ -34,6 +34,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
+from ...backoff import Backoff
 from ...errors import (
     StoreBusyError,
     StoreClosedError,
@@ -67,6 +68,11 @@ DRIVER_ERRORS = (psycopg.Error, PoolClosed, PoolTimeout, UnicodeEncodeError, Con
 #: sent (its outcome then known, its connection kept) before it is interrupted: a healthy
 #: server answers well within it, a frozen one is given up on.
 CANCEL_GRACE = 0.25
+#: Seconds a call keeps retrying a connection that died before its commit (a restarting
+#: server, PgBouncer's server connection gone with it), pausing by :data:`_RECONNECT_BACKOFF`:
+#: a short restart is ridden out, not reported to the caller. Its own deadline bounds it sooner.
+RESTART_WINDOW = 10.0
+_RECONNECT_BACKOFF = Backoff(first=0.05, factor=2, cap=0.5)
 #: Words of a connection refusal that a retry may get past (the server is starting, full, ...).
 _TRANSIENT_REFUSALS = ("starting up", "shutting down", "recovery mode", "too many clients", "slots")
 
@@ -123,6 +129,16 @@ def connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, (psycopg.OperationalError, ConnectionError)) and not isinstance(
         exc, (pg_errors.QueryCanceled, pg_errors.LockNotAvailable, pg_errors.ProgramLimitExceeded)
     )
+
+
+#: PgBouncer's words for a statement it never sent to a server (it had no server connection to
+#: give): safe to retry even while committing.
+_NEVER_SENT = ("server_login_retry", "pgbouncer cannot connect to server", "no server connection")
+
+
+def never_sent(exc: BaseException) -> bool:
+    """Whether a pooler refused ``exc``'s statement before any server saw it."""
+    return isinstance(exc, psycopg.OperationalError) and any(words in str(exc) for words in _NEVER_SENT)
 
 
 def idle_and_alive(conn: Conn) -> bool:
@@ -235,7 +251,7 @@ class Connection:
         except WorkspaceLifecycleError:
             raise  # already ours (some are OSErrors, which the driver tuple would catch)
         except DRIVER_ERRORS as exc:
-            committing = attempt is not None and attempt.committing
+            committing = attempt is not None and attempt.committing and not never_sent(exc)
             if attempt is not None:
                 attempt.retry = attempt.connected and not committing and connection_lost(exc)
             mapped = map_error(
@@ -276,10 +292,10 @@ class Connection:
         :class:`~workspace_lifecycle.errors.TransientStoreError` if the commit may have landed).
         """
         pool = self.check()
-        tries = 0
         self.calls_by_kind[kind] += 1
+        give_up = anyio.current_time() + RESTART_WINDOW
+        pauses = _RECONNECT_BACKOFF.delays()
         while True:
-            tries += 1
             attempt = Attempt()
             self.round_trips += 1
             try:
@@ -288,11 +304,14 @@ class Connection:
                     attempt.connected = True
                     return await self._bounded(pool, conn, body, attempt, transaction=transaction, kind=kind)
             except StoreUnavailableError as exc:
-                if not attempt.retry or self.closed or tries >= 3:
+                if not attempt.retry or self.closed or anyio.current_time() >= give_up:
                     raise
                 log.info("%s; retrying on a fresh connection", exc)
-            with self.boundary():
+            # The pool's idle connections died with this one: replace them (a server still
+            # down fails the check: the next try waits for the pool, which reconnects).
+            with contextlib.suppress(StoreUnavailableError), self.boundary():
                 await pool.check()
+            await anyio.sleep(next(pauses))
 
     async def _bounded(
         self,
