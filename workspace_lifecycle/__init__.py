@@ -59,6 +59,7 @@ from .provisioner import quota_failure as quota_failure
 from .provisioner import validation_failure as validation_failure
 from .reaper import LeaseReaper as LeaseReaper
 from .runtime import Lifecycle as Lifecycle
+from .skew import ClockSkew as ClockSkew
 from .tools import dispatch_tool as dispatch_tool
 from .tools import tool_definitions as tool_definitions
 from .values import Agent as Agent
@@ -102,6 +103,7 @@ __all__ = [
     "Chat",
     "ChatRow",
     "Clock",
+    "ClockSkew",
     "CorruptStateError",
     "CursorExpiredError",
     "Deadline",

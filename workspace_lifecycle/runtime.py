@@ -29,12 +29,14 @@ from ._pump import EventPump
 from ._registry import Registry
 from ._retry import RetryingWriter
 from ._service import BackgroundService
+from ._skew import SkewWatch
 from ._warnings import WarningFeed
 from .adapters.base import Store
 from .clock import Clock, resolve_clock
 from .errors import NotFoundError
 from .limits import Limits, Usage
 from .machine import Request, derive_state
+from .skew import ClockSkew
 from .steps import (
     MAX_STATUS_WAIT_MS,
     Flow,
@@ -140,6 +142,7 @@ class Lifecycle(BackgroundService):
             kick_after=resync_interval,
         )
         self._activity = Activity(store, self._deadlines, self.clock)
+        self._skew = SkewWatch(store, self.clock)
         self._writer = RetryingWriter(store, retries=write_retries, limits=limits)
         self._steps = Interpreter(
             store,
@@ -173,12 +176,19 @@ class Lifecycle(BackgroundService):
     async def run(self) -> None:
         """The event pump (applies the store's events to the tracked workspaces) and the
         deadline scheduler, until cancelled."""
-        if not self.fire_deadlines:
-            await self._pump.run()
-            return
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._deadlines.run)
+            tg.start_soon(self._skew.run)
+            if self.fire_deadlines:
+                tg.start_soon(self._deadlines.run)
             await self._pump.run()
+            tg.cancel_scope.cancel()
+
+    @property
+    def clock_skew(self) -> ClockSkew | None:
+        """The last measurement of this runtime's clock against the store's (see
+        :mod:`workspace_lifecycle.skew`): taken at start and every 5 minutes; ``None`` before
+        the first, or for a store with no clock of its own (SQLite, memory)."""
+        return self._skew.latest
 
     def _spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         assert self._tg is not None

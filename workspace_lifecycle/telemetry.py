@@ -16,6 +16,9 @@ format string.
 When ``opentelemetry-api`` is importable, each tool request is a span named
 ``workspace_lifecycle.<request>`` and every state change seen while it runs is a span event.
 There is no hard dependency on OpenTelemetry.
+
+A replica whose clock is off the store's by more than a fraction of the lease says so on the
+``workspace_lifecycle.clock`` logger (:func:`report_skew`; see :mod:`workspace_lifecycle.skew`).
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ import time
 from types import TracebackType
 from typing import Any
 
+from .skew import ClockSkew
 from .values import StateChange, ToolResult
 
-__all__ = ["RequestSpan", "log_change", "transition_logger"]
+__all__ = ["RequestSpan", "clock_logger", "log_change", "report_skew", "transition_logger"]
 
 transition_logger = logging.getLogger("workspace_lifecycle.transitions")
 transition_logger.addHandler(logging.NullHandler())
+
+#: Clock skew against the store above its bound (see :func:`report_skew`).
+clock_logger = logging.getLogger("workspace_lifecycle.clock")
 
 try:  # pragma: no cover - depends on the environment
     from opentelemetry import trace as _otel_trace
@@ -73,6 +80,28 @@ def log_change(change: StateChange, now: float) -> None:
         )
     for span in waiting:
         span.transition(change, latency, mono - span.started)
+
+
+def report_skew(measured: ClockSkew, *, bound: float) -> None:
+    """A skew against the store's clock above ``bound`` seconds: one ``WARNING`` record on the
+    ``workspace_lifecycle.clock`` logger, with the attributes ``skew`` (the store's clock minus
+    this replica's, seconds), ``uncertainty`` (half the round trip) and ``bound``; and, with
+    OpenTelemetry, a ``workspace_lifecycle.clock_skew`` span carrying the same attributes."""
+    clock_logger.warning(
+        "this replica's clock is %.3fs %s the store's (within %.3fs; above the %.3gs that leases "
+        "and deadlines are meant to tolerate: sync the hosts' clocks)",
+        abs(measured.offset),
+        "behind" if measured.offset > 0 else "ahead of",
+        measured.uncertainty,
+        bound,
+        extra={"skew": measured.offset, "uncertainty": measured.uncertainty, "bound": bound},
+    )
+    if _tracer is not None:  # pragma: no cover - depends on the environment
+        span = _tracer.start_span(
+            "workspace_lifecycle.clock_skew",
+            attributes={"skew": measured.offset, "uncertainty": measured.uncertainty, "bound": bound},
+        )
+        span.end()
 
 
 class RequestSpan:

@@ -29,6 +29,7 @@ import attrs
 from ..buildlogs import BuildLog
 from ..errors import CorruptStateError
 from ..limits import Limits, Usage
+from ..skew import ClockSkew
 from ..values import (
     AgentLifecycle,
     Build,
@@ -408,6 +409,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def prune_events(self, older_than: float) -> int:
         """Delete events written before the wall-clock time ``older_than``; return how many."""
+
+    # --- the store's clock ------------------------------------------------------------------
+
+    async def measure_clock_skew(self) -> ClockSkew | None:
+        """The store's clock against this process's (``clock``), in one round trip (see
+        :mod:`workspace_lifecycle.skew`); ``None`` for a store with no clock of its own, whose
+        time is the replicas' (SQLite: one machine's clock; memory: this process's)."""
+        return None
 
     # --- interest ---------------------------------------------------------------------------
 

@@ -283,6 +283,11 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def prune_events(self, older_than: float) -> int: ...
 
+    async def server_time(self) -> float | None:
+        """The server's own wall clock (seconds since the epoch), read in one round trip; ``None``
+        for a store whose time is its replicas' (the default: SQLite, memory)."""
+        return None
+
     def take_interest(self, topic: Topic) -> None:  # noqa: B027 - optional hook
         """See :meth:`~workspace_lifecycle.adapters.base.Store.take_interest`."""
 
@@ -352,6 +357,9 @@ class WrappedDriver(Driver):
 
     async def prune_events(self, older_than: float) -> int:
         return await self.around_read("prune_events", lambda: self.inner.prune_events(older_than))
+
+    async def server_time(self) -> float | None:
+        return await self.around_read("server_time", self.inner.server_time)
 
     def take_interest(self, topic: Topic) -> None:
         self.inner.take_interest(topic)

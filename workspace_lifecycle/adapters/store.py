@@ -18,11 +18,12 @@ import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
-from .. import writes
+from .. import skew, writes
 from ..buildlogs import check_lines
 from ..endpoints import check_endpoints
 from ..errors import NotFoundError, StoreBusyError
 from ..limits import Limits, Usage
+from ..skew import ClockSkew
 from ..values import (
     AgentLifecycle,
     Build,
@@ -578,6 +579,14 @@ class DriverStore(Store):
 
     async def armed_deadlines(self) -> ArmedDeadlines:
         return await self.driver.armed_deadlines()
+
+    async def measure_clock_skew(self) -> ClockSkew | None:
+        clock = self.driver.clock
+        sent = clock()
+        server = await self.driver.server_time()
+        if server is None:
+            return None
+        return skew.measure(sent=sent, store=server, received=clock())
 
     async def list_chats(self) -> Sequence[ChatRow]:
         return await self.driver.list_chats()

@@ -53,6 +53,7 @@ __all__ = [
 _FORWARDED = {
     "schema": ("options", "schema"),
     "statement_timeout": ("options", "statement_timeout"),
+    "client_timeout": ("options", "client_timeout"),
     "poll_interval": ("options", "poll_interval"),
     "pool_mode": ("options", "pool_mode"),
     "listens": ("options", "listens"),
@@ -91,6 +92,12 @@ class PostgresStore(DriverStore):
     * ``schema``: the schema that holds the tables (created if absent; default ``public``);
     * ``statement_timeout``: seconds a statement may run (or wait for a lock) before it fails
       with :class:`~workspace_lifecycle.errors.StoreBusyError` (default 30; 0 disables it);
+    * ``client_timeout``: seconds a store call may wait on its connection before the client
+      gives up on it, cancels its statement and discards the connection (a frozen or
+      unreachable server, which cannot enforce ``statement_timeout``), failing with
+      :class:`~workspace_lifecycle.errors.StoreUnavailableError` (default
+      ``statement_timeout`` + 5, or 60 without one). A caller's own cancel scope bounds a call
+      sooner: a call never outlives its caller's deadline;
     * ``poll_interval``: seconds between the fallback reads of the log head (default 2);
     * ``pool_max_size``: the most pooled connections (default 10), plus one listener;
     * ``pool_timeout``: seconds a call may wait for a connection, e.g. while the server
@@ -116,7 +123,8 @@ class PostgresStore(DriverStore):
       "Behind PgBouncer").
 
     Every other query parameter goes to libpq unchanged (``sslmode``, ``application_name``,
-    ``connect_timeout`` — 5 seconds unless given, …); one libpq does not know is a ``ValueError``.
+    ``connect_timeout`` — 5 seconds unless given, TCP ``keepalives*`` and ``tcp_user_timeout``
+    — see docs/stores.md, …); one libpq does not know is a ``ValueError``.
 
     >>> store = PostgresStore.from_url("postgresql+psycopg://me:secret@db.example:5432/app?schema=chat_a")
     >>> store.url, store.schema
@@ -139,6 +147,7 @@ class PostgresStore(DriverStore):
         *,
         schema: str = "public",
         statement_timeout: float | None = 30.0,
+        client_timeout: float | None = None,
         poll_interval: float = 2.0,
         pool_min_size: int = 1,
         pool_max_size: int = 10,
@@ -156,6 +165,7 @@ class PostgresStore(DriverStore):
             conninfo,
             schema=schema,
             statement_timeout=statement_timeout,
+            client_timeout=client_timeout,
             poll_interval=poll_interval,
             pool_min_size=pool_min_size,
             pool_max_size=pool_max_size,

@@ -236,7 +236,14 @@ class Committer:
         self._queue.append(mine)
         while mine.outcome is _PENDING:
             if self._leading >= BATCHES_IN_FLIGHT or not self._queue:
-                await self._led.wait()
+                try:
+                    await self._led.wait()
+                except BaseException:
+                    # Its deadline passed while it queued: no later batch may commit it for a
+                    # caller that has gone (one already sent has an unknown outcome, as any).
+                    if mine in self._queue:
+                        self._queue.remove(mine)
+                    raise
                 continue
             batch, self._queue = self._queue, []
             self._leading += 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import select
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -28,10 +29,12 @@ from typing import Any, TypeVar
 import anyio
 import attrs
 import psycopg
+from anyio.lowlevel import checkpoint
 from psycopg import errors as pg_errors
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
+from ...backoff import Backoff
 from ...errors import (
     StoreBusyError,
     StoreClosedError,
@@ -61,6 +64,15 @@ Conn = psycopg.AsyncConnection[TupleRow]
 
 #: What the error boundary translates; everything else passes through untouched.
 DRIVER_ERRORS = (psycopg.Error, PoolClosed, PoolTimeout, UnicodeEncodeError, ConnectionError)
+#: Seconds a call whose caller's deadline passed may still take to finish the statement it
+#: sent (its outcome then known, its connection kept) before it is interrupted: a healthy
+#: server answers well within it, a frozen one is given up on.
+CANCEL_GRACE = 0.25
+#: Seconds a call keeps retrying a connection that died before its commit (a restarting
+#: server, PgBouncer's server connection gone with it), pausing by :data:`_RECONNECT_BACKOFF`:
+#: a short restart is ridden out, not reported to the caller. Its own deadline bounds it sooner.
+RESTART_WINDOW = 10.0
+_RECONNECT_BACKOFF = Backoff(first=0.05, factor=2, cap=0.5)
 #: Words of a connection refusal that a retry may get past (the server is starting, full, ...).
 _TRANSIENT_REFUSALS = ("starting up", "shutting down", "recovery mode", "too many clients", "slots")
 
@@ -117,6 +129,16 @@ def connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, (psycopg.OperationalError, ConnectionError)) and not isinstance(
         exc, (pg_errors.QueryCanceled, pg_errors.LockNotAvailable, pg_errors.ProgramLimitExceeded)
     )
+
+
+#: PgBouncer's words for a statement it never sent to a server (it had no server connection to
+#: give): safe to retry even while committing.
+_NEVER_SENT = ("server_login_retry", "pgbouncer cannot connect to server", "no server connection")
+
+
+def never_sent(exc: BaseException) -> bool:
+    """Whether a pooler refused ``exc``'s statement before any server saw it."""
+    return isinstance(exc, psycopg.OperationalError) and any(words in str(exc) for words in _NEVER_SENT)
 
 
 def idle_and_alive(conn: Conn) -> bool:
@@ -229,7 +251,7 @@ class Connection:
         except WorkspaceLifecycleError:
             raise  # already ours (some are OSErrors, which the driver tuple would catch)
         except DRIVER_ERRORS as exc:
-            committing = attempt is not None and attempt.committing
+            committing = attempt is not None and attempt.committing and not never_sent(exc)
             if attempt is not None:
                 attempt.retry = attempt.connected and not committing and connection_lost(exc)
             mapped = map_error(
@@ -244,8 +266,10 @@ class Connection:
     async def run(self, body: Callable[[Conn], Awaitable[T]], *, write: bool = False, kind: str = "") -> T:
         """Run ``body`` on a pooled connection, inside a transaction if ``write``.
 
-        The body runs shielded from cancellation: a cancelled caller lets its transaction
-        finish (bounded by ``statement_timeout``) instead of leaving a half-used connection.
+        The body runs shielded from a cancellation, but not past a deadline: a cancelled
+        caller lets its transaction finish instead of leaving a half-used connection, and the
+        caller's effective deadline (with :data:`CANCEL_GRACE`), or the client's own
+        (``client_timeout``), whichever comes first, still ends it (see :meth:`try_`).
         A connection that died before the commit was sent is replaced and the body retried.
         """
         return await self.try_(lambda conn, attempt: body(conn), transaction=write, kind=kind)
@@ -255,38 +279,89 @@ class Connection:
     ) -> T:
         """:meth:`run` for a body that says itself when its commit begins: an autocommit body
         sets ``attempt.committing`` before the statement that commits. ``kind`` names the call
-        whose round trips it counts."""
+        whose round trips it counts.
+
+        **The deadline.** A body that has not finished :data:`CANCEL_GRACE` after the caller's
+        effective deadline (``anyio.current_effective_deadline()``, read before the shield), or
+        by ``client_timeout``, is interrupted: psycopg sends the server a cancel request, and the
+        connection is closed and leaves the pool, whatever state it was in. Nothing is half
+        written: a write is one statement or one transaction, which the server either commits
+        whole or rolls back when the connection goes. Then the caller's own cancellation takes
+        over; a call stopped by ``client_timeout`` alone raises
+        :class:`~workspace_lifecycle.errors.StoreUnavailableError` (or
+        :class:`~workspace_lifecycle.errors.TransientStoreError` if the commit may have landed).
+        """
         pool = self.check()
-        tries = 0
         self.calls_by_kind[kind] += 1
+        give_up = anyio.current_time() + RESTART_WINDOW
+        pauses = _RECONNECT_BACKOFF.delays()
         while True:
-            tries += 1
             attempt = Attempt()
             self.round_trips += 1
             try:
                 with self.boundary(attempt):
                     conn = await pool.getconn()
                     attempt.connected = True
-                    wire = wire_round_trips(conn)
-                    with anyio.CancelScope(shield=True):
-                        try:
-                            if not transaction:
-                                return await body(conn, attempt)
-                            async with conn.transaction():
-                                result = await body(conn, attempt)
-                                attempt.committing = True
-                            return result
-                        finally:
-                            wire = wire_round_trips(conn) - wire
-                            self.wire_round_trips += wire
-                            self.wire_by_kind[kind] += wire
-                            await pool.putconn(conn)
+                    return await self._bounded(pool, conn, body, attempt, transaction=transaction, kind=kind)
             except StoreUnavailableError as exc:
-                if not attempt.retry or self.closed or tries >= 3:
+                if not attempt.retry or self.closed or anyio.current_time() >= give_up:
                     raise
                 log.info("%s; retrying on a fresh connection", exc)
-            with self.boundary():
+            # The pool's idle connections died with this one: replace them (a server still
+            # down fails the check: the next try waits for the pool, which reconnects).
+            with contextlib.suppress(StoreUnavailableError), self.boundary():
                 await pool.check()
+            await anyio.sleep(next(pauses))
+
+    async def _bounded(
+        self,
+        pool: AsyncConnectionPool[Conn],
+        conn: Conn,
+        body: Callable[[Conn, Attempt], Awaitable[T]],
+        attempt: Attempt,
+        *,
+        transaction: bool,
+        kind: str,
+    ) -> T:
+        """One try of ``body`` on ``conn``, shielded up to the deadline (see :meth:`try_`);
+        ``conn`` goes back to the pool, or is discarded if the deadline interrupted it."""
+        client_deadline = anyio.current_time() + self.options.client_timeout
+        caller_deadline = anyio.current_effective_deadline()
+        if caller_deadline == -math.inf:  # cancelled already: nothing begun, nothing to finish
+            with anyio.CancelScope(shield=True):
+                await pool.putconn(conn)
+            await checkpoint()
+        wire = wire_round_trips(conn)
+        deadline = min(caller_deadline + CANCEL_GRACE, client_deadline)
+        with anyio.CancelScope(shield=True, deadline=deadline) as scope:
+            try:
+                if not transaction:
+                    return await body(conn, attempt)
+                async with conn.transaction():
+                    result = await body(conn, attempt)
+                    attempt.committing = True
+                return result
+            finally:
+                wire = wire_round_trips(conn) - wire
+                self.wire_round_trips += wire
+                self.wire_by_kind[kind] += wire
+                with anyio.CancelScope(shield=True):
+                    if scope.cancel_called:
+                        # Interrupted mid-statement: its state is unknown, the pool must not
+                        # hand it out again (psycopg already sent the server a cancel request).
+                        await conn.close()
+                    await pool.putconn(conn)
+        # The deadline passed (the scope swallowed its own cancellation): the caller's own
+        # scope, if its deadline it was, has passed too and cancels at this checkpoint.
+        await checkpoint()
+        gave_up = (
+            f"PostgreSQL at {self.options.url} did not answer within client_timeout="
+            f"{self.options.client_timeout:g}s (a frozen or unreachable server?); the connection "
+            "was discarded"
+        )
+        if attempt.committing:
+            raise TransientStoreError(f"{gave_up}; the write may or may not have been applied")
+        raise StoreUnavailableError(gave_up)
 
     # --- opening and closing -----------------------------------------------------------------
 

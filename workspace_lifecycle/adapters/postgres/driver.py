@@ -387,6 +387,18 @@ class PostgresDriver(Driver):
             raise NotFoundError(f"no build {build_id!r}")
         return build
 
+    async def server_time(self) -> float:
+        """PostgreSQL's ``clock_timestamp()`` (the moment the statement reads it, not the
+        transaction's start as ``now()``) as seconds since the epoch."""
+
+        async def read(conn: Conn) -> float:
+            cur = await conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8")
+            row = await cur.fetchone()
+            assert row is not None
+            return float(row[0])
+
+        return await self.connection.run(read, kind="server_time")
+
     async def armed_deadlines(self) -> ArmedDeadlines:
         return await self.connection.run(sql.read_armed_deadlines, kind="armed_deadlines")
 

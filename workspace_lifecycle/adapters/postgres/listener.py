@@ -232,10 +232,14 @@ class Listener:
         delay = 0.05
         while True:
             try:
+                # Every step bounded, as every store call is (a frozen backend answers nothing
+                # and cannot enforce its own statement_timeout): a hang is a reconnect.
                 if self._conn is None:
-                    self._conn = await self.connect()
+                    with anyio.fail_after(self._options.client_timeout):
+                        self._conn = await self.connect()
                     delay = 0.05
-                await self._listen_once(self._conn)
+                with anyio.fail_after(self._options.poll_interval + self._options.client_timeout):
+                    await self._listen_once(self._conn)
             except (StoreError, TimeoutError) as exc:  # TimeoutError: the head read hung
                 log.warning("PostgreSQL listener: %s; reconnecting in %.2fs", exc or "no answer", delay)
                 if self._conn is not None:

@@ -28,14 +28,30 @@ _MAX_SHARDS = 4096
 
 #: Seconds the first connection of ``open`` may take unless the URL sets ``connect_timeout``.
 _CONNECT_TIMEOUT = 5
-#: TCP keepalives of the LISTEN connection unless the URL sets them: a dead peer is noticed in
-#: about 10 + 3 * 5 seconds even while no query is running on it.
-_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+#: TCP keepalives of every connection (the pool's and the LISTEN one) unless the URL sets them:
+#: a dead peer (a host that vanished, a network black hole) is noticed in about 10 + 3 * 5
+#: seconds even while no query is running on the connection, and data the peer does not
+#: acknowledge within ``tcp_user_timeout`` (milliseconds) ends the connection. Neither helps
+#: against a live host whose backend is frozen (SIGSTOP, a paused VM whose kernel still
+#: answers): the client-side deadline (:attr:`Options.client_timeout`) is what bounds that.
+_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 25_000,
+}
+#: Seconds a store call may wait on the server beyond ``statement_timeout`` before the client
+#: gives up on its connection (a server that enforces the timeout answers well within it).
+_CLIENT_MARGIN = 5.0
+#: The client-side deadline of a store call when ``statement_timeout`` is off.
+_CLIENT_TIMEOUT_WITHOUT_STATEMENT_TIMEOUT = 60.0
 
 #: The store's own query parameters of a URL; every other one goes to libpq.
 _URL_OPTIONS = (
     "schema",
     "statement_timeout",
+    "client_timeout",
     "poll_interval",
     "pool_max_size",
     "pool_timeout",
@@ -148,7 +164,7 @@ def parse_url(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     parameters (as numbers where they are), then ``options``, with the URL to display."""
     ours, conninfo = _split_url(url, _URL_OPTIONS)
     ours.update(options)
-    for key in ("statement_timeout", "poll_interval", "pool_timeout"):
+    for key in ("statement_timeout", "client_timeout", "poll_interval", "pool_timeout"):
         if key in ours and isinstance(ours[key], str):
             ours[key] = _seconds(key, ours[key])
     if isinstance(ours.get("pool_max_size"), str):
@@ -182,6 +198,8 @@ class Options:
 
     >>> Options("postgresql://h/db", schema="a").listen_timeout
     4.0
+    >>> Options("postgresql://h/db", statement_timeout=10).client_timeout
+    15.0
     """
 
     def __init__(
@@ -190,6 +208,7 @@ class Options:
         *,
         schema: str = "public",
         statement_timeout: float | None = 30.0,
+        client_timeout: float | None = None,
         poll_interval: float = 2.0,
         pool_min_size: int = 1,
         pool_max_size: int = 10,
@@ -234,9 +253,18 @@ class Options:
         #: Create or upgrade the schema on open; else refuse one that is missing or not current.
         self.migrate = bool(migrate)
         self.statement_timeout = statement_timeout or None
+        if client_timeout is not None and not 0 < client_timeout < float("inf"):
+            raise ValueError(f"client_timeout must be a positive number of seconds, not {client_timeout!r}")
+        #: Seconds a store call may wait on its connection, whatever the caller's own timeout:
+        #: past it the connection is cancelled and discarded (see :mod:`.connection`).
+        self.client_timeout = client_timeout or (
+            self.statement_timeout + _CLIENT_MARGIN
+            if self.statement_timeout
+            else _CLIENT_TIMEOUT_WITHOUT_STATEMENT_TIMEOUT
+        )
         self.poll_interval = poll_interval
         self.conninfo = conninfo
-        self.pool_conninfo = _with_defaults(conninfo, {"connect_timeout": _CONNECT_TIMEOUT})
+        self.pool_conninfo = _with_defaults(conninfo, {"connect_timeout": _CONNECT_TIMEOUT, **_KEEPALIVES})
         listen_conninfo = conninfo if listen_url in (None, NO_LISTEN) else _listen_conninfo(listen_url)
         self.listen_conninfo = _with_defaults(
             listen_conninfo, {"connect_timeout": _CONNECT_TIMEOUT, **_KEEPALIVES}
