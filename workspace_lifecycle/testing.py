@@ -345,8 +345,7 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
       concurrent caller is answered with that build's id; other requests fire at most one
       build of their kind;
     * requests are answered as SPEC's table says (error sentences, ``status`` with
-      ``wait=False``, ``started``/``build_id``/``no_build`` with ``wait=True``);
-    * no answer says an agent that stopped answering (``disconnected``) is ready.
+      ``wait=False``, ``started``/``build_id``/``no_build`` with ``wait=True``).
     """
 
     store_factory: StoreFactory

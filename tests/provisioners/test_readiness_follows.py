@@ -6,11 +6,12 @@ after a while (the process lives on) and reopens it on SIGUSR1."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -49,6 +50,17 @@ def running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@contextlib.contextmanager
+def nothing_left(root: Path) -> Iterator[None]:
+    """A failed test leaves no process running: every recorded process group is killed."""
+    try:
+        yield
+    finally:
+        for record in root.glob(f"*/{STATE_FILE}"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                os.killpg(json.loads(record.read_text())["pid"], signal.SIGKILL)
 
 
 @pytest.fixture
@@ -94,7 +106,7 @@ class TestReadinessFollowsTheAgent:
         """Ready, then deaf: disconnected (start_workspace and status say its agent is not
         ready, no build is fired); then answering again: ready again. One report per change."""
         root = tmp_path / "ws"
-        with anyio.fail_after(30):
+        with nothing_left(root), anyio.fail_after(30):
             async with wl.ProcessProvisioner(
                 store, root=root, command=deafening(1.5), spawn_grace=0.1, watch_interval=WATCH
             ):
@@ -135,7 +147,7 @@ class TestReadinessFollowsTheAgent:
         follows its agent: the port closes under it, and it reports the agent disconnected."""
         root = tmp_path / "ws"
         kwargs = {"root": root, "command": deafening(2.0), "spawn_grace": 0.1, "watch_interval": WATCH}
-        with anyio.fail_after(30):
+        with nothing_left(root), anyio.fail_after(30):
             async with wl.ProcessProvisioner(store, **kwargs):  # type: ignore[arg-type]
                 ws = await ready_workspace(store, lc)
             async with wl.ProcessProvisioner(store, **kwargs):  # type: ignore[arg-type]
