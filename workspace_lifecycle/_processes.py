@@ -19,15 +19,26 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
 import attrs
 
-from ._workspace_files import LOG_FILE, NOTE_PREFIX
+from ._workspace_files import LOG_FILE, NOTE_PREFIX, write_state
 
-__all__ = ["KEPT", "Proc", "exit_text", "free_port", "reap", "release", "spawn", "start_ticks"]
+__all__ = [
+    "KEPT",
+    "Proc",
+    "exit_text",
+    "free_port",
+    "reap",
+    "release",
+    "save_record",
+    "spawn",
+    "start_ticks",
+]
 
 #: Processes a provisioner of this interpreter left running when it stopped, so that a later
 #: provisioner here reaps them (they are still this interpreter's children) and no ``Popen`` is
@@ -203,3 +214,18 @@ class Proc:
             else:
                 signal.pidfd_send_signal(self.pidfd, sig)
                 os.killpg(self.pid, sig)
+
+
+def save_record(path: Path, proc: Proc, *, argv: Sequence[str]) -> None:
+    """Write ``proc``'s record (``workspace.json``): what a restarted provisioner adopts it by."""
+    state = {
+        "pid": proc.pid,
+        "start_ticks": proc.start_ticks,
+        "port": proc.port,
+        "build_number": proc.build_number,
+        "lease": proc.lease,  # its build's fencing token: its agent reports carry it, after a restart too
+        "argv": list(argv),
+        "started_at": time.time(),
+        "ended": None,
+    }
+    write_state(path, state)

@@ -40,13 +40,15 @@ class Recovery:
         def _track(self, proc: Proc, tg: anyio.abc.TaskGroup) -> None: ...
         async def _end(self, proc: Proc) -> list[int]: ...
         async def _resume_probe(self, proc: Proc) -> None: ...
+        async def _keep_following(self, proc: Proc) -> None: ...
         async def _report_found(
             self, workspace_id: str, lifecycle: AgentLifecycle, lease: str | None
         ) -> None: ...
 
     async def _recover(self, tg: anyio.abc.TaskGroup) -> None:
         """What a provisioner finds in its root becomes events: a process of this root that
-        still runs is adopted (watched, and probed if its agent is not ready yet); one that
+        still runs is adopted (watched, and probed if its agent is not ready yet, followed if it
+        is); one that
         ended while no provisioner watched is reported; one whose workspace the store says is
         stopped or deleted is ended. This gathers the facts (the record, whether its process
         still runs, the store's rows) and executes what
@@ -138,6 +140,8 @@ class Recovery:
             tg.start_soon(self._end, proc)  # the store says nothing should run here
         elif decision.afterwards is Afterwards.PROBE:
             tg.start_soon(self._resume_probe, proc)
+        elif decision.ready:  # its agent is ready: follow it (disconnected when it stops answering)
+            tg.start_soon(self._keep_following, proc)
 
     async def _found_ended(self, path: Path, state: Mapping[str, Any], decision: Ended) -> None:
         """A recorded process that ended while no provisioner watched: reap it if it was this

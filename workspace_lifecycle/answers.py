@@ -49,11 +49,15 @@ def agent_fields(
     {'agent_status': 'no_agent'}
     >>> agent_fields(has_agent=True, lifecycle=AgentLifecycle.START_ERROR, timed_out=False)
     {'startup_scripts': 'startup_scripts_failed', 'lifecycle_state': 'start_error'}
+    >>> agent_fields(has_agent=True, lifecycle=AgentLifecycle.DISCONNECTED, timed_out=False)
+    {'agent_status': 'not_ready', 'lifecycle_state': 'disconnected'}
     """
     if not has_agent or lifecycle is None:
         return {"agent_status": "no_agent"}
     if lifecycle is AgentLifecycle.READY:
         return {}
+    if lifecycle is AgentLifecycle.DISCONNECTED:  # it was ready and stopped answering: not ready now
+        return {"agent_status": "not_ready", "lifecycle_state": lifecycle.value}
     if lifecycle.pending:
         if timed_out:
             return {"startup_scripts": "startup_scripts_timeout"}

@@ -14,6 +14,11 @@
   has not passed ``ready_timeout`` seconds after the spawn (probing goes on, and a later pass
   still reports ``ready``), and ``start_error`` when the process exits after the build
   succeeded but before it was ready.
+* a **ready** agent is followed while its process runs: the probe looks again every
+  ``watch_interval`` seconds (a sleep on the event loop's clock, cut short by the process's
+  end), reports it ``disconnected`` once it misses two looks in a row (the workspace leaves
+  ``agent_ready``; the tools answer ``agent_status: "not_ready"``) and ``ready`` again once it
+  answers (:mod:`~workspace_lifecycle.readiness` decides; ``_agent_watch`` looks and reports).
 * a **stop** build ends the process group (SIGTERM, then SIGKILL after ``stop_grace``) and keeps
   the directory; a **delete** build also removes the directory.
 * a process that ends on its own while its agent is ready (a crash, a ``kill -9``) is noticed
@@ -41,10 +46,8 @@ import functools
 import logging
 import os
 import re
-import signal
 import socket
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -52,28 +55,20 @@ import anyio
 import anyio.abc
 
 from . import checks, writes
-from ._containment import MARKER, Marks, end_marked
+from ._agent_watch import AgentWatch
+from ._containment import MARKER, Marks
+from ._ending import Ending
 from ._log_shipper import LogShipper
-from ._processes import KEPT, Proc, exit_text, free_port, reap, release, spawn, start_ticks
+from ._processes import KEPT, Proc, exit_text, free_port, release, save_record, spawn, start_ticks
 from ._recovery import Recovery
 from ._service import BackgroundService
-from ._workspace_files import (
-    LOG_FILE,
-    MAX_REASON,
-    STATE_FILE,
-    load_state,
-    mark_ended,
-    note,
-    remove_dir,
-    tail,
-    write_state,
-)
+from ._workspace_files import LOG_FILE, MAX_REASON, STATE_FILE, note, tail
 from .adapters.base import DEFAULT_LEASE_SECONDS, Store
 from .backoff import Backoff
 from .errors import CallerError, StoreClosedError, StoreError
 from .provisioner import Held, claims, holding, retrying
 from .reaper import LeaseReaper
-from .values import AgentLifecycle, Build, JobStatus, Transition
+from .values import Build, JobStatus, Transition
 
 __all__ = ["LOG_FILE", "STATE_FILE", "ProcessProvisioner", "UnusableRoot", "WorkspaceRefused"]
 
@@ -88,17 +83,12 @@ class WorkspaceRefused(ValueError):
     parameters cannot be environment variables. The build fails with this sentence."""
 
 
-class Outlived(OSError):
-    """Processes of a workspace outlived its stop or delete (SIGKILL did not end them: another
-    user's, or stuck in the kernel): the build fails with this sentence, naming them."""
-
-
 class UnusableRoot(OSError):
     """The provisioner's root cannot be used (it cannot be created, is not a directory, or is
     not writable): raised at open, with the path and the reason, before anything is claimed."""
 
 
-class ProcessProvisioner(BackgroundService, Recovery):
+class ProcessProvisioner(BackgroundService, AgentWatch, Ending, Recovery):
     """Runs each workspace as a real process: see the module's description.
 
     ``root`` is the directory that holds one directory per workspace (named by its workspace
@@ -107,7 +97,8 @@ class ProcessProvisioner(BackgroundService, Recovery):
     ``parameter_prefix + name`` (``WL_PARAM_region``), and a name that is not a valid
     environment variable name fails the build. The process's output goes to ``workspace.log``
     through a log writer that keeps it under ``log_max_bytes`` (8 MiB): past it the log becomes
-    ``workspace.log.1`` and a new one begins, so the two keep the latest output.
+    ``workspace.log.1`` and a new one begins, so the two keep the latest output. A ready
+    agent's port is probed again every ``watch_interval`` seconds (1 s) while it runs.
 
     >>> ProcessProvisioner(None, root=".", command="python -m http.server")  # type: ignore[arg-type]
     Traceback (most recent call last):
@@ -125,6 +116,7 @@ class ProcessProvisioner(BackgroundService, Recovery):
         stop_grace: float = 5.0,
         spawn_grace: float = 0.5,
         probe_interval: float = 0.05,
+        watch_interval: float = 1.0,
         env: Mapping[str, str] | None = None,
         parameter_prefix: str = "WL_PARAM_",
         output_lines: int = 10,
@@ -160,6 +152,7 @@ class ProcessProvisioner(BackgroundService, Recovery):
         # Probes come closer at first and wider apart while nothing answers (up to a second,
         # or the interval if that is longer).
         self._probes = Backoff(first=self.probe_interval, factor=1.5, cap=max(1.0, self.probe_interval))
+        self.watch_interval = checks.seconds("watch_interval", watch_interval)
         self.env = dict(env or {})
         self.parameter_prefix = parameter_prefix
         self.output_lines = checks.count("output_lines", output_lines)
@@ -220,6 +213,10 @@ class ProcessProvisioner(BackgroundService, Recovery):
                 raise WorkspaceRefused("parameter 'PORT' would hide the port the provisioner gives")
             out[self.parameter_prefix + name] = value
         return out
+
+    def _probe_delays(self) -> Iterator[float]:
+        """The pauses between probes of an agent not ready yet."""
+        return self._probes.delays()
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -310,22 +307,6 @@ class ProcessProvisioner(BackgroundService, Recovery):
                 exc.errno, f"the provisioner's root {str(self.root)!r} cannot be used: {reason}"
             ) from exc
 
-    async def _lost(self, build: Build) -> None:
-        """The lease on ``build`` is gone: its work was stopped; end the process spawned for it."""
-        self.leases_lost += 1
-        proc = self._procs.get(build.workspace_id)
-        log.warning("process provisioner: build %s: lease lost; its work is stopped", build.build_id)
-        if proc is None:
-            return
-        if proc.build_number == build.number:  # spawned for this start build
-            proc.build_done.set()
-        elif build.transition is Transition.START:
-            return  # an older process, not this build's to end
-        # A start build's process, or one a stop or delete build was ending when the lease
-        # went (its SIGKILL after the grace must still come): end it.
-        with anyio.CancelScope(shield=True):
-            await self._end(proc)
-
     async def _start(self, build: Build, held: Held, tg: anyio.abc.TaskGroup) -> tuple[Proc, str] | None:
         """Spawn the workspace's process and finish the build; the process whose agent is now
         to be followed and what its probe found so far, or ``None``."""
@@ -338,6 +319,43 @@ class ProcessProvisioner(BackgroundService, Recovery):
             await self._end(old)
         path.mkdir(exist_ok=True)
         path = self.workspace_dir(build.workspace_id)  # made now: check it again
+        spawned = await self._spawn(build, held, tg, path, port, env)
+        if spawned is None:
+            return None
+        proc, shipper = spawned
+        proc.started = anyio.current_time()
+        outcome = await self._probe(proc, proc.started + min(self.spawn_grace, self.ready_timeout))
+        if outcome == "exited":
+            reason = f"the workspace process {exit_text(proc.status)} before it was ready"
+            last = tail(path, proc.log_offset, self.output_lines)
+            details: dict[str, Any] = {"exit_status": proc.status}
+            await shipper.ship(final=True)  # before the failure: its answer points at the lines
+            try:
+                await self._finish(
+                    held, JobStatus.FAILED, f"{reason}; last output:\n{last}" if last else reason, details
+                )
+            finally:
+                proc.build_done.set()
+            return None
+        try:
+            proc.built = await self._finish(held, JobStatus.SUCCEEDED, None, has_agent=True)
+        finally:
+            proc.build_done.set()
+        if not proc.built:  # the build was failed meanwhile (a reaper): nothing may run for it
+            if not held.lost:
+                log.warning(
+                    "process provisioner: build %s was finished by another party; ending its process",
+                    build.build_id,
+                )
+                await self._end(proc)
+            return None
+        return proc, outcome
+
+    async def _spawn(
+        self, build: Build, held: Held, tg: anyio.abc.TaskGroup, path: Path, port: int, env: dict[str, str]
+    ) -> tuple[Proc, LogShipper] | None:
+        """Spawn the command held, record it, then let it run and ship its output; ``None`` (the
+        build failed) if it cannot start."""
         argv = [arg.replace("{port}", str(port)) for arg in self.command]
         header = f"build {build.number}: {argv} on port {port}"
         try:
@@ -381,186 +399,12 @@ class ProcessProvisioner(BackgroundService, Recovery):
         release(go)
         shipper = LogShipper(self.store, build.build_id, held.token, path / LOG_FILE, offset)
         tg.start_soon(shipper.run, proc.exited)  # its output to the build's log, bounded
-        proc.started = anyio.current_time()
-        outcome = await self._probe(proc, proc.started + min(self.spawn_grace, self.ready_timeout))
-        if outcome == "exited":
-            reason = f"the workspace process {exit_text(proc.status)} before it was ready"
-            last = tail(path, proc.log_offset, self.output_lines)
-            details: dict[str, Any] = {"exit_status": proc.status}
-            await shipper.ship(final=True)  # before the failure: its answer points at the lines
-            try:
-                await self._finish(
-                    held, JobStatus.FAILED, f"{reason}; last output:\n{last}" if last else reason, details
-                )
-            finally:
-                proc.build_done.set()
-            return None
-        try:
-            proc.built = await self._finish(held, JobStatus.SUCCEEDED, None, has_agent=True)
-        finally:
-            proc.build_done.set()
-        if not proc.built:  # the build was failed meanwhile (a reaper): nothing may run for it
-            if not held.lost:
-                log.warning(
-                    "process provisioner: build %s was finished by another party; ending its process",
-                    build.build_id,
-                )
-                await self._end(proc)
-            return None
-        return proc, outcome
-
-    async def _follow(self, proc: Proc, outcome: str) -> None:
-        """Report the agent of a process whose start build succeeded: ``ready`` once the probe
-        passes, ``start_timeout`` first if ``ready_timeout`` passes before."""
-        if outcome != "ready":
-            outcome = await self._probe(proc, proc.started + self.ready_timeout)
-        if outcome == "timeout":
-            await self._report(proc, AgentLifecycle.START_TIMEOUT)
-            outcome = await self._probe(proc, float("inf"))  # Coder's agent may still become ready
-        if outcome == "ready":
-            await self._report(proc, AgentLifecycle.READY)
-
-    async def _probe(self, proc: Proc, until: float) -> str:
-        """``ready`` once a TCP connect to the port succeeds, ``exited`` once the process ended
-        (woken by its end), ``timeout`` at ``until``."""
-        delays = self._probes.delays()
-        delay = next(delays)
-        while True:
-            if proc.exited.is_set() or proc.ending:
-                return "exited"
-            try:
-                with anyio.fail_after(1.0):
-                    stream = await anyio.connect_tcp("127.0.0.1", proc.port)
-            except (OSError, TimeoutError):
-                pass
-            else:
-                await stream.aclose()
-                return "exited" if proc.exited.is_set() else "ready"
-            left = until - anyio.current_time()
-            if left <= 0:
-                return "timeout"
-            with anyio.move_on_after(min(delay, left)):
-                await proc.exited.wait()
-            delay = next(delays)
-
-    async def _stop(self, build: Build, held: Held) -> None:
-        """End every process of the workspace (its current one and anything left of older
-        builds); a delete then removes its directory. Processes that outlive that fail it."""
-        proc = self._procs.get(build.workspace_id)
-        left = await self._end(proc) if proc is not None else []
-        left += await end_marked(self.marks, build.workspace_id, None, self.stop_grace)
-        if left:
-            raise Outlived(
-                errno.EBUSY,
-                f"{len(set(left))} of its processes outlived SIGKILL (pids {sorted(set(left))}); "
-                "they still run",
-            )
-        if build.transition is Transition.DELETE:
-            path = self.workspace_dir(build.workspace_id)
-            await anyio.to_thread.run_sync(remove_dir, path)
-        await self._finish(held, JobStatus.SUCCEEDED, None, has_agent=False)
-
-    async def _end(self, proc: Proc) -> list[int]:
-        """SIGTERM to the process, its group and every process of its build however it
-        detached (its marker), SIGKILL after ``stop_grace``; return once the process ended,
-        with the pids of its build that outlived SIGKILL too (none, nearly always)."""
-        proc.ending = True
-        left = await end_marked(
-            self.marks, proc.workspace_id, proc.build_number, self.stop_grace, also=proc.signal
-        )
-        with anyio.move_on_after(self.stop_grace):
-            await proc.exited.wait()
-        if not proc.exited.is_set():
-            log.warning(
-                "process provisioner: workspace %s: pid %d outlived SIGTERM by %gs; killing it",
-                proc.workspace_id,
-                proc.pid,
-                self.stop_grace,
-            )
-        proc.signal(signal.SIGKILL)  # also any child it left in its group
-        await proc.exited.wait()
-        return left
-
-    # --- watching processes -----------------------------------------------------------------
-
-    def _track(self, proc: Proc, tg: anyio.abc.TaskGroup) -> None:
-        self._procs[proc.workspace_id] = proc
-        self.pids.append(proc.pid)
-        tg.start_soon(self._watch, proc)
-
-    async def _watch(self, proc: Proc) -> None:
-        """Wait for the process to end (its pidfd turns readable: an event, not a poll), then
-        report the agent if nobody asked for that end."""
-        await anyio.wait_readable(proc.pidfd)
-        proc.status = reap(proc)
-        os.close(proc.pidfd)
-        proc.pidfd = -1
-        proc.exited.set()
-        if self._procs.get(proc.workspace_id) is proc:
-            del self._procs[proc.workspace_id]
-        with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the group ends with its leader
-        try:
-            await self._after_exit(proc)
-            if not proc.ending:  # it ended on its own: what it started (a daemon) ends with it
-                await end_marked(self.marks, proc.workspace_id, proc.build_number, self.stop_grace)
-        except Exception:  # a workspace's files or its report: never the provisioner's end
-            log.exception(
-                "process provisioner: workspace %s: after pid %d ended", proc.workspace_id, proc.pid
-            )
-
-    async def _after_exit(self, proc: Proc) -> None:
-        path = self._dir_or_none(proc.workspace_id)
-        text = exit_text(proc.status)
-        if path is not None:
-            note(path, f"pid {proc.pid} {text}")
-        if proc.ending:
-            self._mark_ended(path, proc, text)
-            return
-        await proc.build_done.wait()
-        if proc.built and not proc.ending:
-            lifecycle = AgentLifecycle.OFF if proc.ready else AgentLifecycle.START_ERROR
-            log.warning(
-                "process provisioner: workspace %s: pid %d %s; agent %s",
-                proc.workspace_id,
-                proc.pid,
-                text,
-                lifecycle.value,
-            )
-            await self._report(proc, lifecycle, after_exit=True)
-        self._mark_ended(path, proc, text)
-
-    async def _report(self, proc: Proc, lifecycle: AgentLifecycle, *, after_exit: bool = False) -> None:
-        """Report the agent of ``proc``'s build, in order, and never ``ready`` for a process
-        that has ended or ``off`` for one a build ends."""
-        async with proc.reports:
-            if (proc.exited.is_set() and not after_exit) or proc.ending:
-                return
-            if lifecycle is AgentLifecycle.READY:
-                proc.ready = True
-            # A ready workspace is reached where its probe reached it: {port} on 127.0.0.1.
-            reached = {"http": f"http://127.0.0.1:{proc.port}"} if lifecycle is AgentLifecycle.READY else None
-            try:
-                await self._retrying(
-                    lambda: self.store.report_agent(
-                        proc.workspace_id, lifecycle, lease=proc.lease, endpoints=reached
-                    )
-                )
-            except (StoreError, CallerError) as exc:
-                log.warning(
-                    "process provisioner: workspace %s: agent %s: %s", proc.workspace_id, lifecycle.value, exc
-                )
-
-    # --- restart (the rest is in _recovery.Recovery) ------------------------------------------
-
-    async def _report_found(self, workspace_id: str, lifecycle: AgentLifecycle, lease: str | None) -> None:
-        await self._retrying(lambda: self.store.report_agent(workspace_id, lifecycle, lease=lease))
-
-    async def _resume_probe(self, proc: Proc) -> None:
-        if await self._probe(proc, float("inf")) == "ready":
-            await self._report(proc, AgentLifecycle.READY)
+        return proc, shipper
 
     # --- files ----------------------------------------------------------------------------
+
+    def _save(self, path: Path, proc: Proc, *, argv: Sequence[str]) -> None:
+        save_record(path, proc, argv=argv)  # a method: a test's provisioner stops here
 
     def _dir_or_none(self, workspace_id: str) -> Path | None:
         try:
@@ -568,26 +412,6 @@ class ProcessProvisioner(BackgroundService, Recovery):
             return path if path.is_dir() else None
         except (WorkspaceRefused, OSError):
             return None
-
-    def _save(self, path: Path, proc: Proc, *, argv: Sequence[str]) -> None:
-        state = {
-            "pid": proc.pid,
-            "start_ticks": proc.start_ticks,
-            "port": proc.port,
-            "build_number": proc.build_number,
-            "lease": proc.lease,  # its build's fencing token: its agent reports carry it, after a restart too
-            "argv": list(argv),
-            "started_at": time.time(),
-            "ended": None,
-        }
-        write_state(path, state)
-
-    def _mark_ended(self, path: Path | None, proc: Proc, text: str) -> None:
-        if path is None:
-            return
-        state = load_state(path)
-        if state is not None and state["pid"] == proc.pid:
-            mark_ended(path, state, text)
 
     # --- store writes -----------------------------------------------------------------------
 

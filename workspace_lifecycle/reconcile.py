@@ -12,12 +12,14 @@ combination; the provisioner gathers the facts and executes the answer.
 
 * A process that **ended** while no provisioner watched is recorded as ended. If it was the
   workspace's current process (its start build is the latest, succeeded, the workspace is not
-  deleted) and its agent was ``ready`` or still on its way, the agent is reported: ``off`` for a
-  ready one, ``start_error`` for one that never got there.
+  deleted) and its agent was ``ready`` (or ``disconnected``: ready once, then deaf) or still on
+  its way, the agent is reported: ``off`` for one that was ready, ``start_error`` for one that
+  never got there.
 * A process that **still runs** is adopted (watched until it ends). It is ended at once when the
   store says nothing should run there: the workspace is deleted, or its latest build is neither
   the one that started it (succeeded) nor a newer one still in flight (a stop or start the
-  provisioner will claim). Otherwise, if its agent is not ready yet, the probe resumes.
+  provisioner will claim). Otherwise, if its agent is not ready (not yet, or no longer), the
+  probe resumes; once ready, its readiness is followed (``disconnected`` when it stops answering).
 * **Leftovers**: processes that carry the workspace's marker (see ``_containment``) but are not
   the running recorded process or its build's (a daemon of a process that died, of an older
   build, of a workspace whose end was already recorded) are ended, whatever the store says:
@@ -62,7 +64,7 @@ class Found:
 class Afterwards(enum.Enum):
     """What to do with an adopted process once it is watched."""
 
-    WATCH = "watch"  # nothing more: its end is what to report
+    WATCH = "watch"  # its end is what to report (and, if ready, whether it stops answering)
     PROBE = "probe"  # its agent is not ready yet: probe it until it is
     END = "end"  # the store says nothing should run here: end it
 
@@ -72,7 +74,8 @@ class Adopt:
     """Watch the running process; report its agent with ``lease``; then ``afterwards``."""
 
     lease: str | None
-    #: Its agent is known ready (a later end is reported ``off``, not ``start_error``).
+    #: Its agent was known ready (``ready`` or ``disconnected``: a later end is reported
+    #: ``off``, not ``start_error``).
     ready: bool
     afterwards: Afterwards
     #: End the processes of the workspace's older builds (its leftovers).
@@ -123,7 +126,7 @@ def reconcile(facts: WorkspaceFacts | None, found: Found) -> Adopt | Ended:
         # Its leftovers end with it: a dead process's daemons are a dead workspace's.
         end = found.leftovers
         if found.recorded and current and ours and agent is not None:
-            if agent.lifecycle is AgentLifecycle.READY:
+            if agent.lifecycle.was_ready:
                 return Ended(AgentLifecycle.OFF, build.lease_token if build else None, end)
             if agent.lifecycle.pending:
                 return Ended(AgentLifecycle.START_ERROR, build.lease_token if build else None, end)
@@ -131,11 +134,12 @@ def reconcile(facts: WorkspaceFacts | None, found: Found) -> Adopt | Ended:
     lease = found.lease
     if lease is None and build is not None and build.number == found.build_number:
         lease = build.lease_token  # a record written before leases
-    ready = ours and agent is not None and agent.lifecycle is AgentLifecycle.READY
+    ready = ours and agent is not None and agent.lifecycle.was_ready
+    answering = ready and agent is not None and agent.lifecycle is AgentLifecycle.READY
     newer_in_flight = build is not None and build.status.in_progress and build.number > found.build_number
     if facts.workspace.deleted or (not current and not newer_in_flight):
         afterwards = Afterwards.END
-    elif not ready and ours:
+    elif not answering and ours:
         afterwards = Afterwards.PROBE
     else:
         afterwards = Afterwards.WATCH

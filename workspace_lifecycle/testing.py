@@ -45,7 +45,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, ExitStack
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import attrs
@@ -280,7 +280,59 @@ _FIRES_FROM = {
 }
 
 
-class LifecycleMachine(RuleBasedStateMachine):
+class _DeafAgents:
+    """A rule of :class:`LifecycleMachine` (kept apart: a class the size of a room): a ready
+    agent stops answering, as :class:`~workspace_lifecycle.process_provisioner.ProcessProvisioner`
+    reports it (``disconnected``)."""
+
+    chats: tuple[str, ...]
+    owner: str
+    store: Store
+    lc: Lifecycle
+    deferred: dict[str, Transition]
+
+    if TYPE_CHECKING:
+
+        @property
+        def simulated(self) -> bool: ...
+        def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T: ...
+        def _workspace(self, chat: str) -> str | None: ...
+        def _read(self, upto: int | None = None) -> list[StoreEvent]: ...
+        def _queued(self, events: Iterable[StoreEvent], ws: str | None) -> list[StoreEvent]: ...
+
+    @precondition(lambda self: self.simulated)
+    @rule(data=st.data())
+    def agent_goes_deaf(self, data: st.DataObject) -> None:
+        """The agent of a started workspace stops answering: no answer and no status says it is
+        ready (``agent_status: "not_ready"``), and nothing is built for it."""
+        chat = data.draw(st.sampled_from(self.chats), label="chat")
+        ws = self._workspace(chat)
+        if ws is None or ws in self.deferred:
+            return
+        facts = self.call(self.store.workspace_facts, ws)
+        latest, agent = facts.latest_build, facts.agent
+        if (
+            facts.workspace.deleted
+            or latest is None
+            or agent is None
+            or agent.build_number != latest.number
+            or latest.transition is not Transition.START
+            or latest.status is not JobStatus.SUCCEEDED
+        ):
+            return
+        head = self.call(self.store.head)
+        self.call(self.store.report_agent, ws, AgentLifecycle.DISCONNECTED)
+        assert self.call(self.lc.state, chat) is WorkspaceState.RUNNING
+        started = self.call(self.lc.start_workspace, chat, owner=self.owner)
+        assert started.data.get("started") is True, started.data
+        assert started.data.get("agent_status") == "not_ready", started.data
+        assert started.data.get("lifecycle_state") == "disconnected", started.data
+        status = self.call(self.lc.status, chat, owner=self.owner).data
+        assert status["status"] == "running" and status["reason"] == "agent lifecycle is disconnected", status
+        assert not self._queued(self._read(head), ws)
+
+
+class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
     """Drives a :class:`Lifecycle` over a store and checks SPEC's invariants after every step.
 
     Do not subclass directly; :func:`make_lifecycle_machine` makes a configured subclass.

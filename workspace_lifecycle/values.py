@@ -107,11 +107,19 @@ class AgentLifecycle(enum.Enum):
     SHUTDOWN_TIMEOUT = "shutdown_timeout"
     SHUTDOWN_ERROR = "shutdown_error"
     OFF = "off"
+    #: It was ready, then stopped answering its provisioner's probe (its process still runs);
+    #: ``ready`` again once it answers. Coder's word for an agent that stopped answering.
+    DISCONNECTED = "disconnected"
 
     @property
     def pending(self) -> bool:
         """Still on its way to ``ready`` (Coder keeps waiting in these)."""
         return self in (AgentLifecycle.CREATED, AgentLifecycle.STARTING)
+
+    @property
+    def was_ready(self) -> bool:
+        """It reached ``ready`` (and may have stopped answering since): its end is ``off``."""
+        return self in (AgentLifecycle.READY, AgentLifecycle.DISCONNECTED)
 
 
 class EventKind(enum.Enum):

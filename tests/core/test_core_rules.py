@@ -272,7 +272,7 @@ class TestReconcile:
     """:func:`reconcile` over every combination: the rule the restarted provisioner executes."""
 
     def test_every_combination(self) -> None:
-        """All 3,040 combinations (deleted, latest build, agent, alive, recorded lease)."""
+        """All 3,192 combinations (deleted, latest build, agent, alive, recorded lease)."""
         for combination in COMBINATIONS:
             self.check(*combination)
 
@@ -290,7 +290,7 @@ class TestReconcile:
         ours = agent is not None and agent[0] == 2
         if not alive:
             assert isinstance(decision, Ended)
-            if current and ours and agent is not None and agent[1] is AgentLifecycle.READY:
+            if current and ours and agent is not None and agent[1].was_ready:  # ready, or disconnected
                 assert decision == Ended(AgentLifecycle.OFF, "t2")
             elif current and ours and agent is not None and agent[1].pending:
                 assert decision == Ended(AgentLifecycle.START_ERROR, "t2")
@@ -300,11 +300,12 @@ class TestReconcile:
         assert isinstance(decision, Adopt)
         # The recorded token wins; a record older than leases takes its build's stored one.
         assert decision.lease == (lease or ("t2" if build is not None and build[0] == 2 else None))
-        assert decision.ready == (ours and agent is not None and agent[1] is AgentLifecycle.READY)
+        assert decision.ready == (ours and agent is not None and agent[1].was_ready)
+        answering = decision.ready and agent is not None and agent[1] is AgentLifecycle.READY
         newer_in_flight = build is not None and build[0] == 3 and build[1].in_progress
         if deleted or not (current or newer_in_flight):
             assert decision.afterwards is Afterwards.END
-        elif ours and not decision.ready:
+        elif ours and not answering:  # not ready yet, or no longer (disconnected): probe again
             assert decision.afterwards is Afterwards.PROBE
         else:
             assert decision.afterwards is Afterwards.WATCH

@@ -43,7 +43,7 @@ def facts_of(
 class TestLeftovers:
     def test_every_combination(self) -> None:
         """Every stored state (or none) against every finding (alive, recorded lease,
-        leftovers, end recorded): 11,568 decisions."""
+        leftovers, end recorded): 12,784 decisions."""
         n = 0
         for stored, (alive, lease, leftovers, recorded) in itertools.product(STORED, FOUND):
             facts = facts_of(stored)
@@ -68,7 +68,7 @@ class TestLeftovers:
             else:  # alive: whether its end was recorded does not matter
                 assert decision == reconcile(facts, attrs.evolve(found, recorded=not recorded))
             n += 1
-        assert n == 11_568 == len(STORED) * len(FOUND)
+        assert n == 12_784 == len(STORED) * len(FOUND)
 
     def test_a_dead_process_with_leftovers_is_still_reported(self) -> None:
         """A ready agent whose process died, its daemon alive: ``off``, and the daemon ends."""
