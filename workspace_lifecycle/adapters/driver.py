@@ -70,7 +70,7 @@ class Read:
     """The rows a :class:`Plan` decides on.
 
     >>> Read.workspace("w1")
-    Read(kind=<ReadKind.WORKSPACE: 'workspace'>, key='w1', related=True, latest=True, usage=False)
+    Read(kind=<ReadKind.WORKSPACE: 'workspace'>, key='w1', related=True, latest=True, usage=False, limited=True)
     """
 
     kind: ReadKind
@@ -91,6 +91,12 @@ class Read:
     #: compare-and-set of its version, bumped by each such write), so that no two can both
     #: pass the last slot.
     usage: bool = False
+    #: With ``usage``: whether a limit applies whatever the owner's row says (the runtime's
+    #: default limits). When it does not, only limits stored for the owner can refuse the
+    #: write, and a driver may decide without counting (``Rows.usage`` ``None``) provided its
+    #: write holds only while the owner has no stored limits (a condition of its guard); it
+    #: counts as usual when the owner has some.
+    limited: bool = True
 
     @classmethod
     def of_chat(cls, chat_id: str, *, related: bool = True, usage: bool = False) -> Read:
@@ -98,9 +104,15 @@ class Read:
 
     @classmethod
     def workspace(
-        cls, workspace_id: str, *, related: bool = True, latest: bool = True, usage: bool = False
+        cls,
+        workspace_id: str,
+        *,
+        related: bool = True,
+        latest: bool = True,
+        usage: bool = False,
+        limited: bool = True,
     ) -> Read:
-        return cls(ReadKind.WORKSPACE, workspace_id, related, latest, usage)
+        return cls(ReadKind.WORKSPACE, workspace_id, related, latest, usage, limited)
 
     @classmethod
     def owner(cls, owner: str) -> Read:

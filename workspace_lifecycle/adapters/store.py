@@ -162,7 +162,10 @@ class _RequestBuild(_Request):
         clock: Callable[[], float],
     ) -> None:
         # Only a start may take a slot more: only a start reads (and serialises on) the owner.
-        super().__init__(Read.workspace(workspace_id, usage=transition is Transition.START))
+        # Without the runtime's limits only an owner's stored ones apply (Read.limited).
+        super().__init__(
+            Read.workspace(workspace_id, usage=transition is Transition.START, limited=limits is not None)
+        )
         self.transition, self.expected, self.parameters, self.clock = transition, expected, parameters, clock
         self.limits = limits
 

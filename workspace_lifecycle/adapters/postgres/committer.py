@@ -42,9 +42,11 @@ from .schema import LOG_LOCK, lock_key
 
 __all__ = ["BATCHES_IN_FLIGHT", "Committer"]
 
-#: The fields of a Write that :meth:`Known.after` applies. A Write with any other field (one
-#: added later) turns the cache of known rows off: it could not say what that field changed.
-_APPLIED_FIELDS = frozenset({"events", "build", "queued", "workspace", "chat", "agent", "log"})
+#: The fields of a Write that :meth:`Known.after` applies (``owner``, an owner's stored limits,
+#: changes no workspace's rows: nothing to apply). A Write with any other field (one added
+#: later) turns the cache of known rows off: it could not say what that field changed (and
+#: tests/stores/test_postgres_round_trips.py then fails: every write would cost a read more).
+_APPLIED_FIELDS = frozenset({"events", "build", "queued", "workspace", "chat", "agent", "log", "owner"})
 CACHE_KNOWN_ROWS = {f.name for f in attrs.fields(writes.Write)} <= _APPLIED_FIELDS
 #: Workspaces whose rows a store remembers (the most recently written).
 _KNOWN_MAX = 4096
@@ -150,6 +152,12 @@ class Committer:
             return None
         task, known = self.fresh.pop(workspace_id, (None, None))
         return known if task is _task() else None  # another task's: not read for this one
+
+    def changed_since(self, seen: Seen) -> bool:
+        """Whether the rows a lost guard re-read (:attr:`fresh`) show that ``seen``'s workspace
+        changed since it was read (``False`` when there are none to tell)."""
+        fresh = self.fresh.get(seen.workspace_id)
+        return fresh is not None and fresh[1].version != seen.version
 
     def learned(self, known: Known) -> None:
         """A plain read of this process returned ``known``: its next write may decide on them.

@@ -77,6 +77,7 @@ def compile_write(
     params: Params = {"l1": log_lock[0], "l2": log_lock[1]}
     key = (
         None if seen is None else seen.chat_id is None,
+        seen is not None and seen.unlimited_owner is not None,
         skip_locked,
         new_chat,
         write.workspace is not None,
@@ -139,15 +140,22 @@ def _guard(seen: Seen | None, skip: str, params: Params) -> list[str]:
         f" WHERE workspace_id = %(g_w)s AND version = %(g_wv)s FOR UPDATE{skip})"
     ]
     params.update(g_w=seen.workspace_id, g_wv=seen.version)
+    unlimited = ""
+    if seen.unlimited_owner is not None:  # decided without counting: only while none are stored
+        params["g_o"] = seen.unlimited_owner
+        unlimited = (
+            " AND NOT EXISTS (SELECT FROM owners WHERE owner = %(g_o)s"
+            " AND (running IS NOT NULL OR workspaces IS NOT NULL))"
+        )
     if seen.chat_id is None:
-        return [*ctes, "ok AS MATERIALIZED (SELECT 1 FROM g_w)"]
+        return [*ctes, f"ok AS MATERIALIZED (SELECT 1 FROM g_w WHERE TRUE{unlimited})"]
     # The workspace first, then the chat: create_workspace takes them in that order.
     params.update(g_c=seen.chat_id, g_cv=seen.chat_version)
     return [
         *ctes,
         "g_c AS MATERIALIZED (SELECT 1 FROM chats WHERE chat_id = %(g_c)s"
         f" AND version = %(g_cv)s AND EXISTS (SELECT FROM g_w) FOR SHARE{skip})",
-        "ok AS MATERIALIZED (SELECT 1 FROM g_w WHERE EXISTS (SELECT FROM g_c))",
+        f"ok AS MATERIALIZED (SELECT 1 FROM g_w WHERE EXISTS (SELECT FROM g_c){unlimited})",
     ]
 
 

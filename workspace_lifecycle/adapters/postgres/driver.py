@@ -40,6 +40,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import TypeVar
 
 import anyio
+import attrs
 
 from ...errors import NotFoundError, StoreClosedError, UnsupportedBackendError
 from ...limits import Usage
@@ -167,7 +168,8 @@ class PostgresDriver(Driver):
     # --- writes ------------------------------------------------------------------------------
 
     async def transact(self, plan: Plan[T]) -> T | Retry:
-        if plan.read.usage:
+        read = plan.read
+        if read.usage and (read.limited or read.kind is not ReadKind.WORKSPACE):
             return await self._transact_owner(plan)
         if plan.read.kind is ReadKind.CHAT:
             return await self._transact_locked(plan)
@@ -185,6 +187,9 @@ class PostgresDriver(Driver):
         if write is None:
             return plan.answer(0)
         assert seen is not None, "a decision on no rows writes nothing"
+        if plan.read.usage:  # decided without counting: holds only while the owner has no limits
+            assert known is not None
+            seen = attrs.evolve(seen, unlimited_owner=known.facts.workspace.owner)
         attempt.committing = True  # from here a lost connection leaves the outcome unknown
         committer = self.committer
         try:
@@ -194,6 +199,10 @@ class PostgresDriver(Driver):
             raise
         committer.remember(known, seen, write, head)
         if head is None:
+            if seen.unlimited_owner is not None and not committer.changed_since(seen):
+                # Not the rows (they are as read, or unknown): limits stored for the owner may
+                # have failed it. Decide again counting its usage, under its lock.
+                plan.read = attrs.evolve(plan.read, limited=True)
             return RETRY
         if plan.read.kind is ReadKind.PENDING and write.build is not None:
             committer.claimed_build(write.build)

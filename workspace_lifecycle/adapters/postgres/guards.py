@@ -25,6 +25,9 @@ class Seen:
     version: int
     chat_id: str | None = None  # set when the decision read the chat row too
     chat_version: int = 0
+    #: Set when the decision counted no usage of this owner (``Read.limited`` false): the write
+    #: holds only while the owner has no stored limits.
+    unlimited_owner: str | None = None
 
 
 @attrs.frozen
