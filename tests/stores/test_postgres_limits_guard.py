@@ -4,6 +4,8 @@ with none stored the start stays one guarded statement."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 from test_postgres_round_trips import opened, stopped_workspace, trips
 
@@ -38,6 +40,6 @@ async def test_without_stored_limits_a_start_is_one_statement(pg_schema_url: str
         for ws, number in ((one, n1), (two, n2)):
             await a.workspace_facts(ws)
             out, n = await trips(
-                a, lambda: a.request_build(ws, Transition.START, expected_build_number=number)
+                a, functools.partial(a.request_build, ws, Transition.START, expected_build_number=number)
             )
             assert out.fired and n == 1
