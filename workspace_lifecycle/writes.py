@@ -24,13 +24,14 @@ from . import buildlogs, checks, deadlines
 from .buildlogs import BuildLog
 from .endpoints import check_endpoints
 from .errors import BuildConflictError, LeaseLostError, NotFoundError, OwnershipError
-from .machine import DEADLINE_REQUEST, Decision, Tracker, derive_state
+from .machine import DEADLINE_REQUEST, Decision, Request, Tracker, derive_state
 from .values import (
     Agent,
     AgentLifecycle,
     Build,
     Chat,
     Deadline,
+    Deferred,
     EventKind,
     JobStatus,
     Policy,
@@ -52,6 +53,8 @@ __all__ = [
     "claim_build",
     "create_landed",
     "create_workspace",
+    "defer_request",
+    "deferral_holds",
     "expire_lease",
     "finish_build",
     "fire_deadline",
@@ -75,12 +78,14 @@ class Write:
     a workspace's ``deadline`` is part of its row; ``build`` is inserted when
     ``queued`` (it becomes its workspace's latest build and waits to be claimed) and updated
     otherwise; ``agent`` is upserted (the agent a start build produced, or its new lifecycle);
-    ``log`` is a build's log, upserted.
+    ``log`` is a build's log, upserted. ``then`` is a build queued by the same write after
+    ``build`` finished (the request deferred behind it): inserted, it becomes the latest.
     """
 
     events: tuple[StoreEvent, ...]
     build: Build | None = None
     queued: bool = False
+    then: Build | None = None
     workspace: Workspace | None = None
     chat: Chat | None = None
     agent: Agent | None = None
@@ -98,6 +103,8 @@ def applied(facts: WorkspaceFacts, write: Write, head: int) -> WorkspaceFacts:
     latest, build = facts.latest_build, write.build
     if build is not None and (write.queued or (latest is not None and latest.build_id == build.build_id)):
         latest = build
+    if write.then is not None:
+        latest = write.then
     return WorkspaceFacts(
         write.workspace or facts.workspace,
         latest,
@@ -330,6 +337,97 @@ def fire_deadline(
     return Write(events=(disarmed,), workspace=workspace)
 
 
+def deferral_holds(facts: WorkspaceFacts, expected_build_number: int) -> bool:
+    """The compare-and-set of :func:`defer_request`: the workspace is not deleted and build
+    ``expected_build_number`` is its latest and still in flight (its finish will act on the
+    intent). Otherwise the caller decides again on the rows as they are."""
+    latest = facts.latest_build
+    return (
+        not facts.workspace.deleted
+        and latest is not None
+        and latest.number == expected_build_number
+        and not latest.status.finished
+    )
+
+
+def defer_request(
+    facts: WorkspaceFacts,
+    *,
+    transition: Transition | None,
+    expected_build_number: int,
+    requested_by: str,
+    at: float,
+) -> Write | None:
+    """Store on the workspace the intent to fire a ``transition`` build once build
+    ``expected_build_number`` ends (``None``: withdraw the intent stored there; a later
+    request superseded it), with its ``request_deferred`` event. It replaces any intent stored
+    before: the latest request wins. ``None`` (nothing written) unless :func:`deferral_holds`,
+    or when the stored intent is already this one.
+
+    >>> ws = Workspace("w1", "c1", "alice", "dev")
+    >>> stop = Build("b2", "w1", 2, Transition.STOP, JobStatus.RUNNING)
+    >>> w = defer_request(WorkspaceFacts(ws, stop, None, seq=5), transition=Transition.START,
+    ...                   expected_build_number=2, requested_by="alice", at=0)
+    >>> w.workspace.deferred, [e.kind.value for e in w.events]
+    (Deferred(transition=<Transition.START: 'start'>, behind=2, requested_by='alice'), ['request_deferred'])
+    """
+    if not deferral_holds(facts, expected_build_number):
+        return None
+    ws = facts.workspace
+    intent = None if transition is None else Deferred(transition, expected_build_number, requested_by)
+    if intent == ws.deferred or (intent is None and ws.deferred is None):
+        return None
+    workspace = attrs.evolve(ws, deferred=intent)
+    event = _event(
+        EventKind.REQUEST_DEFERRED, ws, None, at=at, build_number=expected_build_number, transition=transition
+    )
+    return Write(events=(event,), workspace=workspace)
+
+
+#: The request a deferred transition stands for (a deferred create is never stored: see steps).
+_DEFERRED_REQUEST = {
+    Transition.START: Request.START,
+    Transition.STOP: Request.STOP,
+    Transition.DELETE: Request.DELETE,
+}
+
+
+def _act_on_deferred(
+    write: Write, ws: Workspace, chat: Chat | None, *, then_build_id: str | None, at: float
+) -> Write:
+    """``write`` finished the build a request was deferred behind: clear the intent and, if
+    the table allows the request in the state the finish leaves (decided as the request itself
+    would decide it), queue its build in the same write."""
+    intent = ws.deferred
+    done = write.build
+    if intent is None or done is None:
+        return write
+    cleared = attrs.evolve(write.workspace or ws, deferred=None)
+    write = attrs.evolve(write, workspace=cleared)
+    if intent.behind != done.number or then_build_id is None:
+        return write
+    after = WorkspaceFacts(cleared, done, write.agent, 0)
+    if Tracker.from_facts(after).decide(_DEFERRED_REQUEST[intent.transition]) is not Decision.FIRE:
+        return write
+    fired = request_build(
+        after,
+        chat=chat,
+        transition=intent.transition,
+        expected_build_number=done.number,
+        build_id=then_build_id,
+        at=at,
+    )
+    if fired is None:  # a start whose chat moved on to another workspace
+        return write
+    return attrs.evolve(
+        write,
+        events=write.events + fired.events,
+        then=fired.build,
+        workspace=fired.workspace or cleared,
+        agent=fired.agent if fired.agent is not None else write.agent,
+    )
+
+
 def touch(facts: WorkspaceFacts, policy: Policy, *, at: float) -> Write | None:
     """Activity at ``at``: push the idle deadline of a running workspace to ``at +
     idle_stop_after``; ``None`` (nothing written) if that sets nothing new."""
@@ -404,6 +502,8 @@ def expire_lease(
     at: float,
     policy: Policy | None = None,
     log: BuildLog | None = None,
+    chat: Chat | None = None,
+    then_build_id: str | None = None,
 ) -> Write | None:
     """The lease ``token`` on ``build`` ran out: fail the build, once. ``None`` (nothing to
     write) unless the build is still in flight under that very lease and it is due at ``at``:
@@ -417,7 +517,18 @@ def expire_lease(
         f"provisioner worker {build.worker or 'unknown'} lost its lease on the build:"
         " it sent no heartbeat before the lease ran out"
     )
-    write = finish_build(build, ws, JobStatus.FAILED, reason, has_agent=False, at=at, policy=policy, log=log)
+    write = finish_build(
+        build,
+        ws,
+        JobStatus.FAILED,
+        reason,
+        has_agent=False,
+        at=at,
+        policy=policy,
+        log=log,
+        chat=chat,
+        then_build_id=then_build_id,
+    )
     assert write.build is not None
     return attrs.evolve(write, build=attrs.evolve(write.build, lease_token=None))
 
@@ -434,11 +545,18 @@ def finish_build(
     policy: Policy | None = None,
     lease: str | None = None,
     log: BuildLog | None = None,
+    chat: Chat | None = None,
+    then_build_id: str | None = None,
 ) -> Write:
     """``build`` finished with ``status``: the build row, the agent a succeeded start build
     produced (in ``created``), the deleted mark a succeeded delete build sets, the deadline the
     chat's ``policy`` arms (:func:`~workspace_lifecycle.deadlines.after_finish`), and their
     events.
+
+    A request deferred behind the build (the workspace's :class:`~workspace_lifecycle.values.Deferred`)
+    is acted on in the same write: its intent is cleared and, when the table allows it in the
+    state the finish leaves, its build (``then_build_id``, made by the adapter) is queued
+    (``Write.then``; a start also needs ``chat`` still bound to the workspace).
 
     A build that did not succeed and has a ``log`` says so in its details (``logs``: how many
     lines and how to read them), so every answer about it points the model at them.
@@ -485,7 +603,8 @@ def finish_build(
         if armed != ws.deadline:
             workspace, event = _rearm(ws, armed, at=at, build_number=done.number)
             events.append(event)
-    return Write(events=tuple(events), build=done, workspace=workspace, agent=agent)
+    write = Write(events=tuple(events), build=done, workspace=workspace, agent=agent)
+    return _act_on_deferred(write, ws, chat, then_build_id=then_build_id, at=at)
 
 
 def report_agent(

@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "ArmedDeadlines",
     "ChatRow",
+    "Deferral",
     "Doorbell",
     "Outcome",
     "Store",
@@ -69,6 +70,17 @@ class Outcome:
 
     fired: bool
     build: Build | None
+    facts: WorkspaceFacts
+
+
+@attrs.frozen
+class Deferral:
+    """The result of :meth:`Store.defer_request`: ``held`` when the build it was deferred behind
+    was still in flight (the intent is stored, or already was); ``facts`` as the transaction
+    left them (or as read, when it wrote nothing), so a caller whose build ended meanwhile
+    decides again on them."""
+
+    held: bool
     facts: WorkspaceFacts
 
 
@@ -257,6 +269,21 @@ class Store(abc.ABC):
         :func:`~workspace_lifecycle.writes.request_build` holds (that build is still the latest
         and finished, the workspace is not deleted, and a start's chat is still bound to it);
         otherwise append nothing."""
+
+    @abc.abstractmethod
+    async def defer_request(
+        self,
+        workspace_id: str,
+        transition: Transition | None,
+        *,
+        expected_build_number: int,
+        requested_by: str,
+    ) -> Deferral:
+        """Store the intent to fire a ``transition`` build once build ``expected_build_number``
+        ends, replacing any stored before (``None``: withdraw it), if that build is still in
+        flight (:func:`~workspace_lifecycle.writes.defer_request` decides). The write that
+        finishes that build acts on the intent, in its own transaction
+        (:func:`~workspace_lifecycle.writes.finish_build`)."""
 
     @abc.abstractmethod
     async def touch(self, workspace_id: str) -> Deadline | None:

@@ -34,7 +34,7 @@ from ..values import (
     Transition,
     WorkspaceFacts,
 )
-from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Outcome, Store, Topic
+from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Deferral, Outcome, Store, Topic
 from .driver import RETRY, Driver, LogRead, Plan, Read, Rows
 
 __all__ = ["MAX_DECISIONS", "DriverStore", "as_driver_store"]
@@ -53,6 +53,11 @@ def _facts(rows: Rows, missing: str) -> WorkspaceFacts:
     if rows.facts is None:
         raise NotFoundError(missing)
     return rows.facts
+
+
+def _then_id(rows: Rows) -> str | None:
+    """The id of the build a finish may queue for a request deferred behind it (only then)."""
+    return _new_id() if rows.workspace is not None and rows.workspace.deferred is not None else None
 
 
 class _Request(Plan[Outcome]):
@@ -187,6 +192,38 @@ class _FireDeadline(_Request):
         return self._decided(facts, write)
 
 
+class _Defer(Plan[Deferral]):
+    op = "defer_request"
+    __slots__ = ("_deferral", "by", "clock", "expected", "transition")
+
+    def __init__(
+        self,
+        workspace_id: str,
+        transition: Transition | None,
+        expected: int,
+        by: str,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(Read.workspace(workspace_id, related=False))
+        self.transition, self.expected, self.by, self.clock = transition, expected, by, clock
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        facts = _facts(rows, f"no workspace {self.read.key!r}")
+        write = writes.defer_request(
+            facts,
+            transition=self.transition,
+            expected_build_number=self.expected,
+            requested_by=self.by,
+            at=self.clock(),
+        )
+        self._deferral = (writes.deferral_holds(facts, self.expected), facts, write)
+        return write
+
+    def answer(self, head: int) -> Deferral:
+        held, facts, write = self._deferral
+        return Deferral(held, facts if write is None else writes.applied(facts, write, head))
+
+
 class _Touch(Plan[Deadline | None]):
     op = "touch"
     __slots__ = ("_armed", "clock")
@@ -272,7 +309,14 @@ class _Expire(Plan[Build | None]):
         assert self.lease is not None
         policy = rows.chat.policy if rows.chat is not None else None
         write = writes.expire_lease(
-            rows.build, rows.workspace, self.lease, at=self.clock(), policy=policy, log=rows.log
+            rows.build,
+            rows.workspace,
+            self.lease,
+            at=self.clock(),
+            policy=policy,
+            log=rows.log,
+            chat=rows.chat,
+            then_build_id=_then_id(rows),
         )
         if write is not None:
             self._build = write.build
@@ -321,6 +365,8 @@ class _Finish(Plan[Build]):
             policy=rows.chat.policy if rows.chat is not None else None,
             lease=self.lease,
             log=rows.log,
+            chat=rows.chat,
+            then_build_id=_then_id(rows),
         )
         assert write.build is not None
         self._done = write.build
@@ -448,6 +494,18 @@ class DriverStore(Store):
     ) -> Outcome:
         return await self._transact(
             _RequestBuild(workspace_id, transition, expected_build_number, parameters, self.driver.clock)
+        )
+
+    async def defer_request(
+        self,
+        workspace_id: str,
+        transition: Transition | None,
+        *,
+        expected_build_number: int,
+        requested_by: str,
+    ) -> Deferral:
+        return await self._transact(
+            _Defer(workspace_id, transition, expected_build_number, requested_by, self.driver.clock)
         )
 
     async def touch(self, workspace_id: str) -> Deadline | None:

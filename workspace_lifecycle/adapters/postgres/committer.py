@@ -44,7 +44,7 @@ __all__ = ["BATCHES_IN_FLIGHT", "Committer"]
 
 #: The fields of a Write that :meth:`Known.after` applies. A Write with any other field (one
 #: added later) turns the cache of known rows off: it could not say what that field changed.
-_APPLIED_FIELDS = frozenset({"events", "build", "queued", "workspace", "chat", "agent", "log"})
+_APPLIED_FIELDS = frozenset({"events", "build", "queued", "then", "workspace", "chat", "agent", "log"})
 CACHE_KNOWN_ROWS = {f.name for f in attrs.fields(writes.Write)} <= _APPLIED_FIELDS
 #: Workspaces whose rows a store remembers (the most recently written).
 _KNOWN_MAX = 4096

@@ -38,7 +38,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from ...buildlogs import BuildLog
-from ...values import Agent, Chat, StoreEvent
+from ...values import Agent, Build, Chat, StoreEvent
 from ...writes import Write
 from .guards import Seen
 
@@ -82,6 +82,7 @@ def compile_write(
         write.workspace is not None,
         write.queued,
         write.build is not None,
+        write.then is not None,
         write.chat is not None,
         write.agent is not None,
         len(write.events),
@@ -94,6 +95,7 @@ def compile_write(
     changes += [
         _chat_change(write.chat, new_chat, params),
         _build_change(write, params),
+        _then_change(write.then, params),
         _agent_change(write.agent, params),
         _log_change(write.log, params),
     ]
@@ -160,6 +162,7 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
             w_deleted=ws.deleted,
             w_deadline=ws.deadline.at if ws.deadline else None,
             w_reason=ws.deadline.reason.value if ws.deadline else None,
+            w_deferred=None if ws.deferred is None else Jsonb(ws.deferred.record()),
         )
     if ws is not None and seen is None:
         # A new workspace (with its first build: one statement cannot update a row it inserts).
@@ -172,21 +175,30 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
         )
         return (
             "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, latest_build,"
-            " deadline_at, deadline_reason) VALUES (%(w_id)s, %(w_chat)s, %(w_owner)s, %(w_name)s,"
-            " %(w_deleted)s, %(w_latest)s, %(w_deadline)s, %(w_reason)s)"
+            " deadline_at, deadline_reason, deferred) VALUES (%(w_id)s, %(w_chat)s, %(w_owner)s,"
+            " %(w_name)s, %(w_deleted)s, %(w_latest)s, %(w_deadline)s, %(w_reason)s, %(w_deferred)s)"
             " ON CONFLICT (workspace_id) DO UPDATE SET deleted = excluded.deleted,"
             " latest_build = greatest(workspaces.latest_build, excluded.latest_build),"
             " deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason,"
-            " version = workspaces.version + 1 RETURNING 1"
+            " deferred = excluded.deferred, version = workspaces.version + 1 RETURNING 1"
         )
+    then = write.then
     target = seen.workspace_id if seen is not None else (queued.workspace_id if queued else None)
     if target is None:
         return None
     sets = ["version = version + 1"]
     if ws is not None:
         assert ws.workspace_id == target, "a write changes the workspace it read"
-        sets += ["deleted = %(w_deleted)s", "deadline_at = %(w_deadline)s", "deadline_reason = %(w_reason)s"]
-    if queued is not None:
+        sets += [
+            "deleted = %(w_deleted)s",
+            "deadline_at = %(w_deadline)s",
+            "deadline_reason = %(w_reason)s",
+            "deferred = %(w_deferred)s",
+        ]
+    if then is not None:
+        assert then.workspace_id == target, "a write queues builds of the workspace it read"
+        sets.append("latest_build = %(t_n)s")
+    elif queued is not None:
         assert queued.workspace_id == target, "a write queues builds of the workspace it read"
         sets.append("latest_build = %(b_n)s")
     params["w_target"] = target
@@ -252,6 +264,26 @@ def _build_change(write: Write, params: Params) -> str | None:
         " has_agent = %(b_has_agent)s, worker = %(b_worker)s, details = %(b_details)s,"
         " lease_token = %(b_lease)s, lease_expires_at = %(b_lease_until)s"
         f" WHERE build_id = %(b_id)s AND {_GATE} RETURNING 1"
+    )
+
+
+def _then_change(then: Build | None, params: Params) -> str | None:
+    """The build queued after the write's build finished (a request deferred behind it): inserted."""
+    if then is None:
+        return None
+    params.update(
+        t_id=then.build_id,
+        t_ws=then.workspace_id,
+        t_n=then.number,
+        t_transition=then.transition.value,
+        t_status=then.status.value,
+        t_parameters=Jsonb(dict(then.parameters)),
+        t_reason=then.reason.value,
+    )
+    return (
+        "INSERT INTO builds (build_id, workspace_id, number, transition, status, parameters, reason)"
+        " SELECT %(t_id)s::text, %(t_ws)s::text, %(t_n)s::integer, %(t_transition)s::text,"
+        f" %(t_status)s::text, %(t_parameters)s::jsonb, %(t_reason)s::text WHERE {_GATE} RETURNING 1"
     )
 
 

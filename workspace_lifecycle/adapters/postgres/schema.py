@@ -116,6 +116,11 @@ MIGRATIONS: tuple[str, ...] = (
         dropped bigint NOT NULL
     );
     """,
+    # 7: a request deferred behind the build in flight, stored as intent (its transition, the
+    # build it waits out, who asked): the build's finish acts on it in its own transaction.
+    """
+    ALTER TABLE workspaces ADD COLUMN deferred jsonb;
+    """,
 )
 
 #: The schema version this code writes and understands.
