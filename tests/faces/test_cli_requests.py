@@ -70,18 +70,19 @@ class TestRequests:
         answer = json.loads(out)
         assert answer["status"] == "building" and answer["request"] == tool
 
-    def test_create_no_wait_during_a_stop_build_stays_for_it(
+    def test_create_no_wait_during_a_stop_build_stores_nothing(
         self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """A create deferred behind a stop build is waited for like a start (the core's rule,
-        not a copy of it that forgot create and let the deferred create be cancelled)."""
+        """A create during a stop build is answered and not stored (once the stop ends there is
+        nothing to create: the workspace exists, stopped), so the command leaves at once and
+        says nothing about a stored request; a start would be stored."""
         store = _seeded_store("stopping")
         monkeypatch.setattr(cli, "open_store", lambda url: store)
         argv = ["create", "c1", "--owner", "alice", "--db", "memory://", "--no-wait", "--timeout", "0.2"]
-        assert cli.main(argv) == 1
-        err = capsys.readouterr().err
-        assert "the create is requested when the stop build in progress ends" in err
-        assert err.strip().splitlines()[-1].endswith("so the create was not requested")
+        assert cli.main(argv) == 0
+        captured = capsys.readouterr()
+        assert "building" in captured.out and "request=create" in captured.out
+        assert "stored" not in captured.err
 
     def test_human_answer_without_json(
         self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
