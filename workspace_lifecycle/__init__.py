@@ -7,6 +7,7 @@ from .adapters import open_store as open_store
 from .adapters.base import DEFAULT_LEASE_SECONDS as DEFAULT_LEASE_SECONDS
 from .adapters.base import ArmedDeadlines as ArmedDeadlines
 from .adapters.base import ChatRow as ChatRow
+from .adapters.base import Deferral as Deferral
 from .adapters.base import Outcome as Outcome
 from .adapters.base import Store as Store
 from .adapters.driver import RETRY as RETRY
@@ -67,6 +68,7 @@ from .values import AgentLifecycle as AgentLifecycle
 from .values import Build as Build
 from .values import Chat as Chat
 from .values import Deadline as Deadline
+from .values import Deferred as Deferred
 from .values import EventKind as EventKind
 from .values import JobStatus as JobStatus
 from .values import Lease as Lease
@@ -107,6 +109,8 @@ __all__ = [
     "CorruptStateError",
     "CursorExpiredError",
     "Deadline",
+    "Deferral",
+    "Deferred",
     "Decision",
     "EventKind",
     "Held",

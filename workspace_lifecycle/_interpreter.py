@@ -6,8 +6,9 @@ retried by :class:`~workspace_lifecycle._retry.RetryingWriter`), read a build, c
 the log, wait for a build or the agent (asleep on the
 :class:`~workspace_lifecycle._registry.Registry`, woken by the
 :class:`~workspace_lifecycle._pump.EventPump`'s events, bounded by a cancel scope), create a
-workspace, follow the chat to another one, defer the rest of a ``wait=False`` request behind
-another build, or answer. The runtime returns to the pure core once per step, never to choose
+workspace, follow the chat to another one, store a request deferred behind another build
+on the workspace (the build's finish fires it, in the store: nothing here carries it), or
+answer. The runtime returns to the pure core once per step, never to choose
 an answer.
 """
 
@@ -27,8 +28,7 @@ from ._pump import EventPump
 from ._registry import Entry, Registry
 from ._retry import RetryingWriter
 from .adapters.base import Store
-from .errors import CorruptStateError, QuotaExceededError, StoreError
-from .machine import Request
+from .errors import QuotaExceededError
 from .steps import (
     Answer,
     CatchUp,
@@ -67,8 +67,8 @@ def workspace_name(name: str | None) -> str:
 
 class Interpreter:
     """Executes requests' steps for a :class:`~workspace_lifecycle.runtime.Lifecycle`, on its
-    store, registry, pump and writer; ``spawn`` starts a task in the runtime's task group
-    (a deferred request), ``raise_if_failed`` raises if the runtime can no longer serve."""
+    store, registry, pump and writer; ``raise_if_failed`` raises if the runtime can no longer
+    serve."""
 
     def __init__(
         self,
@@ -77,7 +77,6 @@ class Interpreter:
         pump: EventPump,
         writer: RetryingWriter,
         *,
-        spawn: Callable[..., None],  # spawn(async_fn, *args) in the runtime's task group
         raise_if_failed: Callable[[], None],
         build_timeout: float,
         agent_timeout: float,
@@ -86,19 +85,10 @@ class Interpreter:
         self._registry = registry
         self._pump = pump
         self._writer = writer
-        self._spawn = spawn
         self._raise_if_failed = raise_if_failed
         self.build_timeout = build_timeout
         self.agent_timeout = agent_timeout
         self._reads = SharedReads(store)  # concurrent requests share their first reads
-        self._deferred = 0  # wait=False requests finishing in the background
-        self._drained = anyio.Event()
-
-    async def drain(self) -> None:
-        """Until every deferred request has fired its own build or given up."""
-        while self._deferred:
-            self._raise_if_failed()
-            await self._drained.wait()
 
     async def serve(
         self, flow: Flow, chat_id: str, owner: str, name: str | None, span: RequestSpan
@@ -158,9 +148,10 @@ class Interpreter:
                 flow.waited(timed_out=not await self.wait(entry, step, timeout))
                 step = None
             elif isinstance(step, Defer):
-                self._deferred += 1  # counted before it starts, so drain() waits for it
-                self._spawn(self._continue_later, flow.request, chat_id, entry.workspace_id, step.number)
-                return Answer(step.result)
+                deferral = await self._writer.defer_request(
+                    entry.workspace_id, step.transition, step.number, flow.owner
+                )
+                step = flow.deferred(step, held=deferral.held, facts=deferral.facts)
             else:  # pragma: no cover
                 raise AssertionError(f"unknown step {step!r}")
 
@@ -199,28 +190,3 @@ class Interpreter:
             flow.tracking(entry.workspace)
             first = flow.created(fired=outcome.fired, build=outcome.build)
             return await self.drive(flow, entry, chat_id, span, first)
-
-    async def _continue_later(self, request: Request, chat_id: str, workspace_id: str, number: int) -> None:
-        """``wait=False`` during another kind of build: finish the request in the background."""
-        try:
-            async with self._registry.track(workspace_id) as entry:
-                if not await self.wait(entry, WaitBuild(number), self.build_timeout):
-                    log.warning(
-                        "deferred %s of %s: build %d did not finish within %ss; giving up",
-                        request.value,
-                        chat_id,
-                        number,
-                        self.build_timeout,
-                    )
-                    return
-                # Decide again for this workspace, not whatever the chat is bound to by now: a
-                # deferred stop must not stop the new workspace created after a delete.
-                await self._pump.caught_up(await self.store.head())
-                await self.drive(Flow(request, wait=False, deferred=True), entry, chat_id, RequestSpan.none())
-        except (StoreError, CorruptStateError) as exc:
-            log.warning("deferred %s of %s failed: %s", request.value, chat_id, exc)
-        finally:
-            self._deferred -= 1
-            if not self._deferred:
-                self._drained.set()
-                self._drained = anyio.Event()

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from . import writes
 from ._flight import SingleFlight
-from .adapters.base import Outcome, Store
+from .adapters.base import Deferral, Outcome, Store
 from .backoff import Backoff
 from .errors import TransientStoreError
 from .limits import Limits
@@ -30,12 +30,14 @@ __all__ = ["RetryingWriter"]
 
 log = logging.getLogger("workspace_lifecycle.runtime")
 
+T = TypeVar("T")
+
 #: The pauses before re-reading after a failed write: short, a request is waiting on it.
 _BACKOFF = Backoff(first=0.01, factor=4, cap=0.5)
 
 
 class RetryingWriter:
-    """``request_build`` and ``create_workspace`` with up to ``retries`` re-read-and-retries."""
+    """``request_build``, ``defer_request`` and ``create_workspace`` with up to ``retries`` re-read-and-retries."""
 
     def __init__(self, store: Store, *, retries: int, limits: Limits | None = None) -> None:
         self.store = store
@@ -49,9 +51,7 @@ class RetryingWriter:
         """Writes not made because an identical one was in flight (single-flight)."""
         return self._flights.shared
 
-    async def _retry(
-        self, write: Callable[[], Awaitable[Outcome]], reread: Callable[[], Awaitable[Outcome | None]]
-    ) -> Outcome:
+    async def _retry(self, write: Callable[[], Awaitable[T]], reread: Callable[[], Awaitable[T | None]]) -> T:
         """Run ``write``; on a :class:`TransientStoreError`, ``reread()`` the rows and retry.
 
         A failed write may have committed (an error after COMMIT). Every write is a
@@ -101,6 +101,22 @@ class RetryingWriter:
 
         key = ("build", workspace_id, transition, expected, _frozen(parameters))
         return await self._flights.run(key, lambda: self._retry(write, reread), _lost)
+
+    async def defer_request(
+        self, workspace_id: str, transition: Transition | None, expected: int, requested_by: str
+    ) -> Deferral:
+        """Store (or withdraw) the request deferred behind build ``expected`` while it runs. The
+        same write again is safe (it sets the same intent), so a failed one is simply retried."""
+
+        async def write() -> Deferral:
+            return await self.store.defer_request(
+                workspace_id, transition, expected_build_number=expected, requested_by=requested_by
+            )
+
+        async def reread() -> Deferral | None:
+            return None
+
+        return await self._retry(write, reread)
 
     async def create_workspace(
         self, chat_id: str, name: str, expected: str | None, parameters: Mapping[str, str]

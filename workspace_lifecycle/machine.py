@@ -445,6 +445,11 @@ class Tracker:
     agent_seq: int = 0
     endpoints: Mapping[str, str] = attrs.field(factory=dict)  # where the latest agent is reached
     deleted: bool = False
+    #: A request stored on the workspace to fire once the latest build (in flight) ends
+    #: (:class:`~workspace_lifecycle.values.Deferred`): news for later requests, which may
+    #: withdraw or replace it; the write that finishes the build acts on it.
+    deferred: Transition | None = None
+    deferred_seq: int = 0
     #: The build before the latest one, as it was when the latest was queued: a request that
     #: waited for it still answers for it after another caller's build superseded it.
     previous: BuildSummary | None = None
@@ -464,6 +469,9 @@ class Tracker:
         agent = facts.agent
         if agent is not None and (build is None or agent.build_number != build.number):
             agent = None
+        intent = facts.workspace.deferred
+        if intent is not None and (build is None or intent.behind != build.number or build.status.finished):
+            intent = None
         return cls(
             workspace_id=facts.workspace_id,
             chat_id=facts.workspace.chat_id,
@@ -481,6 +489,8 @@ class Tracker:
             agent_seq=facts.seq if agent else 0,
             endpoints=dict(agent.endpoints) if agent else {},
             deleted=facts.workspace.deleted,
+            deferred=intent.transition if intent else None,
+            deferred_seq=facts.seq if intent else 0,
         )
 
     # --- applying storage events ----------------------------------------------------------
@@ -505,6 +515,9 @@ class Tracker:
             )
         if ev.kind is EventKind.CHAT_BOUND or ev.kind is EventKind.DEADLINE_SET:
             self.seq = max(self.seq, ev.seq)  # news for the chat and the scheduler, not the state
+            return None
+        if ev.kind is EventKind.REQUEST_DEFERRED:
+            self._apply_deferred(ev)
             return None
         if self.is_stale(ev):
             self._late_news(ev)
@@ -536,6 +549,19 @@ class Tracker:
             reason=self.reason,
             endpoints=self.endpoints,
         )
+
+    def _apply_deferred(self, ev: StoreEvent) -> None:
+        """A request stored behind the build in flight (or withdrawn): news, not state. It
+        counts only for the latest build while it runs (its finish acted on it) and only if it is
+        newer than what the tracker knows."""
+        self.seq = max(self.seq, ev.seq)
+        if (
+            ev.build_number == self.build_number
+            and self.status is not None
+            and not self.status.finished
+            and ev.seq > max(self.deferred_seq, self.floor)
+        ):
+            self.deferred, self.deferred_seq = ev.transition, ev.seq
 
     def _late_news(self, ev: StoreEvent) -> None:
         """How the previous build ended, delivered after the next build's news (reordered): stale
@@ -589,6 +615,7 @@ class Tracker:
             self.has_agent = self.agent = None
             self.agent_seq = 0
             self.endpoints = {}
+            self.deferred = None
             self._applied.clear()
             self._send("build_queued", ev)
         elif self.status is not None and self.status.finished:
@@ -609,6 +636,7 @@ class Tracker:
         self.status = status
         self.error = ev.error
         self.details = ev.details
+        self.deferred = None  # the write that finished the build acted on it
         if status is JobStatus.SUCCEEDED and ev.transition is Transition.START:
             self.has_agent = ev.has_agent
             if ev.seq > self.agent_seq:  # a reordered newer agent report wins over the snapshot

@@ -149,7 +149,6 @@ class Lifecycle(BackgroundService):
             self._registry,
             self._pump,
             self._writer,
-            spawn=self._spawn,
             raise_if_failed=self._raise_if_failed,
             build_timeout=self.build_timeout,
             agent_timeout=self.agent_timeout,
@@ -203,13 +202,14 @@ class Lifecycle(BackgroundService):
             raise RuntimeError("use the Lifecycle as an async context manager first")
 
     async def drain(self) -> None:
-        """Wait until every request answered with ``wait=False`` that had to wait for another
-        build first (a start during a stop build) has fired its own build or given up.
+        """Returns at once: nothing of a request outlives its call in this process.
 
-        A short-lived process (a CLI) calls this before leaving the ``async with``, which would
-        otherwise cancel those requests.
+        A request answered with ``wait=False`` that had to wait for another build first (a
+        start during a stop build) is stored on its workspace, and the store's write that
+        finishes that build fires it, whether this process is alive then or not. (Before 0.3
+        it finished in this runtime's background, and a short-lived process had to wait here.)
         """
-        await self._steps.drain()
+        self._raise_if_failed()
 
     @property
     def tracked(self) -> int:
@@ -448,7 +448,7 @@ class Lifecycle(BackgroundService):
         _check_id("owner", owner)
         if not isinstance(wait, bool):
             raise ValueError(f"wait must be a bool, not {type(wait).__name__}")
-        flow = Flow(request, wait=wait, parameters=check_parameters(parameters))
+        flow = Flow(request, wait=wait, owner=owner, parameters=check_parameters(parameters))
         with RequestSpan(request.value, chat_id) as span:
             result, chat = await self._steps.serve(flow, chat_id, owner, name, span)
             span.result(result)

@@ -13,7 +13,10 @@ A request (``create_workspace``, ``start_workspace``, ``stop_workspace``,
 * :class:`WaitBuild` / :class:`WaitAgent` -- sleep until the condition holds for the tracker
   (the condition is a value with a pure ``holds(tracker)``), or until the timeout, then report
   with :meth:`Flow.waited`.
-* :class:`Defer` -- answer now (``wait=False``) and finish the request in the background.
+* :class:`Defer` -- store the request on the workspace as intent behind the build in flight
+  (or withdraw the intent stored there), compare-and-set, then report with
+  :meth:`Flow.deferred`: a ``wait=False`` request is answered once its intent is stored, and the
+  store's write that finishes that build fires it (no process needs to stay alive for it).
 * :class:`Track` -- the request is about another workspace from now on (a create lost to
   another caller's): hold that one's tracker and ask again.
 * :class:`Restart` -- the chat moved to a new workspace under this request: read the chat again
@@ -128,11 +131,15 @@ class WaitAgent:
 
 @attrs.frozen
 class Defer:
-    """``wait=False`` while another kind of build runs: answer ``result`` now, and finish the
-    request in the background once build ``number`` is over."""
+    """Store on the workspace the intent to fire a ``transition`` build once build ``number``
+    ends (``None``: withdraw the intent stored there, a later request superseded it), if build
+    ``number`` is still in flight (compare-and-set); report with :meth:`Flow.deferred`.
 
-    result: ToolResult
+    ``result`` is the answer once the intent is stored (``wait=False``); ``None``: go on."""
+
+    transition: Transition | None
     number: int
+    result: ToolResult | None = None
 
 
 @attrs.frozen
@@ -195,13 +202,12 @@ class Flow:
     """One request's progress: what it fired or joined, and what it waits for.
 
     The interpreter sets ``workspace`` (with :meth:`tracking`) whenever it holds a workspace's
-    tracker for this flow. ``deferred`` marks the background half of a ``wait=False`` request:
-    it never follows its chat to a new workspace (a deferred stop must not stop a new one).
+    tracker for this flow. ``owner`` is who asks (stored with a deferred request).
     """
 
     request: Request
     wait: bool = True
-    deferred: bool = False
+    owner: str = ""
     #: Template parameters for a build this call fires (checked by the caller).
     parameters: Mapping[str, str] = attrs.field(factory=dict)
     fired_own: bool = False  # this call's compare-and-set appended the build it answers for
@@ -215,6 +221,7 @@ class Flow:
     waiting: WaitBuild | WaitAgent | None = None
     timed_out: bool = False
     moves: int = 0  # how often the request followed its chat to another workspace
+    intents: int = 0  # how often it wrote the workspace's deferred request (bounded: no loop)
     #: A build read from the store because the tracker did not learn how it ended.
     stored: BuildSummary | None = None
 
@@ -286,9 +293,19 @@ class Flow:
             and (won is None or won.status.finished)
         ):
             # Nothing newer, yet refused: the chat points at another workspace now.
-            if self.deferred or self.moves >= MAX_MOVES:
+            if self.moves >= MAX_MOVES:
                 return Answer(ToolResult.error(answers.WORKSPACE_REPLACED))
             return Restart()
+        return CatchUp(facts.seq)
+
+    def deferred(self, step: Defer, *, held: bool, facts: WorkspaceFacts) -> Step:
+        """The :class:`Defer` step's outcome: ``held`` when build ``step.number`` was still in
+        flight (the intent is stored, or withdrawn), with the ``facts`` the write left."""
+        self.intents += 1
+        if held and step.result is not None:
+            return self._out(Answer(step.result))
+        # Held: let the tracker learn this write, then decide on. Not held: the build ended
+        # (and its finish acted on what was stored) or the workspace moved on: decide again.
         return CatchUp(facts.seq)
 
     def read(self, build: Build) -> None:
@@ -360,16 +377,46 @@ class Flow:
         if decision is Decision.ALREADY:
             return self._already(tracker)
         # A build is in flight.
+        intent = self._intent(tracker, decision)
         if not self.wait:
             now = answers.not_waiting(ws, tracker.state, build_id=tracker.build_id, request=self.verb)
-            if decision is Decision.WAIT_THEN_RETRY:
-                return Defer(now, tracker.build_number)
+            if intent is not None:
+                return attrs.evolve(intent, result=now)
             return Answer(now)
+        if intent is not None:
+            return intent
         if decision is Decision.WAIT:
             return self._join(tracker.build_number, tracker.build_id, own=self.raced)
         # WAIT_THEN_RETRY: wait for the other build to end, whatever its outcome; decide again.
         self.waiting = WaitBuild(tracker.build_number)
         return self.waiting
+
+    def _intent(self, tracker: Tracker, decision: Decision) -> Defer | None:
+        """What this request changes in the intent stored behind the build in flight, if
+        anything: the latest request wins.
+
+        * ``wait=False`` behind another kind of build: store this request (it replaces any).
+        * ``wait=True`` behind another kind of build while another request is stored: store
+          this one instead (it then waits, and joins the build the finish fires for it).
+        * Joining a build of its own kind while another request is stored (a stop after a
+          deferred start, during the stop build): withdraw it.
+
+        A create is never stored: once a build it waits out ends, the workspace is stopped
+        (nothing to create) or deleted (a new workspace, not a build of this one).
+        """
+        if self.request is Request.CREATE or self.intents >= MAX_MOVES:
+            return None
+        mine = request_transition(self.request)
+        stored = tracker.deferred
+        if (
+            decision is Decision.WAIT_THEN_RETRY
+            and stored is not mine
+            and (not self.wait or stored is not None)
+        ):
+            return Defer(mine, tracker.build_number)
+        if decision is Decision.WAIT and stored is not None:
+            return Defer(None, tracker.build_number)
+        return None
 
     def _join(self, number: int, build_id: str | None, *, own: bool) -> WaitBuild:
         """Answer for build ``number`` once it is over."""
@@ -471,16 +518,14 @@ class Flow:
 
 
 def deferred_behind(request: Request, facts: WorkspaceFacts) -> Build | None:
-    """The build in flight that ``request`` with ``wait=False`` is deferred behind (the
-    :class:`Defer` step: answered now, fired in the background once that build ends), or ``None``.
-
-    A caller that leaves right after the answer (the CLI) waits for that build first, or the
-    background half is cancelled with its runtime. The flow decides, as for a real request.
+    """The build in flight that ``request`` with ``wait=False`` would be deferred behind (the
+    :class:`Defer` step: stored on the workspace, fired by that build's finish), or ``None``.
+    The flow decides, as for a real request.
     """
     flow = Flow(request, wait=False)
     flow.tracking(facts.workspace)
     step = flow.next(Tracker.from_facts(facts))
-    return facts.latest_build if isinstance(step, Defer) else None
+    return facts.latest_build if isinstance(step, Defer) and step.transition is not None else None
 
 
 def _superseded(tracker: Tracker, number: int) -> dict[str, Any]:

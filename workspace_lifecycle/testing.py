@@ -61,7 +61,7 @@ from ._provisioner_kit import (
     check_provisioner,
 )
 from ._store_kit import ClockedStoreFactory, StoreCheckError, StoreReport, check_store
-from .adapters.base import Store, Topic
+from .adapters.base import Store
 from .limits import Limits, Usage
 from .machine import Tracker, derive_state
 from .runtime import Lifecycle
@@ -346,7 +346,11 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
       concurrent caller is answered with that build's id; other requests fire at most one
       build of their kind;
     * requests are answered as SPEC's table says (error sentences, ``status`` with
-      ``wait=False``, ``started``/``build_id``/``no_build`` with ``wait=True``).
+      ``wait=False``, ``started``/``build_id``/``no_build`` with ``wait=True``);
+    * no accepted request is dropped: a ``wait=False`` request deferred behind another build
+      (the latest one wins: a later request of another kind replaces it, one joining the build
+      in flight withdraws it) fires in the very write that finishes that build, when the table
+      allows it then, even after the runtime that accepted it was dropped (``restart_runtime``).
     """
 
     store_factory: StoreFactory
@@ -368,10 +372,9 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
             if self.provisioner_factory is not None:
                 prov = type(self).provisioner_factory(self.store)  # type: ignore[misc]
                 self._stack.enter_context(self.portal.wrap_async_context_manager(prov))
-            lifecycle = Lifecycle(
-                self.store, build_timeout=self.build_timeout, agent_timeout=self.agent_timeout
-            )
-            self.lc: Lifecycle = self._stack.enter_context(self.portal.wrap_async_context_manager(lifecycle))
+            self._runtime = ExitStack()  # the Lifecycle's own: restart_runtime drops it
+            self._stack.callback(lambda: self._runtime.close())
+            self.lc: Lifecycle = self._open_runtime()
             for chat in self.chats:
                 self.call(self.lc.register_chat, chat, owner=self.owner)
             self.cursor: int = self.call(self.store.head)
@@ -388,6 +391,10 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self._stack.close()
+
+    def _open_runtime(self) -> Lifecycle:
+        lifecycle = Lifecycle(self.store, build_timeout=self.build_timeout, agent_timeout=self.agent_timeout)
+        return self._runtime.enter_context(self.portal.wrap_async_context_manager(lifecycle))
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -471,8 +478,6 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
         chat = data.draw(st.sampled_from(self.chats), label="chat")
         ws, state, deleted = self._state(chat)
         wait = not self.simulated
-        if ws is not None and ws in self.deferred:
-            return
         r = self.call(self.lc.create_workspace, chat, owner=self.owner, name="dev", wait=wait)
         fresh = self._read()
         new_ws = self._workspace(chat)
@@ -507,7 +512,9 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
         other_in_flight = (
             state is WorkspaceState.BUILDING and latest is not None and latest.transition is not transition
         )
-        if ws is not None and (ws in self.deferred or (self.simulated and other_in_flight and deleted)):
+        if ws is not None and (
+            (not self.simulated and ws in self.deferred) or (self.simulated and other_in_flight and deleted)
+        ):
             return
         head = self.call(self.store.head)
         r = self.call(method, chat, owner=self.owner, wait=not self.simulated)
@@ -540,7 +547,9 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
             assert latest is not None
             assert r.data["status"] == "building" and r.data["build_id"] == latest.build_id
             if other_in_flight:
-                self.deferred[ws] = transition
+                self.deferred[ws] = transition  # stored behind the build; replaces any before
+            else:
+                self.deferred.pop(ws, None)  # joins the build in flight: the latest request wins
         else:
             assert not builds
             assert r.data == {
@@ -650,32 +659,26 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
         head = self.call(self.store.head)
         self.call(self.store.finish_build, build.build_id, status, error, has_agent=has_agent)
         deferred = self.deferred.pop(ws, None)
-        if deferred is None:
-            return
-        _, state, deleted = self._state(chat)
-        if deleted or state not in _FIRES_FROM[deferred]:
-            return
-        if deferred is Transition.START and self._at_running_limit():
-            self.call(self.lc.drain)  # the deferred start is refused for quota: nothing fires
-            assert not self._queued(self._read(head), ws)
-            return
-
-        async def fired() -> None:
-            # The deferred request decides on the pump's news; wait for its build to appear.
-            cursor = head
-            with self.store.interest(Topic.workspace(ws)):
-                while True:
-                    events = await self.store.read_events(cursor)
-                    if any(e.workspace_id == ws and e.kind is EventKind.BUILD_QUEUED for e in events):
-                        return
-                    if events:
-                        cursor = events[-1].seq
-                    else:
-                        await self.store.wait_for_change(cursor)
-
-        self.call(fired)
+        # The request deferred behind the build fires in the finishing write itself: its build
+        # is in the log at once, whether any runtime is alive or not.
         builds = self._queued(self._read(head), ws)
-        assert len(builds) == 1 and builds[0].transition is deferred, builds
+        after = _finished_state(build.transition, status, has_agent)
+        if deferred is None or after is None or after not in _FIRES_FROM[deferred]:
+            assert not builds, (
+                f"nothing was deferred behind build {build.number} (or it may not fire): {builds}"
+            )
+            return
+        assert len(builds) == 1 and builds[0].transition is deferred, (deferred, builds)
+        assert builds[0].build_number == build.number + 1
+
+    @precondition(lambda self: self.simulated)
+    @rule()
+    def restart_runtime(self) -> None:
+        """The replica that accepted the requests exits (its Lifecycle and everything in its
+        memory is gone) and another starts: the deferred requests are kept in the store."""
+        self._runtime.close()
+        self._runtime = ExitStack()
+        self.lc = self._open_runtime()
 
     @precondition(lambda self: self.simulated)
     @rule(data=st.data(), lifecycle=st.sampled_from(list(AgentLifecycle)))
@@ -761,6 +764,17 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
             derived = self._check_workspace(ws)
             if self.simulated:
                 assert self.call(self.lc.state, chat) is derived
+
+
+def _finished_state(transition: Transition, status: JobStatus, has_agent: bool) -> WorkspaceState | None:
+    """The state a build's finish leaves (``None``: deleted)."""
+    if status is not JobStatus.SUCCEEDED:
+        return WorkspaceState.FAILED
+    if transition is Transition.DELETE:
+        return None
+    if transition is Transition.STOP:
+        return WorkspaceState.STOPPED
+    return WorkspaceState.RUNNING
 
 
 def make_lifecycle_machine(

@@ -25,6 +25,7 @@ __all__ = [
     "Chat",
     "DEADLINE_TRANSITION",
     "Deadline",
+    "Deferred",
     "EventKind",
     "JobStatus",
     "Lease",
@@ -40,6 +41,7 @@ __all__ = [
     "check_details",
     "check_parameters",
     "parse_deadline",
+    "parse_deferred",
     "parse_enum",
     "parse_lease",
     "parse_policy",
@@ -134,6 +136,9 @@ class EventKind(enum.Enum):
     DEADLINE_SET = "deadline_set"  # the workspace's next automatic action moved (or was disarmed)
     #: The armed deadline comes within its chat's ``warn_before``: once per armed deadline.
     DEADLINE_APPROACHING = "deadline_approaching"
+    #: A request deferred behind the build in flight was stored on the workspace (its
+    #: ``transition``), or withdrawn by a later request (``transition`` ``None``).
+    REQUEST_DEFERRED = "request_deferred"
 
 
 E = TypeVar("E", bound=enum.Enum)
@@ -285,6 +290,46 @@ def parse_deadline(
 
 
 @attrs.frozen
+class Deferred:
+    """A request answered ``wait=False`` while another kind of build ran, stored on its
+    workspace as intent: fire a ``transition`` build once build ``behind`` ends, if the table
+    still allows it then. The write that finishes build ``behind`` acts on it (and clears it)
+    in its own transaction, so no process needs to be alive to carry it out.
+    ``requested_by`` is the owner whose request it is.
+    """
+
+    transition: Transition = attrs.field(validator=attrs.validators.instance_of(Transition))
+    behind: int = attrs.field(validator=attrs.validators.instance_of(int))
+    requested_by: str = attrs.field(validator=_str)
+
+    def record(self) -> dict[str, Any]:
+        """The JSON object a store keeps (:func:`parse_deferred` reads it back)."""
+        return {"transition": self.transition.value, "behind": self.behind, "by": self.requested_by}
+
+    def stored(self) -> str:
+        """:meth:`record` as JSON text."""
+        return json.dumps(self.record())
+
+
+def parse_deferred(value: object, *, key: object) -> Deferred | None:
+    """A workspace's deferred request from its stored column (JSON text, or an already parsed
+    object); a bad value is a :class:`CorruptStateError` naming the row.
+
+    >>> parse_deferred(Deferred(Transition.START, 2, "alice").stored(), key="w1")
+    Deferred(transition=<Transition.START: 'start'>, behind=2, requested_by='alice')
+    """
+    if value is None:
+        return None
+    try:
+        data = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(data, dict) or isinstance(data.get("behind"), bool):
+            raise ValueError(value)
+        return Deferred(Transition(data["transition"]), data["behind"], data["by"])
+    except (ValueError, TypeError, KeyError):
+        raise CorruptStateError("workspaces", key, "deferred", value) from None
+
+
+@attrs.frozen
 class Chat:
     """A chat and the workspace it is bound to (``None`` before ``create_workspace``)."""
 
@@ -305,6 +350,10 @@ class Workspace:
     #: The next automatic action (idle stop, retention delete), if one is armed.
     deadline: Deadline | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(Deadline))
+    )
+    #: A ``wait=False`` request waiting out the build in flight (see :class:`Deferred`).
+    deferred: Deferred | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(Deferred))
     )
 
     @property
@@ -524,6 +573,7 @@ class StoreEvent:
         (without a build: ``build_number``, e.g. the build an agent report belongs to)."""
         if build is not None:
             fields.setdefault("reason", build.reason)
+            fields["transition"] = build.transition
         return cls(
             seq=seq,
             kind=kind,
@@ -531,7 +581,6 @@ class StoreEvent:
             chat_id=ws.chat_id,
             build_number=build.number if build else build_number,
             build_id=build.build_id if build else None,
-            transition=build.transition if build else None,
             at=at,
             **fields,
         )

@@ -25,13 +25,14 @@ from .buildlogs import BuildLog
 from .endpoints import check_endpoints
 from .errors import BuildConflictError, LeaseLostError, NotFoundError, OwnershipError, QuotaExceededError
 from .limits import Limits, OwnerRow, Usage, counts_as_running, over_limit
-from .machine import DEADLINE_REQUEST, Decision, Tracker, derive_state
+from .machine import DEADLINE_REQUEST, Decision, Request, Tracker, derive_state
 from .values import (
     Agent,
     AgentLifecycle,
     Build,
     Chat,
     Deadline,
+    Deferred,
     EventKind,
     JobStatus,
     Policy,
@@ -53,6 +54,8 @@ __all__ = [
     "claim_build",
     "create_landed",
     "create_workspace",
+    "defer_request",
+    "deferral_holds",
     "expire_lease",
     "finish_build",
     "fire_deadline",
@@ -79,12 +82,14 @@ class Write:
     a workspace's ``deadline`` is part of its row; ``build`` is inserted when
     ``queued`` (it becomes its workspace's latest build and waits to be claimed) and updated
     otherwise; ``agent`` is upserted (the agent a start build produced, or its new lifecycle);
-    ``log`` is a build's log, upserted; ``owner`` is an owner's row (its limits), upserted.
+    ``log`` is a build's log, upserted; ``owner`` is an owner's row (its limits), upserted. ``then`` is a build queued by the same write after
+    ``build`` finished (the request deferred behind it): inserted, it becomes the latest.
     """
 
     events: tuple[StoreEvent, ...]
     build: Build | None = None
     queued: bool = False
+    then: Build | None = None
     workspace: Workspace | None = None
     chat: Chat | None = None
     agent: Agent | None = None
@@ -104,6 +109,8 @@ def applied(facts: WorkspaceFacts, write: Write, head: int) -> WorkspaceFacts:
     latest, build = facts.latest_build, write.build
     if build is not None and (write.queued or (latest is not None and latest.build_id == build.build_id)):
         latest = build
+    if write.then is not None:
+        latest = write.then
     return WorkspaceFacts(
         write.workspace or facts.workspace,
         latest,
@@ -410,6 +417,107 @@ def warn_deadline(facts: WorkspaceFacts, *, expected: Deadline, at: float) -> Wr
     return Write(events=(event,), workspace=attrs.evolve(ws, deadline=warned))
 
 
+def deferral_holds(facts: WorkspaceFacts, expected_build_number: int) -> bool:
+    """The compare-and-set of :func:`defer_request`: the workspace is not deleted and build
+    ``expected_build_number`` is its latest and still in flight (its finish will act on the
+    intent). Otherwise the caller decides again on the rows as they are."""
+    latest = facts.latest_build
+    return (
+        not facts.workspace.deleted
+        and latest is not None
+        and latest.number == expected_build_number
+        and not latest.status.finished
+    )
+
+
+def defer_request(
+    facts: WorkspaceFacts,
+    *,
+    transition: Transition | None,
+    expected_build_number: int,
+    requested_by: str,
+    at: float,
+) -> Write | None:
+    """Store on the workspace the intent to fire a ``transition`` build once build
+    ``expected_build_number`` ends (``None``: withdraw the intent stored there; a later
+    request superseded it), with its ``request_deferred`` event. It replaces any intent stored
+    before: the latest request wins. ``None`` (nothing written) unless :func:`deferral_holds`,
+    or when the stored intent is already this one.
+
+    >>> ws = Workspace("w1", "c1", "alice", "dev")
+    >>> stop = Build("b2", "w1", 2, Transition.STOP, JobStatus.RUNNING)
+    >>> w = defer_request(WorkspaceFacts(ws, stop, None, seq=5), transition=Transition.START,
+    ...                   expected_build_number=2, requested_by="alice", at=0)
+    >>> w.workspace.deferred, [e.kind.value for e in w.events]
+    (Deferred(transition=<Transition.START: 'start'>, behind=2, requested_by='alice'), ['request_deferred'])
+    """
+    if not deferral_holds(facts, expected_build_number):
+        return None
+    ws = facts.workspace
+    intent = None if transition is None else Deferred(transition, expected_build_number, requested_by)
+    if intent == ws.deferred or (intent is None and ws.deferred is None):
+        return None
+    workspace = attrs.evolve(ws, deferred=intent)
+    event = _event(
+        EventKind.REQUEST_DEFERRED, ws, None, at=at, build_number=expected_build_number, transition=transition
+    )
+    return Write(events=(event,), workspace=workspace)
+
+
+#: The request a deferred transition stands for (a deferred create is never stored: see steps).
+_DEFERRED_REQUEST = {
+    Transition.START: Request.START,
+    Transition.STOP: Request.STOP,
+    Transition.DELETE: Request.DELETE,
+}
+
+
+def _act_on_deferred(
+    write: Write,
+    ws: Workspace,
+    chat: Chat | None,
+    *,
+    then_build_id: str | None,
+    at: float,
+    usage: Usage | None = None,
+) -> Write:
+    """``write`` finished the build a request was deferred behind: clear the intent and, if
+    the table allows the request in the state the finish leaves (decided as the request itself
+    would decide it), queue its build in the same write."""
+    intent = ws.deferred
+    done = write.build
+    if intent is None or done is None:
+        return write
+    cleared = attrs.evolve(write.workspace or ws, deferred=None)
+    write = attrs.evolve(write, workspace=cleared)
+    if intent.behind != done.number or then_build_id is None:
+        return write
+    after = WorkspaceFacts(cleared, done, write.agent, 0)
+    if Tracker.from_facts(after).decide(_DEFERRED_REQUEST[intent.transition]) is not Decision.FIRE:
+        return write
+    try:
+        fired = request_build(
+            after,
+            chat=chat,
+            transition=intent.transition,
+            expected_build_number=done.number,
+            build_id=then_build_id,
+            at=at,
+            usage=usage,
+        )
+    except QuotaExceededError:  # the owner is at a stored limit now: the start is dropped
+        return write
+    if fired is None:  # a start whose chat moved on to another workspace
+        return write
+    return attrs.evolve(
+        write,
+        events=write.events + fired.events,
+        then=fired.build,
+        workspace=fired.workspace or cleared,
+        agent=fired.agent if fired.agent is not None else write.agent,
+    )
+
+
 def touch(facts: WorkspaceFacts, policy: Policy, *, at: float) -> Write | None:
     """Activity at ``at``: push the idle deadline of a running workspace to ``at +
     idle_stop_after``; ``None`` (nothing written) if that sets nothing new."""
@@ -484,6 +592,9 @@ def expire_lease(
     at: float,
     policy: Policy | None = None,
     log: BuildLog | None = None,
+    chat: Chat | None = None,
+    then_build_id: str | None = None,
+    usage: Usage | None = None,
 ) -> Write | None:
     """The lease ``token`` on ``build`` ran out: fail the build, once. ``None`` (nothing to
     write) unless the build is still in flight under that very lease and it is due at ``at``:
@@ -497,7 +608,19 @@ def expire_lease(
         f"provisioner worker {build.worker or 'unknown'} lost its lease on the build:"
         " it sent no heartbeat before the lease ran out"
     )
-    write = finish_build(build, ws, JobStatus.FAILED, reason, has_agent=False, at=at, policy=policy, log=log)
+    write = finish_build(
+        build,
+        ws,
+        JobStatus.FAILED,
+        reason,
+        has_agent=False,
+        at=at,
+        policy=policy,
+        log=log,
+        chat=chat,
+        then_build_id=then_build_id,
+        usage=usage,
+    )
     assert write.build is not None
     return attrs.evolve(write, build=attrs.evolve(write.build, lease_token=None))
 
@@ -514,11 +637,21 @@ def finish_build(
     policy: Policy | None = None,
     lease: str | None = None,
     log: BuildLog | None = None,
+    chat: Chat | None = None,
+    then_build_id: str | None = None,
+    usage: Usage | None = None,
 ) -> Write:
     """``build`` finished with ``status``: the build row, the agent a succeeded start build
     produced (in ``created``), the deleted mark a succeeded delete build sets, the deadline the
     chat's ``policy`` arms (:func:`~workspace_lifecycle.deadlines.after_finish`), and their
     events.
+
+    A request deferred behind the build (the workspace's :class:`~workspace_lifecycle.values.Deferred`)
+    is acted on in the same write: its intent is cleared and, when the table allows it in the
+    state the finish leaves, its build (``then_build_id``, made by the adapter) is queued
+    (``Write.then``; a start also needs ``chat`` still bound to the workspace, and must fit
+    the owner's stored limits: with the owner's ``usage`` read in the same transaction, see
+    :func:`needs_usage`; a start over a limit is dropped with the intent).
 
     A build that did not succeed and has a ``log`` says so in its details (``logs``: how many
     lines and how to read them), so every answer about it points the model at them.
@@ -565,7 +698,19 @@ def finish_build(
         if armed != ws.deadline:
             workspace, event = _rearm(ws, armed, at=at, build_number=done.number)
             events.append(event)
-    return Write(events=tuple(events), build=done, workspace=workspace, agent=agent)
+    write = Write(events=tuple(events), build=done, workspace=workspace, agent=agent)
+    return _act_on_deferred(write, ws, chat, then_build_id=then_build_id, at=at, usage=usage)
+
+
+def needs_usage(ws: Workspace) -> bool:
+    """Whether finishing ``ws``'s build in flight needs its owner's usage: a start deferred
+    behind it may take a running slot more (:func:`finish_build` checks it against the owner's
+    stored limits).
+
+    >>> needs_usage(Workspace("w1", "c1", "al", "dev", deferred=Deferred(Transition.START, 2, "al")))
+    True
+    """
+    return ws.deferred is not None and ws.deferred.transition is Transition.START
 
 
 def report_agent(

@@ -328,17 +328,6 @@ class TestCompareAndSet:
         step = f.fired(fire, fired=False, build=None, facts=facts_after(t, latest))
         assert isinstance(step, Answer) and step.result.text == answers.WORKSPACE_REPLACED
 
-    def test_deferred_flow_never_follows_the_chat(self) -> None:
-        """The background half of wait=False answers instead of restarting on another workspace."""
-        t = tracker(S.RUNNING)
-        f = Flow(R.STOP, wait=False, deferred=True)
-        f.tracking(WS)
-        fire = f.next(t)
-        assert isinstance(fire, Fire)
-        latest = build(fire.expected_build_number, Transition.START, JobStatus.SUCCEEDED)
-        step = f.fired(fire, fired=False, build=None, facts=facts_after(t, latest))
-        assert isinstance(step, Answer) and step.result.text == answers.WORKSPACE_REPLACED
-
 
 # --- the end of the awaited build ------------------------------------------------------------------
 

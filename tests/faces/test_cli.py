@@ -353,30 +353,31 @@ class TestOnAStore:
         assert json.loads(captured.out)["status"] == "building"
         assert "c1" in captured.err and "stopped -> building" in captured.err
 
-    def test_start_no_wait_during_a_stop_build_stays_for_it(
-        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    def test_start_no_wait_during_a_stop_build_is_stored(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """During a stop build, --no-wait answers at once but stays until the deferred start is
-        requested (leaving would cancel it); with no provisioner it gives up after --timeout."""
-        store = _seeded_store("stopping")
-        monkeypatch.setattr(cli, "open_store", lambda url: store)
-        argv = [
-            "start",
-            "c1",
-            "--owner",
-            "alice",
-            "--db",
-            "memory://",
-            "--no-wait",
-            "--json",
-            "--timeout",
-            "0.2",
-        ]
-        assert cli.main(argv) == 1
+        """During a stop build, --no-wait answers at once and leaves at once: the start is
+        stored on the workspace (the stop build's finish fires it), and stderr says so."""
+        url = f"sqlite:///{tmp_path / 'c.db'}"
+
+        async def seed() -> None:
+            async with wl.open_store(url) as store:
+                await seed_chats(store, "stopping")
+
+        async def stored() -> object:
+            async with wl.open_store(url) as store:
+                chat = await store.get_chat("c1")
+                assert chat is not None and chat.workspace_id is not None
+                return (await store.workspace_facts(chat.workspace_id)).workspace.deferred
+
+        anyio.run(seed)
+        argv = ["start", "c1", "--owner", "alice", "--db", url, "--no-wait", "--json"]
+        assert cli.main(argv) == 0
         captured = capsys.readouterr()
         assert json.loads(captured.out)["status"] == "building"
-        assert "the start is requested when the stop build in progress ends" in captured.err
-        assert captured.err.strip().splitlines()[-1].endswith("so the start was not requested")
+        assert "the start is stored: it is requested when the stop build in progress ends" in captured.err
+        deferred = anyio.run(stored)
+        assert isinstance(deferred, wl.Deferred) and deferred.transition is wl.Transition.START
 
 
 def _interruptible(*argv: str) -> subprocess.Popen[str]:

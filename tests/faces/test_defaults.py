@@ -43,9 +43,9 @@ def test_cli_create_gives_the_standalone_policy(tmp_path: Path, capsys: pytest.C
         row["chat_id"]: row["policy"] for row in map(json.loads, capsys.readouterr().out.splitlines())
     }
     assert policies == {
-        "c1": {"idle_stop_after": 1800, "delete_after_stopped": None},
-        "c2": {"idle_stop_after": None, "delete_after_stopped": None},
-        "c3": {"idle_stop_after": 1800, "delete_after_stopped": 600},
+        "c1": {"idle_stop_after": 1800, "delete_after_stopped": None, "warn_before": None},
+        "c2": {"idle_stop_after": None, "delete_after_stopped": None, "warn_before": None},
+        "c3": {"idle_stop_after": 1800, "delete_after_stopped": 600, "warn_before": None},
     }
 
 

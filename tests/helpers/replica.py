@@ -11,6 +11,8 @@ Modes (argv[1]):
   ``wait_for_change(HEAD)`` and print ``woke SEQ MONOTONIC`` the moment it returns.
 * ``start URL CHAT OWNER``: print ``ready``, then call ``start_workspace`` (with no provisioner
   it waits for the build until killed) and print the answer as JSON.
+* ``defer URL CHAT OWNER``: call ``start_workspace`` with ``wait=False``, print the answer as
+  JSON, then wait to be killed (the parent SIGKILLs it while the start is deferred).
 * ``deadlines URL DIE``: run a Lifecycle that fires the store's deadlines; print ``ready`` and
   then ``fired WORKSPACE`` for each deadline it fires, until ``exit`` on stdin. With DIE ``1`` it
   kills itself with SIGKILL the moment its first fire has committed (before it learns the answer).
@@ -85,6 +87,13 @@ async def start(url: str, chat: str, owner: str) -> None:
         _say(json.dumps({"is_error": r.is_error, "data": r.data}))
 
 
+async def defer(url: str, chat: str, owner: str) -> None:
+    async with wl.open_store(url) as store, wl.Lifecycle(store) as lc:
+        r = await lc.start_workspace(chat, owner=owner, wait=False)
+        _say(json.dumps({"is_error": r.is_error, "data": r.data}))
+        await anyio.sleep_forever()
+
+
 class _DieAfterFire(wl.faults.FaultyStore):
     """Passes everything through; SIGKILLs this process right after a fire commits."""
 
@@ -117,6 +126,8 @@ def main(argv: list[str]) -> None:
         anyio.run(race, argv[2], argv[3], argv[4], int(argv[5]), argv[6] == "1", backend="asyncio")
     elif mode == "start":
         anyio.run(start, argv[2], argv[3], argv[4], backend="asyncio")
+    elif mode == "defer":
+        anyio.run(defer, argv[2], argv[3], argv[4], backend="asyncio")
     elif mode == "deadlines":
         anyio.run(deadlines, argv[2], argv[3] == "1", backend="asyncio")
     elif mode == "wait":

@@ -248,23 +248,24 @@ class TestStartAfterTheChatGotANewWorkspace:
             )
             assert _answers_about_the_new_workspace(r), r.data
 
-    async def test_deferred_start_does_not_start_the_replaced_workspace(self) -> None:
-        """Bug 3 with wait=False: the start deferred behind the stop build (finished in the
-        background) must not fire on the workspace the chat no longer has."""
+    async def test_deferred_start_fires_before_any_replacement(self) -> None:
+        """Bug 3 with wait=False: the start deferred behind the stop build is stored on the
+        workspace and fired by the stop's finish, in the same write: no create can replace the
+        workspace in between, and the create that comes after is refused (a workspace being
+        started would run bound to no chat)."""
         async with harness() as h:
             old = await _failed_with_stop_in_flight(h)
             deferred = await h.lc.start_workspace(CHAT, owner=OWNER, wait=False)
             assert deferred.data["status"] == "building"
-            await anyio.wait_all_tasks_blocked()  # the deferred start now waits on the stop build
             stop = await h.claim()
             assert stop.transition is Transition.STOP
             await h.store.finish_build(stop.build_id, JobStatus.FAILED)
+            latest = (await h.store.workspace_facts(old)).latest_build
+            assert latest is not None and latest.transition is Transition.START
+            assert latest.number == stop.number + 1
             replaced = await h.store.create_workspace(CHAT, "dev2", expected_workspace_id=old)
-            assert replaced.fired
-            with anyio.fail_after(5):
-                await h.lc.drain()
-            revived = await _starts_after(h.store, old, replaced.facts.seq)
-            assert not revived, f"the deferred start fired on the replaced workspace {old}: {revived}"
+            assert not replaced.fired
+            assert await h.workspace_id() == old
 
 
 class TestStoreRefusesStartOnUnboundWorkspace:

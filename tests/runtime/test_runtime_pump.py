@@ -95,8 +95,9 @@ async def test_pump_bug_wakes_waiters_instead_of_hanging() -> None:
     assert len(errors) == 1 and "event pump stopped" in str(errors[0])
 
 
-async def test_drain_waits_for_a_deferred_start() -> None:
-    """wait=False during a stop build defers the start; drain() returns once it fired."""
+async def test_a_deferred_start_fires_in_the_stop_builds_finish() -> None:
+    """wait=False during a stop build stores the start on the workspace; the write that finishes
+    the stop queues it (one transaction: no runtime task carries it)."""
     store = wl.MemoryStore()
     async with store, wl.Lifecycle(store) as lc:
         await lc.register_chat("c", owner="o")
@@ -109,42 +110,55 @@ async def test_drain_waits_for_a_deferred_start() -> None:
         assert r.data["status"] == "building" and r.data["request"] == "start"
         stop = await store.claim_build("w")
         assert stop is not None and stop.transition is wl.Transition.STOP
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lc.drain)
-            await anyio.wait_all_tasks_blocked()
-            await store.finish_build(stop.build_id, JobStatus.SUCCEEDED)
+        stored = (await store.workspace_facts(stop.workspace_id)).workspace.deferred
+        assert stored == wl.Deferred(wl.Transition.START, stop.number, "o")
+        head = await store.head()
+        await store.finish_build(stop.build_id, JobStatus.SUCCEEDED)
+        finished = [e.kind for e in await store.read_events(head)]
+        assert finished[0] is wl.EventKind.BUILD_FINISHED and wl.EventKind.BUILD_QUEUED in finished
         facts = await store.workspace_facts(stop.workspace_id)
         assert facts.latest_build is not None and facts.latest_build.transition is wl.Transition.START
-        assert facts.latest_build.number == 3
+        assert facts.latest_build.number == 3 and facts.workspace.deferred is None
 
 
-async def test_deferred_request_gives_up_after_build_timeout() -> None:
-    """A deferral whose build never ends gives up after build_timeout instead of retrying forever."""
+async def test_a_deferral_whose_build_never_ends_stays_stored() -> None:
+    """A deferral whose build never ends fires nothing and holds no task: it stays stored on the
+    workspace until that build ends (its lease's expiry fails it at the latest)."""
     store = wl.MemoryStore()
     async with store, wl.Lifecycle(store, build_timeout=0.05) as lc:
         await lc.register_chat("c", owner="o")
         await lc.create_workspace("c", owner="o", name="dev", wait=False)
         await lc.stop_workspace("c", owner="o", wait=False)  # deferred behind the start build
         with anyio.fail_after(5):
-            await lc.drain()
-        facts = await store.list_chats()
-        assert facts[0].facts is not None and facts[0].facts.latest_build is not None
-        assert facts[0].facts.latest_build.number == 1  # nothing fired behind the hung build
-
-
-async def test_drain_right_after_the_answer_waits_for_the_deferral() -> None:
-    """drain() called at once after a deferred wait=False answer (before the background task ran)
-    still waits for it. Before: the count rose only inside the task, so drain() returned at once
-    and the start was cancelled with the Lifecycle."""
-    store = wl.MemoryStore()
-    async with store, wl.SimulatedProvisioner(store, build_seconds=0.01), wl.Lifecycle(store) as lc:
-        await lc.register_chat("c", owner="o")
-        await lc.create_workspace("c", owner="o", name="dev")
-        await lc.stop_workspace("c", owner="o", wait=False)
-        r = await lc.start_workspace("c", owner="o", wait=False)  # deferred behind the stop
-        assert r.data["status"] == "building" and r.data["request"] == "start"
-        with anyio.fail_after(5):
-            await lc.drain()  # no checkpoint in between: the deferral has not started yet
+            await lc.drain()  # returns at once: nothing of the request runs here
         facts = (await store.list_chats())[0].facts
         assert facts is not None and facts.latest_build is not None
-        assert facts.latest_build.transition is wl.Transition.START and facts.latest_build.number == 3
+        assert facts.latest_build.number == 1  # nothing fired behind the hung build
+        assert facts.workspace.deferred == wl.Deferred(wl.Transition.STOP, 1, "o")
+
+
+async def test_a_deferred_start_outlives_its_lifecycle() -> None:
+    """The Lifecycle that accepted a deferred start may be gone when the stop build ends: the
+    start still fires. Before 0.3 it lived in that runtime's task group and was cancelled."""
+    store = wl.MemoryStore()
+    async with store:
+        async with wl.Lifecycle(store) as lc:
+            await lc.register_chat("c", owner="o")
+            await lc.create_workspace("c", owner="o", name="dev", wait=False)
+            first = await store.claim_build("w")
+            assert first is not None
+            await store.finish_build(first.build_id, JobStatus.SUCCEEDED, has_agent=False)
+            await lc.stop_workspace("c", owner="o", wait=False)
+            r = await lc.start_workspace("c", owner="o", wait=False)  # deferred behind the stop
+            assert r.data["status"] == "building" and r.data["request"] == "start"
+        async with wl.SimulatedProvisioner(store, build_seconds=0.01):  # no Lifecycle runs now
+            with anyio.fail_after(5):
+                while True:
+                    head = await store.head()
+                    facts = (await store.list_chats())[0].facts
+                    assert facts is not None and facts.latest_build is not None
+                    if facts.latest_build.number == 3 and facts.latest_build.status.finished:
+                        break
+                    await store.wait_for_change(head)
+        assert facts.latest_build.transition is wl.Transition.START
+        assert facts.latest_build.status is JobStatus.SUCCEEDED

@@ -438,6 +438,7 @@ class TestMigration:
     def _sqlite_downgrade(path: Path) -> None:
         """Back to the schema before leases (user_version 4): the later migrations undone too."""
         with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute("ALTER TABLE workspaces DROP COLUMN deferred")
             conn.execute("ALTER TABLE chats DROP COLUMN warn_before")  # 8: expiry warnings
             conn.execute("ALTER TABLE workspaces DROP COLUMN deadline_warn_at")
             conn.execute("ALTER TABLE workspaces DROP COLUMN deadline_warned")
@@ -460,6 +461,7 @@ class TestMigration:
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute("SELECT set_config('search_path', %s, false)", (f'"{schema}"',))
             # Back to the schema before leases (version 4): the later migrations undone too.
+            conn.execute("ALTER TABLE workspaces DROP COLUMN deferred")
             conn.execute("ALTER TABLE chats DROP COLUMN warn_before")  # 8: expiry warnings
             conn.execute("ALTER TABLE workspaces DROP COLUMN deadline_warn_at, DROP COLUMN deadline_warned")
             conn.execute("DROP INDEX workspaces_owner")  # 7: per-owner limits

@@ -129,3 +129,28 @@ async def concurrent_starts_never_pass_the_last_slot(ctx: Ctx) -> None:
     quota = [r for r in results if isinstance(r, QuotaExceededError)]
     require(len(fired) == 2 and len(quota) == 6, f"2 starts fire and 6 are refused, got {results!r}")
     require((await store.usage("alice")).running == 2, "the owner runs exactly its limit")
+
+
+@check
+async def a_deferred_start_over_a_stored_limit_is_dropped(ctx: Ctx) -> None:
+    """A start deferred behind a stop is fired by the stop's finish only if it fits the owner's
+    stored limits, counted in the finish's own transaction; over them, the intent is dropped."""
+    store = ctx.store
+    up = await make_workspace(store, "up", "alice")
+    await finish_latest(store)
+    down = await make_workspace(store, "down", "alice")
+    await finish_latest(store)
+    ws = down.facts.workspace_id
+    await store.request_build(ws, Transition.STOP, expected_build_number=1)
+    deferral = await store.defer_request(ws, Transition.START, expected_build_number=2, requested_by="alice")
+    require(deferral.held, "a start deferred behind the stop in flight is stored")
+    await store.set_limits("alice", Limits(running=1))  # the other workspace holds the one slot
+    await finish_latest(store)  # the stop
+    facts = await store.workspace_facts(ws)
+    require(
+        facts.latest_build is not None and facts.latest_build.number == 2,
+        f"the deferred start would exceed the limit of 1: not fired, got {facts.latest_build!r}",
+    )
+    require(facts.workspace.deferred is None, "the intent is dropped with the start")
+    require((await store.usage("alice")).running == 1, "alice keeps one running workspace")
+    require(up.facts.workspace_id != ws, "two workspaces")

@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "ArmedDeadlines",
     "ChatRow",
+    "Deferral",
     "Doorbell",
     "Outcome",
     "Store",
@@ -71,6 +72,17 @@ class Outcome:
 
     fired: bool
     build: Build | None
+    facts: WorkspaceFacts
+
+
+@attrs.frozen
+class Deferral:
+    """The result of :meth:`Store.defer_request`: ``held`` when the build it was deferred behind
+    was still in flight (the intent is stored, or already was); ``facts`` as the transaction
+    left them (or as read, when it wrote nothing), so a caller whose build ended meanwhile
+    decides again on them."""
+
+    held: bool
     facts: WorkspaceFacts
 
 
@@ -275,6 +287,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def usage(self, owner: str) -> Usage:
         """The owner's usage (running workspaces, workspaces) and stored limits, in one read."""
+
+    @abc.abstractmethod
+    async def defer_request(
+        self,
+        workspace_id: str,
+        transition: Transition | None,
+        *,
+        expected_build_number: int,
+        requested_by: str,
+    ) -> Deferral:
+        """Store the intent to fire a ``transition`` build once build ``expected_build_number``
+        ends, replacing any stored before (``None``: withdraw it), if that build is still in
+        flight (:func:`~workspace_lifecycle.writes.defer_request` decides). The write that
+        finishes that build acts on the intent, in its own transaction
+        (:func:`~workspace_lifecycle.writes.finish_build`)."""
 
     @abc.abstractmethod
     async def touch(self, workspace_id: str) -> Deadline | None:

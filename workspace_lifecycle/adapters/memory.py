@@ -133,10 +133,11 @@ class MemoryDriver(Driver):
             self._limits[write.owner.owner] = write.owner.limits
         if write.chat is not None:
             self._chats[write.chat.chat_id] = write.chat
-        build = write.build
-        if build is not None:
+        for build, queued in ((write.build, write.queued), (write.then, True)):
+            if build is None:
+                continue
             self._builds[build.build_id] = build
-            if write.queued:
+            if queued:
                 self._latest[build.workspace_id] = build.build_id
                 self._numbers[build.workspace_id, build.number] = build.build_id
                 self._pending[build.build_id] = None

@@ -18,6 +18,8 @@ import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
+import attrs
+
 from .. import skew, writes
 from ..buildlogs import check_lines
 from ..endpoints import check_endpoints
@@ -36,7 +38,7 @@ from ..values import (
     Transition,
     WorkspaceFacts,
 )
-from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Outcome, Store, Topic
+from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Deferral, Outcome, Store, Topic
 from .driver import RETRY, Driver, LogRead, Plan, Read, Rows
 
 __all__ = ["MAX_DECISIONS", "DriverStore", "as_driver_store"]
@@ -55,6 +57,24 @@ def _facts(rows: Rows, missing: str) -> WorkspaceFacts:
     if rows.facts is None:
         raise NotFoundError(missing)
     return rows.facts
+
+
+class _ReadAgain(Exception):
+    """A plan found it must read more than it asked for (``read``): decide again on those."""
+
+    def __init__(self, read: Read) -> None:
+        self.read = read
+
+
+def _usage_needed(plan: Plan[Any], rows: Rows) -> None:
+    """A finish acts on a start deferred behind the build: it needs the owner's usage too."""
+    if not plan.read.usage and rows.workspace is not None and writes.needs_usage(rows.workspace):
+        raise _ReadAgain(attrs.evolve(plan.read, usage=True))
+
+
+def _then_id(rows: Rows) -> str | None:
+    """The id of the build a finish may queue for a request deferred behind it (only then)."""
+    return _new_id() if rows.workspace is not None and rows.workspace.deferred is not None else None
 
 
 class _Request(Plan[Outcome]):
@@ -220,6 +240,38 @@ class _WarnDeadline(_Request):
         return Outcome(fired=self._write is not None, build=None, facts=outcome.facts)
 
 
+class _Defer(Plan[Deferral]):
+    op = "defer_request"
+    __slots__ = ("_deferral", "by", "clock", "expected", "transition")
+
+    def __init__(
+        self,
+        workspace_id: str,
+        transition: Transition | None,
+        expected: int,
+        by: str,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(Read.workspace(workspace_id, related=False))
+        self.transition, self.expected, self.by, self.clock = transition, expected, by, clock
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        facts = _facts(rows, f"no workspace {self.read.key!r}")
+        write = writes.defer_request(
+            facts,
+            transition=self.transition,
+            expected_build_number=self.expected,
+            requested_by=self.by,
+            at=self.clock(),
+        )
+        self._deferral = (writes.deferral_holds(facts, self.expected), facts, write)
+        return write
+
+    def answer(self, head: int) -> Deferral:
+        held, facts, write = self._deferral
+        return Deferral(held, facts if write is None else writes.applied(facts, write, head))
+
+
 class _Touch(Plan[Deadline | None]):
     op = "touch"
     __slots__ = ("_armed", "clock")
@@ -303,9 +355,18 @@ class _Expire(Plan[Build | None]):
         if rows.build is None or rows.workspace is None:
             return None
         assert self.lease is not None
+        _usage_needed(self, rows)
         policy = rows.chat.policy if rows.chat is not None else None
         write = writes.expire_lease(
-            rows.build, rows.workspace, self.lease, at=self.clock(), policy=policy, log=rows.log
+            rows.build,
+            rows.workspace,
+            self.lease,
+            at=self.clock(),
+            policy=policy,
+            log=rows.log,
+            chat=rows.chat,
+            then_build_id=_then_id(rows),
+            usage=rows.usage,
         )
         if write is not None:
             self._build = write.build
@@ -343,6 +404,7 @@ class _Finish(Plan[Build]):
     def decide(self, rows: Rows) -> writes.Write | None:
         if rows.build is None or rows.workspace is None:
             raise NotFoundError(f"no build {self.read.key!r}")
+        _usage_needed(self, rows)
         write = writes.finish_build(
             rows.build,
             rows.workspace,
@@ -354,6 +416,9 @@ class _Finish(Plan[Build]):
             policy=rows.chat.policy if rows.chat is not None else None,
             lease=self.lease,
             log=rows.log,
+            chat=rows.chat,
+            then_build_id=_then_id(rows),
+            usage=rows.usage,
         )
         assert write.build is not None
         self._done = write.build
@@ -456,7 +521,11 @@ class DriverStore(Store):
     async def _transact(self, plan: Plan[T]) -> T:
         """Run ``plan`` until it is answered (a lost guard reads and decides again)."""
         for _ in range(MAX_DECISIONS):
-            result = await self.driver.transact(plan)
+            try:
+                result = await self.driver.transact(plan)
+            except _ReadAgain as more:
+                plan.read = more.read
+                continue
             if result is not RETRY:
                 return result  # type: ignore[return-value]
         raise StoreBusyError(
@@ -510,6 +579,18 @@ class DriverStore(Store):
 
     async def usage(self, owner: str) -> Usage:
         return await self.driver.read_usage(owner)
+
+    async def defer_request(
+        self,
+        workspace_id: str,
+        transition: Transition | None,
+        *,
+        expected_build_number: int,
+        requested_by: str,
+    ) -> Deferral:
+        return await self._transact(
+            _Defer(workspace_id, transition, expected_build_number, requested_by, self.driver.clock)
+        )
 
     async def touch(self, workspace_id: str) -> Deadline | None:
         return await self._transact(_Touch(workspace_id, self.driver.clock))

@@ -22,7 +22,7 @@ of them use (option types, opening a store, errors and exit statuses, output) is
 :mod:`._shared`. The commands decide nothing about workspaces: the requests are the tools' own
 calls (:func:`~workspace_lifecycle.tools.run_tool_call`), and what they print is read off the
 core (:func:`~workspace_lifecycle.steps.agent_status`,
-:func:`~workspace_lifecycle.steps.deferred_behind`).
+:func:`~workspace_lifecycle.steps.request_transition`).
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ from ..deadlines import STANDALONE_POLICY
 from ..errors import WorkspaceLifecycleError
 from ..machine import Request
 from ..runtime import Lifecycle
-from ..steps import deferred_behind
+from ..steps import request_transition
 from ..tools import ToolCall, run_tool_call
-from ..values import Build, JobStatus, StateChange, ToolResult, WorkspaceState
+from ..values import JobStatus, StateChange, ToolResult, WorkspaceState
 from ._shared import (
     PROG,
     CliError,
@@ -177,38 +177,30 @@ async def _request(store: Store, args: argparse.Namespace) -> int:
             out(_summary(args.chat, result))
         if result.is_error:
             return 1
-        if args.no_wait and await _wait_for_deferred(lc, args):
-            return 0
+        if args.no_wait:
+            await _say_deferred(lc.store, args)
     if result.data.get("timed_out") is True:
         return TIMED_OUT
     return 1 if "error" in result.data else 0
 
 
-async def _wait_for_deferred(lc: Lifecycle, args: argparse.Namespace) -> bool:
-    """With wait=False during another kind of build, the runtime makes the request in the
-    background once that build ends (:class:`~workspace_lifecycle.steps.Defer`); leaving now
-    would cancel it. Wait for it; ``False`` when the request was not deferred."""
+async def _say_deferred(store: Store, args: argparse.Namespace) -> None:
+    """With wait=False during another kind of build, the request is stored on the workspace
+    and that build's finish fires it (:class:`~workspace_lifecycle.steps.Defer`): nothing here
+    has to stay. Say so, for a person who expected a build at once."""
     request: Request = args.request
-    in_flight = await _deferred_behind(lc.store, args.chat, request)
-    if in_flight is None:
-        return False
-    what = f"the {in_flight.transition.value} build in progress"
-    out(f"the {request.value} is requested when {what} ends; waiting for that", sys.stderr)
-    await lc.drain()  # the deferred request gives up itself after build_timeout
-    latest = (await lc.store.workspace_facts(in_flight.workspace_id)).latest_build
-    if latest is not None and latest.number == in_flight.number and latest.status.in_progress:
-        raise CliError(
-            f"{what} did not end within {args.timeout:g} s, so the {request.value} was not requested"
-        )
-    return True
-
-
-async def _deferred_behind(store: Store, chat_id: str, request: Request) -> Build | None:
-    """The build the chat's ``request`` with wait=False is deferred behind, as the core decides."""
-    chat = await store.get_chat(chat_id)
+    chat = await store.get_chat(args.chat)
     if chat is None or chat.workspace_id is None:
-        return None
-    return deferred_behind(request, await store.workspace_facts(chat.workspace_id))
+        return
+    facts = await store.workspace_facts(chat.workspace_id)
+    intent, latest = facts.workspace.deferred, facts.latest_build
+    if intent is None or latest is None or intent.transition is not request_transition(request):
+        return
+    out(
+        f"the {request.value} is stored: it is requested when the {latest.transition.value} build"
+        " in progress ends (whether this command still runs or not)",
+        sys.stderr,
+    )
 
 
 INSUFFICIENT_QUOTA = "INSUFFICIENT_QUOTA"

@@ -46,7 +46,9 @@ __all__ = ["BATCHES_IN_FLIGHT", "Committer"]
 #: changes no workspace's rows: nothing to apply). A Write with any other field (one added
 #: later) turns the cache of known rows off: it could not say what that field changed (and
 #: tests/stores/test_postgres_round_trips.py then fails: every write would cost a read more).
-_APPLIED_FIELDS = frozenset({"events", "build", "queued", "workspace", "chat", "agent", "log", "owner"})
+_APPLIED_FIELDS = frozenset(
+    {"events", "build", "queued", "workspace", "chat", "agent", "log", "owner", "then"}
+)
 CACHE_KNOWN_ROWS = {f.name for f in attrs.fields(writes.Write)} <= _APPLIED_FIELDS
 #: Workspaces whose rows a store remembers (the most recently written).
 _KNOWN_MAX = 4096

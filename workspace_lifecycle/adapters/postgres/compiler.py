@@ -38,7 +38,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from ...buildlogs import BuildLog
-from ...values import Agent, Chat, StoreEvent
+from ...values import Agent, Build, Chat, StoreEvent
 from ...writes import Write
 from .guards import Seen
 
@@ -83,6 +83,7 @@ def compile_write(
         write.workspace is not None,
         write.queued,
         write.build is not None,
+        write.then is not None,
         write.chat is not None,
         write.agent is not None,
         len(write.events),
@@ -95,6 +96,7 @@ def compile_write(
     changes += [
         _chat_change(write.chat, new_chat, params),
         _build_change(write, params),
+        _then_change(write.then, params),
         _agent_change(write.agent, params),
         _log_change(write.log, params),
     ]
@@ -170,6 +172,7 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
             w_reason=ws.deadline.reason.value if ws.deadline else None,
             w_warn_at=ws.deadline.warn_at if ws.deadline else None,
             w_warned=bool(ws.deadline and ws.deadline.warned),
+            w_deferred=None if ws.deferred is None else Jsonb(ws.deferred.record()),
         )
     if ws is not None and seen is None:
         # A new workspace (with its first build: one statement cannot update a row it inserts).
@@ -178,19 +181,21 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
             w_chat=ws.chat_id,
             w_owner=ws.owner,
             w_name=ws.name,
-            w_latest=queued.number if queued is not None else 0,
+            # Under the caller's locks (no guard) a finish may queue the deferred build too.
+            w_latest=queued.number if queued is not None else write.then.number if write.then else 0,
         )
         return (
             "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, latest_build,"
-            " deadline_at, deadline_reason, deadline_warn_at, deadline_warned) VALUES (%(w_id)s,"
+            " deadline_at, deadline_reason, deadline_warn_at, deadline_warned, deferred) VALUES (%(w_id)s,"
             " %(w_chat)s, %(w_owner)s, %(w_name)s, %(w_deleted)s, %(w_latest)s, %(w_deadline)s,"
-            " %(w_reason)s, %(w_warn_at)s, %(w_warned)s)"
+            " %(w_reason)s, %(w_warn_at)s, %(w_warned)s, %(w_deferred)s)"
             " ON CONFLICT (workspace_id) DO UPDATE SET deleted = excluded.deleted,"
             " latest_build = greatest(workspaces.latest_build, excluded.latest_build),"
             " deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason,"
             " deadline_warn_at = excluded.deadline_warn_at, deadline_warned = excluded.deadline_warned,"
-            " version = workspaces.version + 1 RETURNING 1"
+            " deferred = excluded.deferred, version = workspaces.version + 1 RETURNING 1"
         )
+    then = write.then
     target = seen.workspace_id if seen is not None else (queued.workspace_id if queued else None)
     if target is None:
         return None
@@ -203,8 +208,12 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
             "deadline_reason = %(w_reason)s",
             "deadline_warn_at = %(w_warn_at)s",
             "deadline_warned = %(w_warned)s",
+            "deferred = %(w_deferred)s",
         ]
-    if queued is not None:
+    if then is not None:
+        assert then.workspace_id == target, "a write queues builds of the workspace it read"
+        sets.append("latest_build = %(t_n)s")
+    elif queued is not None:
         assert queued.workspace_id == target, "a write queues builds of the workspace it read"
         sets.append("latest_build = %(b_n)s")
     params["w_target"] = target
@@ -272,6 +281,26 @@ def _build_change(write: Write, params: Params) -> str | None:
         " has_agent = %(b_has_agent)s, worker = %(b_worker)s, details = %(b_details)s,"
         " lease_token = %(b_lease)s, lease_expires_at = %(b_lease_until)s"
         f" WHERE build_id = %(b_id)s AND {_GATE} RETURNING 1"
+    )
+
+
+def _then_change(then: Build | None, params: Params) -> str | None:
+    """The build queued after the write's build finished (a request deferred behind it): inserted."""
+    if then is None:
+        return None
+    params.update(
+        t_id=then.build_id,
+        t_ws=then.workspace_id,
+        t_n=then.number,
+        t_transition=then.transition.value,
+        t_status=then.status.value,
+        t_parameters=Jsonb(dict(then.parameters)),
+        t_reason=then.reason.value,
+    )
+    return (
+        "INSERT INTO builds (build_id, workspace_id, number, transition, status, parameters, reason)"
+        " SELECT %(t_id)s::text, %(t_ws)s::text, %(t_n)s::integer, %(t_transition)s::text,"
+        f" %(t_status)s::text, %(t_parameters)s::jsonb, %(t_reason)s::text WHERE {_GATE} RETURNING 1"
     )
 
 

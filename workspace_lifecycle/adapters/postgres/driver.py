@@ -327,6 +327,8 @@ class PostgresDriver(Driver):
                     return RETRY  # bound to another workspace between the locks
             elif read.kind is ReadKind.WORKSPACE:
                 rows = await sql.lock_workspace(conn, read.key, related=read.related)
+            elif read.kind is ReadKind.BUILD or read.kind is ReadKind.LOG:
+                rows = await sql.lock_build(conn, read.key, log=read.kind is ReadKind.LOG)
             else:
                 rows = Rows()
             if owner is not None:

@@ -27,6 +27,7 @@ from ...values import (
     Workspace,
     WorkspaceFacts,
     parse_deadline,
+    parse_deferred,
     parse_enum,
     parse_lease,
     parse_policy,
@@ -46,7 +47,7 @@ HEAD = "coalesce(greatest((SELECT max(seq) FROM events), (SELECT pruned_through 
 #: A workspace row as :func:`parse_workspace` reads it.
 _WS_COLUMNS = (
     "w.workspace_id, w.chat_id, w.owner, w.name, w.deleted, w.deadline_at, w.deadline_reason,"
-    " w.deadline_warn_at, w.deadline_warned"
+    " w.deadline_warn_at, w.deadline_warned, w.deferred"
 )
 #: A chat row as :func:`parse_chat` reads it.
 _CHAT_COLUMNS = "c.chat_id, c.owner, c.workspace_id, c.idle_stop_after, c.delete_after_stopped, c.warn_before"
@@ -72,7 +73,7 @@ _REQUEST_SQL = (
 #: A workspace row as :func:`parse_workspace` reads it, then its version.
 _WORKSPACE_COLUMNS = f"{_WS_COLUMNS}, w.version"
 #: Columns of a workspace row as :func:`parse_workspace` reads it (its version follows them).
-_WORKSPACE_WIDTH = 9
+_WORKSPACE_WIDTH = 10
 #: Columns of a build as :func:`parse_build` reads it.
 _BUILD_WIDTH = 13
 #: Columns of ``_FACTS_COLUMNS`` and the head (``_REQUEST_SQL``'s versions and chat follow).
@@ -145,7 +146,8 @@ def parse_facts(row: Sequence[Any]) -> WorkspaceFacts:
 def parse_workspace(row: Sequence[Any]) -> Workspace:
     """A workspace from ``_WS_COLUMNS``."""
     deadline = parse_deadline(row[5], row[6], row[7], row[8], key=row[0])
-    return Workspace(row[0], row[1], row[2], row[3], deleted=row[4], deadline=deadline)
+    deferred = parse_deferred(row[9], key=row[0])
+    return Workspace(row[0], row[1], row[2], row[3], deleted=row[4], deadline=deadline, deferred=deferred)
 
 
 def parse_chat(row: Sequence[Any]) -> Chat:
@@ -300,8 +302,12 @@ async def owner_of(conn: Conn, read: Read) -> str | None:
     never changes, so it is read before any lock."""
     if read.kind is ReadKind.OWNER:
         return read.key
-    table, key = ("chats", "chat_id") if read.kind is ReadKind.CHAT else ("workspaces", "workspace_id")
-    cur = await conn.execute(f"SELECT owner FROM {table} WHERE {key} = %s", (read.key,))
+    if read.kind is ReadKind.BUILD or read.kind is ReadKind.LOG:
+        query = "SELECT w.owner FROM builds b JOIN workspaces w USING (workspace_id) WHERE b.build_id = %s"
+    else:
+        table, key = ("chats", "chat_id") if read.kind is ReadKind.CHAT else ("workspaces", "workspace_id")
+        query = f"SELECT owner FROM {table} WHERE {key} = %s"
+    cur = await conn.execute(query, (read.key,))
     row = await cur.fetchone()
     return None if row is None else str(row[0])
 
@@ -315,6 +321,21 @@ async def lock_owner(conn: Conn, owner: str) -> None:
         " ON CONFLICT (owner) DO UPDATE SET version = o.version + 1",
         (owner,),
     )
+
+
+async def lock_build(conn: Conn, build_id: str, *, log: bool) -> Rows:
+    """Inside a transaction: lock the workspace row of build ``build_id`` (every guarded write of
+    the workspace then waits, and fails its guard), and read the build with its workspace and
+    chat (and, ``log``, its log)."""
+    await conn.execute(
+        "SELECT 1 FROM workspaces WHERE workspace_id = (SELECT workspace_id FROM builds"
+        " WHERE build_id = %s) FOR UPDATE",
+        (build_id,),
+    )
+    rows, _ = await read_build(conn, build_id)
+    if log:
+        rows.log = await read_log_row(conn, build_id)
+    return rows
 
 
 async def lock_workspace(conn: Conn, workspace_id: str, *, related: bool) -> Rows:

@@ -135,6 +135,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE workspaces ADD COLUMN deadline_warn_at double precision,
         ADD COLUMN deadline_warned boolean NOT NULL DEFAULT false;
     """,
+    # 9: a request deferred behind the build in flight, stored as intent (its transition, the
+    # build it waits out, who asked): the build's finish acts on it in its own transaction.
+    """
+    ALTER TABLE workspaces ADD COLUMN deferred jsonb;
+    """,
 )
 
 #: The schema version this code writes and understands.

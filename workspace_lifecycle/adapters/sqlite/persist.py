@@ -18,11 +18,12 @@ INSERT_EVENT = (
 )
 _UPSERT_WORKSPACE = (
     "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, deadline_at, "
-    "deadline_reason, deadline_warn_at, deadline_warned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "deadline_reason, deadline_warn_at, deadline_warned, deferred) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (workspace_id) DO UPDATE SET chat_id = excluded.chat_id, "
     "owner = excluded.owner, name = excluded.name, deleted = excluded.deleted, "
     "deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason, "
-    "deadline_warn_at = excluded.deadline_warn_at, deadline_warned = excluded.deadline_warned"
+    "deadline_warn_at = excluded.deadline_warn_at, deadline_warned = excluded.deadline_warned, "
+    "deferred = excluded.deferred"
 )
 _UPSERT_CHAT = (
     "INSERT INTO chats (chat_id, owner, workspace_id, idle_stop_after, delete_after_stopped, "
@@ -97,6 +98,10 @@ class Tx:
             else:  # a new build: the latest, claimed in the order it was queued
                 conn.execute(_INSERT_BUILD, _build_insert(build, head(conn) if last is None else last))
                 conn.execute(_LATEST_BUILD, (build.build_id, build.workspace_id))
+        then = write.then
+        if then is not None:  # queued after ``build`` finished: the request deferred behind it
+            conn.execute(_INSERT_BUILD, _build_insert(then, head(conn) if last is None else last))
+            conn.execute(_LATEST_BUILD, (then.build_id, then.workspace_id))
         if write.agent is not None:
             agent = write.agent
             reached = json.dumps(dict(agent.endpoints)) if agent.endpoints else None
@@ -129,6 +134,7 @@ def _workspace_values(ws: Workspace) -> tuple[object, ...]:
         deadline.reason.value if deadline else None,
         deadline.warn_at if deadline else None,
         bool(deadline and deadline.warned),
+        None if ws.deferred is None else ws.deferred.stored(),
     )
 
 

@@ -11,7 +11,7 @@ from .rows import head
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_path", "setup"]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 _SCHEMA = """
 CREATE TABLE chats (
@@ -122,6 +122,9 @@ ALTER TABLE log_state DROP COLUMN head
     7: "ALTER TABLE chats ADD COLUMN warn_before REAL;"
     " ALTER TABLE workspaces ADD COLUMN deadline_warn_at REAL;"
     " ALTER TABLE workspaces ADD COLUMN deadline_warned INTEGER NOT NULL DEFAULT 0",
+    # A request deferred behind the build in flight, stored as intent (a JSON object: its
+    # transition, the build it waits out, who asked): the build's finish acts on it.
+    8: "ALTER TABLE workspaces ADD COLUMN deferred TEXT",
 }
 
 
