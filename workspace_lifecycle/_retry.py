@@ -110,7 +110,11 @@ class RetryingWriter:
 
         async def write() -> Deferral:
             return await self.store.defer_request(
-                workspace_id, transition, expected_build_number=expected, requested_by=requested_by
+                workspace_id,
+                transition,
+                expected_build_number=expected,
+                requested_by=requested_by,
+                running_limit=None if self.limits is None else self.limits.running,
             )
 
         async def reread() -> Deferral | None:

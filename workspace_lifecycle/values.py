@@ -295,16 +295,28 @@ class Deferred:
     workspace as intent: fire a ``transition`` build once build ``behind`` ends, if the table
     still allows it then. The write that finishes build ``behind`` acts on it (and clears it)
     in its own transaction, so no process needs to be alive to carry it out.
-    ``requested_by`` is the owner whose request it is.
+    ``requested_by`` is the owner whose request it is; ``running_limit`` the runtime's default
+    limit of running workspaces when it was asked (the runtime that carries it out may be gone:
+    the limit travels with the request), checked with the owner's stored limits when it fires.
     """
 
     transition: Transition = attrs.field(validator=attrs.validators.instance_of(Transition))
     behind: int = attrs.field(validator=attrs.validators.instance_of(int))
     requested_by: str = attrs.field(validator=_str)
+    running_limit: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(int))
+    )
 
     def record(self) -> dict[str, Any]:
         """The JSON object a store keeps (:func:`parse_deferred` reads it back)."""
-        return {"transition": self.transition.value, "behind": self.behind, "by": self.requested_by}
+        record: dict[str, Any] = {
+            "transition": self.transition.value,
+            "behind": self.behind,
+            "by": self.requested_by,
+        }
+        if self.running_limit is not None:
+            record["running"] = self.running_limit
+        return record
 
     def stored(self) -> str:
         """:meth:`record` as JSON text."""
@@ -324,7 +336,10 @@ def parse_deferred(value: object, *, key: object) -> Deferred | None:
         data = json.loads(value) if isinstance(value, str) else value
         if not isinstance(data, dict) or isinstance(data.get("behind"), bool):
             raise ValueError(value)
-        return Deferred(Transition(data["transition"]), data["behind"], data["by"])
+        running = data.get("running")
+        if isinstance(running, bool):
+            raise ValueError(value)
+        return Deferred(Transition(data["transition"]), data["behind"], data["by"], running)
     except (ValueError, TypeError, KeyError):
         raise CorruptStateError("workspaces", key, "deferred", value) from None
 

@@ -437,6 +437,7 @@ def defer_request(
     expected_build_number: int,
     requested_by: str,
     at: float,
+    running_limit: int | None = None,
 ) -> Write | None:
     """Store on the workspace the intent to fire a ``transition`` build once build
     ``expected_build_number`` ends (``None``: withdraw the intent stored there; a later
@@ -454,7 +455,11 @@ def defer_request(
     if not deferral_holds(facts, expected_build_number):
         return None
     ws = facts.workspace
-    intent = None if transition is None else Deferred(transition, expected_build_number, requested_by)
+    intent = (
+        None
+        if transition is None
+        else Deferred(transition, expected_build_number, requested_by, running_limit)
+    )
     if intent == ws.deferred or (intent is None and ws.deferred is None):
         return None
     workspace = attrs.evolve(ws, deferred=intent)
@@ -504,6 +509,7 @@ def _act_on_deferred(
             build_id=then_build_id,
             at=at,
             usage=usage,
+            limits=None if intent.running_limit is None else Limits(running=intent.running_limit),
         )
     except QuotaExceededError:  # the owner is at a stored limit now: the start is dropped
         return write

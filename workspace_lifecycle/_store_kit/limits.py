@@ -154,3 +154,42 @@ async def a_deferred_start_over_a_stored_limit_is_dropped(ctx: Ctx) -> None:
     require(facts.workspace.deferred is None, "the intent is dropped with the start")
     require((await store.usage("alice")).running == 1, "alice keeps one running workspace")
     require(up.facts.workspace_id != ws, "two workspaces")
+
+
+@check
+async def a_deferred_start_keeps_the_limit_it_was_asked_under(ctx: Ctx) -> None:
+    """A start deferred by a runtime with a default running limit (no limits stored for the
+    owner) carries that limit: the finish that fires it checks it, whatever runtime is alive."""
+    store = ctx.store
+    await make_workspace(store, "up", "alice")
+    await finish_latest(store)
+    down = await make_workspace(store, "down", "alice")
+    await finish_latest(store)
+    ws = down.facts.workspace_id
+    await store.request_build(ws, Transition.STOP, expected_build_number=1)
+    deferral = await store.defer_request(
+        ws, Transition.START, expected_build_number=2, requested_by="alice", running_limit=1
+    )
+    require(deferral.held, "a start deferred behind the stop in flight is stored")
+    stored = (await store.workspace_facts(ws)).workspace.deferred
+    require(stored is not None and stored.running_limit == 1, f"the intent keeps its limit: {stored!r}")
+    await finish_latest(store)  # the stop: the deferred start would be a second running workspace
+    facts = await store.workspace_facts(ws)
+    require(
+        facts.latest_build is not None and facts.latest_build.number == 2,
+        f"over the limit the deferred start is not fired, got {facts.latest_build!r}",
+    )
+    require((await store.usage("alice")).running == 1, "alice keeps one running workspace")
+    # Under a limit it fits, the deferred start fires as ever.
+    await store.request_build(ws, Transition.START, expected_build_number=2)  # no limit here
+    await finish_latest(store)
+    await store.request_build(ws, Transition.STOP, expected_build_number=3)
+    await store.defer_request(
+        ws, Transition.START, expected_build_number=4, requested_by="alice", running_limit=2
+    )
+    await finish_latest(store)
+    fired = (await store.workspace_facts(ws)).latest_build
+    require(
+        fired is not None and fired.number == 5 and fired.transition is Transition.START,
+        f"within the limit the deferred start fires: {fired!r}",
+    )

@@ -296,10 +296,12 @@ class Store(abc.ABC):
         *,
         expected_build_number: int,
         requested_by: str,
+        running_limit: int | None = None,
     ) -> Deferral:
         """Store the intent to fire a ``transition`` build once build ``expected_build_number``
         ends, replacing any stored before (``None``: withdraw it), if that build is still in
-        flight (:func:`~workspace_lifecycle.writes.defer_request` decides). The write that
+        flight (:func:`~workspace_lifecycle.writes.defer_request` decides). ``running_limit``:
+        the caller's default limit of running workspaces, checked when a deferred start fires. The write that
         finishes that build acts on the intent, in its own transaction
         (:func:`~workspace_lifecycle.writes.finish_build`)."""
 

@@ -242,7 +242,7 @@ class _WarnDeadline(_Request):
 
 class _Defer(Plan[Deferral]):
     op = "defer_request"
-    __slots__ = ("_deferral", "by", "clock", "expected", "transition")
+    __slots__ = ("_deferral", "by", "clock", "expected", "running_limit", "transition")
 
     def __init__(
         self,
@@ -250,10 +250,12 @@ class _Defer(Plan[Deferral]):
         transition: Transition | None,
         expected: int,
         by: str,
+        running_limit: int | None,
         clock: Callable[[], float],
     ) -> None:
         super().__init__(Read.workspace(workspace_id, related=False))
         self.transition, self.expected, self.by, self.clock = transition, expected, by, clock
+        self.running_limit = running_limit
 
     def decide(self, rows: Rows) -> writes.Write | None:
         facts = _facts(rows, f"no workspace {self.read.key!r}")
@@ -262,6 +264,7 @@ class _Defer(Plan[Deferral]):
             transition=self.transition,
             expected_build_number=self.expected,
             requested_by=self.by,
+            running_limit=self.running_limit,
             at=self.clock(),
         )
         self._deferral = (writes.deferral_holds(facts, self.expected), facts, write)
@@ -587,9 +590,17 @@ class DriverStore(Store):
         *,
         expected_build_number: int,
         requested_by: str,
+        running_limit: int | None = None,
     ) -> Deferral:
         return await self._transact(
-            _Defer(workspace_id, transition, expected_build_number, requested_by, self.driver.clock)
+            _Defer(
+                workspace_id,
+                transition,
+                expected_build_number,
+                requested_by,
+                running_limit,
+                self.driver.clock,
+            )
         )
 
     async def touch(self, workspace_id: str) -> Deadline | None:
