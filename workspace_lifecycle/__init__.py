@@ -52,6 +52,7 @@ from .provisioner import SimulatedProvisioner as SimulatedProvisioner
 from .provisioner import claims as claims
 from .provisioner import holding as holding
 from .provisioner import quota_failure as quota_failure
+from .pools import Pool as Pool
 from .provisioner import validation_failure as validation_failure
 from .reaper import LeaseReaper as LeaseReaper
 from .runtime import Lifecycle as Lifecycle
@@ -115,6 +116,7 @@ __all__ = [
     "Outcome",
     "OwnershipError",
     "Policy",
+    "Pool",
     "ProcessProvisioner",
     "Reason",
     "Request",

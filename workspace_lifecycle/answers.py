@@ -22,6 +22,7 @@ __all__ = [
     "create_existing",
     "done",
     "not_waiting",
+    "pool_empty",
     "timed_out",
 ]
 
@@ -178,3 +179,12 @@ def create_existing(
         data["message"] = "workspace is already running and recently connected"
     data.update(agent)
     return ToolResult.ok(data)
+
+
+def pool_empty(pool: str) -> str:
+    """The sentence of a create that named a warm pool with no ready workspace in it.
+
+    >>> pool_empty("default")
+    "warm pool 'default' had no ready workspace, so this one was built for this chat (a cold create)"
+    """
+    return f"warm pool {pool!r} had no ready workspace, so this one was built for this chat (a cold create)"

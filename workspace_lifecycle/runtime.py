@@ -14,17 +14,19 @@ anyio cancel scopes.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
 
 from . import checks, steps
+from . import pools as pools_core
 from ._activity import Activity
 from ._deadlines import DeadlineScheduler
 from ._interpreter import Interpreter, workspace_name
 from ._logread import read_logs
+from ._pools import PoolKeeper
 from ._pump import EventPump
 from ._registry import Registry
 from ._retry import RetryingWriter
@@ -33,6 +35,7 @@ from .adapters.base import Store
 from .clock import Clock, resolve_clock
 from .errors import NotFoundError
 from .machine import Request, derive_state
+from .pools import Pool
 from .steps import (
     MAX_STATUS_WAIT_MS,
     Flow,
@@ -96,6 +99,8 @@ class Lifecycle(BackgroundService):
         clock: Clock | Callable[[], float] | None = None,
         policy: Policy | None = None,
         fire_deadlines: bool = True,
+        pools: Sequence[Pool] = (),
+        keep_pools: bool = True,
     ) -> None:
         build_timeout = checks.seconds("build_timeout", build_timeout)
         agent_timeout = checks.seconds("agent_timeout", agent_timeout)
@@ -104,8 +109,15 @@ class Lifecycle(BackgroundService):
         write_retries = checks.count("write_retries", write_retries)
         if policy is not None and not isinstance(policy, Policy):
             raise ValueError(f"policy must be a workspace_lifecycle.Policy, not {policy!r}")
+        pool_list = list(pools)
+        if not all(isinstance(pool, Pool) for pool in pool_list):
+            raise ValueError("pools must be workspace_lifecycle.Pool values")
+        if len({pool.name for pool in pool_list}) != len(pool_list):
+            raise ValueError("two pools have the same name")
         self.store = store
         self.clock = resolve_clock(clock, store, who="Lifecycle")
+        self.pools = {pool.name: pool for pool in pool_list}
+        self._keeper = PoolKeeper(store, pool_list, self.clock) if pool_list and keep_pools else None
         self.policy = policy or Policy()
         self.fire_deadlines = bool(fire_deadlines)
         self.build_timeout = float(build_timeout)
@@ -123,7 +135,7 @@ class Lifecycle(BackgroundService):
         self._deadlines = DeadlineScheduler(store, self.clock, fires=self.fire_deadlines)
         self._pump = EventPump(
             store,
-            _Sinks(self._registry, self._deadlines if fire_deadlines else None),
+            _Sinks(self._registry, self._deadlines if fire_deadlines else None, self._keeper),
             kick_after=resync_interval,
         )
         self._activity = Activity(store, self._deadlines, self.clock)
@@ -137,6 +149,7 @@ class Lifecycle(BackgroundService):
             raise_if_failed=self._raise_if_failed,
             build_timeout=self.build_timeout,
             agent_timeout=self.agent_timeout,
+            pools=self.pools,
         )
 
     # --- lifecycle of the runtime ------------------------------------------------------------
@@ -160,11 +173,14 @@ class Lifecycle(BackgroundService):
     async def run(self) -> None:
         """The event pump (applies the store's events to the tracked workspaces) and the
         deadline scheduler, until cancelled."""
-        if not self.fire_deadlines:
+        if not self.fire_deadlines and self._keeper is None:
             await self._pump.run()
             return
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._deadlines.run)
+            if self.fire_deadlines:
+                tg.start_soon(self._deadlines.run)
+            if self._keeper is not None:
+                tg.start_soon(self._keeper.run)
             await self._pump.run()
 
     def _spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
@@ -304,16 +320,39 @@ class Lifecycle(BackgroundService):
         name: str | None = None,
         wait: bool = True,
         parameters: Mapping[str, str] | None = None,
+        pool: str | None = None,
     ) -> ToolResult:
         """Create the chat's workspace (Coder's ``create_workspace``); idempotent while one lives.
 
         ``parameters`` (template parameters, string to string) go with the first build to the
         provisioner; an answer about a build this call did not fire says
         ``parameters_applied: false``.
+
+        ``pool`` names a warm pool of this runtime (``Lifecycle(pools=[...])``): the chat
+        claims one of its ready workspaces by a compare-and-set and the answer comes at once,
+        with ``pooled: true``. When the pool has none ready, the workspace is built as without
+        a pool (with the pool's parameters, then ``parameters``) and the answer says
+        ``pooled: false`` with a ``message``.
         """
         if name is not None and not isinstance(name, str):
             raise ValueError(f"name must be a string or None, not {type(name).__name__}")
-        return await self._run(Request.CREATE, chat_id, owner, wait, name=name, parameters=parameters)
+        if pool is not None and pool not in self.pools:
+            known = ", ".join(sorted(self.pools)) or "none"
+            raise ValueError(f"no warm pool {pool!r} in this Lifecycle (its pools: {known})")
+        return await self._run(
+            Request.CREATE, chat_id, owner, wait, name=name, parameters=parameters, pool=pool
+        )
+
+    async def pool_status(self) -> list[dict[str, object]]:
+        """Each warm pool at a glance: ``pool``, ``size``, and how many of its workspaces are
+        ``ready`` to claim, ``warming`` (being built) and ``other`` (failed, stopped, expired or
+        being deleted), read from the store."""
+        now = self.clock()
+        out = []
+        for pool in self.pools.values():
+            members = await self.store.pool_members(pool.name)
+            out.append(pools_core.counts(pool, members, now).as_dict())
+        return out
 
     async def start_workspace(
         self, chat_id: str, *, owner: str, wait: bool = True, parameters: Mapping[str, str] | None = None
@@ -384,12 +423,13 @@ class Lifecycle(BackgroundService):
         *,
         name: str | None = None,
         parameters: Mapping[str, str] | None = None,
+        pool: str | None = None,
     ) -> ToolResult:
         _check_id("chat_id", chat_id)
         _check_id("owner", owner)
         if not isinstance(wait, bool):
             raise ValueError(f"wait must be a bool, not {type(wait).__name__}")
-        flow = Flow(request, wait=wait, parameters=check_parameters(parameters))
+        flow = Flow(request, wait=wait, parameters=check_parameters(parameters), pool=pool)
         with RequestSpan(request.value, chat_id) as span:
             result, chat = await self._steps.serve(flow, chat_id, owner, name, span)
             span.result(result)
@@ -401,19 +441,26 @@ class Lifecycle(BackgroundService):
 class _Sinks:
     """What the pump delivers to: the tracked workspaces, and the deadline scheduler."""
 
-    def __init__(self, registry: Registry, scheduler: DeadlineScheduler | None) -> None:
+    def __init__(
+        self, registry: Registry, scheduler: DeadlineScheduler | None, keeper: PoolKeeper | None
+    ) -> None:
         self.registry = registry
         self.scheduler = scheduler
+        self.keeper = keeper
 
     def dispatch(self, event: StoreEvent) -> None:
         self.registry.dispatch(event)
         if self.scheduler is not None:
             self.scheduler.dispatch(event)
+        if self.keeper is not None:
+            self.keeper.dispatch(event)
 
     async def resync_all(self) -> None:
         await self.registry.resync_all()
         if self.scheduler is not None:
             await self.scheduler.resync()
+        if self.keeper is not None:
+            self.keeper.wake_all()
 
     def fail(self) -> None:
         self.registry.fail()

@@ -60,6 +60,12 @@ class ReadKind(enum.Enum):
     PENDING = "pending"
     #: As BUILD, and the build's log (``Rows.log``; ``None`` before its first line).
     LOG = "log"
+    #: A warm pool: the members (``Rows.members``: the facts of every workspace bound to the
+    #: pool's holder ``key`` and not deleted) and, without a ``claimant``, the holder's row
+    #: (``Rows.chat``); with one, the claimant's chat row and the facts of the workspace it is
+    #: bound to (``Rows.chat``, ``Rows.facts``), as a CHAT read. A driver guards the members'
+    #: rows too: a claim changes one of them.
+    POOL = "pool"
 
 
 @attrs.frozen
@@ -76,6 +82,8 @@ class Read:
     #: (a driver that guards by versions then guards the chat's as well), for a CHAT read the
     #: facts of the workspace it is bound to.
     related: bool = True
+    #: For a POOL read: the chat that claims a member (``""``: none, a fill or a listing).
+    claimant: str = ""
 
     @classmethod
     def of_chat(cls, chat_id: str, *, related: bool = True) -> Read:
@@ -97,6 +105,10 @@ class Read:
     def log(cls, build_id: str) -> Read:
         return cls(ReadKind.LOG, build_id)
 
+    @classmethod
+    def pool(cls, holder: str, claimant: str = "") -> Read:
+        return cls(ReadKind.POOL, holder, True, claimant)
+
 
 @attrs.define(slots=True, eq=False)
 class Rows:
@@ -110,6 +122,8 @@ class Rows:
       cost (a row cache), else ``None``.
     * PENDING: ``build`` and ``workspace``, or neither when nothing is pending.
     * LOG: as BUILD, and ``log`` (``None`` until the build's first line).
+    * POOL: ``members``, and ``chat`` (the holder's, or the claimant's with ``facts`` of the
+      workspace it is bound to).
     """
 
     chat: Chat | None = None
@@ -117,6 +131,7 @@ class Rows:
     build: Build | None = None
     workspace: Workspace | None = None
     log: BuildLog | None = None
+    members: tuple[WorkspaceFacts, ...] = ()
 
     @classmethod
     def of_facts(cls, facts: WorkspaceFacts | None, chat: Chat | None = None) -> Rows:

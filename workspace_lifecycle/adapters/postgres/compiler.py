@@ -174,7 +174,10 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
             "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, latest_build,"
             " deadline_at, deadline_reason) VALUES (%(w_id)s, %(w_chat)s, %(w_owner)s, %(w_name)s,"
             " %(w_deleted)s, %(w_latest)s, %(w_deadline)s, %(w_reason)s)"
+            # A claimed pooled workspace takes its chat's id, owner and name (under the locks of
+            # the claim's transaction); every other write leaves them as they are.
             " ON CONFLICT (workspace_id) DO UPDATE SET deleted = excluded.deleted,"
+            " chat_id = excluded.chat_id, owner = excluded.owner, name = excluded.name,"
             " latest_build = greatest(workspaces.latest_build, excluded.latest_build),"
             " deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason,"
             " version = workspaces.version + 1 RETURNING 1"

@@ -18,7 +18,8 @@ Two ways to run a plan, by what it reads:
   rows whose guard fails reads the rows as they are now in the same round trip
   (:mod:`.committer`), and its retry decides on them: a lost guard costs one round trip more,
   not two.
-* **Locked, in a transaction** (CHAT reads: registering a chat, creating a workspace): the
+* **Locked, in a transaction** (CHAT reads: registering a chat, creating a workspace; POOL
+  reads: claiming a pooled workspace, filling a pool, which lock the pool's members first): the
   workspace the chat is bound to and then the chat row are locked ``FOR UPDATE``, read,
   decided on, and persisted unguarded under those locks. A new chat row that another replica
   inserted meanwhile rolls the transaction back: :data:`~..driver.RETRY`.
@@ -159,7 +160,7 @@ class PostgresDriver(Driver):
     # --- writes ------------------------------------------------------------------------------
 
     async def transact(self, plan: Plan[T]) -> T | Retry:
-        if plan.read.kind is ReadKind.CHAT:
+        if plan.read.kind is ReadKind.CHAT or plan.read.kind is ReadKind.POOL:
             return await self._transact_locked(plan)
         return await self.connection.try_(functools.partial(self._guarded, plan), kind=plan.op)
 
@@ -272,7 +273,10 @@ class PostgresDriver(Driver):
         read = plan.read
 
         async def body(conn: Conn) -> int | Retry:
-            rows = await sql.lock_chat(conn, read.key, related=read.related)
+            if read.kind is ReadKind.POOL:
+                rows = await sql.lock_pool(conn, read.key, read.claimant)
+            else:
+                rows = await sql.lock_chat(conn, read.key, related=read.related)
             if rows is None:
                 return RETRY  # bound to another workspace between the locks
             write = plan.decide(rows)

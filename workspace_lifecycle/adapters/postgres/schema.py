@@ -116,6 +116,11 @@ MIGRATIONS: tuple[str, ...] = (
         dropped bigint NOT NULL
     );
     """,
+    # 7: warm pools: a pool's members are the live workspaces bound to its holder row; a claim
+    # and a fill read (and lock) them by chat id.
+    """
+    CREATE INDEX workspaces_by_chat ON workspaces (chat_id) WHERE NOT deleted;
+    """,
 )
 
 #: The schema version this code writes and understands.

@@ -11,7 +11,7 @@ from .rows import head
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_path", "setup"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA = """
 CREATE TABLE chats (
@@ -113,6 +113,9 @@ ALTER TABLE log_state DROP COLUMN head
     5: "ALTER TABLE agents ADD COLUMN endpoints TEXT;"
     " CREATE TABLE build_logs (build_id TEXT PRIMARY KEY, lines TEXT NOT NULL,"
     " bytes INTEGER NOT NULL, dropped INTEGER NOT NULL)",
+    # Warm pools: a pool's members are the live workspaces bound to its holder row; a claim
+    # and a fill read them by chat id.
+    6: "CREATE INDEX workspaces_by_chat ON workspaces (chat_id) WHERE deleted = 0",
 }
 
 
