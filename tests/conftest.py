@@ -172,6 +172,7 @@ async def store(store_url: str) -> AsyncIterator[wl.Store]:
 SLOW = (
     "tests/stores/test_bench_smoke.py::test_quick_mode",
     "tests/stores/test_postgres_replicas.py",
+    "tests/stores/test_pool_races.py",
     "tests/stores/test_deadline_processes.py",
     "tests/stores/test_postgres_races.py::test_many_writers_on_many_workspaces_keep_the_log_whole",
     "tests/stores/test_postgres_resilience.py::test_cancelled_opens_and_closes_leak_no_connections",

@@ -43,6 +43,7 @@ from .machine import Request as Request
 from .machine import Tracker as Tracker
 from .machine import WorkspaceMachine as WorkspaceMachine
 from .machine import derive_state as derive_state
+from .pools import Pool as Pool
 from .process_provisioner import ProcessProvisioner as ProcessProvisioner
 from .process_provisioner import UnusableRoot as UnusableRoot
 from .process_provisioner import WorkspaceRefused as WorkspaceRefused
@@ -52,7 +53,6 @@ from .provisioner import SimulatedProvisioner as SimulatedProvisioner
 from .provisioner import claims as claims
 from .provisioner import holding as holding
 from .provisioner import quota_failure as quota_failure
-from .pools import Pool as Pool
 from .provisioner import validation_failure as validation_failure
 from .reaper import LeaseReaper as LeaseReaper
 from .runtime import Lifecycle as Lifecycle

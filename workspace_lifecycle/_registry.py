@@ -29,8 +29,8 @@ from anyio.streams.memory import MemoryObjectSendStream
 from .adapters.base import Store, Topic
 from .errors import CorruptStateError, InvalidEventError, StoreClosedError, StoreError
 from .machine import Tracker
-from .telemetry import log_change
 from .pools import claimed_from
+from .telemetry import log_change
 from .values import EventKind, StateChange, StoreEvent, Workspace, WorkspaceState
 
 __all__ = ["Condition", "Entry", "Registry"]

@@ -329,9 +329,7 @@ def claim_pooled(
     ws = attrs.evolve(member.workspace, chat_id=chat.chat_id, owner=chat.owner, name=name)
     ws, rearmed = _rearm(ws, armed, at=at, build_number=number)
     bound = _event(EventKind.CHAT_BOUND, ws, None, at=at, build_number=number, details={"pool": pool})
-    return Write(
-        events=(bound, rearmed), workspace=ws, chat=attrs.evolve(chat, workspace_id=ws.workspace_id)
-    )
+    return Write(events=(bound, rearmed), workspace=ws, chat=attrs.evolve(chat, workspace_id=ws.workspace_id))
 
 
 # --- after a write that may or may not have committed ---------------------------------------

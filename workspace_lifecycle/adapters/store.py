@@ -15,10 +15,10 @@ nothing in a driver unless it reads rows no :class:`~.driver.ReadKind` names yet
 from __future__ import annotations
 
 import uuid
-
-import attrs
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
+
+import attrs
 
 from .. import pools, writes
 from ..buildlogs import check_lines
@@ -526,7 +526,9 @@ class DriverStore(Store):
     async def claim_pooled(
         self, chat_id: str, pool: str, name: str, *, expected_workspace_id: str | None
     ) -> PoolClaim:
-        return await self._transact(_ClaimPooled(chat_id, pool, name, expected_workspace_id, self.driver.clock))
+        return await self._transact(
+            _ClaimPooled(chat_id, pool, name, expected_workspace_id, self.driver.clock)
+        )
 
     async def fill_pool(self, pool: pools.Pool) -> WorkspaceFacts | None:
         return await self._transact(_FillPool(pool, self.driver.clock))

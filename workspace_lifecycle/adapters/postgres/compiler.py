@@ -160,24 +160,18 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
             w_deleted=ws.deleted,
             w_deadline=ws.deadline.at if ws.deadline else None,
             w_reason=ws.deadline.reason.value if ws.deadline else None,
-        )
-    if ws is not None and seen is None:
-        # A new workspace (with its first build: one statement cannot update a row it inserts).
-        params.update(
-            w_id=ws.workspace_id,
             w_chat=ws.chat_id,
             w_owner=ws.owner,
             w_name=ws.name,
-            w_latest=queued.number if queued is not None else 0,
         )
+    if ws is not None and seen is None:
+        # A new workspace (with its first build: one statement cannot update a row it inserts).
+        params.update(w_id=ws.workspace_id, w_latest=queued.number if queued is not None else 0)
         return (
             "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, latest_build,"
             " deadline_at, deadline_reason) VALUES (%(w_id)s, %(w_chat)s, %(w_owner)s, %(w_name)s,"
             " %(w_deleted)s, %(w_latest)s, %(w_deadline)s, %(w_reason)s)"
-            # A claimed pooled workspace takes its chat's id, owner and name (under the locks of
-            # the claim's transaction); every other write leaves them as they are.
             " ON CONFLICT (workspace_id) DO UPDATE SET deleted = excluded.deleted,"
-            " chat_id = excluded.chat_id, owner = excluded.owner, name = excluded.name,"
             " latest_build = greatest(workspaces.latest_build, excluded.latest_build),"
             " deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason,"
             " version = workspaces.version + 1 RETURNING 1"
@@ -189,6 +183,9 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
     if ws is not None:
         assert ws.workspace_id == target, "a write changes the workspace it read"
         sets += ["deleted = %(w_deleted)s", "deadline_at = %(w_deadline)s", "deadline_reason = %(w_reason)s"]
+        # A claimed pooled workspace takes its chat's id, owner and name; every other write
+        # writes back the ones it read.
+        sets += ["chat_id = %(w_chat)s", "owner = %(w_owner)s", "name = %(w_name)s"]
     if queued is not None:
         assert queued.workspace_id == target, "a write queues builds of the workspace it read"
         sets.append("latest_build = %(b_n)s")

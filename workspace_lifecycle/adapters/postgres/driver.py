@@ -273,8 +273,9 @@ class PostgresDriver(Driver):
         read = plan.read
 
         async def body(conn: Conn) -> int | Retry:
+            versions: dict[str, int] = {}
             if read.kind is ReadKind.POOL:
-                rows = await sql.lock_pool(conn, read.key, read.claimant)
+                rows, versions = await sql.lock_pool(conn, read.key, read.claimant)
             else:
                 rows = await sql.lock_chat(conn, read.key, related=read.related)
             if rows is None:
@@ -284,7 +285,11 @@ class PostgresDriver(Driver):
                 if rows.facts is not None:
                     self._read_head(rows.facts.seq)
                 return 0
-            head = await self.committer.execute(conn, write, None, new_chat=rows.chat is None)
+            # A write on a pool member (a claim) is guarded by the member's version as read:
+            # the members are read unlocked, and another claim may have taken it meanwhile.
+            changed = write.workspace.workspace_id if write.workspace is not None else None
+            seen = Seen(changed, versions[changed]) if changed in versions else None
+            head = await self.committer.execute(conn, write, seen, new_chat=rows.chat is None)
             if head is None:
                 raise _Conflict
             return head

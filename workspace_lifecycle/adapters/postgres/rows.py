@@ -281,22 +281,23 @@ async def lock_chat(conn: Conn, chat_id: str, *, related: bool) -> Rows | None:
     return Rows(chat, None if bound is None else await read_facts(conn, bound))
 
 
-async def lock_pool(conn: Conn, holder: str, claimant: str) -> Rows | None:
-    """Inside a transaction: lock the pool's members (the live workspaces bound to ``holder``,
-    in workspace id order: two claims lock them in the same order), then the claimant's chat
-    and its workspace as :func:`lock_chat` does (or, without a claimant, the holder's row); the
-    members' facts with those rows. Every guarded write locks a workspace before its chat, and
-    so does this. ``None`` as for :func:`lock_chat`."""
+async def lock_pool(conn: Conn, holder: str, claimant: str) -> tuple[Rows | None, dict[str, int]]:
+    """Inside a transaction: lock the claimant's chat and its workspace as :func:`lock_chat`
+    does (without a claimant, the pool holder's row: fills of one pool take turns, and each
+    reads the members the one before it committed), then read the pool's members (the live
+    workspaces bound to ``holder``) with their versions: the guard of a claim's write on the
+    member it takes. ``None`` rows as for :func:`lock_chat`."""
+    rows = await lock_chat(conn, claimant or holder, related=bool(claimant))
+    if rows is None:
+        return None, {}
     cur = await conn.execute(
-        f"SELECT {_FACTS_COLUMNS}, {HEAD} FROM workspaces w {_FACTS_JOINS}"
-        " WHERE w.chat_id = %s AND NOT w.deleted ORDER BY w.workspace_id FOR UPDATE OF w",
+        f"SELECT {_FACTS_COLUMNS}, {HEAD}, w.version FROM workspaces w {_FACTS_JOINS}"
+        " WHERE w.chat_id = %s AND NOT w.deleted",
         (holder,),
     )
-    members = tuple(parse_facts(row) for row in await cur.fetchall())
-    rows = await lock_chat(conn, claimant or holder, related=bool(claimant))
-    if rows is not None:
-        rows.members = members
-    return rows
+    found = await cur.fetchall()
+    rows.members = tuple(parse_facts(row) for row in found)
+    return rows, {str(row[0]): int(row[_FACTS_WIDTH]) for row in found}
 
 
 # --- plain reads -----------------------------------------------------------------------------
