@@ -25,7 +25,7 @@ CORE = ("machine", "steps", "writes", "deadlines", "answers", "values", "errors"
 #: Pure modules that join the core as they are written (README on main: ``checks.py``, the
 #: configuration numbers; ``backoff.py``, the retry pauses; ``reconcile.py``, what a restarted
 #: provisioner does; issue 24 item 4): checked once they exist.
-CORE_LATER = ("checks", "backoff", "reconcile", "endpoints", "buildlogs", "leases")
+CORE_LATER = ("checks", "backoff", "reconcile", "endpoints", "buildlogs", "leases", "pools")
 
 #: What the core may not import from outside the package: event loops and concurrency, clocks,
 #: storage drivers and the network.
@@ -57,6 +57,7 @@ RUNTIME = (
     "_registry",
     "_retry",
     "_deadlines",
+    "_pools",
     "_flight",
     "_service",
     "provisioner",
