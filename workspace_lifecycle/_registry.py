@@ -142,7 +142,16 @@ class Registry:
         if entry.tracker is None:
             entry.buffer.append(event)
             return
+        tracker = entry.tracker
+        arrived = (
+            event.kind is EventKind.CHAT_BOUND
+            and claimed_from(event) is not None
+            and tracker.chat_id != event.chat_id
+            and event.seq > tracker.seq
+        )
         self._apply(entry, event)
+        if arrived:  # a pooled workspace followed since it was built: now the chat's
+            self.publish(_arrival(tracker, event))
 
     async def _load_claimed(self, entry: Entry, bound: StoreEvent) -> None:
         """Load the pooled workspace a watched chat claimed (see :meth:`dispatch`)."""
@@ -162,20 +171,7 @@ class Registry:
             self._apply(entry, event)
         entry.buffer.clear()
         entry.set_loaded()
-        self.publish(
-            StateChange(
-                chat_id=bound.chat_id,
-                workspace_id=entry.workspace_id,
-                build_number=tracker.build_number,
-                from_state=WorkspaceState.NO_WORKSPACE,
-                to_state=tracker.state,
-                event=EventKind.CHAT_BOUND,
-                seq=bound.seq,
-                at=bound.at,
-                reason=tracker.reason,
-                endpoints=tracker.endpoints,
-            )
-        )
+        self.publish(_arrival(tracker, bound))
         entry.notify()
 
     def _apply(self, entry: Entry, event: StoreEvent) -> None:
@@ -436,3 +432,20 @@ class Registry:
                 return False
             cache[chat_id] = chat.owner == owner
         return cache[chat_id]
+
+
+def _arrival(tracker: Tracker, bound: StoreEvent) -> StateChange:
+    """The change a watcher of the chat sees when it claims a pooled workspace: from nothing
+    to the workspace's state, at the claim."""
+    return StateChange(
+        chat_id=bound.chat_id,
+        workspace_id=tracker.workspace_id,
+        build_number=tracker.build_number,
+        from_state=WorkspaceState.NO_WORKSPACE,
+        to_state=tracker.state,
+        event=EventKind.CHAT_BOUND,
+        seq=bound.seq,
+        at=bound.at,
+        reason=tracker.reason,
+        endpoints=tracker.endpoints,
+    )
