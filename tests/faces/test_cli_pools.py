@@ -17,25 +17,25 @@ from workspace_lifecycle.values import EventKind, StateChange, WorkspaceState
 
 async def _seed(url: str) -> None:
     """A pool of two, built, one of them claimed by chat c1 and refilled."""
-    async with wl.open_store(url) as store:
-        async with (
-            wl.SimulatedProvisioner(store),
-            wl.Lifecycle(store, pools=[wl.Pool("default", size=2)]) as lc,
-        ):
+    async with (
+        wl.open_store(url) as store,
+        wl.SimulatedProvisioner(store),
+        wl.Lifecycle(store, pools=[wl.Pool("default", size=2)]) as lc,
+    ):
 
-            async def ready() -> None:
-                with anyio.fail_after(5):
-                    while True:
-                        head = await store.head()
-                        if (await lc.pool_status())[0]["ready"] == 2:
-                            return
-                        await store.wait_for_change(head)
+        async def ready() -> None:
+            with anyio.fail_after(5):
+                while True:
+                    head = await store.head()
+                    if (await lc.pool_status())[0]["ready"] == 2:
+                        return
+                    await store.wait_for_change(head)
 
-            await ready()
-            await lc.register_chat("c1", owner="alice")
-            r = await lc.create_workspace("c1", owner="alice", name="dev", pool="default")
-            assert r.data["pooled"] is True
-            await ready()
+        await ready()
+        await lc.register_chat("c1", owner="alice")
+        r = await lc.create_workspace("c1", owner="alice", name="dev", pool="default")
+        assert r.data["pooled"] is True
+        await ready()
 
 
 @pytest.fixture

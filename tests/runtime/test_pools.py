@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import workspace_lifecycle as wl
@@ -109,7 +110,11 @@ class TestKeeper:
     async def test_failed_members_are_retired_and_replaced(self) -> None:
         """A member whose build fails is deleted by the keeper; the pool still ends full."""
         failures = iter([True, False, False, False, False, False])
-        async with world(wl.Pool("default", size=2), fail=lambda build: next(failures, False)) as (store, lc, _):
+        async with world(wl.Pool("default", size=2), fail=lambda build: next(failures, False)) as (
+            store,
+            lc,
+            _,
+        ):
             await settled(lc, ready=2)
             assert lc._keeper is not None and lc._keeper.retired == 1
             assert len(await store.pool_members("default")) == 2
@@ -131,7 +136,7 @@ class TestWatch:
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(watch)
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
                 await settled(lc, ready=1)
                 await lc.register_chat("c1", owner=OWNER)
                 r = await lc.create_workspace("c1", owner=OWNER, name="dev", pool="default")
