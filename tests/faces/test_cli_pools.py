@@ -93,4 +93,4 @@ def test_watch_shows_a_members_holder_as_pool_name() -> None:
 
 def test_pool_help_says_what_it_does(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["pool", "status", "--help"]) == 0
-    assert "ready to claim" in capsys.readouterr().out
+    assert "ready to claim" in " ".join(capsys.readouterr().out.split())
