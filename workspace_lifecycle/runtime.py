@@ -78,6 +78,10 @@ class Lifecycle(BackgroundService):
     takes. When the ``async with`` ends, requests still waiting on it raise
     :class:`~workspace_lifecycle.errors.StoreClosedError` at once.
 
+    Warm pools: ``pools`` (:class:`~workspace_lifecycle.pools.Pool` values) are kept full by
+    this runtime (unless ``keep_pools=False``) and claimed by ``create_workspace(...,
+    pool=NAME)``, or by every create when ``default_pool`` names one (docs/pools.md).
+
     Between turns: ``policy`` (:class:`~workspace_lifecycle.values.Policy`) is what a chat
     registered here gets unless :meth:`register_chat` gives it its own: stop the workspace
     after so long idle, delete it after so long stopped. The deadlines are rows in the store;
@@ -101,6 +105,7 @@ class Lifecycle(BackgroundService):
         fire_deadlines: bool = True,
         pools: Sequence[Pool] = (),
         keep_pools: bool = True,
+        default_pool: str | None = None,
     ) -> None:
         build_timeout = checks.seconds("build_timeout", build_timeout)
         agent_timeout = checks.seconds("agent_timeout", agent_timeout)
@@ -117,6 +122,9 @@ class Lifecycle(BackgroundService):
         self.store = store
         self.clock = resolve_clock(clock, store, who="Lifecycle")
         self.pools = {pool.name: pool for pool in pool_list}
+        if default_pool is not None and default_pool not in self.pools:
+            raise ValueError(f"default_pool {default_pool!r} is not one of this Lifecycle's pools")
+        self.default_pool = default_pool
         self._keeper = PoolKeeper(store, pool_list, self.clock) if pool_list and keep_pools else None
         self.policy = policy or Policy()
         self.fire_deadlines = bool(fire_deadlines)
@@ -332,10 +340,13 @@ class Lifecycle(BackgroundService):
         claims one of its ready workspaces by a compare-and-set and the answer comes at once,
         with ``pooled: true``. When the pool has none ready, the workspace is built as without
         a pool (with the pool's parameters, then ``parameters``) and the answer says
-        ``pooled: false`` with a ``message``.
+        ``pooled: false`` with a ``message``. Without ``pool``, the ``Lifecycle``'s
+        ``default_pool`` (if any): so the tools, the MCP server and the integrations claim too.
         """
         if name is not None and not isinstance(name, str):
             raise ValueError(f"name must be a string or None, not {type(name).__name__}")
+        if pool is None:
+            pool = self.default_pool
         if pool is not None and pool not in self.pools:
             known = ", ".join(sorted(self.pools)) or "none"
             raise ValueError(f"no warm pool {pool!r} in this Lifecycle (its pools: {known})")

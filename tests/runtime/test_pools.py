@@ -149,3 +149,22 @@ class TestWatch:
             (arrived,) = [c for c in seen if c.chat_id == "c1"]
             assert arrived.from_state is WorkspaceState.NO_WORKSPACE
             assert arrived.to_state is WorkspaceState.AGENT_READY
+
+
+class TestDefaultPool:
+    async def test_a_default_pool_serves_every_create(self) -> None:
+        """With ``default_pool``, a create that names none claims from it (the tools' path)."""
+        clock = wl.VirtualClock()
+        store = wl.MemoryStore(clock=clock)
+        pool = wl.Pool("default", size=1)
+        async with (
+            store,
+            wl.SimulatedProvisioner(store, clock=clock),
+            wl.Lifecycle(store, clock=clock, pools=[pool], default_pool="default") as lc,
+        ):
+            await settled(lc, ready=1)
+            await lc.register_chat("c1", owner=OWNER)
+            r = await lc.create_workspace("c1", owner=OWNER, name="dev")
+            assert r.data["pooled"] is True, r.data
+        with pytest.raises(ValueError, match="default_pool 'gpu'"):
+            wl.Lifecycle(store, pools=[pool], default_pool="gpu")
