@@ -21,7 +21,7 @@ from . import pools
 from .adapters.base import Store
 from .backoff import Backoff
 from .clock import Clock
-from .errors import StoreClosedError, StoreError
+from .errors import StoreClosedError, WorkspaceLifecycleError
 from .values import StoreEvent, Transition
 
 __all__ = ["PoolKeeper"]
@@ -68,7 +68,7 @@ class PoolKeeper:
                 next_due = await self.round(pool)
             except StoreClosedError:
                 return
-            except StoreError as exc:
+            except WorkspaceLifecycleError as exc:  # a store error, a corrupt row: try again later
                 delay = next(delays)
                 log.warning("pool %s: %s; trying again in %.2fs", pool.name, exc, delay)
                 await anyio.sleep(delay)
@@ -96,8 +96,11 @@ class PoolKeeper:
                 member.workspace_id, Transition.DELETE, expected_build_number=latest.number
             )
             self.retired += outcome.fired
+        expiries = [pools.next_expiry(members, now)]
         for _ in range(pools.shortfall(pool, members, now)):
-            if await self.store.fill_pool(pool) is None:
+            made = await self.store.fill_pool(pool)
+            if made is None:
                 break  # another replica filled it meanwhile
             self.filled += 1
-        return pools.next_expiry(members, now)
+            expiries.append(pools.next_expiry([made], now))
+        return min((e for e in expiries if e is not None), default=None)

@@ -168,3 +168,26 @@ class TestDefaultPool:
             assert r.data["pooled"] is True, r.data
         with pytest.raises(ValueError, match="default_pool 'gpu'"):
             wl.Lifecycle(store, pools=[pool], default_pool="gpu")
+
+
+class TestKeeperAlone:
+    async def test_without_a_deadline_scheduler_the_keeper_expires_members_itself(self) -> None:
+        """``fire_deadlines=False``: the keeper wakes at the members' TTL (it never polls) and
+        deletes and replaces them itself."""
+        clock = wl.VirtualClock()
+        store = wl.MemoryStore(clock=clock)
+        async with (
+            store,
+            wl.SimulatedProvisioner(store, clock=clock),
+            wl.Lifecycle(
+                store, clock=clock, pools=[wl.Pool("p", size=1, ttl=60)], fire_deadlines=False
+            ) as lc,
+        ):
+            await settled(lc, ready=1)
+            (first,) = await store.pool_members("p")
+            clock.advance(61)
+            with anyio.fail_after(5):
+                while first.workspace_id in {m.workspace_id for m in await store.pool_members("p")}:
+                    await store.wait_for_change(await store.head())
+            await settled(lc, ready=1)
+            assert lc.deadlines_fired == 0 and lc._keeper is not None and lc._keeper.retired == 1
