@@ -73,7 +73,7 @@ class Read:
     """The rows a :class:`Plan` decides on.
 
     >>> Read.workspace("w1")
-    Read(kind=<ReadKind.WORKSPACE: 'workspace'>, key='w1', related=True)
+    Read(kind=<ReadKind.WORKSPACE: 'workspace'>, key='w1', related=True, claimant='')
     """
 
     kind: ReadKind
