@@ -34,6 +34,7 @@ BENCHMARKS = {
     "leases": "bench.leases",
     "replicas": "bench.replicas",
     "peers": "bench.peers",
+    "pools": "bench.pools",
 }
 
 

@@ -172,6 +172,7 @@ async def store(store_url: str) -> AsyncIterator[wl.Store]:
 SLOW = (
     "tests/stores/test_bench_smoke.py::test_quick_mode",
     "tests/stores/test_postgres_replicas.py",
+    "tests/stores/test_pool_races.py",
     "tests/stores/test_deadline_processes.py",
     "tests/stores/test_deferred_processes.py",
     "tests/runtime/test_deferred_histories.py",

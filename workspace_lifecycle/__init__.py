@@ -48,6 +48,7 @@ from .machine import Request as Request
 from .machine import Tracker as Tracker
 from .machine import WorkspaceMachine as WorkspaceMachine
 from .machine import derive_state as derive_state
+from .pools import Pool as Pool
 from .process_provisioner import ProcessProvisioner as ProcessProvisioner
 from .process_provisioner import UnusableRoot as UnusableRoot
 from .process_provisioner import WorkspaceRefused as WorkspaceRefused
@@ -126,6 +127,7 @@ __all__ = [
     "Outcome",
     "OwnershipError",
     "Policy",
+    "Pool",
     "ProcessProvisioner",
     "QuotaExceededError",
     "Reason",

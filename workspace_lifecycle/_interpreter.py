@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 
 import anyio
@@ -26,9 +26,10 @@ from . import checks
 from ._flight import SharedReads
 from ._pump import EventPump
 from ._registry import Entry, Registry
-from ._retry import RetryingWriter
+from ._retry import RetryingWriter, claim_pooled
 from .adapters.base import Store
 from .errors import QuotaExceededError
+from .pools import Pool
 from .steps import (
     Answer,
     CatchUp,
@@ -80,8 +81,10 @@ class Interpreter:
         raise_if_failed: Callable[[], None],
         build_timeout: float,
         agent_timeout: float,
+        pools: Mapping[str, Pool] | None = None,
     ) -> None:
         self.store = store
+        self.pools = dict(pools or {})
         self._registry = registry
         self._pump = pump
         self._writer = writer
@@ -96,14 +99,14 @@ class Interpreter:
         """Run ``flow`` from the chat's row to its answer; return it with the row last read."""
         self._raise_if_failed()
         chat = await self._reads.get_chat(chat_id)
-        step: Step = first_step(flow.request, chat, owner, flow.parameters)
+        step: Step = first_step(flow.request, chat, owner, flow.parameters, flow.pool)
         while True:
             if isinstance(step, Answer):
                 return step.result, chat
             if isinstance(step, Restart):
                 flow.restarted()
                 chat = await self._reads.get_chat(chat_id)
-                step = first_step(flow.request, chat, owner, flow.parameters)
+                step = first_step(flow.request, chat, owner, flow.parameters, flow.pool)
             elif isinstance(step, Create):
                 step = await self._create(flow, chat_id, step, name, span)
             elif isinstance(step, Track):
@@ -167,12 +170,20 @@ class Interpreter:
     ) -> Step:
         """Execute a :class:`Create`; continue in the workspace the chat is bound to now."""
         registry = self._registry
+        pool = self.pools.get(step.pool) if step.pool is not None else None
+        if pool is not None and flow.pooled is None:
+            claimed = await self._claim(flow, chat_id, step, pool, name, span)
+            if claimed is not None:
+                return claimed
+        parameters = step.parameters
+        if pool is not None:  # built the ordinary way, as the pool builds its own
+            parameters = {**pool.parameters, **step.parameters}
         async with AsyncExitStack() as held:
             # Follow the chat while the create runs; once its workspace is held, stop following.
             async with registry.following(chat_id):
                 try:
                     outcome = await self._writer.create_workspace(
-                        chat_id, workspace_name(name), step.expected_workspace_id, step.parameters
+                        chat_id, workspace_name(name), step.expected_workspace_id, parameters
                     )
                 except QuotaExceededError as exc:  # decided in the store's transaction
                     return flow.refused(limit=exc.limit, used=exc.used, allowed=exc.allowed)
@@ -190,3 +201,32 @@ class Interpreter:
             flow.tracking(entry.workspace)
             first = flow.created(fired=outcome.fired, build=outcome.build)
             return await self.drive(flow, entry, chat_id, span, first)
+
+    async def _claim(
+        self, flow: Flow, chat_id: str, step: Create, pool: Pool, name: str | None, span: RequestSpan
+    ) -> Step | None:
+        """Claim a ready workspace of ``pool`` for the chat and continue in it; ``None`` when the
+        pool had none (the caller builds one)."""
+        registry = self._registry
+        async with registry.following(chat_id):
+            try:
+                claim = await claim_pooled(
+                    self._writer, chat_id, pool.name, workspace_name(name), step.expected_workspace_id
+                )
+            except QuotaExceededError as exc:  # decided in the claim's transaction
+                return flow.refused(limit=exc.limit, used=exc.used, allowed=exc.allowed)
+            if claim.facts is None:
+                flow.pool_empty()
+                return None
+            await self._pump.caught_up(claim.facts.seq)
+            ws = claim.facts.workspace
+            async with registry.track(ws.workspace_id) as entry:
+                entry.workspace = ws if claim.claimed else entry.workspace or ws
+                flow.tracking(entry.workspace)
+                first: Step | None = None
+                if claim.claimed:
+                    latest = claim.facts.latest_build
+                    assert latest is not None
+                    span.claimed(ws.workspace_id)
+                    first = flow.claimed(latest)
+                return await self.drive(flow, entry, chat_id, span, first)

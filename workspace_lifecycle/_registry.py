@@ -29,8 +29,9 @@ from anyio.streams.memory import MemoryObjectSendStream
 from .adapters.base import Store, Topic
 from .errors import CorruptStateError, InvalidEventError, StoreClosedError, StoreError
 from .machine import Tracker
+from .pools import claimed_from
 from .telemetry import log_change
-from .values import EventKind, StateChange, StoreEvent, Workspace
+from .values import EventKind, StateChange, StoreEvent, Workspace, WorkspaceState
 
 __all__ = ["Condition", "Entry", "Registry"]
 
@@ -127,16 +128,51 @@ class Registry:
         entry = self.entries.get(event.workspace_id)
         if entry is None:
             if event.kind is EventKind.CHAT_BOUND and self._is_watched(event.chat_id):
-                # A watched chat got a new workspace: follow it from its first event.
                 entry = self._add(event.workspace_id)
+                self._kept.setdefault(event.chat_id, set()).add(event.workspace_id)
+                if claimed_from(event) is not None:
+                    # It claimed a pooled workspace, built long before: load it from the rows
+                    # (the events until then are buffered), and say that it arrived.
+                    self._spawn(self._load_claimed, entry, event)
+                    return
+                # A watched chat got a new workspace: follow it from its first event.
                 entry.tracker = Tracker(event.workspace_id, event.chat_id, seq=event.seq)
                 entry.set_loaded()
-                self._kept.setdefault(event.chat_id, set()).add(event.workspace_id)
             return
         if entry.tracker is None:
             entry.buffer.append(event)
             return
+        tracker = entry.tracker
+        arrived = (
+            event.kind is EventKind.CHAT_BOUND
+            and claimed_from(event) is not None
+            and tracker.chat_id != event.chat_id
+            and event.seq > tracker.seq
+        )
         self._apply(entry, event)
+        if arrived:  # a pooled workspace followed since it was built: now the chat's
+            self.publish(_arrival(tracker, event))
+
+    async def _load_claimed(self, entry: Entry, bound: StoreEvent) -> None:
+        """Load the pooled workspace a watched chat claimed (see :meth:`dispatch`)."""
+        try:
+            facts = await self.store.workspace_facts(entry.workspace_id)
+        except BaseException as exc:
+            entry.error = exc
+            entry.set_loaded()
+            self._remove(entry)
+            if isinstance(exc, StoreError | CorruptStateError):
+                log.warning("loading claimed workspace %s failed: %s", entry.workspace_id, exc)
+                return
+            raise
+        entry.workspace = facts.workspace
+        entry.tracker = tracker = Tracker.from_facts(facts)
+        for event in entry.buffer:
+            self._apply(entry, event)
+        entry.buffer.clear()
+        entry.set_loaded()
+        self.publish(_arrival(tracker, bound))
+        entry.notify()
 
     def _apply(self, entry: Entry, event: StoreEvent) -> None:
         tracker = entry.tracker
@@ -396,3 +432,20 @@ class Registry:
                 return False
             cache[chat_id] = chat.owner == owner
         return cache[chat_id]
+
+
+def _arrival(tracker: Tracker, bound: StoreEvent) -> StateChange:
+    """The change a watcher of the chat sees when it claims a pooled workspace: from nothing
+    to the workspace's state, at the claim."""
+    return StateChange(
+        chat_id=bound.chat_id,
+        workspace_id=tracker.workspace_id,
+        build_number=tracker.build_number,
+        from_state=WorkspaceState.NO_WORKSPACE,
+        to_state=tracker.state,
+        event=EventKind.CHAT_BOUND,
+        seq=bound.seq,
+        at=bound.at,
+        reason=tracker.reason,
+        endpoints=tracker.endpoints,
+    )

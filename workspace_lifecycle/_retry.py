@@ -20,13 +20,13 @@ import anyio
 
 from . import writes
 from ._flight import SingleFlight
-from .adapters.base import Deferral, Outcome, Store
+from .adapters.base import Deferral, Outcome, PoolClaim, Store
 from .backoff import Backoff
 from .errors import TransientStoreError
 from .limits import Limits
 from .values import Transition
 
-__all__ = ["RetryingWriter"]
+__all__ = ["RetryingWriter", "claim_pooled"]
 
 log = logging.getLogger("workspace_lifecycle.runtime")
 
@@ -154,3 +154,31 @@ def _lost(outcome: Outcome) -> Outcome:
     """What an identical write answers once ``outcome``'s committed: it lost the race to it, and
     sees the rows it left (as the store answers a compare-and-set that lost)."""
     return Outcome(fired=False, build=None, facts=outcome.facts)
+
+
+async def claim_pooled(
+    writer: RetryingWriter, chat_id: str, pool: str, name: str, expected: str | None
+) -> PoolClaim:
+    """:meth:`~workspace_lifecycle.adapters.base.Store.claim_pooled`, retried after transient
+    failures as every write: a claim that committed before its error is found by the re-read
+    (the chat is bound to a workspace now), and answered as a lost race about it."""
+    delays = _BACKOFF.delays()
+    for attempt in range(writer.retries + 1):
+        try:
+            return await writer.store.claim_pooled(
+                chat_id, pool, name, expected_workspace_id=expected, limits=writer.limits
+            )
+        except TransientStoreError as exc:
+            if attempt == writer.retries:
+                raise
+            delay = next(delays)
+            log.warning("pool claim failed (%s); re-reading and retrying in %.2fs", exc, delay)
+            writer.retried += 1
+            await anyio.sleep(delay)
+            try:
+                now_bound = writes.rebound(await writer.store.get_chat(chat_id), expected)
+                if now_bound is not None:
+                    return PoolClaim(False, await writer.store.workspace_facts(now_bound))
+            except TransientStoreError:
+                continue
+    raise AssertionError("unreachable")  # pragma: no cover

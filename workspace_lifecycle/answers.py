@@ -24,6 +24,7 @@ __all__ = [
     "done",
     "not_waiting",
     "quota_exceeded",
+    "pool_empty",
     "timed_out",
     "with_deadline",
 ]
@@ -240,3 +241,12 @@ def with_deadline(result: ToolResult, deadline: Deadline | None, now: float) -> 
     if result.is_error or "error" in result.data or words is None:
         return result
     return ToolResult.ok({**result.data, "next_deadline": words})
+
+
+def pool_empty(pool: str) -> str:
+    """The sentence of a create that named a warm pool with no ready workspace in it.
+
+    >>> pool_empty("default")
+    "warm pool 'default' had no ready workspace, so this one was built for this chat (a cold create)"
+    """
+    return f"warm pool {pool!r} had no ready workspace, so this one was built for this chat (a cold create)"

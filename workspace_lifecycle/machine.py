@@ -514,6 +514,8 @@ class Tracker:
                 f"event {ev.seq} is for workspace {ev.workspace_id}, not {self.workspace_id}"
             )
         if ev.kind is EventKind.CHAT_BOUND or ev.kind is EventKind.DEADLINE_SET:
+            if ev.kind is EventKind.CHAT_BOUND and ev.seq > self.seq:
+                self.chat_id = ev.chat_id  # a pooled workspace claimed by a chat
             self.seq = max(self.seq, ev.seq)  # news for the chat and the scheduler, not the state
             return None
         if ev.kind is EventKind.REQUEST_DEFERRED:

@@ -14,17 +14,19 @@ anyio cancel scopes.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
 
 from . import answers, checks, steps
+from . import pools as pools_core
 from ._activity import Activity
 from ._deadlines import DeadlineScheduler
 from ._interpreter import Interpreter, workspace_name
 from ._logread import read_logs
+from ._pools import PoolKeeper
 from ._pump import EventPump
 from ._registry import Registry
 from ._retry import RetryingWriter
@@ -36,6 +38,7 @@ from .clock import Clock, resolve_clock
 from .errors import NotFoundError
 from .limits import Limits, Usage
 from .machine import Request, derive_state
+from .pools import Pool
 from .skew import ClockSkew
 from .steps import (
     MAX_STATUS_WAIT_MS,
@@ -79,6 +82,10 @@ class Lifecycle(BackgroundService):
     takes. When the ``async with`` ends, requests still waiting on it raise
     :class:`~workspace_lifecycle.errors.StoreClosedError` at once.
 
+    Warm pools: ``pools`` (:class:`~workspace_lifecycle.pools.Pool` values) are kept full by
+    this runtime (unless ``keep_pools=False``) and claimed by ``create_workspace(...,
+    pool=NAME)``, or by every create when ``default_pool`` names one (docs/pools.md).
+
     Between turns: ``policy`` (:class:`~workspace_lifecycle.values.Policy`) is what a chat
     registered here gets unless :meth:`register_chat` gives it its own: stop the workspace
     after so long idle, delete it after so long stopped. The deadlines are rows in the store;
@@ -107,6 +114,9 @@ class Lifecycle(BackgroundService):
         policy: Policy | None = None,
         fire_deadlines: bool = True,
         limits: Limits | None = None,
+        pools: Sequence[Pool] = (),
+        keep_pools: bool = True,
+        default_pool: str | None = None,
     ) -> None:
         build_timeout = checks.seconds("build_timeout", build_timeout)
         agent_timeout = checks.seconds("agent_timeout", agent_timeout)
@@ -118,8 +128,18 @@ class Lifecycle(BackgroundService):
         if limits is not None and not isinstance(limits, Limits):
             raise ValueError(f"limits must be a workspace_lifecycle.Limits, not {limits!r}")
         self.limits = limits
+        pool_list = list(pools)
+        if not all(isinstance(pool, Pool) for pool in pool_list):
+            raise ValueError("pools must be workspace_lifecycle.Pool values")
+        if len({pool.name for pool in pool_list}) != len(pool_list):
+            raise ValueError("two pools have the same name")
         self.store = store
         self.clock = resolve_clock(clock, store, who="Lifecycle")
+        self.pools = {pool.name: pool for pool in pool_list}
+        if default_pool is not None and default_pool not in self.pools:
+            raise ValueError(f"default_pool {default_pool!r} is not one of this Lifecycle's pools")
+        self.default_pool = default_pool
+        self._keeper = PoolKeeper(store, pool_list, self.clock) if pool_list and keep_pools else None
         self.policy = policy or Policy()
         self.fire_deadlines = bool(fire_deadlines)
         self.build_timeout = float(build_timeout)
@@ -138,7 +158,7 @@ class Lifecycle(BackgroundService):
         self._warnings = WarningFeed(store)
         self._pump = EventPump(
             store,
-            _Sinks(self._registry, self._deadlines if fire_deadlines else None, self._warnings),
+            _Sinks(self._registry, self._deadlines if fire_deadlines else None, self._warnings, self._keeper),
             kick_after=resync_interval,
         )
         self._activity = Activity(store, self._deadlines, self.clock)
@@ -152,6 +172,7 @@ class Lifecycle(BackgroundService):
             raise_if_failed=self._raise_if_failed,
             build_timeout=self.build_timeout,
             agent_timeout=self.agent_timeout,
+            pools=self.pools,
         )
 
     # --- lifecycle of the runtime ------------------------------------------------------------
@@ -179,6 +200,8 @@ class Lifecycle(BackgroundService):
             tg.start_soon(self._skew.run)
             if self.fire_deadlines:
                 tg.start_soon(self._deadlines.run)
+            if self._keeper is not None:
+                tg.start_soon(self._keeper.run)
             await self._pump.run()
             tg.cancel_scope.cancel()
 
@@ -363,16 +386,42 @@ class Lifecycle(BackgroundService):
         name: str | None = None,
         wait: bool = True,
         parameters: Mapping[str, str] | None = None,
+        pool: str | None = None,
     ) -> ToolResult:
         """Create the chat's workspace (Coder's ``create_workspace``); idempotent while one lives.
 
         ``parameters`` (template parameters, string to string) go with the first build to the
         provisioner; an answer about a build this call did not fire says
         ``parameters_applied: false``.
+
+        ``pool`` names a warm pool of this runtime (``Lifecycle(pools=[...])``): the chat
+        claims one of its ready workspaces by a compare-and-set and the answer comes at once,
+        with ``pooled: true``. When the pool has none ready, the workspace is built as without
+        a pool (with the pool's parameters, then ``parameters``) and the answer says
+        ``pooled: false`` with a ``message``. Without ``pool``, the ``Lifecycle``'s
+        ``default_pool`` (if any): so the tools, the MCP server and the integrations claim too.
         """
         if name is not None and not isinstance(name, str):
             raise ValueError(f"name must be a string or None, not {type(name).__name__}")
-        return await self._run(Request.CREATE, chat_id, owner, wait, name=name, parameters=parameters)
+        if pool is None:
+            pool = self.default_pool
+        if pool is not None and pool not in self.pools:
+            known = ", ".join(sorted(self.pools)) or "none"
+            raise ValueError(f"no warm pool {pool!r} in this Lifecycle (its pools: {known})")
+        return await self._run(
+            Request.CREATE, chat_id, owner, wait, name=name, parameters=parameters, pool=pool
+        )
+
+    async def pool_status(self) -> list[dict[str, object]]:
+        """Each warm pool at a glance: ``pool``, ``size``, and how many of its workspaces are
+        ``ready`` to claim, ``warming`` (being built) and ``other`` (failed, stopped, expired or
+        being deleted), read from the store."""
+        now = self.clock()
+        out = []
+        for pool in self.pools.values():
+            members = await self.store.pool_members(pool.name)
+            out.append(pools_core.counts(pool, members, now).as_dict())
+        return out
 
     async def start_workspace(
         self, chat_id: str, *, owner: str, wait: bool = True, parameters: Mapping[str, str] | None = None
@@ -443,12 +492,13 @@ class Lifecycle(BackgroundService):
         *,
         name: str | None = None,
         parameters: Mapping[str, str] | None = None,
+        pool: str | None = None,
     ) -> ToolResult:
         _check_id("chat_id", chat_id)
         _check_id("owner", owner)
         if not isinstance(wait, bool):
             raise ValueError(f"wait must be a bool, not {type(wait).__name__}")
-        flow = Flow(request, wait=wait, owner=owner, parameters=check_parameters(parameters))
+        flow = Flow(request, wait=wait, owner=owner, parameters=check_parameters(parameters), pool=pool)
         with RequestSpan(request.value, chat_id) as span:
             result, chat = await self._steps.serve(flow, chat_id, owner, name, span)
             span.result(result)
@@ -483,22 +533,31 @@ class _Sinks:
     """What the pump delivers to: the tracked workspaces, and the deadline scheduler."""
 
     def __init__(
-        self, registry: Registry, scheduler: DeadlineScheduler | None, warnings: WarningFeed
+        self,
+        registry: Registry,
+        scheduler: DeadlineScheduler | None,
+        warnings: WarningFeed,
+        keeper: PoolKeeper | None,
     ) -> None:
         self.registry = registry
         self.scheduler = scheduler
         self.warnings = warnings
+        self.keeper = keeper
 
     def dispatch(self, event: StoreEvent) -> None:
         self.registry.dispatch(event)
         self.warnings.dispatch(event)
         if self.scheduler is not None:
             self.scheduler.dispatch(event)
+        if self.keeper is not None:
+            self.keeper.dispatch(event)
 
     async def resync_all(self) -> None:
         await self.registry.resync_all()
         if self.scheduler is not None:
             await self.scheduler.resync()
+        if self.keeper is not None:
+            self.keeper.wake_all()
 
     def fail(self) -> None:
         self.registry.fail()

@@ -91,6 +91,8 @@ class Create:
 
     expected_workspace_id: str | None
     parameters: Mapping[str, str] = attrs.field(factory=dict, eq=False)
+    #: The warm pool to claim a ready workspace from before building one (``None``: build).
+    pool: str | None = None
 
 
 @attrs.frozen
@@ -173,7 +175,11 @@ Step = Answer | Create | Fire | WaitBuild | WaitAgent | Defer | Track | Restart 
 
 
 def first_step(
-    request: Request, chat: Chat | None, owner: str, parameters: Mapping[str, str] | None = None
+    request: Request,
+    chat: Chat | None,
+    owner: str,
+    parameters: Mapping[str, str] | None = None,
+    pool: str | None = None,
 ) -> Answer | Create | Track:
     """The first step of ``request`` for ``chat`` (``None`` if unknown), asked by ``owner``.
 
@@ -182,14 +188,14 @@ def first_step(
     >>> first_step(Request.START, None, "alice").result.text
     'chat has no workspace; use create_workspace first'
     >>> first_step(Request.CREATE, Chat("c1", "alice"), "alice")
-    Create(expected_workspace_id=None, parameters={})
+    Create(expected_workspace_id=None, parameters={}, pool=None)
     """
     if chat is None or chat.owner != owner:
         sentence = answers.CHAT_NOT_FOUND if request is Request.CREATE else answers.NO_WORKSPACE
         return Answer(ToolResult.error(sentence))
     if chat.workspace_id is None:
         if request is Request.CREATE:
-            return Create(None, dict(parameters or {}))
+            return Create(None, dict(parameters or {}), pool)
         return Answer(ToolResult.error(answers.NO_WORKSPACE))
     return Track(chat.workspace_id)
 
@@ -224,6 +230,10 @@ class Flow:
     intents: int = 0  # how often it wrote the workspace's deferred request (bounded: no loop)
     #: A build read from the store because the tracker did not learn how it ended.
     stored: BuildSummary | None = None
+    #: The warm pool a create claims from (``None``: none), and whether it did (``None``:
+    #: not tried yet, or the chat had a workspace already).
+    pool: str | None = None
+    pooled: bool | None = None
 
     @property
     def verb(self) -> str:
@@ -264,6 +274,16 @@ class Flow:
             )
             return Answer(result)
         return self._join(build.number, build.build_id, own=True)
+
+    def claimed(self, build: Build) -> Step:
+        """A :class:`Create` claimed a ready workspace of the pool, whose latest (start) build
+        is ``build``: answer for it as for this call's own build, at once (it is over)."""
+        self.pooled = True
+        return self._join(build.number, build.build_id, own=True)
+
+    def pool_empty(self) -> None:
+        """The pool had no ready workspace: the create builds one the ordinary way."""
+        self.pooled = False
 
     def fired(self, step: Fire, *, fired: bool, build: Build | None, facts: WorkspaceFacts) -> Step:
         """The :class:`Fire` step's outcome: this call's ``build``, or the ``facts`` that won."""
@@ -337,10 +357,20 @@ class Flow:
         return self._out(self._next(tracker))
 
     def _out(self, step: Step) -> Step:
-        """Every answer of a call that gave parameters says whether a build of its own used them."""
-        if isinstance(step, Answer) and self.parameters and not step.result.is_error and not self.fired_own:
-            return Answer(ToolResult.ok({**step.result.data, "parameters_applied": False}))
-        return step
+        """Every answer of a call that gave parameters says whether a build of its own used them;
+        every answer of a create that named a pool says whether it came from it."""
+        if not isinstance(step, Answer) or step.result.is_error:
+            return step
+        data = step.result.data
+        if self.parameters and not self.fired_own and self.pooled is not True:
+            data = {**data, "parameters_applied": False}
+        if self.pooled is not None:
+            data = {**data, "pooled": self.pooled}
+            if not self.pooled and "message" not in data:
+                data["message"] = answers.pool_empty(self.pool or "")
+        if data is step.result.data:
+            return step
+        return Answer(ToolResult.ok(data))
 
     def _next(self, tracker: Tracker) -> Step:
         waiting, self.waiting = self.waiting, None
@@ -372,7 +402,7 @@ class Flow:
             return Answer(ToolResult.error(answers.NO_WORKSPACE))
         if decision is Decision.FIRE:
             if request is Request.CREATE:
-                return Create(tracker.workspace_id, self.parameters)
+                return Create(tracker.workspace_id, self.parameters, self.pool)
             return Fire(request_transition(request), tracker.build_number, self.parameters)
         if decision is Decision.ALREADY:
             return self._already(tracker)

@@ -154,6 +154,11 @@ class RequestSpan:
         if self._span is not None:
             self._span.set_attribute("build_id", build_id)
 
+    def claimed(self, workspace_id: str) -> None:
+        """The create took a ready workspace of a warm pool."""
+        if self._span is not None:
+            self._span.set_attribute("pooled_workspace", workspace_id)
+
     def transition(self, change: StateChange, latency: float | None, elapsed: float) -> None:
         if self._span is not None:
             attributes: dict[str, Any] = {

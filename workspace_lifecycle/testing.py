@@ -53,7 +53,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from . import answers
+from . import answers, pools
 from ._provisioner_kit import (
     LeasedProvisionerFactory,
     ProvisionerCheckError,
@@ -64,6 +64,7 @@ from ._store_kit import ClockedStoreFactory, StoreCheckError, StoreReport, check
 from .adapters.base import Store
 from .limits import Limits, Usage
 from .machine import Tracker, derive_state
+from .pools import Pool
 from .runtime import Lifecycle
 from .values import (
     AgentLifecycle,
@@ -351,6 +352,11 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
       (the latest one wins: a later request of another kind replaces it, one joining the build
       in flight withdraws it) fires in the very write that finishes that build, when the table
       allows it then, even after the runtime that accepted it was dropped (``restart_runtime``).
+    * warm pools (a pool of :attr:`pool_size`, filled and built by rules of their own, claimed
+      by ``create_workspace(..., pool=...)``): a create claims a member when one is ready and
+      says ``pooled: true``, else builds and says ``pooled: false`` with a sentence; a claimed
+      workspace belongs to the claiming chat for good; no workspace is two chats', no member
+      is a chat's, and the pool never holds more than its size ready or on their way.
     """
 
     store_factory: StoreFactory
@@ -361,6 +367,7 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
     step_timeout: float = 10.0
     build_timeout: float = 10.0
     agent_timeout: float = 1.0
+    pool_size: int = 2
 
     def __init__(self) -> None:
         super().__init__()
@@ -372,6 +379,9 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
             if self.provisioner_factory is not None:
                 prov = type(self).provisioner_factory(self.store)  # type: ignore[misc]
                 self._stack.enter_context(self.portal.wrap_async_context_manager(prov))
+            # The pool is filled by the machine's rule, not a keeper: a fill at a moment of the
+            # keeper's choosing would make the histories differ between runs.
+            self.pool = Pool("warm", size=self.pool_size, parameters={"image": "kit"})
             self._runtime = ExitStack()  # the Lifecycle's own: restart_runtime drops it
             self._stack.callback(lambda: self._runtime.close())
             self.lc: Lifecycle = self._open_runtime()
@@ -388,12 +398,19 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
         self.deferred: dict[str, Transition] = {}  # workspace -> request waiting for a build
         self.limits: Limits | None = None  # the owner's stored limits (none: unlimited)
         self.usage: Usage = self.call(self.store.usage, self.owner)  # as last checked
+        self.claimed: dict[str, str] = {}  # workspace -> the chat that claimed it from the pool
 
     def teardown(self) -> None:
         self._stack.close()
 
     def _open_runtime(self) -> Lifecycle:
-        lifecycle = Lifecycle(self.store, build_timeout=self.build_timeout, agent_timeout=self.agent_timeout)
+        lifecycle = Lifecycle(
+            self.store,
+            build_timeout=self.build_timeout,
+            agent_timeout=self.agent_timeout,
+            pools=[self.pool],
+            keep_pools=False,
+        )
         return self._runtime.enter_context(self.portal.wrap_async_context_manager(lifecycle))
 
     # --- plumbing ----------------------------------------------------------------------------
@@ -734,6 +751,92 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
     def _at_running_limit(self) -> bool:
         most = None if self.limits is None else self.limits.running
         return most is not None and self.call(self.store.usage, self.owner).running >= most
+
+    # --- warm pools ----------------------------------------------------------------------------
+
+    @rule()
+    def fill_pool(self) -> None:
+        """The keeper's fill: one member more, unless the pool has its size (ready or coming)."""
+        before = self.call(self.store.pool_members, self.pool.name)
+        short = pools.shortfall(self.pool, before, self.lc.clock())
+        made = self.call(self.store.fill_pool, self.pool)
+        assert (made is not None) == (short > 0), (short, made)
+        if made is not None:
+            assert made.workspace.chat_id == self.pool.holder and made.workspace.owner == ""
+        self._read()
+
+    @precondition(lambda self: self.simulated)
+    @rule(status=st.sampled_from(_FINAL), has_agent=st.booleans())
+    def build_pool_member(self, status: JobStatus, has_agent: bool) -> None:
+        """A provisioner builds a pool member's start build (its agent then reports ready)."""
+        members = self.call(self.store.pool_members, self.pool.name)
+        building = [m for m in members if m.latest_build is not None and m.latest_build.in_flight]
+        if not building:
+            return
+        build = min(building, key=lambda m: m.workspace_id).latest_build
+        assert build is not None
+        while build.status is JobStatus.PENDING:
+            claimed = self.call(self.store.claim_build, "kit")
+            assert claimed is not None
+            if claimed.build_id == build.build_id:
+                build = claimed
+        self.call(self.store.finish_build, build.build_id, status, None, has_agent=has_agent)
+        if status is JobStatus.SUCCEEDED and has_agent:
+            self.call(self.store.report_agent, build.workspace_id, AgentLifecycle.READY)
+
+    @rule(data=st.data())
+    def create_pooled(self, data: st.DataObject) -> None:
+        """create_workspace(pool=...): a ready member claimed and answered at once, else a
+        build, and the answer says which."""
+        chat = data.draw(st.sampled_from(self.chats), label="chat")
+        ws, state, deleted = self._state(chat)
+        if ws is not None and ws in self.deferred:
+            return
+        now = self.lc.clock()
+        members = self.call(self.store.pool_members, self.pool.name)
+        ready = {m.workspace_id for m in members if pools.is_ready(m, now)}
+        ids = {m.workspace_id for m in members}
+        wait = not self.simulated
+        r = self.call(self.lc.create_workspace, chat, owner=self.owner, name="dev", wait=wait, pool="warm")
+        fresh = self._read()
+        new_ws = self._workspace(chat)
+        if self._refused(r):  # a claim, as a build, is one workspace (running) more: limits apply
+            assert new_ws == ws, "a create refused for quota binds nothing"
+            assert not any(self.claimed.get(m.workspace_id) for m in members), r.data
+            self.usage = self.call(self.store.usage, self.owner)
+            return
+        if not (ws is None or deleted or state is WorkspaceState.FAILED):
+            assert new_ws == ws and "pooled" not in r.data, r.data  # it has a workspace: no claim
+            return
+        assert new_ws is not None and new_ws != ws
+        if r.data.get("pooled") is True:
+            assert new_ws in ids, "a claim takes a member of the pool"
+            rebuilt = [b for b in self._queued(fresh, new_ws) if b.build_number > 1]
+            assert not rebuilt, "a claimed workspace is not built again"
+            assert r.data.get("created") is True and r.data["workspace_name"] == f"{self.owner}/dev", r.data
+            self.claimed[new_ws] = chat
+            return
+        assert r.data.get("pooled") is False and "no ready workspace" in r.data["message"], r.data
+        if self.simulated:
+            assert not ready, "a create built while a member was ready"
+        builds = self._queued(fresh, new_ws)
+        assert len(builds) == 1 and builds[0].build_number == 1, builds
+
+    @invariant()
+    def pool_members_belong_to_no_chat(self) -> None:
+        """No workspace is two chats', no member is a chat's, a claimed workspace stays its
+        claimer's, and the pool never holds more than its size ready or coming."""
+        bound = [ws for chat in self.chats if (ws := self._workspace(chat)) is not None]
+        assert len(bound) == len(set(bound)), f"a workspace bound to two chats: {bound}"
+        members = self.call(self.store.pool_members, self.pool.name)
+        assert not {m.workspace_id for m in members} & set(bound), "a pool member is bound to a chat"
+        assert all(m.workspace.chat_id == self.pool.holder for m in members)
+        for ws, chat in self.claimed.items():
+            assert self.call(self.store.workspace_facts, ws).workspace.chat_id == chat
+        now = self.lc.clock()
+        assert pools.shortfall(self.pool, members, now) >= 0
+        counts = pools.counts(self.pool, members, now)
+        assert counts.ready + counts.warming <= self.pool.size, counts
 
     # --- invariants ----------------------------------------------------------------------------
 

@@ -15,12 +15,12 @@ them) and the wall-clock time to stamp on the events. No I/O, no clocks, no awai
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
 
-from . import buildlogs, checks, deadlines
+from . import buildlogs, checks, deadlines, pools
 from .buildlogs import BuildLog
 from .endpoints import check_endpoints
 from .errors import BuildConflictError, LeaseLostError, NotFoundError, OwnershipError, QuotaExceededError
@@ -52,11 +52,13 @@ __all__ = [
     "build_moved_on",
     "check_lease_seconds",
     "claim_build",
+    "claim_pooled",
     "create_landed",
     "create_workspace",
     "defer_request",
     "deferral_holds",
     "expire_lease",
+    "fill_pool",
     "finish_build",
     "fire_deadline",
     "parse_lifecycle",
@@ -318,6 +320,80 @@ def set_limits(owner: str, limits: Limits) -> Write:
     if not isinstance(limits, Limits):
         raise ValueError(f"limits must be a workspace_lifecycle.Limits, not {limits!r}")
     return Write(events=(), owner=OwnerRow(owner, limits))
+
+
+def fill_pool(
+    holder: Chat | None,
+    members: Sequence[WorkspaceFacts],
+    pool: pools.Pool,
+    *,
+    workspace_id: str,
+    build_id: str,
+    at: float,
+) -> Write | None:
+    """One more workspace for ``pool`` (its ``members`` as read in the same transaction), or
+    ``None`` when it has its size already (ready or on their way): a new workspace bound to the
+    pool's ``holder`` row (inserted with the first fill) with its start build, queued like any
+    other, and born with the pool's time to live (:func:`~workspace_lifecycle.pools.ttl_deadline`).
+
+    >>> w = fill_pool(None, [], pools.Pool("p", size=1), workspace_id="w1", build_id="b1", at=0)
+    >>> [e.kind.value for e in w.events], w.chat.chat_id == pools.holder_id("p"), w.workspace.owner
+    (['chat_bound', 'build_queued'], True, '')
+    >>> fill_pool(None, [], pools.Pool("p", size=0), workspace_id="w1", build_id="b1", at=0)
+    """
+    if pools.shortfall(pool, members, at) == 0:
+        return None
+    chat = Chat(pool.holder, "", None) if holder is None else None
+    ws = Workspace(workspace_id, pool.holder, "", pool.name, deadline=pools.ttl_deadline(pool.ttl, at))
+    build = Build(build_id, workspace_id, 1, Transition.START, JobStatus.PENDING, parameters=pool.parameters)
+    events = [
+        _event(EventKind.CHAT_BOUND, ws, None, at=at),  # a watcher of every chat follows it from here
+        _event(EventKind.BUILD_QUEUED, ws, build, at=at, status=JobStatus.PENDING),
+    ]
+    if ws.deadline is not None:
+        events.append(_rearm(ws, ws.deadline, at=at, build_number=1)[1])
+    return Write(events=tuple(events), build=build, queued=True, workspace=ws, chat=chat)
+
+
+def claim_pooled(
+    chat: Chat | None,
+    members: Sequence[WorkspaceFacts],
+    *,
+    pool: str,
+    expected_workspace_id: str | None,
+    replaced: WorkspaceFacts | None,
+    name: str,
+    at: float,
+    usage: Usage | None = None,
+    limits: Limits | None = None,
+) -> Write | None:
+    """Bind ``chat`` to a ready member of ``pool`` (:func:`~workspace_lifecycle.pools.choose`),
+    or ``None``: the compare-and-set of :func:`create_workspace` fails (the chat is no longer
+    bound to ``expected_workspace_id``), or no member is ready. The member takes the chat's
+    id, owner and ``name``, and the deadline the chat's policy arms for a running workspace
+    instead of its time to live; the ``chat_bound`` event names the pool.
+
+    The member is read in the same transaction, so two claims never take the same one: the
+    second reads it bound to the first chat (no longer a member) and takes another.
+    """
+    if chat is None:
+        raise NotFoundError("no such chat")
+    if chat.workspace_id != expected_workspace_id:
+        return None
+    if expected_workspace_id is not None and (replaced is None or not _replaceable(replaced)):
+        return None
+    member = pools.choose(members, chat.chat_id, at)
+    if member is None:
+        return None
+    # The claimed workspace becomes one more of the owner's, running: its limits apply.
+    check_quota(usage, limits, adds_running=True, adds_workspace=True)
+    latest = member.latest_build
+    number = latest.number if latest else 0
+    armed = deadlines.pushed_by_activity(derive_state(member), chat.policy, at)
+    ws = attrs.evolve(member.workspace, chat_id=chat.chat_id, owner=chat.owner, name=name)
+    ws, rearmed = _rearm(ws, armed, at=at, build_number=number)
+    bound = _event(EventKind.CHAT_BOUND, ws, None, at=at, build_number=number, details={"pool": pool})
+    return Write(events=(bound, rearmed), workspace=ws, chat=attrs.evolve(chat, workspace_id=ws.workspace_id))
 
 
 # --- after a write that may or may not have committed ---------------------------------------
@@ -700,7 +776,10 @@ def finish_build(
         workspace = attrs.evolve(ws, deleted=True, deadline=None)
         events.append(_event(EventKind.WORKSPACE_DELETED, workspace, done, at=at))
     else:
-        armed = deadlines.after_finish(done, policy or Policy(), at)
+        # A pooled workspace nobody claimed keeps the deadline it was born with (its time to
+        # live): its holder has no policy of its own.
+        unclaimed = pools.pool_of(ws.chat_id) is not None
+        armed = ws.deadline if unclaimed else deadlines.after_finish(done, policy or Policy(), at)
         if armed != ws.deadline:
             workspace, event = _rearm(ws, armed, at=at, build_number=done.number)
             events.append(event)

@@ -35,6 +35,7 @@ CORE_LATER = (
     "limits",
     "skew",
     "readiness",
+    "pools",
 )
 
 #: What the core may not import from outside the package: event loops and concurrency, clocks,
@@ -67,6 +68,7 @@ RUNTIME = (
     "_registry",
     "_retry",
     "_deadlines",
+    "_pools",
     "_flight",
     "_service",
     "provisioner",

@@ -35,6 +35,7 @@ EXPECTED = {
         "lease renewal, SQLite",
         "reaper at rest, 50 builds renewing, SQLite",
     ],
+    "pools": ["create from a warm pool of 3, SQLite, ProcessProvisioner"],
     "peers": [
         "ours, SQLite: cycle p50, 1 caller",
         "ours, SQLite: cycles/s, 16 callers",

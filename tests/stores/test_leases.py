@@ -444,6 +444,7 @@ class TestMigration:
             conn.execute("ALTER TABLE workspaces DROP COLUMN deadline_warned")
             conn.execute("DROP INDEX workspaces_by_owner")  # 7: per-owner limits
             conn.execute("DROP TABLE owners")
+            conn.execute("DROP INDEX IF EXISTS workspaces_by_chat")  # 10: warm pools
             conn.execute("DROP TABLE build_logs")
             conn.execute("ALTER TABLE agents DROP COLUMN endpoints")
             conn.execute("DROP INDEX builds_by_lease")
@@ -466,6 +467,7 @@ class TestMigration:
             conn.execute("ALTER TABLE workspaces DROP COLUMN deadline_warn_at, DROP COLUMN deadline_warned")
             conn.execute("DROP INDEX workspaces_owner")  # 7: per-owner limits
             conn.execute("DROP TABLE owners")
+            conn.execute("DROP INDEX IF EXISTS workspaces_by_chat")  # 10: warm pools
             conn.execute("DROP TABLE build_logs")
             conn.execute("ALTER TABLE agents DROP COLUMN endpoints")
             conn.execute("DROP INDEX builds_lease")

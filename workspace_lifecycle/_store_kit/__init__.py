@@ -3,8 +3,8 @@
 Every store (ours and yours) must behave the same for the runtime to rely on it; the checks are
 the rules the runtime relies on, split by concern: :mod:`.writes` (chats, creates, requests, the
 provisioner side), :mod:`.log` (the event log, waking, pruning, a closed store) and
-:mod:`.leases` (leases and deadlines, on the kit's virtual clock) and :mod:`.deferred`
-(requests deferred behind a build, fired by its finish).
+:mod:`.leases` (leases and deadlines, on the kit's virtual clock), :mod:`.deferred`
+(requests deferred behind a build, fired by its finish) and :mod:`.pools` (warm pools).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from . import deferred as deferred
 from . import leases as leases
 from . import limits as limits
 from . import log as log
+from . import pools as pools
 from . import writes as writes
 from ._kit import CHECKS as CHECKS
 from ._kit import ClockedStoreFactory as ClockedStoreFactory

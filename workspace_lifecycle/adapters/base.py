@@ -29,6 +29,7 @@ import attrs
 from ..buildlogs import BuildLog
 from ..errors import CorruptStateError
 from ..limits import Limits, Usage
+from ..pools import Pool
 from ..skew import ClockSkew
 from ..values import (
     AgentLifecycle,
@@ -50,6 +51,7 @@ __all__ = [
     "Deferral",
     "Doorbell",
     "Outcome",
+    "PoolClaim",
     "Store",
     "Topic",
     "TopicKind",
@@ -84,6 +86,20 @@ class Deferral:
 
     held: bool
     facts: WorkspaceFacts
+
+
+@attrs.frozen
+class PoolClaim:
+    """The result of :meth:`Store.claim_pooled`.
+
+    ``claimed``: the chat is now bound to a member of the pool, whose ``facts`` (as the claim
+    left them) these are. Otherwise ``facts`` are those of the workspace the chat is bound to
+    now if the compare-and-set lost to another create, and ``None`` when the pool had no ready
+    member (the caller builds one the ordinary way).
+    """
+
+    claimed: bool
+    facts: WorkspaceFacts | None
 
 
 @attrs.frozen
@@ -262,6 +278,34 @@ class Store(abc.ABC):
         Compare-and-set: only if the chat is still bound to ``expected_workspace_id``. On a lost
         race, ``facts`` are those of the workspace the chat is bound to now.
         """
+
+    @abc.abstractmethod
+    async def claim_pooled(
+        self,
+        chat_id: str,
+        pool: str,
+        name: str,
+        *,
+        expected_workspace_id: str | None,
+        limits: Limits | None = None,
+    ) -> PoolClaim:
+        """Bind the chat to a ready workspace of warm pool ``pool`` named ``name`` (see
+        :func:`~workspace_lifecycle.writes.claim_pooled`): a compare-and-set on the chat, as
+        :meth:`create_workspace`, and on the member, so each member goes to exactly one chat.
+        The claim gives the chat's owner a running workspace more: it must fit the owner's
+        limits (``limits``, the caller's default, or those stored), counted in the same
+        transaction; over them it raises QuotaExceededError and writes nothing."""
+
+    @abc.abstractmethod
+    async def fill_pool(self, pool: Pool) -> WorkspaceFacts | None:
+        """Queue one more workspace of ``pool`` unless it has its size already (decided on the
+        members read in the same transaction: replicas filling at once never overfill); the
+        new workspace's facts, or ``None``."""
+
+    @abc.abstractmethod
+    async def pool_members(self, pool: str) -> Sequence[WorkspaceFacts]:
+        """The facts of every workspace of warm pool ``pool`` that no chat claimed and that is
+        not deleted, in one read."""
 
     @abc.abstractmethod
     async def request_build(

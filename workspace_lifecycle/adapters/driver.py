@@ -63,6 +63,12 @@ class ReadKind(enum.Enum):
     LOG = "log"
     #: The owner ``key``'s usage and stored limits (``Rows.usage``), and nothing else.
     OWNER = "owner"
+    #: A warm pool: the members (``Rows.members``: the facts of every workspace bound to the
+    #: pool's holder ``key`` and not deleted) and, without a ``claimant``, the holder's row
+    #: (``Rows.chat``); with one, the claimant's chat row and the facts of the workspace it is
+    #: bound to (``Rows.chat``, ``Rows.facts``), as a CHAT read. A driver guards the members'
+    #: rows too: a claim changes one of them.
+    POOL = "pool"
 
 
 @attrs.frozen
@@ -70,7 +76,7 @@ class Read:
     """The rows a :class:`Plan` decides on.
 
     >>> Read.workspace("w1")
-    Read(kind=<ReadKind.WORKSPACE: 'workspace'>, key='w1', related=True, latest=True, usage=False, limited=True)
+    Read(kind=<ReadKind.WORKSPACE: 'workspace'>, key='w1', related=True, latest=True, usage=False, limited=True, claimant='')
     """
 
     kind: ReadKind
@@ -97,6 +103,8 @@ class Read:
     #: write holds only while the owner has no stored limits (a condition of its guard); it
     #: counts as usual when the owner has some.
     limited: bool = True
+    #: For a POOL read: the chat that claims a member (``""``: none, a fill or a listing).
+    claimant: str = ""
 
     @classmethod
     def of_chat(cls, chat_id: str, *, related: bool = True, usage: bool = False) -> Read:
@@ -130,6 +138,10 @@ class Read:
     def log(cls, build_id: str) -> Read:
         return cls(ReadKind.LOG, build_id)
 
+    @classmethod
+    def pool(cls, holder: str, claimant: str = "") -> Read:
+        return cls(ReadKind.POOL, holder, True, claimant=claimant)
+
 
 @attrs.define(slots=True, eq=False)
 class Rows:
@@ -143,6 +155,8 @@ class Rows:
       cost (a row cache), else ``None``.
     * PENDING: ``build`` and ``workspace``, or neither when nothing is pending.
     * LOG: as BUILD, and ``log`` (``None`` until the build's first line).
+    * POOL: ``members``, and ``chat`` (the holder's, or the claimant's with ``facts`` of the
+      workspace it is bound to).
     * OWNER: ``usage`` only.
 
     ``usage`` is read whenever the read asks for it (``Read.usage``): the owner's counts and
@@ -155,6 +169,7 @@ class Rows:
     workspace: Workspace | None = None
     log: BuildLog | None = None
     usage: Usage | None = None
+    members: tuple[WorkspaceFacts, ...] = ()
 
     @classmethod
     def of_facts(cls, facts: WorkspaceFacts | None, chat: Chat | None = None) -> Rows:

@@ -45,6 +45,7 @@ class MemoryDriver(Driver):
         self._numbers: dict[tuple[str, int], str] = {}  # (workspace id, build number) -> build id
         self._limits: dict[str, Limits] = {}  # owner -> the limits stored for it
         self._by_owner: dict[str, dict[str, None]] = {}  # owner -> ids of its workspaces
+        self._bound: dict[str, dict[str, None]] = {}  # chat id -> ids of its live workspaces
         self._events: list[StoreEvent] = []
         self._pruned_through = 0  # every event with seq <= this was pruned
         self._doorbell = Doorbell()
@@ -103,6 +104,17 @@ class MemoryDriver(Driver):
             ws = self._workspaces[build.workspace_id]
             log = self._logs.get(build.build_id) if kind is ReadKind.LOG else None
             return Rows(self._chats.get(ws.chat_id), None, build, ws, log)
+        if kind is ReadKind.POOL:
+            members = tuple(
+                facts
+                for workspace_id in self._bound.get(read.key, ())
+                if (facts := self._facts_or_none(workspace_id)) is not None
+            )
+            if not read.claimant:
+                return Rows(self._chats.get(read.key), members=members)
+            rows = self._read(Read.of_chat(read.claimant))
+            rows.members = members
+            return rows
         if kind is ReadKind.PENDING:
             build = self._oldest_pending()
             return (
@@ -127,6 +139,11 @@ class MemoryDriver(Driver):
         """Apply one decided write: its rows, then its events numbered in order; the head."""
         if write.workspace is not None:
             ws = write.workspace
+            old = self._workspaces.get(ws.workspace_id)
+            if old is not None and old.chat_id in self._bound:
+                self._bound[old.chat_id].pop(ws.workspace_id, None)
+            if not ws.deleted:
+                self._bound.setdefault(ws.chat_id, {})[ws.workspace_id] = None
             self._workspaces[ws.workspace_id] = ws
             self._by_owner.setdefault(ws.owner, {})[ws.workspace_id] = None
         if write.owner is not None:

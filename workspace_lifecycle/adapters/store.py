@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .. import skew, writes
+from .. import pools, skew, writes
 from ..buildlogs import check_lines
 from ..endpoints import check_endpoints
 from ..errors import NotFoundError, StoreBusyError
@@ -38,7 +38,7 @@ from ..values import (
     Transition,
     WorkspaceFacts,
 )
-from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Deferral, Outcome, Store, Topic
+from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Deferral, Outcome, PoolClaim, Store, Topic
 from .driver import RETRY, Driver, LogRead, Plan, Read, Rows
 
 __all__ = ["MAX_DECISIONS", "DriverStore", "as_driver_store"]
@@ -166,6 +166,98 @@ class _CreateWorkspace(_Request):
             return self._decided(bound, None)
         assert write.workspace is not None
         return self._decided(WorkspaceFacts(write.workspace, None, None, 0), write)
+
+
+class _ClaimPooled(Plan[PoolClaim]):
+    op = "claim_pooled"
+    __slots__ = ("_claim", "_write", "clock", "expected", "limits", "name", "pool")
+
+    def __init__(
+        self,
+        chat_id: str,
+        pool: str,
+        name: str,
+        expected: str | None,
+        limits: Limits | None,
+        clock: Callable[[], float],
+    ) -> None:
+        # A claim gives the owner a (running) workspace more: it counts its usage.
+        super().__init__(attrs.evolve(Read.pool(pools.holder_id(pool), chat_id), usage=True))
+        self.pool, self.name, self.expected, self.clock, self.limits = pool, name, expected, clock, limits
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        chat = rows.chat
+        if chat is None:
+            raise NotFoundError(f"no chat {self.read.claimant!r}")
+        bound = rows.facts
+        write = writes.claim_pooled(
+            chat,
+            rows.members,
+            pool=self.pool,
+            expected_workspace_id=self.expected,
+            replaced=bound if self.expected is not None else None,
+            name=self.name,
+            at=self.clock(),
+            usage=rows.usage,
+            limits=self.limits,
+        )
+        self._write = write
+        if write is None:
+            if chat.workspace_id == self.expected:  # nothing ready: the caller builds one
+                self._claim = PoolClaim(False, None)
+                return None
+            if bound is None:
+                raise NotFoundError(f"chat {self.read.claimant!r} has no workspace")
+            self._claim = PoolClaim(False, bound)  # lost to another create
+            return None
+        assert write.workspace is not None
+        claimed = write.workspace.workspace_id
+        self._claim = PoolClaim(True, next(m for m in rows.members if m.workspace_id == claimed))
+        return write
+
+    def answer(self, head: int) -> PoolClaim:
+        claim, write = self._claim, self._write
+        if write is None or claim.facts is None:
+            return claim
+        return PoolClaim(True, writes.applied(claim.facts, write, head))
+
+
+class _FillPool(Plan[WorkspaceFacts | None]):
+    op = "fill_pool"
+    __slots__ = ("_facts", "clock", "pool")
+
+    def __init__(self, pool: pools.Pool, clock: Callable[[], float]) -> None:
+        super().__init__(Read.pool(pool.holder))
+        self.pool, self.clock = pool, clock
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        write = writes.fill_pool(
+            rows.chat, rows.members, self.pool, workspace_id=_new_id(), build_id=_new_id(), at=self.clock()
+        )
+        self._facts = None
+        if write is not None:
+            assert write.workspace is not None
+            self._facts = WorkspaceFacts(write.workspace, write.build, None, 0)
+        return write
+
+    def answer(self, head: int) -> WorkspaceFacts | None:
+        facts = self._facts
+        return None if facts is None else attrs.evolve(facts, seq=head)
+
+
+class _PoolMembers(Plan[Sequence[WorkspaceFacts]]):
+    op = "pool_members"
+    __slots__ = ("_members",)
+
+    def __init__(self, pool: str) -> None:
+        super().__init__(Read.pool(pools.holder_id(pool)))
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        self._members = rows.members
+        return None
+
+    def answer(self, head: int) -> Sequence[WorkspaceFacts]:
+        return self._members
 
 
 class _RequestBuild(_Request):
@@ -559,6 +651,25 @@ class DriverStore(Store):
         return await self._transact(
             _CreateWorkspace(chat_id, name, expected_workspace_id, parameters, limits, self.driver.clock)
         )
+
+    async def claim_pooled(
+        self,
+        chat_id: str,
+        pool: str,
+        name: str,
+        *,
+        expected_workspace_id: str | None,
+        limits: Limits | None = None,
+    ) -> PoolClaim:
+        return await self._transact(
+            _ClaimPooled(chat_id, pool, name, expected_workspace_id, limits, self.driver.clock)
+        )
+
+    async def fill_pool(self, pool: pools.Pool) -> WorkspaceFacts | None:
+        return await self._transact(_FillPool(pool, self.driver.clock))
+
+    async def pool_members(self, pool: str) -> Sequence[WorkspaceFacts]:
+        return await self._transact(_PoolMembers(pool))
 
     async def request_build(
         self,

@@ -33,7 +33,7 @@ from typing import NoReturn
 
 from .. import __version__
 from ..adapters import open_store as open_store
-from . import completion, demo, diagram, listing, logs, mcp, provision, requests, status, touch, watch
+from . import completion, demo, diagram, listing, logs, mcp, pool, provision, requests, status, touch, watch
 from ._shared import DB_ENV as DB_ENV
 from ._shared import PROG as PROG
 from ._shared import CliError as CliError
@@ -47,7 +47,7 @@ __all__ = ["build_parser", "main"]
 _is_tty = is_tty
 
 #: The command modules, in the order ``--help`` lists their commands.
-_COMMANDS = (demo, diagram, status, listing, watch, logs, requests, touch, provision, mcp, completion)
+_COMMANDS = (demo, diagram, status, listing, watch, logs, requests, touch, provision, pool, mcp, completion)
 
 
 class _Parser(argparse.ArgumentParser):

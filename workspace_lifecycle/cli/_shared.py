@@ -18,7 +18,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
 
-from .. import checks
+from .. import checks, pools
 from ..adapters.base import Store
 from ..deadlines import STANDALONE_POLICY
 from ..diagram import GraphvizMissingError, PydotMissingError
@@ -351,7 +351,14 @@ def change_line(change: StateChange) -> str:
 
 def watch_line(change: StateChange) -> str:
     reached = "".join(f"  {name}={url}" for name, url in change.endpoints.items())
-    return f"{clock(change.at)}  {change.chat_id}  {change_line(change).rstrip()}{reached}"
+    return f"{clock(change.at)}  {shown_chat(change.chat_id)}  {change_line(change).rstrip()}{reached}"
+
+
+def shown_chat(chat_id: str) -> str:
+    """A chat id as the command line prints it: a warm pool's unclaimed workspaces as
+    ``pool:NAME`` (their holder's id has a control character)."""
+    pool = pools.pool_of(chat_id)
+    return chat_id if pool is None else f"pool:{pool}"
 
 
 async def follow(

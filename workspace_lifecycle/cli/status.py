@@ -6,6 +6,7 @@ import argparse
 import time
 from typing import Any
 
+from .. import pools
 from ..adapters.base import ChatRow, Store
 from ..machine import Tracker, derive_state
 from ..steps import agent_status, reached
@@ -36,7 +37,9 @@ def handle(args: argparse.Namespace) -> int:
 
 async def _list(store: Store, as_json: bool) -> int:
     async with opened(store):
-        rows = sorted(await store.list_chats(), key=lambda r: r.chat.chat_id)
+        # A warm pool's holder is no chat: 'pool status' shows pools.
+        chats = [r for r in await store.list_chats() if pools.pool_of(r.chat.chat_id) is None]
+        rows = sorted(chats, key=lambda r: r.chat.chat_id)
     if as_json:
         for row in rows:
             out_json(_row_json(row))

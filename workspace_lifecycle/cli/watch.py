@@ -24,6 +24,7 @@ from ._shared import (
     opened,
     out,
     out_json,
+    shown_chat,
     watch_line,
 )
 from ._shared import clock as clock_text
@@ -36,7 +37,7 @@ def add_parser(commands: Commands) -> None:
         "print state changes and expiry warnings live until Ctrl-C",
         "Print every state change of every chat (or of one, with --chat) as it happens, with "
         "its timestamp, and each deadline_approaching warning (a chat's warn_before ahead of an "
-        "idle stop or a retention delete), until Ctrl-C. Works across processes on a shared "
+        "idle stop or a retention delete), until Ctrl-C; a warm pool's workspaces show as 'pool:NAME' until a chat claims one. Works across processes on a shared "
         "SQLite file. Refuses a missing SQLite file (it does not create one).",
         handle,
     )
@@ -54,7 +55,7 @@ def handle(args: argparse.Namespace) -> int:
 def _change_json(change: StateChange) -> dict[str, Any]:
     return {
         "at": change.at,
-        "chat_id": change.chat_id,
+        "chat_id": shown_chat(change.chat_id),
         "workspace_id": change.workspace_id,
         "build_number": change.build_number,
         "from": change.from_state.value,

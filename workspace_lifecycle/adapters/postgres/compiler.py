@@ -167,6 +167,9 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
     queued = build if write.queued else None
     if ws is not None:
         params.update(
+            w_chat=ws.chat_id,
+            w_owner=ws.owner,
+            w_name=ws.name,
             w_deleted=ws.deleted,
             w_deadline=ws.deadline.at if ws.deadline else None,
             w_reason=ws.deadline.reason.value if ws.deadline else None,
@@ -176,13 +179,11 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
         )
     if ws is not None and seen is None:
         # A new workspace (with its first build: one statement cannot update a row it inserts).
+        # Under the caller's locks (no guard) a finish may queue the deferred build too.
+        then = write.then
         params.update(
             w_id=ws.workspace_id,
-            w_chat=ws.chat_id,
-            w_owner=ws.owner,
-            w_name=ws.name,
-            # Under the caller's locks (no guard) a finish may queue the deferred build too.
-            w_latest=queued.number if queued is not None else write.then.number if write.then else 0,
+            w_latest=queued.number if queued is not None else then.number if then is not None else 0,
         )
         return (
             "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, latest_build,"
@@ -210,6 +211,9 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
             "deadline_warned = %(w_warned)s",
             "deferred = %(w_deferred)s",
         ]
+        # A claimed pooled workspace takes its chat's id, owner and name; every other write
+        # writes back the ones it read.
+        sets += ["chat_id = %(w_chat)s", "owner = %(w_owner)s", "name = %(w_name)s"]
     if then is not None:
         assert then.workspace_id == target, "a write queues builds of the workspace it read"
         sets.append("latest_build = %(t_n)s")

@@ -25,7 +25,8 @@ Two ways to run a plan, by what it reads:
   (READ COMMITTED: a statement after the lock sees every write that held it before), and the
   decision is persisted under those locks. Writes that only lower a count (a stop, a failed
   start) take no owner lock: read late, they can only make a check refuse, never pass.
-* **Locked, in a transaction** (CHAT reads: registering a chat, creating a workspace): the
+* **Locked, in a transaction** (CHAT reads: registering a chat, creating a workspace; POOL
+  reads: claiming a pooled workspace, filling a pool, which lock the pool's members first): the
   workspace the chat is bound to and then the chat row are locked ``FOR UPDATE``, read,
   decided on, and persisted unguarded under those locks. A new chat row that another replica
   inserted meanwhile rolls the transaction back: :data:`~..driver.RETRY`.
@@ -169,9 +170,11 @@ class PostgresDriver(Driver):
 
     async def transact(self, plan: Plan[T]) -> T | Retry:
         read = plan.read
+        if read.kind is ReadKind.POOL:  # locked, with the claimant owner's usage when asked
+            return await self._transact_locked(plan)
         if read.usage and (read.limited or read.kind is not ReadKind.WORKSPACE):
             return await self._transact_owner(plan)
-        if plan.read.kind is ReadKind.CHAT:
+        if plan.read.kind is ReadKind.CHAT or plan.read.kind is ReadKind.POOL:
             return await self._transact_locked(plan)
         return await self.connection.try_(functools.partial(self._guarded, plan), kind=plan.op)
 
@@ -291,15 +294,30 @@ class PostgresDriver(Driver):
         read = plan.read
 
         async def body(conn: Conn) -> int | Retry:
-            rows = await sql.lock_chat(conn, read.key, related=read.related)
+            versions: dict[str, int] = {}
+            # A claim that counts its owner's usage takes the owner's lock first, as every write
+            # that may take one of the owner's slots (see _transact_owner).
+            owner = await sql.owner_of(conn, read) if read.usage else None
+            if owner is not None:
+                await sql.lock_owner(conn, owner)
+            if read.kind is ReadKind.POOL:
+                rows, versions = await sql.lock_pool(conn, read.key, read.claimant)
+            else:
+                rows = await sql.lock_chat(conn, read.key, related=read.related)
             if rows is None:
                 return RETRY  # bound to another workspace between the locks
+            if owner is not None:
+                rows.usage = await sql.read_usage(conn, owner)
             write = plan.decide(rows)
             if write is None:
                 if rows.facts is not None:
                     self._read_head(rows.facts.seq)
                 return 0
-            head = await self.committer.execute(conn, write, None, new_chat=rows.chat is None)
+            # A write on a pool member (a claim) is guarded by the member's version as read:
+            # the members are read unlocked, and another claim may have taken it meanwhile.
+            changed = write.workspace.workspace_id if write.workspace is not None else None
+            seen = Seen(changed, versions[changed]) if changed in versions else None
+            head = await self.committer.execute(conn, write, seen, new_chat=rows.chat is None)
             if head is None:
                 raise _Conflict
             return head

@@ -302,6 +302,13 @@ async def owner_of(conn: Conn, read: Read) -> str | None:
     never changes, so it is read before any lock."""
     if read.kind is ReadKind.OWNER:
         return read.key
+    if read.kind is ReadKind.POOL:  # the claimant's
+        if not read.claimant:
+            return None
+        query, key = "SELECT owner FROM chats WHERE chat_id = %s", read.claimant
+        cur = await conn.execute(query, (key,))
+        row = await cur.fetchone()
+        return None if row is None else str(row[0])
     if read.kind is ReadKind.BUILD or read.kind is ReadKind.LOG:
         query = "SELECT w.owner FROM builds b JOIN workspaces w USING (workspace_id) WHERE b.build_id = %s"
     else:
@@ -374,6 +381,25 @@ async def write_owner(conn: Conn, owner: OwnerRow) -> None:
         " workspaces = excluded.workspaces, version = o.version + 1",
         (owner.owner, owner.limits.running, owner.limits.workspaces),
     )
+
+
+async def lock_pool(conn: Conn, holder: str, claimant: str) -> tuple[Rows | None, dict[str, int]]:
+    """Inside a transaction: lock the claimant's chat and its workspace as :func:`lock_chat`
+    does (without a claimant, the pool holder's row: fills of one pool take turns, and each
+    reads the members the one before it committed), then read the pool's members (the live
+    workspaces bound to ``holder``) with their versions: the guard of a claim's write on the
+    member it takes. ``None`` rows as for :func:`lock_chat`."""
+    rows = await lock_chat(conn, claimant or holder, related=bool(claimant))
+    if rows is None:
+        return None, {}
+    cur = await conn.execute(
+        f"SELECT {_FACTS_COLUMNS}, {HEAD}, w.version FROM workspaces w {_FACTS_JOINS}"
+        " WHERE w.chat_id = %s AND NOT w.deleted",
+        (holder,),
+    )
+    found = await cur.fetchall()
+    rows.members = tuple(parse_facts(row) for row in found)
+    return rows, {str(row[0]): int(row[_FACTS_WIDTH]) for row in found}
 
 
 # --- plain reads -----------------------------------------------------------------------------

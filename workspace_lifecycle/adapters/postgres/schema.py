@@ -140,6 +140,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE workspaces ADD COLUMN deferred jsonb;
     """,
+    # 10: warm pools: a pool's members are the live workspaces bound to its holder row; a claim
+    # and a fill read (and lock) them by chat id.
+    """
+    CREATE INDEX workspaces_by_chat ON workspaces (chat_id) WHERE NOT deleted;
+    """,
 )
 
 #: The schema version this code writes and understands.

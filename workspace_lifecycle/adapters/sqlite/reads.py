@@ -53,6 +53,7 @@ _BUILD = (
     f"SELECT {_B}, {_W}, {_C} FROM builds b LEFT JOIN workspaces w ON w.workspace_id = b.workspace_id"
     " LEFT JOIN chats c ON c.chat_id = w.chat_id WHERE b.build_id = ?"
 )
+_MEMBERS = rows.facts_query("w.chat_id = ? AND w.deleted = 0")
 _PENDING = (
     f"SELECT {_B}, {_W} FROM builds b LEFT JOIN workspaces w ON w.workspace_id = b.workspace_id"
     " WHERE b.status = 'pending' ORDER BY b.queued_seq LIMIT 1"
@@ -119,6 +120,13 @@ def _plan_rows(conn: sqlite3.Connection, read: Read) -> Rows:
         chat = None if row[at_chat] is None else rows.chat_row(row[at_chat:])
         log = log_of(conn, read.key) if kind is ReadKind.LOG else None
         return Rows(chat, None, rows.build(row), ws, log)
+    if kind is ReadKind.POOL:
+        members = tuple(rows.facts_row(r) for r in conn.execute(_MEMBERS, (read.key,)).fetchall())
+        if not read.claimant:
+            return Rows(rows.chat(conn, read.key), members=members)
+        found = plan_rows(conn, Read.of_chat(read.claimant))
+        found.members = members
+        return found
     if kind is ReadKind.PENDING:
         row = conn.execute(_PENDING).fetchone()
         if row is None:

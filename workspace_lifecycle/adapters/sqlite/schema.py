@@ -11,7 +11,7 @@ from .rows import head
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_path", "setup"]
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 _SCHEMA = """
 CREATE TABLE chats (
@@ -125,6 +125,9 @@ ALTER TABLE log_state DROP COLUMN head
     # A request deferred behind the build in flight, stored as intent (a JSON object: its
     # transition, the build it waits out, who asked): the build's finish acts on it.
     8: "ALTER TABLE workspaces ADD COLUMN deferred TEXT",
+    # Warm pools: a pool's members are the live workspaces bound to its holder row; a claim
+    # and a fill read them by chat id.
+    9: "CREATE INDEX workspaces_by_chat ON workspaces (chat_id) WHERE deleted = 0",
 }
 
 
