@@ -14,7 +14,8 @@ anyio cancel scopes.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Self
 
@@ -23,13 +24,14 @@ import anyio
 from . import checks, steps
 from ._activity import Activity
 from ._deadlines import DeadlineScheduler
+from ._holds import HoldKeeper, Turn
 from ._interpreter import Interpreter, workspace_name
 from ._logread import read_logs
 from ._pump import EventPump
 from ._registry import Registry
 from ._retry import RetryingWriter
 from ._service import BackgroundService
-from .adapters.base import Store
+from .adapters.base import DEFAULT_HOLD_SECONDS, Store
 from .clock import Clock, resolve_clock
 from .errors import NotFoundError
 from .machine import Request, derive_state
@@ -82,7 +84,8 @@ class Lifecycle(BackgroundService):
     it (exactly one replica wins each). It waits on the store's clock (a
     :class:`~workspace_lifecycle.clock.VirtualClock` given to ``open_store(url, clock=...)``
     steps a test through hours); ``clock``, if given, must be that one
-    (:func:`~workspace_lifecycle.clock.resolve_clock`).
+    (:func:`~workspace_lifecycle.clock.resolve_clock`). A :meth:`turn` holds its workspace
+    against idle stops under a hold of ``hold_seconds``, renewed every third of it.
     """
 
     def __init__(
@@ -96,8 +99,10 @@ class Lifecycle(BackgroundService):
         clock: Clock | Callable[[], float] | None = None,
         policy: Policy | None = None,
         fire_deadlines: bool = True,
+        hold_seconds: float = DEFAULT_HOLD_SECONDS,
     ) -> None:
         build_timeout = checks.seconds("build_timeout", build_timeout)
+        hold_seconds = checks.seconds("hold_seconds", hold_seconds)
         agent_timeout = checks.seconds("agent_timeout", agent_timeout)
         if resync_interval is not None:
             resync_interval = checks.seconds("resync_interval", resync_interval)
@@ -127,6 +132,7 @@ class Lifecycle(BackgroundService):
             kick_after=resync_interval,
         )
         self._activity = Activity(store, self._deadlines, self.clock)
+        self._holds = HoldKeeper(store, self.clock, hold_seconds=hold_seconds)
         self._writer = RetryingWriter(store, retries=write_retries)
         self._steps = Interpreter(
             store,
@@ -158,13 +164,12 @@ class Lifecycle(BackgroundService):
         return await super().__aexit__(exc_type, exc, tb)
 
     async def run(self) -> None:
-        """The event pump (applies the store's events to the tracked workspaces) and the
-        deadline scheduler, until cancelled."""
-        if not self.fire_deadlines:
-            await self._pump.run()
-            return
+        """The event pump (applies the store's events to the tracked workspaces), the deadline
+        scheduler and the heartbeat of the turns' holds, until cancelled."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._deadlines.run)
+            if self.fire_deadlines:
+                tg.start_soon(self._deadlines.run)
+            tg.start_soon(self._holds.run)
             await self._pump.run()
 
     def _spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
@@ -254,6 +259,36 @@ class Lifecycle(BackgroundService):
         if chat is None or chat.owner != owner:
             raise NotFoundError(f"no chat {chat_id!r} for this owner")
         return await self._activity.touch(chat)
+
+    @asynccontextmanager
+    async def turn(self, chat_id: str, *, owner: str) -> AsyncIterator[Turn]:
+        """Hold the chat's workspace for a turn: while any turn holds it (in this process or
+        another replica) no idle stop fires; when the last one ends, the idle countdown starts
+        (the idle stop comes ``idle_stop_after`` later unless activity pushes it)::
+
+            async with lc.turn("chat-1", owner="alice"):
+                await run_the_agent()   # a ten-minute quiet command stops nothing
+
+        The hold is a row in the store, renewed every third of ``hold_seconds`` while the block
+        runs and released when it ends; a process that dies stops renewing it, and it lapses at
+        its expiry (the countdown then starts from there). A turn begun before the chat has a
+        workspace takes its hold at its next renewal after the chat got one. Yields the
+        :class:`~workspace_lifecycle._holds.Turn`. An unknown chat, or another owner's, raises
+        :class:`~workspace_lifecycle.errors.NotFoundError` (the same one).
+        """
+        _check_id("chat_id", chat_id)
+        _check_id("owner", owner)
+        self._raise_if_failed()
+        chat = await self.store.get_chat(chat_id)
+        if chat is None or chat.owner != owner:
+            raise NotFoundError(f"no chat {chat_id!r} for this owner")
+        async with self._holds.hold(chat) as held:
+            yield held
+
+    @property
+    def turns(self) -> int:
+        """How many turns this runtime holds now."""
+        return self._holds.held
 
     async def ensure_running(
         self, chat_id: str, *, owner: str, wait: bool = True, parameters: Mapping[str, str] | None = None

@@ -57,6 +57,7 @@ RUNTIME = (
     "_registry",
     "_retry",
     "_deadlines",
+    "_holds",
     "_flight",
     "_service",
     "provisioner",

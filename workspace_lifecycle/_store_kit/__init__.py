@@ -3,11 +3,13 @@
 Every store (ours and yours) must behave the same for the runtime to rely on it; the checks are
 the rules the runtime relies on, split by concern: :mod:`.writes` (chats, creates, requests, the
 provisioner side), :mod:`.log` (the event log, waking, pruning, a closed store) and
-:mod:`.leases` (leases and deadlines, on the kit's virtual clock).
+:mod:`.leases` (leases and deadlines, on the kit's virtual clock) and :mod:`.holds` (turn holds
+and the idle stops they put off).
 """
 
 from __future__ import annotations
 
+from . import holds as holds
 from . import leases as leases
 from . import log as log
 from . import writes as writes

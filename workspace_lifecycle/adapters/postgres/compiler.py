@@ -160,6 +160,7 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
             w_deleted=ws.deleted,
             w_deadline=ws.deadline.at if ws.deadline else None,
             w_reason=ws.deadline.reason.value if ws.deadline else None,
+            w_holds=Jsonb([[hold.token, hold.expires_at] for hold in ws.holds]) if ws.holds else None,
         )
     if ws is not None and seen is None:
         # A new workspace (with its first build: one statement cannot update a row it inserts).
@@ -172,11 +173,12 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
         )
         return (
             "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, latest_build,"
-            " deadline_at, deadline_reason) VALUES (%(w_id)s, %(w_chat)s, %(w_owner)s, %(w_name)s,"
-            " %(w_deleted)s, %(w_latest)s, %(w_deadline)s, %(w_reason)s)"
+            " deadline_at, deadline_reason, holds) VALUES (%(w_id)s, %(w_chat)s, %(w_owner)s, %(w_name)s,"
+            " %(w_deleted)s, %(w_latest)s, %(w_deadline)s, %(w_reason)s, %(w_holds)s::jsonb)"
             " ON CONFLICT (workspace_id) DO UPDATE SET deleted = excluded.deleted,"
             " latest_build = greatest(workspaces.latest_build, excluded.latest_build),"
             " deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason,"
+            " holds = excluded.holds,"
             " version = workspaces.version + 1 RETURNING 1"
         )
     target = seen.workspace_id if seen is not None else (queued.workspace_id if queued else None)
@@ -185,7 +187,12 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
     sets = ["version = version + 1"]
     if ws is not None:
         assert ws.workspace_id == target, "a write changes the workspace it read"
-        sets += ["deleted = %(w_deleted)s", "deadline_at = %(w_deadline)s", "deadline_reason = %(w_reason)s"]
+        sets += [
+            "deleted = %(w_deleted)s",
+            "deadline_at = %(w_deadline)s",
+            "deadline_reason = %(w_reason)s",
+            "holds = %(w_holds)s::jsonb",
+        ]
     if queued is not None:
         assert queued.workspace_id == target, "a write queues builds of the workspace it read"
         sets.append("latest_build = %(b_n)s")

@@ -27,6 +27,7 @@ from ...values import (
     WorkspaceFacts,
     parse_deadline,
     parse_enum,
+    parse_holds,
     parse_lease,
     parse_policy,
 )
@@ -43,7 +44,9 @@ _FINISHED = "(" + ", ".join(f"'{status.value}'" for status in JobStatus if statu
 HEAD = "coalesce(greatest((SELECT max(seq) FROM events), (SELECT pruned_through FROM log_state)), 0)"
 
 #: A workspace row as :func:`parse_workspace` reads it.
-_WS_COLUMNS = "w.workspace_id, w.chat_id, w.owner, w.name, w.deleted, w.deadline_at, w.deadline_reason"
+_WS_COLUMNS = (
+    "w.workspace_id, w.chat_id, w.owner, w.name, w.deleted, w.deadline_at, w.deadline_reason, w.holds"
+)
 #: A chat row as :func:`parse_chat` reads it.
 _CHAT_COLUMNS = "c.chat_id, c.owner, c.workspace_id, c.idle_stop_after, c.delete_after_stopped"
 _CHAT_WIDTH = 5
@@ -68,7 +71,7 @@ _REQUEST_SQL = (
 #: A workspace row as :func:`parse_workspace` reads it, then its version.
 _WORKSPACE_COLUMNS = f"{_WS_COLUMNS}, w.version"
 #: Columns of a workspace row as :func:`parse_workspace` reads it (its version follows them).
-_WORKSPACE_WIDTH = 7
+_WORKSPACE_WIDTH = 8
 #: Columns of a build as :func:`parse_build` reads it.
 _BUILD_WIDTH = 13
 #: Columns of ``_FACTS_COLUMNS`` and the head (``_REQUEST_SQL``'s versions and chat follow).
@@ -141,7 +144,8 @@ def parse_facts(row: Sequence[Any]) -> WorkspaceFacts:
 def parse_workspace(row: Sequence[Any]) -> Workspace:
     """A workspace from ``_WS_COLUMNS``."""
     deadline = parse_deadline(row[5], row[6], key=row[0])
-    return Workspace(row[0], row[1], row[2], row[3], deleted=row[4], deadline=deadline)
+    holds = parse_holds(row[7], key=row[0])
+    return Workspace(row[0], row[1], row[2], row[3], deleted=row[4], deadline=deadline, holds=holds)
 
 
 def parse_chat(row: Sequence[Any]) -> Chat:

@@ -116,6 +116,11 @@ MIGRATIONS: tuple[str, ...] = (
         dropped bigint NOT NULL
     );
     """,
+    # 7: turn holds: the turns holding a workspace (a JSON array of [token, expires_at] pairs;
+    # NULL for none), in its own row so that the row's version guards them with it.
+    """
+    ALTER TABLE workspaces ADD COLUMN holds jsonb;
+    """,
 )
 
 #: The schema version this code writes and understands.

@@ -8,7 +8,7 @@ import json
 import sqlite3
 
 from ... import writes
-from ...values import Build, Workspace
+from ...values import Build, Workspace, dump_holds
 from .rows import head
 
 __all__ = ["INSERT_EVENT", "Tx"]
@@ -18,10 +18,11 @@ INSERT_EVENT = (
 )
 _UPSERT_WORKSPACE = (
     "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, deadline_at, "
-    "deadline_reason) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "deadline_reason, holds) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (workspace_id) DO UPDATE SET chat_id = excluded.chat_id, "
     "owner = excluded.owner, name = excluded.name, deleted = excluded.deleted, "
-    "deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason"
+    "deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason, "
+    "holds = excluded.holds"
 )
 _UPSERT_CHAT = (
     "INSERT INTO chats (chat_id, owner, workspace_id, idle_stop_after, delete_after_stopped) "
@@ -116,6 +117,7 @@ def _workspace_values(ws: Workspace) -> tuple[object, ...]:
         ws.deleted,
         deadline.at if deadline else None,
         deadline.reason.value if deadline else None,
+        dump_holds(ws.holds),
     )
 
 

@@ -68,8 +68,9 @@ def plan_rows(conn: sqlite3.Connection, read: Read) -> Rows:
         row = conn.execute(_BUILD, (read.key,)).fetchone()
         if row is None:
             return Rows()
-        ws = None if row[13] is None else rows.workspace_row(row[13:20])
-        chat = None if row[20] is None else rows.chat_row(row[20:])
+        c = 13 + rows.WORKSPACE_WIDTH
+        ws = None if row[13] is None else rows.workspace_row(row[13:c])
+        chat = None if row[c] is None else rows.chat_row(row[c:])
         log = log_of(conn, read.key) if kind is ReadKind.LOG else None
         return Rows(chat, None, rows.build(row), ws, log)
     if kind is ReadKind.PENDING:

@@ -23,6 +23,7 @@ from ...values import (
     WorkspaceFacts,
     parse_deadline,
     parse_enum,
+    parse_holds,
     parse_lease,
     parse_policy,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "CHAT_COLUMNS",
     "FACTS_WIDTH",
     "WORKSPACE_COLUMNS",
+    "WORKSPACE_WIDTH",
     "agent_row",
     "build",
     "build_by_id",
@@ -50,7 +52,9 @@ BUILD_COLUMNS = (
     " details, reason, lease_token, lease_expires_at"
 )
 CHAT_COLUMNS = "chat_id, owner, workspace_id, idle_stop_after, delete_after_stopped"
-WORKSPACE_COLUMNS = "workspace_id, chat_id, owner, name, deleted, deadline_at, deadline_reason"
+WORKSPACE_COLUMNS = "workspace_id, chat_id, owner, name, deleted, deadline_at, deadline_reason, holds"
+#: The columns of :data:`WORKSPACE_COLUMNS`.
+WORKSPACE_WIDTH = 8
 
 #: Rows parsed lately, by their raw values: a row read again unchanged (the latest build of a
 #: workspace whose agent reports, its workspace) is not parsed and validated again. A build
@@ -86,7 +90,7 @@ def facts_query(where: str, *, with_chat: bool = False) -> str:
 
 
 #: The columns of a :func:`facts_query` row before its chat's.
-FACTS_WIDTH = 7 + 3 + 13 + 1
+FACTS_WIDTH = WORKSPACE_WIDTH + 3 + 13 + 1
 
 _FACTS = facts_query("w.workspace_id = ?")
 
@@ -159,14 +163,17 @@ def _json_object(text: str | None, key: str, column: str, *, table: str = "build
 
 def workspace_row(row: Sequence[Any]) -> Workspace:
     """A workspace from its :data:`WORKSPACE_COLUMNS` (and any columns after them)."""
-    return _workspace_row(tuple(row[:7]))
+    return _workspace_row(tuple(row[:WORKSPACE_WIDTH]))
 
 
 @functools.lru_cache(maxsize=_PARSED)
 def _workspace_row(row: tuple[Any, ...]) -> Workspace:
     workspace_id = row[0]
     deadline = parse_deadline(row[5], row[6], key=workspace_id)
-    return Workspace(workspace_id, row[1], row[2], row[3], deleted=bool(row[4]), deadline=deadline)
+    holds = parse_holds(row[7], key=workspace_id)
+    return Workspace(
+        workspace_id, row[1], row[2], row[3], deleted=bool(row[4]), deadline=deadline, holds=holds
+    )
 
 
 @functools.lru_cache(maxsize=_PARSED)
@@ -188,8 +195,8 @@ def facts(conn: sqlite3.Connection, workspace_id: str, at: int | None = None) ->
 def facts_row(row: tuple[Any, ...], at: int | None = None) -> WorkspaceFacts:
     """The facts in a row of :func:`facts_query` (with ``at`` as their head when given)."""
     return WorkspaceFacts(
-        _workspace_row(row[:7]),
-        None if row[10] is None else _build(row[10:23]),
-        None if row[8] is None else agent_row(row[0], row[7], row[8], row[9]),
-        at if at is not None else 0 if row[23] is None else row[23],
+        _workspace_row(row[:8]),
+        None if row[11] is None else _build(row[11:24]),
+        None if row[9] is None else agent_row(row[0], row[8], row[9], row[10]),
+        at if at is not None else 0 if row[24] is None else row[24],
     )

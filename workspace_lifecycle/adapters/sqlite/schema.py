@@ -11,7 +11,7 @@ from .rows import head
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_path", "setup"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA = """
 CREATE TABLE chats (
@@ -113,6 +113,9 @@ ALTER TABLE log_state DROP COLUMN head
     5: "ALTER TABLE agents ADD COLUMN endpoints TEXT;"
     " CREATE TABLE build_logs (build_id TEXT PRIMARY KEY, lines TEXT NOT NULL,"
     " bytes INTEGER NOT NULL, dropped INTEGER NOT NULL)",
+    # Turn holds: the turns holding a workspace (a JSON array of [token, expires_at] pairs; NULL
+    # for none), in its own row so that every write guarded by the row sees them.
+    6: "ALTER TABLE workspaces ADD COLUMN holds TEXT",
 }
 
 
