@@ -173,6 +173,7 @@ SLOW = (
     "tests/stores/test_bench_smoke.py::test_quick_mode",
     "tests/stores/test_postgres_replicas.py",
     "tests/stores/test_deadline_processes.py",
+    "tests/stores/test_hold_processes.py",
     "tests/stores/test_postgres_races.py::test_many_writers_on_many_workspaces_keep_the_log_whole",
     "tests/stores/test_postgres_resilience.py::test_cancelled_opens_and_closes_leak_no_connections",
     "tests/stores/test_store_kit.py::test_the_postgres_store_passes_on_a_fresh_schema",
