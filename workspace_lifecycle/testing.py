@@ -54,6 +54,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from . import answers
+from ._hold_histories import IDLE as HOLD_IDLE
+from ._hold_histories import HoldRules
 from ._provisioner_kit import (
     LeasedProvisionerFactory,
     ProvisionerCheckError,
@@ -62,6 +64,7 @@ from ._provisioner_kit import (
 )
 from ._store_kit import ClockedStoreFactory, StoreCheckError, StoreReport, check_store
 from .adapters.base import Store, Topic
+from .clock import VirtualClock
 from .machine import Tracker, derive_state
 from .runtime import Lifecycle
 from .values import (
@@ -69,6 +72,7 @@ from .values import (
     Build,
     EventKind,
     JobStatus,
+    Policy,
     StoreEvent,
     ToolResult,
     Transition,
@@ -279,7 +283,7 @@ _FIRES_FROM = {
 }
 
 
-class LifecycleMachine(RuleBasedStateMachine):
+class LifecycleMachine(RuleBasedStateMachine, HoldRules):
     """Drives a :class:`Lifecycle` over a store and checks SPEC's invariants after every step.
 
     Do not subclass directly; :func:`make_lifecycle_machine` makes a configured subclass.
@@ -293,7 +297,10 @@ class LifecycleMachine(RuleBasedStateMachine):
       concurrent caller is answered with that build's id; other requests fire at most one
       build of their kind;
     * requests are answered as SPEC's table says (error sentences, ``status`` with
-      ``wait=False``, ``started``/``build_id``/``no_build`` with ``wait=True``).
+      ``wait=False``, ``started``/``build_id``/``no_build`` with ``wait=True``);
+    * on a virtual clock (``clocked``), with turns holding workspaces and time passing: no idle
+      stop fires while a hold is live, nor within ``idle_stop_after`` of its end (its release,
+      or its lapse when its holder died) (:class:`~workspace_lifecycle._hold_histories.HoldRules`).
     """
 
     store_factory: StoreFactory
@@ -304,19 +311,26 @@ class LifecycleMachine(RuleBasedStateMachine):
     step_timeout: float = 10.0
     build_timeout: float = 10.0
     agent_timeout: float = 1.0
+    clocked: bool = False
 
     def __init__(self) -> None:
         super().__init__()
         self._stack = ExitStack()
         try:
             self.portal: BlockingPortal = self._stack.enter_context(start_blocking_portal(self.backend))
-            cm = type(self).store_factory()
+            self.clock = VirtualClock() if self.clocked else None
+            factory: Callable[..., AbstractAsyncContextManager[Store]] = type(self).store_factory
+            cm = factory(self.clock) if self.clock is not None else factory()
             self.store: Store = self._stack.enter_context(self.portal.wrap_async_context_manager(cm))
             if self.provisioner_factory is not None:
                 prov = type(self).provisioner_factory(self.store)  # type: ignore[misc]
                 self._stack.enter_context(self.portal.wrap_async_context_manager(prov))
             lifecycle = Lifecycle(
-                self.store, build_timeout=self.build_timeout, agent_timeout=self.agent_timeout
+                self.store,
+                build_timeout=self.build_timeout,
+                agent_timeout=self.agent_timeout,
+                clock=self.clock,
+                policy=Policy(idle_stop_after=HOLD_IDLE) if self.clock is not None else None,
             )
             self.lc: Lifecycle = self._stack.enter_context(self.portal.wrap_async_context_manager(lifecycle))
             for chat in self.chats:
@@ -330,6 +344,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.applied: dict[str, list[StoreEvent]] = {}
         self.in_flight: dict[str, set[int]] = {}
         self.deferred: dict[str, Transition] = {}  # workspace -> request waiting for a build
+        self.holds = {}  # (workspace, token) -> the holds the machine took (clocked only)
 
     def teardown(self) -> None:
         self._stack.close()
@@ -661,6 +676,7 @@ def make_lifecycle_machine(
     agent_timeout: float = 1.0,
     build_timeout: float = 10.0,
     name: str = "LifecycleStateMachine",
+    clocked: bool = False,
 ) -> type[LifecycleMachine]:
     """A :class:`LifecycleMachine` over the stores ``store_factory()`` opens.
 
@@ -670,6 +686,9 @@ def make_lifecycle_machine(
     every answer is checked exactly. With ``provisioner`` (``store -> async context manager``,
     e.g. ``lambda s: wl.SimulatedProvisioner(s)``) your provisioner completes the builds and
     requests use ``wait=True``. ``backend`` is the anyio backend of the store's event loop.
+    With ``clocked``, ``store_factory(clock)`` gets the :class:`VirtualClock` the store must
+    stamp its times with: the chats stop after idleness, and turn holds, their ends and time
+    passing join the rules (with the invariant that no idle stop fires past a hold).
 
     >>> import workspace_lifecycle as wl
     >>> Machine = make_lifecycle_machine(lambda: wl.open_store("memory://"))
@@ -685,6 +704,7 @@ def make_lifecycle_machine(
         "chats": tuple(chats),
         "agent_timeout": agent_timeout,
         "build_timeout": build_timeout,
+        "clocked": clocked,
     }
     return type(name, (LifecycleMachine,), attributes)
 
