@@ -438,6 +438,7 @@ class TestMigration:
     def _sqlite_downgrade(path: Path) -> None:
         """Back to the schema before leases (user_version 4): the later migrations undone too."""
         with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute("ALTER TABLE workspaces DROP COLUMN holds")
             conn.execute("DROP TABLE build_logs")
             conn.execute("ALTER TABLE agents DROP COLUMN endpoints")
             conn.execute("DROP INDEX builds_by_lease")
@@ -455,6 +456,7 @@ class TestMigration:
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute("SELECT set_config('search_path', %s, false)", (f'"{schema}"',))
             # Back to the schema before leases (version 4): the later migrations undone too.
+            conn.execute("ALTER TABLE workspaces DROP COLUMN holds")
             conn.execute("DROP TABLE build_logs")
             conn.execute("ALTER TABLE agents DROP COLUMN endpoints")
             conn.execute("DROP INDEX builds_lease")
