@@ -178,6 +178,7 @@ SLOW = (
     "tests/stores/test_postgres_resilience.py::test_cancelled_opens_and_closes_leak_no_connections",
     "tests/stores/test_store_kit.py::test_the_postgres_store_passes_on_a_fresh_schema",
     "tests/runtime/test_reliability_histories.py::test_",
+    "tests/core/test_properties.py::TestHoldsMachine",
     "tests/runtime/test_history_invariants.py::test_histories_keep_unbound_workspaces_down_and_answers_true",
     "tests/docs/test_cli_readme.py::test_two_terminals_as_written",
     "tests/docs/test_docs_examples.py::test_example_runs",

@@ -58,6 +58,7 @@ RUNTIME = (
     "_retry",
     "_deadlines",
     "_holds",
+    "_hold_histories",
     "_flight",
     "_service",
     "provisioner",
