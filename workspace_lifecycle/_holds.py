@@ -101,7 +101,9 @@ class HoldKeeper:
         finally:
             del self._held[turn.token]
             if turn.holding:
-                with anyio.CancelScope(shield=True):  # a cancelled turn still lets go at once
+                # A cancelled turn still lets go at once; a store that cannot take the release
+                # within a hold's length is left to let the hold lapse.
+                with anyio.move_on_after(self.hold_seconds, shield=True):
                     await self._release(turn)
 
     async def _take(self, turn: Turn, workspace_id: str) -> None:

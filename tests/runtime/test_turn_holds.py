@@ -155,3 +155,15 @@ class TestTurnHolds:
             with pytest.raises(wl.NotFoundError):
                 async with lc.turn("nobody", owner=OWNER):
                     pass  # pragma: no cover
+
+    async def test_a_cancelled_turn_still_releases_its_hold(self) -> None:
+        """A turn whose task is cancelled lets go of its hold at once: the countdown starts then."""
+        async with world() as (store, lc, clock):
+            with anyio.CancelScope() as scope:
+                async with lc.turn(CHAT, owner=OWNER):
+                    scope.cancel()
+                    await anyio.sleep_forever()
+            chat = await store.get_chat(CHAT)
+            assert chat is not None and chat.workspace_id is not None
+            ws = (await store.workspace_facts(chat.workspace_id)).workspace
+            assert ws.holds == () and ws.deadline == wl.Deadline(clock() + IDLE, Reason.IDLE)
