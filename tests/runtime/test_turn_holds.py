@@ -161,6 +161,7 @@ class TestTurnHolds:
         async with world() as (store, lc, clock):
             with anyio.CancelScope() as scope:
                 async with lc.turn(CHAT, owner=OWNER):
+                    clock.advance(5)  # so the countdown the release starts is a new one
                     scope.cancel()
                     await anyio.sleep_forever()
             chat = await store.get_chat(CHAT)
