@@ -3,7 +3,9 @@
 The public names are re-exported here; everything else is private to its module.
 """
 
+from ._holds import Turn as Turn
 from .adapters import open_store as open_store
+from .adapters.base import DEFAULT_HOLD_SECONDS as DEFAULT_HOLD_SECONDS
 from .adapters.base import DEFAULT_LEASE_SECONDS as DEFAULT_LEASE_SECONDS
 from .adapters.base import ArmedDeadlines as ArmedDeadlines
 from .adapters.base import ChatRow as ChatRow
@@ -29,6 +31,7 @@ from .errors import BuildConflictError as BuildConflictError
 from .errors import CallerError as CallerError
 from .errors import CorruptStateError as CorruptStateError
 from .errors import CursorExpiredError as CursorExpiredError
+from .errors import HoldLostError as HoldLostError
 from .errors import InvalidEventError as InvalidEventError
 from .errors import LeaseLostError as LeaseLostError
 from .errors import NotFoundError as NotFoundError
@@ -71,6 +74,7 @@ from .values import Chat as Chat
 from .values import Deadline as Deadline
 from .values import Deferred as Deferred
 from .values import EventKind as EventKind
+from .values import Hold as Hold
 from .values import JobStatus as JobStatus
 from .values import Lease as Lease
 from .values import Policy as Policy
@@ -86,6 +90,7 @@ from .values import WorkspaceState as WorkspaceState
 __version__ = "0.3.0.dev0"  # the one source of the version: pyproject.toml reads it
 
 __all__ = [
+    "DEFAULT_HOLD_SECONDS",
     "DEFAULT_LEASE_SECONDS",
     "RETRY",
     "Driver",
@@ -117,6 +122,8 @@ __all__ = [
     "Held",
     "InvalidEventError",
     "JobStatus",
+    "Hold",
+    "HoldLostError",
     "Lease",
     "LeaseLostError",
     "LeaseReaper",
@@ -145,6 +152,7 @@ __all__ = [
     "Tracker",
     "TransientStoreError",
     "Transition",
+    "Turn",
     "UnsupportedBackendError",
     "UnusableRoot",
     "Usage",

@@ -17,7 +17,14 @@ news. The writes that move it (:mod:`~workspace_lifecycle.writes`) decide with t
 * a stop build that succeeds arms the retention deadline (``at + delete_after_stopped``);
 * activity (:func:`pushed_by_activity`) pushes the idle deadline of a running workspace;
 * any build queued disarms it (its end arms the next one), and so does a failed build: a failed
-  workspace waits for a person or the agent, not for a timer.
+  workspace waits for a person or the agent, not for a timer;
+* the end of the last turn holding the workspace (:class:`~workspace_lifecycle.values.Hold`)
+  arms the idle deadline afresh (``end + idle_stop_after``).
+
+A turn holds the workspace while it runs: an idle deadline that comes due while a hold is live
+does not fire but is put off to the holds' latest expiry plus ``idle_stop_after``
+(:func:`held_past`). Holds are renewed while held, so a turn that ends arms the deadline at its
+end, and one whose holder died stops holding at its expiry: the countdown then starts from there.
 
 Firing a deadline is a compare-and-set like every request: it holds only while the stored
 deadline is exactly the one the firing replica saw and is due at the time it fires, so with any
@@ -47,8 +54,9 @@ Rules for this module: no I/O, no awaits, no clocks, no anyio.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
-from .values import Build, Deadline, JobStatus, Policy, Reason, Transition, WorkspaceState
+from .values import Build, Deadline, Hold, JobStatus, Policy, Reason, Transition, WorkspaceState
 
 #: The policy a new chat gets from the processes this package runs on its own (the command
 #: line's ``create``, the MCP server): stop after 30 minutes without activity, never delete.
@@ -70,6 +78,8 @@ __all__ = [
     "armed",
     "due_action",
     "in_words",
+    "held_past",
+    "live_holds",
     "pushed_by_activity",
     "touch_due",
     "wake_at",
@@ -213,3 +223,28 @@ def in_words(deadline: Deadline | None, now: float) -> str | None:
     if left <= 0:
         return f"{action} due now"
     return f"{action} in {_span(left)}"
+
+
+def live_holds(holds: Iterable[Hold], now: float) -> tuple[Hold, ...]:
+    """The holds that have not lapsed at ``now``."""
+    return tuple(hold for hold in holds if not hold.due(now))
+
+
+def held_past(holds: Iterable[Hold], policy: Policy, now: float) -> Deadline | None:
+    """The idle deadline a workspace's ``holds`` put off an idle stop due at ``now`` to, or
+    ``None`` when they hold nothing: the latest expiry among them plus ``idle_stop_after``, if
+    that is still ahead. A live hold always holds (its expiry is ahead); a lapsed one holds until
+    ``idle_stop_after`` after it lapsed (the countdown of a turn whose holder died).
+
+    >>> p = Policy(idle_stop_after=60)
+    >>> held_past([Hold("t", 1030.0)], p, now=1000.0)
+    Deadline(at=1090.0, reason=<Reason.IDLE: 'idle'>, warn_at=None, warned=False)
+    >>> held_past([Hold("t", 930.0)], p, now=1000.0) is None  # lapsed more than 60 s ago
+    True
+    """
+    ends = [hold.expires_at for hold in holds]
+    if not ends:
+        return None
+    at = max(ends) + (policy.idle_stop_after or 0.0)
+    # Put off, it is a new deadline: its warning (the policy's warn_before) comes anew too.
+    return armed(at, Reason.IDLE, policy) if at > now else None

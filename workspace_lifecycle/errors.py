@@ -96,6 +96,12 @@ class QuotaExceededError(CallerError):
         return (type(self), (self.owner, self.limit, self.used, self.allowed))
 
 
+class HoldLostError(CallerError):
+    """A turn renewed a hold it no longer has: the hold lapsed (its holder renewed it too late,
+    so an idle stop may already have fired), or the workspace was deleted. The store changed
+    nothing; the turn goes on, holding nothing."""
+
+
 # --- the store could not do it ---------------------------------------------------------------
 
 

@@ -46,7 +46,7 @@ from .adapters import open_store
 from .deadlines import STANDALONE_POLICY, in_words
 from .errors import WorkspaceLifecycleError
 from .runtime import Lifecycle
-from .tools import AllowedChats, ToolCall, prepare_tool_call, run_tool_call, tool_definitions
+from .tools import AllowedChats, ToolCall, held_turn, prepare_tool_call, run_tool_call, tool_definitions
 from .values import Policy, StateChange, StoreEvent, ToolResult
 
 __all__ = ["create_server", "every_chat", "mcp_tools", "serve"]
@@ -198,7 +198,9 @@ class _Warner:
 
 async def _run(lifecycle: Lifecycle, call: ToolCall, owner: str) -> ToolResult:
     try:
-        return await run_tool_call(lifecycle, call, owner=owner)
+        # The call holds the chat's turn: no idle stop fires while a tool call is in flight.
+        async with held_turn(lifecycle, call.chat_id, owner):
+            return await run_tool_call(lifecycle, call, owner=owner)
     except WorkspaceLifecycleError as exc:
         # A closed store or a stopped event pump: the model sees the sentence, not a protocol error.
         return ToolResult.error(str(exc))

@@ -14,7 +14,8 @@ anyio cancel scopes.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Self
 
@@ -24,6 +25,7 @@ from . import answers, checks, steps
 from . import pools as pools_core
 from ._activity import Activity
 from ._deadlines import DeadlineScheduler
+from ._holds import HoldKeeper, Turn
 from ._interpreter import Interpreter, workspace_name
 from ._logread import read_logs
 from ._pools import PoolKeeper
@@ -33,7 +35,7 @@ from ._retry import RetryingWriter
 from ._service import BackgroundService
 from ._skew import SkewWatch
 from ._warnings import WarningFeed
-from .adapters.base import Store
+from .adapters.base import DEFAULT_HOLD_SECONDS, Store
 from .clock import Clock, resolve_clock
 from .errors import NotFoundError
 from .limits import Limits, Usage
@@ -93,7 +95,8 @@ class Lifecycle(BackgroundService):
     it (exactly one replica wins each). It waits on the store's clock (a
     :class:`~workspace_lifecycle.clock.VirtualClock` given to ``open_store(url, clock=...)``
     steps a test through hours); ``clock``, if given, must be that one
-    (:func:`~workspace_lifecycle.clock.resolve_clock`).
+    (:func:`~workspace_lifecycle.clock.resolve_clock`). A :meth:`turn` holds its workspace
+    against idle stops under a hold of ``hold_seconds``, renewed every third of it.
 
     Limits: ``limits`` (:class:`~workspace_lifecycle.limits.Limits`) are every owner's unless
     :meth:`set_limits` stored the owner's own: how many workspaces it may have running and in
@@ -117,8 +120,10 @@ class Lifecycle(BackgroundService):
         pools: Sequence[Pool] = (),
         keep_pools: bool = True,
         default_pool: str | None = None,
+        hold_seconds: float = DEFAULT_HOLD_SECONDS,
     ) -> None:
         build_timeout = checks.seconds("build_timeout", build_timeout)
+        hold_seconds = checks.seconds("hold_seconds", hold_seconds)
         agent_timeout = checks.seconds("agent_timeout", agent_timeout)
         if resync_interval is not None:
             resync_interval = checks.seconds("resync_interval", resync_interval)
@@ -163,6 +168,7 @@ class Lifecycle(BackgroundService):
         )
         self._activity = Activity(store, self._deadlines, self.clock)
         self._skew = SkewWatch(store, self.clock)
+        self._holds = HoldKeeper(store, self.clock, hold_seconds=hold_seconds)
         self._writer = RetryingWriter(store, retries=write_retries, limits=limits)
         self._steps = Interpreter(
             store,
@@ -194,14 +200,15 @@ class Lifecycle(BackgroundService):
         return await super().__aexit__(exc_type, exc, tb)
 
     async def run(self) -> None:
-        """The event pump (applies the store's events to the tracked workspaces) and the
-        deadline scheduler, until cancelled."""
+        """The event pump (applies the store's events to the tracked workspaces), the deadline
+        scheduler and the heartbeat of the turns' holds, until cancelled."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._skew.run)
             if self.fire_deadlines:
                 tg.start_soon(self._deadlines.run)
             if self._keeper is not None:
                 tg.start_soon(self._keeper.run)
+            tg.start_soon(self._holds.run)
             await self._pump.run()
             tg.cancel_scope.cancel()
 
@@ -321,6 +328,36 @@ class Lifecycle(BackgroundService):
         if chat is None or chat.owner != owner:
             raise NotFoundError(f"no chat {chat_id!r} for this owner")
         return await self._activity.touch(chat)
+
+    @asynccontextmanager
+    async def turn(self, chat_id: str, *, owner: str) -> AsyncIterator[Turn]:
+        """Hold the chat's workspace for a turn: while any turn holds it (in this process or
+        another replica) no idle stop fires; when the last one ends, the idle countdown starts
+        (the idle stop comes ``idle_stop_after`` later unless activity pushes it)::
+
+            async with lc.turn("chat-1", owner="alice"):
+                await run_the_agent()   # a ten-minute quiet command stops nothing
+
+        The hold is a row in the store, renewed every third of ``hold_seconds`` while the block
+        runs and released when it ends; a process that dies stops renewing it, and it lapses at
+        its expiry (the countdown then starts from there). A turn begun before the chat has a
+        workspace takes its hold at its next renewal after the chat got one. Yields the
+        :class:`~workspace_lifecycle._holds.Turn`. An unknown chat, or another owner's, raises
+        :class:`~workspace_lifecycle.errors.NotFoundError` (the same one).
+        """
+        _check_id("chat_id", chat_id)
+        _check_id("owner", owner)
+        self._raise_if_failed()
+        chat = await self.store.get_chat(chat_id)
+        if chat is None or chat.owner != owner:
+            raise NotFoundError(f"no chat {chat_id!r} for this owner")
+        async with self._holds.hold(chat) as held:
+            yield held
+
+    @property
+    def turns(self) -> int:
+        """How many turns this runtime holds now."""
+        return self._holds.held
 
     async def ensure_running(
         self, chat_id: str, *, owner: str, wait: bool = True, parameters: Mapping[str, str] | None = None

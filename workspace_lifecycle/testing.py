@@ -54,6 +54,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from . import answers, pools
+from ._hold_histories import IDLE as HOLD_IDLE
+from ._hold_histories import HoldRules
 from ._provisioner_kit import (
     LeasedProvisionerFactory,
     ProvisionerCheckError,
@@ -62,6 +64,7 @@ from ._provisioner_kit import (
 )
 from ._store_kit import ClockedStoreFactory, StoreCheckError, StoreReport, check_store
 from .adapters.base import Store
+from .clock import VirtualClock
 from .limits import Limits, Usage
 from .machine import Tracker, derive_state
 from .pools import Pool
@@ -71,6 +74,7 @@ from .values import (
     Build,
     EventKind,
     JobStatus,
+    Policy,
     StoreEvent,
     ToolResult,
     Transition,
@@ -333,7 +337,7 @@ class _DeafAgents:
         assert not self._queued(self._read(head), ws)
 
 
-class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
+class LifecycleMachine(_DeafAgents, HoldRules, RuleBasedStateMachine):
     """Drives a :class:`Lifecycle` over a store and checks SPEC's invariants after every step.
 
     Do not subclass directly; :func:`make_lifecycle_machine` makes a configured subclass.
@@ -357,6 +361,9 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
       says ``pooled: true``, else builds and says ``pooled: false`` with a sentence; a claimed
       workspace belongs to the claiming chat for good; no workspace is two chats', no member
       is a chat's, and the pool never holds more than its size ready or on their way.
+    * on a virtual clock (``clocked``), with turns holding workspaces and time passing: no idle
+      stop fires while a hold is live, nor within ``idle_stop_after`` of its end (its release,
+      or its lapse when its holder died) (:class:`~workspace_lifecycle._hold_histories.HoldRules`).
     """
 
     store_factory: StoreFactory
@@ -368,13 +375,16 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
     build_timeout: float = 10.0
     agent_timeout: float = 1.0
     pool_size: int = 2
+    clocked: bool = False
 
     def __init__(self) -> None:
         super().__init__()
         self._stack = ExitStack()
         try:
             self.portal: BlockingPortal = self._stack.enter_context(start_blocking_portal(self.backend))
-            cm = type(self).store_factory()
+            self.clock = VirtualClock() if self.clocked else None
+            factory: Callable[..., AbstractAsyncContextManager[Store]] = type(self).store_factory
+            cm = factory(self.clock) if self.clock is not None else factory()
             self.store: Store = self._stack.enter_context(self.portal.wrap_async_context_manager(cm))
             if self.provisioner_factory is not None:
                 prov = type(self).provisioner_factory(self.store)  # type: ignore[misc]
@@ -399,6 +409,7 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
         self.limits: Limits | None = None  # the owner's stored limits (none: unlimited)
         self.usage: Usage = self.call(self.store.usage, self.owner)  # as last checked
         self.claimed: dict[str, str] = {}  # workspace -> the chat that claimed it from the pool
+        self.holds = {}  # (workspace, token) -> the holds the machine took (clocked only)
 
     def teardown(self) -> None:
         self._stack.close()
@@ -408,6 +419,8 @@ class LifecycleMachine(_DeafAgents, RuleBasedStateMachine):
             self.store,
             build_timeout=self.build_timeout,
             agent_timeout=self.agent_timeout,
+            clock=self.clock,
+            policy=Policy(idle_stop_after=HOLD_IDLE) if self.clock is not None else None,
             pools=[self.pool],
             keep_pools=False,
         )
@@ -889,6 +902,7 @@ def make_lifecycle_machine(
     agent_timeout: float = 1.0,
     build_timeout: float = 10.0,
     name: str = "LifecycleStateMachine",
+    clocked: bool = False,
 ) -> type[LifecycleMachine]:
     """A :class:`LifecycleMachine` over the stores ``store_factory()`` opens.
 
@@ -898,6 +912,9 @@ def make_lifecycle_machine(
     every answer is checked exactly. With ``provisioner`` (``store -> async context manager``,
     e.g. ``lambda s: wl.SimulatedProvisioner(s)``) your provisioner completes the builds and
     requests use ``wait=True``. ``backend`` is the anyio backend of the store's event loop.
+    With ``clocked``, ``store_factory(clock)`` gets the :class:`VirtualClock` the store must
+    stamp its times with: the chats stop after idleness, and turn holds, their ends and time
+    passing join the rules (with the invariant that no idle stop fires past a hold).
 
     >>> import workspace_lifecycle as wl
     >>> Machine = make_lifecycle_machine(lambda: wl.open_store("memory://"))
@@ -913,6 +930,7 @@ def make_lifecycle_machine(
         "chats": tuple(chats),
         "agent_timeout": agent_timeout,
         "build_timeout": build_timeout,
+        "clocked": clocked,
     }
     return type(name, (LifecycleMachine,), attributes)
 

@@ -21,7 +21,9 @@ import copy
 import functools
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Collection, Mapping
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeAlias
 
 import attrs
@@ -31,6 +33,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from . import steps
 from .answers import NO_WORKSPACE
 from .buildlogs import MAX_PAGE_LINES
+from .errors import CallerError, CorruptStateError, StoreError
 from .machine import Request
 from .runtime import Lifecycle
 from .steps import MAX_STATUS_WAIT_MS, Answer, first_step
@@ -43,11 +46,14 @@ __all__ = [
     "AllowedChats",
     "ToolCall",
     "dispatch_tool",
+    "held_turn",
     "prepare_tool_call",
     "run_tool_call",
     "tool_definitions",
     "unknown_chat",
 ]
+
+log = logging.getLogger("workspace_lifecycle.tools")
 
 #: The chats a host that serves many chats lets the model name: a collection of chat ids, or a
 #: predicate (plain or async) on a chat id. The owner's check still applies on top.
@@ -411,6 +417,23 @@ async def prepare_tool_call(
     if chat_id is None:
         return ToolResult.error(f"{name} needs a chat_id")
     return ToolCall(name, chat_id, args)
+
+
+@asynccontextmanager
+async def held_turn(lifecycle: Lifecycle, chat_id: str, owner: str) -> AsyncIterator[None]:
+    """Hold the chat's turn (:meth:`~workspace_lifecycle.Lifecycle.turn`) while the block runs:
+    what the faces put around a tool call (the MCP server) or an agent run (the integrations).
+
+    Holding is a courtesy that never changes an answer: a chat that is not the owner's (the tool
+    answers it as unknown) or a store that cannot take the hold now holds nothing, and the
+    block runs all the same.
+    """
+    async with AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(lifecycle.turn(chat_id, owner=owner))
+        except (CallerError, ValueError, StoreError, CorruptStateError) as exc:
+            log.debug("turn of %s not held: %s", chat_id, exc)
+        yield
 
 
 async def run_tool_call(lifecycle: Lifecycle, call: ToolCall, *, owner: str) -> ToolResult:

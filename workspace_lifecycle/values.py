@@ -27,6 +27,7 @@ __all__ = [
     "Deadline",
     "Deferred",
     "EventKind",
+    "Hold",
     "JobStatus",
     "Lease",
     "Policy",
@@ -40,9 +41,11 @@ __all__ = [
     "WorkspaceState",
     "check_details",
     "check_parameters",
+    "dump_holds",
     "parse_deadline",
     "parse_deferred",
     "parse_enum",
+    "parse_holds",
     "parse_lease",
     "parse_policy",
 ]
@@ -345,6 +348,56 @@ def parse_deferred(value: object, *, key: object) -> Deferred | None:
 
 
 @attrs.frozen
+class Hold:
+    """A turn holding a workspace (:meth:`~workspace_lifecycle.Lifecycle.turn`): its fencing
+    ``token`` and when it lapses (``expires_at``, store time) unless its holder renews it.
+
+    While a hold is live no idle stop fires; a hold whose holder died lapses at its expiry.
+    """
+
+    token: str = attrs.field(validator=_str)
+    expires_at: float = attrs.field(converter=float)
+
+    def due(self, now: float) -> bool:
+        """Has the hold lapsed at ``now``? (At its expiry itself it has, as a lease.)
+
+        >>> Hold("t", 100.0).due(99.9), Hold("t", 100.0).due(100.0)
+        (False, True)
+        """
+        return self.expires_at <= now
+
+
+def parse_holds(value: object, *, key: object) -> tuple[Hold, ...]:
+    """A workspace's holds from their stored column: ``None`` (none) or a JSON array (text, or
+    already decoded by the driver) of ``[token, expires_at]`` pairs; anything else is a
+    :class:`CorruptStateError` naming the row."""
+    if value is None:
+        return ()
+    try:
+        pairs = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(pairs, list):
+            raise ValueError(pairs)
+        holds = []
+        for pair in pairs:
+            token, expires_at = pair
+            if not isinstance(token, str) or isinstance(expires_at, bool):
+                raise ValueError(pair)
+            if not isinstance(expires_at, int | float) or not math.isfinite(expires_at):
+                raise ValueError(pair)
+            holds.append(Hold(token, expires_at))
+        return tuple(holds)
+    except (ValueError, TypeError):
+        raise CorruptStateError("workspaces", key, "holds", value) from None
+
+
+def dump_holds(holds: tuple[Hold, ...]) -> str | None:
+    """The stored column of ``holds`` (:func:`parse_holds` reads it back); ``None`` for none."""
+    if not holds:
+        return None
+    return json.dumps([[hold.token, hold.expires_at] for hold in holds])
+
+
+@attrs.frozen
 class Chat:
     """A chat and the workspace it is bound to (``None`` before ``create_workspace``)."""
 
@@ -370,6 +423,8 @@ class Workspace:
     deferred: Deferred | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(Deferred))
     )
+    #: The turns holding it (:class:`Hold`), live or lapsed but not yet cleared.
+    holds: tuple[Hold, ...] = ()
 
     @property
     def full_name(self) -> str:

@@ -23,7 +23,14 @@ import attrs
 from . import buildlogs, checks, deadlines, pools
 from .buildlogs import BuildLog
 from .endpoints import check_endpoints
-from .errors import BuildConflictError, LeaseLostError, NotFoundError, OwnershipError, QuotaExceededError
+from .errors import (
+    BuildConflictError,
+    HoldLostError,
+    LeaseLostError,
+    NotFoundError,
+    OwnershipError,
+    QuotaExceededError,
+)
 from .limits import Limits, OwnerRow, Usage, counts_as_running, over_limit
 from .machine import DEADLINE_REQUEST, Decision, Request, Tracker, derive_state
 from .values import (
@@ -34,6 +41,7 @@ from .values import (
     Deadline,
     Deferred,
     EventKind,
+    Hold,
     JobStatus,
     Policy,
     Reason,
@@ -61,11 +69,13 @@ __all__ = [
     "fill_pool",
     "finish_build",
     "fire_deadline",
+    "hold_turn",
     "parse_lifecycle",
     "parse_status",
     "check_quota",
     "rebound",
     "register_chat",
+    "release_turn",
     "renew_lease",
     "report_agent",
     "request_build",
@@ -442,7 +452,9 @@ def fire_deadline(
 
     A compare-and-set: ``None`` (nothing written) unless the stored deadline is still exactly
     ``expected`` and is due at ``at``. A deadline whose action the table no longer allows is
-    disarmed instead of fired.
+    disarmed instead of fired. An idle deadline of a workspace a turn holds (its holds, read in
+    the same transaction) is put off instead (:func:`~workspace_lifecycle.deadlines.held_past`):
+    no idle stop fires while a hold is live.
     """
     ws = facts.workspace
     if ws.deleted or ws.deadline != expected or not expected.due(at):
@@ -450,6 +462,13 @@ def fire_deadline(
     request = DEADLINE_REQUEST[expected.reason]
     latest = facts.latest_build
     number = latest.number if latest else 0
+    if expected.reason is Reason.IDLE and ws.holds:
+        later = deadlines.held_past(ws.holds, chat.policy if chat is not None else Policy(), at)
+        if later is not None:
+            # Lapsed holds go: the deadline put off carries their latest end.
+            kept = attrs.evolve(ws, holds=deadlines.live_holds(ws.holds, at))
+            workspace, event = _rearm(kept, later, at=at, build_number=number)
+            return Write(events=(event,), workspace=workspace)
     if Tracker.from_facts(facts).decide(request) is Decision.FIRE:
         fired = request_build(
             facts,
@@ -611,6 +630,57 @@ def touch(facts: WorkspaceFacts, policy: Policy, *, at: float) -> Write | None:
         return None
     latest = facts.latest_build
     workspace, event = _rearm(ws, armed, at=at, build_number=latest.number if latest else 0)
+    return Write(events=(event,), workspace=workspace)
+
+
+def hold_turn(
+    facts: WorkspaceFacts, token: str, *, renew: bool, at: float, hold_seconds: float
+) -> Write | None:
+    """A turn takes (``renew`` false) or renews the hold ``token`` on the workspace: it now
+    lapses ``hold_seconds`` after ``at``. Holds lapsed at ``at`` are cleared on the way (the
+    new expiry outlasts them). ``None`` (nothing held) for a deleted workspace.
+
+    Fenced like a lease: a renewal of a hold that lapsed (or was cleared) raises
+    :class:`HoldLostError`; an idle stop may have fired in the meantime, and the holder learns it.
+    It appends no event: holding changes no deadline (a fire finds the holds in the row).
+
+    >>> ws = Workspace("w1", "c1", "alice", "dev")
+    >>> w = hold_turn(WorkspaceFacts(ws, None, None, 0), "t1", renew=False, at=100.0, hold_seconds=30)
+    >>> w.workspace.holds, w.events
+    ((Hold(token='t1', expires_at=130.0),), ())
+    """
+    ws = facts.workspace
+    seconds = checks.seconds("hold_seconds", hold_seconds)
+    mine = next((hold for hold in ws.holds if hold.token == token), None)
+    if renew and (ws.deleted or mine is None or mine.due(at)):
+        raise HoldLostError(
+            f"the turn's hold on workspace {ws.workspace_id!r} lapsed before it was renewed"
+            " (an idle stop may have fired meanwhile)"
+        )
+    if ws.deleted:
+        return None
+    kept = tuple(hold for hold in ws.holds if hold.token != token and not hold.due(at))
+    return Write(events=(), workspace=attrs.evolve(ws, holds=(*kept, Hold(token, at + seconds))))
+
+
+def release_turn(facts: WorkspaceFacts, token: str, policy: Policy, *, at: float) -> Write | None:
+    """The turn holding the workspace with ``token`` ended at ``at``: its hold goes, and if no
+    live hold is left the idle countdown starts now (the idle deadline is armed at ``at +
+    idle_stop_after``, for a running workspace). ``None`` when the hold is not there (it lapsed
+    and was cleared: its countdown started at its expiry).
+    """
+    ws = facts.workspace
+    if ws.deleted or not any(hold.token == token for hold in ws.holds):
+        return None
+    kept = tuple(hold for hold in ws.holds if hold.token != token and not hold.due(at))
+    workspace = attrs.evolve(ws, holds=kept)
+    if kept:
+        return Write(events=(), workspace=workspace)
+    armed = deadlines.pushed_by_activity(derive_state(facts), policy, at)
+    if armed is None or armed == ws.deadline:
+        return Write(events=(), workspace=workspace)
+    latest = facts.latest_build
+    workspace, event = _rearm(workspace, armed, at=at, build_number=latest.number if latest else 0)
     return Write(events=(event,), workspace=workspace)
 
 

@@ -69,6 +69,8 @@ RUNTIME = (
     "_retry",
     "_deadlines",
     "_pools",
+    "_holds",
+    "_hold_histories",
     "_flight",
     "_service",
     "provisioner",

@@ -86,6 +86,12 @@ TrioMachine = make_lifecycle_machine(lambda: wl.open_store("memory://"), backend
 TrioMachine.TestCase.settings = settings(max_examples=15, stateful_step_count=30)
 TestTrioMachine = TrioMachine.TestCase
 
+HoldsMachine = make_lifecycle_machine(
+    lambda clock: wl.open_store("memory://", clock=clock), clocked=True, name="HoldsMachine"
+)
+HoldsMachine.TestCase.settings = settings(max_examples=20, stateful_step_count=40)
+TestHoldsMachine = HoldsMachine.TestCase
+
 SimulatedMachine = make_lifecycle_machine(
     lambda: wl.open_store("memory://"),
     provisioner=lambda store: wl.SimulatedProvisioner(store, fail=0.3, seed=7),

@@ -445,6 +445,7 @@ class TestMigration:
             conn.execute("DROP INDEX workspaces_by_owner")  # 7: per-owner limits
             conn.execute("DROP TABLE owners")
             conn.execute("DROP INDEX IF EXISTS workspaces_by_chat")  # 10: warm pools
+            conn.execute("ALTER TABLE workspaces DROP COLUMN holds")  # 11: turn holds
             conn.execute("DROP TABLE build_logs")
             conn.execute("ALTER TABLE agents DROP COLUMN endpoints")
             conn.execute("DROP INDEX builds_by_lease")
@@ -468,6 +469,7 @@ class TestMigration:
             conn.execute("DROP INDEX workspaces_owner")  # 7: per-owner limits
             conn.execute("DROP TABLE owners")
             conn.execute("DROP INDEX IF EXISTS workspaces_by_chat")  # 10: warm pools
+            conn.execute("ALTER TABLE workspaces DROP COLUMN holds")  # 11: turn holds
             conn.execute("DROP TABLE build_logs")
             conn.execute("ALTER TABLE agents DROP COLUMN endpoints")
             conn.execute("DROP INDEX builds_lease")

@@ -61,6 +61,9 @@ __all__ = [
 #: (:func:`workspace_lifecycle.provisioner.holding`), and a worker that stops renewing has its
 #: build failed this long after its last renewal at the latest.
 DEFAULT_LEASE_SECONDS = 30.0
+#: How long a turn's hold lasts unless renewed (:meth:`Store.hold_turn`): its holder renews it
+#: every third of this, and the hold of a holder that died lapses this long after its last renewal.
+DEFAULT_HOLD_SECONDS = 30.0
 
 
 @attrs.frozen
@@ -369,6 +372,27 @@ class Store(abc.ABC):
         decides); the stored deadline is then marked warned. ``fired`` says whether this call
         warned; ``facts`` (with the deadline armed after the call) are read in the same
         transaction."""
+
+    @abc.abstractmethod
+    async def hold_turn(
+        self,
+        workspace_id: str,
+        token: str,
+        *,
+        renew: bool = False,
+        hold_seconds: float = DEFAULT_HOLD_SECONDS,
+    ) -> float | None:
+        """Take (or, with ``renew``, renew) the turn's hold ``token`` on the workspace
+        (:func:`~workspace_lifecycle.writes.hold_turn` decides): no idle stop fires while it is
+        live. Returns when it lapses unless renewed (store time), ``None`` for a deleted
+        workspace; a renewal of a lapsed hold raises
+        :class:`~workspace_lifecycle.errors.HoldLostError`."""
+
+    @abc.abstractmethod
+    async def release_turn(self, workspace_id: str, token: str) -> bool:
+        """The turn holding the workspace with ``token`` ended: its hold goes, and the last one
+        to go arms the idle deadline from now (:func:`~workspace_lifecycle.writes.release_turn`).
+        Whether the hold was still there."""
 
     @abc.abstractmethod
     async def armed_deadlines(self) -> ArmedDeadlines:

@@ -38,7 +38,17 @@ from ..values import (
     Transition,
     WorkspaceFacts,
 )
-from .base import DEFAULT_LEASE_SECONDS, ArmedDeadlines, ChatRow, Deferral, Outcome, PoolClaim, Store, Topic
+from .base import (
+    DEFAULT_HOLD_SECONDS,
+    DEFAULT_LEASE_SECONDS,
+    ArmedDeadlines,
+    ChatRow,
+    Deferral,
+    Outcome,
+    PoolClaim,
+    Store,
+    Topic,
+)
 from .driver import RETRY, Driver, LogRead, Plan, Read, Rows
 
 __all__ = ["MAX_DECISIONS", "DriverStore", "as_driver_store"]
@@ -365,6 +375,52 @@ class _Defer(Plan[Deferral]):
     def answer(self, head: int) -> Deferral:
         held, facts, write = self._deferral
         return Deferral(held, facts if write is None else writes.applied(facts, write, head))
+
+
+class _HoldTurn(Plan[float | None]):
+    op = "hold_turn"
+    __slots__ = ("_until", "clock", "hold_seconds", "renew")
+
+    def __init__(
+        self, workspace_id: str, token: str, renew: bool, hold_seconds: float, clock: Callable[[], float]
+    ) -> None:
+        # The workspace's row alone: the holds are in it, so its guard covers them.
+        super().__init__(Read.workspace(workspace_id, related=False), token)
+        self.renew, self.hold_seconds, self.clock = renew, hold_seconds, clock
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        facts = _facts(rows, f"no workspace {self.read.key!r}")
+        assert self.lease is not None
+        write = writes.hold_turn(
+            facts, self.lease, renew=self.renew, at=self.clock(), hold_seconds=self.hold_seconds
+        )
+        self._until = None
+        if write is not None and write.workspace is not None:
+            self._until = max(hold.expires_at for hold in write.workspace.holds if hold.token == self.lease)
+        return write
+
+    def answer(self, head: int) -> float | None:
+        return self._until
+
+
+class _ReleaseTurn(Plan[bool]):
+    op = "release_turn"
+    __slots__ = ("_released", "clock")
+
+    def __init__(self, workspace_id: str, token: str, clock: Callable[[], float]) -> None:
+        super().__init__(Read.workspace(workspace_id), token)  # the chat's policy arms the countdown
+        self.clock = clock
+
+    def decide(self, rows: Rows) -> writes.Write | None:
+        facts = _facts(rows, f"no workspace {self.read.key!r}")
+        assert self.lease is not None
+        policy = rows.chat.policy if rows.chat is not None else Policy()
+        write = writes.release_turn(facts, self.lease, policy, at=self.clock())
+        self._released = write is not None
+        return write
+
+    def answer(self, head: int) -> bool:
+        return self._released
 
 
 class _Touch(Plan[Deadline | None]):
@@ -719,6 +775,19 @@ class DriverStore(Store):
 
     async def fire_deadline(self, workspace_id: str, expected: Deadline) -> Outcome:
         return await self._transact(_FireDeadline(workspace_id, expected, self.driver.clock))
+
+    async def hold_turn(
+        self,
+        workspace_id: str,
+        token: str,
+        *,
+        renew: bool = False,
+        hold_seconds: float = DEFAULT_HOLD_SECONDS,
+    ) -> float | None:
+        return await self._transact(_HoldTurn(workspace_id, token, renew, hold_seconds, self.driver.clock))
+
+    async def release_turn(self, workspace_id: str, token: str) -> bool:
+        return await self._transact(_ReleaseTurn(workspace_id, token, self.driver.clock))
 
     async def claim_build(self, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Build | None:
         lease_seconds = writes.check_lease_seconds(lease_seconds)

@@ -13,6 +13,12 @@ optional ones accept ``null`` (the shape OpenAI's strict mode demands); a ``null
 as a list of ``{"name", "value"}`` pairs and turned back into the map before the call. Every call goes through :func:`workspace_lifecycle.dispatch_tool` for the bound
 chat, and the model is shown its text: the JSON answer, or the error sentence (the SDK sends a
 tool's returned string back to the model either way).
+
+The SDK has no hook that brackets a whole run, so :func:`run_turn` is the run: ``Runner.run``
+inside the chat's turn (:meth:`~workspace_lifecycle.Lifecycle.turn`), so no idle stop fires
+while the agent works::
+
+    result = await run_turn(lc, agent, "build it", chat_id="chat-1", owner="alice")
 """
 
 from __future__ import annotations
@@ -21,14 +27,14 @@ import copy
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agents import FunctionTool, Tool
+from agents import Agent, FunctionTool, Runner, RunResult, Tool
 from agents.tool_context import ToolContext
 
 from ..runtime import Lifecycle
-from ..tools import parse_arguments, tool_definitions
+from ..tools import held_turn, parse_arguments, tool_definitions
 from ._binding import call_bound
 
-__all__ = ["strict_schema", "workspace_tools"]
+__all__ = ["run_turn", "strict_schema", "workspace_tools"]
 
 
 def strict_schema(input_schema: dict[str, Any]) -> dict[str, Any]:
@@ -121,3 +127,13 @@ def workspace_tools(lifecycle: Lifecycle, *, chat_id: str, owner: str, status: b
         )
         for d in tool_definitions(status=status)
     ]
+
+
+async def run_turn(
+    lifecycle: Lifecycle, agent: Agent[Any], input: Any, *, chat_id: str, owner: str, **kwargs: Any
+) -> RunResult:
+    """``Runner.run(agent, input, **kwargs)`` holding the chat's turn from the run's start to its
+    end (:func:`~workspace_lifecycle.tools.held_turn`): no idle stop fires while the agent works,
+    and the idle countdown starts when the run ends, however it ends."""
+    async with held_turn(lifecycle, chat_id, owner):
+        return await Runner.run(agent, input, **kwargs)

@@ -176,6 +176,7 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
             w_warn_at=ws.deadline.warn_at if ws.deadline else None,
             w_warned=bool(ws.deadline and ws.deadline.warned),
             w_deferred=None if ws.deferred is None else Jsonb(ws.deferred.record()),
+            w_holds=Jsonb([[hold.token, hold.expires_at] for hold in ws.holds]) if ws.holds else None,
         )
     if ws is not None and seen is None:
         # A new workspace (with its first build: one statement cannot update a row it inserts).
@@ -187,14 +188,15 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
         )
         return (
             "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, latest_build,"
-            " deadline_at, deadline_reason, deadline_warn_at, deadline_warned, deferred) VALUES (%(w_id)s,"
-            " %(w_chat)s, %(w_owner)s, %(w_name)s, %(w_deleted)s, %(w_latest)s, %(w_deadline)s,"
-            " %(w_reason)s, %(w_warn_at)s, %(w_warned)s, %(w_deferred)s)"
+            " deadline_at, deadline_reason, deadline_warn_at, deadline_warned, deferred, holds)"
+            " VALUES (%(w_id)s, %(w_chat)s, %(w_owner)s, %(w_name)s, %(w_deleted)s, %(w_latest)s,"
+            " %(w_deadline)s, %(w_reason)s, %(w_warn_at)s, %(w_warned)s, %(w_deferred)s, %(w_holds)s::jsonb)"
             " ON CONFLICT (workspace_id) DO UPDATE SET deleted = excluded.deleted,"
             " latest_build = greatest(workspaces.latest_build, excluded.latest_build),"
             " deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason,"
             " deadline_warn_at = excluded.deadline_warn_at, deadline_warned = excluded.deadline_warned,"
-            " deferred = excluded.deferred, version = workspaces.version + 1 RETURNING 1"
+            " deferred = excluded.deferred, holds = excluded.holds,"
+            " version = workspaces.version + 1 RETURNING 1"
         )
     then = write.then
     target = seen.workspace_id if seen is not None else (queued.workspace_id if queued else None)
@@ -210,6 +212,7 @@ def _workspace_change(write: Write, seen: Seen | None, params: Params) -> str | 
             "deadline_warn_at = %(w_warn_at)s",
             "deadline_warned = %(w_warned)s",
             "deferred = %(w_deferred)s",
+            "holds = %(w_holds)s::jsonb",
         ]
         # A claimed pooled workspace takes its chat's id, owner and name; every other write
         # writes back the ones it read.

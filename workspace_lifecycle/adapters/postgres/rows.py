@@ -29,6 +29,7 @@ from ...values import (
     parse_deadline,
     parse_deferred,
     parse_enum,
+    parse_holds,
     parse_lease,
     parse_policy,
 )
@@ -47,7 +48,7 @@ HEAD = "coalesce(greatest((SELECT max(seq) FROM events), (SELECT pruned_through 
 #: A workspace row as :func:`parse_workspace` reads it.
 _WS_COLUMNS = (
     "w.workspace_id, w.chat_id, w.owner, w.name, w.deleted, w.deadline_at, w.deadline_reason,"
-    " w.deadline_warn_at, w.deadline_warned, w.deferred"
+    " w.deadline_warn_at, w.deadline_warned, w.deferred, w.holds"
 )
 #: A chat row as :func:`parse_chat` reads it.
 _CHAT_COLUMNS = "c.chat_id, c.owner, c.workspace_id, c.idle_stop_after, c.delete_after_stopped, c.warn_before"
@@ -73,7 +74,7 @@ _REQUEST_SQL = (
 #: A workspace row as :func:`parse_workspace` reads it, then its version.
 _WORKSPACE_COLUMNS = f"{_WS_COLUMNS}, w.version"
 #: Columns of a workspace row as :func:`parse_workspace` reads it (its version follows them).
-_WORKSPACE_WIDTH = 10
+_WORKSPACE_WIDTH = 11
 #: Columns of a build as :func:`parse_build` reads it.
 _BUILD_WIDTH = 13
 #: Columns of ``_FACTS_COLUMNS`` and the head (``_REQUEST_SQL``'s versions and chat follow).
@@ -147,7 +148,10 @@ def parse_workspace(row: Sequence[Any]) -> Workspace:
     """A workspace from ``_WS_COLUMNS``."""
     deadline = parse_deadline(row[5], row[6], row[7], row[8], key=row[0])
     deferred = parse_deferred(row[9], key=row[0])
-    return Workspace(row[0], row[1], row[2], row[3], deleted=row[4], deadline=deadline, deferred=deferred)
+    holds = parse_holds(row[10], key=row[0])
+    return Workspace(
+        row[0], row[1], row[2], row[3], deleted=row[4], deadline=deadline, deferred=deferred, holds=holds
+    )
 
 
 def parse_chat(row: Sequence[Any]) -> Chat:

@@ -145,6 +145,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX workspaces_by_chat ON workspaces (chat_id) WHERE NOT deleted;
     """,
+    # 11: turn holds: the turns holding a workspace (a JSON array of [token, expires_at] pairs;
+    # NULL for none), in its own row so that the row's version guards them with it.
+    """
+    ALTER TABLE workspaces ADD COLUMN holds jsonb;
+    """,
 )
 
 #: The schema version this code writes and understands.

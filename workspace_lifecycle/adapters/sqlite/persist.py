@@ -8,7 +8,7 @@ import json
 import sqlite3
 
 from ... import writes
-from ...values import Build, Workspace
+from ...values import Build, Workspace, dump_holds
 from .rows import head
 
 __all__ = ["INSERT_EVENT", "Tx"]
@@ -18,12 +18,12 @@ INSERT_EVENT = (
 )
 _UPSERT_WORKSPACE = (
     "INSERT INTO workspaces (workspace_id, chat_id, owner, name, deleted, deadline_at, "
-    "deadline_reason, deadline_warn_at, deadline_warned, deferred) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "deadline_reason, deadline_warn_at, deadline_warned, deferred, holds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (workspace_id) DO UPDATE SET chat_id = excluded.chat_id, "
     "owner = excluded.owner, name = excluded.name, deleted = excluded.deleted, "
     "deadline_at = excluded.deadline_at, deadline_reason = excluded.deadline_reason, "
     "deadline_warn_at = excluded.deadline_warn_at, deadline_warned = excluded.deadline_warned, "
-    "deferred = excluded.deferred"
+    "deferred = excluded.deferred, holds = excluded.holds"
 )
 _UPSERT_CHAT = (
     "INSERT INTO chats (chat_id, owner, workspace_id, idle_stop_after, delete_after_stopped, "
@@ -135,6 +135,7 @@ def _workspace_values(ws: Workspace) -> tuple[object, ...]:
         deadline.warn_at if deadline else None,
         bool(deadline and deadline.warned),
         None if ws.deferred is None else ws.deferred.stored(),
+        dump_holds(ws.holds),
     )
 
 

@@ -24,6 +24,7 @@ from ...values import (
     parse_deadline,
     parse_deferred,
     parse_enum,
+    parse_holds,
     parse_lease,
     parse_policy,
 )
@@ -57,12 +58,12 @@ BUILD_COLUMNS = (
 CHAT_COLUMNS = "chat_id, owner, workspace_id, idle_stop_after, delete_after_stopped, warn_before"
 WORKSPACE_COLUMNS = (
     "workspace_id, chat_id, owner, name, deleted, deadline_at, deadline_reason, deadline_warn_at,"
-    " deadline_warned, deferred"
+    " deadline_warned, deferred, holds"
 )
 #: How many columns each list above has (rows that join them are cut at these widths).
 BUILD_WIDTH = 13
 CHAT_WIDTH = 6
-WORKSPACE_WIDTH = 10
+WORKSPACE_WIDTH = 11
 
 #: Rows parsed lately, by their raw values: a row read again unchanged (the latest build of a
 #: workspace whose agent reports, its workspace) is not parsed and validated again. A build
@@ -179,8 +180,16 @@ def _workspace_row(row: tuple[Any, ...]) -> Workspace:
     workspace_id = row[0]
     deadline = parse_deadline(row[5], row[6], row[7], row[8], key=workspace_id)
     deferred = parse_deferred(row[9], key=workspace_id)
+    holds = parse_holds(row[10], key=workspace_id)
     return Workspace(
-        workspace_id, row[1], row[2], row[3], deleted=bool(row[4]), deadline=deadline, deferred=deferred
+        workspace_id,
+        row[1],
+        row[2],
+        row[3],
+        deleted=bool(row[4]),
+        deadline=deadline,
+        deferred=deferred,
+        holds=holds,
     )
 
 

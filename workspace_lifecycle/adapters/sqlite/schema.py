@@ -11,7 +11,7 @@ from .rows import head
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_path", "setup"]
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 _SCHEMA = """
 CREATE TABLE chats (
@@ -128,6 +128,9 @@ ALTER TABLE log_state DROP COLUMN head
     # Warm pools: a pool's members are the live workspaces bound to its holder row; a claim
     # and a fill read them by chat id.
     9: "CREATE INDEX workspaces_by_chat ON workspaces (chat_id) WHERE deleted = 0",
+    # Turn holds: the turns holding a workspace (a JSON array of [token, expires_at] pairs; NULL
+    # for none), in its own row so that every write guarded by the row sees them.
+    10: "ALTER TABLE workspaces ADD COLUMN holds TEXT",
 }
 
 
