@@ -331,7 +331,7 @@ def parse_deferred(value: object, *, key: object) -> Deferred | None:
     object); a bad value is a :class:`CorruptStateError` naming the row.
 
     >>> parse_deferred(Deferred(Transition.START, 2, "alice").stored(), key="w1")
-    Deferred(transition=<Transition.START: 'start'>, behind=2, requested_by='alice')
+    Deferred(transition=<Transition.START: 'start'>, behind=2, requested_by='alice', running_limit=None)
     """
     if value is None:
         return None

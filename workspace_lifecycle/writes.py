@@ -545,7 +545,7 @@ def defer_request(
     >>> w = defer_request(WorkspaceFacts(ws, stop, None, seq=5), transition=Transition.START,
     ...                   expected_build_number=2, requested_by="alice", at=0)
     >>> w.workspace.deferred, [e.kind.value for e in w.events]
-    (Deferred(transition=<Transition.START: 'start'>, behind=2, requested_by='alice'), ['request_deferred'])
+    (Deferred(transition=<Transition.START: 'start'>, behind=2, requested_by='alice', running_limit=None), ['request_deferred'])
     """
     if not deferral_holds(facts, expected_build_number):
         return None
