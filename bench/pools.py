@@ -36,6 +36,24 @@ async def _until_full(lc: wl.Lifecycle, size: int) -> None:
             await lc.store.wait_for_change(head)
 
 
+async def _drain(store: wl.Store, pool: str) -> None:
+    """Delete every member of ``pool`` and wait until the provisioner ended their processes."""
+    with anyio.fail_after(120):
+        for member in await store.pool_members(pool):
+            latest = member.latest_build
+            number = latest.number if latest is not None else 0
+            while latest is not None and latest.in_flight:  # a member still being built
+                head = await store.head()
+                await store.wait_for_change(head)
+                latest = (await store.workspace_facts(member.workspace_id)).latest_build
+                number = latest.number if latest is not None else 0
+            await store.request_build(member.workspace_id, wl.Transition.DELETE, expected_build_number=number)
+        while await store.pool_members(pool):
+            head = await store.head()
+            if await store.pool_members(pool):
+                await store.wait_for_change(head)
+
+
 async def measure(url: str, root: Path, size: int) -> dict[str, list[float]]:
     pool = wl.Pool("default", size=size)
     cold: list[float] = []
@@ -43,25 +61,27 @@ async def measure(url: str, root: Path, size: int) -> dict[str, list[float]]:
     async with (
         wl.open_store(url) as store,
         wl.ProcessProvisioner(store, root=root, command=SERVER, ready_timeout=60),
-        wl.Lifecycle(store, pools=[pool]) as lc,
     ):
-        await _until_full(lc, size)
-        for i in range(size):
-            await lc.register_chat(f"cold-{i}", owner="bench")
-            t0 = time.perf_counter()
-            r = await lc.create_workspace(f"cold-{i}", owner="bench", name="dev")
-            cold.append(time.perf_counter() - t0)
-            assert r.data.get("created") is True and "pooled" not in r.data, r.data
-        await _until_full(lc, size)
-        for i in range(size):
-            await lc.register_chat(f"warm-{i}", owner="bench")
-            t0 = time.perf_counter()
-            r = await lc.create_workspace(f"warm-{i}", owner="bench", name="dev", pool="default")
-            warm.append(time.perf_counter() - t0)
-            assert r.data.get("pooled") is True, r.data
-        for i in range(size):  # leave no process behind
-            await lc.delete_workspace(f"cold-{i}", owner="bench")
-            await lc.delete_workspace(f"warm-{i}", owner="bench")
+        async with wl.Lifecycle(store, pools=[pool]) as lc:
+            await _until_full(lc, size)
+            for i in range(size):
+                await lc.register_chat(f"cold-{i}", owner="bench")
+                t0 = time.perf_counter()
+                r = await lc.create_workspace(f"cold-{i}", owner="bench", name="dev")
+                cold.append(time.perf_counter() - t0)
+                assert r.data.get("created") is True and "pooled" not in r.data, r.data
+            await _until_full(lc, size)
+            for i in range(size):
+                await lc.register_chat(f"warm-{i}", owner="bench")
+                t0 = time.perf_counter()
+                r = await lc.create_workspace(f"warm-{i}", owner="bench", name="dev", pool="default")
+                warm.append(time.perf_counter() - t0)
+                assert r.data.get("pooled") is True, r.data
+            for i in range(size):  # leave no process behind
+                await lc.delete_workspace(f"cold-{i}", owner="bench")
+                await lc.delete_workspace(f"warm-{i}", owner="bench")
+        # The keeper is gone (it refilled the pool after the claims): delete its members too.
+        await _drain(store, pool.name)
     return {"cold": cold, "warm": warm}
 
 

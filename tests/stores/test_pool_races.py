@@ -48,7 +48,10 @@ async def _until(store: wl.Store, check: Callable[[], Any], *, seconds: float = 
 @contextlib.asynccontextmanager
 async def _replicas(url: str, pool: wl.Pool) -> AsyncIterator[list[wl.Lifecycle]]:
     async with contextlib.AsyncExitStack() as stack:
-        stores = [await stack.enter_async_context(wl.open_store(url)) for _ in range(REPLICAS)]
+        # PostgreSQL: two pooled connections a replica (and its listener), so that eight replicas
+        # beside the other workers' tests stay far below the server's max_connections.
+        options = {"pool_max_size": 2} if url.startswith("postgresql") else {}
+        stores = [await stack.enter_async_context(wl.open_store(url, **options)) for _ in range(REPLICAS)]
         for store in stores[:4]:
             # No agent: a build is ready when it succeeds (one write fewer per build).
             await stack.enter_async_context(wl.SimulatedProvisioner(store, build_seconds=0.005, agent=None))
