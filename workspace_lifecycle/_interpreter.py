@@ -15,7 +15,6 @@ an answer.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
@@ -55,15 +54,13 @@ log = logging.getLogger("workspace_lifecycle.runtime")
 
 
 def workspace_name(name: str | None) -> str:
-    """The name a new workspace gets, as Coder's chat tool names it (``create_workspace`` in
-    coderd's chattool): a valid name (:func:`~workspace_lifecycle.checks.workspace_name_valid`)
-    is kept, anything else becomes ``<base>-<4 hex>``. The answer's ``workspace_name`` says the
-    name it got. The command line refuses an invalid ``--name`` instead (a person typed it)."""
-    name = (name or "").strip()
-    if name and checks.workspace_name_valid(name):
-        return name
-    base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:27].strip("-") or "workspace"
-    return f"{base}-{secrets.token_hex(2)}"
+    """The name a new workspace gets: the name given (the runtime and the tools refused an
+    invalid one before, :func:`~workspace_lifecycle.checks.workspace_name`), or for none
+    (``None`` or ``""``) a generated ``workspace-<4 hex>``. Never a rename: Coder's chat tool
+    renames an invalid name, which leaves its giver with a name they did not choose."""
+    if name:
+        return checks.workspace_name("name", name)
+    return f"workspace-{secrets.token_hex(2)}"
 
 
 class Interpreter:

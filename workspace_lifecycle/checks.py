@@ -27,7 +27,8 @@ Use :func:`seconds` in an ``__init__`` and :func:`positive_seconds` /
 Ids are data that every face prints and every store keeps: :func:`identifier` refuses, in
 one sentence, whatever could not be shown on one line or kept by every store (a control
 character, a lone surrogate, NUL) and anything over :data:`MAX_IDENTIFIER` characters.
-:func:`workspace_name` is Coder's rule for workspace names.
+:func:`workspace_name` is Coder's rule for workspace names: a name is kept or refused, with a
+valid one to try (:func:`suggested_workspace_name`), never renamed.
 
 Rules for this module: no I/O, no awaits, no clocks, no anyio.
 """
@@ -54,6 +55,7 @@ __all__ = [
     "non_negative_seconds",
     "positive_seconds",
     "seconds",
+    "suggested_workspace_name",
     "workspace_name",
     "workspace_name_valid",
 ]
@@ -227,17 +229,38 @@ def workspace_name_valid(value: object) -> bool:
 
 
 def workspace_name(kind: str, value: object) -> str:
-    """``value`` as a workspace name, or ``ValueError`` saying Coder's rule.
+    """``value`` as a workspace name, or ``ValueError`` saying Coder's rule and a valid name to
+    try instead (:func:`suggested_workspace_name`). A name is never renamed behind its giver's
+    back: whoever gave it, a person or a model, either gets it or is told why not.
 
     >>> workspace_name("name", "bad name!!")
     Traceback (most recent call last):
     ...
-    ValueError: name must be 1 to 32 letters, digits and single hyphens between them (Coder's rule), such as 'dev-2', not 'bad name!!'
+    ValueError: name must be 1 to 32 letters, digits and single hyphens between them (Coder's rule), such as 'dev-2', not 'bad name!!'; try 'bad-name'
     """
     if workspace_name_valid(value):
         assert isinstance(value, str)
         return value
-    raise ValueError(f"{kind} must be {WORKSPACE_NAME_RULE}, not {_shown_text(value)}")
+    raise ValueError(
+        f"{kind} must be {WORKSPACE_NAME_RULE}, not {_shown_text(value)};"
+        f" try {suggested_workspace_name(value)!r}"
+    )
+
+
+def suggested_workspace_name(value: object) -> str:
+    """A valid name close to ``value``, to offer whoever gave an invalid one: each run of other
+    characters becomes one hyphen, cut to :data:`MAX_WORKSPACE_NAME`; ``'workspace'`` when
+    nothing usable is left. Deterministic (only offered, never given silently).
+
+    >>> suggested_workspace_name("Bad Name!!"), suggested_workspace_name("--"), suggested_workspace_name("dév")
+    ('Bad-Name', 'workspace', 'd-v')
+    >>> len(suggested_workspace_name("x" * 100))
+    32
+    """
+    text = value if isinstance(value, str) else ""
+    base = re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-")
+    base = base[:MAX_WORKSPACE_NAME].strip("-")
+    return base or "workspace"
 
 
 def _validator(

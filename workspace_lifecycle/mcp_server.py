@@ -44,7 +44,7 @@ from mcp.server.stdio import stdio_server
 from . import __version__
 from .adapters import open_store
 from .deadlines import STANDALONE_POLICY, in_words
-from .errors import WorkspaceLifecycleError
+from .errors import OwnershipError, WorkspaceLifecycleError
 from .runtime import Lifecycle
 from .tools import AllowedChats, ToolCall, held_turn, prepare_tool_call, run_tool_call, tool_definitions
 from .values import Policy, StateChange, StoreEvent, ToolResult
@@ -276,17 +276,18 @@ async def serve(db_url: str, owner: str, chat: str | None, *, policy: Policy | N
     """Serve the workspace tools over stdio on the store at ``db_url`` until stdin closes.
 
     With ``chat`` the server is bound to it, and registers it for ``owner`` before serving (so
-    ``create_workspace`` works on a fresh database); if another owner has it,
-    :class:`~workspace_lifecycle.OwnershipError` is raised (a configuration mistake, reported
-    before any client connects). Without ``chat`` it serves every chat ``owner`` has in the
-    store, as the chat runtime registered them; it registers none itself. ``policy`` is the
-    policy of the chat it registers (an existing chat's is replaced); without it a new chat gets
+    ``create_workspace`` works on a fresh database); if another owner has it, the server serves
+    it as every face answers another owner's chat: exactly as an unknown chat. Without ``chat``
+    it serves every chat ``owner`` has in the store, as the chat runtime registered them; it
+    registers none itself. ``policy`` is the policy of the chat it registers (an existing
+    chat's is replaced); without it a new chat gets
     :data:`~workspace_lifecycle.STANDALONE_POLICY` (30 idle minutes, no delete). The server's
     runtime fires every chat's deadlines while it runs.
     """
     async with open_store(db_url) as store, Lifecycle(store, policy=STANDALONE_POLICY) as lifecycle:
         if chat is not None:
-            await lifecycle.register_chat(chat, owner=owner, policy=policy)
+            with contextlib.suppress(OwnershipError):  # then its tools answer an unknown chat
+                await lifecycle.register_chat(chat, owner=owner, policy=policy)
             server = create_server(lifecycle, owner=owner, chat=chat)
         else:
             server = create_server(lifecycle, owner=owner, allowed_chats=every_chat)

@@ -427,8 +427,10 @@ class Lifecycle(BackgroundService):
     ) -> ToolResult:
         """Create the chat's workspace (Coder's ``create_workspace``); idempotent while one lives.
 
-        ``parameters`` (template parameters, string to string) go with the first build to the
-        provisioner; an answer about a build this call did not fire says
+        ``name`` is kept as given, or refused with ``ValueError`` saying Coder's rule and a
+        valid name to try (:func:`~workspace_lifecycle.checks.workspace_name`); ``None`` or
+        ``""``: a generated one. ``parameters`` (template parameters, string to string) go with
+        the first build to the provisioner; an answer about a build this call did not fire says
         ``parameters_applied: false``.
 
         ``pool`` names a warm pool of this runtime (``Lifecycle(pools=[...])``): the chat
@@ -440,6 +442,10 @@ class Lifecycle(BackgroundService):
         """
         if name is not None and not isinstance(name, str):
             raise ValueError(f"name must be a string or None, not {type(name).__name__}")
+        _check_id("chat_id", chat_id)
+        _check_id("owner", owner)
+        if name:
+            checks.workspace_name("name", name)
         if pool is None:
             pool = self.default_pool
         if pool is not None and pool not in self.pools:

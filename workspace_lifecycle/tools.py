@@ -30,7 +30,7 @@ import attrs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from . import steps
+from . import checks, steps
 from .answers import NO_WORKSPACE
 from .buildlogs import MAX_PAGE_LINES
 from .errors import CallerError, CorruptStateError, StoreError
@@ -89,7 +89,11 @@ _DEFINITIONS: list[dict[str, Any]] = [
             "properties": {
                 "name": {
                     "type": "string",
-                    "description": "Workspace name; invalid or missing names are generated.",
+                    "description": (
+                        "Workspace name: 1 to 32 letters, digits and single hyphens between them, "
+                        "such as 'dev-2'; omit it for a generated one. An invalid name is refused "
+                        "with a valid one to try."
+                    ),
                 },
                 "parameters": _PARAMETERS,
                 "wait": _WAIT,
@@ -334,6 +338,11 @@ def _check(name: str, parsed: object, chat_id_argument: bool) -> dict[str, Any] 
         try:
             check_parameters(parsed["parameters"])
         except ValueError as exc:  # the runtime's own check of parameters, answered here
+            return str(exc)
+    if name == "create_workspace" and parsed.get("name"):
+        try:  # kept or refused with a name to try, never renamed: the model can retry with it
+            checks.workspace_name("name", parsed["name"])
+        except ValueError as exc:
             return str(exc)
     return parsed
 

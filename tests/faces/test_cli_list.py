@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from test_cli import _one_line_error, _seeded_store
@@ -14,7 +12,7 @@ from test_cli_touch import _seeded_file, deadline_of
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import cli
-from workspace_lifecycle.cli.listing import endpoints_of
+from workspace_lifecycle.cli.status import endpoints_of
 
 
 def _list(monkeypatch: pytest.MonkeyPatch, store: wl.Store, *args: str) -> int:
@@ -69,10 +67,26 @@ class TestList:
         assert "OWNER's chats" in capsys.readouterr().out
 
 
+AT = {"http": "http://127.0.0.1:41237"}
+
+
 class TestEndpoints:
-    def test_shown_when_the_agent_reports_them(self) -> None:
-        """An agent row with endpoints (version 0.3's stores) is shown; without, nothing."""
-        facts: Any = SimpleNamespace(agent=SimpleNamespace(endpoints={"http": "http://127.0.0.1:41237"}))
-        assert endpoints_of(facts) == {"http": "http://127.0.0.1:41237"}
-        assert endpoints_of(SimpleNamespace(agent=None)) == {}  # type: ignore[arg-type]
+    """``list`` and ``status`` show endpoints through one helper, the core's ``reached``."""
+
+    def _facts(self, latest: wl.Build) -> wl.WorkspaceFacts:
+        """The start build's agent, ready and reporting ``AT``, under ``latest``."""
+        agent = wl.Agent("w1", 1, wl.AgentLifecycle.READY, endpoints=AT)
+        return wl.WorkspaceFacts(wl.Workspace("w1", "c1", "alice", "dev"), latest, agent, seq=3)
+
+    def test_shown_while_it_runs_and_nowhere_once_stopped(self) -> None:
+        start = wl.Build("b1", "w1", 1, wl.Transition.START, wl.JobStatus.SUCCEEDED, has_agent=True)
+        stop = wl.Build("b2", "w1", 2, wl.Transition.STOP, wl.JobStatus.SUCCEEDED)
+        assert endpoints_of(self._facts(start)) == AT
+        # The agent row still holds what it reported; a stopped workspace is reached nowhere.
+        assert endpoints_of(self._facts(stop)) == {}
         assert endpoints_of(None) == {}
+
+    def test_status_and_list_share_the_helper(self) -> None:
+        from workspace_lifecycle.cli import listing, status
+
+        assert listing.endpoints_of is status.endpoints_of

@@ -18,6 +18,7 @@ from test_cli import _ctrl_c, _interruptible, _one_line_error, _seeded_store, ne
 import workspace_lifecycle as wl
 from workspace_lifecycle import cli
 from workspace_lifecycle.answers import NO_WORKSPACE
+from workspace_lifecycle.tools import unknown_chat
 
 FAST = ["--build-seconds", "0.01", "--agent-seconds", "0.01"]
 
@@ -34,7 +35,8 @@ class TestRequests:
     @needs_sqlite
     def test_create_registers_a_new_chat(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """create on a fresh database file creates it, registers the chat for the owner, then
-        creates its workspace; another owner cannot take the chat."""
+        creates its workspace; another owner cannot take the chat, and is answered exactly as
+        the create_workspace tool answers an unknown chat (as start/stop/delete answer it)."""
         url = f"sqlite:///{tmp_path / 'fresh.db'}"
         argv = ["create", "c1", "--owner", "alice", "--name", "dev", "--db", url]
         assert cli.main([*argv, "--no-wait", "--json"]) == 0
@@ -43,7 +45,14 @@ class TestRequests:
         assert answer["status"] == "building" and answer["workspace_name"] == "alice/dev"
         assert "no_workspace -> building" in captured.err
         assert cli.main(["create", "c1", "--owner", "bob", "--db", url, "--no-wait"]) == 1
-        assert "registered to another owner" in _one_line_error(capsys.readouterr().err)
+        line = _one_line_error(capsys.readouterr().err)
+        assert line == f"workspace-lifecycle: {unknown_chat('create_workspace').text}", line
+        assert "owner" not in line
+        assert cli.main(["start", "c1", "--owner", "bob", "--db", url, "--no-wait"]) == 1
+        assert _one_line_error(capsys.readouterr().err) == f"workspace-lifecycle: {NO_WORKSPACE}"
+        assert cli.main(["status", "--json", "--db", url]) == 0
+        row = json.loads(capsys.readouterr().out)  # one chat, still alice's, its build untouched
+        assert (row["chat_id"], row["owner"], row["latest_build"]["number"]) == ("c1", "alice", 1), row
 
     @pytest.mark.parametrize(
         ("tool", "state", "key"),

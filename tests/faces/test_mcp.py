@@ -302,26 +302,22 @@ async def _converse(session: ClientSession) -> None:
 
 
 @pytest.mark.slow
-async def test_default_chat_of_another_owner_is_refused_at_start(sqlite_url: str) -> None:
+async def test_default_chat_of_another_owner_is_served_as_an_unknown_chat(sqlite_url: str) -> None:
+    """``--chat`` naming bob's chat for alice: the server starts (as every face, it does not say
+    whose the chat is) and answers each tool exactly as for an unknown chat; nothing is written."""
     async with wl.open_store(sqlite_url) as store:
         await store.register_chat("bobs", "bob")
+        head = await store.head()
+    server = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "workspace_lifecycle", "mcp", "--db", sqlite_url, "--owner", "alice", "--chat", "bobs"],
+    )
     with anyio.fail_after(20):
-        done = await anyio.run_process(
-            [
-                sys.executable,
-                "-m",
-                "workspace_lifecycle",
-                "mcp",
-                "--db",
-                sqlite_url,
-                "--owner",
-                "alice",
-                "--chat",
-                "bobs",
-            ],
-            input=b"",
-            check=False,
-        )
-    assert done.returncode == 1
-    assert done.stdout == b""
-    assert done.stderr.decode().strip() == "workspace-lifecycle: chat 'bobs' is registered to another owner"
+        async with stdio_client(server) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            for name in ("create_workspace", "start_workspace", "stop_workspace", "delete_workspace"):
+                answer = await session.call_tool(name, {})
+                assert answer.is_error is True and _text(answer) == unknown_chat(name).text, name
+            assert _ok(await session.call_tool("workspace_status", {}))["status"] == "no_workspace"
+    async with wl.open_store(sqlite_url) as store:
+        assert await store.get_chat("bobs") == wl.Chat("bobs", "bob", None) and await store.head() == head

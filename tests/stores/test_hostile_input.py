@@ -19,9 +19,8 @@ import pytest
 from figures import FIGURES, flush
 
 import workspace_lifecycle as wl
-from workspace_lifecycle import answers
+from workspace_lifecycle import answers, checks
 from workspace_lifecycle.faults import FaultyStore
-from workspace_lifecycle.runtime import workspace_name
 
 pytestmark = pytest.mark.anyio
 
@@ -151,8 +150,8 @@ async def _store_round_trip(store: wl.Store, key: str) -> None:
 async def test_lifecycle_round_trips_or_refuses(
     store: wl.Store, store_backend: tuple[str, str], key: str
 ) -> None:
-    """Through the runtime: the chat id and owner come back exactly (or ValueError); the name
-    follows Coder's rule (a safe name or ``<base>-<4 hex>``)."""
+    """Through the runtime: the chat id and owner come back exactly (or ValueError); a hostile
+    name is refused in one line with a valid name to try, which is then kept exactly."""
     with _known(store_backend[0], key, store_level=False):
         await _lifecycle_round_trip(store, key)
 
@@ -167,11 +166,17 @@ async def _lifecycle_round_trip(store: wl.Store, key: str) -> None:
             except ValueError as exc:
                 assert str(exc)
                 continue
-            r = await lc.create_workspace(chat, owner=owner, name=value)
+            # The name is kept or refused with a valid one to try; never renamed (a rename
+            # left its giver with a name they did not choose, and did not say so).
+            with pytest.raises(ValueError, match=r"^name must be 1 to 32 letters") as refused:
+                await lc.create_workspace(chat, owner=owner, name=value)
+            assert "\n" not in str(refused.value) and len(str(refused.value)) < 400
+            name = str(refused.value).rsplit("; try ", 1)[1].strip("'")
+            assert checks.workspace_name_valid(name), name
+            assert await store.get_chat(chat) == wl.Chat(chat, owner, None)  # nothing created
+            r = await lc.create_workspace(chat, owner=owner, name=name)
             assert not r.is_error, r.text
-            name = r.data["workspace_name"].rsplit("/", 1)[1]
             assert r.data["workspace_name"] == f"{owner}/{name}"
-            assert workspace_name(name) == name and len(name) <= 32
             assert await lc.state(chat) is wl.WorkspaceState.RUNNING
             r = await lc.stop_workspace(chat, owner=owner)
             assert r.data.get("stopped") is True, r.data

@@ -108,8 +108,8 @@ def owner(text: str) -> str:
 
 
 def workspace_name(text: str) -> str:
-    """A ``--name``: kept as typed, or refused with Coder's rule (never renamed behind the
-    user's back, as the tool renames a model's invalid name)."""
+    """A ``--name``: kept as typed, or refused with Coder's rule and a valid name to try
+    (never renamed behind the user's back; the tool refuses a model's the same way)."""
     return _checked(checks.workspace_name, "--name", text)
 
 

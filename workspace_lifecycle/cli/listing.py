@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from ..adapters.base import ChatRow, Store
-from ..values import WorkspaceFacts
 from ._shared import Commands, add_db, command, database, opened, out, out_json, owner, run
-from .status import _deadline_cell, _state_cell, _table
+from .status import _deadline_cell, _state_cell, _table, endpoints_of
 
 _HEADINGS = ("CHAT", "STATE", "NEXT DEADLINE", "ENDPOINT")
 
@@ -23,7 +21,7 @@ def add_parser(commands: Commands) -> None:
         "list one owner's chats with their state, next deadline and endpoint",
         "A table of OWNER's chats: the workspace state (derived from the stored rows), the next "
         "deadline (an idle stop or a retention delete, with how long until it is due) and the "
-        "agent's endpoint when the agent reports one. Reads only: listing is not activity, so "
+        "endpoints its agent reported while it runs (as status shows them). Reads only: listing is not activity, so "
         "it pushes no deadline. Refuses a missing SQLite file or PostgreSQL schema.",
         handle,
     )
@@ -68,12 +66,3 @@ def _row_json(row: ChatRow) -> dict[str, Any]:
         else {"at": deadline.at, "reason": deadline.reason.value, "transition": deadline.transition.value},
         "endpoints": endpoints_of(row.facts),
     }
-
-
-def endpoints_of(facts: WorkspaceFacts | None) -> dict[str, str]:
-    """The endpoints the workspace's agent reported (``{}`` when none did)."""
-    agent = facts.agent if facts is not None else None
-    endpoints = getattr(agent, "endpoints", None)
-    if not isinstance(endpoints, Mapping):
-        return {}
-    return {str(name): str(url) for name, url in endpoints.items()}

@@ -19,7 +19,7 @@ from anyio.abc import TaskStatus
 from ..adapters.base import Store
 from ..answers import DONE_KEY
 from ..deadlines import STANDALONE_POLICY
-from ..errors import WorkspaceLifecycleError
+from ..errors import OwnershipError, WorkspaceLifecycleError
 from ..machine import Request
 from ..runtime import Lifecycle
 from ..steps import request_transition
@@ -143,8 +143,10 @@ async def _call(lc: Lifecycle, args: argparse.Namespace) -> ToolResult:
     """The tool call, as a model's would run (:func:`~workspace_lifecycle.tools.run_tool_call`)."""
     arguments: dict[str, object] = {"wait": not args.no_wait}
     if args.request is Request.CREATE:
-        # Idempotent; another owner's chat is refused. A policy given here replaces the chat's.
-        await lc.register_chat(args.chat, owner=args.owner, policy=policy(args))
+        # Idempotent. A policy given here replaces the chat's. Another owner's chat is left to
+        # the tool call, which answers it as an unknown chat, as start, stop and delete do.
+        with contextlib.suppress(OwnershipError):
+            await lc.register_chat(args.chat, owner=args.owner, policy=policy(args))
         arguments["name"] = args.name
     call = ToolCall(f"{args.request.value}_workspace", args.chat, arguments)
     return await run_tool_call(lc, call, owner=args.owner)

@@ -48,7 +48,7 @@ async def _list(store: Store, as_json: bool) -> int:
     else:
         now = time.time()
         # Where a workspace is reached goes on a line of its own under its row (URLs are long).
-        reached = {row.chat.chat_id: _endpoints(row.facts) for row in rows}
+        reached = {row.chat.chat_id: endpoints_of(row.facts) for row in rows}
         _table([_HEADINGS, *(_row_cells(row, now) for row in rows)], reached)
     return 0
 
@@ -89,7 +89,7 @@ def _row_json(row: ChatRow) -> dict[str, Any]:
             "status": build.status.value,
         },
         "agent": _agent(row.facts),
-        "endpoints": _endpoints(row.facts),
+        "endpoints": endpoints_of(row.facts),
         "deadline": None
         if deadline is None
         else {
@@ -125,8 +125,10 @@ def _agent(facts: WorkspaceFacts | None) -> str | None:
     return agent_status(Tracker.from_facts(facts)) if facts is not None else None
 
 
-def _endpoints(facts: WorkspaceFacts | None) -> dict[str, str]:
-    """Where the workspace is reached now, as every answer says it (empty: nowhere)."""
+def endpoints_of(facts: WorkspaceFacts | None) -> dict[str, str]:
+    """Where the workspace is reached now, as every answer says it (the core's
+    :func:`~workspace_lifecycle.steps.reached`; empty: nowhere, e.g. once it stopped). The one
+    helper of ``status`` and ``list``."""
     if facts is None:
         return {}
     found: dict[str, str] = reached(Tracker.from_facts(facts)).get("endpoints", {})
