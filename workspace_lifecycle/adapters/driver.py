@@ -107,8 +107,10 @@ class Read:
     claimant: str = ""
 
     @classmethod
-    def of_chat(cls, chat_id: str, *, related: bool = True, usage: bool = False) -> Read:
-        return cls(ReadKind.CHAT, chat_id, related, usage=usage)
+    def of_chat(
+        cls, chat_id: str, *, related: bool = True, usage: bool = False, limited: bool = True
+    ) -> Read:
+        return cls(ReadKind.CHAT, chat_id, related, usage=usage, limited=limited)
 
     @classmethod
     def workspace(

@@ -69,7 +69,9 @@ class MemoryDriver(Driver):
         rows = self._read_rows(read)
         if read.usage:  # no await between this read and the write: the owner is serialised
             owner = read.key if read.kind is ReadKind.OWNER else self._owner_of(rows)
-            rows.usage = None if owner is None else self._usage(owner)
+            # No limit can refuse (none stored, none of the caller's): nothing to count.
+            counted = owner is not None and (read.limited or owner in self._limits)
+            rows.usage = self._usage(owner) if counted and owner is not None else None
         return rows
 
     @staticmethod

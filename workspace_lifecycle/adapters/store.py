@@ -78,8 +78,10 @@ class _ReadAgain(Exception):
 
 def _usage_needed(plan: Plan[Any], rows: Rows) -> None:
     """A finish acts on a start deferred behind the build: it needs the owner's usage too."""
-    if not plan.read.usage and rows.workspace is not None and writes.needs_usage(rows.workspace):
-        raise _ReadAgain(attrs.evolve(plan.read, usage=True))
+    ws = rows.workspace
+    if not plan.read.usage and ws is not None and ws.deferred is not None and writes.needs_usage(ws):
+        # The limits that apply: those stored for the owner, and the one the request carries.
+        raise _ReadAgain(attrs.evolve(plan.read, usage=True, limited=ws.deferred.running_limit is not None))
 
 
 def _then_id(rows: Rows) -> str | None:
@@ -143,7 +145,8 @@ class _CreateWorkspace(_Request):
         limits: Limits | None,
         clock: Callable[[], float],
     ) -> None:
-        super().__init__(Read.of_chat(chat_id, usage=True))  # one workspace more: the owner's limits
+        # One workspace more: the owner's limits (the runtime's, or only those stored: Read.limited).
+        super().__init__(Read.of_chat(chat_id, usage=True, limited=limits is not None))
         self.chat_id, self.name, self.expected, self.parameters, self.limits, self.clock = (
             chat_id,
             name,
@@ -192,7 +195,8 @@ class _ClaimPooled(Plan[PoolClaim]):
         clock: Callable[[], float],
     ) -> None:
         # A claim gives the owner a (running) workspace more: it counts its usage.
-        super().__init__(attrs.evolve(Read.pool(pools.holder_id(pool), chat_id), usage=True))
+        read = Read.pool(pools.holder_id(pool), chat_id)
+        super().__init__(attrs.evolve(read, usage=True, limited=limits is not None))
         self.pool, self.name, self.expected, self.clock, self.limits = pool, name, expected, clock, limits
 
     def decide(self, rows: Rows) -> writes.Write | None:

@@ -298,15 +298,17 @@ class PostgresDriver(Driver):
             # A claim that counts its owner's usage takes the owner's lock first, as every write
             # that may take one of the owner's slots (see _transact_owner).
             owner = await sql.owner_of(conn, read) if read.usage else None
+            counted = False
             if owner is not None:
-                await sql.lock_owner(conn, owner)
+                # Counted only where a limit may refuse: the caller's, or one stored for the owner.
+                counted = await sql.lock_owner(conn, owner) or read.limited
             if read.kind is ReadKind.POOL:
                 rows, versions = await sql.lock_pool(conn, read.key, read.claimant)
             else:
                 rows = await sql.lock_chat(conn, read.key, related=read.related)
             if rows is None:
                 return RETRY  # bound to another workspace between the locks
-            if owner is not None:
+            if owner is not None and counted:
                 rows.usage = await sql.read_usage(conn, owner)
             write = plan.decide(rows)
             if write is None:
@@ -337,8 +339,10 @@ class PostgresDriver(Driver):
 
         async def body(conn: Conn) -> int | Retry:
             owner = await sql.owner_of(conn, read)
+            counted = False
             if owner is not None:
-                await sql.lock_owner(conn, owner)
+                # Counted only where a limit may refuse: the caller's, or one stored for the owner.
+                counted = await sql.lock_owner(conn, owner) or read.limited
             if read.kind is ReadKind.CHAT:
                 rows = await sql.lock_chat(conn, read.key, related=read.related)
                 if rows is None:
@@ -349,7 +353,7 @@ class PostgresDriver(Driver):
                 rows = await sql.lock_build(conn, read.key, log=read.kind is ReadKind.LOG)
             else:
                 rows = Rows()
-            if owner is not None:
+            if owner is not None and counted:
                 rows.usage = await sql.read_usage(conn, owner)
             write = plan.decide(rows)
             if write is None:

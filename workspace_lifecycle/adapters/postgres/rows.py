@@ -323,15 +323,19 @@ async def owner_of(conn: Conn, read: Read) -> str | None:
     return None if row is None else str(row[0])
 
 
-async def lock_owner(conn: Conn, owner: str) -> None:
+async def lock_owner(conn: Conn, owner: str) -> bool:
     """Inside a transaction: lock the owner's row (made if missing) and bump its version. Every
     write that may take one of the owner's slots takes this lock first, so they run one at a
-    time and each counts (:func:`read_usage`) what the previous one committed."""
-    await conn.execute(
+    time and each counts (:func:`read_usage`) what the previous one committed. Whether limits
+    are stored for the owner (without them, and without the caller's, nothing need be counted)."""
+    cur = await conn.execute(
         "INSERT INTO owners AS o (owner) VALUES (%s)"
-        " ON CONFLICT (owner) DO UPDATE SET version = o.version + 1",
+        " ON CONFLICT (owner) DO UPDATE SET version = o.version + 1"
+        " RETURNING (o.running IS NOT NULL OR o.workspaces IS NOT NULL)",
         (owner,),
     )
+    row = await cur.fetchone()
+    return bool(row and row[0])
 
 
 async def lock_build(conn: Conn, build_id: str, *, log: bool) -> Rows:

@@ -79,6 +79,11 @@ def usage(conn: sqlite3.Connection, owner: str) -> Usage:
     return Usage(owner, int(running), int(workspaces), limits)
 
 
+def _has_limits(conn: sqlite3.Connection, owner: str) -> bool:
+    """Whether limits are stored for ``owner`` (one row by its key: no count)."""
+    return conn.execute("SELECT 1 FROM owners WHERE owner = ?", (owner,)).fetchone() is not None
+
+
 def plan_rows(conn: sqlite3.Connection, read: Read) -> Rows:
     """The rows ``read`` names, absent ones ``None`` (see :class:`~..driver.Rows`); with the
     owner's usage when it asks for it (the write holds ``BEGIN IMMEDIATE``: no other write of
@@ -91,7 +96,9 @@ def plan_rows(conn: sqlite3.Connection, read: Read) -> Rows:
             owner = found.chat.owner
         else:
             owner = None if found.workspace is None else found.workspace.owner
-        found.usage = None if owner is None else usage(conn, owner)
+        # No limit can refuse (none stored, none of the caller's): nothing to count.
+        counted = owner is not None and (read.limited or _has_limits(conn, owner))
+        found.usage = usage(conn, owner) if counted and owner is not None else None
     return found
 
 
