@@ -34,6 +34,7 @@ from .adapters.base import Outcome, Store
 from .clock import Clock
 from .deadlines import Due, due_action, wake_at
 from .errors import CorruptStateError, NotFoundError, StoreClosedError, StoreError
+from .telemetry import log_warning
 from .values import Deadline, EventKind, StoreEvent
 
 __all__ = ["DeadlineScheduler"]
@@ -210,6 +211,8 @@ class DeadlineScheduler:
             self.fired += 1
         else:
             self.warned += 1
+            ws = outcome.facts.workspace
+            log_warning(ws.chat_id, workspace_id, deadline, self.clock())
         after = outcome.facts.workspace.deadline
         if after == deadline:
             # Not due by the store's clock yet (a clock behind ours): look again a little later.

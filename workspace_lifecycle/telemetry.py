@@ -19,6 +19,12 @@ There is no hard dependency on OpenTelemetry.
 
 A replica whose clock is off the store's by more than a fraction of the lease says so on the
 ``workspace_lifecycle.clock`` logger (:func:`report_skew`; see :mod:`workspace_lifecycle.skew`).
+
+Each expiry warning (``deadline_approaching``) is one ``INFO`` record on the
+``workspace_lifecycle.deadlines`` logger, written by the replica that wrote the warning (so once
+across replicas), with the attributes ``chat``, ``workspace``, ``reason`` (``idle`` or
+``retention``), ``deadline`` (its wall-clock time), ``warn_at`` and ``left`` (seconds to go); and
+a ``deadline_approaching`` event on the chat's open request spans (:func:`log_warning`).
 """
 
 from __future__ import annotations
@@ -29,15 +35,27 @@ from types import TracebackType
 from typing import Any
 
 from .skew import ClockSkew
-from .values import StateChange, ToolResult
+from .values import Deadline, StateChange, ToolResult
 
-__all__ = ["RequestSpan", "clock_logger", "log_change", "report_skew", "transition_logger"]
+__all__ = [
+    "RequestSpan",
+    "clock_logger",
+    "deadline_logger",
+    "log_change",
+    "log_warning",
+    "report_skew",
+    "transition_logger",
+]
 
 transition_logger = logging.getLogger("workspace_lifecycle.transitions")
 transition_logger.addHandler(logging.NullHandler())
 
 #: Clock skew against the store above its bound (see :func:`report_skew`).
 clock_logger = logging.getLogger("workspace_lifecycle.clock")
+
+#: Expiry warnings this replica wrote (see :func:`log_warning`).
+deadline_logger = logging.getLogger("workspace_lifecycle.deadlines")
+deadline_logger.addHandler(logging.NullHandler())
 
 try:  # pragma: no cover - depends on the environment
     from opentelemetry import trace as _otel_trace
@@ -80,6 +98,32 @@ def log_change(change: StateChange, now: float) -> None:
         )
     for span in waiting:
         span.transition(change, latency, mono - span.started)
+
+
+def log_warning(chat_id: str, workspace_id: str, deadline: Deadline, now: float) -> None:
+    """One expiry warning this replica wrote (see the module docstring)."""
+    left = max(0.0, deadline.at - now)
+    attributes: dict[str, Any] = {
+        "chat": chat_id,
+        "workspace": workspace_id,
+        "reason": deadline.reason.value,
+        "deadline": deadline.at,
+        "warn_at": deadline.warn_at,
+        "left": left,
+    }
+    if deadline_logger.isEnabledFor(logging.INFO):
+        deadline_logger.info(
+            "%s: %s in %.0f s (deadline_approaching)",
+            chat_id,
+            "idle stop" if deadline.reason.value == "idle" else "retention delete",
+            left,
+            extra=attributes,
+        )
+    for span in list(_spans.get(chat_id, ())):
+        if span._span is not None:  # pragma: no cover - depends on the environment
+            span._span.add_event(
+                "deadline_approaching", {k: v for k, v in attributes.items() if v is not None}
+            )
 
 
 def report_skew(measured: ClockSkew, *, bound: float) -> None:
