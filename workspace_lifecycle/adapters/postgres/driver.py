@@ -170,11 +170,8 @@ class PostgresDriver(Driver):
 
     async def transact(self, plan: Plan[T]) -> T | Retry:
         read = plan.read
-        if read.kind is ReadKind.POOL:  # locked, with the claimant owner's usage when asked
-            return await self._transact_locked(plan)
-        if read.usage and (read.limited or read.kind is not ReadKind.WORKSPACE):
-            return await self._transact_owner(plan)
-        if plan.read.kind is ReadKind.CHAT or plan.read.kind is ReadKind.POOL:
+        locked = read.kind is ReadKind.CHAT or read.kind is ReadKind.POOL
+        if locked or (read.usage and (read.limited or read.kind is not ReadKind.WORKSPACE)):
             return await self._transact_locked(plan)
         return await self.connection.try_(functools.partial(self._guarded, plan), kind=plan.op)
 
@@ -290,70 +287,29 @@ class PostgresDriver(Driver):
         return known if latest is not None and latest.build_id == build_id else None
 
     async def _transact_locked(self, plan: Plan[T]) -> T | Retry:
-        """A CHAT plan in a transaction that holds the row locks (see the module docstring)."""
+        """A plan in a transaction that holds the row locks: a CHAT or POOL read, or one that
+        reads its owner's usage, under the owner's lock first (see the module docstring)."""
         read = plan.read
 
         async def body(conn: Conn) -> int | Retry:
             versions: dict[str, int] = {}
-            # A claim that counts its owner's usage takes the owner's lock first, as every write
-            # that may take one of the owner's slots (see _transact_owner).
             owner = await sql.owner_of(conn, read) if read.usage else None
-            counted = False
-            if owner is not None:
-                # Counted only where a limit may refuse: the caller's, or one stored for the owner.
-                counted = await sql.lock_owner(conn, owner) or read.limited
+            # Counted only where a limit may refuse: the caller's, or one stored for the owner.
+            counted = owner is not None and (await sql.lock_owner(conn, owner) or read.limited)
+            rows: Rows | None
             if read.kind is ReadKind.POOL:
                 rows, versions = await sql.lock_pool(conn, read.key, read.claimant)
-            else:
+            elif read.kind is ReadKind.CHAT:
                 rows = await sql.lock_chat(conn, read.key, related=read.related)
-            if rows is None:
-                return RETRY  # bound to another workspace between the locks
-            if owner is not None and counted:
-                rows.usage = await sql.read_usage(conn, owner)
-            write = plan.decide(rows)
-            if write is None:
-                if rows.facts is not None:
-                    self._read_head(rows.facts.seq)
-                return 0
-            # A write on a pool member (a claim) is guarded by the member's version as read:
-            # the members are read unlocked, and another claim may have taken it meanwhile.
-            changed = write.workspace.workspace_id if write.workspace is not None else None
-            seen = Seen(changed, versions[changed]) if changed in versions else None
-            head = await self.committer.execute(conn, write, seen, new_chat=rows.chat is None)
-            if head is None:
-                raise _Conflict
-            return head
-
-        try:
-            done = await self.connection.run(body, write=True, kind=plan.op)
-        except _Conflict:
-            return RETRY
-        if isinstance(done, Retry):
-            return done
-        self._wrote(done)
-        return plan.answer(done)
-
-    async def _transact_owner(self, plan: Plan[T]) -> T | Retry:
-        """A plan that reads its owner's usage, under the owner's lock (see the module)."""
-        read = plan.read
-
-        async def body(conn: Conn) -> int | Retry:
-            owner = await sql.owner_of(conn, read)
-            counted = False
-            if owner is not None:
-                # Counted only where a limit may refuse: the caller's, or one stored for the owner.
-                counted = await sql.lock_owner(conn, owner) or read.limited
-            if read.kind is ReadKind.CHAT:
-                rows = await sql.lock_chat(conn, read.key, related=read.related)
-                if rows is None:
-                    return RETRY  # bound to another workspace between the locks
             elif read.kind is ReadKind.WORKSPACE:
                 rows = await sql.lock_workspace(conn, read.key, related=read.related)
             elif read.kind is ReadKind.BUILD or read.kind is ReadKind.LOG:
                 rows = await sql.lock_build(conn, read.key, log=read.kind is ReadKind.LOG)
             else:
                 rows = Rows()
-            if owner is not None and counted:
+            if rows is None:
+                return RETRY  # bound to another workspace between the locks
+            if counted and owner is not None:
                 rows.usage = await sql.read_usage(conn, owner)
             write = plan.decide(rows)
             if write is None:
@@ -364,7 +320,11 @@ class PostgresDriver(Driver):
                 await sql.write_owner(conn, write.owner)
             if not write.events and write.workspace is None and write.chat is None and write.build is None:
                 return 0  # the owner's row was all it changed
-            head = await self.committer.execute(conn, write, None, new_chat=rows.chat is None)
+            # A write on a pool member (a claim) is guarded by the member's version as read:
+            # the members are read unlocked, and another claim may have taken it meanwhile.
+            changed = write.workspace.workspace_id if write.workspace is not None else None
+            seen = Seen(changed, versions[changed]) if changed in versions else None
+            head = await self.committer.execute(conn, write, seen, new_chat=rows.chat is None)
             if head is None:
                 raise _Conflict
             return head
