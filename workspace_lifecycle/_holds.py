@@ -17,8 +17,6 @@ holds it finds, are the pure core's (:func:`~workspace_lifecycle.writes.hold_tur
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import math
 import uuid
@@ -29,6 +27,7 @@ import anyio
 import attrs
 
 from . import leases
+from ._heartbeat import Heartbeat
 from .adapters.base import Store
 from .clock import Clock
 from .errors import CorruptStateError, HoldLostError, NotFoundError, StoreClosedError, StoreError
@@ -73,10 +72,9 @@ class HoldKeeper:
         self.clock = clock
         self.hold_seconds = hold_seconds
         self._held: dict[str, Turn] = {}  # token -> turn
-        self._heap: list[tuple[float, int, Turn]] = []
-        self._order = itertools.count()
-        self._nap: anyio.CancelScope | None = None
-        self._nap_until = math.inf
+        self._beat = Heartbeat[Turn](
+            clock, kept=lambda turn: self._held.get(turn.token) is turn, renew=self._renew
+        )
         #: Renewals that landed, over every turn.
         self.renewals = 0
 
@@ -125,38 +123,11 @@ class HoldKeeper:
             log.warning("turn of %s: hold not released (%s); it lapses at its expiry", turn.chat_id, exc)
 
     def _schedule(self, turn: Turn, due: float) -> None:
-        turn.due = due
-        heapq.heappush(self._heap, (due, next(self._order), turn))
-        if due < self._nap_until and self._nap is not None:
-            self._nap.cancel()  # the keeper sleeps past this one: wake it to sleep less
+        self._beat.schedule(turn, due)
 
     async def run(self) -> None:
         """Renew what comes due, until cancelled."""
-        async with anyio.create_task_group() as tg:
-            while True:
-                due = self._pop_due(self.clock())
-                for turn in due:
-                    tg.start_soon(self._renew, turn)
-                if due:
-                    await anyio.lowlevel.checkpoint()
-                    continue
-                self._nap_until = self._heap[0][0] if self._heap else math.inf
-                with anyio.CancelScope() as self._nap:
-                    await self.clock.sleep_until(self._nap_until)
-                self._nap, self._nap_until = None, math.inf
-
-    def _pop_due(self, now: float) -> list[Turn]:
-        heap, due = self._heap, []
-        while heap:
-            when, _, turn = heap[0]
-            if self._held.get(turn.token) is not turn or when != turn.due:
-                heapq.heappop(heap)  # ended, or rescheduled since
-            elif when <= now:
-                heapq.heappop(heap)
-                due.append(turn)
-            else:
-                break
-        return due
+        await self._beat.run()
 
     async def _renew(self, turn: Turn) -> None:
         sent = self.clock()

@@ -16,10 +16,7 @@ its clock) stops without waiting to hear it from the store.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,6 +24,7 @@ import anyio
 
 from . import leases
 from . import provisioner as _provisioner  # Held; provisioner imports this module in turn
+from ._heartbeat import Heartbeat
 from .adapters.base import Store
 from .clock import Clock
 from .errors import (
@@ -64,10 +62,9 @@ class LeaseKeeper:
         self.lease_seconds = lease_seconds
         self.clock = clock
         self._held: dict[str, _Hold] = {}
-        self._heap: list[tuple[float, int, _Hold]] = []
-        self._order = itertools.count()
-        self._nap: anyio.CancelScope | None = None  # the keeper's sleep, and until when
-        self._nap_until = math.inf
+        self._beat = Heartbeat[_Hold](
+            clock, kept=lambda hold: self._held.get(hold.held.build.build_id) is hold, renew=self._renew
+        )
         #: Renewals that landed, over every build.
         self.renewals = 0
 
@@ -87,7 +84,7 @@ class LeaseKeeper:
         since = lease.expires_at - self.lease_seconds
         hold = _Hold(held, lease, leases.renewal_due(since, self.lease_seconds, lease.expires_at))
         self._held[build.build_id] = hold
-        self._schedule(hold)
+        self._beat.schedule(hold, hold.due)
         try:
             with hold.scope:
                 yield held
@@ -95,39 +92,9 @@ class LeaseKeeper:
             if self._held.get(build.build_id) is hold:
                 del self._held[build.build_id]
 
-    def _schedule(self, hold: _Hold) -> None:
-        heapq.heappush(self._heap, (hold.due, next(self._order), hold))
-        if hold.due < self._nap_until and self._nap is not None:
-            self._nap.cancel()  # the keeper sleeps past this one: wake it to sleep less
-
     async def run(self) -> None:
         """Renew what comes due, until cancelled."""
-        async with anyio.create_task_group() as tg:
-            while True:
-                due = self._pop_due(self.clock())
-                for hold in due:
-                    tg.start_soon(self._renew, hold)
-                if due:
-                    await anyio.lowlevel.checkpoint()
-                    continue
-                self._nap_until = self._heap[0][0] if self._heap else math.inf
-                with anyio.CancelScope() as self._nap:
-                    await self.clock.sleep_until(self._nap_until)
-                self._nap, self._nap_until = None, math.inf
-
-    def _pop_due(self, now: float) -> list[_Hold]:
-        """The holds whose renewal is due, dropping entries of builds no longer held."""
-        heap, due = self._heap, []
-        while heap:
-            when, _, hold = heap[0]
-            if self._held.get(hold.held.build.build_id) is not hold or when != hold.due:
-                heapq.heappop(heap)  # released, or rescheduled since
-            elif when <= now:
-                heapq.heappop(heap)
-                due.append(hold)
-            else:
-                break
-        return due
+        await self._beat.run()
 
     async def _renew(self, hold: _Hold) -> None:
         build, held = hold.held.build, hold.held
@@ -146,18 +113,16 @@ class LeaseKeeper:
                 self._lose(hold, f"no renewal landed before it ran out: {exc}")
                 return
             log.warning("provisioner: build %s: lease not renewed: %s", build.build_id, exc)
-            hold.due = leases.retry_due(now, self.lease_seconds, hold.ours.expires_at)
-            self._reschedule(hold)
+            self._reschedule(hold, leases.retry_due(now, self.lease_seconds, hold.ours.expires_at))
             return
         hold.ours = hold.ours.renewed(sent + self.lease_seconds)
         held.renewals += 1
         self.renewals += 1
-        hold.due = leases.renewal_due(sent, self.lease_seconds, hold.ours.expires_at)
-        self._reschedule(hold)
+        self._reschedule(hold, leases.renewal_due(sent, self.lease_seconds, hold.ours.expires_at))
 
-    def _reschedule(self, hold: _Hold) -> None:
+    def _reschedule(self, hold: _Hold, due: float) -> None:
         if self._held.get(hold.held.build.build_id) is hold:
-            self._schedule(hold)
+            self._beat.schedule(hold, due)
 
     async def _finished_by_us(self, hold: _Hold) -> bool:
         """A renewal was refused: because the work's finish landed, or because the lease is

@@ -71,6 +71,7 @@ RUNTIME = (
     "_pools",
     "_holds",
     "_hold_histories",
+    "_heartbeat",
     "_flight",
     "_service",
     "provisioner",
