@@ -34,7 +34,11 @@ class Heartbeat(Generic[T]):
     """The items of one keeper, renewed from :meth:`run` as they come due."""
 
     def __init__(
-        self, clock: Clock, *, kept: Callable[[T], bool], renew: Callable[[T], Coroutine[object, object, None]]
+        self,
+        clock: Clock,
+        *,
+        kept: Callable[[T], bool],
+        renew: Callable[[T], Coroutine[object, object, None]],
     ) -> None:
         self.clock = clock
         self._kept = kept

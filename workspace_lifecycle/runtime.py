@@ -134,15 +134,9 @@ class Lifecycle(BackgroundService):
             raise ValueError(f"limits must be a workspace_lifecycle.Limits, not {limits!r}")
         self.limits = limits
         pool_list = list(pools)
-        if not all(isinstance(pool, Pool) for pool in pool_list):
-            raise ValueError("pools must be workspace_lifecycle.Pool values")
-        if len({pool.name for pool in pool_list}) != len(pool_list):
-            raise ValueError("two pools have the same name")
         self.store = store
         self.clock = resolve_clock(clock, store, who="Lifecycle")
-        self.pools = {pool.name: pool for pool in pool_list}
-        if default_pool is not None and default_pool not in self.pools:
-            raise ValueError(f"default_pool {default_pool!r} is not one of this Lifecycle's pools")
+        self.pools = _pools_by_name(pool_list, default_pool)
         self.default_pool = default_pool
         self._keeper = PoolKeeper(store, pool_list, self.clock) if pool_list and keep_pools else None
         self.policy = policy or Policy()
@@ -604,6 +598,19 @@ class _Sinks:
 
     def fail(self) -> None:
         self.registry.fail()
+
+
+def _pools_by_name(pools: list[Pool], default: str | None) -> dict[str, Pool]:
+    """A Lifecycle's warm pools by name, checked: Pool values, distinct names, the default one
+    of them."""
+    if not all(isinstance(pool, Pool) for pool in pools):
+        raise ValueError("pools must be workspace_lifecycle.Pool values")
+    by_name = {pool.name: pool for pool in pools}
+    if len(by_name) != len(pools):
+        raise ValueError("two pools have the same name")
+    if default is not None and default not in by_name:
+        raise ValueError(f"default_pool {default!r} is not one of this Lifecycle's pools")
+    return by_name
 
 
 def _check_id(what: str, value: object) -> None:

@@ -839,22 +839,31 @@ def finish_build(
         )
     ]
     agent = None
-    workspace = None
     if done.starts_agent and has_agent:
         agent = Agent(ws.workspace_id, done.number, AgentLifecycle.CREATED)
+    workspace = _workspace_after(done, ws, policy, at, events)
+    write = Write(events=tuple(events), build=done, workspace=workspace, agent=agent)
+    return _act_on_deferred(write, ws, chat, then_build_id=then_build_id, at=at, usage=usage)
+
+
+def _workspace_after(
+    done: Build, ws: Workspace, policy: Policy | None, at: float, events: list[StoreEvent]
+) -> Workspace | None:
+    """The workspace row once ``done`` finished (``None``: unchanged), its events appended to
+    ``events``: deleted by a succeeded delete, else its deadline re-armed by the chat's policy."""
     if done.status is JobStatus.SUCCEEDED and done.transition is Transition.DELETE:
         workspace = attrs.evolve(ws, deleted=True, deadline=None)
         events.append(_event(EventKind.WORKSPACE_DELETED, workspace, done, at=at))
-    else:
-        # A pooled workspace nobody claimed keeps the deadline it was born with (its time to
-        # live): its holder has no policy of its own.
-        unclaimed = pools.pool_of(ws.chat_id) is not None
-        armed = ws.deadline if unclaimed else deadlines.after_finish(done, policy or Policy(), at)
-        if armed != ws.deadline:
-            workspace, event = _rearm(ws, armed, at=at, build_number=done.number)
-            events.append(event)
-    write = Write(events=tuple(events), build=done, workspace=workspace, agent=agent)
-    return _act_on_deferred(write, ws, chat, then_build_id=then_build_id, at=at, usage=usage)
+        return workspace
+    # A pooled workspace nobody claimed keeps the deadline it was born with (its time to
+    # live): its holder has no policy of its own.
+    unclaimed = pools.pool_of(ws.chat_id) is not None
+    armed = ws.deadline if unclaimed else deadlines.after_finish(done, policy or Policy(), at)
+    if armed == ws.deadline:
+        return None
+    workspace, event = _rearm(ws, armed, at=at, build_number=done.number)
+    events.append(event)
+    return workspace
 
 
 def needs_usage(ws: Workspace) -> bool:

@@ -41,6 +41,8 @@ _KEEPALIVES = {
     "keepalives_count": 3,
     "tcp_user_timeout": 25_000,
 }
+#: What every connection gets unless its URL says otherwise.
+_CONNECTION_DEFAULTS = {"connect_timeout": _CONNECT_TIMEOUT, **_KEEPALIVES}
 #: Seconds a store call may wait on the server beyond ``statement_timeout`` before the client
 #: gives up on its connection (a server that enforces the timeout answers well within it).
 _CLIENT_MARGIN = 5.0
@@ -98,6 +100,18 @@ def _seconds(name: str, value: object) -> float | None:
     if number < 0:
         raise ValueError(f"{name} must not be negative, not {value!r}")
     return number
+
+
+def _client_timeout(given: float | None, statement_timeout: float | None) -> float:
+    """The client-side bound of a store call: ``given``, else the statement timeout and a
+    margin, else a fixed bound."""
+    if given is not None and not 0 < given < float("inf"):
+        raise ValueError(f"client_timeout must be a positive number of seconds, not {given!r}")
+    if given:
+        return given
+    return (
+        statement_timeout + _CLIENT_MARGIN if statement_timeout else _CLIENT_TIMEOUT_WITHOUT_STATEMENT_TIMEOUT
+    )
 
 
 def _with_defaults(conninfo: str, defaults: dict[str, Any]) -> str:
@@ -253,22 +267,14 @@ class Options:
         #: Create or upgrade the schema on open; else refuse one that is missing or not current.
         self.migrate = bool(migrate)
         self.statement_timeout = statement_timeout or None
-        if client_timeout is not None and not 0 < client_timeout < float("inf"):
-            raise ValueError(f"client_timeout must be a positive number of seconds, not {client_timeout!r}")
         #: Seconds a store call may wait on its connection, whatever the caller's own timeout:
         #: past it the connection is cancelled and discarded (see :mod:`.connection`).
-        self.client_timeout = client_timeout or (
-            self.statement_timeout + _CLIENT_MARGIN
-            if self.statement_timeout
-            else _CLIENT_TIMEOUT_WITHOUT_STATEMENT_TIMEOUT
-        )
+        self.client_timeout = _client_timeout(client_timeout, self.statement_timeout)
         self.poll_interval = poll_interval
         self.conninfo = conninfo
-        self.pool_conninfo = _with_defaults(conninfo, {"connect_timeout": _CONNECT_TIMEOUT, **_KEEPALIVES})
+        self.pool_conninfo = _with_defaults(conninfo, _CONNECTION_DEFAULTS)
         listen_conninfo = conninfo if listen_url in (None, NO_LISTEN) else _listen_conninfo(listen_url)
-        self.listen_conninfo = _with_defaults(
-            listen_conninfo, {"connect_timeout": _CONNECT_TIMEOUT, **_KEEPALIVES}
-        )
+        self.listen_conninfo = _with_defaults(listen_conninfo, _CONNECTION_DEFAULTS)
         self.pool_min_size = pool_min_size
         self.pool_max_size = pool_max_size
         self.pool_timeout = pool_timeout
