@@ -154,7 +154,9 @@ def test_runtime_killed_mid_build(pg_schema_url: str) -> None:
     crash_url = pg_schema_url
     ws, head = setup(crash_url)
     with processes() as spawn:
-        prov = spawn("provision", crash_url, "p", "1.0", "30")
+        # 4 s: the second runtime (a fresh interpreter) must be waiting before the build ends,
+        # which 1 s did not leave it on a loaded 2-core machine
+        prov = spawn("provision", crash_url, "p", "4.0", "30")
         assert line(prov).startswith("ready")
         first = spawn("start", crash_url, "c1", OWNER)
         assert line(first) == "ready"

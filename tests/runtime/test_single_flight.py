@@ -75,6 +75,31 @@ class CountingReads(FaultyStore):
         return await super().head()
 
 
+class HeldRequests(FaultyStore):
+    """Holds every ``request_build`` once :meth:`hold` is called until ``n`` callers have made
+    one (or ten seconds pass, so that a broken race fails its assertion instead of hanging): no
+    build lands before the last caller has decided, however slowly a loaded machine schedules
+    the callers' reads."""
+
+    def __init__(self, inner: wl.Store) -> None:
+        super().__init__(inner, delay=1.0, max_delay=0.005, seed=1)
+        self._all_in: anyio.Event | None = None
+        self._expected = 0
+        self._arrived = 0
+
+    def hold(self, n: int) -> None:
+        self._all_in, self._expected, self._arrived = anyio.Event(), n, 0
+
+    async def request_build(self, *args: Any, **kwargs: Any) -> wl.Outcome:
+        if self._all_in is not None:
+            self._arrived += 1
+            if self._arrived >= self._expected:
+                self._all_in.set()
+            with anyio.move_on_after(10):
+                await self._all_in.wait()
+        return await super().request_build(*args, **kwargs)
+
+
 @pytest.fixture
 def unshared(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
     """Switch single-flight off (every caller runs its own write), as before it existed."""
@@ -91,7 +116,7 @@ def unshared(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
 async def test_concurrent_starts_share_one_request_build(
     store: wl.Store, unshared: Callable[[], None]
 ) -> None:
-    counting = FaultyStore(store, delay=1.0, max_delay=0.005, seed=1)
+    counting = HeldRequests(store)
     async with (
         wl.SimulatedProvisioner(store, build_seconds=0.01),
         wl.Lifecycle(counting, build_timeout=30, agent_timeout=30) as lc,
@@ -104,6 +129,7 @@ async def test_concurrent_starts_share_one_request_build(
         shared_writes = counting.calls["request_build"] - before
 
         unshared()
+        counting.hold(N)  # every caller decides on the stopped workspace before any build lands
         before = counting.calls["request_build"]
         each = await _together(N, lambda: lc.start_workspace("unshared", owner=OWNER))
         unshared_writes = counting.calls["request_build"] - before
