@@ -66,11 +66,18 @@ ALL_WRITES = REQUEST_WRITES | {
     "claim_build",
     "finish_build",
     "report_agent",
+    "append_log",
     "touch",
     "fire_deadline",
     "warn_deadline",
+    "defer_request",
+    "hold_turn",
+    "release_turn",
     "renew_lease",
     "expire_lease",
+    "claim_pooled",
+    "fill_pool",
+    "set_limits",
 }
 
 
