@@ -23,8 +23,8 @@ from contextlib import asynccontextmanager
 import anyio
 
 from . import leases
-from . import provisioner as _provisioner  # Held; provisioner imports this module in turn
 from ._heartbeat import Heartbeat
+from ._held import Held
 from .adapters.base import Store
 from .clock import Clock
 from .errors import (
@@ -47,7 +47,7 @@ class _Hold:
 
     __slots__ = ("due", "held", "ours", "scope")
 
-    def __init__(self, held: _provisioner.Held, ours: Lease, due: float) -> None:
+    def __init__(self, held: Held, ours: Lease, due: float) -> None:
         self.held = held
         self.ours = ours
         self.due = due
@@ -74,10 +74,10 @@ class LeaseKeeper:
         return len(self._held)
 
     @asynccontextmanager
-    async def hold(self, build: Build) -> AsyncIterator[_provisioner.Held]:
+    async def hold(self, build: Build) -> AsyncIterator[Held]:
         """Work on ``build`` under its lease while the block runs (see :func:`holding`): its
         work is cancelled if the lease is lost (then ``held.lost`` after the block)."""
-        held = _provisioner.Held(build)
+        held = Held(build)
         lease = build.lease or Lease(
             build.build_id, build.workspace_id, build.worker, held.token, self.clock() + self.lease_seconds
         )

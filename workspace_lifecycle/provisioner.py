@@ -26,16 +26,14 @@ import anyio
 import attrs
 
 from . import checks, leases, writes
+from ._held import Held, retrying
 from ._lease_keeper import LeaseKeeper
 from ._service import BackgroundService
 from .adapters.base import DEFAULT_LEASE_SECONDS, Store, Topic
-from .backoff import Backoff
 from .clock import Clock, resolve_clock
 from .errors import (
-    BuildConflictError,
     CallerError,
     CursorExpiredError,
-    LeaseLostError,
     StoreClosedError,
     StoreError,
     TransientStoreError,
@@ -57,8 +55,6 @@ __all__ = [
 
 log = logging.getLogger("workspace_lifecycle.provisioner")
 
-#: The first pause of :func:`retrying`; each next one doubles, up to its ``max_delay``.
-_FIRST_RETRY_DELAY = 0.05
 #: The longest pause a provisioner may be configured to wait between retries of a write.
 _MAX_RETRY_DELAY = 3600.0
 
@@ -173,58 +169,6 @@ async def claims(
                     heard(events)
 
 
-@attrs.define(eq=False)
-class Held:
-    """A build's lease as its worker holds it (see :func:`holding`)."""
-
-    build: Build
-    #: The lease was lost (it expired, or the build was finished or superseded without it):
-    #: the work was cancelled and the store refuses this token.
-    lost: bool = False
-    #: Renewals that landed.
-    renewals: int = 0
-
-    @property
-    def token(self) -> str:
-        """The fencing token to pass as ``lease=`` to ``finish_build`` and ``report_agent``."""
-        assert self.build.lease_token is not None, "a claimed build has a lease"
-        return self.build.lease_token
-
-    async def finish(
-        self,
-        store: Store,
-        status: JobStatus,
-        error: str | None = None,
-        *,
-        has_agent: bool = False,
-        details: Mapping[str, Any] | None = None,
-        retries: int = 8,
-        max_delay: float = 2.0,
-    ) -> bool:
-        """Finish the build under this lease, retrying transient failures however long the store
-        stays busy (a build left running because one write failed would never finish). True if
-        the build ended ``status``; False if the lease was lost (then :attr:`lost`) or another
-        party finished it otherwise. A conflict is otherwise an earlier attempt that committed
-        although its caller saw an error: the stored outcome is the one that counts."""
-        build_id = self.build.build_id
-        try:
-            await retrying(
-                lambda: store.finish_build(
-                    build_id, status, error, has_agent=has_agent, details=details, lease=self.token
-                ),
-                retries=retries,
-                max_delay=max_delay,
-                until_it_lands=True,
-            )
-        except LeaseLostError as exc:
-            self.lost = True
-            log.warning("provisioner: build %s: %s", build_id, exc)
-            return False
-        except BuildConflictError:
-            return (await store.get_build(build_id)).status is status
-        return True
-
-
 @contextlib.asynccontextmanager
 async def holding(
     store: Store,
@@ -262,30 +206,6 @@ async def holding(
             tg.cancel_scope.cancel()
     if failure is not None:
         raise failure
-
-
-async def retrying(
-    call: Callable[[], Awaitable[object]], *, retries: int, max_delay: float, until_it_lands: bool = False
-) -> None:
-    """Run a provisioner's store write, retrying transient failures (a busy or restarted
-    database) with backoff: ``retries`` times, or ``until_it_lands`` (only a caller error or a
-    closed store ends it). Retrying is safe: ``finish_build`` refuses a second finish
-    (``BuildConflictError``) and an agent report repeats harmlessly.
-    """
-    delays = Backoff(first=min(_FIRST_RETRY_DELAY, max_delay), cap=max_delay).delays()
-    attempt = 0
-    while True:
-        try:
-            await call()
-            return
-        except TransientStoreError as exc:
-            if attempt >= retries and not until_it_lands:
-                raise
-            attempt += 1
-            delay = next(delays)
-            if attempt == 1 or attempt % 10 == 0:
-                log.warning("provisioner: %s; retrying in %.2fs (attempt %d)", exc, delay, attempt)
-            await anyio.sleep(delay)
 
 
 FailSpec = Callable[[Build], bool | SimulatedFailure | None] | float | None

@@ -72,6 +72,8 @@ RUNTIME = (
     "_holds",
     "_hold_histories",
     "_heartbeat",
+    "_held",
+    "_lease_keeper",
     "_flight",
     "_service",
     "provisioner",
@@ -180,3 +182,70 @@ class TestTheCheckItself:
         assert {"anyio", f"{NAME}.runtime", f"{NAME}.tools", f"{NAME}._pump"} <= found
         assert matches(f"{NAME}.cli.demo", ours("cli"))
         assert not matches(f"{NAME}.clock", ours("cli"))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each module of the package -> the package's modules it imports (anywhere in the file: at
+    the top, inside a function or for type checking only); a module importing its own package's
+    ``__init__`` (``from .. import x`` of a submodule) is not an arrow."""
+    files = {
+        ".".join(parts[:-1] if parts[-1] == "__init__" else parts): path
+        for path in PACKAGE.rglob("*.py")
+        for parts in [path.relative_to(PACKAGE.parent).with_suffix("").parts]
+    }
+
+    def module_of(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = path.relative_to(PACKAGE.parent).parts[:-1]
+        targets = {module_of(module) for _, module in imports_in(path.read_text(encoding="utf-8"), package)}
+        graph[name] = {t for t in targets if t and t != name and not name.startswith(t + ".")}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+class TestNoCircle:
+    def test_no_two_modules_import_each_other_however_indirectly(self) -> None:
+        """Imports flow one way (issue 24's done-means): a circle, even one broken at import time
+        by a function-level or type-only import, is two modules that cannot be read apart."""
+        assert circles(import_graph()) == []
+
+    def test_the_check_finds_a_circle(self) -> None:
+        graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+        assert circles(graph) == [["a", "b", "c"]]
+        assert len(import_graph()) > 100  # every module of the package was read
