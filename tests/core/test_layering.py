@@ -70,7 +70,7 @@ RUNTIME = (
     "_deadlines",
     "_pools",
     "_holds",
-    "_hold_histories",
+    "_lifecycle_kit",
     "_heartbeat",
     "_held",
     "_lease_keeper",

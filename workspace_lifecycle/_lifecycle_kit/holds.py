@@ -21,11 +21,11 @@ import attrs
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
 
-from .adapters.base import Store
-from .clock import VirtualClock
-from .errors import HoldLostError
-from .runtime import Lifecycle
-from .values import EventKind, JobStatus, Reason, Transition
+from ..adapters.base import Store
+from ..clock import VirtualClock
+from ..errors import HoldLostError
+from ..runtime import Lifecycle
+from ..values import EventKind, JobStatus, Reason, Transition
 
 __all__ = ["HOLD", "IDLE", "HoldRules"]
 
