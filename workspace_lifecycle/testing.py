@@ -103,7 +103,7 @@ __all__ = [
 ]
 
 
-class LifecycleMachine(RequestRules, ProvisionerRules, PoolRules, Invariants, MachineBase, HoldRules):
+class LifecycleMachine(Invariants, PoolRules, ProvisionerRules, RequestRules, MachineBase, HoldRules):
     """Drives a :class:`~workspace_lifecycle.runtime.Lifecycle` over a store and checks SPEC's
     invariants after every step.
 
