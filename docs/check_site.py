@@ -1,6 +1,6 @@
 """Look at the built docs site as a reader does (code, not a page: mkdocs.yml excludes it).
 
-    python docs/check_site.py [--out DIR] [--no-browser]
+    python docs/check_site.py [--out DIR] [--site BUILT] [--no-browser | --require-browser]
 
 Builds the site with ``mkdocs build --strict`` into a temporary directory and checks what a
 reader sees on three pages:
@@ -12,9 +12,11 @@ reader sees on three pages:
 * every page: no Sphinx role (``:class:`...```) shown raw.
 
 The HTML checks need nothing but the build; ``tests/docs/test_docs_site.py`` runs them in the suite.
-With Chromium installed (Debian: ``apt-get install -y chromium``) the script also loads the three
+With Chromium installed (Debian: ``apt-get install -y chromium``; ``.ci/run`` installs it and passes
+``--require-browser``, the default under ``CI=true``) the script also loads the three
 pages in headless Chromium, offline (``--disable-background-networking``), checks the DOM after
-the pages' scripts ran (``--dump-dom``) the same way, and saves a screenshot of each into DIR
+the pages' scripts ran (``--dump-dom``) the same way, checks the diagram Chromium parsed is an
+``<svg>`` naming all six states, and saves a screenshot of each page into DIR
 (default: ``site-screenshots/``) to look at.
 """
 
@@ -139,63 +141,110 @@ def chromium() -> str | None:
     return next((found for name in ("chromium", "chromium-browser") if (found := shutil.which(name))), None)
 
 
-def look(browser: str, site: Path, out: Path, public: list[str]) -> list[str]:
-    """Load each page in headless Chromium: check its DOM, and save a screenshot into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    problems = []
-    with tempfile.TemporaryDirectory() as profile:
+def _chromium_runs(browser: str, jobs: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
+    """Run the Chromium invocations side by side, each with its own profile (one start is ~2 s)."""
+    with tempfile.TemporaryDirectory() as profiles:
         flags = [
             "--headless",
-            "--no-sandbox",
+            "--no-sandbox",  # CI runs as root, where Chromium refuses to start sandboxed
             "--disable-gpu",
             "--disable-background-networking",
             "--no-first-run",
             "--hide-scrollbars",
-            f"--user-data-dir={profile}",
         ]
-        for name, height in PAGES.items():
-            url = (site / name / "index.html").as_uri()
-            dom = subprocess.run(
-                [browser, *flags, "--virtual-time-budget=3000", "--dump-dom", url],
-                capture_output=True,
+        started = [
+            subprocess.Popen(
+                [browser, *flags, f"--user-data-dir={profiles}/{i}", *job],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
                 text=True,
-                timeout=120,
-            ).stdout
-            if "</html>" not in dom:
-                problems.append(f"{name}: Chromium gave no DOM")
-                continue
-            if name == "state-machine":
-                problems += [f"browser {p}" for p in check_state_machine(dom, site)]
-            elif name == "reference":
-                problems += [f"browser {p}" for p in check_reference(dom, public)]
-            problems += [f"browser {p}" for p in check_roles(name, dom)]
-            shot = out / f"{name}.png"
-            subprocess.run(
-                [browser, *flags, f"--window-size=1400,{height}", f"--screenshot={shot}", url],
-                capture_output=True,
-                timeout=120,
             )
-            if not shot.is_file() or shot.stat().st_size < 20_000:  # a blank page is ~10 kB
-                problems.append(f"{name}: no screenshot, or a blank one ({shot})")
+            for i, job in enumerate(jobs)
+        ]
+        done = []
+        for job, process in zip(jobs, started, strict=True):
+            try:
+                out, _ = process.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                out, _ = process.communicate()
+            done.append(subprocess.CompletedProcess(job, process.returncode, out, ""))
+        return done
+
+
+def check_drawn_svg(dom: str) -> list[str]:
+    """The diagram as Chromium parsed it: an <svg> document naming every state."""
+    from workspace_lifecycle import WorkspaceState
+
+    if "<svg" not in dom:
+        return ["state-machine: Chromium did not parse workspace.svg as an <svg>"]
+    shown = set(re.findall(r"<text[^>]*>([a-z_]+)</text>", dom))
+    missing = [s.value for s in WorkspaceState if s.value not in shown]
+    return [f"state-machine: the diagram lacks the states {', '.join(missing)}"] if missing else []
+
+
+def look(browser: str, site: Path, out: Path, public: list[str]) -> list[str]:
+    """Load each page in headless Chromium: check its DOM, and save a screenshot into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    urls = {name: (site / name / "index.html").as_uri() for name in PAGES}
+    jobs = [["--virtual-time-budget=3000", "--dump-dom", url] for url in urls.values()]
+    jobs.append(["--dump-dom", (site / "workspace.svg").as_uri()])
+    jobs += [
+        [f"--window-size=1400,{PAGES[name]}", f"--screenshot={out / f'{name}.png'}", url]
+        for name, url in urls.items()
+    ]
+    runs = _chromium_runs(browser, jobs)
+    problems = []
+    for name, run in zip(PAGES, runs, strict=False):
+        dom = run.stdout
+        if "</html>" not in dom:
+            problems.append(f"{name}: Chromium gave no DOM")
+            continue
+        if name == "state-machine":
+            problems += [f"browser {p}" for p in check_state_machine(dom, site)]
+        elif name == "reference":
+            problems += [f"browser {p}" for p in check_reference(dom, public)]
+        problems += [f"browser {p}" for p in check_roles(name, dom)]
+    problems += [f"browser {p}" for p in check_drawn_svg(runs[len(PAGES)].stdout)]
+    for name in PAGES:
+        shot = out / f"{name}.png"
+        if not shot.is_file() or shot.stat().st_size < 20_000:  # a blank page is ~10 kB
+            problems.append(f"{name}: no screenshot, or a blank one ({shot})")
     return problems
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("site-screenshots"), help="where the screenshots go")
+    parser.add_argument(
+        "--site", type=Path, help="a site already built with mkdocs build --strict (default: build one)"
+    )
     parser.add_argument("--no-browser", action="store_true", help="check the built HTML only")
+    parser.add_argument(
+        "--require-browser",
+        action="store_true",
+        default=os.environ.get("CI") == "true",
+        help="fail when Chromium is missing (the default under CI=true)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     import workspace_lifecycle as wl
 
+    problems = []
     with tempfile.TemporaryDirectory() as tmp:
-        site = Path(tmp) / "site"
-        build(site)
-        problems = check_site(site, list(wl.__all__))
+        site = args.site
+        if site is None:
+            site = Path(tmp) / "site"
+            build(site)
+        problems += check_site(site, list(wl.__all__))
         browser = None if args.no_browser else chromium()
         if browser is not None:
             problems += look(browser, site, args.out, list(wl.__all__))
             print(f"screenshots: {', '.join(str(args.out / f'{n}.png') for n in PAGES)}")
+        elif args.require_browser:
+            problems.append(
+                "Chromium not found, and the pages must be looked at (apt-get install -y chromium)"
+            )
         elif not args.no_browser:
             print("Chromium not found: checked the built HTML only (apt-get install -y chromium)")
     for problem in problems:

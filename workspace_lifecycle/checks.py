@@ -250,14 +250,21 @@ def workspace_name(kind: str, value: object) -> str:
 def suggested_workspace_name(value: object) -> str:
     """A valid name close to ``value``, to offer whoever gave an invalid one: each run of other
     characters becomes one hyphen, cut to :data:`MAX_WORKSPACE_NAME`; ``'workspace'`` when
-    nothing usable is left. Deterministic (only offered, never given silently).
+    nothing usable is left. Deterministic (only offered, never given silently). An
+    ``owner/name`` (the form ``create_workspace`` answers in) is offered its own name: a model
+    that passes back what it was answered means that workspace, not one named ``owner-name``.
 
     >>> suggested_workspace_name("Bad Name!!"), suggested_workspace_name("--"), suggested_workspace_name("dév")
     ('Bad-Name', 'workspace', 'd-v')
     >>> len(suggested_workspace_name("x" * 100))
     32
+    >>> suggested_workspace_name("alice/dev"), suggested_workspace_name("a/b c")
+    ('dev', 'a-b-c')
     """
     text = value if isinstance(value, str) else ""
+    owner, slash, name = text.rpartition("/")
+    if slash and owner and workspace_name_valid(name):
+        return name
     base = re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-")
     base = base[:MAX_WORKSPACE_NAME].strip("-")
     return base or "workspace"

@@ -3,7 +3,8 @@ directory (so on a fresh ``workspace-lifecycle.db``, the default store), each on
 
 A command the page says runs "until Ctrl-C" (``provision``, ``watch``) is started in the
 background, once its banner is up the page goes on, and it is stopped with Ctrl-C at the end;
-every other command must exit 0 without a traceback. ``watch`` must have seen the chat's builds.
+every other command must exit 0 without a traceback. ``watch`` must have seen the chat's builds,
+and ``touch`` prints what the page says it prints.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ PAGE = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
 QUICK_TRY = PAGE.split("\n## Reference", 1)[0]
 #: The commands that run until Ctrl-C; the page says so before each.
 LONG_RUNNING = {"provision", "watch"}
+#: What the page says ``touch`` prints for the quick try's chat (its idle deadline's distance).
+TOUCH_PRINTS = re.compile(r"`touch` prints `idle stop at <when> \((in \w+)\)`")
 
 
 def _program() -> list[str]:
@@ -63,6 +66,7 @@ def test_the_quick_try_as_written(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("WORKSPACE_LIFECYCLE_DB", None)
     background: dict[str, subprocess.Popen[str]] = {}
+    printed: dict[str, str] = {}
     try:
         for words in _commands():
             line = shlex.join(["workspace-lifecycle", *words])
@@ -86,6 +90,7 @@ def test_the_quick_try_as_written(tmp_path: Path) -> None:
             )
             assert done.returncode == 0, (line, done.stderr)
             assert "Traceback" not in done.stderr, (line, done.stderr)
+            printed[words[0]] = done.stdout
     finally:
         outputs = {}
         for name, process in background.items():
@@ -102,3 +107,6 @@ def test_the_quick_try_as_written(tmp_path: Path) -> None:
     watched = outputs["watch"][0]
     assert re.search(r"chat-1 +no_workspace -> building", watched), watched
     assert re.search(r"chat-1 +stopped -> building", watched), watched
+    said = TOUCH_PRINTS.search(" ".join(PAGE.split()))
+    assert said is not None, "docs/cli.md no longer says what touch prints for chat-1"
+    assert re.fullmatch(rf"idle stop at .* \({said.group(1)}\)\n", printed["touch"]), printed["touch"]

@@ -4,7 +4,8 @@ constructors with their options and defaults and an entry for every public name,
 shows a Sphinx role raw.
 
 The checks are ``docs/check_site.py``'s, on the built HTML; that script also looks at the pages
-in headless Chromium and saves screenshots, when Chromium is installed (run it by hand).
+in headless Chromium and saves screenshots, when Chromium is installed (.ci/run does, and fails
+without Chromium).
 """
 
 from __future__ import annotations
@@ -78,3 +79,16 @@ def test_the_checks_see_what_they_look_for() -> None:
     assert any("not an <img>" in p for p in problems) and any("Mermaid" in p for p in problems)
     bare = '<div class="doc doc-object doc-class"><h3 id="workspace_lifecycle.Lifecycle">Lifecycle</h3>'
     assert "reference: no signature for Lifecycle" in check_site.check_reference(bare, ["Lifecycle"])
+
+
+def test_the_browser_check_sees_a_diagram_without_its_states() -> None:
+    """What Chromium parsed from the diagram must be an SVG naming all six states."""
+    drawn = (ROOT / "diagrams" / "workspace.svg").read_text(encoding="utf-8")
+    assert check_site.check_drawn_svg(drawn) == []
+    assert check_site.check_drawn_svg("<html><body>404</body></html>") == [
+        "state-machine: Chromium did not parse workspace.svg as an <svg>"
+    ]
+    without_failed = drawn.replace(">failed</text>", ">?</text>")
+    assert check_site.check_drawn_svg(without_failed) == [
+        "state-machine: the diagram lacks the states failed"
+    ]
