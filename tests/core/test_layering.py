@@ -23,6 +23,7 @@ NAME = workspace_lifecycle.__name__
 #: compiled transition table lives in ``machine.py`` (``machine.TABLE``), compiled by ``table.py``.
 CORE = (
     "machine",
+    "table",
     "steps",
     "writes",
     "deadlines",
