@@ -36,10 +36,11 @@ raises :class:`InvalidEventError` (the machine is strict, as ``StateMachine`` is
 A :class:`Tracker` is data (one workspace's state and what is known of its latest build).
 :class:`WorkspaceMachine` is the one declaration of the table (the diagram, validation and the
 docs read it), but the hot path does not call python-statemachine's ``send``: at import,
-:func:`compile_table` reads the class's transitions back (events, sources, targets, ``cond``
-names, internal flags) into a dict per state, and :meth:`Tracker.apply` and
-:meth:`Tracker.decide` look events up there. Guards are plain functions of ``(tracker,
-event)`` declared with :func:`guard`: python-statemachine calls them as methods (through the
+:func:`~workspace_lifecycle.table.compile_table` (:mod:`~workspace_lifecycle.table`) reads the
+class's transitions back (events, sources, targets, ``cond`` names, internal flags) into a dict
+per state, :data:`TABLE`, and :meth:`Tracker.apply` and :meth:`Tracker.decide` look events up
+there. Guards are plain functions of ``(tracker, event)`` declared with
+:func:`~workspace_lifecycle.table.guard`: python-statemachine calls them as methods (through the
 tracker bound to its model, :func:`bound_machine`), the compiled table calls the very same
 functions, resolved from the ``cond`` names the transitions declare. A test proves both paths
 agree on every (state, event, guard outcome). ``send`` cost ~90 µs and ~580 Python calls per
@@ -62,6 +63,8 @@ from statemachine import State, StateMachine
 from statemachine.states import States
 
 from .errors import InvalidEventError
+from .table import _GUARD_ATTR as _GUARD_ATTR  # the mark guard() sets, read by its tests
+from .table import Arc, Table, compile_table, guard, select
 from .values import (
     DEADLINE_TRANSITION,
     AgentLifecycle,
@@ -122,24 +125,6 @@ def derive_state(facts: WorkspaceFacts) -> WorkspaceState:
 
 #: A guard of the table: a pure function of the tracker and the event being applied.
 Guard = Callable[["Tracker", StoreEvent], bool]
-_GUARD_ATTR = "__workspace_guard__"
-
-
-def guard(fn: Guard) -> Callable[[StateMachine, StoreEvent], bool]:
-    """Declare ``fn`` as a guard of :class:`WorkspaceMachine`, under ``fn``'s name.
-
-    python-statemachine calls the returned method, which hands ``fn`` the tracker bound to the
-    machine's model (:func:`bound_machine`); :func:`compile_table` finds ``fn`` itself behind
-    the ``cond`` name, so both paths run the same function.
-    """
-
-    def method(self: StateMachine, ev: StoreEvent) -> bool:
-        return fn(self.model.tracker, ev)
-
-    method.__name__ = method.__qualname__ = fn.__name__.lstrip("_")
-    method.__doc__ = fn.__doc__
-    setattr(method, _GUARD_ATTR, fn)
-    return method
 
 
 def _is_start(tracker: Tracker, ev: StoreEvent) -> bool:
@@ -268,82 +253,6 @@ def bound_machine(tracker: Tracker) -> Iterator[WorkspaceMachine]:
         yield sm
     finally:
         sm.model.tracker = _UNBOUND
-
-
-@attrs.frozen
-class Arc:
-    """One compiled transition: ``event`` moves ``source`` to ``target`` if every guard holds.
-
-    ``conds`` are the guard names the class declares; ``guards`` the functions behind them.
-    """
-
-    event: str
-    source: WorkspaceState
-    target: WorkspaceState
-    conds: tuple[str, ...]
-    internal: bool
-    guards: tuple[Guard, ...] = attrs.field(eq=False, repr=False)
-
-
-#: state -> event id -> the arcs to try, in declaration order (the first whose guards hold wins).
-Table = Mapping[WorkspaceState, Mapping[str, tuple[Arc, ...]]]
-
-
-def compile_table(machine: type[StateMachine]) -> Table:
-    """Read ``machine``'s transitions back into a lookup: state -> event -> arcs.
-
-    Everything the hot path needs is taken from the class (python-statemachine's own
-    ``states``, ``transitions``, ``cond`` specs); guards are resolved from the ``cond`` names
-    to the functions declared with :func:`guard`. What the lookup could not honour (actions,
-    validators, ``unless``, boolean expressions, several targets) raises ``TypeError`` here,
-    at import, rather than being silently skipped.
-    """
-    for name in dir(machine):
-        if name.startswith(("on_", "before_", "after_")) and callable(getattr(machine, name, None)):
-            raise TypeError(f"{machine.__name__}.{name}: the compiled table runs no actions")
-    table: dict[WorkspaceState, dict[str, list[Arc]]] = {}
-    for state in machine.states:
-        source = WorkspaceState(state.value)
-        if any(not spec.is_convention for spec in (*state.enter, *state.exit)):
-            raise TypeError(f"state {state.id}: the compiled table runs no enter/exit actions")
-        arcs = table.setdefault(source, {})
-        for transition in state.transitions:
-            if len(transition.targets) != 1 or transition.target is None:
-                raise TypeError(f"{transition}: the compiled table needs exactly one target")
-            for group in (transition.validators, transition.before, transition.on, transition.after):
-                if any(not spec.is_convention for spec in group):
-                    raise TypeError(f"{transition}: the compiled table runs no validators or actions")
-            conds: list[str] = []
-            guards: list[Guard] = []
-            for spec in transition.cond:
-                name = spec.func
-                if spec.expected_value is not True or not isinstance(name, str) or not name.isidentifier():
-                    raise TypeError(f"{transition}: cond {name!r} is not the name of a guard")
-                fn = getattr(getattr(machine, name, None), _GUARD_ATTR, None)
-                if fn is None:
-                    raise TypeError(f"{transition}: cond {name!r} is not declared with guard()")
-                conds.append(name)
-                guards.append(fn)
-            target = WorkspaceState(transition.target.value)
-            for event in transition.events:
-                arcs.setdefault(str(event), []).append(
-                    Arc(str(event), source, target, tuple(conds), bool(transition.internal), tuple(guards))
-                )
-    return {
-        state: {event: tuple(arcs) for event, arcs in by_event.items()} for state, by_event in table.items()
-    }
-
-
-def select(table: Table, tracker: Tracker, event: str, ev: StoreEvent) -> Arc | None:
-    """The arc ``event`` takes from ``tracker``'s state: the first whose guards all hold, in
-    declaration order (as python-statemachine's ``send`` picks it); ``None`` if there is none."""
-    for arc in table[tracker.state].get(event, ()):
-        for holds in arc.guards:
-            if not holds(tracker, ev):
-                break
-        else:
-            return arc
-    return None
 
 
 #: The table the hot path uses, compiled once from :class:`WorkspaceMachine`.

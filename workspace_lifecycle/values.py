@@ -1,22 +1,56 @@
-"""Value types: the state enum, Coder's vocabularies, stored rows, events and results.
+"""Value types: stored rows, events and results, and every value of the core by one name.
 
-Every value is a frozen attrs class or an ``enum.Enum``; nothing here does I/O. Enum values are
-the exact strings Coder uses (and the strings stored in every adapter), so a row read back is
-parsed with :func:`parse_enum`, which names the row instead of raising a bare ``KeyError``.
+Every value is a frozen attrs class or an ``enum.Enum``; nothing here does I/O. The rows
+(:class:`Chat`, :class:`Workspace`, :class:`Build`, :class:`Agent`, :class:`Lease`), the facts
+and events read from them and the results handed back live here; the rest lives by concern and
+is re-exported, so ``from workspace_lifecycle.values import X`` reaches every value:
+
+* :mod:`~workspace_lifecycle.vocabulary`: the state enum and Coder's words (``enum.Enum``
+  values are the stored strings, parsed back with :func:`parse_enum`);
+* :mod:`~workspace_lifecycle.between_turns`: :class:`Policy`, :class:`Deadline`,
+  :class:`Deferred`, :class:`Hold` and the parsers of their columns;
+* :mod:`~workspace_lifecycle.build_data`: a build's parameters and failure details, bounded.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 
-from .checks import positive_seconds
+from .between_turns import (
+    DEADLINE_TRANSITION,
+    Deadline,
+    Deferred,
+    Hold,
+    Policy,
+    dump_holds,
+    finite,
+    parse_deadline,
+    parse_deferred,
+    parse_holds,
+    parse_policy,
+)
+from .build_data import MAX_DETAILS_BYTES as MAX_DETAILS_BYTES
+from .build_data import MAX_DETAILS_DEPTH as MAX_DETAILS_DEPTH
+from .build_data import MAX_PARAMETER_NAME as MAX_PARAMETER_NAME
+from .build_data import MAX_PARAMETER_VALUE as MAX_PARAMETER_VALUE
+from .build_data import MAX_PARAMETERS as MAX_PARAMETERS
+from .build_data import check_details, check_parameters
 from .errors import BuildConflictError, CorruptStateError
+from .vocabulary import (
+    AgentLifecycle,
+    E,
+    EventKind,
+    JobStatus,
+    Reason,
+    Transition,
+    WorkspaceState,
+    parse_enum,
+)
 
 __all__ = [
     "Agent",
@@ -50,351 +84,12 @@ __all__ = [
     "parse_policy",
 ]
 
-#: Bounds of build parameters (template parameters handed to the provisioner).
-MAX_PARAMETERS = 64
-MAX_PARAMETER_NAME = 128
-MAX_PARAMETER_VALUE = 4096
-#: Bounds of a failed build's structured details (what the provisioner tells the model).
-MAX_DETAILS_BYTES = 16 * 1024
-MAX_DETAILS_DEPTH = 8
-
-
-class WorkspaceState(enum.Enum):
-    """The six states of a chat's workspace."""
-
-    NO_WORKSPACE = "no_workspace"
-    STOPPED = "stopped"
-    BUILDING = "building"
-    RUNNING = "running"
-    AGENT_READY = "agent_ready"
-    FAILED = "failed"
-
-
-class Transition(enum.Enum):
-    """What a build does to its workspace (Coder's ``WorkspaceTransition``)."""
-
-    START = "start"
-    STOP = "stop"
-    DELETE = "delete"
-
-
-class JobStatus(enum.Enum):
-    """The status of a build's provisioner job (Coder's ``ProvisionerJobStatus``)."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    CANCELING = "canceling"
-    CANCELED = "canceled"
-    FAILED = "failed"
-
-    @property
-    def in_progress(self) -> bool:
-        return self in _IN_PROGRESS
-
-    @property
-    def finished(self) -> bool:
-        return self not in _IN_PROGRESS
-
-
-_IN_PROGRESS = frozenset({JobStatus.PENDING, JobStatus.RUNNING, JobStatus.CANCELING})
-
-
-class AgentLifecycle(enum.Enum):
-    """The workspace agent's lifecycle state (Coder's ``WorkspaceAgentLifecycleState``)."""
-
-    CREATED = "created"
-    STARTING = "starting"
-    READY = "ready"
-    START_TIMEOUT = "start_timeout"
-    START_ERROR = "start_error"
-    SHUTTING_DOWN = "shutting_down"
-    SHUTDOWN_TIMEOUT = "shutdown_timeout"
-    SHUTDOWN_ERROR = "shutdown_error"
-    OFF = "off"
-    #: It was ready, then stopped answering its provisioner's probe (its process still runs);
-    #: ``ready`` again once it answers. Coder's word for an agent that stopped answering.
-    DISCONNECTED = "disconnected"
-
-    @property
-    def pending(self) -> bool:
-        """Still on its way to ``ready`` (Coder keeps waiting in these)."""
-        return self in (AgentLifecycle.CREATED, AgentLifecycle.STARTING)
-
-    @property
-    def was_ready(self) -> bool:
-        """It reached ``ready`` (and may have stopped answering since): its end is ``off``."""
-        return self in (AgentLifecycle.READY, AgentLifecycle.DISCONNECTED)
-
-
-class EventKind(enum.Enum):
-    """What a stored event records."""
-
-    CHAT_BOUND = "chat_bound"  # a chat now points at a (new) workspace
-    BUILD_QUEUED = "build_queued"
-    BUILD_UPDATED = "build_updated"  # job status moved between in-progress statuses
-    BUILD_FINISHED = "build_finished"
-    AGENT_UPDATED = "agent_updated"
-    WORKSPACE_DELETED = "workspace_deleted"
-    DEADLINE_SET = "deadline_set"  # the workspace's next automatic action moved (or was disarmed)
-    #: The armed deadline comes within its chat's ``warn_before``: once per armed deadline.
-    DEADLINE_APPROACHING = "deadline_approaching"
-    #: A request deferred behind the build in flight was stored on the workspace (its
-    #: ``transition``), or withdrawn by a later request (``transition`` ``None``).
-    REQUEST_DEFERRED = "request_deferred"
-
-
-E = TypeVar("E", bound=enum.Enum)
-
-
-def parse_enum(kind: type[E], value: object, *, table: str, key: object, column: str) -> E:
-    """Parse a stored string into ``kind``; an unknown value is a :class:`CorruptStateError`."""
-    try:
-        return kind(value)
-    except ValueError:
-        raise CorruptStateError(table, key, column, value) from None
-
 
 def _opt(kind: type[E]) -> Any:
     return attrs.validators.optional(attrs.validators.instance_of(kind))
 
 
 _str = attrs.validators.instance_of(str)
-
-
-class Reason(enum.Enum):
-    """Why a build was fired: somebody asked, or a deadline passed."""
-
-    REQUEST = "request"
-    IDLE = "idle"
-    RETENTION = "retention"
-
-
-#: A duration of a policy: positive seconds, or ``None`` for never.
-_seconds_or_none = positive_seconds(none="never")
-
-
-@attrs.frozen
-class Policy:
-    """What happens to a chat's workspace between turns (seconds; ``None`` means never).
-
-    ``warn_before``: a ``deadline_approaching`` event that many seconds before each idle stop
-    and retention delete (shorter than both, so a warning always comes after the deadline was
-    set); ``None``: no warning.
-
-    >>> Policy(idle_stop_after=900)
-    Policy(idle_stop_after=900, delete_after_stopped=None, warn_before=None)
-    >>> Policy(idle_stop_after=-1)
-    Traceback (most recent call last):
-    ...
-    ValueError: idle_stop_after must be a positive finite number of seconds or None (never), not -1
-    >>> Policy(idle_stop_after=60, warn_before=60)
-    Traceback (most recent call last):
-    ...
-    ValueError: warn_before (60) must be shorter than idle_stop_after (60)
-    """
-
-    idle_stop_after: float | None = attrs.field(default=None, validator=_seconds_or_none)
-    delete_after_stopped: float | None = attrs.field(default=None, validator=_seconds_or_none)
-    warn_before: float | None = attrs.field(default=None, validator=_seconds_or_none)
-
-    @warn_before.validator
-    def _shorter(self, attribute: attrs.Attribute[float | None], value: float | None) -> None:
-        if value is None:
-            return
-        for name in ("idle_stop_after", "delete_after_stopped"):
-            duration = getattr(self, name)
-            if duration is not None and value >= duration:
-                raise ValueError(f"{attribute.name} ({value!r}) must be shorter than {name} ({duration!r})")
-
-    @property
-    def never(self) -> bool:
-        """Nothing ever happens automatically."""
-        return self.idle_stop_after is None and self.delete_after_stopped is None
-
-
-#: The build each deadline's reason fires: idle stops, retention deletes. The one table of it:
-#: a reason missing here arms no deadline.
-DEADLINE_TRANSITION: Mapping[Reason, Transition] = {
-    Reason.IDLE: Transition.STOP,
-    Reason.RETENTION: Transition.DELETE,
-}
-
-
-@attrs.frozen
-class Deadline:
-    """A workspace's next automatic action: at wall-clock time ``at``, for ``reason``.
-
-    ``warn_at``: when a ``deadline_approaching`` event is due (``None``: never), computed from
-    the chat's ``warn_before`` when the deadline was armed; ``warned``: that event was written
-    (a pushed deadline is a new value, not warned yet).
-    """
-
-    at: float
-    reason: Reason = attrs.field(validator=attrs.validators.in_(tuple(DEADLINE_TRANSITION)))
-    warn_at: float | None = None
-    warned: bool = False
-
-    @property
-    def transition(self) -> Transition:
-        """The build the deadline fires (:data:`DEADLINE_TRANSITION`)."""
-        return DEADLINE_TRANSITION[self.reason]
-
-    def due(self, now: float) -> bool:
-        """Has the deadline passed at ``now``? (At the deadline itself it has.)"""
-        return self.at <= now
-
-
-def parse_policy(
-    idle_stop_after: object, delete_after_stopped: object, warn_before: object = None, *, key: object
-) -> Policy:
-    """A chat's policy from its stored columns; a bad value is a :class:`CorruptStateError`."""
-    try:
-        return Policy(
-            idle_stop_after=idle_stop_after,  # type: ignore[arg-type]
-            delete_after_stopped=delete_after_stopped,  # type: ignore[arg-type]
-            warn_before=warn_before,  # type: ignore[arg-type]
-        )
-    except ValueError:
-        raise CorruptStateError(
-            "chats",
-            key,
-            "idle_stop_after/delete_after_stopped/warn_before",
-            (idle_stop_after, delete_after_stopped, warn_before),
-        ) from None
-
-
-def _finite(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-
-
-def parse_deadline(
-    at: object, reason: object, warn_at: object = None, warned: object = False, *, key: object
-) -> Deadline | None:
-    """A workspace's armed deadline from its stored columns (``at`` and ``reason`` both set, or
-    neither; ``warn_at`` and ``warned`` only with them)."""
-    if at is None and reason is None:
-        return None
-    if not _finite(at):
-        raise CorruptStateError("workspaces", key, "deadline_at", at)
-    kind = parse_enum(Reason, reason, table="workspaces", key=key, column="deadline_reason")
-    if kind not in DEADLINE_TRANSITION:
-        raise CorruptStateError("workspaces", key, "deadline_reason", reason)
-    if warn_at is not None and not _finite(warn_at):
-        raise CorruptStateError("workspaces", key, "deadline_warn_at", warn_at)
-    if warned not in (True, False, 0, 1):  # SQLite stores booleans as integers
-        raise CorruptStateError("workspaces", key, "deadline_warned", warned)
-    return Deadline(
-        float(at),  # type: ignore[arg-type]
-        kind,
-        None if warn_at is None else float(warn_at),  # type: ignore[arg-type]
-        bool(warned),
-    )
-
-
-@attrs.frozen
-class Deferred:
-    """A request answered ``wait=False`` while another kind of build ran, stored on its
-    workspace as intent: fire a ``transition`` build once build ``behind`` ends, if the table
-    still allows it then. The write that finishes build ``behind`` acts on it (and clears it)
-    in its own transaction, so no process needs to be alive to carry it out.
-    ``requested_by`` is the owner whose request it is; ``running_limit`` the runtime's default
-    limit of running workspaces when it was asked (the runtime that carries it out may be gone:
-    the limit travels with the request), checked with the owner's stored limits when it fires.
-    """
-
-    transition: Transition = attrs.field(validator=attrs.validators.instance_of(Transition))
-    behind: int = attrs.field(validator=attrs.validators.instance_of(int))
-    requested_by: str = attrs.field(validator=_str)
-    running_limit: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(int))
-    )
-
-    def record(self) -> dict[str, Any]:
-        """The JSON object a store keeps (:func:`parse_deferred` reads it back)."""
-        record: dict[str, Any] = {
-            "transition": self.transition.value,
-            "behind": self.behind,
-            "by": self.requested_by,
-        }
-        if self.running_limit is not None:
-            record["running"] = self.running_limit
-        return record
-
-    def stored(self) -> str:
-        """:meth:`record` as JSON text."""
-        return json.dumps(self.record())
-
-
-def parse_deferred(value: object, *, key: object) -> Deferred | None:
-    """A workspace's deferred request from its stored column (JSON text, or an already parsed
-    object); a bad value is a :class:`CorruptStateError` naming the row.
-
-    >>> parse_deferred(Deferred(Transition.START, 2, "alice").stored(), key="w1")
-    Deferred(transition=<Transition.START: 'start'>, behind=2, requested_by='alice', running_limit=None)
-    """
-    if value is None:
-        return None
-    try:
-        data = json.loads(value) if isinstance(value, str) else value
-        if not isinstance(data, dict) or isinstance(data.get("behind"), bool):
-            raise ValueError(value)
-        running = data.get("running")
-        if isinstance(running, bool):
-            raise ValueError(value)
-        return Deferred(Transition(data["transition"]), data["behind"], data["by"], running)
-    except (ValueError, TypeError, KeyError):
-        raise CorruptStateError("workspaces", key, "deferred", value) from None
-
-
-@attrs.frozen
-class Hold:
-    """A turn holding a workspace (:meth:`~workspace_lifecycle.Lifecycle.turn`): its fencing
-    ``token`` and when it lapses (``expires_at``, store time) unless its holder renews it.
-
-    While a hold is live no idle stop fires; a hold whose holder died lapses at its expiry.
-    """
-
-    token: str = attrs.field(validator=_str)
-    expires_at: float = attrs.field(converter=float)
-
-    def due(self, now: float) -> bool:
-        """Has the hold lapsed at ``now``? (At its expiry itself it has, as a lease.)
-
-        >>> Hold("t", 100.0).due(99.9), Hold("t", 100.0).due(100.0)
-        (False, True)
-        """
-        return self.expires_at <= now
-
-
-def parse_holds(value: object, *, key: object) -> tuple[Hold, ...]:
-    """A workspace's holds from their stored column: ``None`` (none) or a JSON array (text, or
-    already decoded by the driver) of ``[token, expires_at]`` pairs; anything else is a
-    :class:`CorruptStateError` naming the row."""
-    if value is None:
-        return ()
-    try:
-        pairs = json.loads(value) if isinstance(value, str) else value
-        if not isinstance(pairs, list):
-            raise ValueError(pairs)
-        holds = []
-        for pair in pairs:
-            token, expires_at = pair
-            if not isinstance(token, str) or isinstance(expires_at, bool):
-                raise ValueError(pair)
-            if not isinstance(expires_at, int | float) or not math.isfinite(expires_at):
-                raise ValueError(pair)
-            holds.append(Hold(token, expires_at))
-        return tuple(holds)
-    except (ValueError, TypeError):
-        raise CorruptStateError("workspaces", key, "holds", value) from None
-
-
-def dump_holds(holds: tuple[Hold, ...]) -> str | None:
-    """The stored column of ``holds`` (:func:`parse_holds` reads it back); ``None`` for none."""
-    if not holds:
-        return None
-    return json.dumps([[hold.token, hold.expires_at] for hold in holds])
 
 
 @attrs.frozen
@@ -733,7 +428,7 @@ def _number_or_none(
 ) -> float | None:
     if value is None:
         return None
-    if not _finite(value):
+    if not finite(value):
         raise CorruptStateError(table, key, column, value)
     return float(value)  # type: ignore[arg-type]
 
@@ -746,99 +441,6 @@ def _details_or_none(
     if not isinstance(value, dict):
         raise CorruptStateError(table, key, column, value)
     return value
-
-
-def check_parameters(parameters: object) -> dict[str, str]:
-    """Build parameters as data: a mapping of string names to string values, bounded.
-
-    >>> check_parameters({"region": "eu"})
-    {'region': 'eu'}
-    >>> check_parameters({"n": 3})
-    Traceback (most recent call last):
-    ...
-    ValueError: parameter 'n' must be a string, not int
-    """
-    if parameters is None:
-        return {}
-    if not isinstance(parameters, Mapping):
-        raise ValueError(f"parameters must be an object of strings, not {type(parameters).__name__}")
-    if len(parameters) > MAX_PARAMETERS:
-        raise ValueError(f"at most {MAX_PARAMETERS} parameters, not {len(parameters)}")
-    out: dict[str, str] = {}
-    for name, value in parameters.items():
-        if not isinstance(name, str) or not name or len(name) > MAX_PARAMETER_NAME:
-            raise ValueError(
-                f"a parameter name must be a string of 1 to {MAX_PARAMETER_NAME} characters, not {name!r:.80}"
-            )
-        if not isinstance(value, str):
-            raise ValueError(f"parameter {name!r} must be a string, not {type(value).__name__}")
-        if len(value) > MAX_PARAMETER_VALUE:
-            raise ValueError(f"parameter {name!r} is longer than {MAX_PARAMETER_VALUE} characters")
-        _check_text(f"parameter {name!r}", name + value)
-        out[name] = value
-    return out
-
-
-def check_details(details: object) -> dict[str, Any] | None:
-    """A failed build's details as data: a JSON object, bounded in size and depth.
-
-    >>> check_details({"error_code": "INSUFFICIENT_QUOTA", "quota": {"budget": 10}})
-    {'error_code': 'INSUFFICIENT_QUOTA', 'quota': {'budget': 10}}
-    >>> check_details([1])
-    Traceback (most recent call last):
-    ...
-    ValueError: details must be a JSON object (a dict), not list
-    """
-    if details is None:
-        return None
-    if not isinstance(details, Mapping):
-        raise ValueError(f"details must be a JSON object (a dict), not {type(details).__name__}")
-    _check_json(details, 0)
-    try:
-        text = json.dumps(details, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"details must be JSON: {exc}") from None
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_DETAILS_BYTES:
-        raise ValueError(f"details are larger than {MAX_DETAILS_BYTES} bytes of JSON")
-    loaded: dict[str, Any] = json.loads(text)
-    return loaded
-
-
-def _check_json(value: object, depth: int) -> None:
-    if depth > MAX_DETAILS_DEPTH:
-        raise ValueError(f"details are nested deeper than {MAX_DETAILS_DEPTH} levels")
-    if value is None or isinstance(value, bool | int):
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**53:
-            raise ValueError("details hold an integer too large for JSON")
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("details hold a number that is not finite")
-        return
-    if isinstance(value, str):
-        _check_text("details", value)
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ValueError(f"details keys must be strings, not {type(key).__name__}")
-            _check_text("details", key)
-            _check_json(item, depth + 1)
-        return
-    if isinstance(value, list | tuple):
-        for item in value:
-            _check_json(item, depth + 1)
-        return
-    raise ValueError(f"details must be JSON; {type(value).__name__} is not")
-
-
-def _check_text(what: str, text: str) -> None:
-    if "\x00" in text:
-        raise ValueError(f"{what} must not contain NUL characters")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} is not valid Unicode text (a lone surrogate)") from None
 
 
 @attrs.frozen

@@ -20,8 +20,24 @@ PACKAGE = Path(workspace_lifecycle.__file__).parent
 NAME = workspace_lifecycle.__name__
 
 #: The pure core (README, "Layout"): decisions over values, no I/O, no awaits, no clocks. The
-#: compiled transition table lives in ``machine.py`` (``machine.TABLE``).
-CORE = ("machine", "steps", "writes", "deadlines", "answers", "values", "errors")
+#: compiled transition table lives in ``machine.py`` (``machine.TABLE``), compiled by ``table.py``.
+CORE = (
+    "machine",
+    "table",
+    "steps",
+    "writes",
+    "write",
+    "request_writes",
+    "build_writes",
+    "deadline_writes",
+    "deadlines",
+    "answers",
+    "values",
+    "vocabulary",
+    "between_turns",
+    "build_data",
+    "errors",
+)
 #: Pure modules that join the core as they are written (README on main: ``checks.py``, the
 #: configuration numbers; ``backoff.py``, the retry pauses; ``reconcile.py``, what a restarted
 #: provisioner does; issue 24 item 4): checked once they exist.
