@@ -21,7 +21,7 @@ from typing import Any, Self
 
 import anyio
 
-from . import answers, checks, steps
+from . import answers, checks, skew, steps
 from . import pools as pools_core
 from ._activity import Activity
 from ._deadlines import DeadlineScheduler
@@ -97,6 +97,8 @@ class Lifecycle(BackgroundService):
     steps a test through hours); ``clock``, if given, must be that one
     (:func:`~workspace_lifecycle.clock.resolve_clock`). A :meth:`turn` holds its workspace
     against idle stops under a hold of ``hold_seconds``, renewed every third of it.
+    ``skew_margin`` (0 by default) and the skew this runtime measured itself ahead of the
+    store delay each firing past its deadline (:func:`~workspace_lifecycle.skew.act_margin`).
 
     Limits: ``limits`` (:class:`~workspace_lifecycle.limits.Limits`) are every owner's unless
     :meth:`set_limits` stored the owner's own: how many workspaces it may have running and in
@@ -121,8 +123,10 @@ class Lifecycle(BackgroundService):
         keep_pools: bool = True,
         default_pool: str | None = None,
         hold_seconds: float = DEFAULT_HOLD_SECONDS,
+        skew_margin: float = 0.0,
     ) -> None:
         build_timeout = checks.seconds("build_timeout", build_timeout)
+        self.skew_margin = checks.seconds("skew_margin", skew_margin, zero=True)
         hold_seconds = checks.seconds("hold_seconds", hold_seconds)
         agent_timeout = checks.seconds("agent_timeout", agent_timeout)
         if resync_interval is not None:
@@ -153,7 +157,12 @@ class Lifecycle(BackgroundService):
             raise_if_failed=self._raise_if_failed,
             resync_interval=resync_interval,
         )
-        self._deadlines = DeadlineScheduler(store, self.clock, fires=self.fire_deadlines)
+        self._deadlines = DeadlineScheduler(
+            store,
+            self.clock,
+            fires=self.fire_deadlines,
+            margin=lambda: skew.act_margin(self.skew_margin, self._skew.latest),
+        )
         self._warnings = WarningFeed(store)
         self._pump = EventPump(
             store,
