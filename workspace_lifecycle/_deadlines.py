@@ -27,6 +27,7 @@ import contextlib
 import heapq
 import logging
 import math
+from collections.abc import Callable
 
 import anyio
 
@@ -48,9 +49,14 @@ _RETRY = 1.0
 class DeadlineScheduler:
     """Every armed deadline of the store, in a heap; :meth:`run` fires them as they come due."""
 
-    def __init__(self, store: Store, clock: Clock, *, fires: bool = True) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, *, fires: bool = True, margin: Callable[[], float] = lambda: 0.0
+    ) -> None:
         self.store = store
         self.clock = clock
+        #: Seconds past a deadline before it fires, asked at each scheduling (the skew margin:
+        #: :func:`~workspace_lifecycle.skew.act_margin`).
+        self.margin = margin
         self.fires = fires  # False: it only remembers what this process wrote (for touch)
         self.fired = 0  # builds this scheduler fired
         self.warned = 0  # deadline_approaching events this scheduler wrote
@@ -143,7 +149,7 @@ class DeadlineScheduler:
         if self._armed.get(workspace_id) == deadline:
             return
         self._armed[workspace_id] = deadline
-        self._schedule(wake_at(deadline), workspace_id, deadline)
+        self._schedule(wake_at(deadline, self.margin()), workspace_id, deadline)
 
     def _schedule(self, when: float, workspace_id: str, deadline: Deadline) -> None:
         if not self.fires:
@@ -182,13 +188,13 @@ class DeadlineScheduler:
                     break
                 _, workspace_id, deadline = heapq.heappop(self._heap)
                 try:
-                    await self._act(workspace_id, deadline, due_action(deadline, now))
+                    await self._act(workspace_id, deadline, due_action(deadline, now, self.margin()))
                 except StoreClosedError:
                     return  # the store went away under the runtime: its pump says so to callers
 
     async def _act(self, workspace_id: str, deadline: Deadline, action: Due | None) -> None:
         if action is None:  # a retry looked before its time: look again when it is due
-            self._schedule(wake_at(deadline), workspace_id, deadline)
+            self._schedule(wake_at(deadline, self.margin()), workspace_id, deadline)
             return
         try:
             if action is Due.FIRE:

@@ -34,6 +34,7 @@ from ._warnings import WarningFeed
 from .adapters.base import Store
 from .clock import Clock
 from .limits import Limits
+from .skew import act_margin
 from .values import Policy, StoreEvent
 
 __all__ = ["Engine", "Settings"]
@@ -51,6 +52,7 @@ class Settings:
     fire_deadlines: bool
     policy: Policy
     limits: Limits | None
+    skew_margin: float = 0.0
 
     @classmethod
     def checked(
@@ -64,10 +66,12 @@ class Settings:
         fire_deadlines: bool,
         policy: Policy | None,
         limits: Limits | None,
+        skew_margin: float = 0.0,
     ) -> Settings:
         """The settings, or ``ValueError`` naming the first argument out of bounds."""
         build_timeout = checks.seconds("build_timeout", build_timeout)
         hold_seconds = checks.seconds("hold_seconds", hold_seconds)
+        skew_margin = checks.seconds("skew_margin", skew_margin, zero=True)
         agent_timeout = checks.seconds("agent_timeout", agent_timeout)
         if resync_interval is not None:
             resync_interval = checks.seconds("resync_interval", resync_interval)
@@ -85,6 +89,7 @@ class Settings:
             bool(fire_deadlines),
             policy or Policy(),
             limits,
+            skew_margin,
         )
 
 
@@ -111,12 +116,17 @@ class Engine:
             raise_if_failed=self.raise_if_failed,
             resync_interval=resync_interval,
         )
-        self.deadlines = DeadlineScheduler(store, clock, fires=fire_deadlines)
+        self.skew = SkewWatch(store, clock)
+        self.deadlines = DeadlineScheduler(
+            store,
+            clock,
+            fires=fire_deadlines,
+            margin=lambda: act_margin(settings.skew_margin, self.skew.latest),
+        )
         self.warnings = WarningFeed(store)
         sinks = _Sinks(self.registry, self.deadlines if fire_deadlines else None, self.warnings, self.keeper)
         self.pump = EventPump(store, sinks, kick_after=resync_interval)
         self.activity = Activity(store, self.deadlines, clock)
-        self.skew = SkewWatch(store, clock)
         self.holds = HoldKeeper(store, clock, hold_seconds=settings.hold_seconds)
         self.writer = RetryingWriter(store, retries=settings.write_retries, limits=settings.limits)
         self.steps = Interpreter(

@@ -162,29 +162,35 @@ def _warning_pending(deadline: Deadline) -> bool:
     return deadline.warn_at is not None and not deadline.warned and deadline.warn_at < deadline.at
 
 
-def wake_at(deadline: Deadline) -> float:
+def wake_at(deadline: Deadline, margin: float = 0.0) -> float:
     """When a scheduler should look at ``deadline`` next: its warning's time while that is
-    pending, else the deadline itself.
+    pending, else the deadline itself plus ``margin`` (the skew margin, see
+    :func:`~workspace_lifecycle.skew.act_margin`; a warning keeps none: it only tells).
 
     >>> d = Deadline(1060.0, Reason.IDLE, warn_at=1000.0)
     >>> wake_at(d), wake_at(Deadline(1060.0, Reason.IDLE, warn_at=1000.0, warned=True))
     (1000.0, 1060.0)
+    >>> wake_at(d, margin=2.0), wake_at(Deadline(1060.0, Reason.IDLE), margin=2.0)
+    (1000.0, 1062.0)
     """
     if _warning_pending(deadline):
         assert deadline.warn_at is not None
         return deadline.warn_at
-    return deadline.at
+    return deadline.at + margin
 
 
-def due_action(deadline: Deadline, now: float) -> Due | None:
-    """What ``deadline`` asks for at ``now``: fire once it passed (a warning not given by then is
+def due_action(deadline: Deadline, now: float, margin: float = 0.0) -> Due | None:
+    """What ``deadline`` asks for at ``now``: fire once it passed by ``margin`` (the skew
+    margin, see :func:`~workspace_lifecycle.skew.act_margin`; a warning not given by then is
     skipped: it would come after the fact), warn once its warning time passed, else nothing.
 
     >>> d = Deadline(1060.0, Reason.IDLE, warn_at=1000.0)
     >>> due_action(d, 999.0), due_action(d, 1000.0), due_action(d, 1060.0)
     (None, <Due.WARN: 'warn'>, <Due.FIRE: 'fire'>)
+    >>> due_action(Deadline(1060.0, Reason.IDLE), 1061.0, margin=2.0), due_action(d, 1062.0, margin=2.0)
+    (None, <Due.FIRE: 'fire'>)
     """
-    if deadline.due(now):
+    if deadline.at + margin <= now:  # as wake_at adds it: the time it wakes for is due
         return Due.FIRE
     if _warning_pending(deadline) and wake_at(deadline) <= now:
         return Due.WARN

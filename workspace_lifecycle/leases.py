@@ -17,9 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .values import EventKind, JobStatus, StoreEvent
+from .values import EventKind, JobStatus, Lease, StoreEvent
 
-__all__ = ["RENEW_EVERY", "claims_owed", "needs_renewal", "renewal_due", "retry_due", "sooner_lease"]
+__all__ = [
+    "RENEW_EVERY",
+    "claims_owed",
+    "expiry_due",
+    "needs_renewal",
+    "renewal_due",
+    "retry_due",
+    "sooner_lease",
+]
 
 #: The fraction of a lease after which its holder renews it.
 RENEW_EVERY = 1 / 3
@@ -55,6 +63,16 @@ def retry_due(now: float, lease_seconds: float, expires_at: float) -> float:
     115.0
     """
     return min(now + lease_seconds * RENEW_EVERY / 2, expires_at)
+
+
+def expiry_due(lease: Lease, margin: float = 0.0) -> float:
+    """When a reaper expires ``lease``: its end plus ``margin`` (the skew margin, see
+    :func:`~workspace_lifecycle.skew.act_margin`), on the reaper's clock.
+
+    >>> expiry_due(Lease("b1", "w1", "worker", "t", expires_at=130.0), margin=1.5)
+    131.5
+    """
+    return lease.expires_at + margin
 
 
 def claims_owed(events: Iterable[StoreEvent]) -> int:

@@ -68,7 +68,10 @@ class LeaseReaper(BackgroundService):
     It runs on the store's clock (``clock``, if given, must be that one): a
     :class:`~workspace_lifecycle.clock.VirtualClock` given to the store steps a test through
     leases of minutes in milliseconds. ``retry_delay``: the pause
-    after a store error.
+    after a store error. ``skew_margin``: seconds past a lease's end before it is expired
+    (0 by default; see :func:`~workspace_lifecycle.skew.act_margin`): set it to the skew the
+    workers' clocks may have behind the reaper's, so a live worker whose renewal was stamped
+    by a clock running behind keeps its build.
 
     >>> LeaseReaper(None, retry_delay=0)  # type: ignore[arg-type]
     Traceback (most recent call last):
@@ -83,9 +86,11 @@ class LeaseReaper(BackgroundService):
         clock: Clock | Callable[[], float] | None = None,
         retry_delay: float = 1.0,
         follow_log: bool = True,
+        skew_margin: float = 0.0,
     ) -> None:
         self.store = store
         self.retry_delay = checks.seconds("retry_delay", retry_delay)
+        self.skew_margin = checks.seconds("skew_margin", skew_margin, zero=True)
         self._clock = resolve_clock(clock, store, who="LeaseReaper")
         #: Whether it reads the log itself; if not, whoever reads it hands it on (:meth:`heard`).
         self.follow_log = follow_log
@@ -110,9 +115,10 @@ class LeaseReaper(BackgroundService):
                 self._news = anyio.Event()  # what comes from now on may hold a sooner lease
                 lease = await self.store.next_lease_expiry(skip=self.unreadable)
                 now = self._clock()
-                if lease is None or not lease.due(now):
+                due = float("inf") if lease is None else leases.expiry_due(lease, self.skew_margin)
+                if lease is None or due > now:
                     refused, pause = None, _BACKOFF.first
-                    await self._sleep(lease.expires_at if lease is not None else float("inf"))
+                    await self._sleep(due)
                 elif await self.expire(lease) is not None:
                     refused, pause = None, _BACKOFF.first  # the next lease may be due too: read again
                 elif lease != refused:

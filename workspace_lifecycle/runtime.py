@@ -74,6 +74,8 @@ class Lifecycle(BackgroundService):
     steps a test through hours); ``clock``, if given, must be that one
     (:func:`~workspace_lifecycle.clock.resolve_clock`). A :meth:`turn` holds its workspace
     against idle stops under a hold of ``hold_seconds``, renewed every third of it.
+    ``skew_margin`` (0 by default) and the skew this runtime measured itself ahead of the
+    store delay each firing past its deadline (:func:`~workspace_lifecycle.skew.act_margin`).
 
     Limits: ``limits`` (:class:`~workspace_lifecycle.limits.Limits`) are every owner's unless
     :meth:`set_limits` stored the owner's own: how many workspaces it may have running and in
@@ -98,6 +100,7 @@ class Lifecycle(BackgroundService):
         keep_pools: bool = True,
         default_pool: str | None = None,
         hold_seconds: float = DEFAULT_HOLD_SECONDS,
+        skew_margin: float = 0.0,
     ) -> None:
         settings = Settings.checked(
             build_timeout=build_timeout,
@@ -108,6 +111,7 @@ class Lifecycle(BackgroundService):
             fire_deadlines=fire_deadlines,
             policy=policy,
             limits=limits,
+            skew_margin=skew_margin,
         )
         self.store, self.limits, self.policy = store, limits, settings.policy
         self.clock = resolve_clock(clock, store, who="Lifecycle")
@@ -115,7 +119,7 @@ class Lifecycle(BackgroundService):
         self.pools, self.default_pool = warm.by_name, default_pool
         self.fire_deadlines, self.resync_interval = settings.fire_deadlines, settings.resync_interval
         self.build_timeout, self.agent_timeout = settings.build_timeout, settings.agent_timeout
-        self.write_retries = settings.write_retries
+        self.write_retries, self.skew_margin = settings.write_retries, settings.skew_margin
         self._engine = Engine(store, self.clock, warm, settings, tasks=lambda: self._tg)
         self._pump, self._keeper = self._engine.pump, self._engine.keeper  # read by the tests' histories
         self._requests = Requests(store, self.clock, self._engine, warm)

@@ -18,8 +18,17 @@ below ``(1 - RENEW_EVERY) * lease_seconds`` (20 s of the default 30 s) never exp
 worker whose renewals land, and one below a third of it survives one failed renewal. A skew
 known to exceed :data:`WARN_FRACTION` of the lease (3 s of 30 s) is reported
 (:func:`excessive`): well inside the margin of a failed renewal, it is time to fix the hosts'
-clocks. Deadlines keep no margin of their own: they fire up to the skew early or late (the
-runtime's warning says by how much).
+clocks.
+
+**The margin of deadlines and leases** (:func:`act_margin`): a replica acts on a deadline (fires
+it) or on a lease's end (the reaper expires it) only ``margin`` seconds after that time on its
+own clock. The margin is ``skew_margin`` (a setting, 0 by default: see
+:class:`~workspace_lifecycle.Lifecycle` and :class:`~workspace_lifecycle.reaper.LeaseReaper`),
+which stands for how far behind the store the replicas that stamped the time may run (no
+replica can measure another's clock), plus how far this replica's own clock may run ahead of
+the store's by its last measurement (``uncertainty - offset``, 0 when it is behind or nothing
+was measured). So a deadline never fires early by the store's clock unless the replica that
+stamped it ran behind the store by more than ``skew_margin``; it may fire that much late.
 
 >>> skew = measure(sent=100.0, store=105.2, received=100.4)
 >>> round(skew.offset, 3), round(skew.uncertainty, 3)
@@ -38,7 +47,7 @@ import attrs
 
 from .leases import RENEW_EVERY
 
-__all__ = ["WARN_FRACTION", "ClockSkew", "excessive", "lease_margin", "measure", "warn_above"]
+__all__ = ["WARN_FRACTION", "ClockSkew", "act_margin", "excessive", "lease_margin", "measure", "warn_above"]
 
 #: The fraction of a lease above which a measured skew is reported.
 WARN_FRACTION = 0.1
@@ -87,3 +96,19 @@ def lease_margin(lease_seconds: float, failed_renewals: int = 0) -> float:
 def excessive(skew: ClockSkew, *, lease_seconds: float) -> bool:
     """Whether ``skew`` surely exceeds :func:`warn_above` of ``lease_seconds``."""
     return skew.at_least > warn_above(lease_seconds)
+
+
+def act_margin(skew_margin: float, measured: ClockSkew | None) -> float:
+    """How long after a deadline or a lease's end, on this replica's clock, it is acted on:
+    ``skew_margin`` plus the most ``measured`` says this replica's clock may run ahead of the
+    store's (``uncertainty - offset``, 0 for a replica behind or with nothing measured).
+
+    >>> act_margin(0.0, None), act_margin(1.0, None)
+    (0.0, 1.0)
+    >>> round(act_margin(1.0, measure(sent=100.0, store=95.0, received=100.2)), 9)  # 5.1 s ahead, +- 0.1
+    6.2
+    >>> act_margin(0.0, measure(sent=100.0, store=105.0, received=100.2))  # behind: late anyway
+    0.0
+    """
+    ahead = 0.0 if measured is None else max(0.0, measured.uncertainty - measured.offset)
+    return skew_margin + ahead

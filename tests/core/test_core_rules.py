@@ -70,6 +70,7 @@ class TestChecks:
         "build_timeout": lambda v: wl.Lifecycle(wl.MemoryStore(), build_timeout=v),
         "agent_timeout": lambda v: wl.Lifecycle(wl.MemoryStore(), agent_timeout=v),
         "resync_interval": lambda v: wl.Lifecycle(wl.MemoryStore(), resync_interval=v),
+        "skew_margin": lambda v: wl.Lifecycle(wl.MemoryStore(), skew_margin=v),
         "build_seconds": lambda v: wl.SimulatedProvisioner(wl.MemoryStore(), build_seconds=v),
         "agent_seconds": lambda v: wl.SimulatedProvisioner(wl.MemoryStore(), agent_seconds=v),
         "max_retry_delay": lambda v: wl.SimulatedProvisioner(wl.MemoryStore(), max_retry_delay=v),
