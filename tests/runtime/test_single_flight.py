@@ -143,14 +143,50 @@ async def test_concurrent_starts_share_one_request_build(
     assert await lc.state("shared") is wl.WorkspaceState.AGENT_READY
 
 
-async def test_concurrent_creates_share_one_create_workspace(store: wl.Store) -> None:
-    counting = FaultyStore(store, delay=1.0, max_delay=0.005, seed=1)
+class HeldCreate(FaultyStore):
+    """Holds the store's ``create_workspace`` until :meth:`arm`'s ``n`` callers have asked the
+    runtime's single-flight for a write (or ten seconds pass, so that a broken race fails its
+    assertion instead of hanging): on a loaded machine the first create could otherwise land,
+    and its agent be ready, before the last caller reached the flight, which then answers
+    "already running" as a later create does."""
+
+    def __init__(self, inner: wl.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        super().__init__(inner, delay=1.0, max_delay=0.005, seed=1)
+        self._all_in: anyio.Event | None = None
+        self._expected = self.arrived = 0
+        run = _flight.SingleFlight.run
+
+        async def counted(flights: Any, key: Any, call: Callable[[], Awaitable[Any]], share: Any) -> Any:
+            if self._all_in is not None:
+                self.arrived += 1
+                if self.arrived >= self._expected:
+                    self._all_in.set()
+            return await run(flights, key, call, share)
+
+        monkeypatch.setattr(_flight.SingleFlight, "run", counted)
+
+    def arm(self, n: int) -> None:
+        self._all_in, self._expected, self.arrived = anyio.Event(), n, 0
+
+    async def create_workspace(self, *args: Any, **kwargs: Any) -> wl.Outcome:
+        if self._all_in is not None:
+            with anyio.move_on_after(10):
+                await self._all_in.wait()
+        return await super().create_workspace(*args, **kwargs)
+
+
+async def test_concurrent_creates_share_one_create_workspace(
+    store: wl.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counting = HeldCreate(store, monkeypatch)
     async with (
         wl.SimulatedProvisioner(store, build_seconds=0.01),
         wl.Lifecycle(counting, build_timeout=30, agent_timeout=30) as lc,
     ):
         await lc.register_chat("c", owner=OWNER)
+        counting.arm(N)  # the create lands once every caller has reached the flight
         results = await _together(N, lambda: lc.create_workspace("c", owner=OWNER, name="dev"))
+    assert counting.arrived == N  # every caller asked the single-flight, one wrote
     assert counting.calls["create_workspace"] == 1
     assert sum(r.data.get("created") is True for r in results) == 1  # Coder's answer to its creator
     assert len({r.data["build_id"] for r in results}) == 1
