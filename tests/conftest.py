@@ -16,7 +16,6 @@ import fcntl
 import hashlib
 import os
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -97,19 +96,11 @@ def _server_lock(mode: int) -> Iterator[None]:
 def pg_exclusive(pg_url: str) -> Iterator[str]:
     """The server to oneself (to restart it): waits until no other test is using it, and hands
     it back only once it answers again (whatever the test did to it)."""
-    import psycopg
+    from pg_server import wait_until_answering
 
     with _server_lock(fcntl.LOCK_EX):
         yield pg_url
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with psycopg.connect(pg_url, connect_timeout=2):
-                    break
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_until_answering(pg_url, seconds=120, pause=0.2)
 
 
 @pytest.fixture(autouse=True)

@@ -268,3 +268,48 @@ class TestNoCircle:
         graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
         assert circles(graph) == [["a", "b", "c"]]
         assert len(import_graph()) > 100  # every module of the package was read
+
+
+#: The size limits of issue 24: a file, a class, a function (lines, from ``def``/``class`` to
+#: its last line, decorators excluded).
+MAX_FILE, MAX_CLASS, MAX_FUNCTION = 700, 350, 70
+
+
+def oversized(path: Path, source: str) -> list[str]:
+    """Each place of ``source`` (read from ``path``) over a size limit, as ``file[:name] lines``."""
+    found = []
+    lines = source.count("\n")
+    if lines > MAX_FILE:
+        found.append(f"{path} {lines} > {MAX_FILE}")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            limit = MAX_CLASS if isinstance(node, ast.ClassDef) else MAX_FUNCTION
+            length = (node.end_lineno or node.lineno) - node.lineno + 1
+            if length > limit:
+                found.append(f"{path}:{node.name} {length} > {limit}")
+    return found
+
+
+class TestSizes:
+    def test_no_file_class_or_function_over_its_limit(self) -> None:
+        """Issue 24's done-means, kept: a module a reader can hold in mind."""
+        found = [
+            place
+            for path in sorted(PACKAGE.rglob("*.py"))
+            for place in oversized(path.relative_to(PACKAGE.parent), path.read_text(encoding="utf-8"))
+        ]
+        assert found == []
+
+    def test_the_check_finds_each_kind(self) -> None:
+        body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION))
+        source = f"def f():\n{body}\n" * 11
+        found = oversized(Path("m.py"), f"class C:\n    def g(self):\n        pass\n{source}")
+        assert (
+            found
+            == [f"m.py {source.count(chr(10)) + 3} > {MAX_FILE}"]
+            + [f"m.py:f {MAX_FUNCTION + 1} > {MAX_FUNCTION}"] * 11
+        )
+        cls = "class C:\n" + "".join(
+            f"    def m{i}(self):\n        pass\n" for i in range(MAX_CLASS // 2 + 1)
+        )
+        assert oversized(Path("c.py"), cls) == [f"c.py:C {MAX_CLASS + 3} > {MAX_CLASS}"]

@@ -35,6 +35,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from processes import marked, running
 
 import workspace_lifecycle as wl
 
@@ -75,29 +76,6 @@ while True:
     conn, _ = sock.accept()
     conn.close()
 """
-
-
-def running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def marked(workspace_id: str) -> list[int]:
-    """Every running process whose environment carries ``workspace_id``'s marker."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        for var in environ.split(b"\0"):
-            if var.startswith(b"WL_WORKSPACE=") and var.split(b"/")[1:2] == [workspace_id.encode()]:
-                pids.append(int(entry))
-    return [pid for pid in pids if running(pid)]
 
 
 class ContainmentHistories(RuleBasedStateMachine):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from processes import marked, running
 
 import workspace_lifecycle as wl
 
@@ -36,30 +37,6 @@ def store_backend(request: pytest.FixtureRequest) -> tuple[str, str]:
 def daemonising() -> list[str]:
     """Serves, after leaving a daemon (double fork + setsid) that writes ./daemon.pid."""
     return [sys.executable, HOSTILE, "daemon", "{port}"]
-
-
-def running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-def marked(workspace_id: str) -> list[int]:
-    """Every running process whose environment names ``workspace_id`` in a workspace marker
-    (read here from ``/proc``, not by the library)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        for var in environ.split(b"\0"):
-            if var.startswith(b"WL_WORKSPACE=") and var.split(b"/")[1:2] == [workspace_id.encode()]:
-                pids.append(int(entry))
-    return [pid for pid in pids if running(pid)]
 
 
 async def until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:

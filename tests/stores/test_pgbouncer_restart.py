@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import psycopg
 import pytest
+from pg_server import wait_until_answering
 
 import workspace_lifecycle as wl
 from bench import pgbouncer
@@ -42,15 +43,7 @@ def _stop_a_while(pg_url: str, seconds: float) -> None:
         )
         if action == "stop":
             time.sleep(seconds)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with psycopg.connect(pg_url, connect_timeout=2):
-                return
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    wait_until_answering(pg_url)
 
 
 @pytest.fixture

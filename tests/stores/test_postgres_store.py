@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import anyio
 import psycopg
 import pytest
+from pg_server import wait_until_answering
 
 import workspace_lifecycle as wl
 from workspace_lifecycle import AgentLifecycle, JobStatus, Transition
@@ -427,15 +428,7 @@ def _restart_server(pg_url: str) -> None:
         capture_output=True,
         timeout=60,
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with psycopg.connect(pg_url, connect_timeout=2):
-                return
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    wait_until_answering(pg_url)
 
 
 @pytest.mark.slow
