@@ -36,6 +36,7 @@ RULES = [
 ]
 INVARIANTS = [
     "derived_equals_applied",
+    "no_agent_ready_answer_for_an_agent_not_ready",
     "no_idle_stop_while_held",
     "no_owner_above_its_limits",
     "pool_members_belong_to_no_chat",

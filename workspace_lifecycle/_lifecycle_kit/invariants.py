@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 from hypothesis import strategies as st
-from hypothesis.stateful import invariant, rule
+from hypothesis.stateful import invariant, precondition, rule
 
 from .. import pools
+from ..values import AgentLifecycle, JobStatus, Transition, WorkspaceState
 from .base import MachineBase
 
 
 class Invariants(MachineBase):
-    """Rows and events agree, no owner above its limits, pools hold no chat's workspace."""
+    """Rows and events agree, no owner above its limits, pools hold no chat's workspace, no
+    answer calls an agent ready that is not."""
 
     @rule(data=st.data(), pick=st.integers(0, 2**16))
     def redeliver(self, data: st.DataObject, pick: int) -> None:
@@ -72,3 +74,28 @@ class Invariants(MachineBase):
             derived = self._check_workspace(ws)
             if self.simulated:
                 assert self.call(self.lc.state, chat) is derived
+
+    @precondition(lambda self: self.simulated)
+    @invariant()
+    def no_agent_ready_answer_for_an_agent_not_ready(self) -> None:
+        """The runtime never holds a workspace ``agent_ready`` (the state every answer and status
+        is made from) unless the stored agent of its latest build, a succeeded start, is ready:
+        an agent that stopped answering (``disconnected``) or never became ready is never
+        answered ready (issue 29). Read with ``state``, which, unlike ``status``, is no activity
+        (a status would push the idle deadline at every step)."""
+        for chat in self.chats:
+            ws = self._workspace(chat)
+            if ws is None:
+                continue
+            if self.call(self.lc.state, chat) is not WorkspaceState.AGENT_READY:
+                continue
+            facts = self.call(self.store.workspace_facts, ws)
+            latest, agent = facts.latest_build, facts.agent
+            assert (
+                latest is not None
+                and latest.transition is Transition.START
+                and latest.status is JobStatus.SUCCEEDED
+                and agent is not None
+                and agent.build_number == latest.number
+                and agent.lifecycle is AgentLifecycle.READY
+            ), f"{chat} answered agent_ready; stored: {latest}, {agent}"
