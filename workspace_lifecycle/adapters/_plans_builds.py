@@ -51,7 +51,8 @@ class Renew(Plan[float]):
     __slots__ = ("_until", "clock", "lease_seconds")
 
     def __init__(self, build_id: str, token: str, lease_seconds: float, clock: Callable[[], float]) -> None:
-        super().__init__(Read.build(build_id), token)
+        # A renewal decides on the build and its workspace alone: no chat row to guard.
+        super().__init__(Read.build(build_id, related=False), token)
         self.lease_seconds, self.clock = lease_seconds, clock
 
     def decide(self, rows: Rows) -> writes.Write | None:

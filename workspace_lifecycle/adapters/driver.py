@@ -83,7 +83,8 @@ class Read:
     key: str = ""
     #: Whether the decision needs the related rows too: for a WORKSPACE read its chat's row
     #: (a driver that guards by versions then guards the chat's as well), for a CHAT read the
-    #: facts of the workspace it is bound to.
+    #: facts of the workspace it is bound to, for a BUILD read its workspace's chat (a driver may
+    #: still return the chat, but need not guard it: a lease's renewal never reads it).
     related: bool = True
     #: For a WORKSPACE read: whether the decision needs the workspace's latest build and the
     #: log's head. When it does not (an agent's report without a lease), a driver may skip them:
@@ -129,8 +130,8 @@ class Read:
         return cls(ReadKind.OWNER, owner, False, usage=True)
 
     @classmethod
-    def build(cls, build_id: str) -> Read:
-        return cls(ReadKind.BUILD, build_id)
+    def build(cls, build_id: str, *, related: bool = True) -> Read:
+        return cls(ReadKind.BUILD, build_id, related)
 
     @classmethod
     def pending(cls) -> Read:

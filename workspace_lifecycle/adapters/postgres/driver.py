@@ -178,11 +178,13 @@ class PostgresDriver(Driver):
     async def _guarded(self, plan: Plan[T], conn: Conn, attempt: Attempt) -> T | Retry:
         """One try of a guarded plan (see the module docstring) on ``conn``."""
         # Only a decision on known rows (which may be old) pipelines the re-read of a lost
-        # guard: rows read in this try, or just re-read, are rarely changed one round trip later.
-        reread = False
+        # guard: rows read in this try, or just re-read, are rarely changed one round trip later;
+        # and only while that operation's guards are lost often enough for it to pay.
+        on_known = False
         decided = self._on_fresh(plan, conn)
         if decided is None and (decided := self._on_known(plan, conn)) is not None:
-            reread = True
+            on_known = True
+        reread = on_known and self.committer.reread_pays(plan.op)
         write, seen, known = decided or await self._on_read(plan, conn)
         if write is None:
             return plan.answer(0)
@@ -198,6 +200,8 @@ class PostgresDriver(Driver):
             committer.forget(seen)
             raise
         committer.remember(known, seen, write, head)
+        if on_known:
+            committer.guard_lost(plan.op, head is None)
         if head is None:
             if seen.unlimited_owner is not None and not committer.changed_since(seen):
                 # Not the rows (they are as read, or unknown): limits stored for the owner may
@@ -263,6 +267,8 @@ class PostgresDriver(Driver):
             rows = _rows_of(read, known)
         elif read.kind is ReadKind.BUILD:
             rows, seen = await sql.read_build(conn, read.key)
+            if seen is not None and not read.related:
+                seen = Seen(seen.workspace_id, seen.version)
         elif read.kind is ReadKind.LOG:  # a build's log: not among the known rows
             rows, seen = await sql.read_build(conn, read.key)
             rows.log = await sql.read_log_row(conn, read.key)
