@@ -199,7 +199,13 @@ def identifier(kind: str, value: object, *, most: int = MAX_IDENTIFIER) -> str:
     if (
         isinstance(value, str)
         and 0 < len(value) <= most
-        and not any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in value)
+        # ASCII's only refused characters are its controls, the ones it does not print: one C
+        # call instead of a category per character (every request checks two ids).
+        and (
+            value.isprintable()
+            if value.isascii()
+            else not any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in value)
+        )
     ):
         return value
     raise ValueError(

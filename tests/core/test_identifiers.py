@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from workspace_lifecycle import checks
 
@@ -62,3 +66,15 @@ class TestWorkspaceName:
         with pytest.raises(ValueError, match=r"^--name must be 1 to 32 letters, digits and single hyphens"):
             checks.workspace_name("--name", name)
         assert not checks.workspace_name_valid(name)
+
+
+@given(st.text(max_size=12) | st.text(st.characters(max_codepoint=0x7F), max_size=12))
+def test_an_id_is_refused_exactly_for_its_characters_categories(value: str) -> None:
+    """The rule, restated per character: 1 to 128 characters, none a control (Cc), a lone
+    surrogate (Cs) or a line or paragraph separator (Zl, Zp); ASCII text takes a shortcut."""
+    allowed = len(value) > 0 and not any(unicodedata.category(c) in {"Cc", "Cs", "Zl", "Zp"} for c in value)
+    if allowed:
+        assert checks.identifier("chat_id", value) == value
+    else:
+        with pytest.raises(ValueError, match="chat_id must be valid UTF-8 text"):
+            checks.identifier("chat_id", value)
