@@ -248,7 +248,11 @@ class SimulatedProvisioner(BackgroundService):
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         reap_leases: bool = True,
     ) -> None:
-        if isinstance(fail, (int, float)) and not isinstance(fail, bool) and not 0.0 <= fail <= 1.0:
+        if not (
+            fail is None
+            or callable(fail)
+            or (isinstance(fail, int | float) and not isinstance(fail, bool) and 0.0 <= fail <= 1.0)
+        ):
             raise ValueError(f"fail must be a predicate or a probability in [0, 1], not {fail!r}")
         self.store = store
         self.clock = resolve_clock(clock, store, who="SimulatedProvisioner")

@@ -139,3 +139,18 @@ def test_bad_arguments() -> None:
         wl.SimulatedProvisioner(wl.MemoryStore(), build_seconds=-1)
     with pytest.raises(ValueError):
         wl.SimulatedProvisioner(wl.MemoryStore(), agent="sleepy")
+
+
+@pytest.mark.parametrize("fail", ["5", "0.5", True, -0.1, 1.5, float("nan"), float("inf"), [0.5], b"1"])
+def test_a_fail_that_is_neither_a_probability_nor_a_predicate_is_refused_at_construction(
+    fail: object,
+) -> None:
+    """Found by an independent attack: ``fail="5"`` passed construction and raised ``TypeError``
+    at the first build, ending the provisioner and its host's ``async with``."""
+    with pytest.raises(ValueError, match="fail must be a predicate or a probability in \\[0, 1\\]"):
+        wl.SimulatedProvisioner(wl.MemoryStore(), fail=fail)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fail", [None, 0, 1, 0.3, lambda build: False])
+def test_a_probability_or_a_predicate_is_a_fail(fail: object) -> None:
+    assert wl.SimulatedProvisioner(wl.MemoryStore(), fail=fail).fail is fail  # type: ignore[arg-type]

@@ -180,10 +180,8 @@ class PostgresDriver(Driver):
         # Only a decision on known rows (which may be old) pipelines the re-read of a lost
         # guard: rows read in this try, or just re-read, are rarely changed one round trip later;
         # and only while that operation's guards are lost often enough for it to pay.
-        on_known = False
         decided = self._on_fresh(plan, conn)
-        if decided is None and (decided := self._on_known(plan, conn)) is not None:
-            on_known = True
+        on_known = decided is None and (decided := self._on_known(plan, conn)) is not None
         reread = on_known and self.committer.reread_pays(plan.op)
         write, seen, known = decided or await self._on_read(plan, conn)
         if write is None:
@@ -266,9 +264,7 @@ class PostgresDriver(Driver):
         elif read.kind is ReadKind.BUILD and (known := await self._read_claimed(conn, read.key)):
             rows = _rows_of(read, known)
         elif read.kind is ReadKind.BUILD:
-            rows, seen = await sql.read_build(conn, read.key)
-            if seen is not None and not read.related:
-                seen = Seen(seen.workspace_id, seen.version)
+            rows, seen = await sql.read_build(conn, read.key, related=read.related)
         elif read.kind is ReadKind.LOG:  # a build's log: not among the known rows
             rows, seen = await sql.read_build(conn, read.key)
             rows.log = await sql.read_log_row(conn, read.key)

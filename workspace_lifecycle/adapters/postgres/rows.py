@@ -198,9 +198,10 @@ async def parse_known_row(cur: psycopg.AsyncCursor[TupleRow]) -> Known | None:
     return None if row is None else parse_known(row)
 
 
-async def read_build(conn: Conn, build_id: str) -> tuple[Rows, Seen | None]:
+async def read_build(conn: Conn, build_id: str, *, related: bool = True) -> tuple[Rows, Seen | None]:
     """A build with its workspace and chat rows (the chat's policy arms the next deadline when
-    it finishes) and the guard of a write decided on them; no rows if there is no such build."""
+    it finishes) and the guard of a write decided on them (on the chat's row too if
+    ``related``); no rows if there is no such build."""
     cur = await conn.execute(
         f"SELECT {_BUILD_COLUMNS}, {_WORKSPACE_COLUMNS}, {_CHAT_COLUMNS}, c.version"
         " FROM builds b JOIN workspaces w ON w.workspace_id = b.workspace_id"
@@ -213,7 +214,9 @@ async def read_build(conn: Conn, build_id: str) -> tuple[Rows, Seen | None]:
     b, w = _BUILD_WIDTH, _BUILD_WIDTH + _WORKSPACE_WIDTH
     ws = parse_workspace(row[b:w])
     chat = parse_chat(row[w + 1 : w + 1 + _CHAT_WIDTH])
-    seen = Seen(ws.workspace_id, int(row[w]), chat.chat_id, int(row[w + 1 + _CHAT_WIDTH]))
+    seen = Seen(ws.workspace_id, int(row[w]))
+    if related:
+        seen = Seen(ws.workspace_id, int(row[w]), chat.chat_id, int(row[w + 1 + _CHAT_WIDTH]))
     return Rows(chat, None, parse_build(row[:b]), ws), seen
 
 
