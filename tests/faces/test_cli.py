@@ -403,6 +403,27 @@ def _ctrl_c(proc: subprocess.Popen[str]) -> str:
 
 
 @needs_sqlite
+@pytest.mark.parametrize("kind", ["--simulate", "--process"])
+def test_sigterm_stops_a_provisioner_as_ctrl_c_does(tmp_path: Path, kind: str) -> None:
+    """A service manager stops ``provision`` with SIGTERM (systemd, Docker, Kubernetes): it exits
+    0 after the same shutdown as Ctrl-C, not killed by the signal's default action (found by an
+    independent attack: exit -15, its cgroup left behind)."""
+    url = f"sqlite:///{tmp_path / 'term.db'}"
+    extra = (
+        ["--root", str(tmp_path / "ws"), "--", sys.executable, "-c", "pass"]
+        if kind == "--process"
+        else list(FAST)
+    )
+    provisioner = _interruptible("provision", kind, "--db", url, *extra)
+    assert provisioner.stderr is not None
+    assert "Ctrl-C" in provisioner.stderr.readline()  # up: its handlers are in place
+    provisioner.send_signal(signal.SIGTERM)
+    _, err = provisioner.communicate(timeout=20)
+    assert provisioner.returncode == 0, err
+    assert "Traceback" not in err
+
+
+@needs_sqlite
 def test_two_terminals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """provision --simulate in one process, start in another, on one SQLite file (issue 3)."""
     url = f"sqlite:///{tmp_path / 'shared.db'}"

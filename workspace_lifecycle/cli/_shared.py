@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -235,12 +236,31 @@ def run(fn: Callable[..., Awaitable[int]], *args: Any) -> int:
 
 
 def interruptible(fn: Callable[..., Awaitable[int]], *args: Any) -> int:
-    """Run until done or Ctrl-C; Ctrl-C is the normal way to stop, so it exits 0."""
+    """Run until done, Ctrl-C or SIGTERM. Both are the normal way to stop (a terminal's, a
+    service manager's: systemd, Docker and Kubernetes send SIGTERM), so both exit 0; SIGTERM
+    cancels the command, so its ``async with`` blocks end as they do on any exit (a
+    provisioner's workers, leases and cgroups), where the default action killed the process."""
     try:
-        return run(fn, *args)
+        return run(_until_terminated, fn, *args)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 0
+
+
+async def _until_terminated(fn: Callable[..., Awaitable[int]], *args: Any) -> int:
+    result = 0
+
+    async def on_sigterm(scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM) as received:
+            async for _ in received:
+                scope.cancel()
+                return
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(on_sigterm, tg.cancel_scope)
+        result = await fn(*args)
+        tg.cancel_scope.cancel()
+    return result
 
 
 # --- stores -----------------------------------------------------------------------------------
