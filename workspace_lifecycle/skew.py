@@ -27,7 +27,8 @@ own clock. The margin is ``skew_margin`` (a setting, 0 by default: see
 which stands for how far behind the store the replicas that stamped the time may run (no
 replica can measure another's clock), plus how far this replica's own clock may run ahead of
 the store's by its last measurement (``uncertainty - offset``, 0 when it is behind or nothing
-was measured). So a deadline never fires early by the store's clock unless the replica that
+was measured; only a :class:`~workspace_lifecycle.Lifecycle` measures, so a ``LeaseReaper``'s
+margin is its ``skew_margin`` alone). So a deadline never fires early by the store's clock unless the replica that
 stamped it ran behind the store by more than ``skew_margin``; it may fire that much late.
 
 >>> skew = measure(sent=100.0, store=105.2, received=100.4)
