@@ -9,6 +9,7 @@ Each is one compare-and-set decided from the rows its transaction read (see
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypeGuard
 
 import attrs
 
@@ -96,11 +97,7 @@ def create_workspace(
     (['chat_bound', 'build_queued'], 'w1')
     >>> create_workspace(chat, expected_workspace_id="w0", workspace_id="w1", build_id="b1", name="dev", at=0)
     """
-    if chat is None:
-        raise NotFoundError("no such chat")
-    if chat.workspace_id != expected_workspace_id:
-        return None
-    if expected_workspace_id is not None and (replaced is None or not _replaceable(replaced)):
+    if not _may_bind(chat, expected_workspace_id, replaced):
         return None
     check_quota(usage, limits, adds_running=True, adds_workspace=True)
     ws = Workspace(workspace_id, chat.chat_id, chat.owner, name)
@@ -122,6 +119,19 @@ def create_workspace(
         workspace=ws,
         chat=attrs.evolve(chat, workspace_id=workspace_id),
     )
+
+
+def _may_bind(
+    chat: Chat | None, expected_workspace_id: str | None, replaced: WorkspaceFacts | None
+) -> TypeGuard[Chat]:
+    """The compare-and-set of a create (or a pool's claim): ``chat`` is still bound to
+    ``expected_workspace_id``, and the workspace it would leave (``replaced``) may be left;
+    :class:`~workspace_lifecycle.errors.NotFoundError` when there is no chat."""
+    if chat is None:
+        raise NotFoundError("no such chat")
+    if chat.workspace_id != expected_workspace_id:
+        return False
+    return expected_workspace_id is None or (replaced is not None and _replaceable(replaced))
 
 
 def _replaceable(facts: WorkspaceFacts) -> bool:
@@ -281,11 +291,7 @@ def claim_pooled(
     The member is read in the same transaction, so two claims never take the same one: the
     second reads it bound to the first chat (no longer a member) and takes another.
     """
-    if chat is None:
-        raise NotFoundError("no such chat")
-    if chat.workspace_id != expected_workspace_id:
-        return None
-    if expected_workspace_id is not None and (replaced is None or not _replaceable(replaced)):
+    if not _may_bind(chat, expected_workspace_id, replaced):
         return None
     member = pools.choose(members, chat.chat_id, at)
     if member is None:

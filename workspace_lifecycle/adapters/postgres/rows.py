@@ -214,9 +214,10 @@ async def read_build(conn: Conn, build_id: str, *, related: bool = True) -> tupl
     b, w = _BUILD_WIDTH, _BUILD_WIDTH + _WORKSPACE_WIDTH
     ws = parse_workspace(row[b:w])
     chat = parse_chat(row[w + 1 : w + 1 + _CHAT_WIDTH])
-    seen = Seen(ws.workspace_id, int(row[w]))
     if related:
         seen = Seen(ws.workspace_id, int(row[w]), chat.chat_id, int(row[w + 1 + _CHAT_WIDTH]))
+    else:
+        seen = Seen(ws.workspace_id, int(row[w]))
     return Rows(chat, None, parse_build(row[:b]), ws), seen
 
 
