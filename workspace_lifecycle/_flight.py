@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from .adapters.base import Store
 from .values import Chat
@@ -32,12 +33,32 @@ T = TypeVar("T")
 
 
 class _Flight(Generic[T]):
-    __slots__ = ("done", "ok", "result")
+    """One call in flight. Its event is made only when a second caller waits on it: most
+    flights have nobody waiting, and an event costs more than the rest of the flight's
+    bookkeeping."""
+
+    __slots__ = ("_done", "finished", "ok", "result")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        self._done: anyio.Event | None = None
+        self.finished = False
         self.ok = False
         self.result: T
+
+    async def wait(self) -> None:
+        """Until the call ended (a checkpoint if it has)."""
+        if self.finished:
+            await anyio.lowlevel.checkpoint()
+            return
+        if self._done is None:
+            self._done = anyio.Event()
+        await self._done.wait()
+
+    def end(self) -> None:
+        """The call ended (returned, raised or was cancelled): wake whoever waits."""
+        self.finished = True
+        if self._done is not None:
+            self._done.set()
 
 
 class SingleFlight(Generic[T]):
@@ -54,7 +75,7 @@ class SingleFlight(Generic[T]):
             flight = self._flights.get(key)
             if flight is None:
                 break
-            await flight.done.wait()
+            await flight.wait()
             if flight.ok:
                 self.shared += 1
                 return share(flight.result)
@@ -66,7 +87,7 @@ class SingleFlight(Generic[T]):
             return flight.result
         finally:
             del self._flights[key]
-            flight.done.set()
+            flight.end()
 
 
 class FreshRead(Generic[T]):
@@ -90,17 +111,17 @@ class FreshRead(Generic[T]):
             return await self._lead(key, self._running.setdefault(key, _Flight()), call)
         follow = self._next.get(key)
         if follow is not None:  # the next read is planned and has not started: join it
-            await follow.done.wait()
+            await follow.wait()
             if follow.ok:
                 self.shared += 1
                 return follow.result
             return await call()
         follow = self._next[key] = _Flight()
         try:
-            await running.done.wait()
+            await running.wait()
         except BaseException:
             del self._next[key]
-            follow.done.set()  # its waiters read for themselves
+            follow.end()  # its waiters read for themselves
             raise
         del self._next[key]
         newer = self._running.get(key)
@@ -110,11 +131,11 @@ class FreshRead(Generic[T]):
         # A caller who came after the last read ended started one already: it began after all
         # of ours asked, so it is fresh for them too. Hand its result on.
         try:
-            await newer.done.wait()
+            await newer.wait()
         finally:
             if newer.ok:
                 follow.result, follow.ok = newer.result, True
-            follow.done.set()  # not ok: its waiters read for themselves
+            follow.end()  # not ok: its waiters read for themselves
         if newer.ok:
             self.shared += 1
             return newer.result
@@ -127,7 +148,7 @@ class FreshRead(Generic[T]):
             return flight.result
         finally:
             del self._running[key]
-            flight.done.set()
+            flight.end()
 
 
 class SharedReads:

@@ -111,6 +111,8 @@ def seconds(
     ...
     ValueError: timeout must be a positive finite number of seconds (at most 3600), not 7200
     """
+    if type(value) is float and (value >= 0 if zero else value > 0) and value <= most:
+        return value  # the common case, in one test: NaN and infinities fail the comparisons
     if not isinstance(value, bool) and isinstance(value, int | float):
         number = _float(value)
         if number is not None and (number >= 0 if zero else number > 0) and number <= most:

@@ -64,6 +64,7 @@ __all__ = [
     "Hold",
     "JobStatus",
     "Lease",
+    "lease_due",
     "Policy",
     "Reason",
     "StateChange",
@@ -230,6 +231,12 @@ def parse_lease(token: object, expires_at: object, *, key: object) -> tuple[str 
     return token, float(expires_at)
 
 
+def lease_due(expires_at: float, now: float) -> bool:
+    """Has a lease that runs out at ``expires_at`` run out at ``now``? The one comparison of a
+    lease's end (:meth:`Lease.due`, and a fencing check on a build's columns): at its expiry itself it has."""
+    return expires_at <= now
+
+
 @attrs.frozen
 class Lease:
     """A claimed build's lease as stored: who holds it (``worker``, fencing ``token``) and
@@ -259,7 +266,7 @@ class Lease:
         >>> lease.due(99.9), lease.due(100.0)
         (False, True)
         """
-        return self.expires_at <= now
+        return lease_due(self.expires_at, now)
 
     def renewed(self, expires_at: float) -> Lease:
         """The same lease, running out at ``expires_at`` instead."""

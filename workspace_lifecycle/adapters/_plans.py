@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import attrs
-
 from .. import writes
 from ..errors import NotFoundError
 from ..values import WorkspaceFacts
@@ -40,7 +38,7 @@ def usage_needed(plan: Plan[Any], rows: Rows) -> None:
     ws = rows.workspace
     if not plan.read.usage and ws is not None and ws.deferred is not None and writes.needs_usage(ws):
         # The limits that apply: those stored for the owner, and the one the request carries.
-        raise ReadAgain(attrs.evolve(plan.read, usage=True, limited=ws.deferred.running_limit is not None))
+        raise ReadAgain(plan.read._replace(usage=True, limited=ws.deferred.running_limit is not None))
 
 
 def then_id(rows: Rows, new_id: Callable[[], str]) -> str | None:

@@ -32,7 +32,7 @@ class ClaimPooled(Plan[PoolClaim]):
     ) -> None:
         # A claim gives the owner a (running) workspace more: it counts its usage.
         read = Read.pool(pools.holder_id(pool), chat_id)
-        super().__init__(attrs.evolve(read, usage=True, limited=limits is not None))
+        super().__init__(read._replace(usage=True, limited=limits is not None))
         self.pool, self.name, self.expected, self.clock, self.limits = pool, name, expected, clock, limits
 
     def decide(self, rows: Rows) -> writes.Write | None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import ClassVar, Final, Generic, TypeVar
+from typing import ClassVar, Final, Generic, NamedTuple, TypeVar
 
 import attrs
 
@@ -71,9 +71,9 @@ class ReadKind(enum.Enum):
     POOL = "pool"
 
 
-@attrs.frozen
-class Read:
-    """The rows a :class:`Plan` decides on.
+class Read(NamedTuple):
+    """The rows a :class:`Plan` decides on. (A named tuple: one is made per write, at half the
+    cost of a frozen attrs class; ``read._replace(usage=True)`` makes a changed copy.)
 
     >>> Read.workspace("w1")
     Read(kind=<ReadKind.WORKSPACE: 'workspace'>, key='w1', related=True, latest=True, usage=False, limited=True, claimant='')

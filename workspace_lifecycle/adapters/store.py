@@ -91,7 +91,13 @@ class DriverStore(Store):
 
     async def _transact(self, plan: Plan[T]) -> T:
         """Run ``plan`` until it is answered (a lost guard reads and decides again)."""
-        for _ in range(MAX_DECISIONS):
+        try:
+            result = await self.driver.transact(plan)
+        except ReadAgain as more:
+            plan.read, result = more.read, RETRY
+        if result is not RETRY:  # the first decision stands: the common case, with no loop set up
+            return result  # type: ignore[return-value]
+        for _ in range(MAX_DECISIONS - 1):
             try:
                 result = await self.driver.transact(plan)
             except ReadAgain as more:

@@ -204,7 +204,7 @@ class PostgresDriver(Driver):
             if seen.unlimited_owner is not None and not committer.changed_since(seen):
                 # Not the rows (they are as read, or unknown): limits stored for the owner may
                 # have failed it. Decide again counting its usage, under its lock.
-                plan.read = attrs.evolve(plan.read, limited=True)
+                plan.read = plan.read._replace(limited=True)
             return RETRY
         if plan.read.kind is ReadKind.PENDING and write.build is not None:
             committer.claimed_build(write.build)
