@@ -40,6 +40,15 @@ def check_ids(chat_id: str | None, owner: str | None) -> None:
         check_id("owner", owner)
 
 
+def owned(chat: Chat | None, chat_id: str, owner: str) -> Chat:
+    """``chat`` (as read for ``chat_id``) if it is ``owner``'s; an unknown chat, or another
+    owner's, raises the same :class:`~workspace_lifecycle.errors.NotFoundError`. (A check of
+    the row read, not a read of its own: a touch comes with every chat message.)"""
+    if chat is None or chat.owner != owner:
+        raise NotFoundError(f"no chat {chat_id!r} for this owner")
+    return chat
+
+
 class Requests:
     """The request side of one runtime, over its ``engine``'s parts."""
 
@@ -48,14 +57,6 @@ class Requests:
         self.clock = clock
         self.engine = engine
         self.warm = warm
-
-    async def owned_chat(self, chat_id: str, owner: str) -> Chat:
-        """``owner``'s chat ``chat_id``; an unknown chat, or another owner's, raises the same
-        :class:`~workspace_lifecycle.errors.NotFoundError`."""
-        chat = await self.store.get_chat(chat_id)
-        if chat is None or chat.owner != owner:
-            raise NotFoundError(f"no chat {chat_id!r} for this owner")
-        return chat
 
     async def register_chat(self, chat_id: str, owner: str, policy: Policy | None, default: Policy) -> Chat:
         check_id("chat_id", chat_id)
@@ -77,14 +78,14 @@ class Requests:
     async def touch(self, chat_id: str, owner: str) -> Deadline | None:
         check_id("chat_id", chat_id)
         check_id("owner", owner)
-        return await self.engine.activity.touch(await self.owned_chat(chat_id, owner))
+        return await self.engine.activity.touch(owned(await self.store.get_chat(chat_id), chat_id, owner))
 
     @asynccontextmanager
     async def turn(self, chat_id: str, owner: str) -> AsyncIterator[Turn]:
         check_id("chat_id", chat_id)
         check_id("owner", owner)
         self.engine.raise_if_failed()
-        chat = await self.owned_chat(chat_id, owner)
+        chat = owned(await self.store.get_chat(chat_id), chat_id, owner)
         async with self.engine.holds.hold(chat) as held:
             yield held
 

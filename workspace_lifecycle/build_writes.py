@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-import attrs
-
 from . import buildlogs, checks, deadlines, pools
+from ._replace import replace
 from .buildlogs import BuildLog
 from .endpoints import check_endpoints
 from .errors import BuildConflictError, LeaseLostError, NotFoundError, QuotaExceededError
@@ -73,8 +72,8 @@ def _act_on_deferred(
     done = write.build
     if intent is None or done is None:
         return write
-    cleared = attrs.evolve(write.workspace or ws, deferred=None)
-    write = attrs.evolve(write, workspace=cleared)
+    cleared = replace(write.workspace or ws, deferred=None)
+    write = replace(write, workspace=cleared)
     if intent.behind != done.number or then_build_id is None:
         return write
     after = WorkspaceFacts(cleared, done, write.agent, 0)
@@ -95,7 +94,7 @@ def _act_on_deferred(
         return write
     if fired is None:  # a start whose chat moved on to another workspace
         return write
-    return attrs.evolve(
+    return replace(
         write,
         events=write.events + fired.events,
         then=fired.build,
@@ -116,7 +115,7 @@ def claim_build(
     ``token``, made by the adapter) that runs out ``lease_seconds`` after ``at`` unless renewed."""
     if build.status is not JobStatus.PENDING:
         raise BuildConflictError(f"build {build.build_id} is {build.status.value}, not pending")
-    claimed = attrs.evolve(
+    claimed = replace(
         build,
         status=JobStatus.RUNNING,
         worker=worker,
@@ -153,7 +152,7 @@ def renew_lease(build: Build | None, ws: Workspace, token: str, *, at: float, le
     _check_lease(build, token, at=at)
     if not build.in_flight:
         raise LeaseLostError(f"build {build.build_id} finished ({build.status.value}); its lease is over")
-    return Write(events=(), build=attrs.evolve(build, lease_expires_at=at + seconds))
+    return Write(events=(), build=replace(build, lease_expires_at=at + seconds))
 
 
 def expire_lease(
@@ -194,7 +193,7 @@ def expire_lease(
         usage=usage,
     )
     assert write.build is not None
-    return attrs.evolve(write, build=attrs.evolve(write.build, lease_token=None))
+    return replace(write, build=replace(write.build, lease_token=None))
 
 
 def finish_build(
@@ -241,11 +240,11 @@ def finish_build(
     done = build.finished_as(parse_status(status), error, has_agent=has_agent, details=details)
     hint = buildlogs.failure_hint(log) if done.status is not JobStatus.SUCCEEDED else {}
     if hint:
-        done = attrs.evolve(done, details={**hint, **(done.details or {})})
+        done = replace(done, details={**hint, **(done.details or {})})
     if lease is None and done.lease_token is not None:
         # Finished by another party, not under its lease: its worker lost the lease (it can
         # no longer finish, report or renew with it, and holding() stops its work).
-        done = attrs.evolve(done, lease_token=None)
+        done = replace(done, lease_token=None)
     events = [
         new_event(
             EventKind.BUILD_FINISHED,
@@ -272,7 +271,7 @@ def _workspace_after(
     """The workspace row once ``done`` finished (``None``: unchanged), its events appended to
     ``events``: deleted by a succeeded delete, else its deadline re-armed by the chat's policy."""
     if done.status is JobStatus.SUCCEEDED and done.transition is Transition.DELETE:
-        workspace = attrs.evolve(ws, deleted=True, deadline=None)
+        workspace = replace(ws, deleted=True, deadline=None)
         events.append(new_event(EventKind.WORKSPACE_DELETED, workspace, done, at=at))
         return workspace
     # A pooled workspace nobody claimed keeps the deadline it was born with (its time to

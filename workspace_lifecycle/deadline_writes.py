@@ -8,9 +8,8 @@ Each is one compare-and-set decided from the rows its transaction read (see
 
 from __future__ import annotations
 
-import attrs
-
 from . import checks, deadlines
+from ._replace import replace
 from .errors import HoldLostError
 from .machine import DEADLINE_REQUEST, Decision, Tracker, derive_state
 from .request_writes import request_build
@@ -48,7 +47,7 @@ def fire_deadline(
         later = deadlines.held_past(ws.holds, chat.policy if chat is not None else Policy(), at)
         if later is not None:
             # Lapsed holds go: the deadline put off carries their latest end.
-            kept = attrs.evolve(ws, holds=deadlines.live_holds(ws.holds, at))
+            kept = replace(ws, holds=deadlines.live_holds(ws.holds, at))
             workspace, event = rearm(kept, later, at=at, build_number=number)
             return Write(events=(event,), workspace=workspace)
     if Tracker.from_facts(facts).decide(request) is Decision.FIRE:
@@ -80,7 +79,7 @@ def warn_deadline(facts: WorkspaceFacts, *, expected: Deadline, at: float) -> Wr
     if ws.deleted or ws.deadline != expected or deadlines.due_action(expected, at) is not deadlines.Due.WARN:
         return None
     latest = facts.latest_build
-    warned = attrs.evolve(expected, warned=True)
+    warned = replace(expected, warned=True)
     event = new_event(
         EventKind.DEADLINE_APPROACHING,
         ws,
@@ -91,7 +90,7 @@ def warn_deadline(facts: WorkspaceFacts, *, expected: Deadline, at: float) -> Wr
         reason=expected.reason,
         warn_at=expected.warn_at,
     )
-    return Write(events=(event,), workspace=attrs.evolve(ws, deadline=warned))
+    return Write(events=(event,), workspace=replace(ws, deadline=warned))
 
 
 def touch(facts: WorkspaceFacts, policy: Policy, *, at: float) -> Write | None:
@@ -136,7 +135,7 @@ def hold_turn(
     if ws.deleted:
         return None
     kept = tuple(hold for hold in ws.holds if hold.token != token and not hold.due(at))
-    return Write(events=(), workspace=attrs.evolve(ws, holds=(*kept, Hold(token, at + seconds))))
+    return Write(events=(), workspace=replace(ws, holds=(*kept, Hold(token, at + seconds))))
 
 
 def release_turn(facts: WorkspaceFacts, token: str, policy: Policy, *, at: float) -> Write | None:
@@ -149,7 +148,7 @@ def release_turn(facts: WorkspaceFacts, token: str, policy: Policy, *, at: float
     if ws.deleted or not any(hold.token == token for hold in ws.holds):
         return None
     kept = tuple(hold for hold in ws.holds if hold.token != token and not hold.due(at))
-    workspace = attrs.evolve(ws, holds=kept)
+    workspace = replace(ws, holds=kept)
     if kept:
         return Write(events=(), workspace=workspace)
     armed = deadlines.pushed_by_activity(derive_state(facts), policy, at)

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TypeGuard
 
-import attrs
-
 from . import deadlines, pools
+from ._replace import replace
 from .errors import NotFoundError, OwnershipError, QuotaExceededError
 from .limits import Limits, OwnerRow, Usage, counts_as_running, over_limit
 from .machine import derive_state
@@ -66,7 +65,7 @@ def register_chat(
         raise OwnershipError(f"chat {chat_id!r} is registered to another owner")
     if policy is None or policy == existing.policy:
         return None
-    return attrs.evolve(existing, policy=policy)
+    return replace(existing, policy=policy)
 
 
 def create_workspace(
@@ -117,7 +116,7 @@ def create_workspace(
         build=build,
         queued=True,
         workspace=ws,
-        chat=attrs.evolve(chat, workspace_id=workspace_id),
+        chat=replace(chat, workspace_id=workspace_id),
     )
 
 
@@ -199,7 +198,7 @@ def request_build(
     agent = facts.agent
     if transition is not Transition.START and agent is not None and agent.endpoints:
         # A workspace on its way down is reached nowhere: its endpoints go with this build.
-        agent = attrs.evolve(agent, endpoints={})
+        agent = replace(agent, endpoints={})
     else:
         agent = None
     return Write(events=tuple(events), build=build, queued=True, workspace=workspace, agent=agent)
@@ -301,10 +300,10 @@ def claim_pooled(
     latest = member.latest_build
     number = latest.number if latest else 0
     armed = deadlines.pushed_by_activity(derive_state(member), chat.policy, at)
-    ws = attrs.evolve(member.workspace, chat_id=chat.chat_id, owner=chat.owner, name=name)
+    ws = replace(member.workspace, chat_id=chat.chat_id, owner=chat.owner, name=name)
     ws, rearmed = rearm(ws, armed, at=at, build_number=number)
     bound = new_event(EventKind.CHAT_BOUND, ws, None, at=at, build_number=number, details={"pool": pool})
-    return Write(events=(bound, rearmed), workspace=ws, chat=attrs.evolve(chat, workspace_id=ws.workspace_id))
+    return Write(events=(bound, rearmed), workspace=ws, chat=replace(chat, workspace_id=ws.workspace_id))
 
 
 # --- after a write that may or may not have committed ---------------------------------------
@@ -390,7 +389,7 @@ def defer_request(
     )
     if intent == ws.deferred or (intent is None and ws.deferred is None):
         return None
-    workspace = attrs.evolve(ws, deferred=intent)
+    workspace = replace(ws, deferred=intent)
     event = new_event(
         EventKind.REQUEST_DEFERRED, ws, None, at=at, build_number=expected_build_number, transition=transition
     )

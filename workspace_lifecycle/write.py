@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import attrs
 
+from ._replace import replace
 from .buildlogs import BuildLog
 from .limits import OwnerRow
 from .values import Agent, Build, Chat, Deadline, EventKind, StoreEvent, Workspace, WorkspaceFacts
@@ -80,7 +81,7 @@ def rearm(
     ws: Workspace, armed: Deadline | None, *, at: float, build_number: int
 ) -> tuple[Workspace, StoreEvent]:
     """``ws`` with ``armed`` as its deadline, and the ``deadline_set`` event that says so."""
-    return attrs.evolve(ws, deadline=armed), new_event(
+    return replace(ws, deadline=armed), new_event(
         EventKind.DEADLINE_SET,
         ws,
         None,

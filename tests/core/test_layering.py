@@ -27,6 +27,7 @@ CORE = (
     "steps",
     "writes",
     "write",
+    "_replace",
     "request_writes",
     "build_writes",
     "deadline_writes",

@@ -259,11 +259,20 @@ class Driver(abc.ABC):
     async def aclose(self) -> None:
         """Release connections. Idempotent."""
 
+    #: Whether :meth:`transact_now` runs a plan: a driver whose transaction never waits (no I/O,
+    #: no lock to wait for, as the memory driver's dictionaries) may say so, and the store then
+    #: calls it without a coroutine. Every other driver (and every wrapper) leaves it ``False``.
+    immediate: ClassVar[bool] = False
+
     @abc.abstractmethod
     async def transact(self, plan: Plan[T]) -> T | Retry:
         """Run ``plan``: read ``plan.read`` in one snapshot, call ``plan.decide`` on the rows,
         persist its write (if any) atomically with the read, and return ``plan.answer(head)``;
         or write nothing and return :data:`RETRY` when the guard found the rows changed."""
+
+    def transact_now(self, plan: Plan[T]) -> T | Retry:
+        """:meth:`transact` as a plain call, for a driver that is :attr:`immediate`."""
+        raise NotImplementedError(f"{type(self).__name__} is not immediate: use transact")
 
     # --- plain reads ---------------------------------------------------------------------------
 

@@ -60,7 +60,12 @@ class MemoryDriver(Driver):
 
     # --- writes ----------------------------------------------------------------------------------
 
+    immediate = True  # a plan runs with no await between its read and its write
+
     async def transact(self, plan: Plan[T]) -> T | Retry:
+        return self.transact_now(plan)
+
+    def transact_now(self, plan: Plan[T]) -> T | Retry:
         self._check()
         read = plan.read
         rows = self._read_rows(read)

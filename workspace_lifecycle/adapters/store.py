@@ -56,7 +56,7 @@ from .base import (
     Store,
     Topic,
 )
-from .driver import RETRY, Driver, LogRead, Plan
+from .driver import RETRY, Driver, LogRead, Plan, Retry
 
 __all__ = ["MAX_DECISIONS", "DriverStore", "as_driver_store"]
 
@@ -64,6 +64,19 @@ T = TypeVar("T")
 
 #: Reads and decisions one write may take while other writers keep changing its rows.
 MAX_DECISIONS = 200
+
+
+#: The plain reads :class:`DriverStore` passes to its driver unchanged.
+_PASSED_THROUGH = (
+    "get_chat",
+    "workspace_facts",
+    "get_build",
+    "read_log",
+    "armed_deadlines",
+    "list_chats",
+    "head",
+    "read_events",
+)
 
 
 def _new_id() -> str:
@@ -82,6 +95,13 @@ class DriverStore(Store):
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
         self.url = driver.url
+        # The reads the driver answers as they are: its methods, bound once (each call then
+        # saves a coroutine of ours). A subclass that overrides one keeps its own.
+        # A driver whose transaction never waits runs a plan without a coroutine.
+        self._now = driver.transact_now if driver.immediate else None
+        for name in _PASSED_THROUGH:
+            if getattr(type(self), name) is getattr(DriverStore, name):
+                setattr(self, name, getattr(driver, name))
 
     async def open(self) -> None:
         await self.driver.open()
@@ -91,8 +111,12 @@ class DriverStore(Store):
 
     async def _transact(self, plan: Plan[T]) -> T:
         """Run ``plan`` until it is answered (a lost guard reads and decides again)."""
+        result: T | Retry
         try:
-            result = await self.driver.transact(plan)
+            if self._now is not None:
+                result = self._now(plan)
+            else:
+                result = await self.driver.transact(plan)
         except ReadAgain as more:
             plan.read, result = more.read, RETRY
         if result is not RETRY:  # the first decision stands: the common case, with no loop set up
