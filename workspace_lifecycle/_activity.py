@@ -42,13 +42,22 @@ class Activity:
 
     async def touch(self, chat: Chat) -> Deadline | None:
         """Push ``chat``'s idle deadline if that moves it enough; the deadline armed after."""
+        due, known = self.due(chat)
+        return await self.write(chat) if due else known
+
+    def due(self, chat: Chat) -> tuple[bool, Deadline | None]:
+        """Whether a touch of ``chat`` is worth a write, and the deadline armed if it is not
+        (most touches: a chat message within the slack of the last one needs no coroutine)."""
         workspace_id = chat.workspace_id
         if workspace_id is None or chat.policy.idle_stop_after is None:
-            return None
+            return False, None
         known = self._scheduler.known(workspace_id)
-        if not deadlines.touch_due(known, chat.policy, self._clock()):
-            return known
-        # Concurrent touches of one workspace share one write (and its answer).
+        return deadlines.touch_due(known, chat.policy, self._clock()), known
+
+    async def write(self, chat: Chat) -> Deadline | None:
+        """The touch's write (one for concurrent touches of a workspace, sharing its answer)."""
+        workspace_id = chat.workspace_id
+        assert workspace_id is not None, "due() said a workspace has a deadline to push"
         return await self._touches.run(workspace_id, lambda: self._write(workspace_id), _same)
 
     async def _write(self, workspace_id: str) -> Deadline | None:

@@ -78,7 +78,9 @@ class Requests:
     async def touch(self, chat_id: str, owner: str) -> Deadline | None:
         check_id("chat_id", chat_id)
         check_id("owner", owner)
-        return await self.engine.activity.touch(owned(await self.store.get_chat(chat_id), chat_id, owner))
+        chat = owned(await self.store.get_chat(chat_id), chat_id, owner)
+        due, known = self.engine.activity.due(chat)
+        return await self.engine.activity.write(chat) if due else known
 
     @asynccontextmanager
     async def turn(self, chat_id: str, owner: str) -> AsyncIterator[Turn]:

@@ -111,8 +111,9 @@ def seconds(
     ...
     ValueError: timeout must be a positive finite number of seconds (at most 3600), not 7200
     """
-    if type(value) is float and (value >= 0 if zero else value > 0) and value <= most:
-        return value  # the common case, in one test: NaN and infinities fail the comparisons
+    # The common case in one test (NaN and the infinities fail a comparison; a bool is no int here).
+    if (type(value) is float or type(value) is int) and (value >= 0 if zero else value > 0) and value <= most:
+        return float(value)
     if not isinstance(value, bool) and isinstance(value, int | float):
         number = _float(value)
         if number is not None and (number >= 0 if zero else number > 0) and number <= most:
@@ -183,6 +184,12 @@ def count(name: str, value: object, *, most: int = MAX_COUNT) -> int:
     raise ValueError(f"{name} must be a non-negative integer{bound}, not {_shown(value)}")
 
 
+#: Ids :func:`identifier` accepted lately, at its default bound (whether a string is an id
+#: depends on the string alone), up to :data:`_ACCEPTED_KEPT` of them, then forgotten at once.
+_ACCEPTED: set[str] = set()
+_ACCEPTED_KEPT = 4096
+
+
 def identifier(kind: str, value: object, *, most: int = MAX_IDENTIFIER) -> str:
     """``value`` as an id (a chat id, an owner), or ``ValueError`` in the one sentence every face
     says: valid UTF-8 text of 1 to ``most`` characters without control characters.
@@ -198,6 +205,8 @@ def identifier(kind: str, value: object, *, most: int = MAX_IDENTIFIER) -> str:
     ...
     ValueError: chat_id must be valid UTF-8 text of 1 to 128 characters without control characters (such as a newline), not 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...' (100000 characters)
     """
+    if most == MAX_IDENTIFIER and type(value) is str and value in _ACCEPTED:
+        return value  # accepted lately: one lookup (a chat's ids come back with every request)
     if (
         isinstance(value, str)
         and 0 < len(value) <= most
@@ -209,6 +218,10 @@ def identifier(kind: str, value: object, *, most: int = MAX_IDENTIFIER) -> str:
             else not any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in value)
         )
     ):
+        if most == MAX_IDENTIFIER and type(value) is str:
+            if len(_ACCEPTED) >= _ACCEPTED_KEPT:
+                _ACCEPTED.clear()
+            _ACCEPTED.add(value)
         return value
     raise ValueError(
         f"{kind} must be valid UTF-8 text of 1 to {most} characters without control characters"

@@ -27,6 +27,8 @@ MAX_ENDPOINTS = 16
 #: The longest URL an endpoint may have, in characters.
 MAX_URL_LENGTH = 2048
 #: A name: a letter, then up to 31 letters, digits, ``_`` or ``-`` (``http``, ``vscode-web``).
+#: Whitespace, as ``str.isspace`` says (both use Unicode's White_Space), found in one C loop.
+_SPACE = re.compile(r"\s")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
 
 
@@ -63,7 +65,7 @@ def _check_url(name: str, url: object) -> str:
         raise ValueError(f"endpoint {name!r} must be a URL string, not {type(url).__name__}")
     if len(url) > MAX_URL_LENGTH:
         raise ValueError(f"endpoint {name!r} is longer than {MAX_URL_LENGTH} characters")
-    if not url.isprintable() or any(c.isspace() for c in url):
+    if not url.isprintable() or _SPACE.search(url):
         raise ValueError(f"endpoint {name!r} holds whitespace or control characters")
     try:
         parts = urllib.parse.urlsplit(url)

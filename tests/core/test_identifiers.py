@@ -78,3 +78,30 @@ def test_an_id_is_refused_exactly_for_its_characters_categories(value: str) -> N
     else:
         with pytest.raises(ValueError, match="chat_id must be valid UTF-8 text"):
             checks.identifier("chat_id", value)
+
+
+class TestAcceptedLately:
+    """``identifier`` remembers the ids it accepted at its default bound (a lookup for a chat's
+    ids that come back with every request): a remembered id answers the same, nothing else is
+    remembered, and the memory is bounded."""
+
+    def test_a_remembered_id_answers_the_same_and_a_bad_one_is_never_remembered(self) -> None:
+        checks._ACCEPTED.clear()
+        assert checks.identifier("chat_id", "chat-remembered") == "chat-remembered"
+        assert "chat-remembered" in checks._ACCEPTED
+        assert checks.identifier("chat_id", "chat-remembered") == "chat-remembered"
+        for bad in ("", "a\nb", "x" * 129):
+            with pytest.raises(ValueError, match="chat_id must be valid UTF-8 text"):
+                checks.identifier("chat_id", bad)
+            assert bad not in checks._ACCEPTED
+
+    def test_a_tighter_bound_is_checked_whatever_was_remembered(self) -> None:
+        checks.identifier("owner", "a-long-owner-name")
+        with pytest.raises(ValueError, match="1 to 4 characters"):
+            checks.identifier("owner", "a-long-owner-name", most=4)
+
+    def test_the_memory_is_bounded(self) -> None:
+        checks._ACCEPTED.clear()
+        for i in range(checks._ACCEPTED_KEPT + 10):
+            checks.identifier("chat_id", f"c{i}")
+        assert len(checks._ACCEPTED) <= checks._ACCEPTED_KEPT

@@ -105,8 +105,10 @@ class MemoryDriver(Driver):
             return Rows()
         if kind is ReadKind.WORKSPACE:
             facts = self._facts_or_none(read.key)
-            chat = self._chats.get(facts.workspace.chat_id) if facts is not None and read.related else None
-            return Rows.of_facts(facts, chat)
+            if facts is None:
+                return Rows()
+            ws = facts.workspace
+            return Rows(self._chats.get(ws.chat_id) if read.related else None, facts, None, ws)
         if kind is ReadKind.BUILD or kind is ReadKind.LOG:
             build = self._builds.get(read.key)
             if build is None:
