@@ -36,6 +36,12 @@ def _check_site() -> ModuleType:
 check_site = _check_site()
 
 
+#: The three tests on the built site share one worker (``--dist loadgroup``), so that the
+#: module-scoped ``site`` is built once: spread over workers, each built it again (~6 s of CPU
+#: a build, on 2 cores).
+on_the_built_site = pytest.mark.xdist_group("docs-site")
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     built = tmp_path_factory.mktemp("docs") / "site"
@@ -48,12 +54,14 @@ def _page(site: Path, name: str) -> str:
 
 
 @pytest.mark.slow
+@on_the_built_site
 def test_the_diagram_is_an_image(site: Path) -> None:
     assert check_site.check_state_machine(_page(site, "state-machine"), site) == []
     assert (site / "workspace.svg").read_bytes() == (ROOT / "diagrams" / "workspace.svg").read_bytes()
 
 
 @pytest.mark.slow
+@on_the_built_site
 def test_the_reference_shows_signatures(site: Path) -> None:
     page = _page(site, "reference")
     assert check_site.check_reference(page, list(wl.__all__)) == []
@@ -62,6 +70,7 @@ def test_the_reference_shows_signatures(site: Path) -> None:
 
 
 @pytest.mark.slow
+@on_the_built_site
 def test_no_page_shows_a_raw_role(site: Path) -> None:
     problems = []
     for page in sorted(site.rglob("index.html")):
