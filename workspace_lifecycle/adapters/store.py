@@ -97,11 +97,14 @@ class DriverStore(Store):
         self.url = driver.url
         # The reads the driver answers as they are: its methods, bound once (each call then
         # saves a coroutine of ours). A subclass that overrides one keeps its own.
-        # A driver whose transaction never waits runs a plan without a coroutine.
-        self._now = driver.transact_now if driver.immediate else None
+        # A driver whose transaction never waits runs a plan without a coroutine. (A driver
+        # written to the protocol without subclassing Driver may lack either: it is not immediate,
+        # and a read it lacks fails when called, as it would without this binding.)
+        self._now = driver.transact_now if getattr(driver, "immediate", False) else None
         for name in _PASSED_THROUGH:
-            if getattr(type(self), name) is getattr(DriverStore, name):
-                setattr(self, name, getattr(driver, name))
+            read = getattr(driver, name, None)
+            if read is not None and getattr(type(self), name) is getattr(DriverStore, name):
+                setattr(self, name, read)
 
     async def open(self) -> None:
         await self.driver.open()
