@@ -142,6 +142,13 @@ async def measure(pg_url: str, seconds: float, rounds: int) -> dict[str, Any]:
     return data
 
 
+def _times(a: float, b: float) -> str:
+    """``a / b`` as ``"1.23x"``; a loop that completed nothing in its window (a loaded machine
+    in quick mode) has no ratio, and says so rather than dividing by zero."""
+    r = common.ratio(a, b)
+    return "no ratio (a loop completed nothing)" if r is None else f"{r:.2f}x"
+
+
 def rows(data: dict[str, Any]) -> list[common.Row]:
     """The RESULTS.md rows of :func:`measure`'s data."""
     out = []
@@ -173,11 +180,11 @@ def rows(data: dict[str, Any]) -> list[common.Row]:
             "events/s",
             d["bare"],
             "bare psycopg 1-row tx",
-            d["statement"] / d["bare"],
+            common.ratio(d["statement"], d["bare"]),
             "ours/bare",
             note=(
                 "the decision and its one guarded statement on one connection, without pool, group "
-                f"commit or error boundary; the store reaches {d['ours'] / d['statement']:.2f}x of it"
+                f"commit or error boundary; the store reaches {_times(d['ours'], d['statement'])} of it"
             ),
         )
     )
@@ -190,10 +197,10 @@ def rows(data: dict[str, Any]) -> list[common.Row]:
             "events/s",
             d["locked"],
             "bare 1-row tx + pg_advisory_xact_lock",
-            d["ours"] / d["locked"],
+            common.ratio(d["ours"], d["locked"]),
             "ours/bare",
             note=(
-                f"the bare loop itself: {d['locked'] / d['bare']:.2f}x of its unlocked rate; "
+                f"the bare loop itself: {_times(d['locked'], d['bare'])} of its unlocked rate; "
                 "one lock held until each commit is durable forfeits PostgreSQL's group commit"
             ),
         )

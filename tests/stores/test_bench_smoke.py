@@ -162,3 +162,24 @@ def test_percentiles_and_formatting() -> None:
     assert common.fmt(None) == "—"
     assert common.fmt_ratio(1234.0) == "1,234x"
     assert common.ratio(1.0, 0.0) is None
+
+
+def test_postgres_throughput_rows_survive_a_loop_that_completed_nothing() -> None:
+    """In quick mode on a loaded machine the 16-writer locked loop can finish no transaction in
+    its window (seen once in CI): its ratio is none, not a ZeroDivisionError."""
+    from bench import postgres_throughput
+
+    entry = {
+        "ours": 900.0,
+        "bare": 1000.0,
+        "ratio": 0.9,
+        "batch": 0.0,
+        "rounds": [0.9],
+        "statement": 0.0,
+        "locked": 0.0,
+    }
+    rows = postgres_throughput.rows({f"postgres_{w}": dict(entry) for w in postgres_throughput.WRITERS})
+    locked = next(r for r in rows if "commit-serialising lock" in r.figure)
+    assert locked.ratio is None  # ours over a locked loop that completed nothing
+    statement = next(r for r in rows if "write statement in a bare loop" in r.figure)
+    assert statement.ratio == 0.0 and "no ratio" in statement.note
