@@ -36,14 +36,11 @@ class Activity:
         if chat.policy.idle_stop_after is None or chat.workspace_id is None:
             return
         try:
-            await self.touch(chat)
+            due, _ = self.due(chat)
+            if due:
+                await self.write(chat)
         except (StoreError, CorruptStateError, NotFoundError) as exc:
             log.warning("touch of %s after a request failed: %s", chat.chat_id, exc)
-
-    async def touch(self, chat: Chat) -> Deadline | None:
-        """Push ``chat``'s idle deadline if that moves it enough; the deadline armed after."""
-        due, known = self.due(chat)
-        return await self.write(chat) if due else known
 
     def due(self, chat: Chat) -> tuple[bool, Deadline | None]:
         """Whether a touch of ``chat`` is worth a write, and the deadline armed if it is not

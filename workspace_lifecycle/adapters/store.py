@@ -115,18 +115,12 @@ class DriverStore(Store):
     async def _transact(self, plan: Plan[T]) -> T:
         """Run ``plan`` until it is answered (a lost guard reads and decides again)."""
         result: T | Retry
-        try:
-            if self._now is not None:
-                result = self._now(plan)
-            else:
-                result = await self.driver.transact(plan)
-        except ReadAgain as more:
-            plan.read, result = more.read, RETRY
-        if result is not RETRY:  # the first decision stands: the common case, with no loop set up
-            return result  # type: ignore[return-value]
-        for _ in range(MAX_DECISIONS - 1):
+        for _ in range(MAX_DECISIONS):
             try:
-                result = await self.driver.transact(plan)
+                if self._now is not None:
+                    result = self._now(plan)
+                else:
+                    result = await self.driver.transact(plan)
             except ReadAgain as more:
                 plan.read = more.read
                 continue
