@@ -179,8 +179,9 @@ class Interpreter:
             # Follow the chat while the create runs; once its workspace is held, stop following.
             async with registry.following(chat_id):
                 try:
+                    given = workspace_name(name)
                     outcome = await self._writer.create_workspace(
-                        chat_id, workspace_name(name), step.expected_workspace_id, parameters
+                        chat_id, given, step.expected_workspace_id, parameters
                     )
                 except QuotaExceededError as exc:  # decided in the store's transaction
                     return flow.refused(limit=exc.limit, used=exc.used, allowed=exc.allowed)
@@ -190,13 +191,15 @@ class Interpreter:
                     span.fired(outcome.build.build_id)
                     if not flow.wait:
                         flow.tracking(ws)
-                        answer = flow.created(fired=True, build=outcome.build)
+                        answer = flow.created(
+                            fired=True, build=outcome.build, facts=outcome.facts, name=given
+                        )
                         assert answer is not None
                         return answer
                 entry = await held.enter_async_context(registry.track(ws.workspace_id))
             entry.workspace = entry.workspace or ws
             flow.tracking(entry.workspace)
-            first = flow.created(fired=outcome.fired, build=outcome.build)
+            first = flow.created(fired=outcome.fired, build=outcome.build, facts=outcome.facts, name=given)
             return await self.drive(flow, entry, chat_id, span, first)
 
     async def _claim(

@@ -40,6 +40,7 @@ import attrs
 
 from . import answers
 from .machine import REQUEST_TRANSITION, BuildSummary, Decision, Request, Tracker
+from .request_writes import create_landed
 from .values import Build, Chat, JobStatus, ToolResult, Transition, Workspace, WorkspaceFacts, WorkspaceState
 
 __all__ = [
@@ -256,15 +257,22 @@ class Flow:
         self.number = self.build_id = None
         self.own = self.raced = False
 
-    def created(self, *, fired: bool, build: Build | None) -> Step | None:
-        step = self._created(fired=fired, build=build)
+    def created(self, *, fired: bool, build: Build | None, facts: WorkspaceFacts, name: str) -> Step | None:
+        step = self._created(fired=fired, build=build, facts=facts, name=name)
         return None if step is None else self._out(step)
 
-    def _created(self, *, fired: bool, build: Build | None) -> Step | None:
+    def _created(self, *, fired: bool, build: Build | None, facts: WorkspaceFacts, name: str) -> Step | None:
         """The :class:`Create` step's outcome; the interpreter tracks the workspace the chat is
-        bound to now (this call's, or the one another caller bound first). ``None``: decide again
-        about that one."""
+        bound to now (this call's, or ``facts``' one, bound first by another caller). A create
+        that lost to an identical one (:func:`create_landed`) joins its first build, over or not
+        (its answer does not hang on how soon it was scheduled again); otherwise ``None``: decide
+        again about the workspace bound now."""
         if not fired:
+            if create_landed(facts, name):
+                first = facts.latest_build
+                assert first is not None
+                self.number, self.build_id, self.own = first.number, first.build_id, False
+                return CatchUp(facts.seq)
             return None
         assert build is not None
         self.fired_own = True

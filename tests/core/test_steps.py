@@ -493,9 +493,9 @@ class TestBuildEnds:
         """create_workspace that created the workspace answers owner/name (Coder's)."""
         f = Flow(R.CREATE)
         f.tracking(WS)
-        step = f.created(fired=True, build=build(1, Transition.START))
-        assert step == WaitBuild(1)
         t = Tracker("w", "c")
+        step = f.created(fired=True, build=build(1, Transition.START), facts=facts_after(t, None), name="dev")
+        assert step == WaitBuild(1)
         queue(t, Transition.START)
         finish(t, has_agent=False)
         f.waited(timed_out=False)
@@ -509,7 +509,32 @@ class TestBuildEnds:
             "build_id": "b1",
             "agent_status": "no_agent",
         }
-        assert Flow(R.CREATE).created(fired=False, build=None) is None
+
+    def test_a_create_that_lost_to_an_identical_one_answers_about_its_build_even_once_over(self) -> None:
+        """An identical create won (same name, its first build): the loser answers about that
+        build as the followers that caught it in flight do, not "already running" without it."""
+        t = tracker(S.AGENT_READY)  # the winner's build ended and its agent is ready
+        f = flow(R.CREATE)
+        won = facts_after(t, build(1, Transition.START, JobStatus.SUCCEEDED))
+        assert f.created(fired=False, build=None, facts=won, name="dev") == CatchUp(won.seq)
+        assert f.next(t) == WaitBuild(1)
+        f.waited(timed_out=False)
+        assert f.next(t) == WaitAgent(1)
+        f.waited(timed_out=False)
+        step = f.next(t)
+        assert isinstance(step, Answer)
+        assert step.result.data["created"] is False and step.result.data["build_id"] == "b1"
+        assert step.result.data["message"] == "workspace build completed"
+
+    @pytest.mark.parametrize(
+        ("name", "latest"),
+        [("other", build(1, Transition.START)), ("dev", build(2, Transition.STOP)), ("dev", None)],
+        ids=["another-name", "a-later-build", "no-build"],
+    )
+    def test_a_create_that_lost_to_anything_else_decides_again(self, name: str, latest: Build | None) -> None:
+        t = tracker(S.BUILDING)
+        f = flow(R.CREATE)
+        assert f.created(fired=False, build=None, facts=facts_after(t, latest), name=name) is None
 
     def test_conditions_are_values(self) -> None:
         """The wait conditions are plain values with a pure test on the tracker."""

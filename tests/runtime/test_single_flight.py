@@ -413,3 +413,50 @@ async def test_a_failed_shared_read_leaves_each_caller_its_own() -> None:
         gate.set()
     assert len(errors) == 1 and got == [2, 2]
     assert calls == ["first", "shared", "own", "own"]
+
+
+async def test_a_create_follower_resumed_after_the_build_ended_answers_about_that_build(
+    store: wl.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller that shared another's create, but was scheduled again only once that create's
+    build had ended and its agent was ready (a loaded machine), answers as the other followers
+    do, about the build the shared create fired, not "already running" without a build."""
+    run = _flight.SingleFlight.run
+    creator_answered = anyio.Event()
+
+    async def late(flights: Any, key: Any, call: Callable[[], Awaitable[Any]], share: Any) -> Any:
+        led = False
+
+        async def leading() -> Any:
+            nonlocal led
+            led = True
+            return await call()
+
+        result = await run(flights, key, leading, share)
+        if key[0] == "create" and not led:
+            await creator_answered.wait()  # resumed only after the creator's whole answer
+        return result
+
+    monkeypatch.setattr(_flight.SingleFlight, "run", late)
+    counting = FaultyStore(store, delay=1.0, max_delay=0.005, seed=1)
+    results: list[wl.ToolResult] = []
+
+    async def create() -> None:
+        result = await lc.create_workspace("c", owner=OWNER, name="dev")
+        results.append(result)
+        if result.data.get("created") is True:
+            creator_answered.set()
+
+    async with (
+        wl.SimulatedProvisioner(store, build_seconds=0.01),
+        wl.Lifecycle(counting, build_timeout=30, agent_timeout=30) as lc,
+    ):
+        await lc.register_chat("c", owner=OWNER)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(create)
+            tg.start_soon(create)
+    assert counting.calls["create_workspace"] == 1
+    creator, follower = sorted(results, key=lambda r: r.data.get("created") is not True)
+    assert creator.data["created"] is True and follower.data["created"] is False, results
+    assert follower.data.get("build_id") == creator.data["build_id"], follower.data
+    assert follower.data["message"] == "workspace build completed"
