@@ -36,13 +36,14 @@ def _check_site() -> ModuleType:
 check_site = _check_site()
 
 
-#: The three tests on the built site share one worker (``--dist loadgroup``), so that the
-#: module-scoped ``site`` is built once: spread over workers, each built it again (~6 s of CPU
-#: a build, on 2 cores).
+#: The three tests on the built site share one worker (``--dist loadgroup``), so that ``site``
+#: is built once: spread over workers, each built it again (~6 s of CPU a build, on 2 cores).
+#: It lives for the session, not the module: the suite runs slow tests first, which parts this
+#: module's tests, and a module fixture was built again for the second part.
 on_the_built_site = pytest.mark.xdist_group("docs-site")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     built = tmp_path_factory.mktemp("docs") / "site"
     check_site.build(built)  # raises with mkdocs' output on any warning

@@ -56,25 +56,6 @@ async def _together(n: int, call: Callable[[], Awaitable[wl.ToolResult]]) -> lis
     return results
 
 
-class CountingReads(FaultyStore):
-    """Counts the reads too (FaultyStore counts the writes); each read takes a millisecond, so
-    that concurrent requests overlap on every store (the memory store's never yield)."""
-
-    def __init__(self, inner: wl.Store) -> None:
-        super().__init__(inner)
-        self.reads: Counter[str] = Counter()
-
-    async def get_chat(self, chat_id: str) -> wl.Chat | None:
-        self.reads["get_chat"] += 1
-        await anyio.sleep(0.001)
-        return await super().get_chat(chat_id)
-
-    async def head(self) -> int:
-        self.reads["head"] += 1
-        await anyio.sleep(0.001)
-        return await super().head()
-
-
 class HeldRequests(FaultyStore):
     """Holds every ``request_build`` once :meth:`hold` is called until ``n`` callers have made
     one (or ten seconds pass, so that a broken race fails its assertion instead of hanging): no
@@ -143,21 +124,23 @@ async def test_concurrent_starts_share_one_request_build(
     assert await lc.state("shared") is wl.WorkspaceState.AGENT_READY
 
 
-class HeldCreate(FaultyStore):
-    """Holds the store's ``create_workspace`` until :meth:`arm`'s ``n`` callers have asked the
-    runtime's single-flight for a write (or ten seconds pass, so that a broken race fails its
-    assertion instead of hanging): on a loaded machine the first create could otherwise land,
-    and its agent be ready, before the last caller reached the flight, which then answers
-    "already running" as a later create does."""
+class HeldFlights(FaultyStore):
+    """Holds the store's ``write`` (``create_workspace`` or ``request_build``) until :meth:`arm`'s
+    ``n`` callers have asked the runtime's single-flight for that write (or ten seconds pass, so
+    that a broken race fails its assertion instead of hanging): on a loaded machine the first
+    write could otherwise land, and its build and agent be ready, before the last caller decided,
+    which then answers "already running" as a later request does."""
 
-    def __init__(self, inner: wl.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, inner: wl.Store, monkeypatch: pytest.MonkeyPatch, write: str) -> None:
         super().__init__(inner, delay=1.0, max_delay=0.005, seed=1)
+        self._held_write = write
         self._all_in: anyio.Event | None = None
         self._expected = self.arrived = 0
         run = _flight.SingleFlight.run
+        kind = {"create_workspace": "create", "request_build": "build"}[write]
 
         async def counted(flights: Any, key: Any, call: Callable[[], Awaitable[Any]], share: Any) -> Any:
-            if self._all_in is not None:
+            if self._all_in is not None and isinstance(key, tuple) and key[0] == kind:
                 self.arrived += 1
                 if self.arrived >= self._expected:
                     self._all_in.set()
@@ -168,17 +151,46 @@ class HeldCreate(FaultyStore):
     def arm(self, n: int) -> None:
         self._all_in, self._expected, self.arrived = anyio.Event(), n, 0
 
-    async def create_workspace(self, *args: Any, **kwargs: Any) -> wl.Outcome:
+    async def _held(self) -> None:
         if self._all_in is not None:
             with anyio.move_on_after(10):
                 await self._all_in.wait()
+
+    async def create_workspace(self, *args: Any, **kwargs: Any) -> wl.Outcome:
+        if self._held_write == "create_workspace":
+            await self._held()
         return await super().create_workspace(*args, **kwargs)
+
+    async def request_build(self, *args: Any, **kwargs: Any) -> wl.Outcome:
+        if self._held_write == "request_build":
+            await self._held()
+        return await super().request_build(*args, **kwargs)
+
+
+class CountingReads(HeldFlights):
+    """Counts the reads too (FaultyStore counts the writes); each read takes a millisecond, so
+    that concurrent requests overlap on every store (the memory store's never yield). Its
+    ``request_build`` is held as :class:`HeldFlights` holds it."""
+
+    def __init__(self, inner: wl.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        super().__init__(inner, monkeypatch, "request_build")
+        self.reads: Counter[str] = Counter()
+
+    async def get_chat(self, chat_id: str) -> wl.Chat | None:
+        self.reads["get_chat"] += 1
+        await anyio.sleep(0.001)
+        return await super().get_chat(chat_id)
+
+    async def head(self) -> int:
+        self.reads["head"] += 1
+        await anyio.sleep(0.001)
+        return await super().head()
 
 
 async def test_concurrent_creates_share_one_create_workspace(
     store: wl.Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    counting = HeldCreate(store, monkeypatch)
+    counting = HeldFlights(store, monkeypatch, "create_workspace")
     async with (
         wl.SimulatedProvisioner(store, build_seconds=0.01),
         wl.Lifecycle(counting, build_timeout=30, agent_timeout=30) as lc,
@@ -356,16 +368,20 @@ async def test_a_read_running_when_a_caller_asks_is_never_shared_with_it() -> No
     assert started == [0, 1] and reads.shared == 2
 
 
-async def test_concurrent_requests_share_their_first_reads(store: wl.Store) -> None:
+async def test_concurrent_requests_share_their_first_reads(
+    store: wl.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """N concurrent starts: two or three chat reads and head reads, not N of each."""
-    counting = CountingReads(store)
+    counting = CountingReads(store, monkeypatch)
     async with (
         wl.SimulatedProvisioner(store, build_seconds=0.01),
         wl.Lifecycle(counting, build_timeout=30, agent_timeout=30) as lc,
     ):
         await _stopped(lc, "c")
         counting.reads.clear()
+        counting.arm(N)  # the start lands once every caller has decided (and asked the flight)
         results = await _together(N, lambda: lc.start_workspace("c", owner=OWNER))
+    assert counting.arrived == N
     assert all(r.data.get("started") is True for r in results), results
     assert counting.reads["get_chat"] <= 3 and counting.reads["head"] <= 3, counting.reads
     assert len({r.data["build_id"] for r in results}) == 1
