@@ -116,8 +116,8 @@ QUICK = Workload(
     start_delay=0.02,
     agent_delay=0.005,
     stop_delay=0.01,
-    warmup=0.5,
-    window=1.5,
+    warmup=0.25,
+    window=1.0,
 )
 
 
