@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import sys
 import time
@@ -166,3 +167,6 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    # Every figure is out: with the heap frozen the interpreter's shutdown does not walk every
+    # object of the imports again (0.2-0.4 s a process, the most of a child's exit).
+    gc.freeze()
