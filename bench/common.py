@@ -142,12 +142,16 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 async def calls_per_second(call: Callable[[], Awaitable[Any]], seconds: float) -> float:
-    """Calls per second of ``call``, one after another, for ``seconds``."""
+    """Calls per second of ``call``, one after another, for ``seconds``, and at least one call
+    (a short window on a loaded machine may be over before the first: no rate of zero, which
+    a caller inverts into a time per call)."""
     count, started = 0, time.perf_counter()
     deadline = started + seconds
-    while time.perf_counter() < deadline:
+    while True:
         await call()
         count += 1
+        if time.perf_counter() >= deadline:
+            break
     return count / (time.perf_counter() - started)
 
 
@@ -419,12 +423,13 @@ async def stamping_provisioner(
     store: Store,
     emit: Callable[[Stamp], Awaitable[None] | None],
     *,
-    delay: tuple[float, float] = (0.01, 0.01),
+    delay: Sequence[float] = (0.01, 0.01),
     agent_delay: float = 0.005,
     worker: str = "bench",
 ) -> None:
     """Claim builds forever. Stop/delete builds finish at once. Start builds finish after a
-    delay drawn from ``delay`` (so the waiter is asleep), alternately without an agent (the
+    delay drawn from ``delay`` (read at each claim: a list may be changed meanwhile; so the
+    waiter is asleep), alternately without an agent (the
     build's commit is the awaited event) and with one that becomes ready ``agent_delay`` later
     (the agent's commit is the awaited event); each awaited commit is passed to ``emit``."""
     rng = random.Random(1)
@@ -480,7 +485,8 @@ async def make_workspaces(store: Store, n: int, *, prefix: str = "c", stopped: b
 
 async def report_agent_rate(store: Store, seconds: float, writers: int) -> float:
     """Durable events/s of ``store.report_agent`` (one transaction: update the agent row, append
-    one event) from ``writers`` concurrent tasks, each on its own workspace, for ``seconds``."""
+    one event) from ``writers`` concurrent tasks, each on its own workspace, for ``seconds``
+    (each task writes at least once; none if ``seconds`` is 0: the workspaces only)."""
     workspaces = []
     for i in range(writers):
         await store.register_chat(f"t{i}", "bench")
@@ -495,9 +501,11 @@ async def report_agent_rate(store: Store, seconds: float, writers: int) -> float
 
     async def writer(ws: str) -> None:
         i = 0
-        while time.perf_counter() < deadline:
+        while seconds > 0:  # at least one write each: a short window may be over before the first
             await store.report_agent(ws, lifecycles[i % 2])
             i += 1
+            if time.perf_counter() >= deadline:
+                break
 
     started = time.perf_counter()
     async with anyio.create_task_group() as tg:

@@ -110,7 +110,9 @@ async def touch_cost(url: str, seconds: float) -> dict[str, float]:
 
 def run(ctx: Context) -> Result:
     result = Result("deadlines", ctx.quick)
-    n, idle_s, touch_s = (200, 0.2, 0.2) if ctx.quick else (10_000, 10.0, 3.0)
+    n, idle_s, touch_s = (200, 0.05, 0.05) if ctx.quick else (10_000, 10.0, 3.0)
+    if ctx.quick:
+        result.note(f"quick mode: {n} deadlines; idle CPU over {idle_s:g} s, each rate over {touch_s:g} s")
     urls = [("memory", "memory://"), ("SQLite", f"sqlite:///{ctx.tmp / f'deadlines-{time.time_ns()}.db'}")]
     for label, url in urls if ctx.local else []:
         cpu = anyio.run(idle_cpu, url, n, idle_s, backend="asyncio")

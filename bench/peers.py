@@ -81,7 +81,7 @@ class Plan:
 
 
 FULL = Plan(rounds=3, warmup=0.5, one=4.0, many=4.0)
-QUICK = Plan(rounds=1, warmup=0.05, one=0.3, many=0.3)
+QUICK = Plan(rounds=1, warmup=0.02, one=0.1, many=0.1)
 
 GUARANTEES = {
     "ours-postgres": (
@@ -189,18 +189,25 @@ def counting(store: wl.Store) -> tuple[wl.Store, str, Callable[[], int | None]]:
 
 
 class Ours(Peer):
-    def __init__(self, key: str, url: str) -> None:
-        self.key, self.url = key, url
+    def __init__(self, key: str, url: str, *, overlap: bool = False) -> None:
+        """``overlap`` (the quick mode): the worker process starts (and imports) while the
+        workspaces are set up, and opens its store once they are."""
+        self.key, self.url, self.overlap = key, url, overlap
         self.chats: list[str] = []
         self.running: list[bool] = []
 
     async def open(self, stack: contextlib.AsyncExitStack) -> None:
+        config = json.dumps({"system": "ours", **({"after_setup": True} if self.overlap else {})})
+        argv = ["peer", self.url, "--config", config]
+        if self.overlap:
+            [self.child] = stack.enter_context(common.children(argv))
         async with wl.open_store(self.url) as store:  # before the worker runs: setup claims builds itself
             self.chats = await common.make_workspaces(store, CALLERS, prefix="peer")
         self.running = [False] * CALLERS
-        [self.child] = stack.enter_context(
-            common.children(["peer", self.url, "--config", '{"system": "ours"}'])
-        )
+        if self.overlap:
+            self.child.send("set up")
+        else:
+            [self.child] = stack.enter_context(common.children(argv))
         await self.child.expect("ready")
         store = await stack.enter_async_context(wl.open_store(self.url))
         store, self.counted, self._count = counting(store)
@@ -417,6 +424,10 @@ async def _serve_stdin(scope: anyio.CancelScope, stats: Callable[[], dict[str, A
 
 async def child(url: str, config: dict[str, Any]) -> None:
     system = config["system"]
+    if config.get("after_setup"):  # the parent sets up meanwhile: its word first
+        line = await anyio.to_thread.run_sync(sys.stdin.readline)
+        if line.strip() != "set up":
+            raise SystemExit(f"expected 'set up', got {line!r}")
     if system == "ours":
         await _ours_worker(url)
     elif system == "procrastinate":
@@ -517,22 +528,27 @@ class Phase:
 
 
 async def drive(peer: Peer, callers: int, seconds: float) -> Phase:
-    """``callers`` concurrent callers making cycles for ``seconds``."""
+    """``callers`` concurrent callers making cycles for ``seconds``, each at least one (a short
+    window on a loaded machine may be over before a caller's first: no phase without a cycle)."""
     latencies: list[float] = []
     before = await peer.counters()
     deadline = time.perf_counter() + seconds
 
     async def caller(i: int) -> None:
-        while time.perf_counter() < deadline:
+        while True:
             t0 = time.perf_counter()
             await peer.cycle(i)
             latencies.append((time.perf_counter() - t0) * 1000)
+            if time.perf_counter() >= deadline:
+                return
 
     def caller_sync(i: int) -> None:
-        while time.perf_counter() < deadline:
+        while True:
             t0 = time.perf_counter()
             peer.cycle_sync(i)
             latencies.append((time.perf_counter() - t0) * 1000)
+            if time.perf_counter() >= deadline:
+                return
 
     limiter = anyio.CapacityLimiter(callers)
 
@@ -767,17 +783,24 @@ async def run_async(ctx: Context) -> Result:
         f" a warm-up ({plan.warmup:g} s with 1 caller, {plan.warmup:g} s with {CALLERS}), then {plan.one:g} s"
         f" with 1 caller and {plan.many:g} s with {CALLERS} callers; figures are the median of the rounds; each worker is one process started once"
     )
+    if ctx.quick:
+        result.note(
+            "quick mode: each caller makes at least one cycle per phase; ours' worker processes start"
+            " while their workspaces are set up"
+        )
     async with contextlib.AsyncExitStack() as schemas:
         peers: list[Any] = []
         if ctx.pg_url is not None:
-            peers.append(Ours("ours-postgres", schemas.enter_context(common.pg_schema(ctx.pg_url))))
+            peers.append(
+                Ours("ours-postgres", schemas.enter_context(common.pg_schema(ctx.pg_url)), overlap=ctx.quick)
+            )
         else:
             result.note(
                 "PostgreSQL skipped (no server): ours on PostgreSQL, procrastinate, the hand-written loop"
             )
         if ctx.local:
             sqlite_url = f"sqlite:///{ctx.tmp / f'peers-{time.monotonic_ns()}.db'}"
-            peers.append(Ours("ours-sqlite", sqlite_url))
+            peers.append(Ours("ours-sqlite", sqlite_url, overlap=ctx.quick))
         if ctx.pg_url is not None:
             try:
                 import procrastinate  # noqa: F401

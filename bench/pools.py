@@ -24,6 +24,15 @@ import workspace_lifecycle as wl
 from .common import Context, Result, Row
 
 SERVER = [sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+#: The quick mode's workspace process: a bare listening socket (no site, no http.server imports),
+#: which the probe finds in a fraction of http.server's start-up.
+QUICK_SERVER = [
+    sys.executable,
+    "-S",
+    "-c",
+    "import signal, socket, sys; s = socket.create_server(('127.0.0.1', int(sys.argv[1]))); signal.pause()",
+    "{port}",
+]
 
 
 async def _until_full(lc: wl.Lifecycle, size: int) -> None:
@@ -54,13 +63,13 @@ async def _drain(store: wl.Store, pool: str) -> None:
                 await store.wait_for_change(head)
 
 
-async def measure(url: str, root: Path, size: int) -> dict[str, list[float]]:
+async def measure(url: str, root: Path, size: int, command: list[str] = SERVER) -> dict[str, list[float]]:
     pool = wl.Pool("default", size=size)
     cold: list[float] = []
     warm: list[float] = []
     async with (
         wl.open_store(url) as store,
-        wl.ProcessProvisioner(store, root=root, command=SERVER, ready_timeout=60),
+        wl.ProcessProvisioner(store, root=root, command=command, ready_timeout=60),
     ):
         async with wl.Lifecycle(store, pools=[pool]) as lc:
             await _until_full(lc, size)
@@ -92,7 +101,11 @@ def run(ctx: Context) -> Result:
     url = f"sqlite:///{ctx.tmp / f'pools-{stamp}.db'}"
     root = ctx.tmp / f"pools-{stamp}"
     root.mkdir(parents=True, exist_ok=True)
-    samples = anyio.run(measure, url, root, size, backend="asyncio")
+    if ctx.quick:
+        result.note(
+            "quick mode: each workspace process is a bare listening socket (python -S), not http.server"
+        )
+    samples = anyio.run(measure, url, root, size, QUICK_SERVER if ctx.quick else SERVER, backend="asyncio")
     result.data["samples_s"] = samples
     cold, warm = statistics.median(samples["cold"]) * 1000, statistics.median(samples["warm"]) * 1000
     ratio = cold / warm if warm else None

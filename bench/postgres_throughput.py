@@ -63,7 +63,7 @@ async def statement_rate(url: str, seconds: float) -> float:
             await conn.execute("SELECT set_config('search_path', %s, false)", (f'"{store.schema}"',))
             count = 0
             started = time.perf_counter()
-            while time.perf_counter() - started < seconds:
+            while not count or time.perf_counter() - started < seconds:  # at least one
                 known = store._known[ws]
                 assert known.facts.agent is not None
                 write = writes.report_agent(

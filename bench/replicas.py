@@ -116,8 +116,8 @@ QUICK = Workload(
     start_delay=0.02,
     agent_delay=0.005,
     stop_delay=0.01,
-    warmup=0.5,
-    window=1.5,
+    warmup=0.25,
+    window=1.0,
 )
 
 
@@ -137,6 +137,16 @@ async def _until_eof(scope: anyio.CancelScope) -> None:
     while await anyio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True):
         pass
     scope.cancel()
+
+
+async def _set_up(config: dict[str, Any]) -> None:
+    """With ``after_setup`` in the configuration (the quick mode: the process was started while
+    the parent set the schema up, so that its imports overlap that), wait for the parent's
+    ``set up`` line before opening the store."""
+    if config.get("after_setup"):
+        line = await anyio.to_thread.run_sync(sys.stdin.readline)
+        if line.strip() != "set up":
+            raise SystemExit(f"expected 'set up', got {line!r}")
 
 
 async def _go() -> tuple[float, float, float]:
@@ -240,6 +250,7 @@ async def replica_child(url: str, config: dict[str, Any]) -> None:
     """A replica: a Lifecycle on its own store, the callers of its share of the chats."""
     w = Workload(**config["workload"])
     index, replicas = config["index"], config["replicas"]
+    await _set_up(config)
     async with wl.open_store(url) as store:
         source, notifications = notification_counter(store)
         async with wl.Lifecycle(store, build_timeout=120, agent_timeout=120) as lc:
@@ -287,6 +298,7 @@ async def _provision(
 async def builder_child(url: str, config: dict[str, Any]) -> None:
     """A provisioner process."""
     w = Workload(**config["workload"])
+    await _set_up(config)
     async with wl.open_store(url) as store:
         source, notifications = notification_counter(store)
         _print("ready")
@@ -471,20 +483,23 @@ class _Database:
                         self.notifies += 1
 
 
-async def run_config(pg_url: str, replicas: int, w: Workload, options: Sequence[str]) -> dict[str, Any]:
-    """One configuration in a fresh schema: its raw figures."""
+async def run_config(
+    pg_url: str, replicas: int, w: Workload, options: Sequence[str], *, overlap: bool = False
+) -> dict[str, Any]:
+    """One configuration in a fresh schema: its raw figures. With ``overlap`` (the quick mode)
+    the processes start while the schema is set up, and open their stores once it is."""
     with common.pg_schema(pg_url) as url:
         schema = url.rsplit("schema=", 1)[1]
         tag = f"wlb_{schema[-10:]}_"
         url = _with_query(url, f"pool_max_size={POOL_MAX_SIZE}", *options)
-        await _setup(url, w)
         workload = asdict(w)
+        after = {"after_setup": True} if overlap else {}
         argvs = [
             [
                 "builder",
                 _with_query(url, f"application_name={tag}p{i}"),
                 "--config",
-                json.dumps({"index": i, "workload": workload}),
+                json.dumps({"index": i, "workload": workload, **after}),
             ]
             for i in range(w.provisioners)
         ] + [
@@ -492,12 +507,18 @@ async def run_config(pg_url: str, replicas: int, w: Workload, options: Sequence[
                 "replica",
                 _with_query(url, f"application_name={tag}r{i}"),
                 "--config",
-                json.dumps({"index": i, "replicas": replicas, "workload": workload}),
+                json.dumps({"index": i, "replicas": replicas, "workload": workload, **after}),
             ]
             for i in range(replicas)
         ]
         db = _Database(pg_url, schema, tag)
+        if not overlap:
+            await _setup(url, w)
         with _processes(argvs) as kids:
+            if overlap:
+                await _setup(url, w)
+                for kid in kids:
+                    kid.send("set up")
             for kid in kids:
                 await kid.expect("ready")
             background = await db.background(min(w.warmup, 2.0))
@@ -551,14 +572,14 @@ def _server_started(pg_url: str) -> str | None:
 
 
 async def _run_config_once_more(
-    result: Result, pg_url: str, replicas: int, w: Workload, options: Sequence[str]
+    result: Result, pg_url: str, replicas: int, w: Workload, options: Sequence[str], *, overlap: bool = False
 ) -> dict[str, Any]:
     """:func:`run_config`, run again once if the shared server restarted under it (another
     session's test may restart it): a run that lost its connections measures the restart."""
     for attempt in (1, 2):
         started = _server_started(pg_url)
         try:
-            raw = await run_config(pg_url, replicas, w, options)
+            raw = await run_config(pg_url, replicas, w, options, overlap=overlap)
         except Exception as exc:
             if attempt == 2 or _server_started(pg_url) == started:
                 raise
@@ -905,13 +926,18 @@ async def run_async(ctx: Context) -> Result:
         f" measured over {w.window:g} s after {w.warmup:g} s; store modes: default"
         + (f" and {mode}, interleaved per replica count" if options else "")
     )
+    if ctx.quick:
+        result.note(
+            f"quick mode: {' and '.join(map(str, counts))} replicas; each configuration's processes start"
+            " while its schema is set up and open their stores once it is"
+        )
     # With store options, both modes run, interleaved per replica count (default, then the
     # options), so that the other load of a shared machine falls on both alike.
     modes: list[tuple[str, list[str]]] = [("", [])] + ([(mode, list(options))] if options else [])
     by_mode: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in modes}
     for n in counts:
         for label, opts in modes:
-            raw = await _run_config_once_more(result, ctx.pg_url, n, w, opts)
+            raw = await _run_config_once_more(result, ctx.pg_url, n, w, opts, overlap=ctx.quick)
             f = figures(raw)
             by_mode[label].append(f)
             print(

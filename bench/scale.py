@@ -147,11 +147,13 @@ async def _sketch(n: int, *, tuned: bool = False) -> dict[str, Any]:
 
 async def run_async(ctx: Context) -> Result:
     result = Result("scale", ctx.quick)
-    n = 20 if ctx.quick else 10_000
-    idle = 0.2 if ctx.quick else 10.0  # spans the runtime's 5 s resync_interval
+    n = 10 if ctx.quick else 10_000
+    idle = 0.05 if ctx.quick else 10.0  # spans the runtime's 5 s resync_interval
     interval = 0.02 if ctx.quick else common.CODER_POLL_SECONDS
     if ctx.quick:
-        result.note(f"quick mode: {n} workspaces, the poller polls every {interval * 1000:g} ms")
+        result.note(
+            f"quick mode: {n} workspaces, the poller polls every {interval * 1000:g} ms; idle CPU over {idle:g} s"
+        )
     gc_text = f"gc.freeze() + gc.set_threshold{TUNED_GC}"
     lower = await _sketch(n)
     result.data["sketch"] = lower

@@ -27,16 +27,17 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 
 import workspace_lifecycle as wl
+from workspace_lifecycle import Transition
 
 from . import common
 from .common import Child, Context, Result, Row, Stamp
 
 
 async def _ours_rounds(
-    lc: wl.Lifecycle, chat: str, rounds: int, next_stamp: Callable[[], Awaitable[Stamp]]
+    lc: wl.Lifecycle, chat: str, rounds: int, next_stamp: Callable[[], Awaitable[Stamp]], warmup: int
 ) -> tuple[list[float], list[float]]:
+    """``warmup`` rounds not counted, then ``rounds`` counted ones."""
     commit, call = [], []
-    warmup = 3
     for i in range(rounds + warmup):
         r = await lc.stop_workspace(chat, owner="bench")
         assert not r.is_error and "error" not in r.data, r.text
@@ -68,7 +69,9 @@ async def _poller_rounds(
     return [(returned[ws] - by_ws[ws].committed) * 1000 for ws in returned]
 
 
-async def in_process(url: str, rounds: int, poller_n: int, interval: float) -> dict[str, list[float]]:
+async def in_process(
+    url: str, rounds: int, poller_n: int, interval: float, warmup: int = 3
+) -> dict[str, list[float]]:
     """Ours and the poller with the provisioner in this process, on the same store object."""
     box: list[Stamp] = []
 
@@ -87,7 +90,7 @@ async def in_process(url: str, rounds: int, poller_n: int, interval: float) -> d
         chats = await common.make_workspaces(store, 1 + poller_n)
         async with wl.Lifecycle(store) as lc, anyio.create_task_group() as tg:
             tg.start_soon(lambda: common.stamping_provisioner(store, box.append))
-            commit, call = await _ours_rounds(lc, chats[0], rounds, last)
+            commit, call = await _ours_rounds(lc, chats[0], rounds, last, warmup)
             tg.cancel_scope.cancel()
         box.clear()
         async with anyio.create_task_group() as tg:
@@ -99,10 +102,23 @@ async def in_process(url: str, rounds: int, poller_n: int, interval: float) -> d
     return {"ours": commit, "ours_from_call": call, "poller": poller}
 
 
-async def cross_process(url: str, rounds: int, poller_n: int, interval: float) -> dict[str, list[float]]:
-    """Ours and the poller here; the provisioner in another process with its own store."""
+async def cross_process(
+    url: str, rounds: int, poller_n: int, interval: float, warmup: int = 3, *, one_child: bool = False
+) -> dict[str, list[float]]:
+    """Ours and the poller here; the provisioner in another process with its own store: one for
+    each, or with ``one_child`` (the quick mode: a process start costs more than its rounds)
+    the same process, told the poller's delay once ours is done."""
     async with wl.open_store(url) as store:
         chats = await common.make_workspaces(store, 1 + poller_n)
+    poller_delay = ["0.05", str(0.05 + 2 * interval)]
+
+    async def poller_rounds(prov: Child) -> list[float]:
+        async def take(n: int) -> list[Stamp]:
+            return [await _stamp(prov) for _ in range(n)]
+
+        async with wl.open_store(url) as store:
+            return await _poller_rounds(store, chats[1:], interval, take)
+
     with common.children(["provision", url]) as [prov]:
         await prov.expect("ready")
 
@@ -110,15 +126,15 @@ async def cross_process(url: str, rounds: int, poller_n: int, interval: float) -
             return Stamp(**await prov.json())
 
         async with wl.open_store(url) as store, wl.Lifecycle(store) as lc:
-            commit, call = await _ours_rounds(lc, chats[0], rounds, stamp)
-    with common.children(["provision", url, "--delay", "0.05", str(0.05 + 2 * interval)]) as [prov]:
-        await prov.expect("ready")
-
-        async def take(n: int) -> list[Stamp]:
-            return [await _stamp(prov) for _ in range(n)]
-
-        async with wl.open_store(url) as store:
-            poller = await _poller_rounds(store, chats[1:], interval, take)
+            commit, call = await _ours_rounds(lc, chats[0], rounds, stamp, warmup)
+        if one_child:  # every stamp of ours was read: the next line answers this one
+            prov.send(" ".join(["delay", *poller_delay]))
+            await prov.expect("delay")
+            poller = await poller_rounds(prov)
+    if not one_child:
+        with common.children(["provision", url, "--delay", *poller_delay]) as [prov]:
+            await prov.expect("ready")
+            poller = await poller_rounds(prov)
     return {"ours": commit, "ours_from_call": call, "poller": poller}
 
 
@@ -126,15 +142,31 @@ async def _stamp(child: Child) -> Stamp:
     return Stamp(**await child.json())
 
 
-async def idle_cpu(url: str, seconds: float) -> dict[str, float]:
-    """CPU percent of a process whose caller waits (ours, then the poller) on ``url``."""
+async def idle_cpu(url: str, seconds: float, *, side_by_side: bool = False) -> dict[str, float]:
+    """CPU percent of a process whose caller waits (ours, then the poller) on ``url``; with
+    ``side_by_side`` (the quick mode) both processes run at once, each measuring its own CPU,
+    and the start builds they wait on are queued here first: neither process writes, so
+    neither wakes the other in its window."""
     async with wl.open_store(url) as store:
         chats = await common.make_workspaces(store, 2, prefix="idle")
+        for chat in chats if side_by_side else []:
+            row = await store.get_chat(chat)
+            assert row is not None and row.workspace_id is not None
+            latest = (await store.workspace_facts(row.workspace_id)).latest_build
+            assert latest is not None
+            await store.request_build(row.workspace_id, Transition.START, expected_build_number=latest.number)
+    argvs = {
+        waiter: ["idle", url, "--chat", chat, "--waiter", waiter, "--seconds", str(seconds)]
+        for waiter, chat in (("ours", chats[0]), ("poller", chats[1]))
+    }
     out = {}
-    for waiter, chat in (("ours", chats[0]), ("poller", chats[1])):
-        with common.children(
-            ["idle", url, "--chat", chat, "--waiter", waiter, "--seconds", str(seconds)]
-        ) as [child]:
+    if side_by_side:
+        with common.children(*argvs.values()) as kids:
+            for waiter, child in zip(argvs, kids, strict=True):
+                out[waiter] = float((await child.json())["cpu_percent"])
+        return out
+    for waiter, argv in argvs.items():
+        with common.children(argv) as [child]:
             out[waiter] = float((await child.json())["cpu_percent"])
     return out
 
@@ -174,25 +206,31 @@ def _latency_rows(result: Result, label: str, d: dict[str, list[float]], p99_goa
 
 async def run_async(ctx: Context) -> Result:
     result = Result("wakeup", ctx.quick)
-    rounds = 3 if ctx.quick else 400
+    rounds, warmup = (3, 1) if ctx.quick else (400, 3)  # rounds counted, after warm-up rounds
     poller_n = 2 if ctx.quick else 60
     # The quick mode scales the poll interval down (its latency is ~uniform over the interval).
     interval = 0.02 if ctx.quick else common.CODER_POLL_SECONDS
-    idle_seconds = 0.2 if ctx.quick else 10.0  # spans the runtime's 5 s resync_interval
+    idle_seconds = 0.05 if ctx.quick else 10.0  # spans the runtime's 5 s resync_interval
     if ctx.quick:
-        result.note(f"quick mode: the poller polls every {interval * 1000:g} ms, not 2 s")
+        result.note(
+            f"quick mode: the poller polls every {interval * 1000:g} ms, not 2 s; {rounds} rounds after"
+            f" {warmup} warm-up round(s); across processes one provisioner process serves ours, then"
+            f" the poller; idle CPU over {idle_seconds:g} s, ours' process and the poller's side by side"
+        )
     samples: dict[str, dict[str, list[float]]] = {}
     if ctx.local:
         sqlite_url = f"sqlite:///{ctx.tmp / f'wakeup-{time.monotonic_ns()}.db'}"
-        samples["memory"] = await in_process("memory://", rounds, poller_n, interval)
+        samples["memory"] = await in_process("memory://", rounds, poller_n, interval, warmup)
         _latency_rows(result, "memory", samples["memory"], 1.0)
-        samples["sqlite"] = await in_process(sqlite_url, rounds, poller_n, interval)
+        samples["sqlite"] = await in_process(sqlite_url, rounds, poller_n, interval, warmup)
         _latency_rows(result, "SQLite same process", samples["sqlite"], 1.0)
         xurl = f"sqlite:///{ctx.tmp / f'wakeup-x-{time.monotonic_ns()}.db'}"
-        samples["sqlite-xproc"] = await cross_process(xurl, rounds, poller_n, interval)
+        samples["sqlite-xproc"] = await cross_process(
+            xurl, rounds, poller_n, interval, warmup, one_child=ctx.quick
+        )
         # Issue 25's goals for SQLite across processes (inotify): p99 ≤ 1 ms, idle CPU ≤ 0.1%.
         _latency_rows(result, "SQLite across processes", samples["sqlite-xproc"], 1.0)
-        idle = await idle_cpu(xurl, idle_seconds)
+        idle = await idle_cpu(xurl, idle_seconds, side_by_side=ctx.quick)
         result.data["idle_cpu_sqlite"] = idle
         async with wl.open_store(xurl) as probe:
             result.data["sqlite_wakeups"] = getattr(probe, "wakeups", "poll")
@@ -212,9 +250,11 @@ async def run_async(ctx: Context) -> Result:
         )
     if ctx.pg_url is not None:
         with common.pg_schema(ctx.pg_url) as url:
-            samples["postgres-xproc"] = await cross_process(url, rounds, poller_n, interval)
+            samples["postgres-xproc"] = await cross_process(
+                url, rounds, poller_n, interval, warmup, one_child=ctx.quick
+            )
             _latency_rows(result, "PostgreSQL across processes", samples["postgres-xproc"], 2.0)
-            idle = await idle_cpu(url, idle_seconds)
+            idle = await idle_cpu(url, idle_seconds, side_by_side=ctx.quick)
             result.data["idle_cpu_postgres"] = idle
             result.add(
                 Row(
