@@ -185,14 +185,26 @@ SLOW = (
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the ``SLOW`` tests, then run slow tests first: spread over the xdist workers from the
-    start they overlap, where at the end one of them would keep the run waiting alone. The test
-    that restarts PostgreSQL keeps its place (first, it would hold up every other server test)."""
+    """Mark the ``SLOW`` tests, then order the run:
+
+    1. the tests that restart PostgreSQL (``pg_exclusive``), at once: later, each waited for
+       every test then holding the server (the longest take a minute on a loaded machine), and
+       every other server test of every worker waited behind it;
+    2. the slow tests that leave the server alone, which keep the other workers busy meanwhile;
+    3. the slow server tests: spread over the workers from the start they overlap, where at the
+       end one of them would keep the run waiting alone;
+    4. the rest.
+    """
     for item in items:
         if item.nodeid.startswith(SLOW):
             item.add_marker(pytest.mark.slow)
-    items.sort(
-        key=lambda item: (
-            not (item.get_closest_marker("slow") and "pg_exclusive" not in getattr(item, "fixturenames", ()))
-        )
-    )
+
+    def rank(item: pytest.Item) -> int:
+        fixtures = getattr(item, "fixturenames", ())
+        if "pg_exclusive" in fixtures:
+            return 0
+        if not item.get_closest_marker("slow"):
+            return 3
+        return 2 if "pg_url" in fixtures or item.get_closest_marker("postgres") else 1
+
+    items.sort(key=rank)

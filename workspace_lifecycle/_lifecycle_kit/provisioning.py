@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from hypothesis import strategies as st
 from hypothesis.stateful import precondition, rule
 
+from ..limits import over_limit
 from ..values import AgentLifecycle, JobStatus, Transition, WorkspaceState
 from .base import MachineBase
 from .histories import FINAL
@@ -58,6 +59,13 @@ class ProvisionerRules(MachineBase):
         if deferred is None or after is None or after not in FIRES_FROM[deferred]:
             assert not builds, (
                 f"nothing was deferred behind build {build.number} (or it may not fire): {builds}"
+            )
+            return
+        if not builds and deferred is Transition.START:
+            # Dropped only for the owner's limits: one more running workspace would exceed them.
+            usage = self.call(self.store.usage, self.owner)
+            assert over_limit(usage, None, adds_running=True, adds_workspace=False) is not None, (
+                f"the start deferred behind build {build.number} was dropped within the limits: {usage}"
             )
             return
         assert len(builds) == 1 and builds[0].transition is deferred, (deferred, builds)
