@@ -464,7 +464,11 @@ async def test_it_passes_the_provisioner_kit(store: wl.Store, provisioner: Facto
     def factory(store: wl.Store, *, worker: str, lease_seconds: float) -> wl.ProcessProvisioner:
         return provisioner(store, command("serve", "{port}"), worker=worker, lease_seconds=lease_seconds)
 
-    report = await check_provisioner(factory, store, lease_seconds=0.6)
+    # Bounded as a whole (each of its steps is bounded by the kit): once, on a loaded machine,
+    # the sqlite run sat for over 15 minutes with the machine idle; a failure with a traceback
+    # says where, a hang says nothing.
+    with anyio.fail_after(180):
+        report = await check_provisioner(factory, store, lease_seconds=0.6)
     assert len(report.builds) == 8, report
 
 
