@@ -23,7 +23,7 @@ from .limits import Limits, Usage
 from .machine import Request, derive_state
 from .steps import MAX_STATUS_WAIT_MS, Flow, Settled
 from .telemetry import RequestSpan
-from .values import Chat, Deadline, Policy, ToolResult, WorkspaceState, check_parameters
+from .values import Chat, Policy, ToolResult, WorkspaceState, check_parameters
 
 __all__ = ["Requests", "check_id", "check_ids"]
 
@@ -74,13 +74,6 @@ class Requests:
     async def usage(self, owner: str) -> Usage:
         check_id("owner", owner)
         return await self.store.usage(owner)
-
-    async def touch(self, chat_id: str, owner: str) -> Deadline | None:
-        check_id("chat_id", chat_id)
-        check_id("owner", owner)
-        chat = owned(await self.store.get_chat(chat_id), chat_id, owner)
-        due, known = self.engine.activity.due(chat)
-        return await self.engine.activity.write(chat) if due else known
 
     @asynccontextmanager
     async def turn(self, chat_id: str, owner: str) -> AsyncIterator[Turn]:

@@ -25,7 +25,7 @@ from typing import Self
 from ._engine import Engine, Settings
 from ._holds import Turn
 from ._interpreter import workspace_name
-from ._requests import Requests, check_ids
+from ._requests import Requests, check_id, check_ids, owned
 from ._service import BackgroundService
 from ._warm_pools import WarmPools
 from .adapters.base import DEFAULT_HOLD_SECONDS, Store
@@ -234,7 +234,14 @@ class Lifecycle(BackgroundService):
         push. An unknown chat, or another owner's, raises
         :class:`~workspace_lifecycle.errors.NotFoundError` (the same one).
         """
-        return await self._requests.touch(chat_id, owner)
+        # Here rather than in Requests: a touch comes with every chat message, and one coroutine
+        # less is 7% of the instructions of a touch that coalesces.
+        check_id("chat_id", chat_id)
+        check_id("owner", owner)
+        chat = owned(await self.store.get_chat(chat_id), chat_id, owner)
+        activity = self._engine.activity
+        due, known = activity.due(chat)
+        return await activity.write(chat) if due else known
 
     @asynccontextmanager
     async def turn(self, chat_id: str, *, owner: str) -> AsyncIterator[Turn]:

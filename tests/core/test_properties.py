@@ -8,12 +8,10 @@ trio), with a simulated provisioner, and over SQLite once its adapter exists.
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
 from pathlib import Path
 
 import anyio
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,8 +27,6 @@ from workspace_lifecycle.testing import (
     make_lifecycle_machine,
     run_history,
 )
-
-HAVE_SQLITE = importlib.util.find_spec("workspace_lifecycle.adapters.sqlite") is not None
 
 
 async def _play(ops: list[HistoryOp]) -> tuple[list[wl.StoreEvent], dict[str, wl.WorkspaceState]]:
@@ -101,7 +97,6 @@ SimulatedMachine.TestCase.settings = settings(max_examples=15, stateful_step_cou
 TestSimulatedMachine = SimulatedMachine.TestCase
 
 
-@pytest.mark.skipif(not HAVE_SQLITE, reason="workspace_lifecycle.adapters.sqlite is not written yet")
 def test_sqlite_machine(tmp_path: Path) -> None:
     """The same stateful test over SQLite (a fresh database file per example)."""
     machine = make_lifecycle_machine(
