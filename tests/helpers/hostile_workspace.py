@@ -66,7 +66,14 @@ def daemonise_unmarked() -> None:
     os.setsid()
     if os.fork():
         os._exit(0)
-    code = "import os, time\nopen('daemon.pid', 'w').write(str(os.getpid()))\nwhile True: time.sleep(1)"
+    # Written aside, then renamed: a reader that sees daemon.pid sees the whole pid (an open
+    # for writing shows an empty file first, and a loaded machine once read it so).
+    code = (
+        "import os, time\n"
+        "open('daemon.pid.tmp', 'w').write(str(os.getpid()))\n"
+        "os.replace('daemon.pid.tmp', 'daemon.pid')\n"
+        "while True: time.sleep(1)"
+    )
     os.execve(sys.executable, [sys.executable, "-c", code], {})
 
 
