@@ -10,8 +10,8 @@ without Chromium).
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -36,18 +36,28 @@ def _check_site() -> ModuleType:
 check_site = _check_site()
 
 
-#: The three tests on the built site share one worker (``--dist loadgroup``), so that ``site``
-#: is built once: spread over workers, each built it again (~6 s of CPU a build, on 2 cores).
+#: The site is built once per run, however the tests on it are spread: each worker takes a lock
+#: on a directory all of them share, and the first builds there (~6 s of CPU a build, on 2
+#: cores). ``--dist loadgroup`` used to keep them on one worker, but pytest 9.2's node ids no
+#: longer carry xdist's group suffix (pytest-xdist#1386): the three were built three times.
 #: It lives for the session, not the module: the suite runs slow tests first, which parts this
 #: module's tests, and a module fixture was built again for the second part.
 on_the_built_site = pytest.mark.xdist_group("docs-site")
 
 
 @pytest.fixture(scope="session")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    built = tmp_path_factory.mktemp("docs") / "site"
-    check_site.build(built)  # raises with mkdocs' output on any warning
-    yield built
+def site(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    if worker_id == "master":  # no xdist: this process is the run
+        built = tmp_path_factory.mktemp("docs") / "site"
+        check_site.build(built)  # raises with mkdocs' output on any warning
+        return built
+    shared = tmp_path_factory.getbasetemp().parent / "docs-site"  # this run's, every worker's
+    with open(shared.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (shared / ".built").exists():
+            check_site.build(shared)  # a failure leaves no marker: the next worker tries again
+            (shared / ".built").touch()
+    return shared
 
 
 def _page(site: Path, name: str) -> str:
