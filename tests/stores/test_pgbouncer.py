@@ -39,7 +39,9 @@ from bench import pgbouncer
 from bench.pgbouncer import Bouncer
 from workspace_lifecycle.adapters.postgres import PostgresStore
 
-# One PgBouncer for the module: its tests run on one xdist worker (`--dist loadgroup`).
+# One PgBouncer for the module: `--dist loadgroup` keeps its tests on one xdist worker where
+# pytest's node ids still take xdist's group suffix (not on pytest 9.2: pytest-xdist#1386);
+# there, each worker that runs some of them starts a PgBouncer of its own, on a port of its own.
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio, pytest.mark.xdist_group("pgbouncer")]
 
 __all__ = [  # the conformance suite, collected again here against PgBouncer
