@@ -1,9 +1,10 @@
 """How a :class:`~workspace_lifecycle.runtime.Lifecycle` serves a chat's requests: the checks of
-the caller's arguments, the owner's chat, its limits and usage, touches and turns, a tool
-request run by the :class:`~workspace_lifecycle._interpreter.Interpreter` (counted as
-activity), the read-only ``status`` (woken by the store's events) and ``logs``, and every answer
-given with the workspace's next deadline in words. The public methods (and their documentation)
-are :class:`~workspace_lifecycle.runtime.Lifecycle`'s.
+the caller's arguments, the owner's chat, its limits and usage, turns, a tool request run by
+the :class:`~workspace_lifecycle._interpreter.Interpreter` (counted as activity), the read-only
+``status`` (woken by the store's events) and ``logs``, and every answer given with the
+workspace's next deadline in words. The public methods (and their documentation) are
+:class:`~workspace_lifecycle.runtime.Lifecycle`'s; a touch, which comes with every chat message,
+is :meth:`~workspace_lifecycle.runtime.Lifecycle.touch` itself, with this module's checks.
 """
 
 from __future__ import annotations
