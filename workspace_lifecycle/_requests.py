@@ -26,7 +26,7 @@ from .steps import MAX_STATUS_WAIT_MS, Flow, Settled
 from .telemetry import RequestSpan
 from .values import Chat, Policy, ToolResult, WorkspaceState, check_parameters
 
-__all__ = ["Requests", "check_id", "check_ids"]
+__all__ = ["Requests", "check_id", "check_ids", "owned"]
 
 
 #: The one rule and sentence for ids, on every face (the check itself: every request makes two).

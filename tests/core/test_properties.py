@@ -3,7 +3,7 @@
 Random histories of store operations (the kit's strategies) are played on the memory store;
 their event log is then delivered with repeats and reorders to fresh trackers. The kit's
 ``RuleBasedStateMachine`` then drives the whole runtime over the memory store (asyncio and
-trio), with a simulated provisioner, and over SQLite once its adapter exists.
+trio), with a simulated provisioner, and over SQLite.
 """
 
 from __future__ import annotations

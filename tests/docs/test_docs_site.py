@@ -47,15 +47,12 @@ on_the_built_site = pytest.mark.xdist_group("docs-site")
 
 @pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
-    if worker_id == "master":  # no xdist: this process is the run
-        built = tmp_path_factory.mktemp("docs") / "site"
-        check_site.build(built)  # raises with mkdocs' output on any warning
-        return built
-    shared = tmp_path_factory.getbasetemp().parent / "docs-site"  # this run's, every worker's
+    run = tmp_path_factory.getbasetemp()  # without xdist, this process's; else a worker's
+    shared = (run if worker_id == "master" else run.parent) / "docs-site"  # the run's, every worker's
     with open(shared.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not (shared / ".built").exists():
-            check_site.build(shared)  # a failure leaves no marker: the next worker tries again
+            check_site.build(shared)  # raises with mkdocs' output on any warning, leaving no marker
             (shared / ".built").touch()
     return shared
 
